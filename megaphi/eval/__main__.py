@@ -1,0 +1,129 @@
+"""python -m megaphi.eval {generate,score,run}: HumanEval / MBPP pass@k in a bubblewrap sandbox.
+
+  generate  draw completions from a megaphi checkpoint or Hugging Face Phi directory -> samples.jsonl
+  score     run each sample's test program in the sandbox -> results.jsonl, prints a JSON summary
+  run       both, plus report.md and report.json with per-problem results, into --out-dir
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from megaphi.eval.benchmarks import BENCHMARKS, MBPP_SPLITS, load_benchmark
+from megaphi.eval.report import write_report
+from megaphi.eval.sampling import SamplingConfig, generate_samples
+from megaphi.eval.sandbox import SandboxUnavailable
+from megaphi.eval.score import read_samples, score_samples, summarize, write_jsonl
+
+
+def _add_benchmark_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    parser.add_argument("--mbpp-path", default=None,
+                        help="MBPP's mbpp.jsonl (default: the Hugging Face hub, when reachable)")
+    parser.add_argument("--mbpp-split", default="test", choices=list(MBPP_SPLITS),
+                        help="task ids 11-510 for test (default), as phi-1 reports")
+
+
+def _add_generation_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="megaphi checkpoint (tag dir or root with `latest`) or HF dir")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the checkpoint's)")
+    parser.add_argument("--n-samples", type=int, default=1, help="completions per problem")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N problems")
+
+
+def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program (wall clock)")
+    parser.add_argument("--memory-mb", type=int, default=1024, help="address space per process")
+    parser.add_argument("--workers", type=int, default=None, help="programs at once (default: CPU count)")
+    parser.add_argument("--sandbox-python", default=None,
+                        help="interpreter inside the sandbox (default: /usr/bin/python3)")
+    parser.add_argument("--unsafe-no-sandbox", action="store_true",
+                        help="run model-written code WITHOUT isolation (only where bwrap cannot run)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m megaphi.eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    generate = commands.add_parser("generate", help="draw completions -> samples.jsonl")
+    _add_benchmark_args(generate)
+    _add_generation_args(generate)
+    generate.add_argument("--out", required=True, help="samples JSONL to write")
+    score = commands.add_parser("score", help="score samples in the sandbox -> results.jsonl + JSON summary")
+    _add_benchmark_args(score)
+    score.add_argument("--samples", required=True, help='JSONL of {"task_id", "completion"}')
+    score.add_argument("--out", required=True, help="results JSONL to write")
+    _add_scoring_args(score)
+    run = commands.add_parser("run", help="generate, score and report into --out-dir")
+    _add_benchmark_args(run)
+    _add_generation_args(run)
+    _add_scoring_args(run)
+    run.add_argument("--out-dir", required=True, help="gets samples.jsonl, results.jsonl, report.md, report.json")
+    return parser
+
+
+def _sampling(args: argparse.Namespace) -> SamplingConfig:
+    return SamplingConfig(n_samples=args.n_samples, temperature=args.temperature, top_p=args.top_p,
+                          max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+                          limit=args.limit)
+
+
+def _score(args: argparse.Namespace, benchmark, samples: list[dict]) -> tuple[list[dict], dict]:
+    results = score_samples(benchmark, samples, timeout_s=args.timeout, memory_mb=args.memory_mb,
+                            workers=args.workers, unsafe_no_sandbox=args.unsafe_no_sandbox,
+                            python=args.sandbox_python)
+    summary = summarize(benchmark, results)
+    if summary["problems_scored"] < summary["problems_in_benchmark"]:
+        print(f"warning: samples cover {summary['problems_scored']} of {summary['problems_in_benchmark']} "
+              f"{benchmark.name} problems; pass@k is over those only", file=sys.stderr)
+    return results, summary
+
+
+def run_command(args: argparse.Namespace) -> dict | None:
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    benchmark = load_benchmark(args.benchmark, mbpp_path=args.mbpp_path, mbpp_split=args.mbpp_split)
+    if args.command == "generate":
+        samples = generate_samples(benchmark, args.model, _sampling(args), device=args.device, tokenizer=args.tokenizer)
+        write_jsonl(args.out, samples)
+        print(f"wrote {len(samples)} samples to {args.out}", file=sys.stderr)
+        return None
+    if args.command == "score":
+        results, summary = _score(args, benchmark, read_samples(args.samples))
+        write_jsonl(args.out, results)
+        return summary
+    sampling = _sampling(args)  # validate before loading anything
+    out_dir = Path(args.out_dir)
+    samples = generate_samples(benchmark, args.model, sampling, device=args.device, tokenizer=args.tokenizer)
+    write_jsonl(out_dir / "samples.jsonl", samples)
+    results, summary = _score(args, benchmark, samples)
+    write_jsonl(out_dir / "results.jsonl", results)
+    metadata = {"model": args.model, "n_samples": sampling.n_samples, "temperature": sampling.temperature,
+                "top_p": sampling.top_p, "max_new_tokens": sampling.max_new_tokens,
+                "sandbox": "none (--unsafe-no-sandbox)" if args.unsafe_no_sandbox else "bubblewrap"}
+    write_report(out_dir, summary, results, metadata)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = run_command(args)
+    except (ValueError, SandboxUnavailable) as error:  # checkpoint errors are ValueErrors too
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if summary is not None:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

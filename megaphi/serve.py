@@ -1,0 +1,445 @@
+"""An OpenAI-compatible HTTP server over a megaphi checkpoint or a Hugging Face Phi directory.
+
+    python -m megaphi.serve --model runs/x/checkpoints --port 8000
+    # then any OpenAI client: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="EMPTY")
+
+Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (and GET /health).
+Parameters: max_tokens, temperature, top_p, n, stop, seed; errors come back in OpenAI's JSON shape
+({"error": {"message", "type", "param", "code"}}) with the status OpenAI would use.
+
+Concurrent requests are batched: one model worker takes every queued request that can share a
+decoding pass (same temperature and top_p; greedy requests always can) and runs them as one
+left-padded batch, each row with its own max_tokens and stop sequences. A seeded sampling request
+runs alone, so that the same seed gives the same text whatever else is in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from aiohttp import web
+
+from megaphi.generate import cut_at_stop, eos_token_id, generate_tokens, load_model
+
+log = logging.getLogger("megaphi.serve")
+
+MAX_N = 128
+MAX_STOP_SEQUENCES = 4
+# Parameters OpenAI defines that this server cannot honour: accepted only at their no-op value.
+NO_OP_PARAMETERS = {
+    "stream": (False, None),
+    "echo": (False, None),
+    "logprobs": (False, None),
+    "top_logprobs": (None, 0),
+    "best_of": (None, 1),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "suffix": (None, ""),
+    "stream_options": (None,),
+}
+COMMON_PARAMETERS = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "user"}
+COMPLETION_PARAMETERS = COMMON_PARAMETERS | {"prompt"} | set(NO_OP_PARAMETERS)
+CHAT_PARAMETERS = COMMON_PARAMETERS | {"messages", "max_completion_tokens"} | set(NO_OP_PARAMETERS)
+# For tokenizers without a chat template: a plain transcript, and stops that end the assistant's turn.
+FALLBACK_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+FALLBACK_STOP = ["\nUser:", "\nSystem:"]
+
+
+class RequestError(Exception):
+    """A bad request: becomes an OpenAI-shaped JSON error."""
+
+    def __init__(self, message: str, param: str | None = None, *, status: int = 400,
+                 kind: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.message, self.param, self.status, self.kind, self.code = message, param, status, kind, code
+
+    def response(self) -> web.Response:
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        return web.json_response(body, status=self.status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling parameters and the batching worker
+
+
+@dataclass
+class Sampling:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    n: int
+    stop: list[str]
+    seed: int | None
+
+    def batch_key(self) -> tuple:
+        if self.temperature == 0:
+            return ("greedy",)
+        if self.seed is not None:
+            return ("seeded", id(self))  # never shares a pass: its random stream must be its own
+        return ("sample", self.temperature, self.top_p)
+
+
+@dataclass
+class Job:
+    prompts: list[list[int]]  # token ids, one list per prompt of the request
+    sampling: Sampling
+    future: asyncio.Future
+    rows: int = 0
+
+    def __post_init__(self) -> None:
+        self.rows = len(self.prompts) * self.sampling.n
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    tokens: int
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    requests_per_batch: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+
+class Batcher:
+    """Queues requests and runs compatible ones together on a single model thread."""
+
+    def __init__(self, model, tokenizer, *, max_batch_rows: int = 16, window_s: float = 0.005):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch_rows, self.window_s = max_batch_rows, window_s
+        self.context = model.config.max_position_embeddings
+        self.eos_id = eos_token_id(tokenizer)
+        self.pending: deque[Job] = deque()
+        self.wakeup = asyncio.Event()
+        self.stats = BatchStats()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="megaphi-model")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+        job = Job(prompts, sampling, asyncio.get_running_loop().create_future())
+        self.pending.append(job)
+        self.wakeup.set()
+        return await job.future
+
+    def _take_batch(self) -> list[Job]:
+        """The oldest job plus every queued job that fits its pass (key, rows, context length)."""
+        first = self.pending.popleft()
+        batch, rows = [first], first.rows
+        longest = max(len(p) for p in first.prompts)
+        steps = first.sampling.max_tokens
+        for job in list(self.pending):
+            if job.sampling.batch_key() != first.sampling.batch_key() or rows + job.rows > self.max_batch_rows:
+                continue
+            job_longest = max(longest, *(len(p) for p in job.prompts))
+            job_steps = max(steps, job.sampling.max_tokens)
+            if job_longest + job_steps > self.context:  # every row's positions must stay in range
+                continue
+            self.pending.remove(job)
+            batch.append(job)
+            rows, longest, steps = rows + job.rows, job_longest, job_steps
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.wakeup.wait()
+            await asyncio.sleep(self.window_s)  # let requests that arrive together share the pass
+            while self.pending:
+                batch = self._take_batch()
+                self.stats.batches += 1
+                self.stats.requests_per_batch.append(len(batch))
+                try:
+                    results = await loop.run_in_executor(self._executor, self._run, batch)
+                except Exception as exc:  # noqa: BLE001 - reported to each waiting request as a 500
+                    log.exception("generation failed")
+                    for job in batch:
+                        if not job.future.done():
+                            job.future.set_exception(exc)
+                    continue
+                for job, result in zip(batch, results):
+                    if not job.future.done():  # the client may have gone away
+                        job.future.set_result(result)
+            self.wakeup.clear()
+
+    def _run(self, batch: list[Job]) -> list[list[list[Completion]]]:
+        rows = [(job, ids) for job in batch for ids in job.prompts for _ in range(job.sampling.n)]
+        row_max = [job.sampling.max_tokens for job, _ in rows]
+        row_stop = [job.sampling.stop for job, _ in rows]
+
+        def is_done(row: int, ids: list[int]) -> bool:
+            return len(ids) >= row_max[row] or (bool(row_stop[row]) and
+                                                cut_at_stop(self.tokenizer.decode(ids), row_stop[row])[1])
+
+        first = batch[0].sampling
+        generator = None
+        if first.seed is not None and first.temperature > 0:
+            device = next(self.model.parameters()).device
+            generator = torch.Generator(device=device).manual_seed(first.seed)
+        tokens = generate_tokens(self.model, [ids for _, ids in rows], max_new_tokens=max(row_max),
+                                 temperature=first.temperature, top_p=first.top_p, eos_id=self.eos_id,
+                                 generator=generator, is_done=is_done)
+        completions = []
+        for row, ids in enumerate(tokens):
+            text, stopped = cut_at_stop(self.tokenizer.decode(ids), row_stop[row])
+            # Fewer tokens than allowed means the model ended the text itself (EOS) or hit a stop.
+            reason = "stop" if stopped or len(ids) < row_max[row] else "length"
+            completions.append(Completion(text, reason, len(ids)))
+        # Regroup rows per job and per prompt: n completions for each prompt.
+        results, at = [], 0
+        for job in batch:
+            n = job.sampling.n
+            results.append([completions[at + i * n: at + (i + 1) * n] for i in range(len(job.prompts))])
+            at += job.rows
+        return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Request parsing
+
+
+def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise RequestError(f"{value!r} is not valid for '{name}': expected a number from {low:g} to {high:g}", name)
+    return float(value)
+
+
+def _integer(body: dict, name: str, default: int | None, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RequestError(f"{value!r} is not valid for '{name}': expected an integer from {low} to {high}", name)
+    return value
+
+
+def _check_parameters(body: dict, allowed: set[str]) -> None:
+    for name, value in body.items():
+        if name not in allowed:
+            raise RequestError(f"Unrecognized request argument supplied: {name}", name)
+        if name in NO_OP_PARAMETERS and value not in NO_OP_PARAMETERS[name]:
+            raise RequestError(f"'{name}' = {value!r} is not supported by this server; leave it unset", name)
+
+
+def parse_sampling(body: dict, prompt_tokens: int, context: int, default_max_tokens: int | None,
+                   max_tokens_name: str = "max_tokens") -> Sampling:
+    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    if top_p == 0.0:  # only the most likely token survives the nucleus: greedy
+        temperature = 0.0
+    room = context - prompt_tokens
+    if room < 1:
+        raise RequestError(f"This model's maximum context length is {context} tokens, but the prompt has "
+                           f"{prompt_tokens} tokens. Please shorten the prompt.", "messages" if
+                           max_tokens_name == "max_completion_tokens" else "prompt", code="context_length_exceeded")
+    max_tokens = _integer(body, max_tokens_name, default_max_tokens or room, 1, 1 << 30)
+    if prompt_tokens + max_tokens > context:
+        raise RequestError(f"This model's maximum context length is {context} tokens. However, you requested "
+                           f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for "
+                           f"the completion). Please reduce the prompt or {max_tokens_name}.", max_tokens_name,
+                           code="context_length_exceeded")
+    stop = body.get("stop")
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or len(stop) > MAX_STOP_SEQUENCES or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError(f"'stop' must be a non-empty string or a list of up to {MAX_STOP_SEQUENCES} of them", "stop")
+    seed = _integer(body, "seed", None, -(1 << 63), (1 << 63) - 1)
+    n = _integer(body, "n", 1, 1, MAX_N)
+    return Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, n=n, stop=stop, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The application
+
+
+class Server:
+    def __init__(self, model, tokenizer, model_name: str, *, chat_template: str | None = None,
+                 max_batch_rows: int = 16, batch_window_s: float = 0.005):
+        self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
+        self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
+        self.context = model.config.max_position_embeddings
+        self.created = int(time.time())
+        self.batcher = Batcher(model, tokenizer, max_batch_rows=max_batch_rows, window_s=batch_window_s)
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors], client_max_size=16 * 1024 * 1024)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, app: web.Application) -> None:
+        self.batcher.start()
+
+    async def _stop(self, app: web.Application) -> None:
+        await self.batcher.stop()
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RequestError as exc:
+            return exc.response()
+        except web.HTTPException as exc:  # unknown route, wrong method: still OpenAI-shaped
+            return RequestError(f"{request.method} {request.path}: {exc.reason}", status=exc.status,
+                                code=None).response()
+        except Exception as exc:  # noqa: BLE001 - the client gets a 500 in the usual shape, we log it
+            log.exception("request failed")
+            return RequestError(f"internal error: {type(exc).__name__}: {exc}", status=500,
+                                kind="server_error").response()
+
+    async def _body(self, request: web.Request, allowed: set[str]) -> dict:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RequestError("We could not parse the JSON body of your request: send valid JSON") from None
+        if not isinstance(body, dict):
+            raise RequestError("The request body must be a JSON object")
+        model = body.get("model")
+        if not model:
+            raise RequestError("you must provide a model parameter", "model")
+        if model != self.model_name:
+            raise RequestError(f"The model `{model}` does not exist; this server serves `{self.model_name}`",
+                               "model", status=404, code="model_not_found")
+        _check_parameters(body, allowed)
+        return body
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{
+            "id": self.model_name, "object": "model", "created": self.created, "owned_by": "megaphi",
+            "max_model_len": self.context}]})
+
+    async def completions(self, request: web.Request) -> web.Response:
+        body = await self._body(request, COMPLETION_PARAMETERS)
+        prompt = body.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
+            raise RequestError("Missing required parameter: 'prompt' (a non-empty string or list of strings)",
+                               "prompt")
+        encoded = [self.tokenizer.encode(p) for p in prompts]
+        sampling = parse_sampling(body, max(len(ids) for ids in encoded), self.context, default_max_tokens=16)
+        results = await self.batcher.submit(encoded, sampling)
+        choices = [{"index": i * sampling.n + j, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+                   for i, per_prompt in enumerate(results) for j, c in enumerate(per_prompt)]
+        return web.json_response(self._envelope("cmpl", "text_completion", choices, encoded, results))
+
+    async def chat_completions(self, request: web.Request) -> web.Response:
+        body = await self._body(request, CHAT_PARAMETERS)
+        prompt, extra_stop = self.render_chat(body.get("messages"))
+        encoded = [self.tokenizer.encode(prompt)]
+        name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        sampling = parse_sampling(body, len(encoded[0]), self.context, default_max_tokens=None, max_tokens_name=name)
+        sampling.stop = sampling.stop + [s for s in extra_stop if s not in sampling.stop]
+        (per_prompt,) = results = await self.batcher.submit(encoded, sampling)
+        choices = [{"index": j, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
+                    "logprobs": None} for j, c in enumerate(per_prompt)]
+        return web.json_response(self._envelope("chatcmpl", "chat.completion", choices, encoded, results))
+
+    def render_chat(self, messages: Any) -> tuple[str, list[str]]:
+        """The prompt text for a conversation, and any stops that end the assistant's turn."""
+        if not isinstance(messages, list) or not messages:
+            raise RequestError("Missing required parameter: 'messages' (a non-empty list)", "messages")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in FALLBACK_ROLES or not isinstance(m.get("content"), str):
+                raise RequestError(f"messages[{i}] must be an object with a 'role' "
+                                   f"({', '.join(FALLBACK_ROLES)}) and a string 'content'", f"messages[{i}]")
+        if self.chat_template:
+            text = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
+                                                      add_generation_prompt=True)
+            return text, []
+        # Base models (phi-1 among them) have no template: a plain transcript the model can continue.
+        turns = "".join(f"{FALLBACK_ROLES[m['role']]}: {m['content']}\n" for m in messages)
+        return f"{turns}Assistant:", FALLBACK_STOP
+
+    def _envelope(self, prefix: str, kind: str, choices: list, encoded: list[list[int]], results) -> dict:
+        completion_tokens = sum(c.tokens for per_prompt in results for c in per_prompt)
+        prompt_tokens = sum(len(ids) for ids in encoded)
+        return {
+            "id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()),
+            "model": self.model_name, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+
+
+def build_server(model_path: str | Path, *, tokenizer: str | None = None, model_name: str | None = None,
+                 device: str = "cpu", chat_template: str | None = None, max_batch_rows: int = 16,
+                 batch_window_s: float = 0.005) -> Server:
+    """Loads the model through megaphi.generate.load_model and wraps it in a Server."""
+    if max_batch_rows < 1:
+        raise ValueError(f"max_batch_rows must be at least 1, got {max_batch_rows}")
+    model, tok = load_model(model_path, device=device, tokenizer=tokenizer)
+    name = model_name or Path(model_path).resolve().name
+    return Server(model, tok, name, chat_template=chat_template, max_batch_rows=max_batch_rows,
+                  batch_window_s=batch_window_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m megaphi.serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="megaphi checkpoint (tag dir or root) or HF Phi directory")
+    parser.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's)")
+    parser.add_argument("--served-model-name", help="the model id clients send (default: the directory name)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--chat-template", help="a Jinja chat template file (default: the tokenizer's, "
+                                                "else a plain 'User: ... Assistant:' transcript)")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="most sequences decoded together")
+    parser.add_argument("--batch-window-ms", type=float, default=5.0, help="wait this long to gather a batch")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        template = None
+        if args.chat_template:
+            path = Path(args.chat_template)
+            if not path.is_file():
+                raise ValueError(f"chat template {path} does not exist")
+            template = path.read_text()
+        server = build_server(args.model, tokenizer=args.tokenizer, model_name=args.served_model_name,
+                              device=args.device, chat_template=template, max_batch_rows=args.max_batch_size,
+                              batch_window_s=args.batch_window_ms / 1000)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"serving {server.model_name} on http://{args.host}:{args.port}/v1", flush=True)
+    web.run_app(server.app(), host=args.host, port=args.port, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

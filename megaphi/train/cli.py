@@ -1,0 +1,55 @@
+"""Command line of the trainer (``python -m megaphi.train``); the work is done by :func:`megaphi.train.trainer.train`.
+
+Works the same under ``python -m megaphi.train`` (one process), ``torchrun -m megaphi.train``,
+``deepspeed --module megaphi.train``, ``mpirun`` and ``srun``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m megaphi.train",
+        description="Train a phi model with DeepSpeed ZeRO-2 and tensor parallelism.",
+        epilog="Exit status: 0 done, 2 bad config or input, 3 stopped because training diverged "
+               "(the message names the last good checkpoint).")
+    parser.add_argument("--config", required=True, help="YAML recipe, e.g. configs/phi_tiny_cpu.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="section.field=value",
+                        help="dotted overrides applied after the YAML, e.g. optim.lr=3e-4 train.steps=100")
+    parser.add_argument("--resume", choices=["auto", "never"], default="never",
+                        help="auto: continue from <checkpoint dir>/latest when it exists (default: never)")
+    # The deepspeed launcher appends --local_rank; the rank comes from the environment instead.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from megaphi.config import ConfigError, TrainConfig, load_config
+    from megaphi.convert.layout import CheckpointError
+    from megaphi.train.trainer import TrainingStopped, train
+
+    is_rank0 = os.environ.get("RANK", "0") == "0"
+    try:
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+        result = train(cfg, resume=args.resume == "auto")
+    except (ConfigError, CheckpointError) as e:
+        if is_rank0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    except TrainingStopped as e:
+        if is_rank0:
+            print(f"training stopped: {e}", file=sys.stderr, flush=True)
+        return EXIT_STOPPED
+    if is_rank0:
+        print(f"megaphi.train: done at step {result.final_step} ({result.consumed_samples} samples); "
+              f"checkpoint {result.last_checkpoint}", flush=True)
+    return 0
+

@@ -1,0 +1,41 @@
+# Sourced by the sbatch scripts in this directory once they are in the checkout: picks the Python,
+# sets the environment every megaphi job wants, and defines the two steps the scripts run.
+# (sbatch runs a copy of the script from Slurm's spool directory, so the scripts find the checkout
+# through SLURM_SUBMIT_DIR or MEGAPHI_ROOT rather than their own path.)
+
+if [ ! -d megaphi ] || [ ! -d slurm ]; then
+  echo "error: $(pwd) is not a megaphi checkout; submit from the checkout or set MEGAPHI_ROOT=/path/to/megaphi" >&2
+  exit 2
+fi
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
+# GPU jobs (ignored on CPU): tensor-parallel collectives must run in issue order to overlap with
+# compute (Megatron's setting), and a rank that dies must fail the job instead of hanging NCCL.
+export CUDA_DEVICE_MAX_CONNECTIONS=1
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
+export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+
+echo "[megaphi] job ${SLURM_JOB_ID:-none} on ${SLURM_JOB_NODELIST:-this host}:" \
+     "${SLURM_NTASKS:-1} tasks, $(${PYTHON} --version 2>&1) at ${PYTHON}, in $(pwd)"
+
+# One all-reduce over every task of the allocation: proves that all nodes reach the rendezvous
+# (first node's Slurm NodeAddr) before a long job spends time loading data.
+check_rendezvous() {
+  srun --kill-on-bad-exit=1 "$PYTHON" -m megaphi.train.launch_env check
+}
+
+# train CONFIG [dotted.overrides ...]: one srun step, one task per GPU (or CPU process); each task
+# finds its rank and the rendezvous from SLURM_* (megaphi.train.launch_env).
+train() {
+  local config="$1"
+  shift
+  if [ ! -f "$config" ]; then
+    echo "error: config $config not found; set CONFIG to a recipe under configs/" >&2
+    exit 2
+  fi
+  srun --kill-on-bad-exit=1 "$PYTHON" -m megaphi.train --config "$config" "$@"
+}

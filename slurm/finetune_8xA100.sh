@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# phi-1 finetuning on CodeExercises (paper: 6,000 steps of batch 256, about 7 hours on 8 A100s),
+# starting from the pretrained checkpoint named in the recipe (checkpoint.init_from). One node,
+# 8 tasks, one per GPU; resubmitting continues from the latest finetuning checkpoint.
+#   sbatch slurm/finetune_8xA100.sh [checkpoint.init_from=runs/phi1-pretrain/checkpoints ...]
+#SBATCH --job-name=phi1-finetune
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=12
+#SBATCH --exclusive
+#SBATCH --time=1-00:00:00
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=slurm-%x-%j.out
+set -euo pipefail
+cd "${MEGAPHI_ROOT:-${SLURM_SUBMIT_DIR:-.}}"
+source slurm/common.sh
+train "${CONFIG:-configs/phi1_finetune.yaml}" --resume auto "$@"

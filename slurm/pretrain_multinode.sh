@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# phi-1 pretraining on several 8-GPU nodes: srun starts one task per GPU on every node; each task
+# takes its rank from SLURM_* and meets the others at the first node's NodeAddr (from
+# `scontrol show node`, so node names need not resolve). No hostfile, no ssh. The global batch
+# stays the recipe's; more nodes mean less gradient accumulation.
+#   sbatch --nodes=4 slurm/pretrain_multinode.sh [dotted.overrides ...]
+# Site network settings (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, ...) belong in the submitting environment.
+#SBATCH --job-name=phi1-pretrain-multinode
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=12
+#SBATCH --exclusive
+#SBATCH --time=3-00:00:00
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=slurm-%x-%j.out
+set -euo pipefail
+cd "${MEGAPHI_ROOT:-${SLURM_SUBMIT_DIR:-.}}"
+source slurm/common.sh
+check_rendezvous
+train "${CONFIG:-configs/phi1_pretrain.yaml}" --resume auto "$@"

@@ -1,0 +1,216 @@
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from data_tools.llm import ClientConfig, LLMRequest, LLMResponse, Rejected
+from data_tools.synth import (
+    PROMPTS_DIR,
+    ExerciseValidator,
+    check_exercises,
+    load_prompt_space,
+    main,
+    parse_exercise,
+    sample_prompts,
+    synthesize,
+)
+from tests.data_tools.fake_openai import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+FENCE = "`" * 3
+
+GOOD_ANSWER = f"""Here is the exercise.
+
+{FENCE}python
+import string
+
+
+def count_vowels(text: str) -> int:
+    \"\"\"Count the vowels in text.
+
+    >>> count_vowels("hello")
+    2
+    \"\"\"
+    return sum(1 for ch in text.lower() if ch in "aeiou")
+{FENCE}
+
+{FENCE}python
+def check(candidate):
+    assert candidate("hello") == 2
+    assert candidate("") == 0
+    assert candidate("AEIOU") == 5
+
+check(count_vowels)
+{FENCE}
+"""
+
+
+def answer_with(solution: str, name: str = "count_vowels") -> str:
+    return GOOD_ANSWER.replace('return sum(1 for ch in text.lower() if ch in "aeiou")', solution).replace(
+        "count_vowels", name)
+
+
+def test_prompt_sampling_is_seeded_and_spreads_over_the_lists():
+    space = load_prompt_space(PROMPTS_DIR / "exercises.yaml", "exercises")
+    first = list(sample_prompts(space, "exercises", 200, seed=1))
+    assert [p.id for p in first] == [p.id for p in sample_prompts(space, "exercises", 200, seed=1)]
+    assert [p.user for p in first] != [p.user for p in sample_prompts(space, "exercises", 200, seed=2)]
+    assert len({p.id for p in first}) == 200
+    assert {p.meta["topic"] for p in first} == {name for name, _ in space.topics}
+    assert len({p.meta["function_name"] for p in first}) > 50
+    for p in first[:20]:
+        assert f"`{p.meta['function_name']}`" in p.user and p.meta["concept"] in p.user
+
+
+def test_textbook_prompts_use_the_default_yaml():
+    space = load_prompt_space(PROMPTS_DIR / "textbooks.yaml", "textbooks")
+    (prompt,) = sample_prompts(space, "textbooks", 1, seed=0)
+    assert prompt.meta["subtopic"] in prompt.user and prompt.meta["audience"] in prompt.user
+    assert "function_name" not in prompt.meta
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("system: s\ntemplate: t\ntopics: []\n", "'topics' must be a non-empty list"),
+    ("system: s\ntemplate: t\ntopics: [{name: a, subtopics: [b]}]\nstyles: [x]\n", "'audiences' must be"),
+    ("system: s\ntemplate: '{colour}'\ntopics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
+     "unknown or malformed placeholder"),
+    ("system: s\ntemplate: t\ntopics: [{name: a}]\naudiences: [x]\nstyles: [y]\n", "'topics[0].subtopics'"),
+])
+def test_a_broken_prompt_file_is_an_error_naming_the_field(tmp_path, yaml_text, message):
+    path = tmp_path / "prompts.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_prompt_space(path, "textbooks")
+
+
+def test_an_answer_splits_into_humaneval_fields():
+    exercise = parse_exercise(GOOD_ANSWER, "count_vowels", task_id="t1")
+    assert exercise.prompt.startswith("import string\n") and exercise.prompt.rstrip().endswith('"""')
+    assert exercise.canonical_solution.strip() == 'return sum(1 for ch in text.lower() if ch in "aeiou")'
+    assert exercise.test.startswith("def check(candidate):") and "check(count_vowels)" not in exercise.test
+    assert exercise.entry_point == "count_vowels"
+    namespace: dict = {}
+    exec(exercise.program(), namespace)  # trusted, hand-written: the program runs to its end
+
+
+@pytest.mark.parametrize("answer,reason", [
+    ("def count_vowels(t): return 1", "no ```python code block"),
+    (answer_with("return (("), "does not parse"),
+    (answer_with("return 0", name="count_words"), "no top-level function named 'count_vowels'"),
+    (GOOD_ANSWER.replace("Count the vowels in text.", "").replace('    """\n\n    >>> count_vowels("hello")\n    2\n'
+                                                                  '    """\n', ""), "has no docstring"),
+    (GOOD_ANSWER.replace('    return sum(1 for ch in text.lower() if ch in "aeiou")\n', ""), "no solution body"),
+    (GOOD_ANSWER.replace("def check(candidate)", "def test(candidate)"), "no `def check(candidate)`"),
+    (GOOD_ANSWER.replace("assert candidate", "candidate"), "must assert on calls of candidate"),
+])
+def test_malformed_exercises_are_rejected_with_the_reason(answer, reason):
+    with pytest.raises(Rejected, match=re.escape(reason)):
+        parse_exercise(answer, "count_vowels", task_id="t")
+
+
+@pytest.mark.slow
+def test_the_sandbox_keeps_correct_solutions_and_rejects_wrong_ones():
+    exercises = [parse_exercise(answer, "count_vowels", task_id=str(i)) for i, answer in enumerate([
+        GOOD_ANSWER,
+        answer_with('return sum(1 for ch in text if ch in "aeiou")'),  # misses upper case
+        answer_with("import sys; sys.exit(0)"),  # an early exit is not a pass
+        answer_with("while True: pass"),
+    ])]
+    results = check_exercises(exercises, timeout_s=2.0)
+    assert [r.status for r in results] == ["passed", "failed", "failed", "timed out"]
+    assert "AssertionError" in results[1].detail
+
+
+def test_truncated_textbooks_are_rejected_unless_kept(tmp_path):
+    with FakeOpenAI(lambda prompt, attempt: "length") as server:
+        client = ClientConfig(base_url=server.base_url, model="fake", max_attempts=1)
+        stats = synthesize("textbooks", count=2, out_path=tmp_path / "a.jsonl", failures_path=tmp_path / "a.f.jsonl",
+                           client=client, progress=False)
+        kept = synthesize("textbooks", count=2, out_path=tmp_path / "b.jsonl", failures_path=tmp_path / "b.f.jsonl",
+                          client=client, keep_truncated=True, progress=False)
+    assert stats.rejected == 2 and "truncated at max_tokens=1024" in (tmp_path / "a.f.jsonl").read_text()
+    records = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert kept.succeeded == 2 and all(r["text"].startswith("answer to: Write a section") for r in records)
+    assert set(records[0]["meta"]) == {"topic", "subtopic", "audience", "style"}
+
+
+@pytest.mark.slow
+def test_exercises_are_validated_before_they_are_written(tmp_path):
+    def answer(prompt: str) -> str:  # a right solution for even verbs, a wrong one for the others
+        name = re.search(r"must be named `(\w+)`", prompt).group(1)
+        right = sum(map(ord, name)) % 2 == 0
+        return answer_with('return sum(1 for ch in text.lower() if ch in "aeiou")' if right else "return 2", name)
+
+    with FakeOpenAI(answer=answer) as server:
+        stats = synthesize("exercises", count=8, out_path=tmp_path / "ex.jsonl", failures_path=tmp_path / "ex.f.jsonl",
+                           client=ClientConfig(base_url=server.base_url, model="fake"), seed=3, progress=False)
+    kept = [json.loads(line) for line in (tmp_path / "ex.jsonl").read_text().splitlines()]
+    failed = [json.loads(line) for line in (tmp_path / "ex.f.jsonl").read_text().splitlines()]
+    expected_kept = {r["id"] for r in kept if sum(map(ord, r["entry_point"])) % 2 == 0}
+    assert len(kept) + len(failed) == 8 and kept and failed and {r["id"] for r in kept} == expected_kept
+    assert all(f["reason"].startswith("rejected: solution fails its own tests (failed)") for f in failed)
+    assert all(set(r) >= {"task_id", "prompt", "canonical_solution", "test", "entry_point", "meta"} for r in kept)
+    assert stats.succeeded == len(kept) and stats.rejected == len(failed)
+
+
+def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
+    code = main(["exercises", "--count", "0", "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "error: count must be at least 1, got 0"
+    code = main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
+                 "--prompts", str(tmp_path / "missing.yaml")])
+    assert code == 2 and "missing.yaml does not exist" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tmp_path):
+    from tests.megaphi.tiny_phi import make_hf_phi, make_tokenizer
+
+    model_dir = tmp_path / "tiny"
+    make_tokenizer(model_dir)
+    make_hf_phi(model_dir, tokenizer_dir=model_dir, max_position_embeddings=2048)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "megaphi.serve", "--model", str(model_dir), "--port", str(port)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "megaphi.serve did not come up"
+                time.sleep(0.2)
+        base = ["--base-url", f"http://127.0.0.1:{port}/v1", "--model", "tiny", "--max-tokens", "24",
+                "--no-progress", "--seed", "5"]
+        result = subprocess.run([sys.executable, "-m", "data_tools.synth", "exercises", "--count", "3",
+                                 "--out", str(tmp_path / "ex.jsonl"), *base],
+                                cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        textbooks = synthesize("textbooks", count=2, out_path=tmp_path / "tb.jsonl",
+                               failures_path=tmp_path / "tb.failures.jsonl", max_tokens=16, keep_truncated=True,
+                               client=ClientConfig(base_url=f"http://127.0.0.1:{port}/v1", model="tiny"),
+                               progress=False)
+    finally:
+        server.terminate()
+        server.wait(30)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["requested"] == 3 and summary["rejected"] == 3 and summary["completion_tokens"] > 0
+    # The random model writes garbage: every exercise is rejected, each with a reason, none kept.
+    assert (tmp_path / "ex.jsonl").read_text() == ""
+    failures = [json.loads(line) for line in (tmp_path / "ex.failures.jsonl").read_text().splitlines()]
+    assert len(failures) == 3 and all(f["reason"].startswith("rejected: ") and f["texts"] for f in failures)
+    assert textbooks.succeeded == 2 and textbooks.completion_tokens == 2 * 16

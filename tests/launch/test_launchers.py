@@ -1,0 +1,75 @@
+"""torchrun, mpirun and the deepspeed launcher all reach the same entry points through launch_env.
+
+Each test starts real launchers and real processes; `launch_env check` joins a gloo group and
+all-reduces the ranks, the training tests run the phi-tiny recipe for two steps.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.distributed import free_port
+from tests.launch.tiny_run import REPO, TINY_RECIPE, assert_trained, tiny_run_overrides
+
+BIN = Path(sys.executable).parent
+
+
+def launcher_command(launcher: str, nproc: int) -> list[str]:
+    """The command prefix that starts ``nproc`` local processes of ``python -m <module>``."""
+    port = str(free_port())
+    if launcher == "torchrun":
+        return [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", port, "-m"]
+    if launcher == "mpi":
+        if shutil.which("mpirun") is None:
+            pytest.fail("mpirun is not installed: run launch/bootstrap.sh (Debian package openmpi-bin)")
+        return ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(nproc), sys.executable, "-m"]
+    if launcher == "deepspeed":
+        # On CPU (DS_ACCELERATOR=cpu) --num_gpus is just the number of local processes.
+        return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", port, "--module"]
+    raise ValueError(launcher)
+
+
+def run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "mpi", "deepspeed"])
+def test_launcher_processes_join_one_group(launcher):
+    out = run(launcher_command(launcher, 2) + ["megaphi.train.launch_env", "check"]).stdout
+    ok = re.findall(rf"rank (\d)/2 \(local (\d)/2\) on \S+, rendezvous (\S+) via {launcher}: all-reduce ok", out)
+    assert sorted((r, l) for r, l, _ in ok) == [("0", "0"), ("1", "1")], out
+    assert len({addr for _, _, addr in ok}) == 1, "both ranks must use one rendezvous"
+
+
+def test_plain_python_is_a_single_process_job():
+    out = run([sys.executable, "-m", "megaphi.train.launch_env", "show", "--format", "exports"]).stdout
+    assert "export RANK=0\nexport WORLD_SIZE=1\n" in out and "export MASTER_ADDR=127.0.0.1" in out
+
+
+def test_inconsistent_environment_is_one_error_line_and_exit_2():
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2"}
+    env.pop("MASTER_ADDR", None)
+    proc = subprocess.run([sys.executable, "-m", "megaphi.train.launch_env", "show"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: RANK/WORLD_SIZE are set but MASTER_ADDR is not; export MASTER_ADDR too "
+        "(or start the job with torchrun, deepspeed, mpirun or srun)"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["mpi", "deepspeed"])
+def test_launcher_starts_one_data_parallel_training_job(launcher, tmp_path):
+    cmd = launcher_command(launcher, 2) + ["megaphi.train", "--config", str(TINY_RECIPE)]
+    run(cmd + tiny_run_overrides(tmp_path, steps=2))
+    assert_trained(tmp_path / "run", steps=2, data_parallel_size=2)
