@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 _COMMENTED_EXEC = re.compile(r"^(\s*)#\s*(exec\(check_program, exec_globals\))", re.MULTILINE)
@@ -65,7 +64,8 @@ def timed_run(code: str, args: list[str], pythonpath: str | None = None) -> tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel programs, both sides")
+    parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1),
+                        help="parallel programs, both sides (default: megaphi's default, 2 per core)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 

@@ -1,6 +1,6 @@
 """Gather source code into JSONL shards of ``{"text", "path", "lang", "meta"}`` records.
 
-Inputs may be directories (walked with glob patterns, language chosen by file extension), JSONL
+Inputs may be directories (filtered by path patterns, language chosen by file extension), JSONL
 files, parquet files in The Stack's layout (a ``content`` column) and Hugging Face datasets saved
 with ``save_to_disk``. With no input, the corpus is the standard library of the running Python:
 real code on every machine.
@@ -35,7 +35,7 @@ LANGUAGE_OF_EXTENSION = {
 # fields that hold the text or the file path in the common code dataset layouts
 TEXT_FIELDS = ("text", "content")
 PATH_FIELDS = ("path", "max_stars_repo_path", "file_path")
-DEFAULT_EXCLUDE = ("*/site-packages/*", "*/dist-packages/*", "*/__pycache__/*")
+DEFAULT_EXCLUDE = ("*/site-packages/*", "*/dist-packages/*", "*/__pycache__/*")  # matched against full paths
 
 
 class CorpusError(ValueError):
@@ -86,26 +86,31 @@ def _is_hf_dataset_dir(path: Path) -> bool:
 
 def iter_directory(root: Path, *, include: Sequence[str], exclude: Sequence[str], languages: Sequence[str] | None,
                    limits: SizeLimits, stats: CorpusStats) -> Iterator[dict[str, Any]]:
-    """Records of the files under ``root`` whose relative path matches ``include`` and whose
-    language (by extension) is in ``languages`` (None: any known language)."""
-    paths = sorted(p for pattern in include for p in root.glob(pattern))
-    seen: set[Path] = set()
-    for path in paths:
-        if path in seen or not path.is_file() or any(fnmatch.fnmatch(str(path), pattern) for pattern in exclude):
-            continue
-        seen.add(path)
-        lang = LANGUAGE_OF_EXTENSION.get(path.suffix.lower())
-        if lang is None or (languages and lang not in languages):
-            continue
-        stats.files += 1
-        if not limits.check(path.stat().st_size, stats):
-            continue
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            stats.undecodable += 1
-            continue
-        yield {"text": text, "path": str(path.relative_to(root)), "lang": lang, "meta": {"root": str(root)}}
+    """Records of the files under ``root`` (walked lazily in sorted order) whose path relative to
+    ``root`` matches an ``include`` pattern, no ``exclude`` pattern (fnmatch: ``*`` crosses
+    directories), and whose language by extension is in ``languages`` (None: any known language)."""
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not _matches(os.path.join(directory, d, ""), exclude))
+        for name in sorted(files):
+            path = Path(directory, name)
+            relative = str(path.relative_to(root))
+            lang = LANGUAGE_OF_EXTENSION.get(path.suffix.lower())
+            if (lang is None or (languages and lang not in languages) or not _matches(relative, include)
+                    or _matches(str(path), exclude) or not path.is_file()):
+                continue
+            stats.files += 1
+            if not limits.check(path.stat().st_size, stats):
+                continue
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                stats.undecodable += 1
+                continue
+            yield {"text": text, "path": relative, "lang": lang, "meta": {"root": str(root)}}
+
+
+def _matches(path: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns)
 
 
 def _record_from_row(row: dict[str, Any], source: str, position: str) -> dict[str, Any]:
@@ -137,21 +142,27 @@ def iter_rows(path: Path, *, on_error: OnError, stats: CorpusStats) -> Iterator[
         yield _record_from_row(row, str(path), f"{path}: record {number}")
 
 
-def iter_corpus(inputs: Sequence[str | os.PathLike] = (), *, include: Sequence[str] = ("**/*",),
+def check_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The input paths (the standard library when none), each checked to exist and be readable here."""
+    paths = [Path(raw).expanduser() for raw in inputs] or [stdlib_dir()]
+    for path in paths:
+        if not path.exists():
+            raise CorpusError(f"input {path} does not exist")
+        if path.is_file() and not (is_jsonl(path) or is_parquet(path)):
+            raise CorpusError(f"input {path} is not a directory, JSONL, parquet or saved Hugging Face dataset")
+    return paths
+
+
+def iter_corpus(inputs: Sequence[str | os.PathLike] = (), *, include: Sequence[str] = ("*",),
                 exclude: Sequence[str] = DEFAULT_EXCLUDE, languages: Sequence[str] | None = ("python",),
                 limits: SizeLimits = SizeLimits(), on_error: OnError = "stop",
                 stats: CorpusStats | None = None) -> Iterator[dict[str, Any]]:
     """Corpus records from every input in order; the standard library when ``inputs`` is empty."""
     stats = stats if stats is not None else CorpusStats()
-    for raw in inputs or [stdlib_dir()]:
-        path = Path(raw).expanduser()
-        if not path.exists():
-            raise CorpusError(f"input {path} does not exist")
+    for path in check_inputs(inputs):
         if path.is_dir() and not _is_hf_dataset_dir(path):
             yield from iter_directory(path, include=include, exclude=exclude, languages=languages, limits=limits, stats=stats)
             continue
-        if path.is_file() and not (is_jsonl(path) or is_parquet(path)):
-            raise CorpusError(f"input {path} is not a directory, JSONL, parquet or saved Hugging Face dataset")
         for record in iter_rows(path, on_error=on_error, stats=stats):
             if limits.check(len(record["text"].encode("utf-8")), stats):
                 yield record
@@ -161,6 +172,7 @@ def build_corpus(inputs: Sequence[str | os.PathLike], output_prefix: str | os.Pa
                  shard_bytes: int = 256 << 20, progress: bool = True, **options: Any) -> CorpusStats:
     """Write the corpus records of ``inputs`` (see :func:`iter_corpus`) to JSONL shards
     ``{output_prefix}-NNNNN.jsonl``. Raises :class:`CorpusError` when nothing is left to write."""
+    check_inputs(inputs)
     stats = CorpusStats()
     records = iter_corpus(inputs, stats=stats, **options)
     with JsonlShardWriter(output_prefix, max_bytes=shard_bytes) as writer, \
@@ -181,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input", nargs="*", default=[],
                         help="directories, JSONL, parquet files or saved HF datasets (default: this Python's standard library)")
     parser.add_argument("--output-prefix", required=True, help="shards are written to PREFIX-00000.jsonl, ...")
-    parser.add_argument("--include", nargs="*", default=["**/*"], help="glob patterns under input directories (default: **/*)")
+    parser.add_argument("--include", nargs="*", default=["*"],
+                        help="fnmatch patterns of paths relative to input directories, '*' crosses directories (default: *)")
     parser.add_argument("--exclude", nargs="*", default=list(DEFAULT_EXCLUDE), help="fnmatch patterns of paths to leave out")
     parser.add_argument("--lang", nargs="*", default=["python"],
                         help=f"languages to keep from directories, by extension (default: python; known: {', '.join(sorted(set(LANGUAGE_OF_EXTENSION.values())))})")

@@ -64,10 +64,10 @@ class CausalLMEmbedder:
 
         self.name = os.fspath(path)
         self.device = device
-        self.max_tokens = max_tokens
         self._torch = torch
         self._model, self._tokenizer = load_model(path, device=device)
         self._model.eval()
+        self.max_tokens = min(max_tokens, self._model.config.max_position_embeddings)
         probe = self._hidden([[self._eod_or_zero()]])
         self.dim = probe.shape[-1]
 
@@ -83,15 +83,14 @@ class CausalLMEmbedder:
             ids[row, :len(seq)] = torch.tensor(seq)
             mask[row, :len(seq)] = 1
         with torch.no_grad():
-            hidden = self._last_hidden_states(ids.to(self.device), mask.to(self.device))
+            hidden = self._last_hidden_states(ids.to(self.device))
         mask = mask.to(hidden.device).unsqueeze(-1).to(hidden.dtype)
         return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu().numpy()
 
-    def _last_hidden_states(self, ids, mask):
-        model = self._model
-        if hasattr(model, "hidden_states"):  # megaphi's PhiForCausalLM
-            return model.hidden_states(ids)
-        return model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    def _last_hidden_states(self, ids):
+        # load_model always gives megaphi's PhiForCausalLM; its decoder returns the final-layernorm
+        # states. Padding is on the right, so causal attention keeps it out of every real token.
+        return self._model.model(ids)
 
     def encode(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
         if not texts:

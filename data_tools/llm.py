@@ -469,6 +469,7 @@ async def arun_requests(
     process: Process = default_record,
     retry_failed: bool = False,
     progress: bool = True,
+    total: int | None = None,
     client: openai.AsyncOpenAI | None = None,
 ) -> RunStats:
     """Sends every request not yet finished in `out_path`/`failures_path`; see the module doc."""
@@ -481,7 +482,8 @@ async def arun_requests(
         )
     store = ResultStore(out_path, failures_path, retry_failed=retry_failed)
     stats = RunStats()
-    total = len(requests) if hasattr(requests, "__len__") else None
+    if total is None and hasattr(requests, "__len__"):
+        total = len(requests)  # for the progress bar; a generator streams without one
     bar = tqdm(total=total, disable=not progress, unit="req", dynamic_ncols=True)
     runner = _Runner(client, config, store, process, stats, bar)
     pending = iter(requests)

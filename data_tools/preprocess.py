@@ -9,7 +9,7 @@ the output names: each JSON key becomes ``{output_prefix}_{key}_document.bin/.id
     python -m data_tools.preprocess merge --input data/a_text_document data/b_text_document \\
         --output-prefix data/all_text_document
 
-The reader hands raw chunks of a few MB (whole lines, or parquet record batches) to worker
+The reader hands raw chunks of about a MiB (whole lines, or parquet record batches) to worker
 processes, which parse, tokenize with the Rust ``encode_batch`` and return flat numpy arrays; the
 main process only appends them to the ``.bin`` in input order. At most a few chunks are in flight,
 so memory stays bounded on inputs larger than RAM. Records with an empty text are skipped (and
@@ -198,7 +198,7 @@ def _encode_in_worker(chunk: Chunk) -> EncodedChunk:
 
 def preprocess(inputs: Sequence[str | os.PathLike], output_prefix: str | os.PathLike, tokenizer: str | os.PathLike, *,
                json_keys: Sequence[str] = ("text",), append_eod: bool = False, workers: int = 1,
-               chunk_bytes: int = 4 << 20, on_error: OnError = "stop", progress: bool = True) -> PreprocessResult:
+               chunk_bytes: int = 1 << 20, on_error: OnError = "stop", progress: bool = True) -> PreprocessResult:
     """Tokenize every record of ``inputs`` (JSONL, gzipped JSONL, parquet; paths, globs or
     directories) into one indexed dataset per JSON key. ``workers`` > 1 tokenizes in that many
     processes; the output is identical for any worker count."""
@@ -248,8 +248,11 @@ def _encode_all(chunks: Iterator[Chunk], tok: Tokenizer, settings: dict[str, Any
         for chunk in chunks:
             yield encode_chunk(chunk, tok, **settings)
         return
-    # spawn, not fork: callers may hold threads (progress bars, tokenizers' pool) that fork would break
-    context = multiprocessing.get_context("spawn")
+    # fork: workers start at once with everything imported (spawn would re-import the training
+    # stack behind megaphi.data, seconds per worker); the parent has not tokenized yet, so the
+    # tokenizers thread pool that fork would break does not exist
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
     with context.Pool(workers, initializer=_init_worker, initargs=(tok.path, settings)) as pool:
         pending: deque = deque()
         for chunk in chunks:
@@ -307,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json-keys", nargs="+", default=["text"], help="record fields to tokenize, one dataset each (default: text)")
     parser.add_argument("--append-eod", action="store_true", help="append the end-of-document token to every document")
     parser.add_argument("--workers", type=int, default=1, help="tokenizing processes (default: 1, in this process)")
-    parser.add_argument("--chunk-bytes", type=int, default=4 << 20, help="input bytes per unit of work (default: 4 MiB)")
+    parser.add_argument("--chunk-bytes", type=int, default=1 << 20, help="input bytes per unit of work (default: 1 MiB)")
     parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="stop",
                         help="malformed JSONL lines or missing fields: stop with file:line (default) or skip and count them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -137,11 +137,11 @@ def sample_prompts(space: PromptSpace, kind: str, count: int, seed: int) -> Iter
 
 
 def build_requests(
-    prompts: Iterator[SynthPrompt], *, api: str, max_tokens: int, temperature: float, top_p: float, seed: int
+    prompts: Iterator[SynthPrompt], *, api: str, max_tokens: int, temperature: float, top_p: float
 ) -> Iterator[LLMRequest]:
-    for index, p in enumerate(prompts):
-        common = dict(id=p.id, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                      seed=seed + index, meta=p.meta)
+    # No per-request seed: servers that batch (megaphi.serve, vLLM) must run seeded requests apart.
+    for p in prompts:
+        common = dict(id=p.id, max_tokens=max_tokens, temperature=temperature, top_p=top_p, meta=p.meta)
         if api == "chat":
             messages = [{"role": "system", "content": p.system}, {"role": "user", "content": p.user}]
             yield LLMRequest(messages=messages, **common)
@@ -279,12 +279,14 @@ def synthesize(
     retry_failed: bool = False,
     progress: bool = True,
 ) -> RunStats:
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
     if api not in ("chat", "completion"):
         raise ValueError(f"api must be 'chat' or 'completion', got {api!r}")
     space = load_prompt_space(prompts_path or PROMPTS_DIR / f"{kind}.yaml", kind)
-    prompts = list(sample_prompts(space, kind, count, seed))
-    requests = list(build_requests(iter(prompts), api=api, max_tokens=max_tokens, temperature=temperature,
-                                   top_p=top_p, seed=seed))
+    # A generator: a run of millions of prompts never holds them all in memory.
+    requests = build_requests(sample_prompts(space, kind, count, seed), api=api, max_tokens=max_tokens,
+                              temperature=temperature, top_p=top_p)
     if kind == "exercises":
         if not unsafe_no_sandbox:
             check_sandbox()  # fail before any request is paid for
@@ -294,7 +296,7 @@ def synthesize(
         def process(request: LLMRequest, response: LLMResponse) -> dict[str, Any]:
             return textbook_record(request, response, keep_truncated=keep_truncated)
     return run_requests(requests, out_path, failures_path, client, process=process,
-                        retry_failed=retry_failed, progress=progress)
+                        retry_failed=retry_failed, progress=progress, total=count)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output JSONL (appended to; a rerun resumes)")
     parser.add_argument("--failures", help="failure log JSONL (default: OUT with .failures.jsonl)")
     parser.add_argument("--prompts", help="prompt YAML (default: data_tools/prompts/KIND.yaml)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt sampling")
     parser.add_argument("--api", choices=("chat", "completion"), default="chat")
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--temperature", type=float, default=1.0)

@@ -173,10 +173,11 @@ def generate(
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     # Longest first so each batch holds prompts of similar length (little padding).
     requests = sorted(((i, ids) for i, ids in enumerate(encoded) for _ in range(n)), key=lambda r: -len(r[1]))
+    # Stop sequences are text, and a token can end mid-sequence: check the decoded continuation each step.
+    is_done = (lambda row, ids: cut_at_stop(tokenizer.decode(ids), stop)[1]) if stop else None
     completions: list[list[str]] = [[] for _ in prompts]
     for start in range(0, len(requests), batch_size):
         chunk = requests[start:start + batch_size]
-        is_done = (lambda row, ids: cut_at_stop(tokenizer.decode(ids), stop)[1]) if stop else None
         tokens = generate_tokens(model, [ids for _, ids in chunk], max_new_tokens=max_new_tokens,
                                  temperature=temperature, top_p=top_p, eos_id=eos_token_id(tokenizer),
                                  generator=generator, is_done=is_done)

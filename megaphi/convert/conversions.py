@@ -5,7 +5,7 @@ from pathlib import Path
 
 from megaphi.convert.checkpoint import load_model_checkpoint, save_model_checkpoint
 from megaphi.convert.hf import has_tokenizer, load_hf_checkpoint, save_hf_checkpoint
-from megaphi.convert.layout import check_divisible, merge_state_dicts, split_state_dict
+from megaphi.convert.layout import check_divisible, merge_state_dicts, reshard, split_state_dict
 
 
 def convert_from_hf(hf_dir: str | Path, out_dir: str | Path, tensor_parallel_size: int = 1) -> Path:
@@ -27,6 +27,5 @@ def convert_to_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
 def reshard_checkpoint(checkpoint: str | Path, out_dir: str | Path, tensor_parallel_size: int) -> Path:
     """Rewrite a megaphi checkpoint for another tensor parallel size (exact: tensors are only moved)."""
     config, shards, meta = load_model_checkpoint(checkpoint)
-    check_divisible(config, tensor_parallel_size)
-    new_shards = split_state_dict(merge_state_dicts(shards, config, meta["path"]), config, tensor_parallel_size)
+    new_shards = reshard(shards, config, tensor_parallel_size, meta["path"])
     return save_model_checkpoint(out_dir, config, new_shards, tokenizer_dir=meta["tokenizer_path"])

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from megaphi.convert.checkpoint import prepare_output_dir
 from megaphi.convert.layout import CheckpointError, QKV, StateDict, check_state_dict, param_specs
 from megaphi.model import PhiConfig
 
@@ -33,7 +35,7 @@ _LEGACY_LAYER_PARTS = {"input_layernorm.": "ln.", "self_attn.qkv_proj.": "mixer.
                        "self_attn.dense.": "mixer.out_proj.", "mlp.": "mlp."}
 
 
-def _hf_names(name: str, config: PhiConfig) -> list[str]:
+def _hf_names(name: str) -> list[str]:
     if ".self_attn.qkv_proj." in name:
         return [name.replace("qkv_proj", proj) for proj in ("q_proj", "k_proj", "v_proj")]
     return [name]
@@ -60,7 +62,7 @@ def _legacy_name(name: str, config: PhiConfig, sequential: bool) -> str:
 def source_names(layout: str, config: PhiConfig) -> Callable[[str], list[str]]:
     """For a layout, a function from a megaphi tensor name to the source tensors it concatenates (dim 0)."""
     if layout == HF:
-        return lambda name: _hf_names(name, config)
+        return _hf_names
     return lambda name: [_legacy_name(name, config, sequential=layout == LEGACY_SEQUENTIAL)]
 
 
@@ -86,8 +88,6 @@ def source_to_megaphi(state_dict: StateDict, config: PhiConfig, where: str = "Hu
     """A transformers or legacy MixFormer Phi state dict -> megaphi's full (TP=1, unpadded) state dict."""
     layout = detect_layout(state_dict)
     state_dict = {k: v for k, v in state_dict.items() if not _DERIVED_BUFFER.match(k)}
-    if layout == HF and config.tie_word_embeddings and "lm_head.weight" not in state_dict:
-        state_dict["lm_head.weight"] = state_dict.get("model.embed_tokens.weight")  # tied: saved once
     check_state_dict(state_dict, _expected_source_shapes(config, layout), f"{where} ({layout} layout)")
     names = source_names(layout, config)
     full = {}
@@ -101,9 +101,7 @@ def megaphi_to_hf_state_dict(full: StateDict, config: PhiConfig) -> StateDict:
     """megaphi's full state dict -> transformers ``PhiForCausalLM`` names (q/k/v unfused)."""
     out = {}
     for spec in param_specs(config):
-        names = _hf_names(spec.name, config)
-        if spec.name == "lm_head.weight" and config.tie_word_embeddings:
-            continue  # transformers ties it to the embedding on load; the file holds it once
+        names = _hf_names(spec.name)
         if spec.split == QKV:
             out.update({name: part.clone() for name, part in zip(names, full[spec.name].chunk(3, dim=0))})
         else:
@@ -237,12 +235,8 @@ def save_hf_checkpoint(
     out_dir: str | Path, config: PhiConfig, full: StateDict, tokenizer_dir: str | Path | None = None
 ) -> Path:
     """Write a directory that ``transformers.AutoModelForCausalLM.from_pretrained`` loads as PhiForCausalLM."""
-    import shutil
-
-    import transformers
+    import transformers  # heavy; only conversions to Hugging Face need it
     from safetensors.torch import save_file
-
-    from megaphi.convert.checkpoint import prepare_output_dir
 
     out = prepare_output_dir(out_dir)
     eos = None

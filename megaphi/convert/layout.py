@@ -173,5 +173,7 @@ def merge_state_dicts(shards: list[StateDict], config: "PhiConfig", where: str =
     return {spec.name: _merge(spec, [s[spec.name] for s in shards], config) for spec in param_specs(config)}
 
 
-def reshard(shards: list[StateDict], config: "PhiConfig", tp: int) -> list[StateDict]:
-    return split_state_dict(merge_state_dicts(shards, config), config, tp)
+def reshard(shards: list[StateDict], config: "PhiConfig", tp: int, where: str = "checkpoint") -> list[StateDict]:
+    """Per-rank state dicts for one tensor parallel size -> for ``tp`` (exact: tensors are only moved)."""
+    check_divisible(config, tp)
+    return split_state_dict(merge_state_dicts(shards, config, where), config, tp)

@@ -16,7 +16,7 @@ Three index arrays define the order (the same arrays, with the same meaning, as 
   last), its position in ``document_index`` and its offset inside that document.
 - ``shuffle_index`` [num_samples]: sample ``i`` of the dataset is stream window ``shuffle_index[i]``.
 
-They are built with vectorised numpy (cumulative sums and a sorted search, no per-document Python
+They are built with vectorised numpy (cumulative sums and a histogram, no per-document Python
 loop), once, and cached on disk (see :mod:`megaphi.data.cache`), keyed by a hash of the document
 lengths, the document range, ``seq_len``, the number of epochs and the seed.
 """
@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch.utils.data
 
-from megaphi.data.cache import IndexCache, digest_array
+from megaphi.data.cache import IndexCache, checksum
 from megaphi.data.indexed import IndexedDataset
 
 # bump when the index-building algorithm changes, so old caches are not trusted
@@ -63,28 +63,38 @@ def build_sample_index(
 ) -> np.ndarray:
     """[num_samples + 1, 2] (document_index position, offset) of stream positions ``k * seq_len``.
 
-    Position ``p`` lies in the document whose token range ``[cum[j-1], cum[j])`` contains it, found
-    by ``searchsorted(cum, p, side="right")`` (which also steps over empty documents). Done one
+    Position ``k * seq_len`` lies in document ``j`` of the stream when exactly ``j`` documents end
+    at or before it. Document ``j`` ends before the start of sample ``ceil(end_j / seq_len)``, so a
+    histogram of those sample numbers, cumulatively summed, gives every sample's document in two
+    linear passes (no search, no per-document loop; empty documents fall out naturally). Done one
     epoch at a time so memory stays at one epoch's cumulative lengths.
     """
     n = len(document_index) // num_epochs
     lengths = sequence_lengths[document_index[:n]]
     tokens_per_epoch = int(lengths.sum(dtype=np.int64))
     num_samples = (num_epochs * tokens_per_epoch - 1) // seq_len
-    dtype = np.int32 if max(len(document_index), int(sequence_lengths.max(initial=0))) <= np.iinfo(np.int32).max else np.int64
-    sample_index = np.empty((num_samples + 1, 2), dtype=dtype)
-    positions = np.arange(num_samples + 1, dtype=np.int64) * seq_len
-    cumulative = np.empty(n + 1, dtype=np.int64)
-    cumulative[0] = 0
+    fits_int32 = max(len(document_index), int(sequence_lengths.max(initial=0))) <= np.iinfo(np.int32).max
+    sample_index = np.empty((num_samples + 1, 2), dtype=np.int32 if fits_int32 else np.int64)
     for epoch in range(num_epochs):
         if epoch:
             lengths = sequence_lengths[document_index[epoch * n : (epoch + 1) * n]]
-        np.cumsum(lengths, dtype=np.int64, out=cumulative[1:])
-        first, last = np.searchsorted(positions, [epoch * tokens_per_epoch, (epoch + 1) * tokens_per_epoch])
-        local = positions[first:last] - epoch * tokens_per_epoch
-        doc = np.searchsorted(cumulative[1:], local, side="right")
+        ends = np.cumsum(lengths, dtype=np.int64)
+        if epoch:
+            ends += epoch * tokens_per_epoch
+        # samples starting in this epoch: k * seq_len in [epoch * tokens, (epoch + 1) * tokens)
+        first = -(-epoch * tokens_per_epoch // seq_len)
+        last = min(num_samples + 1, -(-(epoch + 1) * tokens_per_epoch // seq_len))
+        # ceil(end / seq_len) - first, on one temporary (these arrays are the memory peak)
+        sample_after_end = ends + (seq_len - 1 - first * seq_len)
+        if seq_len & (seq_len - 1):
+            sample_after_end //= seq_len
+        else:  # power-of-two context lengths (the usual case): a shift is several times cheaper
+            sample_after_end >>= seq_len.bit_length() - 1
+        doc = np.cumsum(np.bincount(sample_after_end, minlength=last - first)[: last - first])
+        del sample_after_end
         sample_index[first:last, 0] = doc + epoch * n
-        sample_index[first:last, 1] = local - cumulative[doc]
+        starts = np.arange(first, last, dtype=np.int64) * seq_len
+        sample_index[first:last, 1] = starts - (ends[doc] - lengths[doc])
     return sample_index
 
 
@@ -157,7 +167,7 @@ class GPTDataset(torch.utils.data.Dataset):
         params = {
             "version": INDEX_VERSION,
             "documents": [begin, end],
-            "lengths": digest_array(lengths),
+            "lengths": [len(lengths), self.tokens_per_epoch, checksum(lengths)],
             "seq_len": self.seq_len,
             "num_epochs": self.num_epochs,
             "seed": self.seed,

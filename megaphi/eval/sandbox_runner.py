@@ -15,7 +15,6 @@ harness's memory could forge a verdict; it still cannot leave the sandbox.
 import os
 import resource
 import sys
-import types
 
 # Bound before the program runs, so that monkeypatching os or builtins cannot redirect them.
 _write = os.write
@@ -73,22 +72,22 @@ def main():
             _exit(1)
 
     _set_limits(cpu_s, address_space, max_processes, max_file)
-    module = types.ModuleType("__program__")
+    module = type(sys)("__program__")  # a fresh module, registered so that pickle and dataclasses find it
     sys.modules["__program__"] = module
     try:
-        code = compile(source, "<program>", "exec")
-        # So that tracebacks quote the program's lines.
-        import linecache
-        linecache.cache["<program>"] = (len(source), None, source.decode("utf-8", "replace").splitlines(True), "<program>")
-        del source
-        exec(code, module.__dict__)
+        exec(compile(source, "<program>", "exec"), module.__dict__)
     except _MemoryError:
         report(memory_verdict)
         _flush_std_streams()
         _exit(1)
     except _BaseException as error:  # SystemExit and KeyboardInterrupt included: the program did not finish
         try:
+            import linecache
             import traceback
+
+            # So that the traceback quotes the program's lines.
+            lines = source.decode("utf-8", "replace").splitlines(True)
+            linecache.cache["<program>"] = (len(source), None, lines, "<program>")
             # Start at the program's frame: the harness's own frame is noise to the reader.
             traceback.print_exception(type(error), error, error.__traceback__.tb_next)
             detail = "%s: %s" % (type(error).__name__, error)

@@ -45,7 +45,7 @@ def capture_rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "tensor_parallel_tracker": parallel.get_rng_tracker().get_states(),
     }
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 

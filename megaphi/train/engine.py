@@ -24,18 +24,31 @@ _OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_a
                "gradient_clipping", "optimizer", "scheduler")
 
 
+def on_gpu() -> bool:
+    """Whether DeepSpeed's accelerator (``DS_ACCELERATOR``, else detected) is CUDA."""
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name() == "cuda"
+
+
+def training_device() -> torch.device:
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())
+
+
 def init_distributed() -> None:
     """Join the job's process group whichever launcher started us (a plain ``python -m`` included)."""
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
     from megaphi.train.launch_env import apply_to_environ
 
     if dist.is_initialized():
         return
     apply_to_environ()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    if on_gpu():
+        get_accelerator().set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo", auto_mpi_discovery=False)
 
 
 def resolve_model_config(cfg: TrainConfig, base: PhiConfig | None = None) -> PhiConfig:
@@ -47,7 +60,8 @@ def resolve_model_config(cfg: TrainConfig, base: PhiConfig | None = None) -> Phi
     fields = model_config.to_dict()
     for key in cfg.model.overrides:
         if key not in fields:
-            raise ConfigError(f"model.overrides.{key}: not a PhiConfig field; known fields: {', '.join(sorted(fields))}")
+            raise ConfigError(f"model.overrides.{key}: not a PhiConfig field; known fields: "
+                              f"{', '.join(sorted(fields))}")
     try:
         return PhiConfig.from_dict({**fields, **cfg.model.overrides})
     except (TypeError, ValueError) as e:
@@ -115,7 +129,7 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module, plan: BatchPlan):
 
     o = cfg.optim
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                  fused=torch.cuda.is_available())
+                                  fused=on_gpu())
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, plan),
                                            mpu=parallel.mpu, dist_init_required=False)
     scaler = getattr(engine.optimizer, "loss_scaler", None)
@@ -150,7 +164,7 @@ _PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "A10": 125.0, "V100
 def peak_tflops(configured: float | None) -> float | None:
     if configured is not None:
         return configured
-    if not torch.cuda.is_available():
+    if not on_gpu():
         return None
     name = torch.cuda.get_device_name()
     return next((v for k, v in _PEAK_TFLOPS.items() if k in name), None)

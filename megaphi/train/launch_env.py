@@ -93,16 +93,22 @@ class LaunchEnv:
 def discover(environ: Mapping[str, str] | None = None) -> LaunchEnv:
     """Work out rank, world size and rendezvous from the launcher's environment.
 
-    Precedence: RANK/WORLD_SIZE (torchrun, deepspeed, manual) > MPI (mpirun) > Slurm (srun) >
-    a single process. Raises ``LaunchError`` with one line naming the bad variable.
+    Precedence: RANK/WORLD_SIZE (torchrun, deepspeed, manual) > Open MPI's mpirun > srun >
+    other MPIs' PMI > a single process. Raises ``LaunchError`` with one line naming the bad variable.
     """
     env = os.environ if environ is None else environ
     if "RANK" in env or "WORLD_SIZE" in env:
         return _from_rank_env(env)
-    if "OMPI_COMM_WORLD_SIZE" in env or "PMI_SIZE" in env:
+    # mpirun inside an allocation starts its daemons with srun, so its processes inherit the
+    # daemons' SLURM_* (one "task" per node): MPI's view must win. srun's own PMI plugin (pmi2)
+    # also exports PMI_RANK/PMI_SIZE, but then they agree with Slurm's.
+    if "OMPI_COMM_WORLD_SIZE" in env:
         return _from_mpi(env)
-    if _in_srun_step(env):
+    if _in_srun_step(env) and env.get("PMI_SIZE", env["SLURM_STEP_NUM_TASKS"]) == env["SLURM_STEP_NUM_TASKS"] \
+            and env.get("PMI_RANK", env["SLURM_PROCID"]) == env["SLURM_PROCID"]:
         return _from_slurm(env)
+    if "PMI_SIZE" in env:
+        return _from_mpi(env)
     return LaunchEnv(0, 1, 0, 1, env.get("MASTER_ADDR", "127.0.0.1"),
                      _int(env, "MASTER_PORT") if "MASTER_PORT" in env else free_port(), "single")
 

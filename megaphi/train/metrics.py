@@ -21,17 +21,17 @@ PLOT_FILE = "loss_curve.png"
 
 class MetricsLogger:
     def __init__(self, run_dir: str | Path, *, total_steps: int, tokens_per_step: int, flops_per_token: float,
-                 world_size: int, peak_tflops: float | None, tensorboard: bool, dp_group=None,
-                 resume_step: int = 0) -> None:
+                 world_size: int, peak_tflops: float | None, tensorboard: bool, on_gpu: bool = False,
+                 dp_group=None, resume_step: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps
         self.tokens_per_step = tokens_per_step
         self.flops_per_token = flops_per_token
         self.world_size = world_size
         self.peak_tflops = peak_tflops
-        self.on_gpu = torch.cuda.is_available()
+        self.on_gpu = on_gpu  # TFLOP/s and MFU are reported for GPUs only
         self.dp_group = dp_group
-        self.is_writer = dist.get_rank() == 0
+        self.is_writer = not dist.is_initialized() or dist.get_rank() == 0
         self._pending: list[dict[str, Any]] = []
         self._interval_start = time.perf_counter()
         self._tb = None

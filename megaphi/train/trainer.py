@@ -22,7 +22,8 @@ from megaphi.data.gpt_dataset import DatasetConfigError
 from megaphi.data.loader import build_data_loader
 from megaphi.train import checkpoint as ckpt
 from megaphi.train.engine import (build_engine, build_model, deepspeed_config, full_parameter_count, init_distributed,
-                                  model_flops_per_token, peak_tflops, resolve_model_config, set_learning_rate)
+                                  model_flops_per_token, on_gpu, peak_tflops, resolve_model_config, set_learning_rate,
+                                  training_device)
 from megaphi.train.metrics import MetricsLogger
 from megaphi.train.schedule import learning_rate
 
@@ -134,7 +135,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         parallel.initialize(cfg.train.tensor_parallel_size)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     plan = plan_batches(cfg.train, parallel.get_data_parallel_world_size())
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = training_device()
     root = cfg.checkpoint_dir
 
     latest = ckpt.read_latest(root) if root.is_dir() else None
@@ -189,6 +190,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         cfg.run_dir, total_steps=cfg.train.steps, tokens_per_step=tokens_per_step,
         flops_per_token=model_flops_per_token(model_config, full_parameter_count(model), cfg.data.seq_len),
         world_size=world_size, peak_tflops=peak_tflops(cfg.train.peak_tflops), tensorboard=cfg.logging.tensorboard,
+        on_gpu=on_gpu(),
         dp_group=parallel.get_data_parallel_group(), resume_step=step)
     guards = _Guards(cfg)
     result = TrainResult(step, consumed, last_checkpoint=root / latest if latest else None)

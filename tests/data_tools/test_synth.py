@@ -114,6 +114,14 @@ def test_malformed_exercises_are_rejected_with_the_reason(answer, reason):
         parse_exercise(answer, "count_vowels", task_id="t")
 
 
+def test_an_exercise_cut_at_max_tokens_is_rejected_before_it_runs():
+    request = LLMRequest(id="e", prompt="p", max_tokens=64, meta={"function_name": "count_vowels"})
+    response = LLMResponse(model="m", texts=[GOOD_ANSWER], finish_reasons=["length"], prompt_tokens=1,
+                           completion_tokens=64)
+    with pytest.raises(Rejected, match="truncated at max_tokens=64"):
+        ExerciseValidator()(request, response)
+
+
 @pytest.mark.slow
 def test_the_sandbox_keeps_correct_solutions_and_rejects_wrong_ones():
     exercises = [parse_exercise(answer, "count_vowels", task_id=str(i)) for i, answer in enumerate([
@@ -175,7 +183,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tmp_path):
+def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tmp_path, capsys):
     from tests.megaphi.tiny_phi import make_hf_phi, make_tokenizer
 
     model_dir = tmp_path / "tiny"
@@ -194,12 +202,9 @@ def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tm
             except OSError:
                 assert time.monotonic() < deadline, "megaphi.serve did not come up"
                 time.sleep(0.2)
-        base = ["--base-url", f"http://127.0.0.1:{port}/v1", "--model", "tiny", "--max-tokens", "24",
-                "--no-progress", "--seed", "5"]
-        result = subprocess.run([sys.executable, "-m", "data_tools.synth", "exercises", "--count", "3",
-                                 "--out", str(tmp_path / "ex.jsonl"), *base],
-                                cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
+        code = main(["exercises", "--count", "3", "--out", str(tmp_path / "ex.jsonl"), "--base-url",
+                     f"http://127.0.0.1:{port}/v1", "--model", "tiny", "--max-tokens", "24", "--no-progress"])
+        assert code == 0
         textbooks = synthesize("textbooks", count=2, out_path=tmp_path / "tb.jsonl",
                                failures_path=tmp_path / "tb.failures.jsonl", max_tokens=16, keep_truncated=True,
                                client=ClientConfig(base_url=f"http://127.0.0.1:{port}/v1", model="tiny"),
@@ -207,7 +212,7 @@ def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tm
     finally:
         server.terminate()
         server.wait(30)
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["requested"] == 3 and summary["rejected"] == 3 and summary["completion_tokens"] > 0
     # The random model writes garbage: every exercise is rejected, each with a reason, none kept.
     assert (tmp_path / "ex.jsonl").read_text() == ""

@@ -43,10 +43,10 @@ def run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["torchrun", "mpi", "deepspeed"])
-def test_launcher_processes_join_one_group(launcher):
-    out = run(launcher_command(launcher, 2) + ["megaphi.train.launch_env", "check"]).stdout
-    ok = re.findall(rf"rank (\d)/2 \(local (\d)/2\) on \S+, rendezvous (\S+) via {launcher}: all-reduce ok", out)
+def test_torchrun_processes_join_one_group():
+    # mpirun and the deepspeed launcher are proven by the training runs below; srun by tests/slurm.
+    out = run(launcher_command("torchrun", 2) + ["megaphi.train.launch_env", "check"]).stdout
+    ok = re.findall(r"rank (\d)/2 \(local (\d)/2\) on \S+, rendezvous (\S+) via torchrun: all-reduce ok", out)
     assert sorted((r, l) for r, l, _ in ok) == [("0", "0"), ("1", "1")], out
     assert len({addr for _, _, addr in ok}) == 1, "both ranks must use one rendezvous"
 

@@ -28,13 +28,13 @@ def tiny_run_overrides(tmp_path: Path, steps: int = 2, global_batch_size: int = 
             "logging.tensorboard=false", "logging.plot=false", "eval.interval=0"]
 
 
-def assert_trained(run_dir: Path, steps: int, data_parallel_size: int) -> None:
+def assert_trained(run_dir: Path, steps: int, data_parallel_size: int, global_batch_size: int = 4) -> None:
     """metrics.jsonl has one finite step per line and the last step's checkpoint is a loadable model."""
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train_lines = [m for m in lines if "loss" in m and "step" in m]
     assert [m["step"] for m in train_lines] == list(range(1, steps + 1))
     assert all(math.isfinite(m["loss"]) for m in train_lines)
-    assert train_lines[-1]["consumed_samples"] == steps * 4
+    assert train_lines[-1]["consumed_samples"] == steps * global_batch_size
     root = run_dir / "checkpoints"
     tag = (root / "latest").read_text().strip()
     assert (root / tag / "mp_rank_00_model_states.pt").is_file()

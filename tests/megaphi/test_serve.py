@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from megaphi.generate import generate
-from megaphi.serve import FALLBACK_STOP, build_server
+from megaphi.serve import FALLBACK_STOP, Server, build_server
 from tests.megaphi.tiny_phi import make_hf_phi, make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,8 +165,32 @@ def test_raw_bad_requests_are_json_errors_too(server, path, data, status, messag
     assert message in error["message"] and set(error) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_missing_model_with_one_error_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "megaphi.serve", "--model", str(tmp_path / "nothing")],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and str(tmp_path / "nothing") in result.stderr
+
+
+def test_a_megaphi_checkpoint_serves_the_same_text_as_its_hf_source(model_dir, client, tmp_path):
+    from megaphi.convert.conversions import convert_from_hf
+
+    checkpoint = convert_from_hf(model_dir, tmp_path / "ckpt", tensor_parallel_size=2)
+    converted = build_server(checkpoint, model_name="tiny")
+    with running(converted.app()) as base_url:
+        other = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+        served = other.completions.create(model="tiny", prompt="def fib(n):", max_tokens=10, temperature=0)
+    original = client.completions.create(model="tiny", prompt="def fib(n):", max_tokens=10, temperature=0)
+    assert served.choices[0].text == original.choices[0].text
+
+
+def test_chat_uses_a_given_chat_template(server, client):
+    template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
+    templated = Server(server.model, server.tokenizer, "tiny", chat_template=template)
+    with running(templated.app()) as base_url:
+        other = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+        chat = other.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                             max_tokens=8, temperature=0)
+    plain = client.completions.create(model="tiny", prompt="<user>hi\n<assistant>", max_tokens=8, temperature=0)
+    assert chat.choices[0].message.content == plain.choices[0].text

@@ -45,16 +45,24 @@ def make_hf_phi(out_dir: Path, *, weights: str = "safetensors", seed: int = 0, t
                 **config_overrides):
     """Save a randomly initialised transformers PhiForCausalLM (biases and LayerNorms randomised too).
 
-    ``weights="bin"`` writes ``pytorch_model.bin`` instead of ``model.safetensors``, as transformers 4 did.
+    ``weights="bin"`` writes ``pytorch_model.bin`` instead of ``model.safetensors``, as transformers 4 did;
+    ``weights="sharded"`` splits the safetensors into several files with an index.
     """
     from transformers import PhiForCausalLM
 
     torch.manual_seed(seed)
     model = PhiForCausalLM(tiny_hf_config(**config_overrides)).eval()
-    with torch.no_grad():  # default init leaves biases 0 and LayerNorms 1; make every tensor count
-        for p in model.parameters():
-            p.normal_(0.0, 0.2)
-    model.save_pretrained(str(out_dir))
+    # Default init leaves biases 0 and LayerNorms 1, and its tiny weights make greedy output ignore the
+    # prompt; this init makes every tensor count and continuations depend on the prompt.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+            elif "layernorm" in name and name.endswith("weight"):
+                p.normal_(1.0, 0.1)
+            else:
+                p.normal_(0.0, 0.02)
+    model.save_pretrained(str(out_dir), **({"max_shard_size": "40KB"} if weights == "sharded" else {}))
     if weights == "bin":
         (out_dir / "model.safetensors").unlink()
         torch.save(model.state_dict(), out_dir / "pytorch_model.bin")

@@ -11,6 +11,7 @@ from megaphi import parallel
 from megaphi.convert import (CheckpointError, convert_from_hf, convert_to_hf, load_model_checkpoint,
                              merge_state_dicts, split_state_dict)
 from megaphi.convert.__main__ import main as convert_main
+from megaphi.generate import load_model
 from megaphi.model import PhiForCausalLM
 from tests.distributed import spawn
 from tests.megaphi.tiny_phi import make_hf_phi, make_tokenizer
@@ -45,10 +46,14 @@ def megaphi_logits(checkpoint, input_ids):
 INPUT_IDS = torch.tensor([[5, 17, 280, 3, 99, 42, 7, 0, 250, 11], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
 
 
-@pytest.mark.parametrize("weights", ["safetensors", "bin"])
-def test_from_hf_gives_the_logits_of_transformers_phi(tmp_path, tokenizer_dir, weights):
+WEIGHT_FILES = {"safetensors": "model.safetensors", "bin": "pytorch_model.bin",
+                "sharded": "model.safetensors.index.json"}
+
+
+@pytest.mark.parametrize("weights", WEIGHT_FILES)
+def test_from_hf_gives_the_logits_of_transformers_phi(tmp_path, weights):
     reference = make_hf_phi(tmp_path / "hf", weights=weights, seed=1)
-    assert (tmp_path / "hf" / ("model.safetensors" if weights == "safetensors" else "pytorch_model.bin")).is_file()
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir() if "model" in p.name)[-1] == WEIGHT_FILES[weights]
     convert_from_hf(tmp_path / "hf", tmp_path / "megaphi")
     with torch.no_grad():
         expected = reference(INPUT_IDS).logits
@@ -125,6 +130,10 @@ def _tp_worker(rank, world_size, checkpoint, input_ids, expected):
         with torch.no_grad():
             logits = model(input_ids)
         assert (logits - expected).abs().max() < 1e-4
+        # Inference inside a tensor-parallel group: load_model takes this rank's shard of the merged weights.
+        served, _ = load_model(checkpoint)
+        with torch.no_grad():
+            assert torch.equal(served(input_ids), logits)
     finally:
         parallel.destroy()
 
@@ -172,14 +181,19 @@ def test_heads_that_do_not_divide_by_tp_are_refused_before_anything_is_written(t
     assert not (tmp_path / "out").exists()
 
 
-def test_grouped_query_attention_configs_are_refused_naming_the_field(tmp_path, hf_dir):
+@pytest.mark.parametrize("edit, message", [
+    ({"num_key_value_heads": 2}, "num_key_value_heads 2 differs from num_attention_heads 4"),
+    ({"tie_word_embeddings": True}, "tie_word_embeddings=True is not supported"),
+    ({"hidden_act": "relu"}, "hidden_act='relu' is not supported"),
+])
+def test_configs_that_are_not_phi_1_networks_are_refused_naming_the_field(tmp_path, hf_dir, edit, message):
     import shutil
 
-    shutil.copytree(hf_dir, tmp_path / "gqa")
-    config = json.loads((tmp_path / "gqa/config.json").read_text())
-    (tmp_path / "gqa/config.json").write_text(json.dumps({**config, "num_key_value_heads": 2}))
-    with pytest.raises(CheckpointError, match="num_key_value_heads 2 differs from num_attention_heads 4"):
-        convert_from_hf(tmp_path / "gqa", tmp_path / "out")
+    shutil.copytree(hf_dir, tmp_path / "other")
+    config = json.loads((tmp_path / "other/config.json").read_text())
+    (tmp_path / "other/config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(CheckpointError, match=message):
+        convert_from_hf(tmp_path / "other", tmp_path / "out")
 
 
 @pytest.mark.slow
@@ -187,6 +201,13 @@ def test_the_convert_cli_runs_as_a_module(tmp_path, hf_dir):
     run = subprocess.run([sys.executable, "-m", "megaphi.convert", "from-hf", "--hf", str(hf_dir),
                           "--out", str(tmp_path / "m")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == f"wrote {tmp_path / 'm'}"
     assert (tmp_path / "m/megaphi.json").is_file() and (tmp_path / "m/mp_rank_00_model_states.pt").is_file()
-    help_text = subprocess.run([sys.executable, "-m", "megaphi.convert", "--help"], capture_output=True, text=True)
-    assert help_text.returncode == 0 and "from-hf" in help_text.stdout and "reshard" in help_text.stdout
+
+
+def test_the_convert_cli_documents_its_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        convert_main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in ("from-hf", "to-hf", "reshard"))

@@ -27,9 +27,11 @@ def stream_of(dataset, documents):
     return np.concatenate([documents[d] for d in dataset.document_index])
 
 
-def test_every_sample_is_a_window_of_seq_len_plus_one_consecutive_stream_tokens(corpus):
+@pytest.mark.parametrize("num_samples", [None, 700])
+def test_every_sample_is_a_window_of_seq_len_plus_one_consecutive_stream_tokens(corpus, num_samples):
     prefix, documents = corpus
-    ds = GPTDataset(prefix, seq_len=SEQ, seed=3)
+    ds = GPTDataset(prefix, seq_len=SEQ, seed=3, num_samples=num_samples)
+    assert ds.num_epochs == (1 if num_samples is None else 4)
     stream = stream_of(ds, documents)
     for k in range(len(ds)):
         np.testing.assert_array_equal(ds.window(k), stream[k * SEQ : (k + 1) * SEQ + 1])

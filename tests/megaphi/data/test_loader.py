@@ -91,3 +91,14 @@ def test_errors_in_loading_reach_the_trainer_and_close_stops_the_thread():
     assert not any(t.name == "megaphi-prefetch" and t is endless._thread and t.is_alive() for t in threading.enumerate())
     with pytest.raises(StopIteration):
         next(endless)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_batches_arrive_on_the_device_from_pinned_memory(dataset):
+    with build_data_loader(dataset, micro_batch_size=2, global_batch_size=2, device="cuda") as loader:
+        batch = next(loader)
+        assert batch.is_cuda and batch.dtype == torch.int64
+        torch.testing.assert_close(batch.cpu(), torch.from_numpy(np.stack([dataset[0], dataset[1]])))
+    pinned = Prefetcher([torch.zeros(3)], device="cuda")
+    assert pinned._queue.get().is_pinned()
+    pinned.close()

@@ -53,6 +53,11 @@ def test_srun_task_gets_rank_local_rank_and_node_task_count_from_slurm():
     assert launch.launcher == "slurm" and launch.master_addr == "10.1.0.7"
 
 
+def test_srun_with_its_pmi2_plugin_is_still_a_slurm_launch():
+    launch = discover(_srun_env(PMI_RANK="9", PMI_SIZE="16", PMI_FD="5"))
+    assert (launch.rank, launch.world_size, launch.launcher) == (9, 16, "slurm")
+
+
 def test_srun_tasks_agree_on_a_port_that_differs_between_jobs_and_steps():
     port = discover(_srun_env()).master_port
     assert port == discover(_srun_env(SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0")).master_port

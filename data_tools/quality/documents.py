@@ -1,0 +1,85 @@
+"""The corpus as the quality stages see it: documents with a stable id and a fingerprint of their text.
+
+Annotations are joined to corpus records by id (the record's "id", else its "path", which
+``data_tools.corpus`` fills with the file's path) and checked by the SHA-1 of the text, so an
+annotation made on one version of a file is never silently reused for a changed file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from data_tools.jsonl import OnError, ReadStats, expand_inputs, iter_records
+
+
+class QualityError(ValueError):
+    """Inputs the quality stages cannot use as given; the message says what to change."""
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    record: dict[str, Any]
+
+    @property
+    def sha1(self) -> str:
+        return text_sha1(self.text)
+
+
+def text_sha1(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+def document_id(record: dict[str, Any], index: int) -> str:
+    """The record's "id", else its "path", else its position in the corpus ("#index")."""
+    for key in ("id", "path"):
+        if record.get(key) not in (None, ""):
+            return str(record[key])
+    return f"#{index}"
+
+
+def corpus_files(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """The corpus files that paths, globs or directories name (JSONL or parquet)."""
+    if not inputs:
+        raise QualityError("no corpus given: pass --corpus with the JSONL shards written by data_tools.corpus")
+    try:
+        return [str(p) for p in expand_inputs(inputs)]
+    except FileNotFoundError as exc:
+        raise QualityError(str(exc)) from None
+
+
+def iter_documents(files: Sequence[str], *, text_key: str = "text", on_error: OnError = "stop",
+                   stats: ReadStats | None = None) -> Iterator[Document]:
+    """Documents of the corpus files in order, each with its id; ids must be unique."""
+    seen: set[str] = set()
+    for index, record in enumerate(iter_records(files, on_error=on_error, stats=stats)):
+        text = record.get(text_key)
+        if not isinstance(text, str):
+            raise QualityError(f"corpus record {index} ({document_id(record, index)}) has no string field "
+                               f"{text_key!r}; fields are {sorted(record)} (choose another with --text-key)")
+        doc_id = document_id(record, index)
+        if doc_id in seen:
+            raise QualityError(f"document id {doc_id!r} occurs twice in the corpus; give each record a unique "
+                               f"'id' (or 'path') field")
+        seen.add(doc_id)
+        yield Document(doc_id, text, record)
+
+
+def sample_documents(files: Sequence[str], limit: int | None, seed: int, **options: Any) -> Iterator[Document]:
+    """A uniform random sample of ``limit`` documents (all when None), in corpus order.
+
+    Two passes over the corpus (count, then pick) keep memory flat at the scale of The Stack."""
+    if limit is None:
+        yield from iter_documents(files, **options)
+        return
+    if limit < 1:
+        raise QualityError(f"--limit must be at least 1, got {limit}")
+    total = sum(1 for _ in iter_records(files, on_error=options.get("on_error", "stop")))
+    chosen = set(random.Random(seed).sample(range(total), min(limit, total)))
+    for index, document in enumerate(iter_documents(files, **options)):
+        if index in chosen:
+            yield document

@@ -1,0 +1,111 @@
+"""Corpus gathering: directories, JSONL, parquet, saved HF datasets -> JSONL shards; stdlib by default."""
+import json
+from itertools import islice
+
+import pytest
+
+from data_tools.corpus import CorpusError, SizeLimits, build_corpus, iter_corpus, main, stdlib_dir
+from data_tools.jsonl import MalformedRecordError, iter_jsonl
+
+
+def read_shards(paths):
+    return [record for path in paths for record in iter_jsonl(path)]
+
+
+@pytest.fixture
+def source_tree(tmp_path):
+    root = tmp_path / "src"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "a.py").write_text("def a():\n    return 1\n")
+    (root / "pkg" / "b.py").write_text("B = 2\n" * 50)
+    (root / "pkg" / "notes.md").write_text("# notes\n")
+    (root / "pkg" / "latin1.py").write_bytes("s = 'caf\xe9'\n".encode("latin-1"))
+    (root / "pkg" / "__pycache__").mkdir()
+    (root / "pkg" / "__pycache__" / "a.py").write_text("cached = True\n")
+    (root / "empty.py").write_text("")
+    return root
+
+
+def test_default_corpus_is_the_running_interpreters_standard_library():
+    records = list(islice(iter_corpus(), 30))
+    assert len(records) == 30
+    for record in records:
+        assert record["lang"] == "python" and record["meta"]["root"] == str(stdlib_dir())
+        assert (stdlib_dir() / record["path"]).read_text(encoding="utf-8") == record["text"]
+
+
+def test_directory_gathering_filters_language_and_size_and_counts_undecodable_files(source_tree, tmp_path):
+    stats = build_corpus([source_tree], tmp_path / "out" / "corpus", progress=False, limits=SizeLimits(1, 200))
+    records = read_shards(stats.shards)
+    assert [r["path"] for r in records] == ["pkg/a.py"]
+    assert records[0]["text"] == "def a():\n    return 1\n"
+    assert (stats.undecodable, stats.too_small, stats.too_large) == (1, 1, 1)
+    everything = build_corpus([source_tree], tmp_path / "all", progress=False, languages=None)
+    assert sorted(r["path"] for r in read_shards(everything.shards)) == ["pkg/a.py", "pkg/b.py", "pkg/notes.md"]
+
+
+def test_include_patterns_select_files_under_a_directory(source_tree, tmp_path):
+    stats = build_corpus([source_tree], tmp_path / "c", include=["pkg/b*"], progress=False)
+    assert [r["path"] for r in read_shards(stats.shards)] == ["pkg/b.py"]
+
+
+def test_shards_roll_over_at_the_byte_limit_and_keep_order(tmp_path):
+    lines = [json.dumps({"text": f"x = {i}\n" * 20, "path": f"f{i}.py"}) for i in range(30)]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    stats = build_corpus([tmp_path / "in.jsonl"], tmp_path / "out", shard_bytes=1000, progress=False)
+    assert len(stats.shards) > 3
+    assert [r["path"] for r in read_shards(stats.shards)] == [f"f{i}.py" for i in range(30)]
+
+
+def test_parquet_in_the_stack_layout_maps_content_and_path(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"content": ["print(1)\n", "print(2)\n"], "max_stars_repo_path": ["a/x.py", "b/y.py"],
+                      "max_stars_count": [5, 7]})
+    pq.write_table(table, tmp_path / "stack.parquet")
+    records = list(iter_corpus([tmp_path / "stack.parquet"]))
+    assert records == [
+        {"text": "print(1)\n", "path": "a/x.py", "lang": "python", "meta": {"max_stars_count": 5}},
+        {"text": "print(2)\n", "path": "b/y.py", "lang": "python", "meta": {"max_stars_count": 7}},
+    ]
+
+
+@pytest.mark.slow
+def test_hugging_face_dataset_saved_on_disk_is_read(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict({"text": ["a = 1\n", "b = 2\n"], "path": ["a.py", "b.py"]}).save_to_disk(str(tmp_path / "hf"))
+    assert [r["text"] for r in iter_corpus([tmp_path / "hf"])] == ["a = 1\n", "b = 2\n"]
+
+
+def test_malformed_jsonl_line_stops_with_file_and_line_or_is_skipped(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "a = 1\\n"}\n{"text": "b = \n{"text": "c = 3\\n"}\n')
+    with pytest.raises(MalformedRecordError, match=rf"{path}:2: malformed JSON .*--on-error skip"):
+        list(iter_corpus([path]))
+    stats = build_corpus([path], tmp_path / "out", on_error="skip", progress=False)
+    assert [r["text"] for r in read_shards(stats.shards)] == ["a = 1\n", "c = 3\n"]
+    assert stats.read.skipped == 1 and f"{path}:2" in stats.read.errors[0]
+
+
+def test_record_without_text_names_the_record(tmp_path):
+    (tmp_path / "in.jsonl").write_text('{"body": "x"}\n')
+    with pytest.raises(CorpusError, match="record 1: no string field text or content"):
+        list(iter_corpus([tmp_path / "in.jsonl"]))
+
+
+def test_empty_corpus_is_an_error(source_tree, tmp_path):
+    with pytest.raises(CorpusError, match="the corpus is empty"):
+        build_corpus([source_tree], tmp_path / "out", languages=["rust"], progress=False)
+
+
+def test_cli_writes_shards_and_reports_bad_input_in_one_line(source_tree, tmp_path, capsys):
+    assert main(["--input", str(source_tree), "--output-prefix", str(tmp_path / "c"), "--no-progress"]) == 0
+    assert "wrote 2 documents" in capsys.readouterr().out
+    assert (tmp_path / "c-00000.jsonl").exists()
+    assert main(["--input", str(tmp_path / "missing"), "--output-prefix", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
+    assert main(["--lang", "cobol", "--output-prefix", str(tmp_path / "e")]) == 2
+    assert "unknown language 'cobol'" in capsys.readouterr().err

@@ -1,0 +1,133 @@
+"""`python -m megaphi.eval generate|score|run` end to end, on a tiny random model (pass@1 is 0 there)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from megaphi.convert import convert_from_hf
+from megaphi.eval import sandbox
+from megaphi.eval.__main__ import main
+from megaphi.eval.benchmarks import HUMANEVAL_STOP, load_humaneval
+from tests.megaphi.eval.test_benchmarks import MBPP_PATH, needs_mbpp
+from tests.megaphi.tiny_phi import make_hf_phi, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def hf_model(tmp_path_factory):
+    tokenizer = make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+    path = tmp_path_factory.mktemp("hf")
+    make_hf_phi(path, tokenizer_dir=tokenizer, seed=1, max_position_embeddings=2048)
+    return path
+
+
+@pytest.fixture(scope="module")
+def megaphi_checkpoint(hf_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tp2"
+    convert_from_hf(hf_model, path, tensor_parallel_size=2)
+    return path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def last_json_line(text):
+    return json.loads(text.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_generate_writes_one_sample_per_problem_cut_at_the_stop_sequences(hf_model, tmp_path):
+    out = tmp_path / "samples.jsonl"
+    assert main(["generate", "--model", str(hf_model), "--benchmark", "humaneval", "--limit", "2",
+                 "--max-new-tokens", "24", "--out", str(out)]) == 0
+    samples = read_jsonl(out)
+    assert [s["task_id"] for s in samples] == ["HumanEval/0", "HumanEval/1"]
+    for sample in samples:
+        assert isinstance(sample["completion"], str)
+        assert not any(stop in sample["completion"] for stop in HUMANEVAL_STOP)
+
+
+@pytest.mark.slow
+def test_run_generates_scores_and_reports_from_a_tensor_parallel_checkpoint(megaphi_checkpoint, tmp_path, capsys):
+    out_dir = tmp_path / "eval"
+    code = main(["run", "--model", str(megaphi_checkpoint), "--benchmark", "humaneval", "--limit", "2",
+                 "--n-samples", "2", "--temperature", "0.8", "--top-p", "0.95", "--max-new-tokens", "16",
+                 "--timeout", "5", "--out-dir", str(out_dir)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = last_json_line(captured.out)
+    assert summary["pass@1"] == 0.0 and summary["samples"] == 4 and summary["problems_scored"] == 2
+    assert "samples cover 2 of 164" in captured.err
+    results = read_jsonl(out_dir / "results.jsonl")
+    assert [r["task_id"] for r in results] == ["HumanEval/0"] * 2 + ["HumanEval/1"] * 2
+    assert all(set(r) >= {"task_id", "completion", "passed", "result"} and not r["passed"] for r in results)
+    assert len(read_jsonl(out_dir / "samples.jsonl")) == 4
+    report = json.loads((out_dir / "report.json").read_text())
+    assert [p["task_id"] for p in report["problems"]] == ["HumanEval/0", "HumanEval/1"]
+    assert "| HumanEval/1 | 2 | 0 | 0.000 |" in (out_dir / "report.md").read_text()
+
+
+@needs_mbpp
+@pytest.mark.slow
+def test_generate_reads_mbpp_from_the_given_file(hf_model, tmp_path):
+    out = tmp_path / "samples.jsonl"
+    assert main(["generate", "--model", str(hf_model), "--benchmark", "mbpp", "--mbpp-path", str(MBPP_PATH),
+                 "--limit", "1", "--max-new-tokens", "8", "--out", str(out)]) == 0
+    assert [s["task_id"] for s in read_jsonl(out)] == ["Mbpp/11"]
+
+
+def test_score_prints_the_summary_and_writes_one_result_per_sample(tmp_path, capsys):
+    problems = load_humaneval().problems[:3]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": p.task_id, "completion": c}) + "\n"
+                               for p in problems for c in (p.reference, "    raise SystemExit(0)\n")))
+    results_path = tmp_path / "results.jsonl"
+    assert main(["score", "--benchmark", "humaneval", "--samples", str(samples), "--out", str(results_path)]) == 0
+    summary = last_json_line(capsys.readouterr().out)
+    assert summary["pass@1"] == pytest.approx(0.5) and "pass@10" not in summary
+    results = read_jsonl(results_path)
+    assert [r["passed"] for r in results] == [True, False] * 3
+    assert results[1]["result"] == "failed: SystemExit: 0"
+
+
+def test_score_refuses_without_a_sandbox_unless_told_to_run_unsafely(tmp_path, capsys, monkeypatch):
+    problem = load_humaneval().problems[0]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"task_id": problem.task_id, "completion": problem.reference}) + "\n")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on it
+    sandbox._sandbox_problem.cache_clear()
+    try:
+        argv = ["score", "--benchmark", "humaneval", "--samples", str(samples), "--out", str(tmp_path / "r.jsonl")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "bubblewrap" in err and "--unsafe-no-sandbox" in err
+        with pytest.warns(RuntimeWarning, match="WITHOUT a sandbox"):
+            assert main(argv + ["--unsafe-no-sandbox"]) == 0
+        assert last_json_line(capsys.readouterr().out)["pass@1"] == 1.0
+    finally:
+        sandbox._sandbox_problem.cache_clear()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["generate", "--model", "m", "--benchmark", "humaneval", "--n-samples", "3", "--out", "s.jsonl"],
+     "identical greedy samples"),
+    (["run", "--model", "m", "--benchmark", "humaneval", "--limit", "0", "--out-dir", "d"], "--limit must be"),
+    (["score", "--benchmark", "humaneval", "--samples", "missing.jsonl", "--out", "r.jsonl"],
+     "missing.jsonl does not exist"),
+    (["score", "--benchmark", "humaneval", "--samples", "s.jsonl", "--out", "r.jsonl", "--workers", "0"],
+     "--workers must be at least 1"),
+    (["generate", "--model", "no/such/model", "--benchmark", "humaneval", "--out", "s.jsonl"], "no/such/model"),
+])
+def test_bad_input_gets_one_error_line_and_exit_status_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_every_subcommand_documents_itself():
+    for command in ([], ["generate"], ["score"], ["run"]):
+        out = subprocess.run([sys.executable, "-m", "megaphi.eval", *command, "--help"], capture_output=True,
+                             text=True, check=True).stdout
+        assert out.startswith("usage: python -m megaphi.eval")

@@ -1,0 +1,57 @@
+"""``python -m megaphi.train`` refuses bad input with one line naming the field, before starting anything."""
+import pytest
+
+from megaphi.train import main
+
+
+def run_main(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def recipe(tmp_path, corpus, extra=""):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"run_dir: {tmp_path / 'run'}\nmodel:\n  preset: phi-tiny\ndata:\n  paths: [{corpus}]\n"
+                    f"  seq_len: 64\ntrain:\n  steps: 4\n  global_batch_size: 8\n  micro_batch_size: 2\n"
+                    f"  precision: fp32\n{extra}")
+    return str(path)
+
+
+def test_help_describes_the_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config" in out and "--resume" in out and "section.field=value" in out
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.stepz=3"], "error: train.stepz: unknown field; train accepts"),
+    (["train.steps=many"], "error: train.steps: expected int, got 'many'"),
+    (["train.global_batch_size=7"], "error: train.global_batch_size: 7 is not divisible by micro_batch_size 2"),
+    (["data.paths=[/nonexistent/corpus]"], "error: data.paths: no indexed dataset at '/nonexistent/corpus'"),
+    (["data.paths=[]"], "error: data.paths: give at least one dataset prefix"),
+    (["train.tensor_parallel_size=2"], "error: train.tensor_parallel_size: 2 does not divide the 1 processes"),
+    (["data.tokenizer=/nonexistent/tok"], "error: data.tokenizer: '/nonexistent/tok' is not a directory"),
+])
+def test_bad_config_exits_2_with_one_line_naming_the_field(tmp_path, capsys, tiny_corpus, overrides, message):
+    code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus), *overrides)
+    assert code == 2
+    assert err.startswith(message), err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_missing_recipe_file_is_named(tmp_path, capsys):
+    code, err = run_main(capsys, "--config", str(tmp_path / "nope.yaml"))
+    assert (code, err) == (2, f"error: --config: no such file '{tmp_path / 'nope.yaml'}'")
+
+
+def test_fp16_where_deepspeed_cannot_run_it_is_a_config_error(tmp_path, capsys, tiny_corpus):
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().is_fp16_supported():
+        pytest.skip("this device runs fp16")
+    code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus), "train.precision=fp16")
+    assert code == 2 and err.startswith("error: train.precision: DeepSpeed does not support fp16 on this cpu device")

@@ -1,0 +1,200 @@
+"""End-to-end training runs of the real trainer (DeepSpeed ZeRO-2 on CPU/gloo), launched as users do.
+
+All runs share one recipe: phi-tiny, 8 optimizer steps of 8 sequences of 64 tokens, fp32, checkpoints
+every 2 steps. Losses of differently-parallel runs agree to 2e-5 (about 3e-6 relative): they do the
+same arithmetic with fp32 sums in a different order (two data-parallel halves averaged by an
+all-reduce instead of four accumulated micro-batches; tensor-parallel partial matmuls summed by an
+all-reduce), which moves the last one or two bits of each step; one different sample, or a gradient
+scaled wrongly, moves the loss by more than 1e-3 here.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from megaphi.train.metrics import read_metrics
+from megaphi.train.schedule import learning_rate
+from tests.megaphi.train.conftest import REPO, run_trainer, trainer_command, trainer_env
+
+pytestmark = pytest.mark.slow
+
+STEPS = 8
+DROPOUT = ["model.overrides.resid_pdrop=0.1", "model.overrides.embd_pdrop=0.1",
+           "model.overrides.attention_dropout=0.1"]
+TOLERANCE = 2e-5
+
+
+def recipe(tmp_path, corpus) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"""
+model: {{preset: phi-tiny}}
+data: {{paths: [{corpus}], split: "90,10,0", seq_len: 64}}
+optim: {{lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 2, decay: linear, weight_decay: 0.1, grad_clip: 1.0}}
+train: {{steps: {STEPS}, global_batch_size: 8, micro_batch_size: 2, precision: fp32,
+        deepspeed_config: {REPO / 'ds_configs' / 'cpu.json'}}}
+checkpoint: {{interval: 2, keep_last: 3}}
+logging: {{interval: 1}}
+eval: {{interval: 4, batches: 2}}
+""")
+    return str(path)
+
+
+def train(tmp_path, corpus, run_dir, *overrides, nproc=1, expect_rc=0):
+    result = run_trainer(["--config", recipe(tmp_path, corpus), f"run_dir={run_dir}", *overrides], nproc=nproc)
+    assert result.returncode == expect_rc, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def losses(run_dir) -> list[float]:
+    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_corpus):
+    """One process, TP=1 x DP=1: the run every parallel layout must reproduce."""
+    tmp = tmp_path_factory.mktemp("reference")
+    train(tmp, tiny_corpus, tmp / "run")
+    return tmp / "run"
+
+
+def test_one_process_run_logs_every_step_and_keeps_the_last_checkpoints(reference):
+    records = read_metrics(reference / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    for r in records:
+        assert {"step", "loss", "lr", "grad_norm", "loss_scale", "skipped", "tokens_per_s", "consumed_samples"} <= set(r)
+        assert r["consumed_samples"] == 8 * r["step"] and r["skipped"] is False and r["loss_scale"] == 1.0
+        assert r["tokens_per_s"] > 0 and r["grad_norm"] > 0
+    from megaphi.config import OptimSection
+
+    optim = OptimSection(lr=3e-3, min_lr=3e-4, warmup_steps=2, decay="linear")
+    assert [r["lr"] for r in records] == pytest.approx([learning_rate(s, optim, STEPS) for s in range(STEPS)])
+    assert records[-1]["loss"] < records[0]["loss"] - 0.3  # it learns the progressions
+    assert [r["step"] for r in records if "val_loss" in r] == [4, 8]
+    assert list((reference / "tensorboard").glob("events.out.tfevents.*"))
+    assert (reference / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    root = reference / "checkpoints"
+    assert (root / "latest").read_text() == "step8"
+    assert sorted(p.name for p in root.glob("step*")) == ["step4", "step6", "step8"]  # keep_last 3
+    from megaphi.convert.checkpoint import load_model_checkpoint
+
+    config, shards, meta = load_model_checkpoint(root)  # the tag dir is a model checkpoint (contract 3)
+    assert meta["path"].endswith("step8") and meta["tensor_parallel_size"] == 1 and config.hidden_size == 128
+    assert len(shards) == 1 and "model.layers.0.self_attn.qkv_proj.weight" in shards[0]
+
+
+def test_zero2_with_two_data_parallel_ranks_matches_one_process(tmp_path, tiny_corpus, reference):
+    train(tmp_path, tiny_corpus, tmp_path / "dp2", nproc=2)
+    ours, ref = read_metrics(tmp_path / "dp2" / "metrics.jsonl"), read_metrics(reference / "metrics.jsonl")
+    assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in ref], abs=TOLERANCE)
+    assert [r["grad_norm"] for r in ours] == pytest.approx([r["grad_norm"] for r in ref], rel=1e-4)
+    assert [r["consumed_samples"] for r in ours] == [r["consumed_samples"] for r in ref]
+
+
+def test_tensor_parallel_two_matches_one_process_and_checkpoints_merge(tmp_path, tiny_corpus, reference):
+    train(tmp_path, tiny_corpus, tmp_path / "tp2", "train.tensor_parallel_size=2", nproc=2)
+    ours, ref = read_metrics(tmp_path / "tp2" / "metrics.jsonl"), read_metrics(reference / "metrics.jsonl")
+    assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in ref], abs=TOLERANCE)
+    # Sharded parameters are counted once in the global gradient norm (DeepSpeed reads the mpu).
+    assert [r["grad_norm"] for r in ours] == pytest.approx([r["grad_norm"] for r in ref], rel=1e-4)
+
+    from megaphi.convert.checkpoint import load_model_checkpoint
+    from megaphi.convert.layout import merge_state_dicts
+
+    config, shards, meta = load_model_checkpoint(tmp_path / "tp2" / "checkpoints")
+    assert meta["tensor_parallel_size"] == 2
+    merged = merge_state_dicts(shards, config)
+    ref_config, ref_shards, _ = load_model_checkpoint(reference / "checkpoints")
+    expected = merge_state_dicts(ref_shards, ref_config)
+    # Compared as relative Frobenius error per tensor: Adam divides each coordinate by its own gradient
+    # scale, so the few coordinates whose gradients nearly cancel (rare tokens' embedding rows) turn
+    # last-bit differences into ~1e-4 absolute ones, while a misplaced shard is off by ~100%.
+    for name, tensor in expected.items():
+        error = (merged[name] - tensor).norm() / tensor.norm()
+        assert error < 1e-4, f"{name}: relative error {error:.2e}"
+
+
+def test_resume_on_two_data_parallel_ranks_continues_with_the_same_samples(tmp_path, tiny_corpus, reference):
+    root = tmp_path / "run" / "checkpoints"
+    root.mkdir(parents=True)
+    shutil.copytree(reference / "checkpoints" / "step4", root / "step4")
+    (root / "latest").write_text("step4")
+    result = train(tmp_path, tiny_corpus, tmp_path / "run", "--resume", "auto", nproc=2)
+    assert "resuming at step 4 (32 samples)" in result.stdout
+    ours, ref = read_metrics(tmp_path / "run" / "metrics.jsonl"), read_metrics(reference / "metrics.jsonl")
+    assert [r["step"] for r in ours] == [5, 6, 7, 8]
+    assert [r["consumed_samples"] for r in ours] == [40, 48, 56, 64]
+    assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in ref[4:]], abs=TOLERANCE)
+
+
+def test_sigkill_at_a_random_step_then_resume_auto_reproduces_every_loss_bit_for_bit(tmp_path, tiny_corpus):
+    """With dropout on, so the restored RNG streams matter as much as weights, optimizer and data position."""
+    train(tmp_path, tiny_corpus, tmp_path / "straight", *DROPOUT)
+
+    run_dir = tmp_path / "killed"
+    kill_at = random.Random().randint(2, STEPS - 1)
+    args = ["--config", recipe(tmp_path, tiny_corpus), f"run_dir={run_dir}", *DROPOUT]
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(trainer_command(1) + args, cwd=REPO, env=trainer_env(), stdout=log, stderr=log)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            metrics = run_dir / "metrics.jsonl"
+            if metrics.exists() and any(json.loads(l)["step"] >= kill_at for l in metrics.read_text().splitlines()
+                                        if l.endswith("}")):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=60)
+    log = (tmp_path / "killed.log").read_text()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before step {kill_at}: {log[-2000:]}"
+
+    resumed = train(tmp_path, tiny_corpus, run_dir, *DROPOUT, "--resume", "auto")
+    assert "resuming at step" in resumed.stdout
+    ours, ref = read_metrics(run_dir / "metrics.jsonl"), read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    assert [r["step"] for r in ours] == list(range(1, STEPS + 1)), f"killed at step {kill_at}"
+    assert [r["loss"] for r in ours] == [r["loss"] for r in ref], f"killed at step {kill_at}"
+    assert [r.get("val_loss") for r in ours] == [r.get("val_loss") for r in ref]
+    assert [r["consumed_samples"] for r in ours] == [r["consumed_samples"] for r in ref]
+
+
+def test_nan_loss_in_bf16_stops_cleanly_and_names_the_last_good_checkpoint(tmp_path, tiny_corpus):
+    run_dir = tmp_path / "run"
+    result = train(tmp_path, tiny_corpus, run_dir, "train.precision=bf16", "debug.nan_loss_steps=[3]", expect_rc=3)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("training stopped: loss is nan at step 3 in bf16"), last
+    assert last.endswith(f"last good checkpoint: {run_dir / 'checkpoints' / 'step2'}"), last
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step2"
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step*")) == ["step2"]
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3]
+
+
+def _fp16_device() -> str | None:
+    if torch.cuda.is_available():
+        return "cuda"
+    from deepspeed.accelerator import get_accelerator
+
+    return "cpu" if get_accelerator().is_fp16_supported() else None
+
+
+@pytest.mark.skipif(_fp16_device() is None, reason="DeepSpeed runs fp16 only on a GPU or a CPU with AVX512-FP16")
+def test_inf_gradient_in_fp16_skips_the_step_lowers_the_scale_and_a_stuck_scale_stops(tmp_path, tiny_corpus,
+                                                                                      monkeypatch):
+    monkeypatch.setenv("DS_ACCELERATOR", _fp16_device())
+    run_dir = tmp_path / "run"
+    result = train(tmp_path, tiny_corpus, run_dir, "train.precision=fp16", "train.initial_loss_scale_power=4",
+                   "train.loss_scale_hysteresis=1", "train.min_loss_scale=4", "train.max_steps_at_min_loss_scale=2",
+                   "debug.inf_grad_steps=[2, 4, 5, 6]", "checkpoint.interval=100", expect_rc=3)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["skipped"] for r in records] == [False, True, False, True, True, True]
+    assert [r["loss_scale"] for r in records] == [16, 8, 8, 4, 4, 4]
+    assert all(r["loss"] == r["loss"] for r in records)  # the loss itself stayed finite
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("training stopped: fp16 loss scale stuck at its minimum 4"), last
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step6"
