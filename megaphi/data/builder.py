@@ -167,3 +167,50 @@ def build_train_valid_datasets(
     train = build_split_dataset(data_paths, "train", num_samples=train_samples, **kwargs)
     valid = build_split_dataset(data_paths, "valid", num_samples=valid_samples, **kwargs)
     return train, valid
+
+
+def describe(dataset: GPTDataset | BlendedDataset | None) -> str:
+    if dataset is None:
+        return "none"
+    if isinstance(dataset, BlendedDataset):
+        parts = "; ".join(f"{count} from {describe(d)}" for count, d in zip(dataset.counts, dataset.datasets))
+        return f"{len(dataset)} samples blended ({parts})"
+    begin, end = dataset.documents
+    return (f"{dataset.indexed.prefix} documents [{begin}, {end}): {dataset.tokens_per_epoch} tokens, "
+            f"{dataset.num_epochs} epoch(s), {len(dataset)} samples, index {dataset.cache_status}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import sys
+    import time
+
+    parser = argparse.ArgumentParser(
+        prog="python -m megaphi.data.builder",
+        description="Build (or check) the cached train/valid sample indices for a training run ahead of time, "
+                    "so the job starts without building them, and report what each split holds.")
+    parser.add_argument("--data-path", nargs="+", required=True,
+                        help="indexed dataset prefixes, optionally weighted: PREFIX | W1 PREFIX1 W2 PREFIX2 ...")
+    parser.add_argument("--seq-len", type=int, required=True, help="model context length")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--split", default="969,30,1", help="weights (969,30,1) or document ranges (0:9000,9000:9900)")
+    parser.add_argument("--train-samples", type=int, default=None, help="train steps x global batch (default: one epoch)")
+    parser.add_argument("--valid-samples", type=int, default=None, help="default: one pass over the validation data")
+    parser.add_argument("--cache-dir", default=None, help="default: index-cache/ next to each dataset")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        train, valid = build_train_valid_datasets(
+            args.data_path, seq_len=args.seq_len, seed=args.seed, train_samples=args.train_samples,
+            valid_samples=args.valid_samples, split=args.split, cache_dir=args.cache_dir)
+    except ValueError as e:  # DatasetConfigError, IndexedDatasetError: one line saying what to fix
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"train: {describe(train)}")
+    print(f"valid: {describe(valid)}")
+    print(f"ready in {time.perf_counter() - start:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -175,7 +175,12 @@ class GPTDataset(torch.utils.data.Dataset):
         if cache_dir is None:
             cache_dir = os.path.join(os.path.dirname(os.path.abspath(self.indexed.prefix)), "index-cache")
         self._cache = IndexCache(cache_dir, f"{os.path.basename(self.indexed.prefix)}-{name}", params)
-        self._set_arrays(self._cache.load_or_build(self._build_indices))
+        try:
+            self._set_arrays(self._cache.load_or_build(self._build_indices))
+        except OSError as e:
+            raise DatasetConfigError(
+                f"cannot write the dataset index cache in {cache_dir} ({e.strerror or e}); "
+                "point cache_dir (data.cache_dir) at a writable directory") from None
         self.cache_status = self._cache.status
 
     def _build_indices(self) -> dict[str, np.ndarray]:

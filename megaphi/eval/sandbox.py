@@ -165,11 +165,12 @@ def _run_one(program: str, limits: SandboxLimits, python: str, sandboxed: bool) 
     finally:
         os.close(job_fd)
         os.close(verdict_w)
+    deadline = time.monotonic() + limits.timeout_s
     try:
-        excerpt, verdict, abort = _read_until_done(proc, verdict_r, time.monotonic() + limits.timeout_s, limits)
-        if abort is None:
+        excerpt, verdict, abort = _read_until_done(proc, verdict_r, deadline, limits)
+        if abort is None:  # both pipes closed; a program that closed them itself may still be running
             try:
-                proc.wait(timeout=max(0.5, limits.timeout_s / 10))
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 abort = "timed out"
     finally:

@@ -37,16 +37,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from megaphi.train.trainer import TrainingStopped, train
 
     is_rank0 = os.environ.get("RANK", "0") == "0"
+
+    def report(prefix: str, error: Exception) -> None:
+        # Errors found before the process group exists are the same on every rank: rank 0 says it.
+        # Later ones may be one rank's own, so each failing rank speaks for itself.
+        import torch.distributed as dist
+
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            print(f"{prefix} (rank {dist.get_rank()}): {error}", file=sys.stderr, flush=True)
+        elif is_rank0:
+            print(f"{prefix}: {error}", file=sys.stderr, flush=True)
+
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
         result = train(cfg, resume=args.resume == "auto")
     except (ConfigError, CheckpointError) as e:
-        if is_rank0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+        report("error", e)
         return EXIT_BAD_INPUT
     except TrainingStopped as e:
-        if is_rank0:
-            print(f"training stopped: {e}", file=sys.stderr, flush=True)
+        report("training stopped", e)
         return EXIT_STOPPED
     if is_rank0:
         print(f"megaphi.train: done at step {result.final_step} ({result.consumed_samples} samples); "

@@ -95,3 +95,18 @@ def test_a_split_without_documents_is_an_error_or_absent(tmp_path):
         build_train_valid_datasets(prefix, seq_len=8, train_samples=10, valid_samples=50, split="100,0,0")
     with pytest.raises(DatasetConfigError, match="no train documents"):
         build_train_valid_datasets(prefix, seq_len=8, split="0,1,0")
+
+
+def test_cli_prebuilds_the_indices_a_run_will_load(tmp_path, capsys):
+    from megaphi.data.builder import main
+
+    prefix = str(tmp_path / "corpus")
+    write_numbered_corpus(prefix, random_lengths(100, seed=1))
+    args = ["--data-path", prefix, "--seq-len", "8", "--train-samples", "300", "--split", "90,10"]
+    assert main(args) == 0
+    assert "index built" in capsys.readouterr().out
+    train, _ = build_train_valid_datasets(prefix, seq_len=8, train_samples=300, split="90,10")
+    assert train.cache_status == "loaded"
+    assert main(["--data-path", str(tmp_path / "missing"), "--seq-len", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "does not exist" in err and len(err.splitlines()) == 1

@@ -27,16 +27,16 @@ def stream_of(dataset, documents):
     return np.concatenate([documents[d] for d in dataset.document_index])
 
 
-@pytest.mark.parametrize("num_samples", [None, 700])
-def test_every_sample_is_a_window_of_seq_len_plus_one_consecutive_stream_tokens(corpus, num_samples):
+@pytest.mark.parametrize("seq_len,num_samples,epochs", [(SEQ, None, 1), (SEQ, 700, 4), (13, None, 1), (13, 700, 3)])
+def test_every_sample_is_a_window_of_seq_len_plus_one_consecutive_stream_tokens(corpus, seq_len, num_samples, epochs):
     prefix, documents = corpus
-    ds = GPTDataset(prefix, seq_len=SEQ, seed=3, num_samples=num_samples)
-    assert ds.num_epochs == (1 if num_samples is None else 4)
+    ds = GPTDataset(prefix, seq_len=seq_len, seed=3, num_samples=num_samples)
+    assert ds.num_epochs == epochs
     stream = stream_of(ds, documents)
     for k in range(len(ds)):
-        np.testing.assert_array_equal(ds.window(k), stream[k * SEQ : (k + 1) * SEQ + 1])
+        np.testing.assert_array_equal(ds.window(k), stream[k * seq_len : (k + 1) * seq_len + 1])
     sample = ds[0]
-    assert sample.dtype == np.int64 and sample.shape == (SEQ + 1,)
+    assert sample.dtype == np.int64 and sample.shape == (seq_len + 1,)
 
 
 def test_consecutive_windows_overlap_by_exactly_one_token(corpus):
@@ -241,6 +241,10 @@ def test_bad_parameters_raise_one_clear_error(corpus):
         GPTDataset(prefix + "-missing", seq_len=SEQ)
     with pytest.raises(IndexError):
         GPTDataset(prefix, seq_len=SEQ)[10**6]
+    blocker = os.path.join(os.path.dirname(prefix), "not-a-directory")
+    open(blocker, "w").close()
+    with pytest.raises(DatasetConfigError, match="cannot write the dataset index cache"):
+        GPTDataset(prefix, seq_len=SEQ, cache_dir=os.path.join(blocker, "cache"))
 
 
 def _build_on_every_rank(rank, world_size, prefix, results_dir):

@@ -113,12 +113,13 @@ def test_tensor_parallel_two_matches_one_process_and_checkpoints_merge(tmp_path,
     merged = merge_state_dicts(shards, config)
     ref_config, ref_shards, _ = load_model_checkpoint(reference / "checkpoints")
     expected = merge_state_dicts(ref_shards, ref_config)
-    # Compared as relative Frobenius error per tensor: Adam divides each coordinate by its own gradient
-    # scale, so the few coordinates whose gradients nearly cancel (rare tokens' embedding rows) turn
-    # last-bit differences into ~1e-4 absolute ones, while a misplaced shard is off by ~100%.
+    # Compared as relative Frobenius error per tensor, within 1e-3: Adam divides each coordinate by its
+    # own gradient scale, so coordinates whose gradient is zero up to rounding (the key bias: softmax
+    # ignores a shift shared by all keys; rare tokens' embedding rows) take lr-sized steps driven by
+    # last-bit noise, ~3e-4 of the tensor here. A misplaced or mis-merged shard is off by ~100%.
     for name, tensor in expected.items():
         error = (merged[name] - tensor).norm() / tensor.norm()
-        assert error < 1e-4, f"{name}: relative error {error:.2e}"
+        assert error < 1e-3, f"{name}: relative error {error:.2e}"
 
 
 def test_resume_on_two_data_parallel_ranks_continues_with_the_same_samples(tmp_path, tiny_corpus, reference):
