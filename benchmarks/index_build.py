@@ -121,8 +121,9 @@ def main() -> None:
         megatron_indexed = MegatronIndexedDataset(prefix)
     documents = np.arange(args.documents, dtype=np.int32)
     for epochs in args.epochs:
-        # num_samples that needs exactly ``epochs`` passes in both libraries
-        num_samples = None if epochs == 1 else ((epochs - 1) * tokens) // args.seq_len + 1
+        # every sample of ``epochs`` passes: both libraries build ``epochs`` epochs, and megatron-core
+        # shuffles them together (its last epoch is over 80% used) as in megatron_indices_only
+        num_samples = None if epochs == 1 else (epochs * tokens - 1) // args.seq_len
         ours_cache, theirs_cache = os.path.join(workdir, "megaphi-cache"), os.path.join(workdir, "megatron-cache")
 
         def build_megatron():

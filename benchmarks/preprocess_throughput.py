@@ -29,22 +29,28 @@ from data_tools.tokenizer import load_tokenizer, train_bpe  # noqa: E402
 from megaphi.data import IndexedDataset  # noqa: E402
 
 
-def raw_limit(tokenizer_dir: Path, texts: list[str], method: str) -> tuple[float, int]:
-    """Seconds and tokens for the tokenizer alone (in a fresh process, so its thread pool is on)."""
+def raw_limit(tokenizer_dir: Path, texts_file: Path, method: str) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and tokens for the tokenizer alone (in a fresh process, so that its
+    thread pool is on)."""
     code = f"""
 import json, sys, time
 from tokenizers import Tokenizer
 tok = Tokenizer.from_file({str(tokenizer_dir / 'tokenizer.json')!r})
 texts = json.load(open(sys.argv[1]))
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 tokens = sum(len(e.ids) for e in tok.{method}(texts, add_special_tokens=False))
-print(json.dumps([time.perf_counter() - start, tokens]))
+print(json.dumps([time.perf_counter() - start, time.process_time() - cpu, tokens]))
 """
     env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
-    out = subprocess.run([sys.executable, "-c", code, str(raw_limit.texts_file)], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", code, str(texts_file)], env=env, check=True,
                          capture_output=True, text=True).stdout
-    seconds, tokens = json.loads(out)
-    return seconds, tokens
+    return tuple(json.loads(out))
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (the preprocessing workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def megatron_lm(repo: Path, corpus: Path, tokenizer_dir: Path, output: Path, workers: int) -> float:
@@ -72,8 +78,8 @@ def main() -> None:
     if not corpus.exists():
         build_corpus([], args.workdir / "stdlib", progress=False)
     texts = [json.loads(line)["text"] for line in corpus.open(encoding="utf-8")]
-    raw_limit.texts_file = args.workdir / "texts.json"
-    raw_limit.texts_file.write_text(json.dumps(texts))
+    texts_file = args.workdir / "texts.json"
+    texts_file.write_text(json.dumps(texts))
     tokenizer_dir = args.tokenizer or args.workdir / "tokenizer"
     if not (tokenizer_dir / "tokenizer.json").exists():
         train_bpe(texts, tokenizer_dir, vocab_size=50257, show_progress=False)
@@ -81,17 +87,24 @@ def main() -> None:
     print(f"corpus: {len(texts)} files, {corpus.stat().st_size / 1e6:.1f} MB; tokenizer vocab {tok.vocab_size}; "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}")
 
-    runs: dict[str, list[float]] = {}
+    runs: dict[str, list[float]] = {}  # wall seconds
+    cpu: dict[str, list[float]] = {}  # CPU seconds, robust to other load on a shared machine
     tokens: dict[str, int] = {}
+    print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
     for _ in range(args.repeats):
         for method in ("encode_batch", "encode_batch_fast"):
-            seconds, tokens[f"raw {method}"] = raw_limit(tokenizer_dir, texts, method)
+            seconds, cpu_s, tokens[f"raw {method}"] = raw_limit(tokenizer_dir, texts_file, method)
             runs.setdefault(f"raw {method}", []).append(seconds)
+            cpu.setdefault(f"raw {method}", []).append(cpu_s)
+            print(f"raw {method}: {seconds:.2f}s wall, {cpu_s:.2f}s CPU", flush=True)
         for workers in args.workers:
             name = f"data_tools.preprocess --workers {workers}"
+            before = cpu_seconds()
             result = preprocess([corpus], args.workdir / f"out-w{workers}", tokenizer_dir, append_eod=True,
                                 workers=workers, progress=False)
             runs.setdefault(name, []).append(result.seconds)
+            cpu.setdefault(name, []).append(cpu_seconds() - before)
+            print(f"{name}: {result.seconds:.2f}s wall, {cpu[name][-1]:.2f}s CPU", flush=True)
             tokens[name] = result.tokens - result.documents  # without the appended EODs, as the raw runs
         if args.megatron_lm:
             name = f"Megatron-LM preprocess_data.py --workers {args.workers[0]}"
@@ -103,11 +116,16 @@ def main() -> None:
         same = (ours.tokens() == theirs.tokens()).all() and (ours.sequence_lengths == theirs.sequence_lengths).all()
         print(f"Megatron-LM output identical to ours: {bool(same)}")
 
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
     limit = max(tokens["raw encode_batch"] / min(runs["raw encode_batch"]), 1e-9)
-    print("\n| run | best s | median s | tokens/s (best) | vs raw encode_batch |\n|---|---|---|---|---|")
+    cpu_limit = tokens["raw encode_batch"] / min(cpu["raw encode_batch"])
+    print("\n| run | best wall s | median wall s | tokens/s (best wall) | vs raw | tokens per CPU-s (best) | vs raw |")
+    print("|---|---|---|---|---|---|---|")
     for name, seconds in runs.items():
         rate = tokens[name] / min(seconds)
-        print(f"| {name} | {min(seconds):.2f} | {statistics.median(seconds):.2f} | {rate:,.0f} | {100 * rate / limit:.0f}% |")
+        cpu_rate = tokens[name] / min(cpu[name]) if name in cpu else float("nan")
+        print(f"| {name} | {min(seconds):.2f} | {statistics.median(seconds):.2f} | {rate:,.0f} | {100 * rate / limit:.0f}% "
+              f"| {cpu_rate:,.0f} | {100 * cpu_rate / cpu_limit:.0f}% |")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data_tools.jsonl import ON_ERROR_CHOICES, JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records
+from data_tools.jsonl import (ON_ERROR_CHOICES, JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records,
+                              record_id, record_text)
 
 WORD = re.compile(r"\w+")
 PAPER_TAUS = (0.95, 0.9, 0.85, 0.8)
@@ -175,13 +176,6 @@ class DecontaminationResult:
                 f"{self.removed_ast} for AST similarity; problems with a similar training item: {similar}")
 
 
-def _doc_id(record: dict[str, Any], index: int) -> str:
-    for key in ("id", "path"):
-        if record.get(key) not in (None, ""):
-            return str(record[key])
-    return f"#{index}"
-
-
 def decontaminate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.PathLike,
                   benchmark_items: Sequence[BenchmarkItem], params: DecontaminationParams = DecontaminationParams(),
                   *, on_error: OnError = "stop", embedder=None) -> DecontaminationResult:
@@ -197,13 +191,8 @@ def decontaminate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.P
     records = list(iter_records(expand_inputs(inputs), on_error=on_error, stats=result.read))
     if not records:
         raise DecontaminationError(f"inputs {list(map(str, inputs))} hold no records")
-    texts = []
-    for index, record in enumerate(records):
-        text = record.get(params.text_key)
-        if not isinstance(text, str):
-            raise DecontaminationError(f"record {index} has no string field {params.text_key!r}; pass --text-key")
-        texts.append(text)
-    ids = [_doc_id(r, i) for i, r in enumerate(records)]
+    texts = [record_text(r, params.text_key, i) for i, r in enumerate(records)]
+    ids = [record_id(r, i) for i, r in enumerate(records)]
     result.documents = len(records)
 
     # n-gram overlap: one index of every benchmark n-gram, each training item checked against it.

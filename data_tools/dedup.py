@@ -24,7 +24,8 @@ from typing import Any, Iterable, Iterator, Sequence
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from tqdm import tqdm
 
-from data_tools.jsonl import ON_ERROR_CHOICES, JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records
+from data_tools.jsonl import (ON_ERROR_CHOICES, JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records,
+                              record_id, record_text)
 
 WORD = re.compile(r"\w+")
 
@@ -122,20 +123,9 @@ def _fingerprint(args: tuple[str, int, int]) -> tuple[bytes, LeanMinHash]:
     return exact_key(text), signature(text, num_perm, ngram)
 
 
-def _document_id(record: dict[str, Any], fallback: str) -> str:
-    for key in ("id", "path"):
-        if record.get(key) not in (None, ""):
-            return str(record[key])
-    return fallback
-
-
 def _texts(records: Iterable[dict[str, Any]], text_key: str) -> Iterator[tuple[int, dict[str, Any], str]]:
     for index, record in enumerate(records):
-        text = record.get(text_key)
-        if not isinstance(text, str):
-            raise DedupError(f"record {index} has no string field {text_key!r} (fields: {sorted(record)}); "
-                             f"pass --text-key")
-        yield index, record, text
+        yield index, record, record_text(record, text_key, index)
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -171,7 +161,7 @@ def deduplicate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.Pat
                 fingerprints = fingerprint_map(_fingerprint, [(text, params.num_perm, params.ngram) for _, _, text in chunk])
                 for (index, record, _), (key, sig) in zip(chunk, fingerprints):
                     stats.documents += 1
-                    doc_id = _document_id(record, f"#{index}")
+                    doc_id = record_id(record, index)
                     decision = dedup.check(doc_id, key, sig)
                     if decision is None:
                         writer.write(record)

@@ -186,3 +186,20 @@ class JsonlShardWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def record_id(record: dict[str, Any], index: int) -> str:
+    """A record's name in reports: its ``id``, else its ``path``, else ``#index`` (input order)."""
+    for key in ("id", "path"):
+        if record.get(key) not in (None, ""):
+            return str(record[key])
+    return f"#{index}"
+
+
+def record_text(record: dict[str, Any], key: str, index: int) -> str:
+    """The text field of a record, or :class:`MalformedRecordError` naming the field to pass."""
+    text = record.get(key)
+    if not isinstance(text, str):
+        raise MalformedRecordError(f"record {index} has no string field {key!r} (fields: {sorted(record)}); "
+                                   f"pass --text-key")
+    return text

@@ -192,7 +192,7 @@ class ModelSection:
 class DataSection:
     # Megatron's --data-path forms: ["prefix"], ["p1", "p2"] (blended by size) or ["0.7", "p1", "0.3", "p2"];
     # a prefix is the path of a .bin/.idx pair without the extension.
-    paths: list[str] = field(default_factory=list)
+    paths: list[str | float] = field(default_factory=list)
     split: str = "969,30,1"  # train/valid/test shares of each dataset's documents
     seq_len: int = 2048
     tokenizer: str | None = None  # Hugging Face tokenizer directory, copied into checkpoints
@@ -202,6 +202,7 @@ class DataSection:
     def check(self, prefix: str) -> None:
         _positive(prefix, self, "seq_len")
         _positive(prefix, self, "num_workers", allow_zero=True)
+        self.paths = [str(p) for p in self.paths]  # an unquoted weight in YAML is a number
 
     def check_paths_exist(self) -> None:
         from megaphi.data.builder import parse_data_paths

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -152,10 +154,16 @@ def filter_corpus(corpus: Sequence[str | os.PathLike], classifier_dir: str | os.
         results = [filter_file(task, classifier) for task in tasks]
     else:
         # spawn, not fork: torch's thread pools do not survive a fork of a process that used them.
+        # An executor, not multiprocessing.Pool: a worker that cannot start breaks it instead of
+        # being replaced forever.
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with get_context("spawn").Pool(workers, initializer=_init_worker,
-                                       initargs=(os.fspath(classifier_dir), threads)) as pool:
-            results = pool.map(_filter_file_in_worker, tasks, chunksize=1)
+        try:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                                     initargs=(os.fspath(classifier_dir), threads)) as pool:
+                results = list(pool.map(_filter_file_in_worker, tasks))
+        except BrokenProcessPool:
+            raise QualityError("a filter worker process died (see its traceback above); "
+                               "rerun with --workers 1 to see the error in this process") from None
     elapsed = time.monotonic() - start
     return _write_report(results, classifier, threshold, prefix, elapsed, workers)
 

@@ -25,8 +25,8 @@ _SYNONYMS = {"moderate": "medium", "mid": "medium", "average": "medium", "medium
 _LEVEL_WORD = r"(high|medium|moderate|average|mid|low)"
 _KEY = r"(?:educational[ _-]value|value|rating|score|label|verdict|grade|answer)"
 _KEYED_LEVEL = re.compile(_KEY + r"[\s*_:=\-\"'`]*(?:is|of)?[\s*_:=\-\"'`]*" + _LEVEL_WORD + r"\b", re.IGNORECASE)
-_KEYED_SCORE = re.compile(_KEY + r"[\s*_:=\-\"'`]*(?:is|of)?[\s*_:=\-\"'`]*([1-5])(?:\.0)?(?![\d.])", re.IGNORECASE)
-_OUT_OF_FIVE = re.compile(r"(?<![\d.])([1-5])(?:\.0)?\s*(?:/|out\s+of)\s*5(?![\d.])", re.IGNORECASE)
+_KEYED_SCORE = re.compile(_KEY + r"[\s*_:=\-\"'`]*(?:is|of)?[\s*_:=\-\"'`]*([1-5])(?:\.0)?(?!\d|\.\d)", re.IGNORECASE)
+_OUT_OF_FIVE = re.compile(r"(?<![\d.])([1-5])(?:\.0)?\s*(?:/|out\s+of)\s*5(?!\d|\.\d)", re.IGNORECASE)
 _ANY_LEVEL = re.compile(r"\b" + _LEVEL_WORD + r"\b", re.IGNORECASE)
 _BARE_DIGIT = re.compile(r"^\W*([1-5])\W*$")
 

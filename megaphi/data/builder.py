@@ -12,9 +12,12 @@ by :class:`BlendedDataset` with exact per-dataset sample counts. Collective unde
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
+import sys
+import time
 from typing import Sequence
 
 from megaphi.data.blended import BlendedDataset, blend_counts, normalize_weights
@@ -181,10 +184,6 @@ def describe(dataset: GPTDataset | BlendedDataset | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-    import sys
-    import time
-
     parser = argparse.ArgumentParser(
         prog="python -m megaphi.data.builder",
         description="Build (or check) the cached train/valid sample indices for a training run ahead of time, "

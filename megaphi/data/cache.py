@@ -5,7 +5,7 @@ An entry is a few ``.npy`` files plus a ``.json`` description written last (the 
     <cache_dir>/<name>-<digest>.json          {"format", "params", "arrays": {key: [shape, dtype, checksum]}}
     <cache_dir>/<name>-<digest>-<key>.npy     one per array, memory-mapped when loaded
 
-``digest`` hashes ``params`` (every parameter that affects the arrays, including a digest of the
+``digest`` hashes ``params`` (every parameter that affects the arrays, including a checksum of the
 data they index), so a changed parameter selects a different entry. An entry is trusted only if its
 description names exactly these parameters and every array loads with the recorded shape, dtype and
 checksum; otherwise it is reported as stale or corrupt and rebuilt. Building happens once: under

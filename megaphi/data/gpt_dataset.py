@@ -65,21 +65,21 @@ def build_sample_index(
 
     Position ``k * seq_len`` lies in document ``j`` of the stream when exactly ``j`` documents end
     at or before it. Document ``j`` ends before the start of sample ``ceil(end_j / seq_len)``, so a
-    histogram of those sample numbers, cumulatively summed, gives every sample's document in two
-    linear passes (no search, no per-document loop; empty documents fall out naturally). Done one
-    epoch at a time so memory stays at one epoch's cumulative lengths.
+    histogram of those sample numbers, cumulatively summed, gives every sample's document in a few
+    linear numpy passes (no search, no per-document loop; empty documents fall out naturally). Done
+    one epoch at a time so memory stays at one epoch's cumulative lengths.
     """
     n = len(document_index) // num_epochs
-    lengths = sequence_lengths[document_index[:n]]
-    tokens_per_epoch = int(lengths.sum(dtype=np.int64))
-    num_samples = (num_epochs * tokens_per_epoch - 1) // seq_len
-    fits_int32 = max(len(document_index), int(sequence_lengths.max(initial=0))) <= np.iinfo(np.int32).max
-    sample_index = np.empty((num_samples + 1, 2), dtype=np.int32 if fits_int32 else np.int64)
+    # offsets are below a document length (int32); positions in document_index decide the dtype
+    dtype = np.int32 if len(document_index) <= np.iinfo(np.int32).max else np.int64
     for epoch in range(num_epochs):
-        if epoch:
-            lengths = sequence_lengths[document_index[epoch * n : (epoch + 1) * n]]
+        lengths = np.take(sequence_lengths, document_index[epoch * n : (epoch + 1) * n])
         ends = np.cumsum(lengths, dtype=np.int64)
-        if epoch:
+        if epoch == 0:
+            tokens_per_epoch = int(ends[-1])
+            num_samples = (num_epochs * tokens_per_epoch - 1) // seq_len
+            sample_index = np.empty((num_samples + 1, 2), dtype=dtype)
+        else:
             ends += epoch * tokens_per_epoch
         # samples starting in this epoch: k * seq_len in [epoch * tokens, (epoch + 1) * tokens)
         first = -(-epoch * tokens_per_epoch // seq_len)

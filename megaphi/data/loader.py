@@ -152,5 +152,8 @@ def build_data_loader(
     )
     data_loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate_tokens, num_workers=num_workers,
+        # Its own generator: starting an iterator draws a worker base seed, which from the global
+        # generator would shift the training RNG streams (dropout) and break exact resumption.
+        generator=torch.Generator().manual_seed(0),
     )
     return Prefetcher(data_loader, depth=prefetch_depth, device=device)

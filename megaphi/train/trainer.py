@@ -6,6 +6,7 @@ sampler positioned at the checkpoint's consumed-sample count and every RNG strea
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,12 @@ import yaml
 
 from megaphi import parallel
 from megaphi.config import ConfigError, TrainConfig, config_to_dict, plan_batches
+from megaphi.convert.checkpoint import META_FILE, load_model_checkpoint
+from megaphi.convert.layout import CheckpointError, reshard
 from megaphi.data.builder import build_train_valid_datasets
 from megaphi.data.gpt_dataset import DatasetConfigError
 from megaphi.data.loader import build_data_loader
+from megaphi.model import PhiConfig
 from megaphi.train import checkpoint as ckpt
 from megaphi.train.engine import (build_engine, build_model, deepspeed_config, full_parameter_count, init_distributed,
                                   model_flops_per_token, on_gpu, peak_tflops, resolve_model_config, set_learning_rate,
@@ -40,9 +44,16 @@ class TrainResult:
     last_checkpoint: Path | None = None
 
 
-def validate_config(cfg: TrainConfig, world_size: int) -> None:
+def validate_config(cfg: TrainConfig, world_size: int, resume: bool) -> None:
     """Every check that needs no process group, so a bad config fails before anything starts."""
     cfg.data.check_paths_exist()
+    latest = ckpt.read_latest(cfg.checkpoint_dir) if cfg.checkpoint_dir.is_dir() else None
+    if latest is not None and not resume:
+        raise ConfigError(f"checkpoint.dir: {cfg.checkpoint_dir} already holds checkpoints (latest: {latest}); pass "
+                          "--resume auto to continue that run, or choose another run_dir")
+    if cfg.checkpoint.init_from is not None and not Path(cfg.checkpoint.init_from).is_dir():
+        raise ConfigError(f"checkpoint.init_from: {cfg.checkpoint.init_from!r} is not a directory; give a megaphi "
+                          "checkpoint (a tag directory, or a checkpoint root with a 'latest' file)")
     tp = cfg.train.tensor_parallel_size
     if world_size % tp:
         raise ConfigError(f"train.tensor_parallel_size: {tp} does not divide the {world_size} processes of this "
@@ -125,11 +136,30 @@ def _evaluate(engine, valid, cfg: TrainConfig, plan, device) -> float:
     return total.item() / plan.data_parallel_size
 
 
+def _starting_point(cfg: TrainConfig, root: Path, latest: str | None):
+    """The architecture to build, and initial weights (this rank's shard set) when finetuning.
+
+    Resuming: the run's own checkpoint says what the model is (weights come with the engine state).
+    ``checkpoint.init_from``: that checkpoint's config and weights, resharded to this run's TP size.
+    Otherwise: ``model.preset`` and freshly seeded weights. ``model.overrides`` apply in every case.
+    """
+    if latest is not None:
+        meta = json.loads((root / latest / META_FILE).read_text())
+        return PhiConfig.from_dict(meta["model"]), None
+    if cfg.checkpoint.init_from is None:
+        return None, None
+    try:
+        base_config, shards, _ = load_model_checkpoint(cfg.checkpoint.init_from)
+    except CheckpointError as e:
+        raise ConfigError(f"checkpoint.init_from: {e}") from None
+    return base_config, reshard(shards, base_config, parallel.get_tensor_parallel_world_size())
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     """Run (or continue, with ``resume``) the training described by ``cfg``; collective over the job."""
     from megaphi.train.launch_env import discover
 
-    validate_config(cfg, discover().world_size)
+    validate_config(cfg, discover().world_size, resume)
     init_distributed()
     if not parallel.is_initialized():
         parallel.initialize(cfg.train.tensor_parallel_size)
@@ -139,17 +169,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     root = cfg.checkpoint_dir
 
     latest = ckpt.read_latest(root) if root.is_dir() else None
-    if latest is not None and not resume:
-        raise ConfigError(f"checkpoint.dir: {root} already holds checkpoints (latest: {latest}); pass --resume auto "
-                          "to continue that run, or choose another run_dir")
 
-    base_config, init_shards = None, None
-    if cfg.checkpoint.init_from is not None and latest is None:
-        from megaphi.convert.checkpoint import load_model_checkpoint
-        from megaphi.convert.layout import reshard
-
-        base_config, shards, _ = load_model_checkpoint(cfg.checkpoint.init_from)
-        init_shards = reshard(shards, base_config, parallel.get_tensor_parallel_world_size())
+    base_config, init_shards = _starting_point(cfg, root, latest)
     model_config = resolve_model_config(cfg, base_config)
     if cfg.data.seq_len > model_config.max_position_embeddings:
         raise ConfigError(f"data.seq_len: {cfg.data.seq_len} exceeds the model's max_position_embeddings "
@@ -190,8 +211,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         cfg.run_dir, total_steps=cfg.train.steps, tokens_per_step=tokens_per_step,
         flops_per_token=model_flops_per_token(model_config, full_parameter_count(model), cfg.data.seq_len),
         world_size=world_size, peak_tflops=peak_tflops(cfg.train.peak_tflops), tensorboard=cfg.logging.tensorboard,
-        on_gpu=on_gpu(),
-        dp_group=parallel.get_data_parallel_group(), resume_step=step)
+        on_gpu=on_gpu(), dp_group=parallel.get_data_parallel_group(), resume_step=step)
     guards = _Guards(cfg)
     result = TrainResult(step, consumed, last_checkpoint=root / latest if latest else None)
 

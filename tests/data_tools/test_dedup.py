@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from data_tools.jsonl import MalformedRecordError
 from data_tools.dedup import DedupError, DedupParams, Deduplicator, deduplicate, exact_key, main, signature
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -67,7 +68,7 @@ def test_dissimilar_documents_are_all_kept():
 def test_bad_inputs_give_one_clear_error(tmp_path, capsys):
     with pytest.raises(DedupError, match="threshold"):
         deduplicate([write_jsonl(tmp_path / "a.jsonl", [{"text": "x"}])], tmp_path / "o", DedupParams(threshold=1.5))
-    with pytest.raises(DedupError, match="no string field 'text'"):
+    with pytest.raises(MalformedRecordError, match="no string field .text."):
         deduplicate([write_jsonl(tmp_path / "b.jsonl", [{"content": "x"}])], tmp_path / "o", progress=False)
     (tmp_path / "c.jsonl").write_text('{"text": "fine"}\n{broken\n')
     assert main(["--input", str(tmp_path / "c.jsonl"), "--output-prefix", str(tmp_path / "o"), "--no-progress"]) == 2

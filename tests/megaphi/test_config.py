@@ -22,6 +22,7 @@ def test_yaml_values_and_overrides_land_in_typed_fields(tmp_path):
     assert cfg.optim.decay == "cosine"
     assert cfg.train.steps == 20 and cfg.optim.warmup_steps == 5
     assert cfg.data.paths == ["a", "b"]
+    assert load_config(TrainConfig, None, ["data.paths=[0.7, a, 0.3, b]"]).data.paths == ["0.7", "a", "0.3", "b"]
     assert cfg.model.overrides == {"resid_pdrop": 0.1}
     assert cfg.checkpoint.init_from is None
     assert cfg.train.precision == TrainSection().precision  # untouched fields keep their defaults
@@ -39,7 +40,7 @@ def test_config_round_trips_through_a_plain_dict(tmp_path):
     (["train.steps=1.5"], "train.steps: expected int"),
     (["train.precision=fp8"], "train.precision: must be one of 'fp16', 'bf16', 'fp32'"),
     (["logging.tensorboard=maybe"], "logging.tensorboard: expected bool"),
-    (["data.paths=prefix"], "data.paths: expected a list of str"),
+    (["data.paths=prefix"], "data.paths: expected a list of str | float"),
     (["train.micro_batch_size=0"], "train.micro_batch_size: must be > 0"),
     (["optim.warmup_steps=500", "train.steps=100"], "optim.warmup_steps: 500 exceeds train.steps 100"),
     (["optim.min_lr=1", "optim.lr=0.1"], "optim.min_lr: 1.0 exceeds optim.lr 0.1"),

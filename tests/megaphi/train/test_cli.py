@@ -55,3 +55,17 @@ def test_fp16_where_deepspeed_cannot_run_it_is_a_config_error(tmp_path, capsys, 
         pytest.skip("this device runs fp16")
     code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus), "train.precision=fp16")
     assert code == 2 and err.startswith("error: train.precision: DeepSpeed does not support fp16 on this cpu device")
+
+
+def test_existing_checkpoints_need_resume_auto(tmp_path, capsys, tiny_corpus):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step10")
+    code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus))
+    assert code == 2
+    assert err.startswith(f"error: checkpoint.dir: {tmp_path / 'run' / 'checkpoints'} already holds checkpoints "
+                          "(latest: step10); pass --resume auto")
+
+
+def test_missing_init_from_checkpoint_is_named(tmp_path, capsys, tiny_corpus):
+    code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus), f"checkpoint.init_from={tmp_path}/none")
+    assert code == 2 and err.startswith(f"error: checkpoint.init_from: '{tmp_path}/none' is not a directory")

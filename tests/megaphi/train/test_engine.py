@@ -64,6 +64,7 @@ def test_model_overrides_apply_to_the_preset_and_unknown_ones_are_named():
         resolve_model_config(load_config(TrainConfig, None, ["model.preset=phi-9"]))
 
 
+@pytest.mark.slow
 def test_parameter_count_matches_transformers_phi():
     from transformers import PhiConfig as HFPhiConfig, PhiForCausalLM as HFPhi
 

@@ -19,6 +19,7 @@ import time
 import pytest
 import torch
 
+from megaphi.config import OptimSection
 from megaphi.train.metrics import read_metrics
 from megaphi.train.schedule import learning_rate
 from tests.megaphi.train.conftest import REPO, run_trainer, trainer_command, trainer_env
@@ -68,11 +69,10 @@ def test_one_process_run_logs_every_step_and_keeps_the_last_checkpoints(referenc
     records = read_metrics(reference / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     for r in records:
-        assert {"step", "loss", "lr", "grad_norm", "loss_scale", "skipped", "tokens_per_s", "consumed_samples"} <= set(r)
+        assert {"step", "loss", "lr", "grad_norm", "loss_scale", "skipped", "tokens_per_s",
+                "consumed_samples"} <= set(r)
         assert r["consumed_samples"] == 8 * r["step"] and r["skipped"] is False and r["loss_scale"] == 1.0
         assert r["tokens_per_s"] > 0 and r["grad_norm"] > 0
-    from megaphi.config import OptimSection
-
     optim = OptimSection(lr=3e-3, min_lr=3e-4, warmup_steps=2, decay="linear")
     assert [r["lr"] for r in records] == pytest.approx([learning_rate(s, optim, STEPS) for s in range(STEPS)])
     assert records[-1]["loss"] < records[0]["loss"] - 0.3  # it learns the progressions
@@ -140,7 +140,7 @@ def test_sigkill_at_a_random_step_then_resume_auto_reproduces_every_loss_bit_for
     train(tmp_path, tiny_corpus, tmp_path / "straight", *DROPOUT)
 
     run_dir = tmp_path / "killed"
-    kill_at = random.Random().randint(2, STEPS - 1)
+    kill_at = random.Random().randint(3, STEPS - 1)  # step 3 starts after step 2's checkpoint is written
     args = ["--config", recipe(tmp_path, tiny_corpus), f"run_dir={run_dir}", *DROPOUT]
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(trainer_command(1) + args, cwd=REPO, env=trainer_env(), stdout=log, stderr=log)
@@ -157,7 +157,7 @@ def test_sigkill_at_a_random_step_then_resume_auto_reproduces_every_loss_bit_for
     assert proc.returncode == -signal.SIGKILL, f"the run ended before step {kill_at}: {log[-2000:]}"
 
     resumed = train(tmp_path, tiny_corpus, run_dir, *DROPOUT, "--resume", "auto")
-    assert "resuming at step" in resumed.stdout
+    assert "resuming at step" in resumed.stdout, f"killed at step {kill_at}"
     ours, ref = read_metrics(run_dir / "metrics.jsonl"), read_metrics(tmp_path / "straight" / "metrics.jsonl")
     assert [r["step"] for r in ours] == list(range(1, STEPS + 1)), f"killed at step {kill_at}"
     assert [r["loss"] for r in ours] == [r["loss"] for r in ref], f"killed at step {kill_at}"
@@ -165,15 +165,36 @@ def test_sigkill_at_a_random_step_then_resume_auto_reproduces_every_loss_bit_for
     assert [r["consumed_samples"] for r in ours] == [r["consumed_samples"] for r in ref]
 
 
-def test_nan_loss_in_bf16_stops_cleanly_and_names_the_last_good_checkpoint(tmp_path, tiny_corpus):
+def test_bf16_skips_an_inf_gradient_and_a_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_corpus):
     run_dir = tmp_path / "run"
-    result = train(tmp_path, tiny_corpus, run_dir, "train.precision=bf16", "debug.nan_loss_steps=[3]", expect_rc=3)
+    result = train(tmp_path, tiny_corpus, run_dir, "train.precision=bf16", "debug.inf_grad_steps=[2]",
+                   "debug.nan_loss_steps=[3]", expect_rc=3)
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("training stopped: loss is nan at step 3 in bf16"), last
     assert last.endswith(f"last good checkpoint: {run_dir / 'checkpoints' / 'step2'}"), last
     assert (run_dir / "checkpoints" / "latest").read_text() == "step2"
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step*")) == ["step2"]
-    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3]
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [r["skipped"] for r in records[:2]] == [False, True]  # the update with an inf gradient is not applied
+    assert records[1]["loss"] == records[1]["loss"]  # its loss was finite: only the gradient was poisoned
+
+
+def test_finetuning_starts_from_a_checkpoint_resharded_to_another_tensor_parallel_size(tmp_path, tiny_corpus,
+                                                                                       reference):
+    tokenizer = tmp_path / "tokenizer"
+    tokenizer.mkdir()
+    (tokenizer / "tokenizer.json").write_text("{}")
+    run_dir = tmp_path / "finetune"
+    train(tmp_path, tiny_corpus, run_dir, f"checkpoint.init_from={reference / 'checkpoints'}",
+          "train.tensor_parallel_size=2", "train.steps=2", "optim.warmup_steps=1", f"data.tokenizer={tokenizer}",
+          "model.preset=phi-1", nproc=2)  # the architecture comes from the checkpoint, not the preset
+    first = read_metrics(run_dir / "metrics.jsonl")[0]["loss"]
+    # A fresh phi-tiny starts near ln(2048) = 7.62; the pretrained weights already predict the progressions.
+    assert first < read_metrics(reference / "metrics.jsonl")[-1]["loss"] + 0.1 < 7.0
+    meta = json.loads((run_dir / "checkpoints" / "step2" / "megaphi.json").read_text())
+    assert (meta["tensor_parallel_size"], meta["model"]["hidden_size"], meta["tokenizer"]) == (2, 128, "tokenizer")
+    assert (run_dir / "checkpoints" / "step2" / "tokenizer" / "tokenizer.json").is_file()
 
 
 def _fp16_device() -> str | None:
