@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["megaphi", "megaphi.*", "data_tools", "data_tools.*"]),
-    package_data={"megaphi": ["configs/*.yaml"], "data_tools": ["prompts/*", "prompts/**/*"]},
+    package_data={"data_tools": ["prompts/*"], "megaphi.eval": ["README.md"]},
     install_requires=[
         "torch>=2.1",
         "numpy",

@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     filt.add_argument("--output-prefix", required=True,
                       help="kept shards PREFIX-NNNNN.jsonl, report PREFIX.quality.json and .png")
     filt.add_argument("--threshold", type=float, help="override the classifier's threshold")
-    filt.add_argument("--workers", type=int, default=1, help="processes scoring files in parallel (default: 1)")
+    filt.add_argument("--workers", type=int, default=1,
+                      help="processes scoring corpus files in parallel, one file per task; each loads the "
+                           "embedder once, a few seconds, so use them for corpora of many shards (default: 1)")
     filt.add_argument("--batch-size", type=int, default=64, help="documents embedded per batch")
     return parser
 

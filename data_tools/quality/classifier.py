@@ -20,7 +20,7 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -96,7 +96,8 @@ class TrainResult:
 
 
 def load_annotations(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
-    """Annotation records by document id, from one or more annotation JSONL files."""
+    """Annotation records by document id, from one or more annotation JSONL files (a later file's
+    annotation of the same id wins)."""
     annotations: dict[str, dict[str, Any]] = {}
     for path in paths:
         if not Path(path).is_file():
@@ -115,7 +116,7 @@ def load_annotations(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, 
     return annotations
 
 
-def join_annotations(documents: Sequence[Document] | Any, annotations: dict[str, dict[str, Any]]) -> list[tuple[Document, str]]:
+def join_annotations(documents: Iterable[Document], annotations: dict[str, dict[str, Any]]) -> list[tuple[Document, str]]:
     """(document, label) for every annotation, checked to name a corpus document with the same text."""
     found: dict[str, Document] = {}
     for document in documents:

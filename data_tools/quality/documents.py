@@ -53,8 +53,9 @@ def corpus_files(inputs: Sequence[str | os.PathLike]) -> list[str]:
 
 
 def iter_documents(files: Sequence[str], *, text_key: str = "text", on_error: OnError = "stop",
-                   stats: ReadStats | None = None) -> Iterator[Document]:
-    """Documents of the corpus files in order, each with its id; ids must be unique."""
+                   stats: ReadStats | None = None, unique_ids: bool = True) -> Iterator[Document]:
+    """Documents of the corpus files in order, each with its id (checked to be unique unless
+    ``unique_ids`` is False: scoring needs no ids, joining annotations does)."""
     seen: set[str] = set()
     for index, record in enumerate(iter_records(files, on_error=on_error, stats=stats)):
         text = record.get(text_key)
@@ -62,10 +63,11 @@ def iter_documents(files: Sequence[str], *, text_key: str = "text", on_error: On
             raise QualityError(f"corpus record {index} ({document_id(record, index)}) has no string field "
                                f"{text_key!r}; fields are {sorted(record)} (choose another with --text-key)")
         doc_id = document_id(record, index)
-        if doc_id in seen:
-            raise QualityError(f"document id {doc_id!r} occurs twice in the corpus; give each record a unique "
-                               f"'id' (or 'path') field")
-        seen.add(doc_id)
+        if unique_ids:
+            if doc_id in seen:
+                raise QualityError(f"document id {doc_id!r} occurs twice in the corpus; give each record a unique "
+                                   f"'id' (or 'path') field")
+            seen.add(doc_id)
         yield Document(doc_id, text, record)
 
 

@@ -82,7 +82,8 @@ def filter_file(task: FilterTask, classifier: Classifier | None = None) -> FileR
             documents += len(batch)
             batch.clear()
 
-        for document in iter_documents([task.input_path], text_key=task.text_key, on_error=task.on_error, stats=read):
+        for document in iter_documents([task.input_path], text_key=task.text_key, on_error=task.on_error, stats=read,
+                                       unique_ids=False):
             batch.append(document)
             if len(batch) == task.batch_size:
                 flush()

@@ -82,7 +82,7 @@ def scripted_answer(prompt: str) -> str:
     return "It depends on the student."
 
 
-def test_llm_annotation_stores_labels_with_raw_answers_and_files_unparseable_ones_as_failures(tmp_path):
+def test_llm_annotation_stores_labels_with_raw_answers_and_files_unparseable_ones_as_failures(tmp_path, capsys):
     corpus = small_corpus(tmp_path, {"a.py": "# MARK_HIGH\n", "b.py": "X = 1  # MARK_SCORE\n",
                                      "c.py": "# MARK_CHATTY\n", "d.py": "# MARK_NONE\n"})
     prompt = tmp_path / "prompt.txt"
@@ -91,7 +91,8 @@ def test_llm_annotation_stores_labels_with_raw_answers_and_files_unparseable_one
     with FakeOpenAI(answer=scripted_answer) as server:
         config = ClientConfig(base_url=server.base_url, api_key="test", model="judge", max_attempts=1)
         stats = annotate_with_llm([corpus], out, config, prompt_path=prompt, progress=False)
-        again = annotate_with_llm([corpus], out, config, prompt_path=prompt, progress=False)
+        rerun = main(["annotate", "--corpus", str(corpus), "--out", str(out), "--prompt", str(prompt), "--no-progress",
+                      "--base-url", server.base_url, "--api-key", "test", "--model", "judge"])
         asked = server.hits_by_prompt()
 
     assert (stats.succeeded, stats.failed) == (3, 1)
@@ -107,7 +108,7 @@ def test_llm_annotation_stores_labels_with_raw_answers_and_files_unparseable_one
     # The prompt file is the template; every file was asked exactly once, the rerun asked nothing.
     assert "Rate c.py for learners:\n# MARK_CHATTY\n\n" in asked
     assert sorted(len(faults) for faults in asked.values()) == [1, 1, 1, 1]
-    assert (again.already_done, again.succeeded, again.failed) == (4, 0, 0)
+    assert rerun == 0 and "4 files: 0 annotated, 0 failed, 4 done before" in capsys.readouterr().out
 
 
 def test_heuristic_prefers_documented_small_functions_over_generated_data_tables():
@@ -206,6 +207,13 @@ def test_bad_positive_labels_and_missing_classifier_are_reported(tmp_path, tiny_
     code, err = run_cli(capsys, "filter", "--corpus", tiny_corpus, "--classifier", tmp_path, "--output-prefix",
                         tmp_path / "out")
     assert code == 2 and "is not a quality classifier" in err
+
+
+def test_annotate_needs_unique_document_ids(tmp_path, capsys):
+    corpus = write_jsonl(tmp_path / "dup.jsonl", [{"text": "A = 1\n", "path": "same.py"},
+                                                  {"text": "B = 2\n", "path": "same.py"}])
+    code, err = run_cli(capsys, "annotate", "--annotator", "heuristic", "--corpus", corpus, "--out", tmp_path / "a.jsonl")
+    assert code == 2 and "document id 'same.py' occurs twice" in err
 
 
 def test_cli_help_names_the_three_stages():
