@@ -207,6 +207,7 @@ class DataSection:
     def check_paths_exist(self) -> None:
         from megaphi.data.builder import parse_data_paths
         from megaphi.data.gpt_dataset import DatasetConfigError
+        from megaphi.data.indexed import IndexedDataset, IndexedDatasetError
 
         if not self.paths:
             raise ConfigError("data.paths: give at least one dataset prefix (the path of a .bin/.idx pair without "
@@ -220,6 +221,10 @@ class DataSection:
             if missing:
                 raise ConfigError(f"data.paths: no indexed dataset at {p!r} ({' and '.join(missing)} not found); "
                                   "build it with python -m data_tools.preprocess or fix the prefix")
+            try:
+                IndexedDataset(p)  # reads and checks the index header and sizes: cheap, and before any process starts
+            except IndexedDatasetError as e:
+                raise ConfigError(f"data.paths: {e}") from None
         if self.tokenizer is not None and not Path(self.tokenizer).is_dir():
             raise ConfigError(f"data.tokenizer: {self.tokenizer!r} is not a directory; give a tokenizer directory "
                               "or null")

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from data_tools.jsonl import OnError, ReadStats, expand_inputs, iter_records
+from data_tools.jsonl import OnError, ReadStats, expand_inputs, iter_records, record_id, record_text
 
 
 class QualityError(ValueError):
@@ -34,14 +34,6 @@ def text_sha1(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
-def document_id(record: dict[str, Any], index: int) -> str:
-    """The record's "id", else its "path", else its position in the corpus ("#index")."""
-    for key in ("id", "path"):
-        if record.get(key) not in (None, ""):
-            return str(record[key])
-    return f"#{index}"
-
-
 def corpus_files(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """The corpus files that paths, globs or directories name (JSONL or parquet)."""
     if not inputs:
@@ -58,11 +50,8 @@ def iter_documents(files: Sequence[str], *, text_key: str = "text", on_error: On
     ``unique_ids`` is False: scoring needs no ids, joining annotations does)."""
     seen: set[str] = set()
     for index, record in enumerate(iter_records(files, on_error=on_error, stats=stats)):
-        text = record.get(text_key)
-        if not isinstance(text, str):
-            raise QualityError(f"corpus record {index} ({document_id(record, index)}) has no string field "
-                               f"{text_key!r}; fields are {sorted(record)} (choose another with --text-key)")
-        doc_id = document_id(record, index)
+        text = record_text(record, text_key, index)
+        doc_id = record_id(record, index)
         if unique_ids:
             if doc_id in seen:
                 raise QualityError(f"document id {doc_id!r} occurs twice in the corpus; give each record a unique "

@@ -6,7 +6,6 @@ Works the same under ``python -m megaphi.train`` (one process), ``torchrun -m me
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
@@ -34,9 +33,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from megaphi.config import ConfigError, TrainConfig, load_config
     from megaphi.convert.layout import CheckpointError
+    from megaphi.train.launch_env import LaunchError, apply_to_environ
     from megaphi.train.trainer import TrainingStopped, train
 
-    is_rank0 = os.environ.get("RANK", "0") == "0"
+    try:
+        # First, so that RANK is this process's rank under srun and mpirun too (they do not export
+        # it); the trainer's own call later finds it set and agrees.
+        launch = apply_to_environ()
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)  # no rank known: every process says it
+        return EXIT_BAD_INPUT
+    is_rank0 = launch.rank == 0
 
     def report(prefix: str, error: Exception) -> None:
         # Errors found before the process group exists are the same on every rank: rank 0 says it.

@@ -132,12 +132,34 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module, plan: BatchPlan):
                                   fused=on_gpu())
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, plan),
                                            mpu=parallel.mpu, dist_init_required=False)
-    scaler = getattr(engine.optimizer, "loss_scaler", None)
-    if scaler is not None and hasattr(scaler, "raise_error_at_min_scale"):
-        # DeepSpeed would raise from inside step() at the first overflow at the minimum scale; the
-        # trainer's own guard (train.max_steps_at_min_loss_scale) stops cleanly with a checkpoint.
-        scaler.raise_error_at_min_scale = False
+    apply_loss_scale_policy(engine, cfg)
     return engine
+
+
+def apply_loss_scale_policy(engine, cfg: TrainConfig) -> None:
+    """Give fp16's dynamic loss scaler this run's policy, keeping its state (current scale, overflow history).
+
+    Called after building the engine and again after loading a checkpoint: DeepSpeed pickles the
+    whole scaler object into the ZeRO optimizer state and restores it, settings included, so without
+    this a resumed run would silently keep the saving run's window, minimum and hysteresis.
+    """
+    scaler = getattr(engine.optimizer, "loss_scaler", None)
+    if scaler is None or not getattr(scaler, "dynamic", False):
+        return  # bf16/fp32 (or a static scale): nothing to steer
+    t = cfg.train
+    scaler.scale_window = t.loss_scale_window
+    scaler.min_scale = t.min_loss_scale
+    scaler.cur_scale = max(scaler.cur_scale, t.min_loss_scale)
+    scaler.delayed_shift = t.loss_scale_hysteresis
+    scaler.cur_hysteresis = min(scaler.cur_hysteresis, t.loss_scale_hysteresis)
+    # DeepSpeed would raise from inside step() at the first overflow at the minimum scale; the
+    # trainer's own guard (train.max_steps_at_min_loss_scale) stops cleanly with a checkpoint.
+    scaler.raise_error_at_min_scale = False
+
+
+def loss_scale(engine) -> float:
+    """The fp16 loss scale the next step will use; 1 for bf16 and fp32."""
+    return float(getattr(engine.optimizer, "loss_scale", 1.0))
 
 
 def set_learning_rate(engine, lr: float) -> None:

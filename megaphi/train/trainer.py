@@ -22,12 +22,13 @@ from megaphi.convert.checkpoint import META_FILE, load_model_checkpoint
 from megaphi.convert.layout import CheckpointError, reshard
 from megaphi.data.builder import build_train_valid_datasets
 from megaphi.data.gpt_dataset import DatasetConfigError
+from megaphi.data.indexed import IndexedDatasetError
 from megaphi.data.loader import build_data_loader
 from megaphi.model import PhiConfig
 from megaphi.train import checkpoint as ckpt
-from megaphi.train.engine import (build_engine, build_model, deepspeed_config, full_parameter_count, init_distributed,
-                                  model_flops_per_token, on_gpu, peak_tflops, resolve_model_config, set_learning_rate,
-                                  training_device)
+from megaphi.train.engine import (apply_loss_scale_policy, build_engine, build_model, deepspeed_config,
+                                  full_parameter_count, init_distributed, loss_scale, model_flops_per_token, on_gpu,
+                                  peak_tflops, resolve_model_config, set_learning_rate, training_device)
 from megaphi.train.metrics import MetricsLogger
 from megaphi.train.schedule import learning_rate
 
@@ -80,6 +81,7 @@ class _Guards:
         self.skips_at_min = 0
 
     def after_step(self, step: int, skipped: bool, loss_scale: float) -> str | None:
+        """``loss_scale`` is the scale the step ran with: an overflow at a higher scale still had room to lower it."""
         if self.precision != "fp16":
             return None
         self.skips_at_min = self.skips_at_min + 1 if skipped and loss_scale <= self.min_scale else 0
@@ -182,6 +184,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     engine = build_engine(cfg, model, plan)
 
     client = ckpt.load_checkpoint(engine, root) if resume else None
+    if client:
+        apply_loss_scale_policy(engine, cfg)  # the checkpoint's scaler brings the saving run's policy
     step = client["step"] if client else 0
     consumed = client["consumed_samples"] if client else 0
     if rank == 0:
@@ -200,6 +204,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             valid_samples=cfg.eval.batches * plan.micro_batch_size * plan.data_parallel_size)
     except DatasetConfigError as e:
         raise ConfigError(f"data: {e}") from None
+    except IndexedDatasetError as e:  # a dataset that changed on disk after validate_config read it
+        raise ConfigError(f"data.paths: {e}") from None
     eval_on = cfg.eval.interval > 0 and valid_ds is not None
     loader = build_data_loader(train_ds, micro_batch_size=plan.micro_batch_size,
                                global_batch_size=plan.global_batch_size,
@@ -232,7 +238,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         while step < cfg.train.steps:
             lr = learning_rate(step, cfg.optim, cfg.train.steps)
             set_learning_rate(engine, lr)
-            skipped_before = engine.skipped_steps
+            skipped_before, scale_before = engine.skipped_steps, loss_scale(engine)
             step_loss = torch.zeros((), device=device)
             for _ in range(plan.gradient_accumulation_steps):
                 tokens = next(batches)
@@ -246,13 +252,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             step += 1
             consumed += plan.global_batch_size
             skipped = engine.skipped_steps > skipped_before
-            loss_scale = float(getattr(engine.optimizer, "loss_scale", 1.0))
             metrics.record(step, loss=step_loss / plan.gradient_accumulation_steps, lr=lr,
-                           grad_norm=engine.get_global_grad_norm(), loss_scale=loss_scale, skipped=skipped,
+                           grad_norm=engine.get_global_grad_norm(), loss_scale=loss_scale(engine), skipped=skipped,
                            consumed_samples=consumed)
             if eval_on and step % cfg.eval.interval == 0:
                 metrics.add_validation(step, _evaluate(engine, valid_ds, cfg, plan, device))
-            stuck = guards.after_step(step, skipped, loss_scale)
+            stuck = guards.after_step(step, skipped, scale_before)
             is_save = step % cfg.checkpoint.interval == 0 or step == cfg.train.steps
             if stuck or is_save or step % cfg.logging.interval == 0:
                 flush_and_check()  # before saving: only checkpoints of finite losses are written
