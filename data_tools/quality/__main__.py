@@ -27,7 +27,7 @@ from data_tools.quality.labels import parse_levels
 
 
 def _add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--corpus", nargs="+", required=True,
+    parser.add_argument("--input", "--corpus", dest="corpus", nargs="+", required=True,
                         help="JSONL shards from data_tools.corpus (paths, globs or directories)")
     parser.add_argument("--text-key", default="text", help="record field holding the file's text (default: text)")
     parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="stop",

@@ -45,12 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     is_rank0 = launch.rank == 0
 
-    def report(prefix: str, error: Exception) -> None:
-        # Errors found before the process group exists are the same on every rank: rank 0 says it.
-        # Later ones may be one rank's own, so each failing rank speaks for itself.
+    def report(prefix: str, error: Exception, job_wide: bool = False) -> None:
+        # Errors found before the process group exists are the same on every rank, and so is a
+        # decision to stop (taken from all-reduced losses and overflow flags): rank 0 says it.
+        # Other errors may be one rank's own, so each failing rank speaks for itself.
         import torch.distributed as dist
 
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        if not job_wide and dist.is_initialized() and dist.get_world_size() > 1:
             print(f"{prefix} (rank {dist.get_rank()}): {error}", file=sys.stderr, flush=True)
         elif is_rank0:
             print(f"{prefix}: {error}", file=sys.stderr, flush=True)
@@ -62,7 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         report("error", e)
         return EXIT_BAD_INPUT
     except TrainingStopped as e:
-        report("training stopped", e)
+        report("training stopped", e, job_wide=True)
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            # Every rank stops at the same step. torchrun and the deepspeed launcher kill the other
+            # ranks as soon as one exits non-zero: hold the others until rank 0 has said why.
+            dist.barrier()
         return EXIT_STOPPED
     if is_rank0:
         print(f"megaphi.train: done at step {result.final_step} ({result.consumed_samples} samples); "

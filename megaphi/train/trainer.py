@@ -201,7 +201,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         train_ds, valid_ds = build_train_valid_datasets(
             cfg.data.paths, seq_len=cfg.data.seq_len, seed=cfg.train.seed, split=cfg.data.split,
             cache_dir=cfg.data.cache_dir, train_samples=cfg.train.steps * plan.global_batch_size,
-            valid_samples=cfg.eval.batches * plan.micro_batch_size * plan.data_parallel_size)
+            # no validation asked for: no validation split needed
+            valid_samples=(cfg.eval.batches * plan.micro_batch_size * plan.data_parallel_size
+                           if cfg.eval.interval > 0 else 0))
     except DatasetConfigError as e:
         raise ConfigError(f"data: {e}") from None
     except IndexedDatasetError as e:  # a dataset that changed on disk after validate_config read it

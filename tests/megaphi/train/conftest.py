@@ -26,11 +26,10 @@ def tiny_corpus(tmp_path_factory) -> str:
     return prefix
 
 
-def trainer_command(nproc: int) -> list[str]:
+def trainer_command(nproc: int, module: str = "megaphi.train") -> list[str]:
     if nproc == 1:
-        return [sys.executable, "-m", "megaphi.train"]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "megaphi.train"]
+        return [sys.executable, "-m", module]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module]
 
 
 def trainer_env() -> dict[str, str]:
@@ -41,6 +40,7 @@ def trainer_env() -> dict[str, str]:
     return env
 
 
-def run_trainer(args: list[str], nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(trainer_command(nproc) + args, cwd=REPO, env=trainer_env(), capture_output=True,
+def run_trainer(args: list[str], nproc: int = 1, timeout: float = 300,
+                module: str = "megaphi.train") -> subprocess.CompletedProcess:
+    return subprocess.run(trainer_command(nproc, module) + args, cwd=REPO, env=trainer_env(), capture_output=True,
                           text=True, timeout=timeout)

@@ -47,8 +47,9 @@ eval: {{interval: 4, batches: 2}}
     return str(path)
 
 
-def train(tmp_path, corpus, run_dir, *overrides, nproc=1, expect_rc=0):
-    result = run_trainer(["--config", recipe(tmp_path, corpus), f"run_dir={run_dir}", *overrides], nproc=nproc)
+def train(tmp_path, corpus, run_dir, *overrides, nproc=1, expect_rc=0, module="megaphi.train"):
+    result = run_trainer(["--config", recipe(tmp_path, corpus), f"run_dir={run_dir}", *overrides], nproc=nproc,
+                         module=module)
     assert result.returncode == expect_rc, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 
@@ -197,26 +198,65 @@ def test_finetuning_starts_from_a_checkpoint_resharded_to_another_tensor_paralle
     assert (run_dir / "checkpoints" / "step2" / "tokenizer" / "tokenizer.json").is_file()
 
 
-def _fp16_device() -> str | None:
-    if torch.cuda.is_available():
-        return "cuda"
-    from deepspeed.accelerator import get_accelerator
+# fp16 runs go through a test launcher that lets DeepSpeed's CPU accelerator run fp16 (see its
+# docstring); everything else is the real trainer with DeepSpeed's ZeRO-2 fp16 optimizer and dynamic
+# loss scaler. The scale starts at 16 and halves at every overflow (hysteresis 1).
+FP16_TRAINER = "tests.megaphi.train.fp16_cpu_trainer"
+FP16 = ["train.precision=fp16", "train.initial_loss_scale_power=4", "train.loss_scale_hysteresis=1",
+        "checkpoint.interval=1", "checkpoint.keep_last=0"]
 
-    return "cpu" if get_accelerator().is_fp16_supported() else None
+
+def module_weights(tag_dir) -> dict[str, torch.Tensor]:
+    return torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
 
 
-@pytest.mark.skipif(_fp16_device() is None, reason="DeepSpeed runs fp16 only on a GPU or a CPU with AVX512-FP16")
-def test_inf_gradient_in_fp16_skips_the_step_lowers_the_scale_and_a_stuck_scale_stops(tmp_path, tiny_corpus,
-                                                                                      monkeypatch):
-    monkeypatch.setenv("DS_ACCELERATOR", _fp16_device())
+@pytest.fixture(scope="module")
+def fp16_run(tmp_path_factory, tiny_corpus):
+    """fp16 ZeRO-2 on two data-parallel ranks, with an inf gradient injected at step 2."""
+    tmp = tmp_path_factory.mktemp("fp16")
+    train(tmp, tiny_corpus, tmp / "run", *FP16, "debug.inf_grad_steps=[2]", nproc=2, module=FP16_TRAINER)
+    return tmp / "run"
+
+
+def test_inf_gradient_in_fp16_skips_the_step_halves_the_scale_and_training_continues(fp16_run):
+    records = read_metrics(fp16_run / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    assert [r["skipped"] for r in records] == [False, True] + [False] * (STEPS - 2)
+    assert [r["loss_scale"] for r in records] == [16] + [8] * (STEPS - 1)
+    assert records[1]["grad_norm"] is None and all(r["grad_norm"] > 0 for r in records[2:])
+    assert records[-1]["loss"] < records[0]["loss"] - 0.3  # it still learns after the skipped step
+    root = fp16_run / "checkpoints"
+    step1, step2 = module_weights(root / "step1"), module_weights(root / "step2")
+    assert all(t.dtype == torch.float16 for t in step1.values())  # the model really ran in fp16
+    assert all(torch.equal(step1[name], step2[name]) for name in step1)  # the skipped update changed nothing
+    assert not torch.equal(step2["lm_head.weight"], module_weights(root / "step3")["lm_head.weight"])
+    engine_state = torch.load(root / "step8" / "mp_rank_00_model_states.pt", weights_only=False)
+    assert (engine_state["global_steps"], engine_state["skipped_steps"]) == (STEPS, 1)
+
+
+def test_fp16_resume_keeps_the_loss_scale_and_a_scale_stuck_at_its_minimum_stops(tmp_path, tiny_corpus, fp16_run):
+    """Resumed from step 2 with the scale at 8, then overflowing from step 5 on with a minimum scale of 4."""
     run_dir = tmp_path / "run"
-    result = train(tmp_path, tiny_corpus, run_dir, "train.precision=fp16", "train.initial_loss_scale_power=4",
-                   "train.loss_scale_hysteresis=1", "train.min_loss_scale=4", "train.max_steps_at_min_loss_scale=2",
-                   "debug.inf_grad_steps=[2, 4, 5, 6]", "checkpoint.interval=100", expect_rc=3)
-    records = read_metrics(run_dir / "metrics.jsonl")
-    assert [r["skipped"] for r in records] == [False, True, False, True, True, True]
-    assert [r["loss_scale"] for r in records] == [16, 8, 8, 4, 4, 4]
-    assert all(r["loss"] == r["loss"] for r in records)  # the loss itself stayed finite
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("training stopped: fp16 loss scale stuck at its minimum 4"), last
-    assert (run_dir / "checkpoints" / "latest").read_text() == "step6"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copytree(fp16_run / "checkpoints" / "step2", run_dir / "checkpoints" / "step2")
+    (run_dir / "checkpoints" / "latest").write_text("step2")
+    result = train(tmp_path, tiny_corpus, run_dir, *FP16, "train.min_loss_scale=4",
+                   "train.max_steps_at_min_loss_scale=2", "debug.inf_grad_steps=[5, 6, 7]", "--resume", "auto",
+                   nproc=2, module=FP16_TRAINER, expect_rc=1)
+    assert "exitcode  : 3" in result.stderr  # torchrun exits 1 when a rank fails and shows the rank's own status
+    ours, ref = read_metrics(run_dir / "metrics.jsonl"), read_metrics(fp16_run / "metrics.jsonl")
+    assert [r["step"] for r in ours] == [3, 4, 5, 6, 7]
+    assert [r["loss"] for r in ours[:2]] == [r["loss"] for r in ref[2:4]]  # exact: the same fp16 arithmetic
+    assert [r["skipped"] for r in ours] == [False, False, True, True, True]
+    # 8 restored from the checkpoint (not the initial 16); the minimum 4 is this run's, not the saving run's 1.
+    assert [r["loss_scale"] for r in ours] == [8, 8, 4, 4, 4]
+    # Step 5 overflowed at scale 8 and could still lower it; steps 6 and 7 overflowed at the minimum.
+    stops = [line for line in result.stderr.splitlines() if line.startswith("training stopped")]
+    assert len(stops) == 1, result.stderr[-3000:]  # a job-wide decision: rank 0 reports it
+    assert stops[0].startswith("training stopped: fp16 loss scale stuck at its minimum 4 with overflowing "
+                               "gradients for 2 steps (step 7)"), stops[0]
+    assert stops[0].endswith(f"last good checkpoint: {run_dir / 'checkpoints' / 'step7'}"), stops[0]
+    root = run_dir / "checkpoints"
+    assert (root / "latest").read_text() == "step7"
+    good, last_saved = module_weights(root / "step4"), module_weights(root / "step7")
+    assert all(torch.equal(good[name], last_saved[name]) for name in good)  # only skipped steps since step 4
