@@ -300,12 +300,12 @@ def summarize(path: Path) -> str:
            "skipped | note |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['impl']} | {r.get('precision', '')} | {r.get('micro_batch', '')} x "
+            out.append(f"| {r.get('label', r['impl'])} | {r.get('precision', '')} | {r.get('micro_batch', '')} x "
                        f"{r.get('grad_accum', '')} | - | - | - | - | - | - | {r['error'][:90]} |")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
         memory = r.get("peak_memory_gib", r.get("peak_rss_gib"))
-        out.append(f"| {r['impl']} | {r['precision']} | {r['micro_batch']} x {r['grad_accum']} | "
+        out.append(f"| {r.get('label', r['impl'])} | {r['precision']} | {r['micro_batch']} x {r['grad_accum']} | "
                    f"{r['tokens_per_s']:,.0f} | {r['model_tflops']:.1f} | {mfu} | {r['step_s']:.3f} | {memory} | "
                    f"{r['skipped_steps']} | {r['device_name']}, setup {r['setup_s']:.0f} s |")
     return "\n".join(out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import glob
 import logging
 import os
 import sys
@@ -143,8 +144,15 @@ def iter_rows(path: Path, *, on_error: OnError, stats: CorpusStats) -> Iterator[
 
 
 def check_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """The input paths (the standard library when none), each checked to exist and be readable here."""
-    paths = [Path(raw).expanduser() for raw in inputs] or [stdlib_dir()]
+    """The input paths (the standard library when none), globs expanded, each checked to exist here."""
+    paths: list[Path] = []
+    for raw in inputs:
+        pattern = os.path.expanduser(os.fspath(raw))
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise CorpusError(f"input {pattern} matches no files")
+        paths.extend(Path(m) for m in matches)
+    paths = paths or [stdlib_dir()]
     for path in paths:
         if not path.exists():
             raise CorpusError(f"input {path} does not exist")

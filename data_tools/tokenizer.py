@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from megaphi.vocab import padded_vocab_size
+
 EOD_TOKEN = "<|endoftext|>"
 # codegen-350M-mono's added whitespace tokens: runs of 2-31 spaces and 2-9 tabs
 WHITESPACE_RUNS = [" " * n for n in range(31, 1, -1)] + ["\t" * n for n in range(9, 1, -1)]
@@ -121,13 +123,6 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     return Tokenizer(backend, eod_id, str(path))
 
 
-def model_vocab_size(vocab_size: int, tensor_parallel_size: int = 1, divisible_by: int = 128) -> int:
-    """The embedding rows a model needs for this tokenizer: rounded up to a multiple of
-    ``divisible_by * tp`` (Megatron's rule; phi-1 rounds its 50295 tokens further, to 51200)."""
-    multiple = divisible_by * tensor_parallel_size
-    return -(-vocab_size // multiple) * multiple
-
-
 # --- training -------------------------------------------------------------------------------------
 
 def _check_vocab_size(vocab_size: int, minimum: int) -> None:
@@ -201,7 +196,7 @@ def corpus_texts(inputs: Sequence[str], on_error: str = "stop") -> Iterator[str]
 
 
 def describe(tokenizer: Tokenizer, tensor_parallel_size: int = 1) -> str:
-    padded = model_vocab_size(tokenizer.vocab_size, tensor_parallel_size)
+    padded = padded_vocab_size(tokenizer.vocab_size, tensor_parallel_size=tensor_parallel_size)
     return (f"{tokenizer.path}: vocab size {tokenizer.vocab_size}, end of document id {tokenizer.eod_id}, "
             f"model vocab padded to {padded} (multiple of {128 * tensor_parallel_size} for tensor parallel {tensor_parallel_size})")
 

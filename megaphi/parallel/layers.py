@@ -7,12 +7,12 @@ DeepSpeed counts them once per TP group in the gradient norm, and converters kno
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megaphi.vocab import padded_vocab_size  # noqa: F401  (re-exported)
 from megaphi.parallel.collectives import (copy_to_tensor_parallel_region, gather_from_tensor_parallel_region,
                                           reduce_from_tensor_parallel_region)
 from megaphi.parallel.state import get_tensor_parallel_rank, get_tensor_parallel_world_size
@@ -117,12 +117,6 @@ class RowParallelLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, in_per_rank={self.in_features_per_partition}, out={self.out_features}"
-
-
-def padded_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int) -> int:
-    """Vocab rounded up so that each TP rank holds an equal, ``divisible_by``-aligned slice."""
-    multiple = divisible_by * tensor_parallel_size
-    return math.ceil(vocab_size / multiple) * multiple
 
 
 class VocabParallelEmbedding(nn.Module):

@@ -71,7 +71,6 @@ def test_parquet_in_the_stack_layout_maps_content_and_path(tmp_path):
     ]
 
 
-@pytest.mark.slow
 def test_hugging_face_dataset_saved_on_disk_is_read(tmp_path):
     import datasets
 
@@ -109,3 +108,12 @@ def test_cli_writes_shards_and_reports_bad_input_in_one_line(source_tree, tmp_pa
     assert len(err) == 1 and "does not exist" in err[0]
     assert main(["--lang", "cobol", "--output-prefix", str(tmp_path / "e")]) == 2
     assert "unknown language 'cobol'" in capsys.readouterr().err
+
+
+def test_glob_inputs_are_expanded_in_order_and_an_empty_glob_is_an_error(tmp_path):
+    for shard in ("b", "a"):
+        (tmp_path / f"part-{shard}.jsonl").write_text(json.dumps({"text": f"print('{shard}')\n", "path": shard}) + "\n")
+    records = list(iter_corpus([str(tmp_path / "part-*.jsonl")]))
+    assert [r["path"] for r in records] == ["a", "b"]
+    with pytest.raises(CorpusError, match="matches no files"):
+        list(iter_corpus([str(tmp_path / "none-*.jsonl")]))

@@ -70,7 +70,6 @@ def test_small_chunks_split_at_line_boundaries_give_the_same_dataset(corpus, tok
     assert file_bytes(whole) == file_bytes(chunked)
 
 
-@pytest.mark.slow
 def test_two_worker_processes_give_the_same_bytes_as_one(corpus, tokenizer_dir, tmp_path):
     one = preprocess([corpus, corpus], tmp_path / "one", tokenizer_dir, append_eod=True, chunk_bytes=5000, progress=False)
     two = preprocess([corpus, corpus], tmp_path / "two", tokenizer_dir, append_eod=True, chunk_bytes=5000, workers=2,

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from data_tools.tokenizer import (EOD_TOKEN, WHITESPACE_RUNS, TokenizerError, load_tokenizer, main, model_vocab_size,
+from megaphi.vocab import padded_vocab_size
+from data_tools.tokenizer import (EOD_TOKEN, WHITESPACE_RUNS, TokenizerError, load_tokenizer, main, 
                                   train_bpe, train_sentencepiece)
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -70,10 +71,10 @@ def test_encode_batch_equals_encode_one_by_one(bpe_dir, texts):
 
 
 def test_model_vocab_pads_to_multiples_of_128_times_tensor_parallel():
-    assert model_vocab_size(50295) == 50304
+    assert padded_vocab_size(50295) == 50304
     # phi-1's 51200 is codegen's 50295 padded for up to 8-way tensor parallelism
-    assert model_vocab_size(50295, tensor_parallel_size=8) == 51200
-    assert model_vocab_size(51200, tensor_parallel_size=4) == 51200
+    assert padded_vocab_size(50295, tensor_parallel_size=8) == 51200
+    assert padded_vocab_size(51200, tensor_parallel_size=4) == 51200
 
 
 def test_sentencepiece_alternative_has_the_same_interface(texts, tmp_path):

@@ -1,7 +1,23 @@
 """``python -m megaphi.train`` refuses bad input with one line naming the field, before starting anything."""
+import os
+import shutil
+
 import pytest
 
 from megaphi.train import main
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def restore_environ():
+    """main() exports the discovered launch (RANK, MASTER_PORT, ...) as a launcher would: undo it."""
+    saved = dict(os.environ)
+    for name in LAUNCH_VARIABLES:
+        os.environ.pop(name, None)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def run_main(capsys, *argv):
@@ -69,3 +85,50 @@ def test_existing_checkpoints_need_resume_auto(tmp_path, capsys, tiny_corpus):
 def test_missing_init_from_checkpoint_is_named(tmp_path, capsys, tiny_corpus):
     code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus), f"checkpoint.init_from={tmp_path}/none")
     assert code == 2 and err.startswith(f"error: checkpoint.init_from: '{tmp_path}/none' is not a directory")
+
+
+@pytest.mark.parametrize("damage, named", [
+    ("idx_truncated", ".idx is truncated"),
+    ("bin_truncated", ".bin is"),
+])
+def test_corrupt_dataset_exits_2_with_one_line_naming_the_file(tmp_path, capsys, tiny_corpus, damage, named):
+    prefix = tmp_path / "damaged"
+    for suffix in (".bin", ".idx"):
+        shutil.copy(tiny_corpus + suffix, str(prefix) + suffix)
+    kind = damage.split("_")[0]
+    damaged = f"{prefix}.{kind}"
+    with open(damaged, "r+b") as f:
+        f.truncate(10 if kind == "idx" else os.path.getsize(damaged) - 2)
+    code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus), f"data.paths=[{prefix}]")
+    assert code == 2
+    assert err.startswith(f"error: data.paths: {damaged} is"), err
+    assert named in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def srun_task(rank: int) -> dict[str, str]:
+    """What srun exports to task ``rank`` of a two-task step on one node (no RANK: srun does not set it)."""
+    return {"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_STEP_ID": "0",
+            "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_STEP_NODELIST": "localhost",
+            "SLURM_JOB_ID": "7", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_srun_only_the_first_task_reports_a_bad_config(tmp_path, capsys, tiny_corpus, monkeypatch, rank):
+    for name, value in srun_task(rank).items():
+        monkeypatch.setenv(name, value)
+    code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus), "train.stepz=3")
+    assert code == 2
+    if rank == 0:
+        assert err.startswith("error: train.stepz: unknown field") and len(err.splitlines()) == 1, err
+    else:
+        assert err == ""
+    assert os.environ["RANK"] == str(rank)  # exported for the trainer's own rendezvous
+
+
+def test_inconsistent_launch_environment_is_one_error_line(tmp_path, capsys, tiny_corpus, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus))
+    assert (code, err) == (2, "error: RANK/WORLD_SIZE are set but MASTER_ADDR is not; export MASTER_ADDR too "
+                              "(or start the job with torchrun, deepspeed, mpirun or srun)")
