@@ -229,6 +229,18 @@ class DataSection:
             raise ConfigError(f"data.tokenizer: {self.tokenizer!r} is not a directory; give a tokenizer directory "
                               "or null")
 
+    def check_token_ids(self, vocab_size: int) -> None:
+        """Every token id of every dataset below the model's vocab_size: an id past the embedding table would
+        crash the step (or, on some kernels, read garbage). One pass over the memory-mapped tokens."""
+        from megaphi.data.builder import parse_data_paths
+        from megaphi.data.indexed import IndexedDataset, IndexedDatasetError
+
+        for _, prefix in parse_data_paths(self.paths):
+            try:
+                IndexedDataset(prefix).check_vocab(vocab_size)
+            except IndexedDatasetError as e:
+                raise ConfigError(f"data.paths: {e}") from None
+
 
 @dataclass
 class OptimSection:

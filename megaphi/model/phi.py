@@ -17,7 +17,7 @@ from torch import nn
 
 from megaphi.model.attention import KVCache, attend, padding_causal_mask, resolve_backend
 from megaphi.model.config import PhiConfig
-from megaphi.model.rotary import RotaryEmbedding, apply_rotary
+from megaphi.model.rotary import RotaryEmbedding, apply_rotary, rotate_qk_
 from megaphi.parallel.collectives import copy_to_tensor_parallel_region, gather_from_tensor_parallel_region
 from megaphi.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megaphi.parallel.layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding, divide,
@@ -51,8 +51,13 @@ class PhiAttention(nn.Module):
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 kv_cache: KVCache | None) -> torch.Tensor:
         batch, seq, _ = h.shape
-        q, k, v = self.qkv_proj(h).view(batch, seq, 3, self.num_heads, self.head_dim).unbind(dim=2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = self.qkv_proj(h).view(batch, seq, 3, self.num_heads, self.head_dim)
+        if torch.compiler.is_compiling():
+            q, k, v = qkv.unbind(dim=2)  # the compiler fuses the composite rotary into one kernel
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        else:
+            # q, k, v stay views of one buffer: SDPA and flash-attn take strided heads as they are.
+            q, k, v = rotate_qk_(qkv, cos, sin).unbind(dim=2)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         dropout_p = self.dropout_p if self.training else 0.0

@@ -174,6 +174,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
 
     base_config, init_shards = _starting_point(cfg, root, latest)
     model_config = resolve_model_config(cfg, base_config)
+    cfg.data.check_token_ids(model_config.vocab_size)
     if cfg.data.seq_len > model_config.max_position_embeddings:
         raise ConfigError(f"data.seq_len: {cfg.data.seq_len} exceeds the model's max_position_embeddings "
                           f"{model_config.max_position_embeddings}")

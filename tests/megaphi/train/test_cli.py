@@ -106,6 +106,13 @@ def test_corrupt_dataset_exits_2_with_one_line_naming_the_file(tmp_path, capsys,
     assert not (tmp_path / "run").exists()
 
 
+def test_token_ids_beyond_the_model_vocab_exit_2_naming_the_dataset(tmp_path, capsys, tiny_corpus):
+    # the corpus holds ids up to 511: a 256-entry model cannot embed them
+    code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus), "model.overrides.vocab_size=256")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: data.paths: {tiny_corpus} holds token id 5") and "256 entries" in err
+
+
 def srun_task(rank: int) -> dict[str, str]:
     """What srun exports to task ``rank`` of a two-task step on one node (no RANK: srun does not set it)."""
     return {"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_STEP_ID": "0",
