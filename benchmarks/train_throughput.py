@@ -306,16 +306,18 @@ def summarize(path: Path) -> str:
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
         memory = r.get("peak_memory_gib", r.get("peak_rss_gib"))
         out.append(f"| {r.get('label', r['impl'])} | {r['precision']} | {r['micro_batch']} x {r['grad_accum']} | "
-                   f"{r['tokens_per_s']:,.0f} | {r['model_tflops']:.1f} | {mfu} | {r['step_s']:.3f} | {memory} | "
-                   f"{r['skipped_steps']} | {r['device_name']}, setup {r['setup_s']:.0f} s |")
+                   f"{r['tokens_per_s']:,.0f} | {r['model_tflops']:.3g} | {mfu} | {r['step_s']:.3f} | {memory} | "
+                   f"{'-' if r['skipped_steps'] is None else r['skipped_steps']} | {r['device_name']}, "
+                   f"setup {r['setup_s']:.0f} s, warm-up {r['warmup_s']:.0f} s |")
     return "\n".join(out)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Training throughput and MFU of megaphi and transformers' Phi "
                                 "(one JSON line per implementation).")
-    p.add_argument("--impl", nargs="+", choices=IMPLS, default=["megaphi"],
-                   help="implementations to measure; several run one after another, each in a fresh process")
+    p.add_argument("--impl", nargs="+", choices=IMPLS, default=["megaphi"], metavar="IMPL",
+                   help=f"one or more of {', '.join(IMPLS)} (default megaphi); several run one after another, each in a "
+                        "fresh process")
     p.add_argument("--preset", help="megaphi model preset (default phi-1; phi-tiny with --smoke)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default 2048; 128 with --smoke)")
     p.add_argument("--micro-batch", type=int, help="sequences per forward pass (default 8; 2 with --smoke)")

@@ -16,6 +16,9 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
 # GPU jobs (ignored on CPU): tensor-parallel collectives must run in issue order to overlap with
 # compute (Megatron's setting), and a rank that dies must fail the job instead of hanging NCCL.
 export CUDA_DEVICE_MAX_CONNECTIONS=1
+# sbatch passes on the submitting shell's environment: a launcher's per-process variables left there
+# would make every task believe it is rank 0 of a job of one. Each srun task finds its own.
+unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
 

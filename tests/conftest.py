@@ -6,3 +6,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Undo whatever a test exported into this process (a launcher's RANK, MASTER_PORT, ...), so that
+    later tests, and the jobs they submit (sbatch passes the environment on), start clean."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
