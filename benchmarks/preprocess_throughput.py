@@ -58,7 +58,8 @@ def megatron_lm(repo: Path, corpus: Path, tokenizer_dir: Path, output: Path, wor
     cmd = [sys.executable, str(repo / "tools" / "preprocess_data.py"), "--input", str(corpus), "--output-prefix", str(output),
            "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tokenizer_dir), "--append-eod",
            "--workers", str(workers), "--log-interval", "1000000"]
-    env = dict(os.environ, PYTHONPATH=str(repo))
+    # the checkout first, then whatever the caller adds (Megatron-LM's own dependencies, e.g. triton, six)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])))
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     return time.perf_counter() - start

@@ -34,8 +34,9 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,6 +63,7 @@ class Settings:
     device: str
     hf_attn: str
     activation_checkpointing: bool
+    deepspeed_set: list[str] = field(default_factory=list)  # "dotted.key=json" edits of the DeepSpeed template
     seed: int = 1234
 
     @property
@@ -93,6 +95,34 @@ def model_config(s: Settings):
     return config
 
 
+def deepspeed_template(s: Settings) -> str:
+    """The recipe's DeepSpeed JSON template, with the ``--deepspeed-set`` edits in a temporary copy."""
+    path = REPO / DEEPSPEED_TEMPLATES[s.precision]
+    if not s.deepspeed_set:
+        return str(path)
+    template = json.loads(path.read_text())
+    for item in s.deepspeed_set:
+        key, value = parse_deepspeed_set(item)
+        *parents, leaf = key.split(".")
+        node = template
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    edited = Path(tempfile.mkdtemp(prefix="megaphi-ds-")) / path.name
+    edited.write_text(json.dumps(template, indent=2))
+    return str(edited)
+
+
+def parse_deepspeed_set(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--deepspeed-set {item!r} must look like zero_optimization.overlap_comm=false")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        raise ValueError(f"--deepspeed-set {item!r}: the value {raw!r} is not JSON (true, 5e8, \"fp16\", ...)") from None
+
+
 def train_config(s: Settings):
     """The TrainConfig a recipe would hold for this measurement (the trainer's defaults elsewhere)."""
     from megaphi.config import TrainConfig, config_from_dict
@@ -103,7 +133,7 @@ def train_config(s: Settings):
         "optim": {"lr": LEARNING_RATE, "weight_decay": 0.1, "grad_clip": 1.0},
         "train": {"micro_batch_size": s.micro_batch, "global_batch_size": s.micro_batch * s.grad_accum,
                   "precision": s.precision, "zero_stage": 2, "seed": s.seed,
-                  "deepspeed_config": str(REPO / DEEPSPEED_TEMPLATES[s.precision])},
+                  "deepspeed_config": deepspeed_template(s)},
     })
 
 
@@ -200,7 +230,7 @@ def hf_amp_bench(s: Settings, compile_model: bool) -> Bench:
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 16, enabled=s.precision == "fp16")
     batches = random_batches(s, config.vocab_size, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    state = {"skipped": 0}
+    state: dict[str, Any] = {}
 
     def step(i: int) -> None:
         for micro in range(s.grad_accum):
@@ -329,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hf-attn", choices=("sdpa", "eager"), default="sdpa",
                    help="transformers' attn_implementation for the hf-* impls (default sdpa, its default)")
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute each layer in backward")
+    p.add_argument("--deepspeed-set", action="append", default=[], metavar="KEY=JSON",
+                   help="edit the recipe's DeepSpeed template for the DeepSpeed impls, e.g. "
+                        "zero_optimization.overlap_comm=false (repeatable)")
     p.add_argument("--smoke", action="store_true", help="check the script on the CPU with a tiny model")
     p.add_argument("--summarize", type=Path, metavar="JSONL", help="print a markdown table of earlier results")
     return p
@@ -353,8 +386,11 @@ def settings_from_args(args: argparse.Namespace, impl: str) -> Settings:
         if not torch.cuda.is_available():
             raise ValueError("no CUDA device here; pass --smoke to check the script on the CPU with phi-tiny")
         device = "cuda"
+    for item in args.deepspeed_set:
+        parse_deepspeed_set(item)
     return Settings(impl=impl, grad_accum=args.grad_accum, device=device, hf_attn=args.hf_attn,
-                    activation_checkpointing=args.activation_checkpointing, **values)
+                    activation_checkpointing=args.activation_checkpointing, deepspeed_set=args.deepspeed_set,
+                    **values)
 
 
 def run_each_in_subprocess(argv: list[str], impls: list[str]) -> int:
@@ -400,11 +436,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"train_throughput: error: {e}", file=sys.stderr)
         return 2
+    from megaphi.config import ConfigError
+
     try:
         result = measure(settings)
     except Exception as e:  # an OOM or a missing package: one line in the table, not a lost run
         print(json.dumps({**asdict(settings), "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}),
               flush=True)
+        if isinstance(e, ConfigError):  # a bad --deepspeed-set, say: the message says what to change
+            print(f"train_throughput: error: {e}", file=sys.stderr)
+            return 2
         raise
     print(json.dumps(result), flush=True)
     return 0

@@ -1,6 +1,7 @@
-"""An OpenAI-compatible HTTP server over a megaphi checkpoint or a Hugging Face Phi directory.
+"""An OpenAI-compatible HTTP server over a megaphi checkpoint or any Hugging Face causal-LM directory.
 
     python -m megaphi.serve --model runs/x/checkpoints --port 8000
+    python -m megaphi.serve --model ~/models/Qwen2.5-Coder-7B-Instruct --device cuda --port 8000
     # then any OpenAI client: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="EMPTY")
 
 Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (and GET /health).
@@ -11,6 +12,10 @@ Concurrent requests are batched: one model worker takes every queued request tha
 decoding pass (same temperature and top_p; greedy requests always can) and runs them as one
 left-padded batch, each row with its own max_tokens and stop sequences. A seeded sampling request
 runs alone, so that the same seed gives the same text whatever else is in flight.
+
+megaphi checkpoints and Hugging Face Phi directories run on megaphi's own model (KV cache, tensor
+parallelism); any other causal LM (GPT-2, Llama, Qwen, CodeGen, ...) runs on transformers' ``generate``.
+The batching is the same for both: see megaphi.backends.
 """
 
 from __future__ import annotations
@@ -28,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from aiohttp import web
 
-from megaphi.generate import cut_at_stop, eos_token_id, generate_tokens, load_model
+from megaphi.backends import Backend, load_backend
+from megaphi.generate import cut_at_stop
 
 log = logging.getLogger("megaphi.serve")
 
@@ -119,11 +124,10 @@ class BatchStats:
 class Batcher:
     """Queues requests and runs compatible ones together on a single model thread."""
 
-    def __init__(self, model, tokenizer, *, max_batch_rows: int = 16, window_s: float = 0.005):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, backend: Backend, *, max_batch_rows: int = 16, window_s: float = 0.005):
+        self.backend, self.tokenizer = backend, backend.tokenizer
         self.max_batch_rows, self.window_s = max_batch_rows, window_s
-        self.context = model.config.max_position_embeddings
-        self.eos_id = eos_token_id(tokenizer)
+        self.context = backend.context
         self.pending: deque[Job] = deque()
         self.wakeup = asyncio.Event()
         self.stats = BatchStats()
@@ -195,13 +199,9 @@ class Batcher:
                                                 cut_at_stop(self.tokenizer.decode(ids), row_stop[row])[1])
 
         first = batch[0].sampling
-        generator = None
-        if first.seed is not None and first.temperature > 0:
-            device = next(self.model.parameters()).device
-            generator = torch.Generator(device=device).manual_seed(first.seed)
-        tokens = generate_tokens(self.model, [ids for _, ids in rows], max_new_tokens=max(row_max),
-                                 temperature=first.temperature, top_p=first.top_p, eos_id=self.eos_id,
-                                 generator=generator, is_done=is_done)
+        tokens = self.backend.generate([ids for _, ids in rows], max_new_tokens=max(row_max),
+                                       temperature=first.temperature, top_p=first.top_p, seed=first.seed,
+                                       is_done=is_done)
         completions = []
         for row, ids in enumerate(tokens):
             text, stopped = cut_at_stop(self.tokenizer.decode(ids), row_stop[row])
@@ -281,13 +281,13 @@ def parse_sampling(body: dict, prompt_tokens: int, context: int, default_max_tok
 
 
 class Server:
-    def __init__(self, model, tokenizer, model_name: str, *, chat_template: str | None = None,
+    def __init__(self, backend: Backend, model_name: str, *, chat_template: str | None = None,
                  max_batch_rows: int = 16, batch_window_s: float = 0.005):
-        self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
-        self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
-        self.context = model.config.max_position_embeddings
+        self.backend, self.tokenizer, self.model_name = backend, backend.tokenizer, model_name
+        self.chat_template = chat_template or getattr(self.tokenizer, "chat_template", None)
+        self.context = backend.context
         self.created = int(time.time())
-        self.batcher = Batcher(model, tokenizer, max_batch_rows=max_batch_rows, window_s=batch_window_s)
+        self.batcher = Batcher(backend, max_batch_rows=max_batch_rows, window_s=batch_window_s)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors], client_max_size=16 * 1024 * 1024)
@@ -398,20 +398,21 @@ class Server:
 
 def build_server(model_path: str | Path, *, tokenizer: str | None = None, model_name: str | None = None,
                  device: str = "cpu", chat_template: str | None = None, max_batch_rows: int = 16,
-                 batch_window_s: float = 0.005) -> Server:
-    """Loads the model through megaphi.generate.load_model and wraps it in a Server."""
+                 batch_window_s: float = 0.005, max_model_len: int | None = None) -> Server:
+    """Loads the model through megaphi.backends.load_backend and wraps it in a Server."""
     if max_batch_rows < 1:
         raise ValueError(f"max_batch_rows must be at least 1, got {max_batch_rows}")
-    model, tok = load_model(model_path, device=device, tokenizer=tokenizer)
+    backend = load_backend(model_path, device=device, tokenizer=tokenizer, max_model_len=max_model_len)
     name = model_name or Path(model_path).resolve().name
-    return Server(model, tok, name, chat_template=chat_template, max_batch_rows=max_batch_rows,
+    return Server(backend, name, chat_template=chat_template, max_batch_rows=max_batch_rows,
                   batch_window_s=batch_window_s)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m megaphi.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="megaphi checkpoint (tag dir or root) or HF Phi directory")
+    parser.add_argument("--model", required=True, help="megaphi checkpoint (tag dir or root) or Hugging Face "
+                        "causal-LM directory (Phi runs on megaphi's model, others on transformers)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's)")
     parser.add_argument("--served-model-name", help="the model id clients send (default: the directory name)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -421,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 "else a plain 'User: ... Assistant:' transcript)")
     parser.add_argument("--max-batch-size", type=int, default=16, help="most sequences decoded together")
     parser.add_argument("--batch-window-ms", type=float, default=5.0, help="wait this long to gather a batch")
+    parser.add_argument("--max-model-len", type=int, help="most tokens of prompt plus completion (default: the "
+                                                           "model's context length)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -432,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             template = path.read_text()
         server = build_server(args.model, tokenizer=args.tokenizer, model_name=args.served_model_name,
                               device=args.device, chat_template=template, max_batch_rows=args.max_batch_size,
-                              batch_window_s=args.batch_window_ms / 1000)
+                              batch_window_s=args.batch_window_ms / 1000, max_model_len=args.max_model_len)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

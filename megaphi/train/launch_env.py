@@ -7,8 +7,9 @@ started:
 
 - ``torchrun`` / ``deepspeed`` launcher / anything that already exports RANK and WORLD_SIZE:
   taken as given (the launcher owns the rendezvous).
-- ``mpirun`` (Open MPI, or MPICH/Intel MPI's PMI): rank and size from mpi4py; local rank by
-  grouping processor names; rank 0 picks the rendezvous address and a free port and broadcasts them.
+- ``mpirun`` (Open MPI, or MPICH/Intel MPI's PMI): rank and size from mpi4py; local rank from
+  Open MPI's node map, else by grouping processor names; rank 0 picks the rendezvous address and
+  a free port and broadcasts them.
 - ``srun`` (one task per GPU, or per CPU process): SLURM_PROCID / SLURM_STEP_NUM_TASKS /
   SLURM_LOCALID; the rendezvous host is the first node of the step, and its address is the node's
   ``NodeAddr`` read with ``scontrol show node`` (node names need not resolve on real clusters); the
@@ -165,8 +166,14 @@ def _from_mpi(env: Mapping[str, str]) -> LaunchEnv:
     comm = MPI.COMM_WORLD
     rank, world_size = comm.Get_rank(), comm.Get_size()
     hosts = comm.allgather(MPI.Get_processor_name())
-    local_rank = hosts[:rank].count(hosts[rank])
-    local_world_size = hosts.count(hosts[rank])
+    if "OMPI_COMM_WORLD_LOCAL_RANK" in env and "OMPI_COMM_WORLD_LOCAL_SIZE" in env:
+        # Open MPI's own node map (one daemon per hostfile node) wins: DeepSpeed checks LOCAL_RANK
+        # against it, and two hostfile nodes may share a processor name.
+        local_rank = _int(env, "OMPI_COMM_WORLD_LOCAL_RANK")
+        local_world_size = _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE")
+    else:
+        local_rank = hosts[:rank].count(hosts[rank])
+        local_world_size = hosts.count(hosts[rank])
     rendezvous = None
     if rank == 0:
         # One host: loopback always works. Several: other hosts reach rank 0 by the name mpirun

@@ -26,13 +26,17 @@ def launcher_command(launcher: str, nproc: int) -> list[str]:
     if launcher == "torchrun":
         return [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", port, "-m"]
     if launcher == "mpi":
-        if shutil.which("mpirun") is None:
-            pytest.fail("mpirun is not installed: run launch/bootstrap.sh (Debian package openmpi-bin)")
+        require_mpirun()
         return ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(nproc), sys.executable, "-m"]
     if launcher == "deepspeed":
         # On CPU (DS_ACCELERATOR=cpu) --num_gpus is just the number of local processes.
         return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", port, "--module"]
     raise ValueError(launcher)
+
+
+def require_mpirun() -> None:
+    if shutil.which("mpirun") is None:
+        pytest.fail("mpirun is not installed: run launch/bootstrap.sh (Debian package openmpi-bin)")
 
 
 def run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
@@ -71,5 +75,28 @@ def test_inconsistent_environment_is_one_error_line_and_exit_2():
 @pytest.mark.parametrize("launcher", ["mpi", "deepspeed"])
 def test_launcher_starts_one_data_parallel_training_job(launcher, tmp_path):
     cmd = launcher_command(launcher, 2) + ["megaphi.train", "--config", str(TINY_RECIPE)]
-    run(cmd + tiny_run_overrides(tmp_path, steps=2))
+    out = run(cmd + tiny_run_overrides(tmp_path, steps=2)).stdout
     assert_trained(tmp_path / "run", steps=2, data_parallel_size=2)
+    assert len(re.findall(r"^megaphi\.train: done", out, re.M)) == 1, f"only rank 0 reports:\n{out}"
+
+
+@pytest.mark.slow
+def test_deepspeed_hostfile_with_openmpi_launcher_trains_across_two_nodes(tmp_path):
+    # Two hostfile lines are two nodes to DeepSpeed, which hands the hostfile to mpirun; Open MPI
+    # starts a daemon on the second node through its ssh agent. There is no sshd here, so the agent
+    # is launch/local_ssh.sh and both "nodes" are this machine, under addresses Open MPI does not
+    # fold into one node (it would for 127.0.0.1 and localhost, then reject the two slot counts).
+    require_mpirun()
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("127.0.0.1 slots=1\n127.0.0.2 slots=1\n")
+    launcher_args = (f"--allow-run-as-root --display-map --mca plm_rsh_agent {REPO / 'launch' / 'local_ssh.sh'} "
+                     "--mca btl_tcp_if_include lo")
+    cmd = [str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--launcher", "openmpi", "--no_ssh_check",
+           "--master_addr", "127.0.0.1", "--launcher_args", launcher_args,
+           "--module", "megaphi.train", "--config", str(TINY_RECIPE)]
+    proc = run(cmd + tiny_run_overrides(tmp_path, steps=2))
+    log = proc.stdout + proc.stderr
+    assert f"cmd = mpirun -n 2 -hostfile {hostfile}" in log, log  # DeepSpeed's multi-node path
+    assert re.search(r"Data for node: 127\.0\.0\.2\s+Num slots: 1", log), log  # a daemon on node 2
+    assert_trained(tmp_path / "run", steps=2, data_parallel_size=2)
+    assert len(re.findall(r"^megaphi\.train: done", proc.stdout, re.M)) == 1, proc.stdout

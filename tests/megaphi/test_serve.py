@@ -10,9 +10,10 @@ from pathlib import Path
 
 import openai
 import pytest
+import torch
 from aiohttp import web
 
-from megaphi.generate import generate
+from megaphi.backends import HFBackend, MegaphiBackend, load_backend
 from megaphi.serve import FALLBACK_STOP, Server, build_server
 from tests.megaphi.tiny_phi import make_hf_phi, make_tokenizer
 
@@ -38,8 +39,37 @@ def running(app: web.Application):
         thread.join(10)
 
 
+def make_hf_gpt2(out_dir: Path) -> Path:
+    """A random transformers GPT-2 (an architecture megaphi's model does not implement) with the tiny tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    make_tokenizer(out_dir)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=300, n_positions=256,
+                                       bos_token_id=0, eos_token_id=0))
+    with torch.no_grad():  # larger than the default init, so that greedy text depends on the prompt
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def transformers_greedy(directory: Path, prompt: str, max_new_tokens: int) -> tuple[str, int]:
+    """The oracle: transformers' own greedy ``generate`` on the source directory -> (text, new tokens before EOS)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    ids = torch.tensor([tokenizer.encode(prompt)])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    new = [t for t in out[0, ids.shape[1]:].tolist() if t != tokenizer.eos_token_id]
+    return tokenizer.decode(new), len(new)
+
+
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
+def phi_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-phi")
     make_tokenizer(directory)
     make_hf_phi(directory, tokenizer_dir=directory, max_position_embeddings=256)
@@ -47,8 +77,16 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
-    server = build_server(model_dir, model_name="tiny", batch_window_s=0.02)
+def gpt2_dir(tmp_path_factory) -> Path:
+    return make_hf_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="module", params=["phi", "gpt2"])
+def server(request):
+    """The same server behaviour over both backends: megaphi's model (Phi) and transformers' (GPT-2)."""
+    directory = request.getfixturevalue(f"{request.param}_dir")
+    server = build_server(directory, model_name="tiny", batch_window_s=0.02)
+    server.source_dir, server.kind = directory, request.param
     with running(server.app()) as base_url:
         server.base_url = base_url
         yield server
@@ -64,13 +102,19 @@ def test_models_lists_the_served_model(client):
     assert model.id == "tiny" and model.owned_by == "megaphi"
 
 
-def test_greedy_completion_matches_megaphi_generate(server, client):
-    response = client.completions.create(model="tiny", prompt="def add(a, b):", max_tokens=12, temperature=0)
-    (expected,) = generate(server.model, server.tokenizer, ["def add(a, b):"], max_new_tokens=12)
+def test_phi_runs_on_megaphis_model_and_other_architectures_on_transformers(server):
+    assert type(server.backend) is {"phi": MegaphiBackend, "gpt2": HFBackend}[server.kind]
+
+
+@pytest.mark.parametrize("prompt", ["def add(a, b):", "class Stack:"])
+def test_greedy_completion_matches_transformers_greedy_generate(server, client, prompt):
+    response = client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0)
+    expected, new_tokens = transformers_greedy(server.source_dir, prompt, 12)
     (choice,) = response.choices
-    assert choice.text == expected[0] and choice.finish_reason == "length"
-    assert response.usage.prompt_tokens == len(server.tokenizer.encode("def add(a, b):"))
-    assert response.usage.completion_tokens == 12
+    assert choice.text == expected
+    assert choice.finish_reason == ("length" if new_tokens == 12 else "stop")
+    assert response.usage.prompt_tokens == len(server.tokenizer.encode(prompt))
+    assert response.usage.completion_tokens == new_tokens
 
 
 def test_a_seed_reproduces_samples_and_n_gives_n_choices(client):
@@ -166,28 +210,49 @@ def test_raw_bad_requests_are_json_errors_too(server, path, data, status, messag
 
 
 @pytest.mark.slow
-def test_cli_refuses_a_missing_model_with_one_error_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "megaphi.serve", "--model", str(tmp_path / "nothing")],
+def test_cli_refuses_a_directory_that_is_no_model_with_one_error_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "megaphi.serve", "--model", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and str(tmp_path / "nothing") in result.stderr
+    assert result.stderr.startswith(f"error: {tmp_path} is neither a megaphi checkpoint")
+    assert result.stderr.count("\n") == 1
 
 
-def test_a_megaphi_checkpoint_serves_the_same_text_as_its_hf_source(model_dir, client, tmp_path):
+def test_a_megaphi_checkpoint_serves_the_same_text_as_its_hf_source(phi_dir, tmp_path):
     from megaphi.convert.conversions import convert_from_hf
 
-    checkpoint = convert_from_hf(model_dir, tmp_path / "ckpt", tensor_parallel_size=2)
+    checkpoint = convert_from_hf(phi_dir, tmp_path / "ckpt", tensor_parallel_size=2)
     converted = build_server(checkpoint, model_name="tiny")
+    assert isinstance(converted.backend, MegaphiBackend)
     with running(converted.app()) as base_url:
         other = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
         served = other.completions.create(model="tiny", prompt="def fib(n):", max_tokens=10, temperature=0)
-    original = client.completions.create(model="tiny", prompt="def fib(n):", max_tokens=10, temperature=0)
-    assert served.choices[0].text == original.choices[0].text
+    assert served.choices[0].text == transformers_greedy(phi_dir, "def fib(n):", 10)[0]
+
+
+def test_a_directory_that_is_neither_a_checkpoint_nor_a_hf_model_is_refused(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match="neither a megaphi checkpoint .* nor a Hugging Face model directory"):
+        build_server(tmp_path)
+
+
+def test_a_hf_model_without_a_causal_lm_head_is_refused(tmp_path):
+    from transformers import T5Config
+
+    T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2).save_pretrained(str(tmp_path))  # encoder-decoder
+    with pytest.raises(ValueError, match="'t5' model, which transformers has no causal-LM class for"):
+        build_server(tmp_path)
+
+
+def test_max_model_len_caps_the_context_and_may_not_exceed_the_models(gpt2_dir):
+    assert load_backend(gpt2_dir, max_model_len=32).context == 32
+    with pytest.raises(ValueError, match="max_model_len 512 exceeds the model's context length 256"):
+        load_backend(gpt2_dir, max_model_len=512)
 
 
 def test_chat_uses_a_given_chat_template(server, client):
     template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
-    templated = Server(server.model, server.tokenizer, "tiny", chat_template=template)
+    templated = Server(server.backend, "tiny", chat_template=template)
     with running(templated.app()) as base_url:
         other = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
         chat = other.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
