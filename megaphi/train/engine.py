@@ -96,6 +96,10 @@ def deepspeed_config(cfg: TrainConfig, plan: BatchPlan) -> dict[str, Any]:
     zero["stage"] = t.zero_stage
     # Elastic ZeRO checkpoints re-partition optimizer state, so a run can resume on another DP size.
     zero.setdefault("elastic_checkpoint", True)
+    if plan.data_parallel_size == 1:
+        # Nothing to overlap with one data-parallel rank, and with overlap_comm DeepSpeed synchronises
+        # the whole device at the end of every backward.
+        zero["overlap_comm"] = False
     fp16 = dict(config.get("fp16", {}))
     fp16.update(enabled=t.precision == "fp16", loss_scale=0, initial_scale_power=t.initial_loss_scale_power,
                 loss_scale_window=t.loss_scale_window, min_loss_scale=t.min_loss_scale,
@@ -180,7 +184,9 @@ def model_flops_per_token(model_config: PhiConfig, num_params: int, seq_len: int
 
 
 # Dense fp16/bf16 tensor-core peak per device, TFLOP/s; override with train.peak_tflops.
-_PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "A10": 125.0, "V100": 125.0, "L4": 121.0}
+# The first name contained in torch's device name wins: the PCIe and NVL H100s before the SXM part.
+_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "A10": 125.0,
+                "V100": 125.0, "L4": 121.0}
 
 
 def peak_tflops(configured: float | None) -> float | None:
@@ -188,8 +194,12 @@ def peak_tflops(configured: float | None) -> float | None:
         return configured
     if not on_gpu():
         return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in _PEAK_TFLOPS.items() if k in name), None)
+    return peak_tflops_of(torch.cuda.get_device_name())
+
+
+def peak_tflops_of(device_name: str) -> float | None:
+    """Dense fp16/bf16 peak of a device by torch's name for it; None when unknown."""
+    return next((v for k, v in _PEAK_TFLOPS.items() if k in device_name), None)
 
 
 def full_parameter_count(model: torch.nn.Module) -> int:

@@ -9,7 +9,7 @@ from megaphi.config import ConfigError, TrainConfig, load_config, plan_batches
 from megaphi.model import PhiForCausalLM, get_preset
 from tests.megaphi.train.conftest import REPO
 from megaphi.train.engine import (deepspeed_config, full_parameter_count, model_flops_per_token, param_groups,
-                                  resolve_model_config)
+                                  peak_tflops_of, resolve_model_config)
 
 
 def tiny_model():
@@ -44,6 +44,8 @@ def test_deepspeed_config_takes_batch_precision_and_clipping_from_the_typed_conf
     assert (ds["fp16"]["initial_scale_power"], ds["fp16"]["loss_scale_window"], ds["fp16"]["loss_scale"]) == (12, 50, 0)
     assert ds["zero_optimization"]["stage"] == 2 and ds["zero_optimization"]["overlap_comm"]  # from the template
     assert ds["zero_allow_untested_optimizer"]
+    # one data-parallel rank: no gradient communication to overlap
+    assert not deepspeed_config(cfg, plan_batches(cfg.train, 1))["zero_optimization"]["overlap_comm"]
 
 
 def test_template_that_sets_a_batch_size_is_rejected(tmp_path):
@@ -86,3 +88,11 @@ def test_model_flops_per_token_is_three_forward_passes_of_matmuls():
     predicted = model_flops_per_token(config, full_parameter_count(model), seq)
     # The formula also counts biases and LayerNorm weights as matmul parameters (about 1% here).
     assert predicted == pytest.approx(measured, rel=0.02)
+
+
+def test_peak_tflops_tell_the_h100_variants_apart():
+    assert peak_tflops_of("NVIDIA H100 80GB HBM3") == 989.0
+    assert peak_tflops_of("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops_of("NVIDIA H100 NVL") == 835.0
+    assert peak_tflops_of("NVIDIA A100-SXM4-80GB") == 312.0
+    assert peak_tflops_of("Some Future GPU") is None
