@@ -8,6 +8,7 @@ checkpoint root holds DeepSpeed's ``latest`` file naming the newest tag.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,19 @@ def _resolve_tokenizer(ckpt_dir: Path, named: str | None) -> str | None:
     return str(path)
 
 
+def load_checkpoint_config(path: str | Path) -> tuple[PhiConfig, dict[str, Any]]:
+    """The model config and ``megaphi.json`` of a checkpoint (tag directory, or a root with ``latest``),
+    without reading any weights; the metadata gains ``path`` (the tag directory) and ``tokenizer_path``
+    (a directory or None)."""
+    ckpt_dir = resolve_checkpoint_dir(path)
+    meta = _read_meta(ckpt_dir)
+    try:
+        config = PhiConfig.from_dict(meta["model"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt_dir / META_FILE}: field 'model' is not a valid PhiConfig: {e}") from e
+    return config, dict(meta, path=str(ckpt_dir), tokenizer_path=_resolve_tokenizer(ckpt_dir, meta.get("tokenizer")))
+
+
 def load_model_checkpoint(path: str | Path) -> tuple[PhiConfig, list[StateDict], dict[str, Any]]:
     """Load a megaphi checkpoint (tag directory, or a root with ``latest``).
 
@@ -84,12 +98,8 @@ def load_model_checkpoint(path: str | Path) -> tuple[PhiConfig, list[StateDict],
     with two resolved entries added: ``path`` (the tag directory) and ``tokenizer_path`` (a directory
     or None). Every rank's keys and shapes are checked against the config.
     """
-    ckpt_dir = resolve_checkpoint_dir(path)
-    meta = _read_meta(ckpt_dir)
-    try:
-        config = PhiConfig.from_dict(meta["model"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{ckpt_dir / META_FILE}: field 'model' is not a valid PhiConfig: {e}") from e
+    config, meta = load_checkpoint_config(path)
+    ckpt_dir = Path(meta["path"])
     tp = meta["tensor_parallel_size"]
     shards = []
     for rank in range(tp):
@@ -100,12 +110,15 @@ def load_model_checkpoint(path: str | Path) -> tuple[PhiConfig, list[StateDict],
             )
         # DeepSpeed writes more than tensors into these files (its config, versions, shapes), so
         # weights_only loading would reject real training checkpoints; checkpoints are the user's own files.
-        states = torch.load(file, map_location="cpu", weights_only=False, mmap=True)
+        try:
+            states = torch.load(file, map_location="cpu", weights_only=False, mmap=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            raise CheckpointError(f"{file} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+                                  "the file is truncated or corrupt; restore it or use another checkpoint") from None
         if not isinstance(states, dict) or not isinstance(states.get("module"), dict):
             raise CheckpointError(f"{file} has no 'module' state dict: it is not a model states file")
         shards.append(dict(states["module"]))
     check_shards(shards, config, str(ckpt_dir))
-    meta = dict(meta, path=str(ckpt_dir), tokenizer_path=_resolve_tokenizer(ckpt_dir, meta.get("tokenizer")))
     return config, shards, meta
 
 

@@ -128,8 +128,16 @@ def _check_supported(hf: dict[str, Any], where: str) -> None:
         raise CheckpointError(f"{where}: rope type '{rope_type}' is not supported; only default rotary embeddings")
 
 
+# transformers' Phi, the original microsoft/phi-1 MixFormer code, and configs that predate the field
+PHI_MODEL_TYPES = ("phi", "phi-msft", "mixformer-sequential", None)
+
+
 def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> PhiConfig:
     """A Hugging Face ``config.json`` dict (transformers Phi or legacy MixFormer) -> PhiConfig."""
+    model_type = hf.get("model_type")
+    if model_type not in PHI_MODEL_TYPES:
+        raise CheckpointError(f"{where}: model_type {model_type!r} is not a Phi architecture (expected one of "
+                              f"{', '.join(repr(t) for t in PHI_MODEL_TYPES if t)}); megaphi converts Phi models only")
     if "n_embd" in hf:  # legacy MixFormer field names
         missing = [k for k in ("vocab_size", "n_layer", "n_head") if k not in hf]
         if missing:
@@ -189,11 +197,17 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 
 
 def _load_weight_file(path: Path) -> StateDict:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: the checkpoint's index names it; restore it") from None
+    except Exception as e:  # safetensors, pickle and zip each raise their own kind for a damaged file
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}): the file "
+                              "is truncated or corrupt; download or restore it again") from None
 
 
 def load_hf_state_dict(hf_dir: str | Path) -> StateDict:

@@ -6,7 +6,6 @@ sampler positioned at the checkpoint's consumed-sample count and every RNG strea
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import yaml
 
 from megaphi import parallel
 from megaphi.config import ConfigError, TrainConfig, config_to_dict, plan_batches
-from megaphi.convert.checkpoint import META_FILE, load_model_checkpoint
+from megaphi.convert.checkpoint import load_checkpoint_config, load_model_checkpoint
 from megaphi.convert.layout import CheckpointError, reshard
 from megaphi.data.builder import build_train_valid_datasets
 from megaphi.data.gpt_dataset import DatasetConfigError
@@ -138,23 +137,40 @@ def _evaluate(engine, valid, cfg: TrainConfig, plan, device) -> float:
     return total.item() / plan.data_parallel_size
 
 
+# What a resumed run may change about its model: nothing that shapes a parameter.
+_RESUMABLE_MODEL_CHANGES = {"resid_pdrop", "embd_pdrop", "attention_dropout", "attn_backend", "activation_checkpointing"}
+
+
 def _starting_point(cfg: TrainConfig, root: Path, latest: str | None):
-    """The architecture to build, and initial weights (this rank's shard set) when finetuning.
+    """The architecture to build, initial weights (this rank's shard set) when finetuning, and the
+    tokenizer that the checkpoint carries.
 
     Resuming: the run's own checkpoint says what the model is (weights come with the engine state).
     ``checkpoint.init_from``: that checkpoint's config and weights, resharded to this run's TP size.
     Otherwise: ``model.preset`` and freshly seeded weights. ``model.overrides`` apply in every case.
     """
     if latest is not None:
-        meta = json.loads((root / latest / META_FILE).read_text())
-        return PhiConfig.from_dict(meta["model"]), None
+        try:
+            config, meta = load_checkpoint_config(root)
+        except CheckpointError as e:
+            raise ConfigError(f"checkpoint.dir: cannot resume: {e}") from None
+        return config, None, meta["tokenizer_path"]
     if cfg.checkpoint.init_from is None:
-        return None, None
+        return None, None, None
     try:
-        base_config, shards, _ = load_model_checkpoint(cfg.checkpoint.init_from)
+        base_config, shards, meta = load_model_checkpoint(cfg.checkpoint.init_from)
     except CheckpointError as e:
         raise ConfigError(f"checkpoint.init_from: {e}") from None
-    return base_config, reshard(shards, base_config, parallel.get_tensor_parallel_world_size())
+    return base_config, reshard(shards, base_config, parallel.get_tensor_parallel_world_size()), meta["tokenizer_path"]
+
+
+def _check_resumable(model_config: PhiConfig, saved: PhiConfig) -> None:
+    ours, theirs = model_config.to_dict(), saved.to_dict()
+    for field, value in ours.items():
+        if field not in _RESUMABLE_MODEL_CHANGES and value != theirs.get(field):
+            raise ConfigError(f"model.overrides.{field}: {value!r} differs from the checkpoint being resumed "
+                              f"({theirs.get(field)!r}); a resumed run keeps its architecture (start a new run_dir, "
+                              "with checkpoint.init_from to start from these weights)")
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
@@ -172,8 +188,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
 
     latest = ckpt.read_latest(root) if root.is_dir() else None
 
-    base_config, init_shards = _starting_point(cfg, root, latest)
+    base_config, init_shards, checkpoint_tokenizer = _starting_point(cfg, root, latest)
     model_config = resolve_model_config(cfg, base_config)
+    if latest is not None:
+        _check_resumable(model_config, base_config)
+    # a finetuned or resumed model keeps the tokenizer it was trained with, unless data.tokenizer names one
+    tokenizer = cfg.data.tokenizer or checkpoint_tokenizer
     cfg.data.check_token_ids(model_config.vocab_size)
     if cfg.data.seq_len > model_config.max_position_embeddings:
         raise ConfigError(f"data.seq_len: {cfg.data.seq_len} exceeds the model's max_position_embeddings "
@@ -225,9 +245,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     result = TrainResult(step, consumed, last_checkpoint=root / latest if latest else None)
 
     def save() -> None:
+        nonlocal tokenizer
         client_state = {"step": step, "consumed_samples": consumed, "config": config_to_dict(cfg)}
         result.last_checkpoint = ckpt.save_checkpoint(engine, root, step, client_state, model_config,
-                                                      cfg.data.tokenizer, cfg.checkpoint.keep_last)
+                                                      tokenizer, cfg.checkpoint.keep_last)
+        if tokenizer is not None:  # copy from the newest checkpoint next time: older ones may be pruned
+            tokenizer = str(result.last_checkpoint / ckpt.TOKENIZER_DIR)
 
     def flush_and_check() -> None:
         records = metrics.flush()

@@ -185,6 +185,7 @@ def test_heads_that_do_not_divide_by_tp_are_refused_before_anything_is_written(t
     ({"num_key_value_heads": 2}, "num_key_value_heads 2 differs from num_attention_heads 4"),
     ({"tie_word_embeddings": True}, "tie_word_embeddings=True is not supported"),
     ({"hidden_act": "relu"}, "hidden_act='relu' is not supported"),
+    ({"model_type": "llama"}, "model_type 'llama' is not a Phi architecture"),
 ])
 def test_configs_that_are_not_phi_1_networks_are_refused_naming_the_field(tmp_path, hf_dir, edit, message):
     import shutil
@@ -194,6 +195,21 @@ def test_configs_that_are_not_phi_1_networks_are_refused_naming_the_field(tmp_pa
     (tmp_path / "other/config.json").write_text(json.dumps({**config, **edit}))
     with pytest.raises(CheckpointError, match=message):
         convert_from_hf(tmp_path / "other", tmp_path / "out")
+
+
+def test_truncated_weights_are_refused_naming_the_file(tmp_path, hf_dir):
+    import shutil
+
+    shutil.copytree(hf_dir, tmp_path / "other")
+    weights = tmp_path / "other" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=f"{weights} cannot be read .*truncated or corrupt"):
+        convert_from_hf(tmp_path / "other", tmp_path / "out")
+    convert_from_hf(hf_dir, tmp_path / "ckpt", tensor_parallel_size=1)
+    shard = tmp_path / "ckpt" / "mp_rank_00_model_states.pt"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=f"{shard} cannot be read .*truncated or corrupt"):
+        load_model_checkpoint(tmp_path / "ckpt")
 
 
 @pytest.mark.slow

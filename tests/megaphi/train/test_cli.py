@@ -4,6 +4,8 @@ import shutil
 
 import pytest
 
+from megaphi.convert.checkpoint import write_meta
+from megaphi.model import get_preset
 from megaphi.train import main
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -111,6 +113,32 @@ def test_token_ids_beyond_the_model_vocab_exit_2_naming_the_dataset(tmp_path, ca
     code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus), "model.overrides.vocab_size=256")
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"error: data.paths: {tiny_corpus} holds token id 5") and "256 entries" in err
+
+
+def fake_checkpoint_root(run_dir, tag, model_config=None):
+    """A checkpoint root whose ``latest`` names ``tag``; with a model config, the tag holds only its megaphi.json."""
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True)
+    (root / "latest").write_text(tag)
+    if model_config is not None:
+        (root / tag).mkdir()
+        write_meta(root / tag, model_config, 1, None)
+    return root
+
+
+def test_resume_from_a_latest_that_names_a_missing_checkpoint_is_one_error_line(tmp_path, capsys, tiny_corpus):
+    fake_checkpoint_root(tmp_path / "run", "step99")
+    code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus), "--resume", "auto")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: checkpoint.dir: cannot resume:") and "step99" in err
+
+
+def test_resume_refuses_an_override_that_changes_the_architecture(tmp_path, capsys, tiny_corpus):
+    fake_checkpoint_root(tmp_path / "run", "step2", get_preset("phi-tiny"))
+    code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus), "--resume", "auto",
+                         "model.overrides.hidden_size=64")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: model.overrides.hidden_size: 64 differs from the checkpoint being resumed (128)")
 
 
 def srun_task(rank: int) -> dict[str, str]:
