@@ -18,7 +18,7 @@ import torch
 
 from megaphi.convert.checkpoint import LATEST_FILE, META_FILE
 from megaphi.convert.hf import has_tokenizer
-from megaphi.generate import _is_hf_dir, eos_token_id, generate_tokens, load_model, load_tokenizer_dir
+from megaphi.generate import _is_hf_dir, check_device, eos_token_id, generate_tokens, load_model, load_tokenizer_dir
 
 IsDone = Callable[[int, list[int]], bool]
 # OpenAI's parameters are the whole decoding rule: switch off the other logits processors that a
@@ -166,7 +166,7 @@ def load_hf_backend(path: Path, *, tokenizer: str | Path | None, device: str, dt
     tokenizer = tokenizer if tokenizer is not None else (path if has_tokenizer(path) else None)
     if tokenizer is None:
         raise ValueError(f"{path} has no tokenizer: pass --tokenizer <Hugging Face tokenizer directory>")
-    device = torch.device(device)
+    device = check_device(device)
     if dtype is None:  # half-precision matmuls are slow or missing on the CPU
         dtype = torch.float32 if device.type == "cpu" else "auto"
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()

@@ -28,7 +28,25 @@ def _is_hf_dir(path: Path) -> bool:
 def load_tokenizer_dir(path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path))
+    if not Path(path).is_dir():
+        raise CheckpointError(f"tokenizer {path} is not a directory: pass a Hugging Face tokenizer directory (--tokenizer)")
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"tokenizer {path} cannot be loaded: {first_line}") from None
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The device, or a clear error when this machine has no such device."""
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise CheckpointError(f"device {device!r} is not a device name ({e}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise CheckpointError(f"device {device} is not available on this machine "
+                              f"({torch.cuda.device_count()} CUDA devices); use --device cpu")
+    return device
 
 
 def load_model(
@@ -42,6 +60,7 @@ def load_model(
     checkpoint (its ``tokenizer/`` or the one ``megaphi.json`` names, or the Hugging Face directory).
     """
     path = Path(path)
+    device = check_device(device)
     if _is_hf_dir(path):
         config, full = load_hf_checkpoint(path)
         found_tokenizer = path if has_tokenizer(path) else None
@@ -51,8 +70,7 @@ def load_model(
         found_tokenizer = meta["tokenizer_path"]
     tokenizer = tokenizer if tokenizer is not None else found_tokenizer
     if tokenizer is None:
-        raise CheckpointError(f"{path} has no tokenizer: pass tokenizer=<Hugging Face tokenizer directory>")
-    device = torch.device(device)
+        raise CheckpointError(f"{path} has no tokenizer: pass a Hugging Face tokenizer directory (--tokenizer)")
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else next(iter(full.values())).dtype
     # Inside a tensor-parallel group (a TP server), each rank takes its own shard of the same weights.

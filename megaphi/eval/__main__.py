@@ -102,6 +102,8 @@ def run_command(args: argparse.Namespace) -> dict | None:
         return summary
     sampling = _sampling(args)  # validate before loading anything
     out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out-dir {out_dir} is a file: pass a directory for the samples, results and reports")
     samples = generate_samples(benchmark, args.model, sampling, device=args.device, tokenizer=args.tokenizer)
     write_jsonl(out_dir / "samples.jsonl", samples)
     results, summary = _score(args, benchmark, samples)
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = run_command(args)
-    except (ValueError, SandboxUnavailable) as error:  # checkpoint errors are ValueErrors too
+    except (ValueError, OSError, SandboxUnavailable) as error:  # checkpoint errors are ValueErrors too
         print(f"error: {error}", file=sys.stderr)
         return 2
     if summary is not None:

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from megaphi.convert import convert_from_hf
 from megaphi.eval import sandbox
@@ -118,12 +119,24 @@ def test_score_refuses_without_a_sandbox_unless_told_to_run_unsafely(tmp_path, c
     (["score", "--benchmark", "humaneval", "--samples", "s.jsonl", "--out", "r.jsonl", "--workers", "0"],
      "--workers must be at least 1"),
     (["generate", "--model", "no/such/model", "--benchmark", "humaneval", "--out", "s.jsonl"], "no/such/model"),
+    (["run", "--model", "m", "--benchmark", "humaneval", "--out-dir", "afile"], "--out-dir afile is a file"),
 ])
 def test_bad_input_gets_one_error_line_and_exit_status_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_a_missing_tokenizer_or_device_is_one_error_line(hf_model, tmp_path, capsys):
+    base = ["generate", "--model", str(hf_model), "--benchmark", "humaneval", "--limit", "1", "--out",
+            str(tmp_path / "s.jsonl")]
+    assert main(base + ["--tokenizer", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: tokenizer {tmp_path / 'nope'} is not a directory")
+    if not torch.cuda.is_available():
+        assert main(base + ["--device", "cuda"]) == 2
+        assert capsys.readouterr().err.startswith("error: device cuda is not available on this machine")
 
 
 def test_every_subcommand_documents_itself():
