@@ -107,24 +107,30 @@ def iter_directory(root: Path, *, include: Sequence[str], exclude: Sequence[str]
             except UnicodeDecodeError:
                 stats.undecodable += 1
                 continue
-            yield {"text": text, "path": relative, "lang": lang, "meta": {"root": str(root)}}
+            # the path under its input is what training reports show; the full path is unique across inputs
+            yield {"id": str(path), "text": text, "path": relative, "lang": lang, "meta": {"root": str(root)}}
 
 
 def _matches(path: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns)
 
 
-def _record_from_row(row: dict[str, Any], source: str, position: str) -> dict[str, Any]:
-    """Normalise a JSONL/parquet/HF row to the corpus record shape, keeping other fields as meta."""
+def _record_from_row(row: dict[str, Any], source: str, position: str, number: int) -> dict[str, Any]:
+    """Normalise a JSONL/parquet/HF row to the corpus record shape, keeping other fields as meta.
+
+    ``id`` is the row's own id when it has one, else ``source:number`` (its file and record number):
+    unique either way, where paths are not (The Stack repeats them across repositories)."""
     text_field = next((f for f in TEXT_FIELDS if f in row), None)
     if text_field is None or not isinstance(row[text_field], str):
         raise CorpusError(f"{position}: no string field {' or '.join(TEXT_FIELDS)}; fields are {sorted(row)}")
     path = next((row[f] for f in PATH_FIELDS if isinstance(row.get(f), str)), source)
     lang = row.get("lang") or LANGUAGE_OF_EXTENSION.get(Path(path).suffix.lower())
-    known = {text_field, "lang", "meta", *PATH_FIELDS}
+    known = {text_field, "id", "lang", "meta", *PATH_FIELDS}
     meta = dict(row.get("meta") or {}) if isinstance(row.get("meta"), dict) else {}
     meta.update({k: v for k, v in row.items() if k not in known and isinstance(v, (str, int, float, bool))})
-    return {"text": row[text_field], "path": path, "lang": lang, "meta": meta}
+    own_id = row.get("id")
+    record_id = str(own_id) if isinstance(own_id, (str, int)) and own_id != "" else f"{source}:{number}"
+    return {"id": record_id, "text": row[text_field], "path": path, "lang": lang, "meta": meta}
 
 
 def iter_rows(path: Path, *, on_error: OnError, stats: CorpusStats) -> Iterator[dict[str, Any]]:
@@ -140,7 +146,7 @@ def iter_rows(path: Path, *, on_error: OnError, stats: CorpusStats) -> Iterator[
         rows = (row for split in splits for row in split)
     for number, row in enumerate(rows, start=1):
         stats.files += 1
-        yield _record_from_row(row, str(path), f"{path}: record {number}")
+        yield _record_from_row(row, str(path), f"{path}: record {number}", number)
 
 
 def check_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:

@@ -159,6 +159,12 @@ class JsonlShardWriter:
         self._file: io.TextIOWrapper | None = None
         self._written = 0
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
+        # Shards of an earlier run under this prefix would be read back with ours by PREFIX-*.jsonl and
+        # fewer new shards would not overwrite them all: refuse rather than mix two runs.
+        earlier = sorted(Path(self.prefix).parent.glob(Path(self.prefix).name + "-[0-9][0-9][0-9][0-9][0-9].jsonl"))
+        if earlier:
+            raise FileExistsError(f"{earlier[0]} already exists ({len(earlier)} shard(s) under this prefix): remove "
+                                  "them or choose another output prefix")
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"

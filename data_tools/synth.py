@@ -183,8 +183,11 @@ class Exercise:
         return f"{self.prompt}{self.canonical_solution}\n\n{self.test}\n\ncheck({self.entry_point})\n"
 
     def to_dict(self) -> dict[str, str]:
+        # ``text`` is what the later stages (dedup, decontaminate, preprocess) read: the exercise as the
+        # model is finetuned on it, signature and docstring followed by the solution (the paper's
+        # CodeExercises); the tests stay out of the training text.
         return {"task_id": self.task_id, "prompt": self.prompt, "canonical_solution": self.canonical_solution,
-                "test": self.test, "entry_point": self.entry_point}
+                "test": self.test, "entry_point": self.entry_point, "text": self.prompt + self.canonical_solution}
 
 
 def parse_exercise(text: str, entry_point: str, task_id: str) -> Exercise:
@@ -335,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"kind": args.kind, "out": str(out), "failures": str(failures), **stats.to_dict()}))
+    if stats.failed and not stats.succeeded and not stats.rejected:
+        # no answer at all (rejected answers are the validator doing its job)
+        print(f"error: every request failed (reasons in {failures}); check the endpoint, model and key",
+              file=sys.stderr)
+        return 1
     return 0
 
 

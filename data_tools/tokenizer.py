@@ -103,7 +103,10 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if (path / "tokenizer.json").is_file():
         from tokenizers import Tokenizer as HFTokenizer
 
-        backend = HFTokenizer.from_file(str(path / "tokenizer.json"))
+        try:
+            backend = HFTokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as exc:  # the Rust library raises a bare Exception for a damaged file
+            raise TokenizerError(f"{path / 'tokenizer.json'} cannot be read ({exc}); restore or retrain the tokenizer") from None
     elif (path / SENTENCEPIECE_FILE).is_file() and not (path / "tokenizer_config.json").is_file():
         return SentencePieceTokenizer(str(path / SENTENCEPIECE_FILE))
     else:
@@ -220,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--tensor-parallel-size", type=int, default=1, help="pad the reported model vocab for this TP size")
     args = parser.parse_args(argv)
     try:
+        if args.tensor_parallel_size < 1:
+            raise TokenizerError(f"--tensor-parallel-size must be at least 1, got {args.tensor_parallel_size}")
         if args.command == "train":
             texts = corpus_texts(args.input, args.on_error)
             if args.kind == "bpe":

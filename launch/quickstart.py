@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = (ROOT / args.work_dir).resolve()
+    if args.start_at == 1 and work.exists():
+        shutil.rmtree(work)  # a fresh run: the stages refuse to mix their outputs with an earlier run's
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
     q = Quickstart(work, args.start_at)

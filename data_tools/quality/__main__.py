@@ -102,6 +102,9 @@ def run(args: argparse.Namespace) -> str:
             stats = annotate_with_llm(args.corpus, args.out, client_config_from_args(args), prompt_path=args.prompt,
                                       options=options, retry_failed=args.retry_failed,
                                       progress=not args.no_progress, max_tokens=args.answer_max_tokens)
+        if stats.failed and not stats.succeeded and not stats.rejected:
+            raise OSError(f"every annotation request failed (reasons in {args.out}'s failure log); check the "
+                          "endpoint, model and key")
         return (f"{stats.requested} files: {stats.succeeded} annotated, {stats.failed} failed, "
                 f"{stats.already_done} done before; annotations in {args.out}")
     if args.command == "train":

@@ -65,10 +65,23 @@ def test_parquet_in_the_stack_layout_maps_content_and_path(tmp_path):
                       "max_stars_count": [5, 7]})
     pq.write_table(table, tmp_path / "stack.parquet")
     records = list(iter_corpus([tmp_path / "stack.parquet"]))
+    source = tmp_path / "stack.parquet"
     assert records == [
-        {"text": "print(1)\n", "path": "a/x.py", "lang": "python", "meta": {"max_stars_count": 5}},
-        {"text": "print(2)\n", "path": "b/y.py", "lang": "python", "meta": {"max_stars_count": 7}},
+        {"id": f"{source}:1", "text": "print(1)\n", "path": "a/x.py", "lang": "python", "meta": {"max_stars_count": 5}},
+        {"id": f"{source}:2", "text": "print(2)\n", "path": "b/y.py", "lang": "python", "meta": {"max_stars_count": 7}},
     ]
+
+
+def test_every_record_gets_an_id_unique_across_inputs(tmp_path):
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"NAME = {name!r}\n")
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"text": "a = 1\n", "id": "kept-id"}) + "\n"
+                                         + json.dumps({"text": "b = 2\n"}) + "\n")
+    records = list(iter_corpus([tmp_path / "one", tmp_path / "two", tmp_path / "rows.jsonl"]))
+    assert [r["path"] for r in records[:2]] == ["__init__.py", "__init__.py"]
+    assert [r["id"] for r in records] == [str(tmp_path / "one" / "__init__.py"), str(tmp_path / "two" / "__init__.py"),
+                                          "kept-id", f"{tmp_path / 'rows.jsonl'}:2"]
 
 
 def test_hugging_face_dataset_saved_on_disk_is_read(tmp_path):
@@ -117,3 +130,13 @@ def test_glob_inputs_are_expanded_in_order_and_an_empty_glob_is_an_error(tmp_pat
     assert [r["path"] for r in records] == ["a", "b"]
     with pytest.raises(CorpusError, match="matches no files"):
         list(iter_corpus([str(tmp_path / "none-*.jsonl")]))
+
+
+def test_a_second_run_into_the_same_prefix_is_refused_instead_of_mixing_shards(tmp_path, capsys):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": "x = 1\n", "path": "a.py"}) + "\n")
+    argv = ["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'out-00000.jsonl'} already exists") and err.count("\n") == 1

@@ -176,6 +176,15 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
     assert code == 2 and "missing.yaml does not exist" in capsys.readouterr().err
 
 
+def test_cli_exits_1_when_no_request_got_an_answer(tmp_path, capsys):
+    with FakeOpenAI(lambda prompt, attempt: "400") as server:
+        code = main(["textbooks", "--count", "2", "--out", str(tmp_path / "t.jsonl"), "--base-url", server.base_url,
+                     "--model", "fake", "--api-key", "x", "--no-progress"])
+    assert code == 1
+    assert capsys.readouterr().err.startswith("error: every request failed (reasons in ")
+    assert len((tmp_path / "t.failures.jsonl").read_text().splitlines()) == 2
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

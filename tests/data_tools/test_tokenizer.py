@@ -122,3 +122,13 @@ def test_cli_refuses_an_empty_corpus_with_one_error_line(tmp_path, capsys):
     assert main(["train", "--input", str(tmp_path / "empty.jsonl"), "--output", str(tmp_path / "tok")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "training corpus is empty" in err[0]
+
+
+def test_a_damaged_tokenizer_file_or_a_zero_tp_size_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "tokenizer.json").write_text("{")
+    assert main(["info", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'bad' / 'tokenizer.json'} cannot be read") and err.count("\n") == 1
+    assert main(["info", str(tmp_path / "bad"), "--tensor-parallel-size", "0"]) == 2
+    assert capsys.readouterr().err == "error: --tensor-parallel-size must be at least 1, got 0\n"
