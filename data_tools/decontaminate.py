@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     params = DecontaminationParams(ngram=args.ngram, top_k=args.top_k, ast_threshold=args.ast_threshold, min_ast_nodes=args.min_ast_nodes,
                                    report_taus=tuple(args.report_taus), embedder=args.embedder, text_key=args.text_key)
     try:
+        params.validate()  # before the benchmarks load (MBPP from the hub can take a while to fail)
         if "mbpp" in args.benchmarks and args.mbpp_path is None:
             print("note: no --mbpp-path: loading MBPP from the Hugging Face hub", file=sys.stderr)
         items = load_benchmark_items(args.benchmarks, args.mbpp_path)

@@ -6,7 +6,7 @@ document whose estimated Jaccard similarity to an already kept one reaches ``--t
 dropped. The first occurrence in input order is always the one kept, so the output is a
 deterministic function of the input order.
 
-    python -m data_tools.dedup --input data/stdlib-*.jsonl --output-prefix data/stdlib-dedup
+    python -m data_tools.dedup --input data/stdlib-*.jsonl --output-prefix data/dedup/stdlib
 """
 from __future__ import annotations
 

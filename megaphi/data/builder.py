@@ -41,14 +41,19 @@ def parse_data_paths(data_paths: str | Sequence[str] | Sequence[tuple[float, str
     if not items:
         raise DatasetConfigError("no data paths given; pass at least one indexed dataset prefix (path without .bin/.idx)")
     if all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items):
-        return [(float(w), os.fspath(p)) for w, p in items]
+        return _checked([(float(w), os.fspath(p)) for w, p in items])
     items = [os.fspath(item) for item in items]
     if len(items) % 2 == 0 and all(_is_number(w) for w in items[0::2]):
-        return [(float(w), p) for w, p in zip(items[0::2], items[1::2])]
+        return _checked([(float(w), p) for w, p in zip(items[0::2], items[1::2])])
     if any(_is_number(item) for item in items):
         raise DatasetConfigError(
             f"cannot read data paths {items}: give prefixes only, or alternating weight and prefix (\"0.7 a 0.3 b\")")
     return [(None, item) for item in items]
+
+
+def _checked(weighted: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    normalize_weights([w for w, _ in weighted])  # raises for negative, infinite or all-zero weights
+    return weighted
 
 
 def _is_number(text: str) -> bool:
@@ -110,10 +115,13 @@ def build_split_dataset(
 ) -> GPTDataset | BlendedDataset | None:
     """The ``split_name`` ("train", "valid" or "test") part of ``data_paths``, or None if it is empty.
 
-    ``num_samples`` None means one epoch of every dataset (a blend then mixes them by size).
+    ``num_samples`` None means one epoch of every dataset (a blend then mixes them by size); 0 means
+    none asked for (the result is None).
     """
     if split_name not in SPLIT_NAMES:
         raise DatasetConfigError(f"unknown split {split_name!r}; use one of {SPLIT_NAMES}")
+    if num_samples == 0:
+        return None  # nothing asked of this split (e.g. validation turned off)
     entries = []  # (weight, indexed, documents)
     for weight, prefix in parse_data_paths(data_paths):
         indexed = IndexedDataset(prefix)
@@ -137,6 +145,9 @@ def build_split_dataset(
         _, indexed, documents = entries[0]
         return gpt(indexed, documents, num_samples)
     if num_samples is None:
+        if any(weight is not None for weight, _, _ in entries):
+            raise DatasetConfigError("blend weights need a sample count to apply to (--train-samples / "
+                                     "--valid-samples, or train.steps in training); give one, or drop the weights")
         datasets = [gpt(indexed, documents, None) for _, indexed, documents in entries]
         sizes = [len(d) for d in datasets]
         return BlendedDataset(datasets, sizes, sum(sizes))

@@ -255,7 +255,7 @@ def test_training_reports_held_out_metrics_that_match_the_saved_classifier(pipel
     assert meta["annotators"] == {"heuristic-v1": len(annotations)}
 
     # Re-score the held-out files with the saved classifier and count the confusion matrix by hand.
-    corpus = {r["path"]: r["text"] for f in sorted(pipeline.glob("stdlib-*.jsonl")) for r in read_jsonl(f)}
+    corpus = {r["id"]: r["text"] for f in sorted(pipeline.glob("stdlib-*.jsonl")) for r in read_jsonl(f)}
     scores = classifier.score([corpus[i] for i in meta["test_ids"]])
     predicted = scores >= meta["threshold"]
     truth = np.array([annotations[i]["label"] in meta["positive_labels"] for i in meta["test_ids"]])
@@ -285,8 +285,8 @@ def test_filter_keeps_exactly_the_files_scored_at_or_above_the_threshold(pipelin
     assert all(r["quality_score"] >= 0.6 for r in kept)
 
     # Kept records are the input records plus their score, and the workers' scores are the classifier's.
-    by_path = {r["path"]: r for r in corpus}
-    assert all({k: v for k, v in r.items() if k != "quality_score"} == by_path[r["path"]] for r in kept)
+    by_id = {r["id"]: r for r in corpus}
+    assert all({k: v for k, v in r.items() if k != "quality_score"} == by_id[r["id"]] for r in kept)
     sample = kept[:5]
     scores = classifier.score([r["text"] for r in sample])
     assert [r["quality_score"] for r in sample] == pytest.approx(scores.tolist(), abs=1e-6)

@@ -78,6 +78,19 @@ def test_weighted_blend_draws_each_datasets_share(tmp_path):
         np.testing.assert_array_equal(train[i], train.datasets[d][int(train.dataset_sample_index[i])])
 
 
+def test_blend_weights_are_checked_and_need_a_sample_count(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    write_numbered_corpus(a, random_lengths(50, seed=1))
+    write_numbered_corpus(b, random_lengths(50, seed=2))
+    for weights in (("-1", "2"), ("0", "0")):
+        with pytest.raises(DatasetConfigError, match="blend weights must be finite, non-negative"):
+            parse_data_paths([weights[0], a, weights[1], b])
+    with pytest.raises(DatasetConfigError, match="blend weights need a sample count"):
+        build_train_valid_datasets(["0.9", a, "0.1", b], seq_len=8, split="100,0,0")
+    train, valid = build_train_valid_datasets(["0.9", a, "0.1", b], seq_len=8, train_samples=100, valid_samples=0)
+    assert list(train.counts) == [90, 10] and valid is None  # zero validation samples asked: none built
+
+
 def test_unweighted_validation_blend_is_one_pass_over_every_dataset(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     write_numbered_corpus(a, random_lengths(100, seed=1))
