@@ -122,7 +122,7 @@ def _record_from_row(row: dict[str, Any], source: str, position: str, number: in
     unique either way, where paths are not (The Stack repeats them across repositories)."""
     text_field = next((f for f in TEXT_FIELDS if f in row), None)
     if text_field is None or not isinstance(row[text_field], str):
-        raise CorpusError(f"{position}: no string field {' or '.join(TEXT_FIELDS)}; fields are {sorted(row)}")
+        raise CorpusError(f"{position}: no string in field {' or '.join(TEXT_FIELDS)}; fields are {sorted(row)}")
     path = next((row[f] for f in PATH_FIELDS if isinstance(row.get(f), str)), source)
     lang = row.get("lang") or LANGUAGE_OF_EXTENSION.get(Path(path).suffix.lower())
     known = {text_field, "id", "lang", "meta", *PATH_FIELDS}
@@ -146,7 +146,12 @@ def iter_rows(path: Path, *, on_error: OnError, stats: CorpusStats) -> Iterator[
         rows = (row for split in splits for row in split)
     for number, row in enumerate(rows, start=1):
         stats.files += 1
-        yield _record_from_row(row, str(path), f"{path}: record {number}", number)
+        try:
+            yield _record_from_row(row, str(path), f"{path}: record {number}", number)
+        except CorpusError as exc:  # a record without usable text: skipped and counted like a bad line
+            if on_error == "stop":
+                raise CorpusError(f"{exc} (pass --on-error skip to skip such records)") from None
+            stats.read.skip(str(exc))
 
 
 def check_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:

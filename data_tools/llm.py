@@ -137,7 +137,8 @@ class MalformedResponse(Exception):
 @dataclass
 class RunStats:
     requested: int = 0
-    already_done: int = 0  # found in the output or failure log of an earlier run and skipped
+    already_done: int = 0  # found in the output of an earlier run and skipped
+    failed_before: int = 0  # found in the failure log of an earlier run and skipped (see retry_failed)
     succeeded: int = 0
     failed: int = 0  # API errors after the last attempt, and rejections
     rejected: int = 0
@@ -498,7 +499,10 @@ async def arun_requests(
             seen.add(request.id)
             stats.requested += 1
             if store.finished(request.id):
-                stats.already_done += 1
+                if request.id in store.done_ids:
+                    stats.already_done += 1
+                else:
+                    stats.failed_before += 1
                 bar.update(1)
                 continue
             return request

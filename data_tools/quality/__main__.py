@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> str:
             raise OSError(f"every annotation request failed (reasons in {args.out}'s failure log); check the "
                           "endpoint, model and key")
         return (f"{stats.requested} files: {stats.succeeded} annotated, {stats.failed} failed, "
-                f"{stats.already_done} done before; annotations in {args.out}")
+                f"{stats.already_done} done before, {stats.failed_before} failed before (--retry-failed asks again); "
+                f"annotations in {args.out}")
     if args.command == "train":
         from data_tools.quality.classifier import train_classifier
 

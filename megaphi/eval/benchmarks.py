@@ -91,8 +91,14 @@ def _read_mbpp_rows(path: str | Path | None) -> list[dict]:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"--mbpp-path {path} is not a file: give MBPP's mbpp.jsonl")
+        rows = []
         with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise ValueError(f"{path}:{number} is not JSON ({error.msg}): give MBPP's mbpp.jsonl") from None
         required = {"task_id", "text", "code", "test_list", "test_setup_code"}
         if not rows or not required <= rows[0].keys():
             raise ValueError(f"{path} is not MBPP's JSONL: each line needs the fields {sorted(required)}")

@@ -101,10 +101,12 @@ def test_malformed_jsonl_line_stops_with_file_and_line_or_is_skipped(tmp_path):
     assert stats.read.skipped == 1 and f"{path}:2" in stats.read.errors[0]
 
 
-def test_record_without_text_names_the_record(tmp_path):
-    (tmp_path / "in.jsonl").write_text('{"body": "x"}\n')
-    with pytest.raises(CorpusError, match="record 1: no string field text or content"):
+def test_record_without_text_names_the_record_or_is_skipped(tmp_path):
+    (tmp_path / "in.jsonl").write_text('{"body": "x"}\n{"text": null}\n{"text": "ok = 1\\n"}\n')
+    with pytest.raises(CorpusError, match="record 1: no string in field text or content.*--on-error skip"):
         list(iter_corpus([tmp_path / "in.jsonl"]))
+    records = list(iter_corpus([tmp_path / "in.jsonl"], on_error="skip"))
+    assert [r["text"] for r in records] == ["ok = 1\n"]
 
 
 def test_empty_corpus_is_an_error(source_tree, tmp_path):

@@ -121,7 +121,7 @@ def test_rerun_sends_only_unfinished_ids_and_drops_a_torn_last_line(tmp_path):
     with FakeOpenAI() as server:
         stats = run_requests(requests_for(["a", "b", "c", "d"]), out, fail, fast_config(server), progress=False)
         assert sorted(server.hits_by_prompt()) == ["b", "d"]
-    assert stats.already_done == 2 and stats.succeeded == 2
+    assert (stats.already_done, stats.failed_before, stats.succeeded) == (1, 1, 2)
     assert [r["id"] for r in read_jsonl(out)] == ["id-a", "id-b", "id-d"]
 
 
@@ -222,7 +222,7 @@ def test_sigkill_mid_run_then_restart_loses_and_duplicates_nothing(tmp_path):
     summary = json.loads(finished.stdout.strip().splitlines()[-1])
     done, failed = read_jsonl(out), read_jsonl(fail)
     assert len(done) + len(failed) == 40 and len({r["id"] for r in done + failed}) == 40
-    assert summary["already_done"] >= 8 and summary["requested"] == 40
+    assert summary["already_done"] + summary["failed_before"] >= 8 and summary["requested"] == 40
     assert all(r["reason"].startswith("HTTP 400") for r in failed) and failed
     for record in before_kill.values():  # finished before the kill: never asked again
         prompt = record["text"].removeprefix("answer to: ")

@@ -88,6 +88,10 @@ def test_missing_or_malformed_mbpp_files_are_named(tmp_path):
                                    "test_setup_code": ""}) + "\n")
     with pytest.raises(ValueError, match="11-510 .* but 1 were found"):
         load_mbpp(partial)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"task_id": 11}) + "\n{not json\n")
+    with pytest.raises(ValueError, match=f"{broken}:2 is not JSON"):
+        load_mbpp(broken)
 
 
 def test_unknown_benchmark_and_split_are_rejected_with_the_choices():
