@@ -2,11 +2,11 @@
 # Training throughput / MFU of phi-1 (1.3B, seq 2048, fp16) on one H100 or H200, in one call:
 # megaphi (DeepSpeed ZeRO-2, the trainer's engine) against transformers' PhiForCausalLM.
 #
-# Prepare on the development machine, from the project root (once; ./.whl is git-ignored):
-#   bash /work/shared/device/make_wheels.sh        # DeepSpeed 0.19.8 + hjson + pydantic for Python 3.12
-# Then, from the project root, on the GPU machine:
-#   run(command="bash benchmarks/device_mfu.sh", carry=[".whl"], timeout_s=600)
-# Expected: about 8 minutes of command time (a third of it torch.compile), plus the machine's start.
+# A GPU machine without DeepSpeed gets it from wheels in ./.whl (git-ignored), built elsewhere for its
+# Python: `DS_BUILD_OPS=0 pip wheel --no-deps deepspeed==0.19.8 -w .whl` plus hjson and pydantic (with
+# pydantic-core, annotated-types, typing-inspection). Then, from the project root on the GPU machine:
+#   bash benchmarks/device_mfu.sh
+# Expected: about 8 minutes (a third of it torch.compile).
 # A rerun of a part: IMPLS="megaphi hf-eager" bash benchmarks/device_mfu.sh  (names as in the list below).
 # It stops starting new measurements after DEADLINE_S seconds (default 520), so the table always prints.
 # Checking this script on a CPU: PYTHON=.venv/bin/python EXTRA_ARGS="--smoke --preset phi-tiny --seq-len 128
@@ -24,8 +24,8 @@ py=${PYTHON:-python3}
 # The image lacks DeepSpeed and two of its dependencies: install the carried wheels (unless importable already).
 if ! "$py" -c "import deepspeed, hjson, pydantic" >/dev/null 2>&1; then
   if ! ls .whl/*.whl >/dev/null 2>&1; then
-    echo "device_mfu.sh: deepspeed is missing and ./.whl has no wheels; run /work/shared/device/make_wheels.sh" \
-      "on the development machine and carry .whl" >&2
+    echo "device_mfu.sh: deepspeed is missing and ./.whl has no wheels; build DeepSpeed's wheel (and hjson," \
+      "pydantic) into ./.whl on a machine with network access (see the top of this script)" >&2
     exit 2
   fi
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
