@@ -37,6 +37,9 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
     latest = path / LATEST_FILE
     if latest.is_file():
         tag = latest.read_text().strip()
+        if not tag:
+            raise CheckpointError(f"{latest} is empty: write the tag of a finished checkpoint into it, or pass a "
+                                  "tag directory explicitly")
         tag_dir = path / tag
         if not (tag_dir / META_FILE).is_file():
             raise CheckpointError(

@@ -210,6 +210,8 @@ def _sandbox_problem(python: str) -> str | None:
         return "bubblewrap (bwrap) is not installed: install it (Debian: apt-get install bubblewrap)"
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         return "setpriv is not installed (as root it starts bwrap as nobody): install util-linux"
+    if not os.path.isfile(python) or not os.access(python, os.X_OK):
+        return f"the interpreter {python} does not exist or is not executable (pick another with --sandbox-python)"
     try:
         result = _run_one("pass", SandboxLimits(timeout_s=30.0), python, sandboxed=True)
     except OSError as error:

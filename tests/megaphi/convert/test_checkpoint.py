@@ -71,6 +71,9 @@ def test_latest_naming_an_unfinished_tag_is_refused(tmp_path, checkpoint):
     (tmp_path / "latest").write_text("step200")
     with pytest.raises(CheckpointError, match="names tag 'step200'"):
         load_model_checkpoint(tmp_path)
+    (tmp_path / "latest").write_text("\n")
+    with pytest.raises(CheckpointError, match="latest is empty"):
+        load_model_checkpoint(tmp_path)
 
 
 def test_a_missing_rank_file_is_refused_naming_the_file(checkpoint):

@@ -266,6 +266,12 @@ def test_without_bwrap_the_sandbox_refuses_and_names_the_way_out(monkeypatch, tm
         sandbox._sandbox_problem.cache_clear()
 
 
+def test_a_missing_sandbox_interpreter_is_named(tmp_path):
+    missing = str(tmp_path / "no-python")
+    with pytest.raises(SandboxUnavailable, match=f"the interpreter {missing} does not exist"):
+        run_programs(["pass"], python=missing)
+
+
 def test_unsafe_mode_warns_and_still_requires_a_complete_run(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap: the opt-out must not need it
     with pytest.warns(RuntimeWarning, match="WITHOUT a sandbox"):
