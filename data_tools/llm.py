@@ -182,8 +182,15 @@ class ResultStore:
         self._out = _open_append(self.out_path)
         self._failures = _open_append(self.failures_path)
 
-    def finished(self, request_id: str) -> bool:
-        return request_id in self.done_ids or request_id in self.failed_ids
+    def skip_finished(self, request_id: str, stats: "RunStats") -> bool:
+        """True when an earlier run already settled ``request_id``, counted in ``stats`` as done or failed."""
+        if request_id in self.done_ids:
+            stats.already_done += 1
+            return True
+        if request_id in self.failed_ids:
+            stats.failed_before += 1
+            return True
+        return False
 
     def write_result(self, record: dict[str, Any]) -> None:
         _append_line(self._out, record)
@@ -498,11 +505,7 @@ async def arun_requests(
                 raise ValueError(f"request id {request.id!r} appears twice: ids must be unique")
             seen.add(request.id)
             stats.requested += 1
-            if store.finished(request.id):
-                if request.id in store.done_ids:
-                    stats.already_done += 1
-                else:
-                    stats.failed_before += 1
+            if store.skip_finished(request.id, stats):
                 bar.update(1)
                 continue
             return request

@@ -17,8 +17,8 @@ from typing import Any, Callable, Protocol
 import torch
 
 from megaphi.convert.checkpoint import LATEST_FILE, META_FILE
-from megaphi.convert.hf import has_tokenizer
-from megaphi.generate import _is_hf_dir, check_device, eos_token_id, generate_tokens, load_model, load_tokenizer_dir
+from megaphi.convert.hf import PHI_MODEL_TYPES, has_tokenizer
+from megaphi.generate import is_hf_dir, check_device, eos_token_id, generate_tokens, load_model, load_tokenizer_dir
 
 IsDone = Callable[[int, list[int]], bool]
 # OpenAI's parameters are the whole decoding rule: switch off the other logits processors that a
@@ -183,9 +183,10 @@ def load_backend(path: str | Path, *, tokenizer: str | Path | None = None, devic
     if not path.is_dir():
         raise ValueError(f"model {path} is not a directory: pass a megaphi checkpoint or a Hugging Face "
                          f"causal-LM directory")
-    if _is_hf_dir(path) and _hf_model_type(path) != "phi":
+    # legacy phi-1 directories (phi-msft, mixformer-sequential) convert to megaphi's model too
+    if is_hf_dir(path) and _hf_model_type(path) not in PHI_MODEL_TYPES:
         return load_hf_backend(path, tokenizer=tokenizer, device=device, dtype=dtype, max_model_len=max_model_len)
-    if _is_hf_dir(path) or (path / META_FILE).is_file() or (path / LATEST_FILE).is_file():
+    if is_hf_dir(path) or (path / META_FILE).is_file() or (path / LATEST_FILE).is_file():
         model, tok = load_model(path, device=device, dtype=dtype, tokenizer=tokenizer)
         return MegaphiBackend(model, tok, max_model_len)
     raise ValueError(f"{path} is neither a megaphi checkpoint (no {META_FILE} or '{LATEST_FILE}') nor a "

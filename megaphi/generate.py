@@ -21,7 +21,7 @@ from megaphi.eval.benchmarks import HUMANEVAL_STOP
 from megaphi.model import PhiForCausalLM
 
 
-def _is_hf_dir(path: Path) -> bool:
+def is_hf_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and not (path / META_FILE).is_file()
 
 
@@ -61,7 +61,7 @@ def load_model(
     """
     path = Path(path)
     device = check_device(device)
-    if _is_hf_dir(path):
+    if is_hf_dir(path):
         config, full = load_hf_checkpoint(path)
         found_tokenizer = path if has_tokenizer(path) else None
     else:

@@ -108,8 +108,7 @@ def annotate_with_heuristic(corpus: Sequence[str | os.PathLike], out_path: str |
     try:
         for document in _documents(corpus, options):
             stats.requested += 1
-            if store.finished(document.id):
-                stats.already_done += 1
+            if store.skip_finished(document.id, stats):
                 continue
             label, raw = heuristic.annotate_text(document.text)  # whole file: cut code may not parse
             record = annotation_record(document.record.get("path"), document.sha1, label, heuristic.NAME, raw)

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from megaphi.convert import convert_from_hf
 from megaphi.generate import generate, generate_tokens, load_model, main as generate_main

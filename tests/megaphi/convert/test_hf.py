@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from megaphi import parallel
-from megaphi.convert import (CheckpointError, convert_from_hf, convert_to_hf, load_model_checkpoint,
+from megaphi.convert import (CheckpointError, convert_from_hf, load_model_checkpoint,
                              merge_state_dicts, split_state_dict)
 from megaphi.convert.__main__ import main as convert_main
 from megaphi.generate import load_model
