@@ -20,10 +20,15 @@ MBPP task ids are written ``Mbpp/<n>``; samples may also give the bare number.
 """
 from __future__ import annotations
 
+import ast
+import builtins
 import gzip
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from megaphi.eval.sandbox import JudgedProgram
 
 BENCHMARKS = ("humaneval", "mbpp")
 HUMANEVAL_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
@@ -39,9 +44,74 @@ class Problem:
     prompt: str  # what the model continues
     tests: str  # appended after the completion; the program must run to its end
     reference: str  # a known-good completion (HumanEval's canonical solution, MBPP's code)
+    # The names the tests call in the completion; () derives them from the tests (see entry_points).
+    entry_point_names: tuple[str, ...] = ()
+    # Code at the start of ``tests`` that builds objects the tests pass to the completion (MBPP's
+    # test_setup_code, which may use the completion's classes): judged apart, only the candidate's
+    # process runs it, and the tests pass its objects by name.
+    setup: str = ""
 
     def program(self, completion: str) -> str:
         return self.prompt + completion + "\n" + self.tests
+
+    @property
+    def entry_points(self) -> tuple[str, ...]:
+        """The given names, or those the tests read without defining them that are neither the
+        setup's, the prompt's (functions whose body is only a docstring are stubs the completion
+        fills, so they count), standard modules, nor built-ins that the reference leaves alone."""
+        return self.entry_point_names or free_names(self._judged_tests(), self.prompt + "\n" + self.setup,
+                                                     self.reference)
+
+    def _judged_tests(self) -> str:
+        if not self.setup:
+            return self.tests
+        if not self.tests.startswith(self.setup):
+            raise ValueError(f"{self.task_id}: tests must begin with the setup code")
+        return self.tests[len(self.setup):]
+
+    def judged(self, completion: str) -> JudgedProgram:
+        """The completion and its tests, to run apart: the tests see the prompt's helpers, not the
+        completion's, and reach the completion only through its entry points."""
+        candidate = self.prompt + completion + "\n" + (self.setup + "\n" if self.setup else "")
+        shared = tuple(sorted(_bound_names(ast.parse(self.setup)))) if self.setup else ()
+        return JudgedProgram(candidate=candidate, prompt=self.prompt, tests=self._judged_tests(),
+                             entry_points=self.entry_points, shared=shared)
+
+
+def _bound_names(tree: ast.AST) -> set[str]:
+    bound = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            bound.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return bound
+
+
+def _stubs(tree: ast.Module) -> set[str]:
+    """Top-level functions whose body is only a docstring: what the completion is to write."""
+    return {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and len(node.body) == 1 and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant) and isinstance(node.body[0].value.value, str)}
+
+
+def free_names(tests: str, prompt: str = "", reference: str = "") -> tuple[str, ...]:
+    """Names ``tests`` reads but neither it nor the prompt (except its stubs) define, and that are
+    neither standard modules nor built-ins (unless ``reference``, a trusted solution, defines them
+    at top level: MBPP's task 126 is a function called ``sum``), in order of first use."""
+    test_tree, prompt_tree = ast.parse(tests), ast.parse(prompt)
+    known = _bound_names(test_tree) | (_bound_names(prompt_tree) - _stubs(prompt_tree))
+    redefined = {node.name for node in ast.parse(reference).body
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))} if reference else set()
+    known |= (set(dir(builtins)) | set(sys.stdlib_module_names)) - redefined
+    names = [node.id for node in ast.walk(test_tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)]
+    return tuple(dict.fromkeys(name for name in names if name not in known))
 
 
 @dataclass(frozen=True)
@@ -77,7 +147,8 @@ def load_humaneval() -> Benchmark:
         rows = [json.loads(line) for line in f if line.strip()]
     problems = tuple(
         Problem(task_id=row["task_id"], prompt=row["prompt"],
-                tests=row["test"] + "\n" + f"check({row['entry_point']})\n", reference=row["canonical_solution"])
+                tests=row["test"] + "\n" + f"check({row['entry_point']})\n", reference=row["canonical_solution"],
+                entry_point_names=(row["entry_point"],))
         for row in rows)
     return Benchmark("humaneval", problems, HUMANEVAL_STOP)
 
@@ -126,7 +197,7 @@ def load_mbpp(path: str | Path | None = None, split: str = "test") -> Benchmark:
     problems = tuple(
         Problem(task_id=f"Mbpp/{row['task_id']}", prompt=mbpp_prompt(row["text"], row["test_list"][0]),
                 tests=(row["test_setup_code"] or "") + "\n" + "\n".join(row["test_list"]) + "\n",
-                reference=row["code"])
+                reference=row["code"], setup=row["test_setup_code"] or "")
         for row in rows)
     return Benchmark("mbpp", problems, MBPP_STOP)
 

@@ -1,22 +1,31 @@
-"""Run untrusted Python programs under bubblewrap and say whether each ran to its end.
+"""Run untrusted Python under bubblewrap, and judge it against tests it cannot touch.
 
-Every program gets its own bwrap sandbox: all namespaces unshared (no network but its own loopback,
-a fresh PID namespace whose death takes every process of the program with it), a read-only root
+Every process gets its own bwrap sandbox: all namespaces unshared (no network but its own loopback,
+a fresh PID namespace whose death takes every process of the sandbox with it), a read-only root
 built from the interpreter's files only (``/usr``, the ``/lib*`` links, the interpreter prefix), an
-empty size-capped tmpfs ``/tmp`` as the only writable place, no capabilities, an environment with
-nothing of the caller's, and no file of the caller's: the program and the harness travel as memfd
-file descriptors, not as paths. Inside, ``sandbox_runner`` sets rlimits (CPU time, address space,
-processes, file size) before it executes the program and reports completion on a private pipe.
-When this process runs as root, bwrap is started (by ``setpriv``) as the unprivileged user ``nobody``
-because the kernel never applies RLIMIT_NPROC to root, which would leave fork bombs unbounded.
+empty size-capped tmpfs ``/tmp`` as the only writable place, no capabilities, no new user namespaces
+(``--disable-userns``), a seccomp filter (``seccomp.py``) refusing ptrace, process_vm_*, mounts and
+namespace calls, an environment with nothing of the caller's, and no file of the caller's: the code
+travels as memfd file descriptors, not as paths. Each sandbox lives in its own cgroup
+(``cgroup.py``) bounding memory (shared memory, memfd and the tmpfs included), processes and CPU share
+for everything it starts; the cgroup is killed and checked empty afterwards, its processes are the
+OOM killer's first choice and the scorer its last. Inside, ``sandbox_runner`` sets rlimits (CPU time,
+address space, processes, file size, open files) before any untrusted code runs. When this process
+runs as root, bwrap is started (by ``setpriv``) as the unprivileged user ``nobody``.
 
-Outside, a wall-clock timeout kills the whole process group (and with it the namespace), and only
-a capped excerpt of what the program printed is kept; a program that prints more than
-``output_limit_bytes`` is stopped.
+``judge_programs`` is the scorer's path: per sample, one sandbox runs the candidate (prompt +
+completion) and serves calls; a second runs the tests with proxies of the candidate's entry points,
+exchanging only plain data (see ``sandbox_runner``), and alone holds the pipe on which the verdict
+is written. ``run_programs`` runs whole programs in one sandbox each and reports whether they ran to
+their end; a program that wants to forge that report can, so it is not for judging hostile code.
+
+Outside, a wall-clock timeout ends the sample, and only a capped excerpt of what was printed is kept;
+a process that prints more than ``output_limit_bytes`` is stopped.
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
 import secrets
 import selectors
@@ -30,17 +39,21 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
+
+from megaphi.eval.cgroup import CgroupLimits, CgroupTree, CgroupUnavailable, cgroup_tree, protect_from_oom_killer
+from megaphi.eval.seccomp import SeccompUnavailable, filter_program
 
 STATUSES = ("passed", "failed", "timed out", "killed for memory")
 _RUNNER_SOURCE = (Path(__file__).with_name("sandbox_runner.py")).read_text(encoding="utf-8")
 _NOBODY = 65534
 _SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
 _VERDICT_LIMIT = 1 << 16
+_CANDIDATE_EXIT_GRACE_S = 1.0  # a candidate that hung up is usually gone by then: its status says why
 
 
 class SandboxUnavailable(RuntimeError):
-    """bubblewrap cannot run programs on this machine."""
+    """bubblewrap, or one of the limits the sandbox promises, cannot be had on this machine."""
 
 
 @dataclass(frozen=True)
@@ -56,18 +69,40 @@ class SandboxResult:
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    timeout_s: float = 10.0
-    memory_mb: int = 1024  # address space of each process
-    max_processes: int = 16  # processes and threads of one program, all together
+    timeout_s: float = 10.0  # wall clock, per program or per judged sample
+    memory_mb: int = 1024  # address space of each process, and all memory of each sandbox's cgroup
+    max_processes: int = 16  # processes and threads of one sandbox, all together
     max_file_mb: int = 16  # largest file a program may write
-    tmp_mb: int = 64  # size of the private /tmp
+    max_open_files: int = 256
+    tmp_mb: int = 64  # size of the private /tmp (its pages count against memory_mb too)
+    cpu_cores: float = 1.0  # CPU share of one sandbox
     output_excerpt_bytes: int = 4096  # kept in SandboxResult.output
-    output_limit_bytes: int = 1 << 20  # beyond this the program is stopped
+    output_limit_bytes: int = 1 << 20  # beyond this a process is stopped
+    message_limit_bytes: int = 64 << 20  # largest value one call may carry between the two sandboxes
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "memory_mb", "max_processes", "max_file_mb", "tmp_mb", "output_limit_bytes"):
+        for name in ("timeout_s", "memory_mb", "max_processes", "max_file_mb", "max_open_files", "tmp_mb",
+                     "cpu_cores", "output_limit_bytes", "message_limit_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sandbox limit {name} must be positive, got {getattr(self, name)}")
+
+    def runner_job(self) -> dict:
+        """The limits as the runner inside the sandbox sets them."""
+        return {"cpu_s": int(self.timeout_s) + 1, "address_space": self.memory_mb << 20,
+                "max_processes": self.max_processes, "max_file": self.max_file_mb << 20,
+                "max_open_files": self.max_open_files, "message_limit": self.message_limit_bytes}
+
+
+@dataclass(frozen=True)
+class JudgedProgram:
+    """A candidate program and the tests that judge it, which run apart from it."""
+    candidate: str  # untrusted: the prompt, the completion, and any setup code both sides share
+    prompt: str  # trusted: defines the helpers the tests may call (the candidate's copies are not used)
+    tests: str  # trusted: runs to its end when the candidate is right
+    entry_points: tuple[str, ...]  # names the tests call, answered by the candidate's process
+    # Objects that setup code at the end of ``candidate`` builds there (from the candidate's own
+    # classes, say) and the tests pass to it by name; they never leave the candidate's process.
+    shared: tuple[str, ...] = ()
 
 
 def default_python() -> str:
@@ -86,9 +121,9 @@ def _drop_root() -> list[str]:
     return ["setpriv", f"--reuid={_NOBODY}", f"--regid={_NOBODY}", "--clear-groups", "--no-new-privs"]
 
 
-def _bwrap_prefix(python: str, limits: SandboxLimits) -> list[str]:
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+@functools.lru_cache(maxsize=None)
+def _bwrap_root(python: str) -> tuple[str, ...]:
+    argv = ["--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             argv += ["--symlink", os.readlink(top), top]
@@ -99,108 +134,275 @@ def _bwrap_prefix(python: str, limits: SandboxLimits) -> list[str]:
         argv += ["--ro-bind", interpreter_prefix, interpreter_prefix]
     if os.path.exists("/etc/ld.so.cache"):
         argv += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    argv += ["--dev", "/dev", "--proc", "/proc",
-             "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp",
-             "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp"]
-    return argv
+    return tuple(argv)
 
 
-def _job(token: bytes, program: str, limits: SandboxLimits) -> int:
-    """A memfd holding the harness's instructions and the program (inherited, never a path)."""
-    cpu_s = int(limits.timeout_s) + 1
-    header = b"%s %d %d %d %d\n" % (token, cpu_s, limits.memory_mb << 20, limits.max_processes, limits.max_file_mb << 20)
-    fd = os.memfd_create("megaphi-sandbox-job")
-    os.write(fd, header + program.encode("utf-8", "surrogatepass"))
+def _bwrap_prefix(python: str, limits: SandboxLimits, seccomp_fd: int) -> list[str]:
+    return ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+            "--cap-drop", "ALL", "--hostname", "sandbox", *_bwrap_root(python),
+            "--dev", "/dev", "--proc", "/proc", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp",
+            "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--seccomp", str(seccomp_fd)]
+
+
+def _memfd(name: str, data: bytes) -> int:
+    """Inherited by the sandbox, never a path."""
+    fd = os.memfd_create(name)
+    os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
 
-def _read_until_done(proc: subprocess.Popen, verdict_fd: int, deadline: float, limits: SandboxLimits):
-    """Drain the program's output and the verdict pipe; returns (excerpt, verdict, abort reason)."""
-    excerpt, verdict, printed = bytearray(), bytearray(), 0
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout.fileno(), selectors.EVENT_READ, "output")
-        selector.register(verdict_fd, selectors.EVENT_READ, "verdict")
-        while selector.get_map():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return bytes(excerpt), bytes(verdict), "timed out"
-            for key, _ in selector.select(remaining):
-                chunk = os.read(key.fd, 1 << 16)
-                if not chunk:
-                    selector.unregister(key.fd)
-                elif key.data == "verdict":
-                    verdict += chunk[: _VERDICT_LIMIT - len(verdict)]
-                else:
-                    printed += len(chunk)
-                    excerpt += chunk[: limits.output_excerpt_bytes - len(excerpt)]
-                    if printed > limits.output_limit_bytes:
-                        return bytes(excerpt), bytes(verdict), "output"
-    return bytes(excerpt), bytes(verdict), None
-
-
-def _describe_exit(returncode: int, sandboxed: bool) -> tuple[str, str]:
+def _describe_exit(returncode: int, sandboxed: bool, who: str = "") -> tuple[str, str]:
     # bwrap reports a child killed by signal N as exit status 128 + N.
     signum = -returncode if returncode < 0 else (returncode - 128 if sandboxed and returncode > 128 else None)
     if signum == signal.SIGXCPU:
         return "timed out", "exceeded the CPU time limit"
     if signum is not None:
         name = signal.Signals(signum).name if signum in signal.valid_signals() else f"signal {signum}"
-        return "failed", f"killed by {name} before the end of the program"
-    return "failed", f"exited with status {returncode} before the end of the program"
+        return "failed", f"{who}killed by {name} before the end of the program"
+    return "failed", f"{who}exited with status {returncode} before the end of the program"
 
 
-def _run_one(program: str, limits: SandboxLimits, python: str, sandboxed: bool) -> SandboxResult:
-    token = secrets.token_hex(16).encode()
-    job_fd = _job(token, program, limits)
-    verdict_r, verdict_w = os.pipe()
-    command = [python, "-I", "-S", "-c", _RUNNER_SOURCE, str(job_fd), str(verdict_w)]
-    if sandboxed:
-        command = _drop_root() + _bwrap_prefix(python, limits) + command
-    workdir = None if sandboxed else tempfile.TemporaryDirectory(prefix="megaphi-unsafe-")
+class _SandboxedProcess:
+    """One runner process in its own bwrap and cgroup (or, unsafely, neither); its output on a pipe."""
+
+    def __init__(self, role: str, job: dict, fds: Sequence[int], limits: SandboxLimits, python: str,
+                 tree: CgroupTree | None):
+        self.sandboxed = tree is not None
+        self.cgroup = None
+        self.excerpt, self.printed = bytearray(), 0
+        job_fd = _memfd("megaphi-sandbox-job", json.dumps(job).encode("utf-8", "surrogatepass"))
+        inherited = [job_fd, *fds]
+        command = [python, "-I", "-S", "-c", _RUNNER_SOURCE, role, *map(str, inherited)]
+        self.workdir = None
+        if self.sandboxed:
+            seccomp_fd = _memfd("megaphi-seccomp", filter_program())
+            inherited.append(seccomp_fd)
+            self.cgroup = tree.create(CgroupLimits(memory_bytes=limits.memory_mb << 20, max_pids=limits.max_processes,
+                                                   cpu_cores=limits.cpu_cores))
+            command = self.cgroup.join_command(_drop_root() + _bwrap_prefix(python, limits, seccomp_fd) + command)
+        else:
+            self.workdir = tempfile.TemporaryDirectory(prefix="megaphi-unsafe-")
+        self.output, output_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output_w, stderr=output_w,
+                                         env=dict(_SANDBOX_ENV), pass_fds=inherited, start_new_session=True,
+                                         cwd=self.workdir.name if self.workdir else "/")
+        except BaseException:
+            os.close(self.output)
+            self.cleanup()
+            raise
+        finally:
+            os.close(output_w)
+            os.close(job_fd)
+            if self.sandboxed:
+                os.close(seccomp_fd)
+
+    def take_output(self, chunk: bytes, limits: SandboxLimits) -> bool:
+        """Keep the excerpt; False once the process printed more than it may."""
+        self.printed += len(chunk)
+        self.excerpt += chunk[: limits.output_excerpt_bytes - len(self.excerpt)]
+        return self.printed <= limits.output_limit_bytes
+
+    def wait(self, timeout: float) -> bool:
+        try:
+            self.proc.wait(timeout=max(0.0, timeout))
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def kill(self) -> bool:
+        """Kill everything the process started; False when its cgroup could not be emptied."""
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # sh/setpriv/bwrap; the namespace dies with bwrap
+            except ProcessLookupError:
+                pass
+        emptied = self.cgroup.kill() if self.cgroup is not None else True
+        self.proc.wait()
+        return emptied
+
+    def oom_killed(self) -> bool:
+        return self.cgroup is not None and self.cgroup.oom_killed()
+
+    def cleanup(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        if self.workdir is not None:
+            self.workdir.cleanup()
+
+
+def _drain(processes: Sequence[_SandboxedProcess], verdict_fd: int, deadline: float, limits: SandboxLimits,
+           done: Callable[[set], bool]) -> tuple[bytes, str | None]:
+    """Read the processes' output and the verdict pipe until ``done(open fds)``; returns (verdict, abort)."""
+    verdict = bytearray()
+    with selectors.DefaultSelector() as selector:
+        for process in processes:
+            selector.register(process.output, selectors.EVENT_READ, process)
+        selector.register(verdict_fd, selectors.EVENT_READ, None)
+        while not done({key.fd for key in selector.get_map().values()}):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return bytes(verdict), "timed out"
+            for key, _ in selector.select(remaining):
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    selector.unregister(key.fd)
+                elif key.data is None:
+                    verdict += chunk[: _VERDICT_LIMIT - len(verdict)]
+                elif not key.data.take_output(chunk, limits):
+                    return bytes(verdict), "output"
+    return bytes(verdict), None
+
+
+def _drain_rest(process: _SandboxedProcess, limits: SandboxLimits) -> None:
+    """What a killed process left in its output pipe."""
+    os.set_blocking(process.output, False)
     try:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                bufsize=0, env=dict(_SANDBOX_ENV), pass_fds=(job_fd, verdict_w),
-                                start_new_session=True, cwd=workdir.name if workdir else "/")
+        while chunk := os.read(process.output, 1 << 16):
+            if not process.take_output(chunk, limits):
+                break
+    except BlockingIOError:
+        pass
+
+
+def _excerpt(processes: Sequence[_SandboxedProcess], limits: SandboxLimits) -> str:
+    """The processes' excerpts in order, the last one (the test's traceback) kept whole within the cap."""
+    parts = [bytes(p.excerpt) for p in processes]
+    last = parts[-1][: limits.output_excerpt_bytes]
+    head = b"".join(parts[:-1])[: limits.output_excerpt_bytes - len(last)]
+    return (head + last).decode("utf-8", "replace")
+
+
+def _finish(processes: Sequence[_SandboxedProcess], limits: SandboxLimits) -> bool:
+    """Kill and clean up; False when some sandbox kept processes that SIGKILL did not end."""
+    emptied = True
+    for process in processes:
+        emptied = process.kill() and emptied
+    for process in processes:
+        _drain_rest(process, limits)
+        os.close(process.output)
+        if emptied:
+            process.cleanup()
+    if not emptied:
+        warnings.warn("a sandbox's cgroup still held processes after SIGKILL; it was left in place", RuntimeWarning)
+    return emptied
+
+
+def _verdict_result(verdict: bytes, limits: SandboxLimits) -> SandboxResult | None:
+    status, _, detail = verdict.decode("utf-8", "replace").partition(" ")
+    if status == "passed" and not detail:
+        return SandboxResult("passed")
+    if status == "memory":
+        return SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit")
+    if status == "failed":
+        return SandboxResult("failed", detail)
+    return None
+
+
+def _limit_result(abort: str | None, limits: SandboxLimits) -> SandboxResult | None:
+    if abort == "timed out":
+        return SandboxResult("timed out", f"exceeded the {limits.timeout_s:g} s wall-clock limit")
+    if abort == "output":
+        return SandboxResult("failed", f"printed more than {limits.output_limit_bytes} bytes")
+    return None
+
+
+def _with_output(result: SandboxResult, output: str, emptied: bool) -> SandboxResult:
+    if not emptied:
+        return SandboxResult("failed", "processes of the sandbox survived SIGKILL", output)
+    return SandboxResult(result.status, result.detail, output)
+
+
+def _run_one(program: str, limits: SandboxLimits, python: str, tree: CgroupTree | None) -> SandboxResult:
+    token = secrets.token_hex(16)
+    verdict_r, verdict_w = os.pipe()
+    try:
+        process = _SandboxedProcess("program", {**limits.runner_job(), "program": program, "token": token}, [verdict_w],
+                                    limits, python, tree)
     finally:
-        os.close(job_fd)
         os.close(verdict_w)
     deadline = time.monotonic() + limits.timeout_s
     try:
-        excerpt, verdict, abort = _read_until_done(proc, verdict_r, deadline, limits)
-        if abort is None:  # both pipes closed; a program that closed them itself may still be running
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                abort = "timed out"
+        verdict, abort = _drain([process], verdict_r, deadline, limits, done=lambda open_fds: not open_fds)
+        # Both pipes closed; a program that closed them itself may still be running.
+        if abort is None and not process.wait(deadline - time.monotonic()):
+            abort = "timed out"
+        returncode = process.proc.returncode
+        oom = process.oom_killed()
     finally:
-        if proc.returncode is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the whole group; the namespace dies with bwrap
-            except ProcessLookupError:
-                pass
-            proc.wait()
-        proc.stdout.close()
+        emptied = _finish([process], limits)
         os.close(verdict_r)
-        if workdir is not None:
-            workdir.cleanup()
+    marker = verdict.rfind(token.encode() + b" ")
+    result = _limit_result(abort, limits) or (_verdict_result(verdict[marker + len(token) + 1:], limits)
+                                              if marker >= 0 else None)
+    if result is None or (oom and not result.passed):
+        status, detail = _describe_exit(returncode, tree is not None)
+        result = (SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit") if oom
+                  else SandboxResult(status, detail))
+    return _with_output(result, bytes(process.excerpt).decode("utf-8", "replace"), emptied)
 
-    output = excerpt.decode("utf-8", "replace")
-    if abort == "timed out":
-        return SandboxResult("timed out", f"exceeded the {limits.timeout_s:g} s wall-clock limit", output)
-    if abort == "output":
-        return SandboxResult("failed", f"printed more than {limits.output_limit_bytes} bytes", output)
-    marker = verdict.rfind(token + b" ")
-    if marker >= 0:
-        status, _, detail = verdict[marker + len(token) + 1:].decode("utf-8", "replace").partition(" ")
-        if status == "passed":
-            return SandboxResult("passed", "", output)
-        if status == "memory":
-            return SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit", output)
-        if status == "failed":
-            return SandboxResult("failed", detail, output)
-    status, detail = _describe_exit(proc.returncode, sandboxed)
-    return SandboxResult(status, detail, output)
+
+def _judge_one(job: JudgedProgram, limits: SandboxLimits, python: str, tree: CgroupTree | None) -> SandboxResult:
+    requests_r, requests_w = os.pipe()
+    replies_r, replies_w = os.pipe()
+    verdict_r, verdict_w = os.pipe()
+    processes: list[_SandboxedProcess] = []
+    try:
+        processes.append(_SandboxedProcess("candidate", {**limits.runner_job(), "candidate": job.candidate},
+                                           [requests_r, replies_w], limits, python, tree))
+        processes.append(_SandboxedProcess(
+            "test", {**limits.runner_job(), "prompt": job.prompt, "tests": job.tests,
+                     "entry_points": list(job.entry_points),
+                     "shared": list(job.shared)},
+            [requests_w, replies_r, verdict_w], limits, python, tree))
+    except BaseException:
+        _finish(processes, limits)
+        os.close(verdict_r)
+        raise
+    finally:
+        for fd in (requests_r, requests_w, replies_r, replies_w, verdict_w):
+            os.close(fd)
+    candidate, test = processes
+    deadline = time.monotonic() + limits.timeout_s
+    try:
+        # The sample ends when the test process has closed its output and its verdict pipe.
+        verdict, abort = _drain(processes, verdict_r, deadline, limits,
+                                done=lambda open_fds: test.output not in open_fds and verdict_r not in open_fds)
+        if abort is None and not test.wait(deadline - time.monotonic()):
+            abort = "timed out"
+        if abort is None and verdict == b"candidate-gone":
+            candidate.wait(min(_CANDIDATE_EXIT_GRACE_S, deadline - time.monotonic()))
+        candidate_code, test_code = candidate.proc.returncode, test.proc.returncode
+        oom = candidate.oom_killed() or test.oom_killed()
+    finally:
+        emptied = _finish(processes, limits)
+        os.close(verdict_r)
+    result = _limit_result(abort, limits) or _verdict_result(verdict, limits)
+    if result is not None and result.passed and test_code != 0:
+        result = None
+    if result is None or (oom and not result.passed):
+        if oom:
+            result = SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit")
+        elif verdict == b"candidate-gone":
+            if candidate_code is None:
+                result = SandboxResult("failed", "the candidate program stopped answering before the end of the tests")
+            else:
+                result = SandboxResult(*_describe_exit(candidate_code, tree is not None, "the candidate program "))
+        else:
+            result = SandboxResult(*_describe_exit(test_code, tree is not None, "the test program "))
+    return _with_output(result, _excerpt(processes, limits), emptied)
+
+
+def _sandbox_tree() -> CgroupTree:
+    try:
+        filter_program()
+        tree = cgroup_tree()
+    except (CgroupUnavailable, SeccompUnavailable) as error:
+        raise SandboxUnavailable(f"the sandbox cannot enforce its limits here: {error}; or pass "
+                                 "--unsafe-no-sandbox to run model-written code without isolation") from None
+    protect_from_oom_killer()
+    return tree
 
 
 @functools.lru_cache(maxsize=None)
@@ -213,24 +415,43 @@ def _sandbox_problem(python: str) -> str | None:
     if not os.path.isfile(python) or not os.access(python, os.X_OK):
         return f"the interpreter {python} does not exist or is not executable (pick another with --sandbox-python)"
     try:
-        result = _run_one("pass", SandboxLimits(timeout_s=30.0), python, sandboxed=True)
+        result = _run_one("pass", SandboxLimits(timeout_s=30.0), python, _sandbox_tree())
     except OSError as error:
         return f"bwrap could not start ({error})"
     if result.passed:
         return None
     who = "the user nobody" if os.geteuid() == 0 else "this user"
     said = " ".join(result.output.split())[-300:] or result.detail
-    return (f"bwrap could not run {python} ({said}): user namespaces must be allowed "
-            f"(sysctl kernel.unprivileged_userns_clone=1) and the interpreter readable by {who} "
-            "(pick another with --sandbox-python)")
+    return (f"bwrap could not run {python} ({said}): bubblewrap 0.8 or later is needed (--disable-userns, "
+            f"--seccomp), user namespaces must be allowed (sysctl kernel.unprivileged_userns_clone=1) and the "
+            f"interpreter readable by {who} (pick another with --sandbox-python)")
 
 
 def check_sandbox(python: str | None = None) -> None:
-    """Raise SandboxUnavailable, saying why and what to do, when bwrap cannot run programs here."""
+    """Raise SandboxUnavailable, saying why and what to do, when the sandbox cannot run programs here."""
     problem = _sandbox_problem(python or default_python())
     if problem is not None:
         raise SandboxUnavailable(f"the sandbox cannot run here: {problem}; or pass --unsafe-no-sandbox to run "
                                  "model-written code without isolation")
+
+
+def _run_all(run_one: Callable, items: Sequence, limits: SandboxLimits, workers: int | None, python: str | None,
+             unsafe_no_sandbox: bool) -> list[SandboxResult]:
+    python = python or default_python()
+    if unsafe_no_sandbox:
+        warnings.warn("running model-written code WITHOUT a sandbox: it can read, change and send anything "
+                      "this user can", RuntimeWarning, stacklevel=3)
+        tree = None
+    else:
+        check_sandbox(python)
+        tree = _sandbox_tree()
+    # A sandboxed program spends much of its short life in namespace setup and teardown, waiting on
+    # the kernel rather than computing, so two per core keep the cores busy.
+    workers = 2 * (os.cpu_count() or 1) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
+        return list(pool.map(lambda item: run_one(item, limits, python, tree), items))
 
 
 def run_programs(programs: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int = 1024,
@@ -239,22 +460,26 @@ def run_programs(programs: Sequence[str], *, timeout_s: float = 10.0, memory_mb:
     """Run each program in its own sandbox, ``workers`` at a time (default: 2 per core); results in input order.
 
     A program passes only when it runs to its end; raising anything (``SystemExit`` included),
-    exiting early, dying by signal, or crossing a limit makes it fail. Raises SandboxUnavailable
-    when bwrap cannot run, unless ``unsafe_no_sandbox`` (which keeps the rlimits, timeout and
-    cleared environment but gives the program the whole machine).
+    exiting early, dying by signal, or crossing a limit makes it fail. The program itself could forge
+    that report: use ``judge_programs`` to judge hostile code. Raises SandboxUnavailable when the
+    sandbox cannot run, unless ``unsafe_no_sandbox`` (which keeps the rlimits, timeout and cleared
+    environment but gives the program the whole machine).
     """
     limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,
                            output_limit_bytes=output_limit_bytes)
-    python = python or default_python()
-    if unsafe_no_sandbox:
-        warnings.warn("running model-written code WITHOUT a sandbox: it can read, change and send anything "
-                      "this user can", RuntimeWarning, stacklevel=2)
-    else:
-        check_sandbox(python)
-    # A sandboxed program spends much of its short life in namespace setup and teardown, waiting on
-    # the kernel rather than computing, so two per core keep the cores busy.
-    workers = 2 * (os.cpu_count() or 1) if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
-        return list(pool.map(lambda program: _run_one(program, limits, python, not unsafe_no_sandbox), programs))
+    return _run_all(_run_one, programs, limits, workers, python, unsafe_no_sandbox)
+
+
+def judge_programs(jobs: Sequence[JudgedProgram], *, timeout_s: float = 10.0, memory_mb: int = 1024,
+                   workers: int | None = None, max_processes: int = 16, output_limit_bytes: int = 1 << 20,
+                   python: str | None = None, unsafe_no_sandbox: bool = False) -> list[SandboxResult]:
+    """Judge each candidate by its tests, two sandboxes per job, ``workers`` jobs at a time; results in order.
+
+    A job passes only when its tests run to their end in the test sandbox, which writes the verdict;
+    the candidate's sandbox only answers calls with plain data. Limits apply to each sandbox;
+    ``timeout_s`` is the wall-clock time of the whole job. Raises SandboxUnavailable when the sandbox
+    cannot run or enforce its limits, unless ``unsafe_no_sandbox``.
+    """
+    limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,
+                           output_limit_bytes=output_limit_bytes)
+    return _run_all(_judge_one, jobs, limits, workers, python, unsafe_no_sandbox)

@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 from megaphi.eval.benchmarks import Benchmark
 from megaphi.eval.passk import DEFAULT_KS, counts_by_task, pass_at_k
-from megaphi.eval.sandbox import STATUSES, SandboxResult, run_programs
+from megaphi.eval.sandbox import STATUSES, SandboxResult, judge_programs
 
 
 def read_samples(path: str | Path) -> list[dict]:
@@ -52,11 +52,14 @@ def describe(result: SandboxResult) -> str:
 def score_samples(benchmark: Benchmark, samples: Sequence[dict], *, timeout_s: float = 10.0,
                   memory_mb: int = 1024, workers: int | None = None, unsafe_no_sandbox: bool = False,
                   python: str | None = None) -> list[dict]:
-    """One result per sample, in order: {task_id, completion, passed, result, output}."""
+    """One result per sample, in order: {task_id, completion, passed, result, output}.
+
+    Each completion runs in its own sandbox, apart from its tests (see ``sandbox.judge_programs``).
+    """
     problems = [benchmark.problem(sample["task_id"]) for sample in samples]  # unknown ids fail before any run
-    programs = [problem.program(sample["completion"]) for problem, sample in zip(problems, samples)]
-    outcomes = run_programs(programs, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers,
-                            unsafe_no_sandbox=unsafe_no_sandbox, python=python)
+    jobs = [problem.judged(sample["completion"]) for problem, sample in zip(problems, samples)]
+    outcomes = judge_programs(jobs, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers,
+                              unsafe_no_sandbox=unsafe_no_sandbox, python=python)
     return [{"task_id": problem.task_id, "completion": sample["completion"], "passed": outcome.passed,
              "result": describe(outcome), "output": outcome.output}
             for problem, sample, outcome in zip(problems, samples, outcomes)]

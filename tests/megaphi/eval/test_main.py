@@ -89,7 +89,7 @@ def test_score_prints_the_summary_and_writes_one_result_per_sample(tmp_path, cap
     assert summary["pass@1"] == pytest.approx(0.5) and "pass@10" not in summary
     results = read_jsonl(results_path)
     assert [r["passed"] for r in results] == [True, False] * 3
-    assert results[1]["result"] == "failed: SystemExit: 0"
+    assert results[1]["result"] == "failed: the candidate exited during a call (SystemExit: 0)"
 
 
 def test_score_refuses_without_a_sandbox_unless_told_to_run_unsafely(tmp_path, capsys, monkeypatch):
