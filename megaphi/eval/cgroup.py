@@ -106,6 +106,14 @@ class SandboxCgroup:
         counts = dict(line.split() for line in text.splitlines() if line.strip())
         return int(counts.get("oom_kill", 0)) > 0
 
+    def memory_peak(self) -> int:
+        """The most memory the group held at once, in bytes (0 where the kernel does not say)."""
+        try:
+            return int(_read(os.path.join(self._main, "memory.peak" if self.version == 2 else
+                                          "memory.max_usage_in_bytes")))
+        except (FileNotFoundError, ValueError):
+            return 0
+
     def kill(self, wait_s: float = 5.0) -> bool:
         """SIGKILL every process of the group until it is empty; False when some survive ``wait_s``."""
         deadline = time.monotonic() + wait_s
@@ -240,11 +248,8 @@ def protect_from_oom_killer() -> int:
     """Make this process the OOM killer's last choice (-1000, or as low as this user may set); returns
     the value now in effect. Sandboxes raise theirs to 1000, so a memory squeeze takes them first."""
     path = "/proc/self/oom_score_adj"
-    current = int(_read(path))
-    for value in (-1000, current):
-        try:
-            _write(path, str(value))
-            return value
-        except OSError:  # lowering needs CAP_SYS_RESOURCE; keep what we have
-            continue
-    return current
+    try:
+        _write(path, "-1000")
+    except OSError:  # lowering needs CAP_SYS_RESOURCE; keep what we have
+        pass
+    return int(_read(path))

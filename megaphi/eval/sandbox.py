@@ -61,6 +61,7 @@ class SandboxResult:
     status: str  # one of STATUSES
     detail: str = ""  # why it did not pass: the error line, the limit it hit
     output: str = ""  # a capped excerpt of stdout and stderr together
+    memory_peak_bytes: int = 0  # the most any one of its sandboxes held at once (0: not measured)
 
     @property
     def passed(self) -> bool:
@@ -225,6 +226,9 @@ class _SandboxedProcess:
     def oom_killed(self) -> bool:
         return self.cgroup is not None and self.cgroup.oom_killed()
 
+    def memory_peak(self) -> int:
+        return self.cgroup.memory_peak() if self.cgroup is not None else 0
+
     def cleanup(self) -> None:
         if self.cgroup is not None:
             self.cgroup.remove()
@@ -308,10 +312,10 @@ def _limit_result(abort: str | None, limits: SandboxLimits) -> SandboxResult | N
     return None
 
 
-def _with_output(result: SandboxResult, output: str, emptied: bool) -> SandboxResult:
+def _with_output(result: SandboxResult, output: str, emptied: bool, peak: int) -> SandboxResult:
     if not emptied:
-        return SandboxResult("failed", "processes of the sandbox survived SIGKILL", output)
-    return SandboxResult(result.status, result.detail, output)
+        return SandboxResult("failed", "processes of the sandbox survived SIGKILL", output, peak)
+    return SandboxResult(result.status, result.detail, output, peak)
 
 
 def _run_one(program: str, limits: SandboxLimits, python: str, tree: CgroupTree | None) -> SandboxResult:
@@ -331,6 +335,7 @@ def _run_one(program: str, limits: SandboxLimits, python: str, tree: CgroupTree 
         returncode = process.proc.returncode
         oom = process.oom_killed()
     finally:
+        peak = process.memory_peak()
         emptied = _finish([process], limits)
         os.close(verdict_r)
     marker = verdict.rfind(token.encode() + b" ")
@@ -340,7 +345,7 @@ def _run_one(program: str, limits: SandboxLimits, python: str, tree: CgroupTree 
         status, detail = _describe_exit(returncode, tree is not None)
         result = (SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit") if oom
                   else SandboxResult(status, detail))
-    return _with_output(result, bytes(process.excerpt).decode("utf-8", "replace"), emptied)
+    return _with_output(result, bytes(process.excerpt).decode("utf-8", "replace"), emptied, peak)
 
 
 def _judge_one(job: JudgedProgram, limits: SandboxLimits, python: str, tree: CgroupTree | None) -> SandboxResult:
@@ -376,6 +381,7 @@ def _judge_one(job: JudgedProgram, limits: SandboxLimits, python: str, tree: Cgr
         candidate_code, test_code = candidate.proc.returncode, test.proc.returncode
         oom = candidate.oom_killed() or test.oom_killed()
     finally:
+        peak = max(process.memory_peak() for process in processes)
         emptied = _finish(processes, limits)
         os.close(verdict_r)
     result = _limit_result(abort, limits) or _verdict_result(verdict, limits)
@@ -391,7 +397,7 @@ def _judge_one(job: JudgedProgram, limits: SandboxLimits, python: str, tree: Cgr
                 result = SandboxResult(*_describe_exit(candidate_code, tree is not None, "the candidate program "))
         else:
             result = SandboxResult(*_describe_exit(test_code, tree is not None, "the test program "))
-    return _with_output(result, _excerpt(processes, limits), emptied)
+    return _with_output(result, _excerpt(processes, limits), emptied, peak)
 
 
 def _sandbox_tree() -> CgroupTree:
