@@ -114,26 +114,29 @@ class SandboxCgroup:
         except (FileNotFoundError, ValueError):
             return 0
 
+    def signal_all(self) -> bool:
+        """SIGKILL every process now in the group; False when there was none."""
+        pids = self.processes()
+        if pids and self.version == 2:
+            try:
+                _write(os.path.join(self._main, "cgroup.kill"), "1")
+            except OSError:
+                pass
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return bool(pids)
+
     def kill(self, wait_s: float = 5.0) -> bool:
         """SIGKILL every process of the group until it is empty; False when some survive ``wait_s``."""
         deadline = time.monotonic() + wait_s
-        while True:
-            pids = self.processes()
-            if not pids:
-                return True
-            if self.version == 2:
-                try:
-                    _write(os.path.join(self._main, "cgroup.kill"), "1")
-                except OSError:
-                    pass
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        while self.signal_all():
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.002)
+            time.sleep(0.001)
+        return True
 
     def remove(self) -> None:
         for directory in set(self.directories.values()):

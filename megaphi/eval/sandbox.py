@@ -212,13 +212,18 @@ class _SandboxedProcess:
         except subprocess.TimeoutExpired:
             return False
 
-    def kill(self) -> bool:
-        """Kill everything the process started; False when its cgroup could not be emptied."""
+    def signal_all(self) -> None:
         if self.proc.returncode is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # sh/setpriv/bwrap; the namespace dies with bwrap
             except ProcessLookupError:
                 pass
+        if self.cgroup is not None:
+            self.cgroup.signal_all()
+
+    def kill(self) -> bool:
+        """Kill everything the process started; False when its cgroup could not be emptied."""
+        self.signal_all()
         emptied = self.cgroup.kill() if self.cgroup is not None else True
         self.proc.wait()
         return emptied
@@ -281,6 +286,8 @@ def _excerpt(processes: Sequence[_SandboxedProcess], limits: SandboxLimits) -> s
 def _finish(processes: Sequence[_SandboxedProcess], limits: SandboxLimits) -> bool:
     """Kill and clean up; False when some sandbox kept processes that SIGKILL did not end."""
     emptied = True
+    for process in processes:  # all at once, then wait for each
+        process.signal_all()
     for process in processes:
         emptied = process.kill() and emptied
     for process in processes:

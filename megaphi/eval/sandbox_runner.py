@@ -26,7 +26,7 @@ big int, ``["c", re, im]`` complex, ``["r", start, stop, step]`` range, ``["g", 
 items (decoded as an iterator), ``["@", name]`` an object the shared setup code built in the candidate's
 process (from the test's side only). ``decode`` accepts nothing else, so no object with behaviour of its own can cross.
 """
-import json
+import _json  # the C parts of json only: importing json itself (and with it re) costs more than the rest
 import os
 import resource
 import sys
@@ -161,8 +161,42 @@ def _reject_object(pairs):
     raise ProtocolError("JSON objects are not part of the format")
 
 
+class _Parsing:
+    """What the C JSON scanner asks of its caller: strict strings, exact ints and floats."""
+    strict = True
+    object_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # NaN, Infinity, -Infinity
+
+    def __init__(self, objects):
+        self.object_pairs_hook = None if objects else _reject_object
+
+
+_scan_message = _json.make_scanner(_Parsing(objects=False))
+_scan_job = _json.make_scanner(_Parsing(objects=True))
+_encode_json = _json.make_encoder(None, None, _json.encode_basestring_ascii, None, ":", ",", False, False, True)
+
+
+def parse_json(text, scan=_scan_message):
+    """One JSON document, nothing before or after it."""
+    try:
+        value, end = scan(text, 0)
+    except StopIteration:
+        raise ProtocolError("a message that is not JSON") from None
+    except (ValueError, RecursionError):
+        raise ProtocolError("a message that is not JSON") from None
+    if end != len(text):
+        raise ProtocolError("a message with trailing data")
+    return value
+
+
+def dump_json(value):
+    return "".join(_encode_json(value, 0))
+
+
 def send(fd, message):
-    data = json.dumps(message, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    data = dump_json(message).encode("ascii")
     data = len(data).to_bytes(4, "big") + data
     while data:
         data = data[_write(fd, data):]
@@ -191,9 +225,10 @@ def receive(fd, limit):
     if data is None:
         return None
     try:
-        return json.loads(data.decode("ascii"), object_pairs_hook=_reject_object)
-    except (ValueError, RecursionError):
-        raise ProtocolError("a message that is not JSON") from None
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError("a message that is not ASCII") from None
+    return parse_json(text)
 
 
 # ---------------------------------------------------------------------------------------- shared parts
@@ -206,7 +241,7 @@ def _read_job(fd):
             break
         chunks.append(chunk)
     os.close(fd)
-    return json.loads(b"".join(chunks).decode("utf-8"))
+    return parse_json(b"".join(chunks).decode("utf-8", "surrogatepass"), _scan_job)
 
 
 def _set_limits(job):
@@ -322,7 +357,7 @@ def run_candidate(job, requests_fd, replies_fd):
             if function is None:
                 raise NameError("name %r is not defined" % name)
         except _BaseException as error:
-            send(replies_fd, ["raise", type(error).__name__, _message(error)])
+            send(replies_fd, _raised(error))
             continue
         try:
             result = function(*args, **kwargs)
@@ -340,14 +375,23 @@ def run_candidate(job, requests_fd, replies_fd):
             send(replies_fd, ["exit", type(error).__name__, _describe(error)])
             _exit(1)
         except Unsendable as error:
-            reply = ["raise", "TypeError", "the candidate returned %s, which is not plain data" % error]
+            reply = _raised(TypeError("the candidate returned %s, which is not plain data" % error))
         except _BaseException as error:
-            reply = ["raise", type(error).__name__, _message(error)]
+            reply = _raised(error)
         try:
             send(replies_fd, reply)
         except (ValueError, OverflowError) as error:  # e.g. a float the encoder cannot write
-            send(replies_fd, ["raise", "TypeError", _message(error)])
+            send(replies_fd, _raised(TypeError(_message(error))))
         _flush_std_streams()
+
+
+def _raised(error):
+    """The reply for an exception: its type's name, its message, and its arguments when they are plain data."""
+    try:
+        args = encode(tuple(error.args))
+    except _BaseException:
+        args = None
+    return ["raise", type(error).__name__, _message(error), args]
 
 
 class CandidateError(Exception):
@@ -386,11 +430,11 @@ def run_test(job, requests_fd, replies_fd, verdict_fd):
     namespace = _fresh_module("__program__").__dict__
     import builtins
 
-    def exception_from(type_name, message):
+    def exception_from(type_name, message, args):
         kind = getattr(builtins, type_name, None) if type_name.isidentifier() else None
         if isinstance(kind, type) and issubclass(kind, Exception):
             try:
-                return kind(message)
+                return kind(*args) if type(args) is tuple else kind(message)
             except _BaseException:
                 pass
         return CandidateError("%s: %s" % (type_name, message))
@@ -410,8 +454,8 @@ def run_test(job, requests_fd, replies_fd, verdict_fd):
                     for change in reply[2]:
                         _apply_change(args, change)
                     return value
-                if reply[0] == "raise" and len(reply) == 3 and all(type(x) is str for x in reply[1:]):
-                    raise exception_from(reply[1], reply[2])
+                if reply[0] == "raise" and len(reply) == 4 and all(type(x) is str for x in reply[1:3]):
+                    raise exception_from(reply[1], reply[2], None if reply[3] is None else decode(reply[3]))
                 if reply[0] == "exit" and len(reply) == 3 and all(type(x) is str for x in reply[1:]):
                     fail("the candidate exited during a call (%s)" % reply[2])
             except ProtocolError as error:

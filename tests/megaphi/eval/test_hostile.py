@@ -10,11 +10,11 @@ import platform
 
 import pytest
 
-from megaphi.eval import cgroup
 from megaphi.eval.benchmarks import load_humaneval
 from megaphi.eval.sandbox import JudgedProgram, judge_programs, run_programs
 from megaphi.eval.score import score_samples
 from megaphi.eval.seccomp import _SYSCALLS
+from tests.megaphi.eval.test_sandbox import surviving_sandbox_processes
 
 TIMEOUT_S = 5.0
 MEMORY_MB = 256
@@ -375,8 +375,5 @@ def test_sandboxes_are_the_oom_killer_s_first_choice_and_the_scorer_its_last(lim
 
 def test_honest_samples_beside_the_attacks_keep_their_verdicts_and_nothing_is_left_running(limit_run):
     assert [r.status for r in limit_run["honest"]] == ["passed", "failed"]
-    # A sandbox's cgroup is removed only once it is empty: none of this process's may remain.
-    tree = cgroup.cgroup_tree()
-    mine = f"megaphi-sandbox-{os.getpid()}-"
-    assert [name for parent in set(tree.parents.values()) for name in os.listdir(parent) if name.startswith(mine)] == []
+    assert surviving_sandbox_processes() == []
     assert limit_run["attacks"]["daemonizes to outlive the sample"].passed  # it ran to its end; its daemon did not

@@ -6,18 +6,27 @@ import time
 import psutil
 import pytest
 
-from megaphi.eval import sandbox
-from megaphi.eval.sandbox import SandboxUnavailable, run_programs
+from megaphi.eval import cgroup, sandbox
+from megaphi.eval.sandbox import JudgedProgram, SandboxUnavailable, judge_programs, run_programs
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-RUNNER_MARK = "The harness that runs one program inside the sandbox"
 TIMEOUT_S = 3.0
 
 
 def surviving_sandbox_processes() -> list[int]:
-    """Processes still running the sandbox harness or bwrap on behalf of this test process."""
-    found = [p.pid for p in psutil.process_iter(["cmdline"]) if RUNNER_MARK in " ".join(p.info["cmdline"] or [])]
-    return found + [p.pid for p in psutil.Process().children(recursive=True) if p.name() == "bwrap"]
+    """Processes left in a sandbox cgroup of this test process (daemons included: a cgroup is never
+    left by reparenting), bwrap children of it, and sandbox cgroups of it that were not removed."""
+    mine = f"megaphi-sandbox-{os.getpid()}-"
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if mine in open(f"/proc/{pid}/cgroup").read():
+                found.append(int(pid))
+        except OSError:  # gone meanwhile
+            pass
+    found += [p.pid for p in psutil.Process().children(recursive=True) if p.name() == "bwrap"]
+    parents = set(cgroup.cgroup_tree().parents.values())
+    return found + [name for parent in parents for name in os.listdir(parent) if name.startswith(mine)]
 
 
 def hostile_programs(host_dir, port, secret_name):
@@ -283,3 +292,71 @@ def test_unsafe_mode_warns_and_still_requires_a_complete_run(monkeypatch, tmp_pa
 def test_nonsense_limits_are_rejected(bad):
     with pytest.raises(ValueError, match=next(iter(bad)).replace("_s", "")):
         run_programs(["pass"], **bad)
+
+
+def judged(candidate: str, tests: str, entry_points=("f",), prompt: str = "", shared=()) -> JudgedProgram:
+    return JudgedProgram(candidate=candidate, prompt=prompt, tests=tests, entry_points=entry_points, shared=shared)
+
+
+JUDGED = {
+    "in-place changes reach the test's arguments": (
+        judged("def f(items, table):\n    items.sort()\n    table['seen'] = True\n",
+               "xs, t = [3, 1, 2], {}\nassert f(xs, t) is None\nassert xs == [1, 2, 3] and t == {'seen': True}\n"),
+        "passed"),
+    "a copy sorted instead of the argument fails a mutation test": (
+        judged("def f(items, table):\n    items = sorted(items)\n", "xs = [3, 1, 2]\nf(xs, {})\nassert xs == [1, 2, 3]\n"),
+        "failed"),
+    "a generator is consumed by the test as an iterator": (
+        judged("def f(n):\n    return (i * i for i in range(n))\n",
+               "it = f(3)\nassert next(it) == 0 and list(it) == [1, 4]\nassert f(2) != [0, 1]\n"), "passed"),
+    "a built-in exception arrives as itself": (
+        judged("def f(x):\n    raise KeyError(x)\n",
+               "try:\n    f('k')\nexcept KeyError as e:\n    assert e.args == ('k',)\nelse:\n    raise AssertionError\n"),
+        "passed"),
+    "an exception of the candidate's own class arrives as an Exception": (
+        judged("class Oops(Exception):\n    pass\ndef f():\n    raise Oops('no')\n",
+               "try:\n    f()\nexcept Exception as e:\n    assert str(e) == 'Oops: no'\n"), "passed"),
+    "keyword arguments and several entry points": (
+        judged("def f(a, *, b=1):\n    return a - b\ndef g():\n    return 'g'\n",
+               "assert f(5, b=2) == 3 and g() == 'g'\n", entry_points=("f", "g")), "passed"),
+    "coercions that == accepts still pass": (
+        judged("def f():\n    return 1.0, True, 2\n", "assert f() == (1, 1, 2.0)\n"), "passed"),
+    "objects built by shared setup code stay in the candidate's process": (
+        judged("class Node:\n    def __init__(self, v, kids=()):\n        self.v, self.kids = v, list(kids)\n"
+               "def f(node):\n    return node.v + sum(f(k) for k in node.kids)\n"
+               "root = Node(1, [Node(2), Node(3)])\n", "assert f(root) == 6\n", shared=("root",)), "passed"),
+    "a missing entry point fails": (judged("def g():\n    pass\n", "f()\n"), "failed"),
+    "deep recursion in the candidate is its own failure": (
+        judged("def f(n):\n    return f(n + 1)\n", "f(0)\n"), "failed"),
+    "a candidate that never answers times out": (
+        judged("def f():\n    while True:\n        pass\n", "f()\n"), "timed out"),
+    "the prompt's helpers are the test's, whatever the completion defines": (
+        judged("def helper():\n    return 'prompt'\ndef helper():\n    return 'forged'\ndef f():\n    return helper()\n",
+               "assert helper() == 'prompt' and f() == 'forged'\n", prompt="def helper():\n    return 'prompt'\n"),
+        "passed"),
+}
+
+
+@pytest.fixture(scope="module")
+def judged_results():
+    return dict(zip(JUDGED, judge_programs([job for job, _ in JUDGED.values()], timeout_s=TIMEOUT_S, workers=4)))
+
+
+@pytest.mark.parametrize("name", list(JUDGED))
+def test_judged_programs_behave_as_one_program_would_on_plain_data(judged_results, name):
+    result = judged_results[name]
+    assert result.status == JUDGED[name][1], (result.detail, result.output)
+
+
+def test_the_candidate_s_output_and_the_test_s_traceback_both_come_back():
+    [result] = judge_programs([judged("print('from the candidate')\ndef f():\n    return 2\n", "assert f() == 3\n")])
+    assert result.detail == "AssertionError: "
+    assert result.output.startswith("from the candidate\n") and 'File "<test>", line 1' in result.output
+
+
+def test_unsafe_judging_still_runs_the_candidate_and_the_tests_apart(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    jobs = [judged("def f():\n    return 1\n", "assert f() == 1\n"),
+            judged("def f():\n    return 1\nimport builtins\nbuiltins.abs = lambda x: 0\n", "assert abs(f() - 2) < 1\n")]
+    with pytest.warns(RuntimeWarning, match="WITHOUT a sandbox"):
+        assert [r.status for r in judge_programs(jobs, unsafe_no_sandbox=True)] == ["passed", "failed"]
