@@ -114,6 +114,22 @@ def default_python() -> str:
     return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 
 
+# Each sandbox would spend longer compiling the runner's source than running it: it receives the
+# runner compiled once, by its own interpreter (marshal's format is specific to a Python version).
+_BOOTSTRAP = "import marshal,os,sys;f=int(sys.argv.pop(1));c=os.read(f,1<<24);os.close(f);exec(marshal.loads(c))"
+
+
+@functools.lru_cache(maxsize=None)
+def _runner_code(python: str) -> bytes:
+    compiler = "import marshal,sys;sys.stdout.buffer.write(marshal.dumps(compile(sys.stdin.buffer.read(),'<sandbox_runner>','exec')))"
+    done = subprocess.run([python, "-I", "-S", "-c", compiler], input=_RUNNER_SOURCE.encode("utf-8"),
+                          capture_output=True, env=dict(_SANDBOX_ENV), cwd="/")
+    if done.returncode != 0 or not done.stdout:
+        raise SandboxUnavailable(f"the interpreter {python} could not compile the sandbox runner: "
+                                 f"{done.stderr.decode(errors='replace').strip()[-300:]} (pick another with --sandbox-python)")
+    return done.stdout
+
+
 def _drop_root() -> list[str]:
     # setpriv rather than Popen(user=...): changing ids forces a full fork() of this process instead
     # of vfork(), which costs tens of milliseconds per program once torch is loaded.
@@ -172,9 +188,10 @@ class _SandboxedProcess:
         self.sandboxed = tree is not None
         self.cgroup = None
         self.excerpt, self.printed = bytearray(), 0
+        code_fd = _memfd("megaphi-sandbox-runner", _runner_code(python))
         job_fd = _memfd("megaphi-sandbox-job", json.dumps(job).encode("utf-8", "surrogatepass"))
-        inherited = [job_fd, *fds]
-        command = [python, "-I", "-S", "-c", _RUNNER_SOURCE, role, *map(str, inherited)]
+        inherited = [code_fd, job_fd, *fds]
+        command = [python, "-I", "-S", "-c", _BOOTSTRAP, *map(str, inherited[:1]), role, *map(str, inherited[1:])]
         self.workdir = None
         if self.sandboxed:
             seccomp_fd = _memfd("megaphi-seccomp", filter_program())
@@ -196,6 +213,7 @@ class _SandboxedProcess:
         finally:
             os.close(output_w)
             os.close(job_fd)
+            os.close(code_fd)
             if self.sandboxed:
                 os.close(seccomp_fd)
 
