@@ -186,36 +186,37 @@ class _SandboxedProcess:
     def __init__(self, role: str, job: dict, fds: Sequence[int], limits: SandboxLimits, python: str,
                  tree: CgroupTree | None):
         self.sandboxed = tree is not None
-        self.cgroup = None
+        self.cgroup, self.workdir = None, None
         self.excerpt, self.printed = bytearray(), 0
-        code_fd = _memfd("megaphi-sandbox-runner", _runner_code(python))
-        job_fd = _memfd("megaphi-sandbox-job", json.dumps(job).encode("utf-8", "surrogatepass"))
-        inherited = [code_fd, job_fd, *fds]
-        command = [python, "-I", "-S", "-c", _BOOTSTRAP, *map(str, inherited[:1]), role, *map(str, inherited[1:])]
-        self.workdir = None
-        if self.sandboxed:
-            seccomp_fd = _memfd("megaphi-seccomp", filter_program())
-            inherited.append(seccomp_fd)
-            self.cgroup = tree.create(CgroupLimits(memory_bytes=limits.memory_mb << 20, max_pids=limits.max_processes,
-                                                   cpu_cores=limits.cpu_cores))
-            command = self.cgroup.join_command(_drop_root() + _bwrap_prefix(python, limits, seccomp_fd) + command)
-        else:
-            self.workdir = tempfile.TemporaryDirectory(prefix="megaphi-unsafe-")
-        self.output, output_w = os.pipe()
+        # The runner, its job and the seccomp program travel as memfds, closed here once inherited.
+        inherited = [_memfd("megaphi-sandbox-runner", _runner_code(python)),
+                     _memfd("megaphi-sandbox-job", json.dumps(job).encode("utf-8", "surrogatepass"))]
+        own_fds = list(inherited)
         try:
-            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output_w, stderr=output_w,
-                                         env=dict(_SANDBOX_ENV), pass_fds=inherited, start_new_session=True,
-                                         cwd=self.workdir.name if self.workdir else "/")
+            command = [python, "-I", "-S", "-c", _BOOTSTRAP, str(inherited[0]), role, *map(str, inherited[1:] + list(fds))]
+            if self.sandboxed:
+                seccomp_fd = _memfd("megaphi-seccomp", filter_program())
+                own_fds.append(seccomp_fd)
+                self.cgroup = tree.create(CgroupLimits(memory_bytes=limits.memory_mb << 20,
+                                                       max_pids=limits.max_processes, cpu_cores=limits.cpu_cores))
+                command = self.cgroup.join_command(_drop_root() + _bwrap_prefix(python, limits, seccomp_fd) + command)
+            else:
+                self.workdir = tempfile.TemporaryDirectory(prefix="megaphi-unsafe-")
+            self.output, output_w = os.pipe()
+            own_fds.append(output_w)
+            try:
+                self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output_w, stderr=output_w,
+                                             env=dict(_SANDBOX_ENV), pass_fds=[*own_fds[:-1], *fds],
+                                             start_new_session=True, cwd=self.workdir.name if self.workdir else "/")
+            except BaseException:
+                os.close(self.output)
+                raise
         except BaseException:
-            os.close(self.output)
             self.cleanup()
             raise
         finally:
-            os.close(output_w)
-            os.close(job_fd)
-            os.close(code_fd)
-            if self.sandboxed:
-                os.close(seccomp_fd)
+            for fd in own_fds:
+                os.close(fd)
 
     def take_output(self, chunk: bytes, limits: SandboxLimits) -> bool:
         """Keep the excerpt; False once the process printed more than it may."""

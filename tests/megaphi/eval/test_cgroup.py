@@ -58,3 +58,22 @@ def test_a_cgroup_v2_group_lacking_controllers_is_named(monkeypatch, tmp_path):
     (tmp_path / "job" / "cgroup.controllers").write_text("cpu io\n")
     with pytest.raises(CgroupUnavailable, match="does not offer the memory, pids controller"):
         cgroup.cgroup_tree()
+
+
+def test_a_cgroup_v2_group_gets_v2_limits_below_the_scorer_s_group(monkeypatch, tmp_path):
+    # A stand-in for a delegated cgroup v2 subtree (plain files take the writes the kernel would).
+    monkeypatch.setattr(cgroup, "CGROUP_ROOT", str(tmp_path))
+    monkeypatch.setattr(cgroup, "_tree", None)
+    monkeypatch.setattr(cgroup, "_own_paths", lambda: {"": "/job"})
+    (tmp_path / "job").mkdir()
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (tmp_path / "job" / "cgroup.controllers").write_text("cpu io memory pids\n")
+    tree = cgroup.cgroup_tree()
+    assert (tree.version, tree.parents) == (2, {"": str(tmp_path / "job")})
+    assert (tmp_path / "job" / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
+    made = tree.create(CgroupLimits(memory_bytes=1 << 30, max_pids=16))
+    directory = made.directories[""]
+    assert os.path.dirname(directory) == str(tmp_path / "job")
+    assert [read(directory, name) for name in ("memory.max", "memory.oom.group", "pids.max", "cpu.max")] == [
+        [str(1 << 30)], ["1"], ["16"], ["100000", "100000"]]
+    assert f"echo $$ > {directory}/cgroup.procs" in made.join_command(["true"])[2]
