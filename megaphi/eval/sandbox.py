@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import queue
 import secrets
 import selectors
 import shutil
@@ -183,14 +184,15 @@ def _describe_exit(returncode: int, sandboxed: bool, who: str = "") -> tuple[str
 class _SandboxedProcess:
     """One runner process in its own bwrap and cgroup (or, unsafely, neither); its output on a pipe."""
 
-    def __init__(self, role: str, job: dict, fds: Sequence[int], limits: SandboxLimits, python: str,
+    def __init__(self, role: str, fds: Sequence[int], limits: SandboxLimits, python: str,
                  tree: CgroupTree | None):
         self.sandboxed = tree is not None
         self.cgroup, self.workdir = None, None
         self.excerpt, self.printed = bytearray(), 0
-        # The runner, its job and the seccomp program travel as memfds, closed here once inherited.
-        inherited = [_memfd("megaphi-sandbox-runner", _runner_code(python)),
-                     _memfd("megaphi-sandbox-job", json.dumps(job).encode("utf-8", "surrogatepass"))]
+        # The runner and the seccomp program travel as memfds, the job (given later, see deliver) on a
+        # pipe, so that the sandbox can start before its job is known.
+        job_r, self.job_w = os.pipe()
+        inherited = [_memfd("megaphi-sandbox-runner", _runner_code(python)), job_r]
         own_fds = list(inherited)
         try:
             command = [python, "-I", "-S", "-c", _BOOTSTRAP, str(inherited[0]), role, *map(str, inherited[1:] + list(fds))]
@@ -212,11 +214,24 @@ class _SandboxedProcess:
                 os.close(self.output)
                 raise
         except BaseException:
+            os.close(self.job_w)
             self.cleanup()
             raise
         finally:
             for fd in own_fds:
                 os.close(fd)
+
+    def deliver(self, job: dict) -> None:
+        """Hand the process its job; one that died meanwhile learns nothing (its exit says why)."""
+        data = json.dumps(job).encode("utf-8", "surrogatepass")
+        try:
+            while data:
+                data = data[os.write(self.job_w, data):]
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(self.job_w)
+            self.job_w = -1
 
     def take_output(self, chunk: bytes, limits: SandboxLimits) -> bool:
         """Keep the excerpt; False once the process printed more than it may."""
@@ -254,6 +269,9 @@ class _SandboxedProcess:
         return self.cgroup.memory_peak() if self.cgroup is not None else 0
 
     def cleanup(self) -> None:
+        if self.job_w >= 0:
+            os.close(self.job_w)
+            self.job_w = -1
         if self.cgroup is not None:
             self.cgroup.remove()
         if self.workdir is not None:
@@ -348,10 +366,10 @@ def _run_one(program: str, limits: SandboxLimits, python: str, tree: CgroupTree 
     token = secrets.token_hex(16)
     verdict_r, verdict_w = os.pipe()
     try:
-        process = _SandboxedProcess("program", {**limits.runner_job(), "program": program, "token": token}, [verdict_w],
-                                    limits, python, tree)
+        process = _SandboxedProcess("program", [verdict_w], limits, python, tree)
     finally:
         os.close(verdict_w)
+    process.deliver({**limits.runner_job(), "program": program, "token": token})
     deadline = time.monotonic() + limits.timeout_s
     try:
         verdict, abort = _drain([process], verdict_r, deadline, limits, done=lambda open_fds: not open_fds)
@@ -374,56 +392,96 @@ def _run_one(program: str, limits: SandboxLimits, python: str, tree: CgroupTree 
     return _with_output(result, bytes(process.excerpt).decode("utf-8", "replace"), emptied, peak)
 
 
-def _judge_one(job: JudgedProgram, limits: SandboxLimits, python: str, tree: CgroupTree | None) -> SandboxResult:
-    requests_r, requests_w = os.pipe()
-    replies_r, replies_w = os.pipe()
-    verdict_r, verdict_w = os.pipe()
-    processes: list[_SandboxedProcess] = []
-    try:
-        processes.append(_SandboxedProcess("candidate", {**limits.runner_job(), "candidate": job.candidate},
-                                           [requests_r, replies_w], limits, python, tree))
-        processes.append(_SandboxedProcess(
-            "test", {**limits.runner_job(), "prompt": job.prompt, "tests": job.tests,
-                     "entry_points": list(job.entry_points),
-                     "shared": list(job.shared)},
-            [requests_w, replies_r, verdict_w], limits, python, tree))
-    except BaseException:
-        _finish(processes, limits)
-        os.close(verdict_r)
-        raise
-    finally:
-        for fd in (requests_r, requests_w, replies_r, replies_w, verdict_w):
-            os.close(fd)
-    candidate, test = processes
-    deadline = time.monotonic() + limits.timeout_s
-    try:
-        # The sample ends when the test process has closed its output and its verdict pipe.
-        verdict, abort = _drain(processes, verdict_r, deadline, limits,
-                                done=lambda open_fds: test.output not in open_fds and verdict_r not in open_fds)
-        if abort is None and not test.wait(deadline - time.monotonic()):
-            abort = "timed out"
-        if abort is None and verdict == b"candidate-gone":
-            candidate.wait(min(_CANDIDATE_EXIT_GRACE_S, deadline - time.monotonic()))
-        candidate_code, test_code = candidate.proc.returncode, test.proc.returncode
-        oom = candidate.oom_killed() or test.oom_killed()
-    finally:
-        peak = max(process.memory_peak() for process in processes)
-        emptied = _finish(processes, limits)
-        os.close(verdict_r)
-    result = _limit_result(abort, limits) or _verdict_result(verdict, limits)
-    if result is not None and result.passed and test_code != 0:
-        result = None
-    if result is None or (oom and not result.passed):
-        if oom:
-            result = SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit")
-        elif verdict == b"candidate-gone":
-            if candidate_code is None:
-                result = SandboxResult("failed", "the candidate program stopped answering before the end of the tests")
+class _JudgingPair:
+    """A candidate sandbox and a test sandbox joined by two call pipes, started before their job is known."""
+
+    def __init__(self, limits: SandboxLimits, python: str, tree: CgroupTree | None):
+        self.limits, self.sandboxed = limits, tree is not None
+        requests_r, requests_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+        self.verdict_r, verdict_w = os.pipe()
+        self.processes: list[_SandboxedProcess] = []
+        try:
+            self.processes.append(_SandboxedProcess("candidate", [requests_r, replies_w], limits, python, tree))
+            self.processes.append(_SandboxedProcess("test", [requests_w, replies_r, verdict_w], limits, python, tree))
+        except BaseException:
+            self.discard()
+            raise
+        finally:
+            for fd in (requests_r, requests_w, replies_r, replies_w, verdict_w):
+                os.close(fd)
+
+    def discard(self) -> bool:
+        """Kill and clean up both sandboxes; False when one could not be emptied."""
+        emptied = _finish(self.processes, self.limits)
+        os.close(self.verdict_r)
+        return emptied
+
+    def judge(self, job: JudgedProgram) -> SandboxResult:
+        limits, verdict_r = self.limits, self.verdict_r
+        candidate, test = self.processes
+        try:
+            candidate.deliver({**limits.runner_job(), "candidate": job.candidate})
+            test.deliver({**limits.runner_job(), "prompt": job.prompt, "tests": job.tests,
+                          "entry_points": list(job.entry_points), "shared": list(job.shared)})
+            deadline = time.monotonic() + limits.timeout_s
+            # The sample ends when the test process has closed its output and its verdict pipe.
+            verdict, abort = _drain(self.processes, verdict_r, deadline, limits,
+                                    done=lambda open_fds: test.output not in open_fds and verdict_r not in open_fds)
+            if abort is None and not test.wait(deadline - time.monotonic()):
+                abort = "timed out"
+            if abort is None and verdict == b"candidate-gone":
+                candidate.wait(min(_CANDIDATE_EXIT_GRACE_S, deadline - time.monotonic()))
+            candidate_code, test_code = candidate.proc.returncode, test.proc.returncode
+            oom = candidate.oom_killed() or test.oom_killed()
+        finally:
+            peak = max(process.memory_peak() for process in self.processes)
+            emptied = self.discard()
+        result = _limit_result(abort, limits) or _verdict_result(verdict, limits)
+        if result is not None and result.passed and test_code != 0:
+            result = None
+        if result is None or (oom and not result.passed):
+            if oom:
+                result = SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit")
+            elif verdict == b"candidate-gone":
+                if candidate_code is None:
+                    result = SandboxResult("failed", "the candidate program stopped answering before the end of the tests")
+                else:
+                    result = SandboxResult(*_describe_exit(candidate_code, self.sandboxed, "the candidate program "))
             else:
-                result = SandboxResult(*_describe_exit(candidate_code, tree is not None, "the candidate program "))
-        else:
-            result = SandboxResult(*_describe_exit(test_code, tree is not None, "the test program "))
-    return _with_output(result, _excerpt(processes, limits), emptied, peak)
+                result = SandboxResult(*_describe_exit(test_code, self.sandboxed, "the test program "))
+        return _with_output(result, _excerpt(self.processes, limits), emptied, peak)
+
+
+def _judge_all(jobs: Sequence[JudgedProgram], limits: SandboxLimits, python: str, tree: CgroupTree | None,
+               workers: int) -> list[SandboxResult]:
+    """Each worker judges one job while the sandboxes for its next one start: starting a sandbox is
+    mostly waiting on the kernel, and this way no job waits for its own."""
+    results: list[SandboxResult | None] = [None] * len(jobs)
+    pending: queue.SimpleQueue = queue.SimpleQueue()
+    for item in enumerate(jobs):
+        pending.put(item)
+
+    def work() -> None:
+        ready = None
+        try:
+            while True:
+                try:
+                    index, job = pending.get_nowait()
+                except queue.Empty:
+                    return
+                pair, ready = ready or _JudgingPair(limits, python, tree), None
+                if not pending.empty():
+                    ready = _JudgingPair(limits, python, tree)
+                results[index] = pair.judge(job)
+        finally:
+            if ready is not None:
+                ready.discard()
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
+        for future in [pool.submit(work) for _ in range(min(workers, len(jobs)))]:
+            future.result()
+    return results
 
 
 def _sandbox_tree() -> CgroupTree:
@@ -467,8 +525,8 @@ def check_sandbox(python: str | None = None) -> None:
                                  "model-written code without isolation")
 
 
-def _run_all(run_one: Callable, items: Sequence, limits: SandboxLimits, workers: int | None, python: str | None,
-             unsafe_no_sandbox: bool) -> list[SandboxResult]:
+def _prepare(python: str | None, unsafe_no_sandbox: bool, workers: int | None) -> tuple[str, CgroupTree | None, int]:
+    """The interpreter, the cgroup tree (None when unsafe) and the worker count, or why not."""
     python = python or default_python()
     if unsafe_no_sandbox:
         warnings.warn("running model-written code WITHOUT a sandbox: it can read, change and send anything "
@@ -482,8 +540,7 @@ def _run_all(run_one: Callable, items: Sequence, limits: SandboxLimits, workers:
     workers = 2 * (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
-        return list(pool.map(lambda item: run_one(item, limits, python, tree), items))
+    return python, tree, workers
 
 
 def run_programs(programs: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int = 1024,
@@ -499,7 +556,9 @@ def run_programs(programs: Sequence[str], *, timeout_s: float = 10.0, memory_mb:
     """
     limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,
                            output_limit_bytes=output_limit_bytes)
-    return _run_all(_run_one, programs, limits, workers, python, unsafe_no_sandbox)
+    python, tree, workers = _prepare(python, unsafe_no_sandbox, workers)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
+        return list(pool.map(lambda program: _run_one(program, limits, python, tree), programs))
 
 
 def judge_programs(jobs: Sequence[JudgedProgram], *, timeout_s: float = 10.0, memory_mb: int = 1024,
@@ -514,4 +573,5 @@ def judge_programs(jobs: Sequence[JudgedProgram], *, timeout_s: float = 10.0, me
     """
     limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,
                            output_limit_bytes=output_limit_bytes)
-    return _run_all(_judge_one, jobs, limits, workers, python, unsafe_no_sandbox)
+    python, tree, workers = _prepare(python, unsafe_no_sandbox, workers)
+    return _judge_all(jobs, limits, python, tree, workers)

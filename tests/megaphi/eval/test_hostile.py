@@ -125,6 +125,18 @@ threading.Thread(target=_flood, daemon=True).start()
     os.write(int(sys.argv[-1]), len(frame).to_bytes(4, "big") + frame)
     return True
 """),
+    "a signal handler writes forged records while a call is under way": ("HumanEval/0", """    import os, signal, time
+    def _forge(signum, frame):
+        for fd in range(3, 64):
+            try:
+                os.write(fd, b"passed\\n\\x00\\x00\\x00\\x10[\\"return\\",true,[]]")
+            except OSError:
+                pass
+    signal.signal(signal.SIGALRM, _forge)
+    signal.setitimer(signal.ITIMER_REAL, 0.01)
+    time.sleep(0.05)
+    return False
+"""),
     "searches /proc for the test process and its expected values": ("HumanEval/0", """    import os
     seen = [p for p in os.listdir("/proc") if p.isdigit()]
     for pid in seen:
