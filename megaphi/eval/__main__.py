@@ -40,9 +40,11 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program (wall clock)")
-    parser.add_argument("--memory-mb", type=int, default=1024, help="address space per process")
-    parser.add_argument("--workers", type=int, default=None, help="programs at once (default: 2 per CPU core)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per sample (wall clock)")
+    parser.add_argument("--memory-mb", type=int, default=1024,
+                        help="memory of each sandbox (its cgroup: shared memory and /tmp included), "
+                             "and address space per process")
+    parser.add_argument("--workers", type=int, default=None, help="samples at once (default: 2 per CPU core)")
     parser.add_argument("--sandbox-python", default=None,
                         help="interpreter inside the sandbox (default: /usr/bin/python3)")
     parser.add_argument("--unsafe-no-sandbox", action="store_true",

@@ -122,12 +122,14 @@ _BOOTSTRAP = "import marshal,os,sys;f=int(sys.argv.pop(1));c=os.read(f,1<<24);os
 
 @functools.lru_cache(maxsize=None)
 def _runner_code(python: str) -> bytes:
-    compiler = "import marshal,sys;sys.stdout.buffer.write(marshal.dumps(compile(sys.stdin.buffer.read(),'<sandbox_runner>','exec')))"
+    compiler = ("import marshal,sys;"
+                "sys.stdout.buffer.write(marshal.dumps(compile(sys.stdin.buffer.read(),'<sandbox_runner>','exec')))")
     done = subprocess.run([python, "-I", "-S", "-c", compiler], input=_RUNNER_SOURCE.encode("utf-8"),
                           capture_output=True, env=dict(_SANDBOX_ENV), cwd="/")
     if done.returncode != 0 or not done.stdout:
         raise SandboxUnavailable(f"the interpreter {python} could not compile the sandbox runner: "
-                                 f"{done.stderr.decode(errors='replace').strip()[-300:]} (pick another with --sandbox-python)")
+                                 f"{done.stderr.decode(errors='replace').strip()[-300:]} "
+                                 "(pick another with --sandbox-python)")
     return done.stdout
 
 
@@ -195,7 +197,8 @@ class _SandboxedProcess:
         inherited = [_memfd("megaphi-sandbox-runner", _runner_code(python)), job_r]
         own_fds = list(inherited)
         try:
-            command = [python, "-I", "-S", "-c", _BOOTSTRAP, str(inherited[0]), role, *map(str, inherited[1:] + list(fds))]
+            command = [python, "-I", "-S", "-c", _BOOTSTRAP, str(inherited[0]), role,
+                       *map(str, inherited[1:] + list(fds))]
             if self.sandboxed:
                 seccomp_fd = _memfd("megaphi-seccomp", filter_program())
                 own_fds.append(seccomp_fd)
@@ -445,7 +448,8 @@ class _JudgingPair:
                 result = SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit")
             elif verdict == b"candidate-gone":
                 if candidate_code is None:
-                    result = SandboxResult("failed", "the candidate program stopped answering before the end of the tests")
+                    result = SandboxResult("failed",
+                                           "the candidate program stopped answering before the end of the tests")
                 else:
                     result = SandboxResult(*_describe_exit(candidate_code, self.sandboxed, "the candidate program "))
             else:

@@ -304,14 +304,16 @@ JUDGED = {
                "xs, t = [3, 1, 2], {}\nassert f(xs, t) is None\nassert xs == [1, 2, 3] and t == {'seen': True}\n"),
         "passed"),
     "a copy sorted instead of the argument fails a mutation test": (
-        judged("def f(items, table):\n    items = sorted(items)\n", "xs = [3, 1, 2]\nf(xs, {})\nassert xs == [1, 2, 3]\n"),
+        judged("def f(items, table):\n    items = sorted(items)\n",
+               "xs = [3, 1, 2]\nf(xs, {})\nassert xs == [1, 2, 3]\n"),
         "failed"),
     "a generator is consumed by the test as an iterator": (
         judged("def f(n):\n    return (i * i for i in range(n))\n",
                "it = f(3)\nassert next(it) == 0 and list(it) == [1, 4]\nassert f(2) != [0, 1]\n"), "passed"),
     "a built-in exception arrives as itself": (
         judged("def f(x):\n    raise KeyError(x)\n",
-               "try:\n    f('k')\nexcept KeyError as e:\n    assert e.args == ('k',)\nelse:\n    raise AssertionError\n"),
+               "try:\n    f('k')\nexcept KeyError as e:\n    assert e.args == ('k',)\n"
+               "else:\n    raise AssertionError\n"),
         "passed"),
     "an exception of the candidate's own class arrives as an Exception": (
         judged("class Oops(Exception):\n    pass\ndef f():\n    raise Oops('no')\n",
@@ -331,7 +333,8 @@ JUDGED = {
     "a candidate that never answers times out": (
         judged("def f():\n    while True:\n        pass\n", "f()\n"), "timed out"),
     "the prompt's helpers are the test's, whatever the completion defines": (
-        judged("def helper():\n    return 'prompt'\ndef helper():\n    return 'forged'\ndef f():\n    return helper()\n",
+        judged("def helper():\n    return 'prompt'\ndef helper():\n    return 'forged'\n"
+               "def f():\n    return helper()\n",
                "assert helper() == 'prompt' and f() == 'forged'\n", prompt="def helper():\n    return 'prompt'\n"),
         "passed"),
 }
@@ -357,6 +360,7 @@ def test_the_candidate_s_output_and_the_test_s_traceback_both_come_back():
 def test_unsafe_judging_still_runs_the_candidate_and_the_tests_apart(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     jobs = [judged("def f():\n    return 1\n", "assert f() == 1\n"),
-            judged("def f():\n    return 1\nimport builtins\nbuiltins.abs = lambda x: 0\n", "assert abs(f() - 2) < 1\n")]
+            judged("def f():\n    return 1\nimport builtins\nbuiltins.abs = lambda x: 0\n",
+                   "assert abs(f() - 2) < 1\n")]
     with pytest.warns(RuntimeWarning, match="WITHOUT a sandbox"):
         assert [r.status for r in judge_programs(jobs, unsafe_no_sandbox=True)] == ["passed", "failed"]
