@@ -74,8 +74,13 @@ class Problem:
         completion's, and reach the completion only through its entry points."""
         candidate = self.prompt + completion + "\n" + (self.setup + "\n" if self.setup else "")
         shared = tuple(sorted(_bound_names(ast.parse(self.setup)))) if self.setup else ()
-        return JudgedProgram(candidate=candidate, prompt=self.prompt, tests=self._judged_tests(),
-                             entry_points=self.entry_points, shared=shared)
+        tests = self._judged_tests()
+        # Standard modules the tests use without importing them (MBPP's task 596 reads `sys`, which
+        # its solution imports) are imported on the tests' side, ahead of the prompt.
+        modules = free_modules(tests, self.prompt)
+        prompt = "".join(f"import {module}\n" for module in modules) + self.prompt
+        return JudgedProgram(candidate=candidate, prompt=prompt, tests=tests, entry_points=self.entry_points,
+                             shared=shared)
 
 
 def _bound_names(tree: ast.AST) -> set[str]:
@@ -101,17 +106,28 @@ def _stubs(tree: ast.Module) -> set[str]:
             and isinstance(node.body[0].value, ast.Constant) and isinstance(node.body[0].value.value, str)}
 
 
+def _unbound_reads(tests: str, prompt: str) -> list[str]:
+    """Names ``tests`` reads that neither it nor the prompt (except its stubs) define, in order of first use."""
+    test_tree, prompt_tree = ast.parse(tests), ast.parse(prompt)
+    known = _bound_names(test_tree) | (_bound_names(prompt_tree) - _stubs(prompt_tree))
+    names = [node.id for node in ast.walk(test_tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)]
+    return list(dict.fromkeys(name for name in names if name not in known))
+
+
 def free_names(tests: str, prompt: str = "", reference: str = "") -> tuple[str, ...]:
     """Names ``tests`` reads but neither it nor the prompt (except its stubs) define, and that are
     neither standard modules nor built-ins (unless ``reference``, a trusted solution, defines them
     at top level: MBPP's task 126 is a function called ``sum``), in order of first use."""
-    test_tree, prompt_tree = ast.parse(tests), ast.parse(prompt)
-    known = _bound_names(test_tree) | (_bound_names(prompt_tree) - _stubs(prompt_tree))
     redefined = {node.name for node in ast.parse(reference).body
                  if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))} if reference else set()
-    known |= (set(dir(builtins)) | set(sys.stdlib_module_names)) - redefined
-    names = [node.id for node in ast.walk(test_tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)]
-    return tuple(dict.fromkeys(name for name in names if name not in known))
+    known = (set(dir(builtins)) | set(sys.stdlib_module_names)) - redefined
+    return tuple(name for name in _unbound_reads(tests, prompt) if name not in known)
+
+
+def free_modules(tests: str, prompt: str = "") -> tuple[str, ...]:
+    """Standard modules ``tests`` reads without importing them, and the prompt does not import either."""
+    return tuple(name for name in _unbound_reads(tests, prompt)
+                 if name in sys.stdlib_module_names and name not in dir(builtins))
 
 
 @dataclass(frozen=True)

@@ -370,11 +370,14 @@ def _run_one(program: str, limits: SandboxLimits, python: str, tree: CgroupTree 
     verdict_r, verdict_w = os.pipe()
     try:
         process = _SandboxedProcess("program", [verdict_w], limits, python, tree)
+    except BaseException:
+        os.close(verdict_r)
+        raise
     finally:
         os.close(verdict_w)
-    process.deliver({**limits.runner_job(), "program": program, "token": token})
-    deadline = time.monotonic() + limits.timeout_s
     try:
+        process.deliver({**limits.runner_job(), "program": program, "token": token})
+        deadline = time.monotonic() + limits.timeout_s
         verdict, abort = _drain([process], verdict_r, deadline, limits, done=lambda open_fds: not open_fds)
         # Both pipes closed; a program that closed them itself may still be running.
         if abort is None and not process.wait(deadline - time.monotonic()):

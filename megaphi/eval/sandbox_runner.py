@@ -1,14 +1,16 @@
 """The code that runs inside each sandbox, in one of three roles.
 
-It is passed to the sandboxed interpreter as ``python -I -S -c <this file's source> ROLE FD...``, so it
-must run on any Python 3.8+ with the standard library only, and import nothing of megaphi. Its job
-(limits and sources, one JSON object) arrives on an inherited memfd that is read and closed first.
+The sandboxed interpreter runs it as ``python -I -S -c <bootstrap> CODE_FD ROLE JOB_FD FD...``, where
+CODE_FD is a memfd holding this file compiled by that same interpreter, so it must run on any Python
+3.8+ with the standard library only, and import nothing of megaphi (not even ``json``: only its C
+part). Its job (limits and sources, one JSON object) arrives on an inherited pipe, read to its end
+and closed before any untrusted code runs.
 
 Roles:
 - ``candidate JOB REQUESTS REPLIES``: executes the untrusted program (prompt + completion) in a fresh
-  module, says ``ready`` (or why it could not load), then answers calls: each request names one of
-  the program's functions and carries the arguments; the reply carries the return value, the
-  arguments it changed, or the exception it raised, all as plain data.
+  module, says ``["ready"]`` (or ``["load-failed", type, message]``), then answers calls:
+  ``["call", name, [args], [[key, value]...]]`` gets ``["return", value, [[index, changed arg]...]]``,
+  ``["raise", type name, message, args or null]`` or, when the program quits, ``["exit", type, message]``.
 - ``test JOB REQUESTS REPLIES VERDICT``: defines the prompt's own helpers from the prompt text, binds
   each entry point to a proxy that calls into the candidate, runs the tests, and writes a fixed
   verdict record to VERDICT, a pipe only it holds. No code of the candidate's ever runs here; only
@@ -22,9 +24,10 @@ The wire format: each message is a 4-byte big-endian length and an ASCII JSON do
 None, bools, ints below 2**63, floats and strings are themselves and everything else is a list whose
 first element is a tag: ``["l", ...]`` list, ``["t", ...]`` tuple, ``["s", ...]`` set, ``["f", ...]``
 frozenset, ``["d", k1, v1, ...]`` dict, ``["b", hex]`` bytes, ``["B", hex]`` bytearray, ``["i", hex]``
-big int, ``["c", re, im]`` complex, ``["r", start, stop, step]`` range, ``["g", ...]`` an iterator's
-items (decoded as an iterator), ``["@", name]`` an object the shared setup code built in the candidate's
-process (from the test's side only). ``decode`` accepts nothing else, so no object with behaviour of its own can cross.
+big int, ``["c", re, im]`` complex, ``["r", start, stop, step]`` range, ``["T", name]`` one of the
+built-in types themselves, ``["g", ...]`` an iterator's items (decoded as an iterator), ``["@", name]``
+an object the shared setup code built in the candidate's process (from the test's side only).
+``decode`` accepts nothing else, so no object with behaviour of its own can cross.
 """
 import _json  # the C parts of json only: importing json itself (and with it re) costs more than the rest
 import os
@@ -63,8 +66,23 @@ class Shared:
         return "<%s, in the candidate's process>" % self.name
 
 
-def encode(value, depth=0):
-    """A value as wire data; Unsendable when it is not plain data."""
+class Handle:
+    """Stands, on the test's side, for an object the candidate returned that is not plain data (an
+    instance of its own class, say). The object stays in the candidate's process; passing the handle
+    back in a call hands the candidate its own object. A handle has no behaviour of its own: it
+    equals only itself."""
+    __slots__ = ("number", "type_name")
+
+    def __init__(self, number, type_name):
+        self.number, self.type_name = number, type_name
+
+    def __repr__(self):
+        return "<a %s object in the candidate's process>" % self.type_name
+
+
+def encode(value, kept=None, depth=0):
+    """A value as wire data. An object that is not plain data is appended to ``kept`` and travels as
+    a handle (the candidate's side); without ``kept`` (the test's side) it is Unsendable."""
     kind = type(value)
     if value is None or kind is bool or kind is str or kind is float:
         return value
@@ -74,17 +92,17 @@ def encode(value, depth=0):
         raise Unsendable("a value nested deeper than %d levels" % MAX_DEPTH)
     depth += 1
     if kind is list:
-        return ["l"] + [encode(item, depth) for item in value]
+        return ["l"] + [encode(item, kept, depth) for item in value]
     if kind is tuple:
-        return ["t"] + [encode(item, depth) for item in value]
+        return ["t"] + [encode(item, kept, depth) for item in value]
     if kind is dict:
         out = ["d"]
         for key, item in value.items():
-            out.append(encode(key, depth))
-            out.append(encode(item, depth))
+            out.append(encode(key, kept, depth))
+            out.append(encode(item, kept, depth))
         return out
     if kind is set or kind is frozenset:
-        return ["s" if kind is set else "f"] + [encode(item, depth) for item in value]
+        return ["s" if kind is set else "f"] + [encode(item, kept, depth) for item in value]
     if kind is bytes or kind is bytearray:
         return ["b" if kind is bytes else "B", value.hex()]
     if kind is complex:
@@ -93,31 +111,43 @@ def encode(value, depth=0):
         return ["r", encode(value.start), encode(value.stop), encode(value.step)]
     if kind is Shared:
         return ["@", value.name]
+    if kind is Handle:
+        return ["h", value.number]
+    if kind is type and value in _BUILTIN_TYPES:  # e.g. MBPP's "remove the elements of type int"
+        return ["T", value.__name__]
     # Subclasses of plain types (namedtuple, Counter, OrderedDict, IntEnum...) travel as their base
     # type, read through the base type's own methods, as == would mostly treat them.
     for base in (int, float, str):
         if isinstance(value, base):
-            return encode(base.__new__(base, value), depth)
+            return encode(base.__new__(base, value), kept, depth)
     if isinstance(value, dict):
-        return encode(dict(dict.items(value)), depth)
+        return encode(dict(dict.items(value)), kept, depth)
     for base in (list, tuple, set, frozenset, bytes, bytearray):
         if isinstance(value, base):
-            return encode(base(base.__iter__(value)), depth)
+            return encode(base(base.__iter__(value)), kept, depth)
     if hasattr(type(value), "__next__") or type(value).__name__ in ("dict_keys", "dict_values", "dict_items"):
         items = []
         for item in value:
             if len(items) >= MAX_ITEMS:
                 raise Unsendable("an iterator of more than %d items" % MAX_ITEMS)
-            items.append(encode(item, depth))
+            items.append(encode(item, kept, depth))
         return ["g"] + items
-    raise Unsendable("an object of type %s" % type(value).__name__)
+    if kept is None:
+        raise Unsendable("an object of type %s" % type(value).__name__)
+    kept.append(value)
+    return ["h", len(kept) - 1, type(value).__name__[:100]]
 
 
 _SCALARS = (type(None), bool, int, float, str)
+_BUILTIN_TYPES = (bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset, range,
+                  type(None), object)
+_BUILTIN_TYPE_NAMES = {kind.__name__: kind for kind in _BUILTIN_TYPES}
 
 
-def decode(data, refs=None, depth=0):
-    """Wire data as a value, refusing anything that is not exactly the format."""
+def decode(data, shared=None, kept=None, depth=0):
+    """Wire data as a value, refusing anything that is not exactly the format. On the candidate's side
+    ``shared`` (its module's names) and ``kept`` (objects it returned) resolve what the test refers to;
+    on the test's side a handle becomes a ``Handle``."""
     if type(data) in _SCALARS:
         return data
     if type(data) is not list or not data or type(data[0]) is not str or depth >= MAX_DEPTH:
@@ -125,19 +155,19 @@ def decode(data, refs=None, depth=0):
     tag, items, depth = data[0], data[1:], depth + 1
     try:
         if tag == "l":
-            return [decode(item, refs, depth) for item in items]
+            return [decode(item, shared, kept, depth) for item in items]
         if tag == "t":
-            return tuple(decode(item, refs, depth) for item in items)
+            return tuple(decode(item, shared, kept, depth) for item in items)
         if tag == "s":
-            return {decode(item, refs, depth) for item in items}
+            return {decode(item, shared, kept, depth) for item in items}
         if tag == "f":
-            return frozenset(decode(item, refs, depth) for item in items)
+            return frozenset(decode(item, shared, kept, depth) for item in items)
         if tag == "g":
-            return iter([decode(item, refs, depth) for item in items])
+            return iter([decode(item, shared, kept, depth) for item in items])
         if tag == "d":
             if len(items) % 2:
                 raise ProtocolError("malformed dict")
-            return {decode(items[i], refs, depth): decode(items[i + 1], refs, depth) for i in range(0, len(items), 2)}
+            return {decode(items[i], shared, kept, depth): decode(items[i + 1], shared, kept, depth) for i in range(0, len(items), 2)}
         if tag in ("b", "B") and len(items) == 1 and type(items[0]) is str:
             return (bytes if tag == "b" else bytearray).fromhex(items[0])
         if tag == "i" and len(items) == 1 and type(items[0]) is str:
@@ -145,11 +175,17 @@ def decode(data, refs=None, depth=0):
         if tag == "c" and len(items) == 2 and all(type(item) in (int, float) for item in items):
             return complex(items[0], items[1])
         if tag == "r" and len(items) == 3:
-            bounds = [decode(item, None, depth) for item in items]
+            bounds = [decode(item, None, None, depth) for item in items]
             if all(type(bound) is int for bound in bounds):
                 return range(*bounds)
-        if tag == "@" and refs is not None and len(items) == 1 and type(items[0]) is str and items[0] in refs:
-            return refs[items[0]]
+        if tag == "T" and len(items) == 1 and type(items[0]) is str and items[0] in _BUILTIN_TYPE_NAMES:
+            return _BUILTIN_TYPE_NAMES[items[0]]
+        if tag == "@" and shared is not None and len(items) == 1 and type(items[0]) is str and items[0] in shared:
+            return shared[items[0]]
+        if tag == "h" and kept is not None and len(items) == 1 and type(items[0]) is int and 0 <= items[0] < len(kept):
+            return kept[items[0]]
+        if tag == "h" and kept is None and len(items) == 2 and type(items[0]) is int and type(items[1]) is str:
+            return Handle(items[0], items[1])
     except TypeError:  # an unhashable key or set member
         raise ProtocolError("malformed value") from None
     except ValueError:
@@ -341,6 +377,7 @@ def run_candidate(job, requests_fd, replies_fd):
         send(replies_fd, ["load-failed", type(error).__name__, _describe(error)])
         _exit(1)
     send(replies_fd, ["ready"])
+    kept = []  # objects returned as handles, alive until the test hangs up
     while True:
         try:
             request = receive(requests_fd, limit)
@@ -351,8 +388,8 @@ def run_candidate(job, requests_fd, replies_fd):
             _exit(0)
         _, name, wire_args, wire_kwargs = request
         try:
-            args = [decode(arg, module.__dict__) for arg in wire_args]
-            kwargs = {key: decode(value, module.__dict__) for key, value in wire_kwargs}
+            args = [decode(arg, module.__dict__, kept) for arg in wire_args]
+            kwargs = {key: decode(value, module.__dict__, kept) for key, value in wire_kwargs}
             function = module.__dict__[name] if name in module.__dict__ else None
             if function is None:
                 raise NameError("name %r is not defined" % name)
@@ -361,12 +398,12 @@ def run_candidate(job, requests_fd, replies_fd):
             continue
         try:
             result = function(*args, **kwargs)
-            reply = ["return", encode(result)]
+            reply = ["return", encode(result, kept)]
             # Arguments changed in place travel back, so tests that check mutation see it.
             changed = []
             for index, arg in enumerate(args):
                 if type(arg) in (list, dict, set, bytearray):
-                    now = encode(arg)
+                    now = encode(arg, kept)
                     if now != wire_args[index]:
                         changed.append([index, now])
             reply.append(changed)

@@ -327,6 +327,13 @@ JUDGED = {
         judged("class Node:\n    def __init__(self, v, kids=()):\n        self.v, self.kids = v, list(kids)\n"
                "def f(node):\n    return node.v + sum(f(k) for k in node.kids)\n"
                "root = Node(1, [Node(2), Node(3)])\n", "assert f(root) == 6\n", shared=("root",)), "passed"),
+    "objects of the candidate's own classes stay there, as handles that equal only themselves": (
+        judged("class Pair:\n    def __init__(self, a, b):\n        self.a, self.b = a, b\n"
+               "    def __eq__(self, other):\n        return True\n"
+               "def longest(pairs):\n    return sum(p.b - p.a for p in pairs)\n",
+               "pairs = [Pair(1, 4), Pair(2, 3)]\nassert longest(pairs) == 4\n"
+               "assert pairs[0] != pairs[1] and pairs[0] != 1 and not pairs[0] == True\n",
+               entry_points=("Pair", "longest")), "passed"),
     "a missing entry point fails": (judged("def g():\n    pass\n", "f()\n"), "failed"),
     "deep recursion in the candidate is its own failure": (
         judged("def f(n):\n    return f(n + 1)\n", "f(0)\n"), "failed"),

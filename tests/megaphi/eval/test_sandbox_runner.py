@@ -14,6 +14,10 @@ def round_trip(value):
     return decode(parse_json(dump_json(encode(value))))
 
 
+class Colour(enum.IntEnum):
+    RED = 1
+
+
 PLAIN = [None, True, False, 0, -7, 2 ** 63, -(2 ** 200), 1.5, -0.0, float("inf"), "", "tab\tnul\x00 é \ud800",
          b"\x00\xff", bytearray(b"ab"), [1, [2, [3]]], (1, (2,)), (), {1: "a", (1, 2): [3], None: {"k": 1.0}},
          {1, (2, 3), frozenset({4})}, frozenset(), 3 - 4j, range(1, 10, 3)]
@@ -27,12 +31,16 @@ def test_plain_values_cross_with_their_exact_type_and_value(value):
         assert math.copysign(1, back) == math.copysign(1, value)
 
 
+def test_built_in_types_cross_as_themselves():
+    assert [round_trip(kind) for kind in (int, str, type(None), tuple)] == [int, str, type(None), tuple]
+    with pytest.raises(Unsendable):
+        encode(Colour)
+    with pytest.raises(ProtocolError):
+        decode(["T", "Colour"])
+
+
 def test_nan_crosses_as_nan():
     assert math.isnan(round_trip(float("nan")))
-
-
-class Colour(enum.IntEnum):
-    RED = 1
 
 
 def test_subclasses_of_plain_types_cross_as_their_base_type():
@@ -54,6 +62,17 @@ def test_iterators_are_materialised_and_arrive_as_iterators():
 def test_objects_with_behaviour_of_their_own_are_refused(value):
     with pytest.raises(Unsendable):
         encode(value)
+
+
+def test_the_candidate_keeps_other_objects_and_sends_handles_that_come_back_as_its_own():
+    mine, kept = object(), []
+    wire = encode([mine, 1], kept)
+    assert wire == ["l", ["h", 0, "object"], 1] and kept == [mine]
+    handle = decode(parse_json(dump_json(wire)))[0]
+    assert repr(handle) == "<a object object in the candidate's process>" and handle != mine and handle == handle
+    assert decode(encode([handle]), kept=kept) == [mine]  # the test passes it back
+    with pytest.raises(ProtocolError):
+        decode(["h", 1], kept=kept)  # no such object
 
 
 def test_nesting_is_bounded_both_ways():
