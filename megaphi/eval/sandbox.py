@@ -125,7 +125,7 @@ def _runner_code(python: str) -> bytes:
     compiler = ("import marshal,sys;"
                 "sys.stdout.buffer.write(marshal.dumps(compile(sys.stdin.buffer.read(),'<sandbox_runner>','exec')))")
     done = subprocess.run([python, "-I", "-S", "-c", compiler], input=_RUNNER_SOURCE.encode("utf-8"),
-                          capture_output=True, env=dict(_SANDBOX_ENV), cwd="/")
+                          capture_output=True, env=dict(_SANDBOX_ENV), cwd="/", check=False)
     if done.returncode != 0 or not done.stdout:
         raise SandboxUnavailable(f"the interpreter {python} could not compile the sandbox runner: "
                                  f"{done.stderr.decode(errors='replace').strip()[-300:]} "
@@ -199,7 +199,7 @@ class _SandboxedProcess:
         try:
             command = [python, "-I", "-S", "-c", _BOOTSTRAP, str(inherited[0]), role,
                        *map(str, inherited[1:] + list(fds))]
-            if self.sandboxed:
+            if tree is not None:
                 seccomp_fd = _memfd("megaphi-seccomp", filter_program())
                 own_fds.append(seccomp_fd)
                 self.cgroup = tree.create(CgroupLimits(memory_bytes=limits.memory_mb << 20,
@@ -488,7 +488,7 @@ def _judge_all(jobs: Sequence[JudgedProgram], limits: SandboxLimits, python: str
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
         for future in [pool.submit(work) for _ in range(min(workers, len(jobs)))]:
             future.result()
-    return results
+    return [result for result in results if result is not None]  # all of them: every job was judged
 
 
 def _sandbox_tree() -> CgroupTree:

@@ -73,7 +73,8 @@ class SeccompUnavailable(RuntimeError):
 
 def _assemble(program: list[tuple]) -> bytes:
     """Instructions are (code, k) or (code, k, jump_if_true_label, jump_if_false_label); a str is a label."""
-    labels, position = {}, 0
+    labels: dict[str, int] = {}
+    position = 0
     for item in program:
         if isinstance(item, str):
             labels[item] = position

@@ -52,6 +52,28 @@ def test_every_mbpp_reference_solution_passes_in_every_split():
     assert {p.task_id: r.detail for p, r in zip(problems, results) if not r.passed} == {}
 
 
+def test_entry_points_are_the_names_the_tests_take_from_the_completion():
+    assert free_names("assert set(similar(a, b)) == {4}\n", prompt="a, b = [4], [4]\n") == ("similar",)
+    assert free_names("import math\nassert math.isclose(area(2), 4)\nassert len(helper()) == 1\n",
+                      prompt="def helper():\n    return [1]\ndef area(r):\n    \"\"\"Area.\"\"\"\n") == ("area",)
+    # A built-in the tests call is the completion's only when the benchmark's own solution defines it.
+    assert free_names("assert sum(10, 15) == 6\n") == ()
+    assert free_names("assert sum(10, 15) == 6\n", reference="def sum(a, b):\n    return 6\n") == ("sum",)
+    # Standard modules the tests read without importing them are imported on the tests' side.
+    assert free_modules("assert size(t) == sys.getsizeof(t)\nimport math\nmath.pi\n") == ("sys",)
+    assert Problem("x/2", "", "assert f() == sys.maxsize\n", "").judged("").prompt == "import sys\n"
+    problem = Problem("x/1", prompt="", tests="root = Node(1)\nassert depth(root) == 1\n", reference="",
+                      setup="root = Node(1)\n")
+    job = problem.judged("class Node: ...\ndef depth(n): return 1\n")
+    assert (job.entry_points, job.shared, job.tests) == (("depth",), ("root",), "assert depth(root) == 1\n")
+    assert job.candidate.endswith("root = Node(1)\n\n")
+
+
+def test_humaneval_entry_points_are_the_package_s_own():
+    problems = load_humaneval().problems
+    assert [p.entry_points for p in problems] == [(row["entry_point"],) for row in read_problems().values()]
+
+
 @needs_mbpp
 def test_mbpp_test_split_is_task_ids_11_to_510_with_the_bigcode_docstring_prompt():
     benchmark = load_mbpp(MBPP_PATH)

