@@ -40,7 +40,7 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per sample (wall clock)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="CPU seconds per sample (at most 3x that in wall-clock time)")
     parser.add_argument("--memory-mb", type=int, default=1024,
                         help="memory of each sandbox (its cgroup: shared memory and /tmp included), "
                              "and address space per process")

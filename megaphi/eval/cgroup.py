@@ -4,8 +4,8 @@ count and CPU share bounded for everything the process starts, and killed and ch
 Both cgroup versions are supported. cgroup v2 (a single ``cgroup2`` mount with
 ``/sys/fs/cgroup/cgroup.controllers``, most current clusters) uses ``memory.max``, ``memory.swap.max``,
 ``memory.oom.group``, ``pids.max``, ``cpu.max`` and ``cgroup.kill``; cgroup v1 (one mount per controller)
-uses ``memory.limit_in_bytes`` (+ ``memory.memsw.limit_in_bytes``), ``pids.max`` and
-``cpu.cfs_quota_us``. Sandbox groups are made below this process's own group, so whatever limit the
+uses ``memory.limit_in_bytes`` (+ ``memory.memsw.limit_in_bytes``), ``pids.max``,
+``cpu.cfs_quota_us`` and ``cpuacct.usage``. Sandbox groups are made below this process's own group, so whatever limit the
 machine puts on this process also bounds them. Where a group cannot be made or a controller is
 missing, ``CgroupUnavailable`` says what and how to fix it: limits are never silently dropped.
 """
@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 CGROUP_ROOT = "/sys/fs/cgroup"
-_V1_CONTROLLERS = ("memory", "pids", "cpu")
+_V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 _V2_CONTROLLERS = ("memory", "pids", "cpu")
 _CPU_PERIOD_US = 100_000
 _counter = itertools.count()
@@ -128,6 +128,16 @@ class SandboxCgroup:
             except ProcessLookupError:
                 pass
         return bool(pids)
+
+    def cpu_seconds(self) -> float:
+        """CPU time used by every process that has been in the group, in seconds."""
+        try:
+            if self.version == 2:
+                stat = dict(line.split() for line in _read(os.path.join(self._main, "cpu.stat")).splitlines())
+                return int(stat["usage_usec"]) / 1e6
+            return int(_read(os.path.join(self.directories["cpuacct"], "cpuacct.usage"))) / 1e9
+        except (FileNotFoundError, KeyError, ValueError):
+            return 0.0
 
     def kill(self, wait_s: float = 5.0) -> bool:
         """SIGKILL every process of the group until it is empty; False when some survive ``wait_s``."""

@@ -19,8 +19,10 @@ exchanging only plain data (see ``sandbox_runner``), and alone holds the pipe on
 is written. ``run_programs`` runs whole programs in one sandbox each and reports whether they ran to
 their end; a program that wants to forge that report can, so it is not for judging hostile code.
 
-Outside, a wall-clock timeout ends the sample, and only a capped excerpt of what was printed is kept;
-a process that prints more than ``output_limit_bytes`` is stopped.
+Outside, a sample ends when its sandboxes have used ``timeout_s`` of CPU time between them (read from
+their cgroups, so that a busy machine costs no sample its verdict) or three times that in wall-clock
+time; only a capped excerpt of what was printed is kept, and a process that prints more than
+``output_limit_bytes`` is stopped.
 """
 from __future__ import annotations
 
@@ -71,7 +73,10 @@ class SandboxResult:
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    timeout_s: float = 10.0  # wall clock, per program or per judged sample
+    # CPU time of everything one program or judged sample runs (its cgroups); it may take up to
+    # wall_factor times as long in wall-clock time (waiting, sleeping, sharing the cores).
+    timeout_s: float = 10.0
+    wall_factor: float = 3.0
     memory_mb: int = 1024  # address space of each process, and all memory of each sandbox's cgroup
     max_processes: int = 16  # processes and threads of one sandbox, all together
     max_file_mb: int = 16  # largest file a program may write
@@ -83,7 +88,7 @@ class SandboxLimits:
     message_limit_bytes: int = 64 << 20  # largest value one call may carry between the two sandboxes
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "memory_mb", "max_processes", "max_file_mb", "max_open_files", "tmp_mb",
+        for name in ("timeout_s", "wall_factor", "memory_mb", "max_processes", "max_file_mb", "max_open_files", "tmp_mb",
                      "cpu_cores", "output_limit_bytes", "message_limit_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sandbox limit {name} must be positive, got {getattr(self, name)}")
@@ -281,7 +286,39 @@ class _SandboxedProcess:
             self.workdir.cleanup()
 
 
-def _drain(processes: Sequence[_SandboxedProcess], verdict_fd: int, deadline: float, limits: SandboxLimits,
+class _TimeBudget:
+    """When a sample has run out of time. Its sandboxes' CPU time (their cgroups) is held to
+    ``timeout_s``, so that cores shared with other samples or jobs cost nobody a verdict; the wall
+    clock, to ``wall_factor`` times that, for what waits or sleeps. Without cgroups (unsafe mode) the
+    wall clock alone is held to ``timeout_s``."""
+
+    _POLL_S = 0.05
+
+    def __init__(self, processes: Sequence[_SandboxedProcess], limits: SandboxLimits):
+        self.cgroups = [p.cgroup for p in processes if p.cgroup is not None]
+        self.cpu_s = limits.timeout_s
+        self.wall_s = limits.timeout_s * (limits.wall_factor if self.cgroups else 1.0)
+        self.deadline = time.monotonic() + self.wall_s
+        self.cpu_at_start = self._cpu()  # sandboxes started ahead of their job have booted on their own time
+
+    def _cpu(self) -> float:
+        return sum(group.cpu_seconds() for group in self.cgroups)
+
+    def wall_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def exceeded(self) -> str | None:
+        if self.wall_left() <= 0:
+            return "wall"
+        if self.cgroups and self._cpu() - self.cpu_at_start >= self.cpu_s:
+            return "cpu"
+        return None
+
+    def next_check(self) -> float:
+        return min(self.wall_left(), self._POLL_S) if self.cgroups else self.wall_left()
+
+
+def _drain(processes: Sequence[_SandboxedProcess], verdict_fd: int, budget: _TimeBudget, limits: SandboxLimits,
            done: Callable[[set], bool]) -> tuple[bytes, str | None]:
     """Read the processes' output and the verdict pipe until ``done(open fds)``; returns (verdict, abort)."""
     verdict = bytearray()
@@ -290,10 +327,10 @@ def _drain(processes: Sequence[_SandboxedProcess], verdict_fd: int, deadline: fl
             selector.register(process.output, selectors.EVENT_READ, process)
         selector.register(verdict_fd, selectors.EVENT_READ, None)
         while not done({key.fd for key in selector.get_map().values()}):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return bytes(verdict), "timed out"
-            for key, _ in selector.select(remaining):
+            over = budget.exceeded()
+            if over is not None:
+                return bytes(verdict), over
+            for key, _ in selector.select(max(0.0, budget.next_check())):
                 chunk = os.read(key.fd, 1 << 16)
                 if not chunk:
                     selector.unregister(key.fd)
@@ -351,9 +388,11 @@ def _verdict_result(verdict: bytes, limits: SandboxLimits) -> SandboxResult | No
     return None
 
 
-def _limit_result(abort: str | None, limits: SandboxLimits) -> SandboxResult | None:
-    if abort == "timed out":
-        return SandboxResult("timed out", f"exceeded the {limits.timeout_s:g} s wall-clock limit")
+def _limit_result(abort: str | None, limits: SandboxLimits, budget: _TimeBudget) -> SandboxResult | None:
+    if abort == "cpu":
+        return SandboxResult("timed out", f"exceeded the {budget.cpu_s:g} s CPU-time limit")
+    if abort == "wall":
+        return SandboxResult("timed out", f"exceeded the {budget.wall_s:g} s wall-clock limit")
     if abort == "output":
         return SandboxResult("failed", f"printed more than {limits.output_limit_bytes} bytes")
     return None
@@ -377,11 +416,11 @@ def _run_one(program: str, limits: SandboxLimits, python: str, tree: CgroupTree 
         os.close(verdict_w)
     try:
         process.deliver({**limits.runner_job(), "program": program, "token": token})
-        deadline = time.monotonic() + limits.timeout_s
-        verdict, abort = _drain([process], verdict_r, deadline, limits, done=lambda open_fds: not open_fds)
+        budget = _TimeBudget([process], limits)
+        verdict, abort = _drain([process], verdict_r, budget, limits, done=lambda open_fds: not open_fds)
         # Both pipes closed; a program that closed them itself may still be running.
-        if abort is None and not process.wait(deadline - time.monotonic()):
-            abort = "timed out"
+        if abort is None and not process.wait(budget.wall_left()):
+            abort = "wall"
         returncode = process.proc.returncode
         oom = process.oom_killed()
     finally:
@@ -389,7 +428,7 @@ def _run_one(program: str, limits: SandboxLimits, python: str, tree: CgroupTree 
         emptied = _finish([process], limits)
         os.close(verdict_r)
     marker = verdict.rfind(token.encode() + b" ")
-    result = _limit_result(abort, limits) or (_verdict_result(verdict[marker + len(token) + 1:], limits)
+    result = _limit_result(abort, limits, budget) or (_verdict_result(verdict[marker + len(token) + 1:], limits)
                                               if marker >= 0 else None)
     if result is None or (oom and not result.passed):
         status, detail = _describe_exit(returncode, tree is not None)
@@ -430,20 +469,20 @@ class _JudgingPair:
             candidate.deliver({**limits.runner_job(), "candidate": job.candidate})
             test.deliver({**limits.runner_job(), "prompt": job.prompt, "tests": job.tests,
                           "entry_points": list(job.entry_points), "shared": list(job.shared)})
-            deadline = time.monotonic() + limits.timeout_s
+            budget = _TimeBudget(self.processes, limits)
             # The sample ends when the test process has closed its output and its verdict pipe.
-            verdict, abort = _drain(self.processes, verdict_r, deadline, limits,
+            verdict, abort = _drain(self.processes, verdict_r, budget, limits,
                                     done=lambda open_fds: test.output not in open_fds and verdict_r not in open_fds)
-            if abort is None and not test.wait(deadline - time.monotonic()):
-                abort = "timed out"
+            if abort is None and not test.wait(budget.wall_left()):
+                abort = "wall"
             if abort is None and verdict == b"candidate-gone":
-                candidate.wait(min(_CANDIDATE_EXIT_GRACE_S, deadline - time.monotonic()))
+                candidate.wait(min(_CANDIDATE_EXIT_GRACE_S, budget.wall_left()))
             candidate_code, test_code = candidate.proc.returncode, test.proc.returncode
             oom = candidate.oom_killed() or test.oom_killed()
         finally:
             peak = max(process.memory_peak() for process in self.processes)
             emptied = self.discard()
-        result = _limit_result(abort, limits) or _verdict_result(verdict, limits)
+        result = _limit_result(abort, limits, budget) or _verdict_result(verdict, limits)
         if result is not None and result.passed and test_code != 0:
             result = None
         if result is None or (oom and not result.passed):
@@ -575,8 +614,9 @@ def judge_programs(jobs: Sequence[JudgedProgram], *, timeout_s: float = 10.0, me
 
     A job passes only when its tests run to their end in the test sandbox, which writes the verdict;
     the candidate's sandbox only answers calls with plain data. Limits apply to each sandbox;
-    ``timeout_s`` is the wall-clock time of the whole job. Raises SandboxUnavailable when the sandbox
-    cannot run or enforce its limits, unless ``unsafe_no_sandbox``.
+    ``timeout_s`` is the CPU time of the whole job (both sandboxes, every process), which may take
+    three times as long in wall-clock time. Raises SandboxUnavailable when the sandbox cannot run or
+    enforce its limits, unless ``unsafe_no_sandbox`` (where ``timeout_s`` is wall-clock time).
     """
     limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,
                            output_limit_bytes=output_limit_bytes)

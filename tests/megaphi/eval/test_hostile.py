@@ -351,7 +351,7 @@ def limit_run():
     honest = [_judged(""), JudgedProgram(candidate="def answer():\n    return 41\n", prompt="",
                                          tests="assert answer() == 42\n", entry_points=("answer",))]
     jobs = [_judged(attack) for attack in LIMIT_ATTACKS.values()] + honest
-    results = judge_programs(jobs, timeout_s=TIMEOUT_S, memory_mb=MEMORY_MB, workers=4)
+    results = judge_programs(jobs, timeout_s=3.0, memory_mb=MEMORY_MB, workers=4)
     return {"attacks": dict(zip(LIMIT_ATTACKS, results)), "honest": results[len(LIMIT_ATTACKS):]}
 
 
