@@ -300,6 +300,18 @@ try:
 except OSError as error:
     print("nofile stopped at", len(handles), error.errno, flush=True)
 """,
+    "processes past the pids limit": """
+import os, time
+started = 0
+try:
+    for _ in range(64):
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        started += 1
+except OSError as error:
+    print("pids stopped at", started, error.errno, flush=True)
+""",
     "fork bomb": """
 import os
 while True:
@@ -373,6 +385,7 @@ def test_tmp_file_size_and_descriptor_limits_hold(limit_run):
     attacks = limit_run["attacks"]
     [[*_, written, errno_tmp]] = _lines(attacks["/tmp past its size cap"], "tmp stopped at")
     assert int(written) <= 64 and int(errno_tmp) == 28  # ENOSPC at the 64 MiB cap
+    assert attacks["/tmp past its size cap"].memory_peak_bytes >= 60 << 20  # and its pages count as memory
     assert _lines(attacks["a file past the file-size limit"], "fsize refused") == [["fsize", "refused", "errno", "27"]]
     [[*_, opened, errno_files]] = _lines(attacks["file descriptors past the open-file limit"], "nofile stopped at")
     assert int(opened) < 256 and int(errno_files) == 24  # EMFILE
@@ -392,6 +405,8 @@ def test_the_seccomp_filter_refuses_ptrace_process_vm_namespaces_and_mounts(limi
 
 def test_a_fork_bomb_and_a_hang_end_as_that_sample_s_failure(limit_run):
     attacks = limit_run["attacks"]
+    [[*_, started, errno_pids]] = _lines(attacks["processes past the pids limit"], "pids stopped at")
+    assert int(started) < 16 and int(errno_pids) == 11  # EAGAIN: 16 processes and threads per sandbox
     assert attacks["hangs forever ignoring signals"].status == "timed out"
     assert not attacks["fork bomb"].passed
 
