@@ -317,8 +317,11 @@ def _print_traceback(error, source, filename):
 
         lines = source.splitlines(True)  # so that the traceback quotes the program's lines
         linecache.cache[filename] = (len(source), None, lines, filename)
-        # Start at the program's frame: the harness's own frame is noise to the reader.
-        traceback.print_exception(type(error), error, error.__traceback__.tb_next)
+        # The harness's own frames (its exec, a proxy's call) are noise to the reader.
+        report = traceback.TracebackException(type(error), error, error.__traceback__)
+        report.stack = traceback.StackSummary.from_list(
+            [frame for frame in report.stack if frame.filename != "<sandbox_runner>"])
+        sys.stderr.write("".join(report.format()))
     except _BaseException:
         pass
 

@@ -373,3 +373,15 @@ def test_unsafe_judging_still_runs_the_candidate_and_the_tests_apart(monkeypatch
                    "assert abs(f() - 2) < 1\n")]
     with pytest.warns(RuntimeWarning, match="WITHOUT a sandbox"):
         assert [r.status for r in judge_programs(jobs, unsafe_no_sandbox=True)] == ["passed", "failed"]
+
+
+def test_without_cgroups_the_sandbox_refuses_rather_than_run_with_fewer_limits(monkeypatch, tmp_path):
+    monkeypatch.setattr(cgroup, "CGROUP_ROOT", str(tmp_path))
+    monkeypatch.setattr(cgroup, "_tree", None)
+    sandbox._sandbox_problem.cache_clear()
+    try:
+        with pytest.raises(SandboxUnavailable, match=f"cannot enforce its limits here: no cgroup hierarchy is mounted "
+                                                     f"at {tmp_path}.*--unsafe-no-sandbox"):
+            judge_programs([judged("def f():\n    return 1\n", "assert f() == 1\n")])
+    finally:
+        sandbox._sandbox_problem.cache_clear()
