@@ -393,7 +393,7 @@ def run_candidate(job, requests_fd, replies_fd):
         try:
             args = [decode(arg, module.__dict__, kept) for arg in wire_args]
             kwargs = {key: decode(value, module.__dict__, kept) for key, value in wire_kwargs}
-            function = module.__dict__[name] if name in module.__dict__ else None
+            function = module.__dict__.get(name)
             if function is None:
                 raise NameError("name %r is not defined" % name)
         except _BaseException as error:
