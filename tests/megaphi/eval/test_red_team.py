@@ -1,0 +1,186 @@
+"""Attacks on the judging sandbox beyond the hostile suite, each asserting the concrete safe outcome.
+
+Every attack runs as a candidate's module-level code in one batch (``_judged``: the test then asks an
+honest question, so a sample that is not contained would pass); honest samples are judged beside
+them, and nothing may be left running afterwards.
+"""
+import os
+import platform
+
+import pytest
+
+from megaphi.eval.sandbox import JudgedProgram, judge_programs
+from megaphi.eval.seccomp import _SYSCALLS
+from tests.megaphi.eval.test_sandbox import surviving_sandbox_processes
+
+MEMORY_MB = 128
+NUMBERS = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
+_LIBC = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+MARKER = "megaphi-red-team-" + os.urandom(4).hex()
+
+
+def _judged(attack: str) -> JudgedProgram:
+    return JudgedProgram(candidate=attack + "\ndef answer():\n    return 42\n", prompt="",
+                         tests="assert answer() == 42\n", entry_points=("answer",))
+
+
+# Kernel buffers that a socket holds for data nobody reads: what the cgroup must count (or refuse).
+_SOCKET_FILL = """
+import socket
+queued, held, target = 0, [], {target}
+chunk = b"x" * (1 << 16)
+try:
+    while queued < target:
+        {make_pair}
+        for s in pair:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        writer = pair[0]
+        writer.setblocking(False)
+        held += pair
+        try:
+            while queued < target:
+                queued += writer.send(chunk)
+        except BlockingIOError:
+            pass
+except OSError as error:
+    print("{name} stopped", error.errno, flush=True)
+print("{name} queued MiB", queued >> 20, flush=True)
+"""
+_TCP_PAIR = """server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client = socket.create_connection(server.getsockname())
+        pair = [client, server.accept()[0]]
+        server.close()"""
+
+ATTACKS = {
+    # The OOM killer's first choice only while the sandbox cannot take the 1000 back.
+    "lowers its own OOM score adjustment": """
+for value in ("0", "-1000"):
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(value)
+    except OSError:
+        pass
+print("oom_score_adj", open("/proc/self/oom_score_adj").read().strip(), flush=True)
+""",
+    # Loopback TCP buffers: cgroup v1 does not charge them to the memory limit.
+    "queues three times its memory limit in loopback TCP buffers": _SOCKET_FILL.format(
+        name="tcp", target=3 * MEMORY_MB << 20, make_pair=_TCP_PAIR),
+    # AF_UNIX buffers are charged to the memory cgroup: the limit holds (or the kernel refuses).
+    "queues three times its memory limit in unix socket buffers": _SOCKET_FILL.format(
+        name="unix", target=3 * MEMORY_MB << 20, make_pair="pair = list(socket.socketpair())"),
+    "raises its hard resource limits": """
+import resource
+for name in ("RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_CORE"):
+    kind = getattr(resource, name)
+    try:
+        resource.setrlimit(kind, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        print("raised", name, flush=True)
+    except (ValueError, OSError):
+        print("kept", name, flush=True)
+""",
+    # Calls the filter names, and the ways around it: clone3 (flags in memory), CLONE_NEWTIME, setns.
+    "system calls past the seccomp filter": _LIBC + "".join(
+        f"print('syscall {name}', libc.syscall({NUMBERS[name]}, {args}), ctypes.get_errno(), flush=True)\n"
+        for name, args in [("clone3", "None, 0"), ("unshare", "0x80"), ("setns", "0, 0"),
+                           ("io_uring_setup", "8, None"), ("userfaultfd", "0"), ("bpf", "0, None, 0"),
+                           ("perf_event_open", "None, 0, -1, -1, 0"), ("keyctl", "0, 0"),
+                           ("add_key", "None, None, None, 0, 0"), ("pidfd_getfd", "0, 0, 0"),
+                           ("open_tree", "-100, None, 0"), ("fsopen", "None, 0"),
+                           ("memfd_secret", "0"), ("kcmp", "0, 0, 0, 0, 0")]),
+    "a core dump after making itself dumpable": _LIBC + """
+libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+os.kill(os.getpid(), 11)
+""",
+    "kills every process it can signal": "import os, signal\nos.kill(-1, signal.SIGKILL)\n",
+    # A daemon that keeps printing after the (honest) answer has been given.
+    "a daemon prints without end after answering": """
+import os, sys
+if os.fork() == 0:
+    os.setsid()
+    while True:
+        try:
+            os.write(1, b"spam" * 1000)
+        except OSError:
+            pass
+""",
+    "leaves a file in /tmp for the next sample": f"open('/tmp/{MARKER}', 'w').write('left behind')\n",
+}
+# Judged after the attacks: a sample that sees what another one left gives a wrong answer.
+PROBES = {
+    "finds another sample's /tmp file": f"import os\nif os.path.exists('/tmp/{MARKER}'):\n    raise SystemExit(1)\n",
+}
+
+
+@pytest.fixture(scope="module")
+def red_team_run():
+    honest = [_judged(""), JudgedProgram(candidate="def answer():\n    return 41\n", prompt="",
+                                         tests="assert answer() == 42\n", entry_points=("answer",))]
+    jobs = [_judged(attack) for attack in ATTACKS.values()] + [_judged(p) for p in PROBES.values()] + honest
+    results = judge_programs(jobs, timeout_s=3.0, memory_mb=MEMORY_MB, workers=2)
+    return {"attacks": dict(zip([*ATTACKS, *PROBES], results)), "honest": results[len(ATTACKS) + len(PROBES):]}
+
+
+def _lines(result, prefix):
+    return [line.split() for line in result.output.splitlines() if line.startswith(prefix)]
+
+
+@pytest.mark.xfail(strict=True, reason="the scorer lacks CAP_SYS_RESOURCE, so the 1000 written before bwrap sets no "
+                   "floor (oom_score_adj_min) and the sandbox writes 0 to its writable /proc/self/oom_score_adj")
+def test_a_sandbox_cannot_lower_its_oom_score_adjustment(red_team_run):
+    assert _lines(red_team_run["attacks"]["lowers its own OOM score adjustment"], "oom_score_adj") == [
+        ["oom_score_adj", "1000"]]
+
+
+@pytest.mark.xfail(strict=True, reason="cgroup v1 charges no TCP socket buffers to memory.limit_in_bytes: "
+                   "384 MiB queued on loopback with a 128 MiB limit, cgroup peak ~5 MiB")
+def test_loopback_tcp_buffers_cannot_hold_memory_past_the_limit(red_team_run):
+    result = red_team_run["attacks"]["queues three times its memory limit in loopback TCP buffers"]
+    queued = [int(words[-1]) for words in _lines(result, "tcp queued MiB")]
+    # Either the sample was stopped by its memory limit, or it could not queue that much.
+    assert result.status == "killed for memory" or max(queued, default=0) < MEMORY_MB, (result.status, queued)
+
+
+def test_unix_socket_buffers_count_against_the_memory_limit(red_team_run):
+    result = red_team_run["attacks"]["queues three times its memory limit in unix socket buffers"]
+    queued = [int(words[-1]) for words in _lines(result, "unix queued MiB")]
+    assert result.status == "killed for memory" or max(queued, default=0) < MEMORY_MB, (result.status, queued)
+
+
+def test_hard_resource_limits_cannot_be_raised(red_team_run):
+    lines = _lines(red_team_run["attacks"]["raises its hard resource limits"], "")
+    assert len(lines) == 6 and all(words[0] == "kept" for words in lines), lines
+
+
+def test_calls_around_the_seccomp_filter_are_refused(red_team_run):
+    lines = _lines(red_team_run["attacks"]["system calls past the seccomp filter"], "syscall")
+    errnos = {words[1]: (int(words[2]), int(words[3])) for words in lines}
+    assert len(errnos) == 14, lines
+    assert errnos.pop("clone3") == (-1, 38)  # ENOSYS: the C library falls back to clone, which is checked
+    assert all(value == (-1, 1) for value in errnos.values()), errnos  # EPERM
+
+
+def test_a_core_dump_fails_the_sample_and_leaves_no_core_file(red_team_run):
+    result = red_team_run["attacks"]["a core dump after making itself dumpable"]
+    assert result.status == "failed" and "SIGSEGV" in result.detail, result
+    assert not any(name.startswith("core") for name in os.listdir("."))
+
+
+def test_killing_every_visible_process_fails_only_that_sample(red_team_run):
+    result = red_team_run["attacks"]["kills every process it can signal"]
+    assert not result.passed
+    assert [r.status for r in red_team_run["honest"]] == ["passed", "failed"]
+
+
+def test_a_printing_daemon_does_not_outlive_or_change_an_honest_answer(red_team_run):
+    result = red_team_run["attacks"]["a daemon prints without end after answering"]
+    assert result.status in ("passed", "failed"), result  # its own verdict; the daemon is killed with it
+    assert surviving_sandbox_processes() == []
+
+
+def test_no_sample_sees_another_sample_s_tmp(red_team_run):
+    assert red_team_run["attacks"]["leaves a file in /tmp for the next sample"].passed
+    assert red_team_run["attacks"]["finds another sample's /tmp file"].passed
+    assert not os.path.exists(f"/tmp/{MARKER}")
