@@ -127,8 +127,6 @@ def _lines(result, prefix):
     return [line.split() for line in result.output.splitlines() if line.startswith(prefix)]
 
 
-@pytest.mark.xfail(strict=True, reason="the scorer lacks CAP_SYS_RESOURCE, so the 1000 written before bwrap sets no "
-                   "floor (oom_score_adj_min) and the sandbox writes 0 to its writable /proc/self/oom_score_adj")
 def test_a_sandbox_cannot_lower_its_oom_score_adjustment(red_team_run):
     assert _lines(red_team_run["attacks"]["lowers its own OOM score adjustment"], "oom_score_adj") == [
         ["oom_score_adj", "1000"]]
