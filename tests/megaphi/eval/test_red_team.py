@@ -71,6 +71,23 @@ print("oom_score_adj", open("/proc/self/oom_score_adj").read().strip(), flush=Tr
     # AF_UNIX buffers are charged to the memory cgroup: the limit holds (or the kernel refuses).
     "queues three times its memory limit in unix socket buffers": _SOCKET_FILL.format(
         name="unix", target=3 * MEMORY_MB << 20, make_pair="pair = list(socket.socketpair())"),
+    # Netlink replies the sandbox asks for and never reads: cgroup v1 does not charge them either.
+    "queues twice its memory limit in netlink replies": """
+import socket, struct
+queued, held, target = 0, [], 2 * %d << 20
+request = struct.pack("=LHHLL", 32, 18, 1, 0, 0) + struct.pack("=BBHiII", 0, 0, 0, 1, 0, 0)  # RTM_GETLINK of lo
+try:
+    while queued < target:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        held.append(s)
+        for _ in range(7000):
+            s.send(request)
+        queued += struct.unpack("=9I", s.getsockopt(socket.SOL_SOCKET, 55, 36))[0]  # SO_MEMINFO: rmem_alloc
+except OSError as error:
+    print("netlink stopped", error.errno, flush=True)
+print("netlink queued MiB", queued >> 20, flush=True)
+""" % MEMORY_MB,
     "raises its hard resource limits": """
 import resource
 for name in ("RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_CORE"):
@@ -138,6 +155,14 @@ def test_loopback_tcp_buffers_cannot_hold_memory_past_the_limit(red_team_run):
     result = red_team_run["attacks"]["queues three times its memory limit in loopback TCP buffers"]
     queued = [int(words[-1]) for words in _lines(result, "tcp queued MiB")]
     # Either the sample was stopped by its memory limit, or it could not queue that much.
+    assert result.status == "killed for memory" or max(queued, default=0) < MEMORY_MB, (result.status, queued)
+
+
+@pytest.mark.xfail(strict=True, reason="cgroup v1 charges no netlink receive queues to memory.limit_in_bytes: "
+                   "~240 MiB of RTM_GETLINK replies held with a 128 MiB limit, cgroup peak ~4 MiB")
+def test_netlink_replies_cannot_hold_memory_past_the_limit(red_team_run):
+    result = red_team_run["attacks"]["queues twice its memory limit in netlink replies"]
+    queued = [int(words[-1]) for words in _lines(result, "netlink queued MiB")]
     assert result.status == "killed for memory" or max(queued, default=0) < MEMORY_MB, (result.status, queued)
 
 
