@@ -3,7 +3,10 @@
 It refuses (EPERM) the system calls that reach other processes' memory or the kernel's namespace and
 mount machinery: ``ptrace``, ``process_vm_readv/writev``, ``unshare``, ``setns``, every mount call,
 ``clone`` with any new-namespace flag, and a handful of administrative calls no test program needs
-(kernel modules, kexec, bpf, perf, keyrings, userfaultfd, io_uring, swap, clock setting). ``clone3``
+(kernel modules, kexec, bpf, perf, keyrings, userfaultfd, io_uring, swap, clock setting). Sockets of
+any family but AF_UNIX answer EAFNOSUPPORT: the kernel's buffers of TCP, UDP and netlink sockets are not
+charged to a cgroup v1 memory limit (a sandbox could hold gigabytes in them), and no test program needs
+more network than a socketpair. ``clone3``
 answers ENOSYS because its flags live in memory a filter cannot read; the C library then falls back
 to ``clone``, whose flags the filter checks. A system call of another architecture (or the x32 ABI)
 kills the process, so no second syscall table can be used to get around the list.
@@ -33,6 +36,7 @@ _RET_ALLOW = 0x7FFF0000
 _X32_SYSCALL_BIT = 0x40000000
 # CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
 CLONE_NEW_NAMESPACE_FLAGS = 0x7E020000
+_AF_UNIX = 1  # the one socket family allowed
 
 # Refused calls and their numbers per architecture (checked against the kernel's unistd headers).
 _REFUSED = ("ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "pivot_root", "unshare",
@@ -53,7 +57,7 @@ _SYSCALLS = {
         move_mount=429, open_tree=428, mount_setattr=442, io_uring_setup=425, io_uring_enter=426,
         io_uring_register=427, pidfd_getfd=438, kcmp=312, lookup_dcookie=212, chroot=161, settimeofday=164,
         clock_settime=227, adjtimex=159, clock_adjtime=305, syslog=103, vhangup=153, sethostname=170,
-        setdomainname=171, memfd_secret=447),
+        setdomainname=171, memfd_secret=447, socket=41, socketpair=53),
     "aarch64": dict(
         audit_arch=0xC00000B7, clone=220, clone3=435, ptrace=117, process_vm_readv=270, process_vm_writev=271,
         mount=40, umount2=39, pivot_root=41, unshare=97, setns=268, kexec_load=104, kexec_file_load=294,
@@ -63,7 +67,7 @@ _SYSCALLS = {
         move_mount=429, open_tree=428, mount_setattr=442, io_uring_setup=425, io_uring_enter=426,
         io_uring_register=427, pidfd_getfd=438, kcmp=272, lookup_dcookie=18, chroot=51, settimeofday=170,
         clock_settime=112, adjtimex=171, clock_adjtime=266, syslog=116, vhangup=58, sethostname=161,
-        setdomainname=162, memfd_secret=447),
+        setdomainname=162, memfd_secret=447, socket=198, socketpair=199),
 }
 
 
@@ -113,6 +117,8 @@ def filter_program(machine: str | None = None) -> bytes:
         program.append((_JGE_K, _X32_SYSCALL_BIT, "kill", None))
     program.append((_JEQ_K, numbers["clone"], "clone", None))
     program.append((_JEQ_K, numbers["clone3"], "enosys", None))
+    program.append((_JEQ_K, numbers["socket"], "socket", None))
+    program.append((_JEQ_K, numbers["socketpair"], "socket", None))
     program += [(_JEQ_K, numbers[name], "eperm", None) for name in _REFUSED]
     program += [
         (_RET_K, _RET_ALLOW),
@@ -120,8 +126,13 @@ def filter_program(machine: str | None = None) -> bytes:
         (_LD_W_ABS, _ARG0_LOW_OFFSET),
         (_JSET_K, CLONE_NEW_NAMESPACE_FLAGS, "eperm", None),
         (_RET_K, _RET_ALLOW),
+        "socket",
+        (_LD_W_ABS, _ARG0_LOW_OFFSET),  # the address family
+        (_JEQ_K, _AF_UNIX, None, "eafnosupport"),
+        (_RET_K, _RET_ALLOW),
         "eperm", (_RET_K, _RET_ERRNO | errno.EPERM),
         "enosys", (_RET_K, _RET_ERRNO | errno.ENOSYS),
+        "eafnosupport", (_RET_K, _RET_ERRNO | errno.EAFNOSUPPORT),
         "kill", (_RET_K, _RET_KILL_PROCESS),
     ]
     return _assemble(program)

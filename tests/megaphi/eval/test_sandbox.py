@@ -248,7 +248,7 @@ assert os.listdir("/etc") == ["ld.so.cache"]
 assert os.getcwd() == "/tmp" and os.listdir("/tmp") == []
 assert set(os.environ) <= {{"PATH", "LANG", "HOME", "PWD"}}, os.environ
 assert os.getpid() <= 3, "not a fresh PID namespace"
-assert [name for _, name in socket.if_nameindex()] == ["lo"]
+assert [line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:]] == ["lo"]
 links = []
 for fd in sorted(set(os.listdir("/proc/self/fd")) - {{"0", "1", "2"}}):
     try:
