@@ -11,9 +11,11 @@ from megaphi.eval.score import score_samples
 from tests.megaphi.eval.test_benchmarks import MBPP_PATH
 
 PROBLEMS = load_problems()
+MIN_PROBLEMS = 50  # the paper's count
 
 
-def test_every_problem_is_well_formed():
+def test_the_set_holds_at_least_fifty_well_formed_problems():
+    assert len(PROBLEMS) >= MIN_PROBLEMS
     assert len({p.entry_point for p in PROBLEMS}) == len(PROBLEMS)
     for problem in PROBLEMS:
         tree = ast.parse(problem.prompt + problem.reference)  # the prompt and its reference are one program
