@@ -2,13 +2,27 @@
 
     python -m data_tools.synth textbooks --count 1000 --out synth/textbooks.jsonl --base-url URL --model M
     python -m data_tools.synth exercises --count 1000 --out synth/exercises.jsonl --base-url URL --model M
+    python -m data_tools.synth outline --out synth/outline.yaml --base-url URL --model M
+    python -m data_tools.synth report --input synth/textbooks.jsonl --out-dir synth/report
 
-Prompts are sampled with a seed from YAML lists (topics with subtopics, audiences, styles and, for
-exercises, function-name verbs/nouns and concepts; defaults in data_tools/prompts/), because the
-paper found that diversity has to be forced into the prompts. Exercises are HumanEval-shaped
-(signature + docstring, solution, `check(candidate)` tests) and are kept only if they parse and
-their solution passes its own tests in the evaluation sandbox; everything else goes to the failure
-log with the reason. Requests go through data_tools.llm: a killed run resumes when rerun.
+The paper found that diversity has to be forced into the prompts, so every prompt is one point of a
+prompt space, drawn with a seed and without replacement (no prompt repeats before all have been
+used). Three spaces, each from YAML in data_tools/prompts/:
+- hand-written lists (default): topics with subtopics, audiences, styles and, for exercises,
+  concepts and function-name verbs/nouns; about a thousand textbook prompts;
+- ``--outline FILE``: topic -> subtopic -> concept triples that the model itself expanded once
+  (``outline``, data_tools.synth_outline), reviewable YAML;
+- ``--seed-corpus [PATH ...]``: a code snippet or identifier set drawn from a corpus, by default
+  the quality-filtered code shards (data_tools.synth_seeds); grows with the corpus.
+The number of distinct prompts is printed before a run starts, with a warning when ``--count``
+exceeds it by more than ``--warn-repeats``. ``report`` measures how diverse the outputs turned out
+(data_tools.synth_report).
+
+Exercises are HumanEval-shaped (signature + docstring, solution, `check(candidate)` tests) and are
+kept only if they parse, their solution passes its own tests in the evaluation sandbox, and their
+solution and tests do not nearly repeat an exercise already kept (MinHash at the dedup stage's
+settings); everything else goes to the failure log with the reason. Requests go through
+data_tools.llm: a killed run resumes when rerun.
 """
 
 from __future__ import annotations

@@ -42,7 +42,9 @@ class ReportOptions:
     ngram_sample: int = 20_000  # distinct-n falls as a set grows: compare sets at the same sample size
     embedder: str | None = "minilm"  # data_tools.embed name or model path; None skips the embedding pass
     embed_sample: int = 2_000  # pairwise distances are O(n^2)
-    cluster_distance: float = 0.5  # cosine distance at which clusters stop merging
+    # Cosine distance at which clusters stop merging. MiniLM puts texts on one programming subject at
+    # about 0.2-0.4 from each other, so 0.3 separates subjects rather than lumping all code together.
+    cluster_distance: float = 0.3
     dedup: DedupParams = field(default_factory=DedupParams)
     seed: int = 0
     on_error: OnError = "stop"
@@ -231,7 +233,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["- Distinct prompts: unknown (no record carries `meta.prompt_sha1`)"]
     else:
         lines += [f"- Distinct prompts: {p['distinct']:,} over {p['with_prompt_hash']:,} records "
-                  f"(the most used one {p['most_uses']} times)"]
+                  f"(at most {p['most_uses']} records per prompt)"]
     d = report["near_duplicates"]
     lines += [f"- Near duplicates: {d['exact'] + d['near']:,} of {report['records']:,} ({d['rate']:.2%}): "
               f"{d['exact']} exact, {d['near']} MinHash (Jaccard >= {d['threshold']}, {d['ngram']}-word shingles, "
@@ -242,7 +244,7 @@ def markdown(report: dict[str, Any]) -> str:
     else:
         mean = "n/a" if e["mean_pairwise_distance"] is None else f"{e['mean_pairwise_distance']:.4f}"
         lines += [f"- Embedding coverage ({e['embedder']}, {e['texts']:,} texts): mean pairwise cosine distance "
-                  f"{mean}, {e['clusters']} clusters at distance {report['options']['cluster_distance']}"]
+                  f"{mean}; clusters at distance {report['options']['cluster_distance']}: {e['clusters']}"]
     x = report["exercises"]
     if x is not None:
         rate = "n/a" if x["sandbox_pass_rate"] is None else f"{x['sandbox_pass_rate']:.2%}"
