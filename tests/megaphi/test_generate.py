@@ -98,6 +98,18 @@ def test_n_samples_with_a_seed_are_reproducible_and_differ_from_another_seed(meg
     assert first != generate(model, tokenizer, PROMPTS[:2], seed=8, **kwargs)
 
 
+def test_a_seeded_sample_is_the_same_alone_in_any_batch_size_and_next_to_other_prompts(megaphi_tp2):
+    model, tokenizer = megaphi_tp2
+    kwargs = dict(max_new_tokens=12, temperature=1.0, top_p=0.95, n=3, seed=11)
+    together = generate(model, tokenizer, PROMPTS, batch_size=9, **kwargs)
+    assert generate(model, tokenizer, PROMPTS, batch_size=1, **kwargs) == together
+    assert generate(model, tokenizer, PROMPTS, batch_size=4, **kwargs) == together
+    alone = [generate(model, tokenizer, [p], **kwargs)[0] for p in PROMPTS]
+    assert alone == together
+    # fewer samples are the first of more: sample j has its own stream
+    assert generate(model, tokenizer, PROMPTS[:1], **{**kwargs, "n": 1})[0] == together[0][:1]
+
+
 def test_a_tiny_top_p_keeps_only_the_most_likely_token(megaphi_tp2):
     model, tokenizer = megaphi_tp2
     greedy = generate(model, tokenizer, PROMPTS, max_new_tokens=10)
