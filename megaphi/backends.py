@@ -20,7 +20,8 @@ import torch
 
 from megaphi.convert.checkpoint import LATEST_FILE, META_FILE
 from megaphi.convert.hf import PHI_MODEL_TYPES, has_tokenizer
-from megaphi.generate import (check_device, eos_token_id, generate_tokens, is_hf_dir, load_model, load_tokenizer_dir,
+from megaphi.tokenizer import load_tokenizer
+from megaphi.generate import (check_device, eos_token_id, generate_tokens, is_hf_dir, load_model,
                               sample_next_token, sequence_generators)
 
 IsDone = Callable[[int, list[int]], bool]
@@ -54,7 +55,8 @@ class MegaphiBackend:
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
                  seeds: list[int | None] | None, is_done: IsDone | None) -> list[list[int]]:
         return generate_tokens(self.model, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, eos_id=self.eos_id, seeds=seeds, is_done=is_done)
+                               top_p=top_p, eos_id=self.eos_id, seeds=seeds, is_done=is_done,
+                               vocab_size=self.tokenizer.vocab_size)
 
 
 class _RowStopper:
@@ -79,15 +81,17 @@ class _RowStopper:
 
 
 class _Sampler:
-    """A transformers logits processor that draws each row's token with megaphi's sampler and leaves only
-    that token possible, so that greedy ``generate`` takes it: the same sampling rule and per-row random
-    streams as megaphi's own model, instead of transformers' draw from the global RNG."""
+    """A transformers logits processor that picks each row's token as megaphi's own model does (greedy, or
+    sampled with per-row random streams instead of transformers' global RNG; never an id of the
+    embedding's padding past the tokenizer's vocabulary) and leaves only that token possible, so that
+    greedy ``generate`` takes it."""
 
-    def __init__(self, temperature: float, top_p: float, generators: list[torch.Generator | None] | None):
-        self.temperature, self.top_p, self.generators = temperature, top_p, generators
+    def __init__(self, temperature: float, top_p: float, generators: list[torch.Generator | None] | None,
+                 vocab_size: int):
+        self.temperature, self.top_p, self.generators, self.vocab_size = temperature, top_p, generators, vocab_size
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        chosen = sample_next_token(scores, self.temperature, self.top_p, self.generators)
+        chosen = sample_next_token(scores[:, :self.vocab_size], self.temperature, self.top_p, self.generators)
         only = torch.full_like(scores, float("-inf"))
         return only.scatter_(-1, chosen.unsqueeze(-1), 0.0)
 
@@ -121,10 +125,8 @@ class HFBackend:
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.pad_id,
                                   eos_token_id=self.eos_ids or None, **NEUTRAL_GENERATION)
         stopper = _RowStopper(longest, set(self.eos_ids), is_done)
-        processors = LogitsProcessorList()
-        if temperature > 0:
-            generators = sequence_generators(seeds, device) if seeds is not None else None
-            processors.append(_Sampler(temperature, top_p, generators))
+        generators = sequence_generators(seeds, device) if seeds is not None and temperature > 0 else None
+        processors = LogitsProcessorList([_Sampler(temperature, top_p, generators, self.tokenizer.vocab_size)])
         output = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                                      generation_config=config, logits_processor=processors,
                                      stopping_criteria=StoppingCriteriaList([stopper]))
@@ -182,7 +184,7 @@ def load_hf_backend(path: Path, *, tokenizer: str | Path | None, device: str, dt
     if dtype is None:  # half-precision matmuls are slow or missing on the CPU
         dtype = torch.float32 if device.type == "cpu" else "auto"
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
-    return HFBackend(model, load_tokenizer_dir(tokenizer), max_model_len)
+    return HFBackend(model, load_tokenizer(tokenizer), max_model_len)
 
 
 def load_backend(path: str | Path, *, tokenizer: str | Path | None = None, device: str = "cpu",

@@ -22,22 +22,11 @@ from megaphi.convert.hf import has_tokenizer, load_hf_checkpoint
 from megaphi.convert.layout import CheckpointError, merge_state_dicts, split_state_dict
 from megaphi.eval.benchmarks import HUMANEVAL_STOP
 from megaphi.model import PhiForCausalLM
+from megaphi.tokenizer import Tokenizer, load_tokenizer
 
 
 def is_hf_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and not (path / META_FILE).is_file()
-
-
-def load_tokenizer_dir(path: str | Path) -> Any:
-    from transformers import AutoTokenizer
-
-    if not Path(path).is_dir():
-        raise CheckpointError(f"tokenizer {path} is not a directory: pass a Hugging Face tokenizer directory (--tokenizer)")
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"tokenizer {path} cannot be loaded: {first_line}") from None
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -55,12 +44,13 @@ def check_device(device: str | torch.device) -> torch.device:
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
     tokenizer: str | Path | None = None,
-) -> tuple[PhiForCausalLM, Any]:
+) -> tuple[PhiForCausalLM, Tokenizer]:
     """Load ``(model, tokenizer)`` for inference from a megaphi checkpoint or a Hugging Face Phi directory.
 
     ``dtype=None`` keeps the stored dtype on accelerators and uses float32 on the CPU (half-precision
     matmuls there are slow or missing). The tokenizer comes from ``tokenizer`` if given, else from the
-    checkpoint (its ``tokenizer/`` or the one ``megaphi.json`` names, or the Hugging Face directory).
+    checkpoint (its ``tokenizer/`` or the one ``megaphi.json`` names, or the Hugging Face directory),
+    loaded by ``megaphi.tokenizer.load_tokenizer`` as preprocessing loaded it: the ids the model trained on.
     """
     path = Path(path)
     device = check_device(device)
@@ -82,13 +72,13 @@ def load_model(
     state_dict = split_state_dict(full, config, tp)[rank]
     model = PhiForCausalLM(config)
     model.load_state_dict(state_dict, strict=True)
-    return model.to(device=device, dtype=dtype).eval(), load_tokenizer_dir(tokenizer)
+    return model.to(device=device, dtype=dtype).eval(), load_tokenizer(tokenizer)
 
 
 def eos_token_id(tokenizer: Any) -> int | None:
-    """The end-of-text id of a transformers tokenizer (``eos_token_id``) or a megaphi one (``eod_id``)."""
-    eos = getattr(tokenizer, "eos_token_id", None)
-    return eos if eos is not None else getattr(tokenizer, "eod_id", None)
+    """The end-of-text id of a megaphi tokenizer (``eod_id``) or a transformers one (``eos_token_id``)."""
+    eod = getattr(tokenizer, "eod_id", None)
+    return eod if eod is not None else getattr(tokenizer, "eos_token_id", None)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -140,11 +130,12 @@ def sample_next_token(
 def generate_tokens(
     model: PhiForCausalLM, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
     top_p: float = 1.0, eos_id: int | None = None, seeds: Sequence[int | None] | None = None,
-    is_done=None,
+    is_done=None, vocab_size: int | None = None,
 ) -> list[list[int]]:
     """One batch: left-pad the token prompts, decode with the KV cache, return each row's new tokens.
 
     ``seeds`` (one per row, from ``sequence_seed``; None for an unseeded row) fix each row's samples.
+    ``vocab_size`` (the tokenizer's) keeps the embedding's padding rows, which no text has, from being drawn.
     A row stops at ``eos_id`` (not included) or when ``is_done(row, new_tokens)`` says so (stop sequences).
     """
     device = next(model.parameters()).device
@@ -162,7 +153,7 @@ def generate_tokens(
     generators = sequence_generators(seeds, device) if seeds is not None and temperature > 0 else None
     for _ in range(max_new_tokens):
         logits = model(input_ids, kv_cache=cache, attention_mask=mask, position_ids=position_ids)
-        next_ids = sample_next_token(logits[:, -1, :], temperature, top_p, generators)
+        next_ids = sample_next_token(logits[:, -1, :vocab_size], temperature, top_p, generators)
         for row in (~done).nonzero().flatten().tolist():
             token = int(next_ids[row])
             if token == eos_id:
@@ -224,7 +215,7 @@ def generate(
         seeds = None if seed is None else [sequence_seed(seed, j) for _, j, _ in chunk]
         tokens = generate_tokens(model, [ids for _, _, ids in chunk], max_new_tokens=max_new_tokens,
                                  temperature=temperature, top_p=top_p, eos_id=eos_token_id(tokenizer),
-                                 seeds=seeds, is_done=is_done)
+                                 seeds=seeds, is_done=is_done, vocab_size=tokenizer.vocab_size)
         for (prompt_index, sample_index, _), ids in zip(chunk, tokens):
             completions[prompt_index].append((sample_index, cut_at_stop(tokenizer.decode(ids), stop)[0]))
     # Samples in index order, whichever batch each one ran in.

@@ -286,7 +286,7 @@ class Server:
     def __init__(self, backend: Backend, model_name: str, *, chat_template: str | None = None,
                  max_batch_rows: int = 16, batch_window_s: float = 0.005):
         self.backend, self.tokenizer, self.model_name = backend, backend.tokenizer, model_name
-        self.chat_template = chat_template or getattr(self.tokenizer, "chat_template", None)
+        self.chat_template = chat_template or self.tokenizer.chat_template
         self.context = backend.context
         self.created = int(time.time())
         self.batcher = Batcher(backend, max_batch_rows=max_batch_rows, window_s=batch_window_s)
@@ -380,8 +380,12 @@ class Server:
                 raise RequestError(f"messages[{i}] must be an object with a 'role' "
                                    f"({', '.join(FALLBACK_ROLES)}) and a string 'content'", f"messages[{i}]")
         if self.chat_template:
-            text = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
-                                                      add_generation_prompt=True)
+            # transformers' own renderer (the sandboxed Jinja environment apply_chat_template uses); the
+            # text is then encoded like any prompt, through the one tokenizer.
+            from transformers.utils.chat_template_utils import render_jinja_template
+
+            (text,), _ = render_jinja_template(conversations=[messages], chat_template=self.chat_template,
+                                               add_generation_prompt=True, **self.tokenizer.special_tokens)
             return text, []
         # Base models (phi-1 among them) have no template: a plain transcript the model can continue.
         turns = "".join(f"{FALLBACK_ROLES[m['role']]}: {m['content']}\n" for m in messages)

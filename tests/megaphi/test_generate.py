@@ -48,7 +48,7 @@ def transformers_greedy(reference, prompts, max_new_tokens):
 def test_greedy_tokens_equal_transformers_generate(reference, megaphi_tp2, prompts):
     model, tokenizer = megaphi_tp2
     ours = generate_tokens(model, [tokenizer.encode(p) for p in prompts], max_new_tokens=24,
-                           eos_id=tokenizer.eos_token_id)
+                           eos_id=tokenizer.eod_id)
     theirs = transformers_greedy(reference, prompts, 24)
     assert len({len(tokenizer.encode(p)) for p in prompts}) == len(prompts)  # really different lengths
     assert ours == theirs
