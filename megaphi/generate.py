@@ -22,6 +22,7 @@ from megaphi.convert.hf import has_tokenizer, load_hf_checkpoint
 from megaphi.convert.layout import CheckpointError, merge_state_dicts, split_state_dict
 from megaphi.eval.benchmarks import HUMANEVAL_STOP
 from megaphi.model import PhiForCausalLM
+from megaphi.progress import progress
 from megaphi.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -188,12 +189,13 @@ def _check_arguments(prompts, max_new_tokens, temperature, top_p, n, batch_size)
 def generate(
     model: PhiForCausalLM, tokenizer: Any, prompts: list[str], *, max_new_tokens: int = 256,
     temperature: float = 0.0, top_p: float = 1.0, n: int = 1, stop: Sequence[str] | None = None,
-    seed: int | None = None, batch_size: int = 16,
+    seed: int | None = None, batch_size: int = 16, show_progress: bool = False,
 ) -> list[list[str]]:
     """Complete each prompt ``n`` times; returns ``n`` completions per prompt with stop sequences cut.
 
     ``temperature=0`` is greedy decoding. With a ``seed``, sample j of a prompt comes from the stream
     ``sequence_seed(seed, j)``: the same completion whatever the batch size or the other prompts.
+    ``show_progress`` counts finished samples (megaphi.progress).
     """
     _check_arguments(prompts, max_new_tokens, temperature, top_p, n, batch_size)
     stop = list(stop or [])
@@ -210,6 +212,7 @@ def generate(
     # Stop sequences are text, and a token can end mid-sequence: check the decoded continuation each step.
     is_done = (lambda row, ids: cut_at_stop(tokenizer.decode(ids), stop)[1]) if stop else None
     completions: list[list[tuple[int, str]]] = [[] for _ in prompts]
+    bar = progress(total=len(requests), desc="generate", unit="samples", disable=not show_progress)
     for start in range(0, len(requests), batch_size):
         chunk = requests[start:start + batch_size]
         seeds = None if seed is None else [sequence_seed(seed, j) for _, j, _ in chunk]
@@ -218,6 +221,8 @@ def generate(
                                  seeds=seeds, is_done=is_done, vocab_size=tokenizer.vocab_size)
         for (prompt_index, sample_index, _), ids in zip(chunk, tokens):
             completions[prompt_index].append((sample_index, cut_at_stop(tokenizer.decode(ids), stop)[0]))
+        bar.update(len(chunk))
+    bar.close()
     # Samples in index order, whichever batch each one ran in.
     return [[text for _, text in sorted(per_prompt)] for per_prompt in completions]
 
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_model(args.model, device=args.device)
         outputs = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, n=args.n, stop=stop, seed=args.seed,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, show_progress=True)
     except ValueError as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

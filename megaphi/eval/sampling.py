@@ -54,7 +54,8 @@ def generate_samples(benchmark: Benchmark, model_path: str, sampling: SamplingCo
         group = [i for i, b in enumerate(budgets) if b == budget]
         texts = generate(model, tok, [problems[i].prompt for i in group], max_new_tokens=budget,
                          temperature=sampling.temperature, top_p=sampling.top_p, n=sampling.n_samples,
-                         stop=list(benchmark.stop), seed=sampling.seed, batch_size=sampling.batch_size)
+                         stop=list(benchmark.stop), seed=sampling.seed, batch_size=sampling.batch_size,
+                         show_progress=True)
         completions.update(zip(group, texts))
     samples = []
     for i, problem in enumerate(problems):
