@@ -490,7 +490,7 @@ async def arun_requests(
     client: openai.AsyncOpenAI | None = None,
 ) -> RunStats:
     """Sends every request not yet finished in `out_path`/`failures_path`; see the module doc."""
-    from tqdm.auto import tqdm
+    from megaphi.progress import progress as progress_display
 
     config.validate()
     if client is None:
@@ -501,7 +501,7 @@ async def arun_requests(
     stats = RunStats()
     if total is None and hasattr(requests, "__len__"):
         total = len(requests)  # for the progress bar; a generator streams without one
-    bar = tqdm(total=total, disable=not progress, unit="req", dynamic_ncols=True)
+    bar = progress_display(total=total, disable=not progress, desc="requests", unit="req")
     runner = _Runner(client, config, store, process, stats, bar)
     pending = iter(requests)
     seen: set[str] = set()

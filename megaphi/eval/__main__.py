@@ -16,7 +16,7 @@ from pathlib import Path
 from megaphi.eval.benchmarks import BENCHMARKS, MBPP_SPLITS, load_benchmark
 from megaphi.eval.graded.cli import add_graded_args, add_table_args, run_graded, run_table
 from megaphi.eval.report import write_report
-from megaphi.eval.sampling import SamplingConfig, generate_samples
+from megaphi.eval.sampling import NOT_GENERATED, SamplingConfig, generate_samples, not_generated_results
 from megaphi.eval.sandbox import SandboxUnavailable
 from megaphi.eval.score import read_samples, score_samples, summarize, write_jsonl
 
@@ -87,10 +87,16 @@ def _sampling(args: argparse.Namespace) -> SamplingConfig:
 
 
 def _score(args: argparse.Namespace, benchmark, samples: list[dict]) -> tuple[list[dict], dict]:
-    results = score_samples(benchmark, samples, timeout_s=args.timeout, memory_mb=args.memory_mb,
+    runnable = [s for s in samples if NOT_GENERATED not in s]
+    results = score_samples(benchmark, runnable, timeout_s=args.timeout, memory_mb=args.memory_mb,
                             workers=args.workers, unsafe_no_sandbox=args.unsafe_no_sandbox,
-                            python=args.sandbox_python)
+                            python=args.sandbox_python) if runnable else []
+    results = not_generated_results(samples, results)
     summary = summarize(benchmark, results)
+    summary["not_generated"] = len(samples) - len(runnable)
+    if summary["not_generated"]:
+        print(f"warning: {summary['not_generated']} samples were not generated (prompt longer than the model's "
+              f"context) and score as failed; see results.jsonl", file=sys.stderr)
     if summary["problems_scored"] < summary["problems_in_benchmark"]:
         print(f"warning: samples cover {summary['problems_scored']} of {summary['problems_in_benchmark']} "
               f"{benchmark.name} problems; pass@k is over those only", file=sys.stderr)
@@ -127,7 +133,8 @@ def run_command(args: argparse.Namespace) -> dict | None:
     write_jsonl(out_dir / "results.jsonl", results)
     metadata = {"model": args.model, "n_samples": sampling.n_samples, "temperature": sampling.temperature,
                 "top_p": sampling.top_p, "max_new_tokens": sampling.max_new_tokens,
-                "sandbox": "none (--unsafe-no-sandbox)" if args.unsafe_no_sandbox else "bubblewrap"}
+                "sandbox": "none (--unsafe-no-sandbox)" if args.unsafe_no_sandbox else "bubblewrap",
+                "samples not generated (prompt longer than the model's context)": summary["not_generated"]}
     write_report(out_dir, summary, results, metadata)
     return summary
 
