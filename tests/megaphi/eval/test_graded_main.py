@@ -156,3 +156,26 @@ def test_sigkill_while_judging_then_rerun_grades_every_sample_once(tmp_path):
     assert f"reusing {len(samples)} scored samples" in rerun.stderr
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert (summary["graded"], summary["ungraded"]) == (len(samples), 0)
+
+
+@pytest.mark.slow
+def test_megaphi_serve_over_a_checkpoint_can_be_the_judge(tmp_path, capsys):
+    """Offline: a random tiny model answers through megaphi.serve's chat endpoint; what it says is no
+    verdict, so after the retries the sample is recorded as ungraded, with its words, never scored."""
+    from megaphi.serve import build_server
+    from tests.megaphi.test_serve import running
+    from tests.megaphi.tiny_phi import make_hf_phi, make_tokenizer
+
+    model = tmp_path / "judge"
+    make_hf_phi(model, tokenizer_dir=make_tokenizer(tmp_path / "tok"), max_position_embeddings=8192)
+    (tmp_path / "samples.jsonl").write_text(json.dumps({"task_id": TASKS[0], "completion": "    return []\n"}) + "\n")
+    with running(build_server(model, model_name="tiny-judge").app()) as base_url:
+        assert main(["graded", "--samples", str(tmp_path / "samples.jsonl"), "--out-dir", str(tmp_path / "out"),
+                     "--judge-base-url", base_url, "--judge-model", "tiny-judge", "--judge-max-attempts", "2",
+                     "--judge-max-tokens", "6", "--judge-backoff-initial", "0.01", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["graded"], summary["ungraded"]) == (0, 1)
+    failures = read_jsonl(tmp_path / "out" / "judge_failures.jsonl")
+    assert len(failures) == 1 and all(f["attempts"] == 2 for f in failures)
+    assert all(f["reason"].startswith(("rejected: malformed verdict", "rejected: answer cut at max_tokens")) for f in failures)
+    assert all(isinstance(f["texts"][0], str) for f in failures)
