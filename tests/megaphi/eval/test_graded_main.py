@@ -179,3 +179,23 @@ def test_megaphi_serve_over_a_checkpoint_can_be_the_judge(tmp_path, capsys):
     assert len(failures) == 1 and all(f["attempts"] == 2 for f in failures)
     assert all(f["reason"].startswith(("rejected: malformed verdict", "rejected: answer cut at max_tokens")) for f in failures)
     assert all(isinstance(f["texts"][0], str) for f in failures)
+
+
+@pytest.mark.slow
+def test_graded_generates_from_a_model_like_humaneval_then_resumes_without_generating(tmp_path, capsys):
+    from megaphi.eval.benchmarks import HUMANEVAL_STOP
+    from tests.megaphi.tiny_phi import make_hf_phi, make_tokenizer
+
+    model = tmp_path / "model"
+    make_hf_phi(model, tokenizer_dir=make_tokenizer(tmp_path / "tok"), seed=1, max_position_embeddings=2048)
+    with FakeOpenAI(answer_chat=ObedientJudge()) as server:
+        args = ["graded", "--model", str(model), "--limit", "2", "--max-new-tokens", "12", "--out-dir",
+                str(tmp_path / "out"), "--judge-base-url", server.base_url, "--judge-model", "fake-judge", "--no-progress"]
+        assert main(args) == 0
+        samples = read_jsonl(tmp_path / "out" / "samples.jsonl")
+        assert [s["task_id"] for s in samples] == list(PROBLEMS)[:2]
+        assert not any(stop in s["completion"] for s in samples for stop in HUMANEVAL_STOP)
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert (summary["samples"], summary["graded"], summary["pass@1"]) == (2, 2, 0.0)
+        assert main(args[:3] + args[7:]) == 0  # without --limit: the scored samples are reused, none generated
+        assert "reusing 2 scored samples" in capsys.readouterr().err and len(server.hits) == 2
