@@ -64,7 +64,9 @@ def judge_config(args: argparse.Namespace) -> ClientConfig:
                           timeout_s=args.judge_timeout, backoff_initial_s=args.judge_backoff_initial,
                           input_price_per_mtok=args.judge_input_price, output_price_per_mtok=args.judge_output_price)
     config.validate()
-    config.resolved_api_key()
+    if not (config.api_key or config.base_url or os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")):
+        raise ValueError("no judge API key: set OPENAI_API_KEY or pass --judge-api-key "
+                         "(or --judge-base-url for a local server such as megaphi.serve)")
     if not 0 <= args.judge_pass_score <= 10:
         raise ValueError(f"--judge-pass-score must be from 0 to 10, got {args.judge_pass_score}")
     if args.judge_max_tokens < 1:

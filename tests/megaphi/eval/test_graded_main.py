@@ -97,7 +97,7 @@ def test_a_judge_that_never_answers_leaves_every_sample_ungraded_with_the_reason
     assert all(r["ungraded"].startswith("HTTP 500") for r in json.loads((tmp_path / "out" / "graded_report.json").read_text())["samples"])
 
 
-def test_another_judge_or_other_samples_in_the_same_out_dir_are_refused(tmp_path, capsys):
+def test_another_judge_other_samples_or_no_judge_key_are_refused(tmp_path, capsys, monkeypatch):
     write_samples(tmp_path / "samples.jsonl", TASKS[:1])
     with FakeOpenAI(answer_chat=ObedientJudge()) as server:
         assert main(graded_args(tmp_path / "samples.jsonl", tmp_path / "out", server)) == 0
@@ -109,6 +109,12 @@ def test_another_judge_or_other_samples_in_the_same_out_dir_are_refused(tmp_path
         assert main(["graded", "--out-dir", str(tmp_path / "x"), "--judge-model", "m", "--judge-base-url",
                      server.base_url]) == 2
         assert "exactly one of --model" in capsys.readouterr().err
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert main(["graded", "--samples", str(tmp_path / "samples.jsonl"), "--out-dir", str(tmp_path / "y"),
+                 "--judge-model", "gpt-4"]) == 2
+    assert capsys.readouterr().err == ("error: no judge API key: set OPENAI_API_KEY or pass --judge-api-key "
+                                       "(or --judge-base-url for a local server such as megaphi.serve)\n")
 
 
 def test_graded_table_puts_two_models_side_by_side(tmp_path, capsys):
