@@ -70,6 +70,11 @@ def test_graded_scores_judges_retries_malformed_verdicts_and_counts_the_ungraded
         tokens = sum(j["usage"]["prompt_tokens"] for j in judged), sum(j["usage"]["completion_tokens"] for j in judged)
         assert tokens[0] > 0 and f"{tokens[0]} prompt + {tokens[1]} completion" in report["metadata"]["judge tokens"]
         assert report["metadata"]["judge cost (USD)"].startswith(f"{(tokens[0] + 2 * tokens[1]) / 1e6:.4f}")
+        (run,) = read_jsonl(out_dir / "judge_runs.jsonl")
+        assert run["prompt_tokens"] > tokens[0], "the malformed answers' tokens count in what was spent"
+        assert (run["succeeded"], run["failed"], run["retries"]) == (6, 3, 3 * 1 + 3 * 2)
+        assert f"{run['prompt_tokens']} + {run['completion_tokens']} in all calls of 1 finished run(s)" in \
+            report["metadata"]["judge tokens"]
         markdown = (out_dir / "graded_report.md").read_text()
         assert "**ungraded: 3**" in markdown and f"| {sample_ids(samples)[0]} | passed | 9 |" in markdown
         assert "| ungraded | rejected: malformed verdict" in markdown
