@@ -11,7 +11,8 @@ Around the `openai` client (its own retries switched off, so that every attempt 
   requests never sit in memory at once),
 - a requests-per-minute and tokens-per-minute budget (token buckets; a 429 pauses every worker),
 - retries with exponential backoff and jitter that honour `Retry-After` / `retry-after-ms`,
-- a wall-clock timeout per attempt, and malformed or incomplete responses treated as retryable,
+- a wall-clock timeout per attempt, and malformed or incomplete responses treated as retryable
+  (so are answers that a `process` hook rejects with `Rejected(..., retryable=True)`),
 - usage accounting and a cost estimate from per-million-token prices.
 """
 

@@ -22,7 +22,7 @@ from megaphi.eval.graded.problems import problems_by_task_id
 from megaphi.eval.graded.report import aggregate, read_report, render_comparison, sample_rows, write_report
 from megaphi.eval.score import read_samples, summarize
 
-JUDGMENTS, JUDGE_FAILURES = "judgments.jsonl", "judge_failures.jsonl"
+JUDGMENTS, JUDGE_FAILURES, JUDGE_RUNS = "judgments.jsonl", "judge_failures.jsonl", "judge_runs.jsonl"
 
 
 def add_graded_args(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +64,9 @@ def judge_config(args: argparse.Namespace) -> ClientConfig:
                           timeout_s=args.judge_timeout, backoff_initial_s=args.judge_backoff_initial,
                           input_price_per_mtok=args.judge_input_price, output_price_per_mtok=args.judge_output_price)
     config.validate()
-    config.resolved_api_key()
+    if not (config.api_key or config.base_url or os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")):
+        raise ValueError("no judge API key: set OPENAI_API_KEY or pass --judge-api-key "
+                         "(or --judge-base-url for a local server such as megaphi.serve)")
     if not 0 <= args.judge_pass_score <= 10:
         raise ValueError(f"--judge-pass-score must be from 0 to 10, got {args.judge_pass_score}")
     if args.judge_max_tokens < 1:
@@ -127,12 +129,19 @@ def run_graded(args: argparse.Namespace, benchmark: Benchmark, *, generate: Call
                          out_dir / JUDGMENTS, out_dir / JUDGE_FAILURES, config,
                          process=record_verdict(args.judge_model), retry_failed=args.judge_retry_failed,
                          progress=not args.no_progress, total=len(results))
+    with open(out_dir / JUDGE_RUNS, "a", encoding="utf-8") as runs:  # every call's tokens, retries included
+        runs.write(json.dumps({"date": datetime.now(timezone.utc).isoformat(), "judge_model": args.judge_model,
+                               **stats.to_dict()}) + "\n")
+    spent = [run for run in _read_jsonl(out_dir / JUDGE_RUNS) if run.get("judge_model") == args.judge_model]
+    spent_prompt, spent_completion = sum(r["prompt_tokens"] for r in spent), sum(r["completion_tokens"] for r in spent)
     judgments = _read_jsonl_by_id(out_dir / JUDGMENTS)
     rows = sample_rows(results, ids, judgments, _read_jsonl_by_id(out_dir / JUDGE_FAILURES))
     used = [judgments[row["sample_id"]] for row in rows if row["score"] is not None]
     prompt_tokens = sum(j["usage"]["prompt_tokens"] for j in used)
     completion_tokens = sum(j["usage"]["completion_tokens"] for j in used)
-    cost = (prompt_tokens * config.input_price_per_mtok + completion_tokens * config.output_price_per_mtok) / 1e6
+
+    def usd(prompt: int, completion: int) -> float:
+        return (prompt * config.input_price_per_mtok + completion * config.output_price_per_mtok) / 1e6
     summary = {**summarize(benchmark, results), **aggregate(rows, args.judge_pass_score)}
     metadata = {
         "model": args.model or args.samples,
@@ -140,10 +149,14 @@ def run_graded(args: argparse.Namespace, benchmark: Benchmark, *, generate: Call
         "judge endpoint": config.base_url or os.environ.get("OPENAI_BASE_URL") or "api.openai.com",
         "judge prompt": PROMPT_VERSION,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "judge tokens": f"{prompt_tokens} prompt + {completion_tokens} completion over the graded samples",
-        "judge cost (USD)": f"{cost:.4f} at {config.input_price_per_mtok:g} / {config.output_price_per_mtok:g} per million tokens",
+        "judge tokens": f"{prompt_tokens} prompt + {completion_tokens} completion for the graded samples' verdicts; "
+                        f"{spent_prompt} + {spent_completion} in all calls of {len(spent)} finished run(s), retries included",
+        "judge cost (USD)": f"{usd(prompt_tokens, completion_tokens):.4f} for the verdicts, "
+                            f"{usd(spent_prompt, spent_completion):.4f} in all, at {config.input_price_per_mtok:g} / "
+                            f"{config.output_price_per_mtok:g} per million prompt / completion tokens",
         "judge requests this run": f"{stats.succeeded} graded, {stats.failed} ungraded, {stats.retries} retries "
-                                   f"({dict(stats.retry_reasons)}), {stats.already_done} judged by an earlier run",
+                                   f"({dict(stats.retry_reasons)}), {stats.already_done + stats.failed_before} "
+                                   "settled by an earlier run",
     }
     write_report(out_dir, {"summary": summary, "metadata": metadata, "samples": rows})
     return summary

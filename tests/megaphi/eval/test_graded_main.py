@@ -70,6 +70,11 @@ def test_graded_scores_judges_retries_malformed_verdicts_and_counts_the_ungraded
         tokens = sum(j["usage"]["prompt_tokens"] for j in judged), sum(j["usage"]["completion_tokens"] for j in judged)
         assert tokens[0] > 0 and f"{tokens[0]} prompt + {tokens[1]} completion" in report["metadata"]["judge tokens"]
         assert report["metadata"]["judge cost (USD)"].startswith(f"{(tokens[0] + 2 * tokens[1]) / 1e6:.4f}")
+        (run,) = read_jsonl(out_dir / "judge_runs.jsonl")
+        assert run["prompt_tokens"] > tokens[0], "the malformed answers' tokens count in what was spent"
+        assert (run["succeeded"], run["failed"], run["retries"]) == (6, 3, 3 * 1 + 3 * 2)
+        assert f"{run['prompt_tokens']} + {run['completion_tokens']} in all calls of 1 finished run(s)" in \
+            report["metadata"]["judge tokens"]
         markdown = (out_dir / "graded_report.md").read_text()
         assert "**ungraded: 3**" in markdown and f"| {sample_ids(samples)[0]} | passed | 9 |" in markdown
         assert "| ungraded | rejected: malformed verdict" in markdown
@@ -97,7 +102,7 @@ def test_a_judge_that_never_answers_leaves_every_sample_ungraded_with_the_reason
     assert all(r["ungraded"].startswith("HTTP 500") for r in json.loads((tmp_path / "out" / "graded_report.json").read_text())["samples"])
 
 
-def test_another_judge_or_other_samples_in_the_same_out_dir_are_refused(tmp_path, capsys):
+def test_another_judge_other_samples_or_no_judge_key_are_refused(tmp_path, capsys, monkeypatch):
     write_samples(tmp_path / "samples.jsonl", TASKS[:1])
     with FakeOpenAI(answer_chat=ObedientJudge()) as server:
         assert main(graded_args(tmp_path / "samples.jsonl", tmp_path / "out", server)) == 0
@@ -109,6 +114,12 @@ def test_another_judge_or_other_samples_in_the_same_out_dir_are_refused(tmp_path
         assert main(["graded", "--out-dir", str(tmp_path / "x"), "--judge-model", "m", "--judge-base-url",
                      server.base_url]) == 2
         assert "exactly one of --model" in capsys.readouterr().err
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert main(["graded", "--samples", str(tmp_path / "samples.jsonl"), "--out-dir", str(tmp_path / "y"),
+                 "--judge-model", "gpt-4"]) == 2
+    assert capsys.readouterr().err == ("error: no judge API key: set OPENAI_API_KEY or pass --judge-api-key "
+                                       "(or --judge-base-url for a local server such as megaphi.serve)\n")
 
 
 def test_graded_table_puts_two_models_side_by_side(tmp_path, capsys):
@@ -156,3 +167,46 @@ def test_sigkill_while_judging_then_rerun_grades_every_sample_once(tmp_path):
     assert f"reusing {len(samples)} scored samples" in rerun.stderr
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert (summary["graded"], summary["ungraded"]) == (len(samples), 0)
+
+
+@pytest.mark.slow
+def test_megaphi_serve_over_a_checkpoint_can_be_the_judge(tmp_path, capsys):
+    """Offline: a random tiny model answers through megaphi.serve's chat endpoint; what it says is no
+    verdict, so after the retries the sample is recorded as ungraded, with its words, never scored."""
+    from megaphi.serve import build_server
+    from tests.megaphi.test_serve import running
+    from tests.megaphi.tiny_phi import make_hf_phi, make_tokenizer
+
+    model = tmp_path / "judge"
+    make_hf_phi(model, tokenizer_dir=make_tokenizer(tmp_path / "tok"), max_position_embeddings=8192)
+    (tmp_path / "samples.jsonl").write_text(json.dumps({"task_id": TASKS[0], "completion": "    return []\n"}) + "\n")
+    with running(build_server(model, model_name="tiny-judge").app()) as base_url:
+        assert main(["graded", "--samples", str(tmp_path / "samples.jsonl"), "--out-dir", str(tmp_path / "out"),
+                     "--judge-base-url", base_url, "--judge-model", "tiny-judge", "--judge-max-attempts", "2",
+                     "--judge-max-tokens", "6", "--judge-backoff-initial", "0.01", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["graded"], summary["ungraded"]) == (0, 1)
+    failures = read_jsonl(tmp_path / "out" / "judge_failures.jsonl")
+    assert len(failures) == 1 and all(f["attempts"] == 2 for f in failures)
+    assert all(f["reason"].startswith(("rejected: malformed verdict", "rejected: answer cut at max_tokens")) for f in failures)
+    assert all(isinstance(f["texts"][0], str) for f in failures)
+
+
+@pytest.mark.slow
+def test_graded_generates_from_a_model_like_humaneval_then_resumes_without_generating(tmp_path, capsys):
+    from megaphi.eval.benchmarks import HUMANEVAL_STOP
+    from tests.megaphi.tiny_phi import make_hf_phi, make_tokenizer
+
+    model = tmp_path / "model"
+    make_hf_phi(model, tokenizer_dir=make_tokenizer(tmp_path / "tok"), seed=1, max_position_embeddings=2048)
+    with FakeOpenAI(answer_chat=ObedientJudge()) as server:
+        args = ["graded", "--model", str(model), "--limit", "2", "--max-new-tokens", "12", "--out-dir",
+                str(tmp_path / "out"), "--judge-base-url", server.base_url, "--judge-model", "fake-judge", "--no-progress"]
+        assert main(args) == 0
+        samples = read_jsonl(tmp_path / "out" / "samples.jsonl")
+        assert [s["task_id"] for s in samples] == list(PROBLEMS)[:2]
+        assert not any(stop in s["completion"] for s in samples for stop in HUMANEVAL_STOP)
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert (summary["samples"], summary["graded"], summary["pass@1"]) == (2, 2, 0.0)
+        assert main(args[:3] + args[7:]) == 0  # without --limit: the scored samples are reused, none generated
+        assert "reusing 2 scored samples" in capsys.readouterr().err and len(server.hits) == 2

@@ -1,6 +1,7 @@
 """The graded problem set: well formed, each reference passes its hidden tests in the sandbox, each
 `pass` body fails them, and no problem shares a 13-gram with HumanEval or MBPP."""
 import ast
+import doctest
 
 import pytest
 
@@ -41,6 +42,16 @@ def test_every_reference_passes_its_hidden_tests_and_every_pass_body_fails_them(
     n = len(benchmark.problems)
     assert [r["task_id"] for r in results[:n] if not r["passed"]] == [], "references that fail"
     assert [r["task_id"] for r in results[n:] if r["passed"]] == [], "`pass` bodies that pass"
+
+
+def test_every_prompt_shows_examples_and_its_reference_agrees_with_them():
+    """The model sees the docstring's examples; a wrong example would grade models against a wrong problem."""
+    for problem in PROBLEMS:
+        namespace = {}
+        exec(compile(problem.prompt + problem.reference, problem.task_id, "exec"), namespace)  # our own code
+        (test,) = doctest.DocTestFinder().find(namespace[problem.entry_point], problem.entry_point, globs=namespace)
+        result = doctest.DocTestRunner().run(test, out=lambda text: None)
+        assert result.attempted > 0 and result.failed == 0, f"{problem.task_id}: {result}"
 
 
 def test_no_problem_shares_a_13_gram_with_humaneval_or_mbpp():
