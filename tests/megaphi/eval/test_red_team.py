@@ -88,6 +88,30 @@ except OSError as error:
     print("netlink stopped", error.errno, flush=True)
 print("netlink queued MiB", queued >> 20, flush=True)
 """ % MEMORY_MB,
+    # Pseudo-terminals are counted host-wide (kernel.pty.max, shared with every container), by no cgroup.
+    "opens pseudo-terminals": """
+import os
+held = []
+try:
+    while len(held) < 8:
+        held.append(os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY))
+except OSError as error:
+    print("pty stopped", error.errno, flush=True)
+print("ptys opened", len(held), flush=True)
+""",
+    "takes a real-time scheduling class or a higher priority": """
+import os
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    print("priority SCHED_FIFO taken", flush=True)
+except OSError:
+    print("priority SCHED_FIFO refused", flush=True)
+try:
+    os.nice(-1)
+    print("priority nice taken", flush=True)
+except OSError:
+    print("priority nice refused", flush=True)
+""",
     "raises its hard resource limits": """
 import resource
 for name in ("RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_CORE"):
@@ -166,6 +190,19 @@ def test_unix_socket_buffers_count_against_the_memory_limit(red_team_run):
     result = red_team_run["attacks"]["queues three times its memory limit in unix socket buffers"]
     queued = [int(words[-1]) for words in _lines(result, "unix queued MiB")]
     assert result.status == "killed for memory" or max(queued, default=0) < MEMORY_MB, (result.status, queued)
+
+
+@pytest.mark.xfail(strict=True, reason="bwrap's --dev mounts a devpts instance: /dev/ptmx opens, and each pty "
+                   "counts against the host-wide kernel.pty.max (4096, 3072 outside the host's own devpts)")
+def test_no_pseudo_terminal_can_be_opened(red_team_run):
+    result = red_team_run["attacks"]["opens pseudo-terminals"]
+    assert _lines(result, "pty stopped") == [["pty", "stopped", "2"]], result.output  # ENOENT: no /dev/ptmx
+    assert _lines(result, "ptys opened") == [["ptys", "opened", "0"]], result.output
+
+
+def test_no_real_time_class_or_higher_priority_can_be_taken(red_team_run):
+    lines = _lines(red_team_run["attacks"]["takes a real-time scheduling class or a higher priority"], "priority")
+    assert lines == [["priority", "SCHED_FIFO", "refused"], ["priority", "nice", "refused"]], lines
 
 
 def test_hard_resource_limits_cannot_be_raised(red_team_run):
