@@ -165,7 +165,9 @@ def _bwrap_root(python: str) -> tuple[str, ...]:
 def _bwrap_prefix(python: str, limits: SandboxLimits, seccomp_fd: int) -> list[str]:
     return ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--hostname", "sandbox", *_bwrap_root(python),
-            "--dev", "/dev", "--proc", "/proc", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp",
+            # An empty /dev/pts hides bwrap's devpts: a pty counts against the host-wide kernel.pty.max.
+            "--dev", "/dev", "--tmpfs", "/dev/pts", "--remount-ro", "/dev/pts",
+            "--proc", "/proc", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp",
             # /proc read-only: a scorer without CAP_SYS_RESOURCE sets no floor under the oom_score_adj
             # of 1000 that the sandbox starts with, so a writable /proc would let it lower it again.
             "--remount-ro", "/dev", "--remount-ro", "/proc", "--remount-ro", "/", "--chdir", "/tmp",

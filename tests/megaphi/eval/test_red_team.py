@@ -192,8 +192,6 @@ def test_unix_socket_buffers_count_against_the_memory_limit(red_team_run):
     assert result.status == "killed for memory" or max(queued, default=0) < MEMORY_MB, (result.status, queued)
 
 
-@pytest.mark.xfail(strict=True, reason="bwrap's --dev mounts a devpts instance: /dev/ptmx opens, and each pty "
-                   "counts against the host-wide kernel.pty.max (4096, 3072 outside the host's own devpts)")
 def test_no_pseudo_terminal_can_be_opened(red_team_run):
     result = red_team_run["attacks"]["opens pseudo-terminals"]
     assert _lines(result, "pty stopped") == [["pty", "stopped", "2"]], result.output  # ENOENT: no /dev/ptmx
