@@ -112,6 +112,26 @@ try:
 except OSError:
     print("priority nice refused", flush=True)
 """,
+    "queues three times its memory limit in unix datagrams": """
+import socket
+queued, held, target = 0, [], %d
+try:
+    while queued < target:
+        pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for s in pair:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            s.setblocking(False)
+        held += pair
+        try:
+            while queued < target:
+                queued += pair[0].send(b"x" * (1 << 20))
+        except BlockingIOError:
+            pass
+except OSError as error:
+    print("dgram stopped", error.errno, flush=True)
+print("dgram queued MiB", queued >> 20, flush=True)
+""" % (3 * MEMORY_MB << 20),
     "raises its hard resource limits": """
 import resource
 for name in ("RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_CORE"):
@@ -203,6 +223,12 @@ def test_no_real_time_class_or_higher_priority_can_be_taken(red_team_run):
     assert lines == [["priority", "SCHED_FIFO", "refused"], ["priority", "nice", "refused"]], lines
 
 
+def test_unix_datagrams_count_against_the_memory_limit(red_team_run):
+    result = red_team_run["attacks"]["queues three times its memory limit in unix datagrams"]
+    queued = [int(words[-1]) for words in _lines(result, "dgram queued MiB")]
+    assert result.status == "killed for memory" or max(queued, default=0) < MEMORY_MB, (result.status, queued)
+
+
 def test_hard_resource_limits_cannot_be_raised(red_team_run):
     lines = _lines(red_team_run["attacks"]["raises its hard resource limits"], "")
     assert len(lines) == 6 and all(words[0] == "kept" for words in lines), lines
@@ -238,3 +264,62 @@ def test_no_sample_sees_another_sample_s_tmp(red_team_run):
     assert red_team_run["attacks"]["leaves a file in /tmp for the next sample"].passed
     assert red_team_run["attacks"]["finds another sample's /tmp file"].passed
     assert not os.path.exists(f"/tmp/{MARKER}")
+
+
+# Replies written straight to the reply pipe (the candidate's last argument), past what the codec
+# accepts or what the test process can hold; and plain values the codec must carry exactly.
+_FORGE = """
+import os, sys
+def answer():
+    frame = {frame}
+    os.write(int(sys.argv[-1]), len(frame).to_bytes(4, "big") + frame)
+    return 42
+"""
+CODEC_JOBS = {
+    "a reply nested a million levels deep": JudgedProgram(
+        candidate=_FORGE.format(frame="b'[\"return\",' + b'[' * 1_000_000 + b']' * 1_000_000 + b',[]]'"),
+        prompt="", tests="assert answer() == 42\n", entry_points=("answer",)),
+    # 10 million one-item lists in 60 MiB: over a gigabyte once parsed, in a 128 MiB test sandbox.
+    "a wide reply that the test process cannot hold": JudgedProgram(
+        candidate=_FORGE.format(frame="b'[\"return\",[\"l\"' + b',[\"l\"]' * 10_000_000 + b'],[]]'"),
+        prompt="", tests="assert answer() == 42\n", entry_points=("answer",)),
+    # Ints equal modulo 2**61 - 1 share one hash: decoding this set costs the test process n**2 steps
+    # (the candidate writes it in linear time).
+    "a set of colliding hashes": JudgedProgram(
+        candidate=_FORGE.format(frame="b'[\"return\",[\"s\",' + b','.join(b'[\"i\",\"%x\"]' % (k * (2**61 - 1)) "
+                                      "for k in range(1, 100_000)) + b'],[]]'"),
+        prompt="", tests="assert answer() == 42\n", entry_points=("answer",)),
+    "NaN, -0.0, infinity, a lone surrogate and a big int cross exactly": JudgedProgram(
+        candidate="def answer():\n    return [float('nan'), -0.0, float('inf'), '\\ud800', 2**200, 1+2j, {'b': 1, 'a': 2}]\n",
+        prompt="import math\n",
+        tests=("v = answer()\nassert math.isnan(v[0]) and math.copysign(1, v[1]) == -1 and v[2] == math.inf\n"
+               "assert v[3] == '\\ud800' and v[4] == 2**200 and v[5] == 1+2j and list(v[6]) == ['b', 'a']\n"),
+        entry_points=("answer",)),
+}
+
+
+@pytest.fixture(scope="module")
+def codec_run():
+    results = judge_programs(list(CODEC_JOBS.values()) + [_judged("")], timeout_s=3.0, memory_mb=MEMORY_MB,
+                             workers=2)
+    return dict(zip([*CODEC_JOBS, "honest"], results))
+
+
+def test_a_recursion_bomb_in_a_reply_fails_as_a_protocol_error(codec_run):
+    result = codec_run["a reply nested a million levels deep"]
+    assert result.status == "failed" and "broke the protocol" in result.detail, result
+
+
+def test_a_reply_too_big_to_hold_fails_its_own_sample_only(codec_run):
+    assert codec_run["a wide reply that the test process cannot hold"].status in ("killed for memory", "failed")
+    assert codec_run["honest"].passed
+
+
+def test_a_slow_to_decode_reply_spends_the_sample_s_own_time(codec_run):
+    assert codec_run["a set of colliding hashes"].status == "timed out", codec_run["a set of colliding hashes"]
+
+
+def test_edge_values_cross_the_codec_exactly(codec_run):
+    result = codec_run["NaN, -0.0, infinity, a lone surrogate and a big int cross exactly"]
+    assert result.passed, result
+    assert surviving_sandbox_processes() == []
