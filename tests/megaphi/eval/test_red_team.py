@@ -323,3 +323,37 @@ def test_edge_values_cross_the_codec_exactly(codec_run):
     result = codec_run["NaN, -0.0, infinity, a lone surrogate and a big int cross exactly"]
     assert result.passed, result
     assert surviving_sandbox_processes() == []
+
+
+# Kernel counts kept per user (inotify instances: 128 per user, in each user namespace and in every
+# one above it): two samples judged at once must not share them.
+_HOG_INOTIFY = """
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+held = [fd for fd in (libc.inotify_init1(0) for _ in range(200)) if fd >= 0]
+print("hog holds", len(held), flush=True)
+time.sleep(4)
+"""
+_NEEDS_INOTIFY = """
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+time.sleep(1.5)
+failures = 0
+for _ in range(10):
+    fd = libc.inotify_init1(0)
+    failures += fd < 0
+    if fd >= 0:
+        libc.close(fd)
+    time.sleep(0.1)
+print("inotify failures", failures, flush=True)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="every sandbox runs as the host's uid nobody, so the per-user inotify "
+                   "instance count (fs.inotify.max_user_instances, 128) is shared: one sample holding 128 makes "
+                   "inotify_init1 fail with EMFILE in a sample judged at the same time")
+def test_a_per_user_kernel_count_one_sample_exhausts_stays_available_to_another():
+    hog, victim = judge_programs([_judged(_HOG_INOTIFY), _judged(_NEEDS_INOTIFY)], timeout_s=6.0,
+                                 memory_mb=MEMORY_MB, workers=2)
+    assert _lines(hog, "hog holds") == [["hog", "holds", "128"]], hog.output
+    assert _lines(victim, "inotify failures") == [["inotify", "failures", "0"]], victim.output
