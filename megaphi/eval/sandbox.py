@@ -11,7 +11,7 @@ travels as memfd file descriptors, not as paths. Each sandbox lives in its own c
 for everything it starts; the cgroup is killed and checked empty afterwards, its processes are the
 OOM killer's first choice and the scorer its last. Inside, ``sandbox_runner`` sets rlimits (CPU time,
 address space, processes, file size, open files) before any untrusted code runs. When this process
-runs as root, bwrap is started (by ``setpriv``) as the unprivileged user ``nobody``.
+runs as root, bwrap is started (by ``setpriv``) as an unprivileged user of the sandbox's own.
 
 ``judge_programs`` is the scorer's path: per sample, one sandbox runs the candidate (prompt +
 completion) and serves calls; a second runs the tests with proxies of the candidate's entry points,
@@ -27,6 +27,7 @@ time; only a capped excerpt of what was printed is kept, and a process that prin
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import queue
@@ -49,7 +50,12 @@ from megaphi.eval.seccomp import SeccompUnavailable, filter_program
 
 STATUSES = ("passed", "failed", "timed out", "killed for memory")
 _RUNNER_SOURCE = (Path(__file__).with_name("sandbox_runner.py")).read_text(encoding="utf-8")
-_NOBODY = 65534
+# As root, each sandbox runs as a host user of its own from this block (unused by systemd's ranges):
+# the kernel keeps some counts per user (inotify instances, POSIX message queue bytes, queued
+# signals, file descriptors in flight), and a shared user would let one sample use up another's.
+_SANDBOX_UIDS = 0x7FFE0000
+_SANDBOX_UID_COUNT = 1 << 16
+_sandbox_uids = itertools.count()
 _SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
 _VERDICT_LIMIT = 1 << 16
 _CANDIDATE_EXIT_GRACE_S = 1.0  # a candidate that hung up is usually gone by then: its status says why
@@ -143,7 +149,10 @@ def _drop_root() -> list[str]:
     # of vfork(), which costs tens of milliseconds per program once torch is loaded.
     if os.geteuid() != 0:
         return []
-    return ["setpriv", f"--reuid={_NOBODY}", f"--regid={_NOBODY}", "--clear-groups", "--no-new-privs"]
+    # A user is reused only after 1024 sandboxes of this scorer (whose groups were emptied by then);
+    # the pid spreads scorers running side by side over the block.
+    uid = _SANDBOX_UIDS + (os.getpid() * 1024 + next(_sandbox_uids) % 1024) % _SANDBOX_UID_COUNT
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -552,7 +561,7 @@ def _sandbox_problem(python: str) -> str | None:
     if shutil.which("bwrap") is None:
         return "bubblewrap (bwrap) is not installed: install it (Debian: apt-get install bubblewrap)"
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        return "setpriv is not installed (as root it starts bwrap as nobody): install util-linux"
+        return "setpriv is not installed (as root it starts bwrap as an unprivileged user): install util-linux"
     if not os.path.isfile(python) or not os.access(python, os.X_OK):
         return f"the interpreter {python} does not exist or is not executable (pick another with --sandbox-python)"
     try:
@@ -561,7 +570,7 @@ def _sandbox_problem(python: str) -> str | None:
         return f"bwrap could not start ({error})"
     if result.passed:
         return None
-    who = "the user nobody" if os.geteuid() == 0 else "this user"
+    who = "every user" if os.geteuid() == 0 else "this user"
     said = " ".join(result.output.split())[-300:] or result.detail
     return (f"bwrap could not run {python} ({said}): bubblewrap 0.8 or later is needed (--disable-userns, "
             f"--seccomp), user namespaces must be allowed (sysctl kernel.unprivileged_userns_clone=1) and the "

@@ -349,9 +349,6 @@ print("inotify failures", failures, flush=True)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="every sandbox runs as the host's uid nobody, so the per-user inotify "
-                   "instance count (fs.inotify.max_user_instances, 128) is shared: one sample holding 128 makes "
-                   "inotify_init1 fail with EMFILE in a sample judged at the same time")
 def test_a_per_user_kernel_count_one_sample_exhausts_stays_available_to_another():
     hog, victim = judge_programs([_judged(_HOG_INOTIFY), _judged(_NEEDS_INOTIFY)], timeout_s=6.0,
                                  memory_mb=MEMORY_MB, workers=2)
