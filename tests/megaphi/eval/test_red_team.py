@@ -1,8 +1,10 @@
 """Attacks on the judging sandbox beyond the hostile suite, each asserting the concrete safe outcome.
 
-Every attack runs as a candidate's module-level code in one batch (``_judged``: the test then asks an
+Most attacks run as a candidate's module-level code in one batch (``_judged``: the test then asks an
 honest question, so a sample that is not contained would pass); honest samples are judged beside
-them, and nothing may be left running afterwards.
+them, and nothing may be left running afterwards. Then: replies forged on the reply pipe against
+the codec and the test process, two samples judged at once that share a per-user kernel count, and
+a neighbour that fills the scorer's own memory group.
 """
 import os
 import platform
@@ -72,9 +74,9 @@ print("oom_score_adj", open("/proc/self/oom_score_adj").read().strip(), flush=Tr
     "queues three times its memory limit in unix socket buffers": _SOCKET_FILL.format(
         name="unix", target=3 * MEMORY_MB << 20, make_pair="pair = list(socket.socketpair())"),
     # Netlink replies the sandbox asks for and never reads: cgroup v1 does not charge them either.
-    "queues twice its memory limit in netlink replies": """
+    "queues twice its memory limit in netlink replies": f"""
 import socket, struct
-queued, held, target = 0, [], 2 * %d << 20
+queued, held, target = 0, [], {2 * MEMORY_MB << 20}
 request = struct.pack("=LHHLL", 32, 18, 1, 0, 0) + struct.pack("=BBHiII", 0, 0, 0, 1, 0, 0)  # RTM_GETLINK of lo
 try:
     while queued < target:
@@ -87,7 +89,7 @@ try:
 except OSError as error:
     print("netlink stopped", error.errno, flush=True)
 print("netlink queued MiB", queued >> 20, flush=True)
-""" % MEMORY_MB,
+""",
     # Pseudo-terminals are counted host-wide (kernel.pty.max, shared with every container), by no cgroup.
     "opens pseudo-terminals": """
 import os
@@ -112,9 +114,9 @@ try:
 except OSError:
     print("priority nice refused", flush=True)
 """,
-    "queues three times its memory limit in unix datagrams": """
+    "queues three times its memory limit in unix datagrams": f"""
 import socket
-queued, held, target = 0, [], %d
+queued, held, target = 0, [], {3 * MEMORY_MB << 20}
 try:
     while queued < target:
         pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -131,7 +133,7 @@ try:
 except OSError as error:
     print("dgram stopped", error.errno, flush=True)
 print("dgram queued MiB", queued >> 20, flush=True)
-""" % (3 * MEMORY_MB << 20),
+""",
     "raises its hard resource limits": """
 import resource
 for name in ("RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_CORE"):
@@ -197,7 +199,8 @@ def test_loopback_tcp_buffers_cannot_hold_memory_past_the_limit(red_team_run):
     result = red_team_run["attacks"]["queues three times its memory limit in loopback TCP buffers"]
     queued = [int(words[-1]) for words in _lines(result, "tcp queued MiB")]
     # cgroup v1 would not count these buffers: the seccomp filter refuses every socket but AF_UNIX.
-    assert _lines(result, "tcp stopped") == [["tcp", "stopped", "97"]] and queued == [0], result.output  # EAFNOSUPPORT
+    assert _lines(result, "tcp stopped") == [["tcp", "stopped", "97"]], result.output  # EAFNOSUPPORT
+    assert queued == [0], result.output
 
 
 def test_netlink_replies_cannot_hold_memory_past_the_limit(red_team_run):
@@ -400,7 +403,7 @@ def test_an_honest_sample_keeps_its_verdict_when_its_neighbour_fills_the_scorer_
         command = f'echo $$ > {group}/cgroup.procs && exec "$@"'
         done = subprocess.run(["/bin/sh", "-c", command, "sh", sys.executable, "-c", _SCORER,
                                json.dumps([_MANY_SMALL, _ONE_LARGER])],
-                              capture_output=True, text=True, timeout=120, cwd=os.getcwd())
+                              check=False, capture_output=True, text=True, timeout=120, cwd=os.getcwd())
     finally:
         for _ in range(50):  # the scorer has left; its emptied group goes
             try:
