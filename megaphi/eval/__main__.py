@@ -44,7 +44,8 @@ def _add_generation_args(parser: argparse.ArgumentParser, model_required: bool =
 
 
 def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=10.0, help="CPU seconds per sample (at most 3x that in wall-clock time)")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="CPU seconds per sample (at most 3x that in wall-clock time)")
     parser.add_argument("--memory-mb", type=int, default=1024,
                         help="memory of each sandbox (its cgroup: shared memory and /tmp included), "
                              "and address space per process")

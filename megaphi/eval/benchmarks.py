@@ -114,13 +114,24 @@ def _unbound_reads(tests: str, prompt: str) -> list[str]:
     return list(dict.fromkeys(name for name in names if name not in known))
 
 
+def _top_level_definitions(reference: str, prompt: str) -> set[str]:
+    """Functions and classes a reference defines at top level: a whole program (MBPP's) or the
+    continuation of the prompt (human-eval form)."""
+    for program in (reference, prompt + reference):
+        try:
+            tree = ast.parse(program)
+        except SyntaxError:
+            continue
+        return {node.name for node in tree.body
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    return set()
+
+
 def free_names(tests: str, prompt: str = "", reference: str = "") -> tuple[str, ...]:
     """Names ``tests`` reads but neither it nor the prompt (except its stubs) define, and that are
     neither standard modules nor built-ins (unless ``reference``, a trusted solution, defines them
     at top level: MBPP's task 126 is a function called ``sum``), in order of first use."""
-    redefined = {node.name for node in ast.parse(reference).body
-                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))} if reference else set()
-    known = (set(dir(builtins)) | set(sys.stdlib_module_names)) - redefined
+    known = (set(dir(builtins)) | set(sys.stdlib_module_names)) - _top_level_definitions(reference, prompt)
     return tuple(name for name in _unbound_reads(tests, prompt) if name not in known)
 
 

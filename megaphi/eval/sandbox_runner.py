@@ -24,7 +24,8 @@ The wire format: each message is a 4-byte big-endian length and an ASCII JSON do
 None, bools, ints below 2**63, floats and strings are themselves and everything else is a list whose
 first element is a tag: ``["l", ...]`` list, ``["t", ...]`` tuple, ``["s", ...]`` set, ``["f", ...]``
 frozenset, ``["d", k1, v1, ...]`` dict, ``["b", hex]`` bytes, ``["B", hex]`` bytearray, ``["i", hex]``
-big int, ``["c", re, im]`` complex, ``["r", start, stop, step]`` range, ``["T", name]`` one of the
+big int, ``["c", re, im]`` complex, ``["r", start, stop, step]`` range, ``["q", numerator,
+denominator]`` fractions.Fraction, ``["e", digits]`` decimal.Decimal, ``["T", name]`` one of the
 built-in types themselves, ``["g", ...]`` an iterator's items (decoded as an iterator), ``["@", name]``
 an object the shared setup code built in the candidate's process (from the test's side only).
 ``decode`` accepts nothing else, so no object with behaviour of its own can cross.
@@ -115,6 +116,12 @@ def encode(value, kept=None, depth=0):
         return ["h", value.number]
     if kind is type and value in _BUILTIN_TYPES:  # e.g. MBPP's "remove the elements of type int"
         return ["T", value.__name__]
+    # Exact numbers of the standard library: rebuilt from ints or digits, never from the object.
+    fractions, decimal = sys.modules.get("fractions"), sys.modules.get("decimal")
+    if fractions is not None and kind is getattr(fractions, "Fraction", None):
+        return ["q", encode(value.numerator), encode(value.denominator)]
+    if decimal is not None and kind is getattr(decimal, "Decimal", None):
+        return ["e", str(value)]
     # Subclasses of plain types (namedtuple, Counter, OrderedDict, IntEnum...) travel as their base
     # type, read through the base type's own methods, as == would mostly treat them.
     for base in (int, float, str):
@@ -178,6 +185,19 @@ def decode(data, shared=None, kept=None, depth=0):
             bounds = [decode(item, None, None, depth) for item in items]
             if all(type(bound) is int for bound in bounds):
                 return range(*bounds)
+        if tag == "q" and len(items) == 2:
+            numerator, denominator = (decode(item, None, None, depth) for item in items)
+            if type(numerator) is int and type(denominator) is int and denominator != 0:
+                import fractions  # only where a test or an answer holds one: it costs startup time
+
+                return fractions.Fraction(numerator, denominator)
+        if tag == "e" and len(items) == 1 and type(items[0]) is str and len(items[0]) <= 10000:
+            import decimal
+
+            try:
+                return decimal.Decimal(items[0])
+            except decimal.InvalidOperation:
+                raise ProtocolError("malformed decimal") from None
         if tag == "T" and len(items) == 1 and type(items[0]) is str and items[0] in _BUILTIN_TYPE_NAMES:
             return _BUILTIN_TYPE_NAMES[items[0]]
         if tag == "@" and shared is not None and len(items) == 1 and type(items[0]) is str and items[0] in shared:

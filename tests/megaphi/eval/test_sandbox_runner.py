@@ -1,6 +1,8 @@
 """The wire between a candidate and its tests carries plain data only, and its decoder accepts nothing else."""
 import collections
+import decimal
 import enum
+import fractions
 import math
 import os
 
@@ -20,7 +22,8 @@ class Colour(enum.IntEnum):
 
 PLAIN = [None, True, False, 0, -7, 2 ** 63, -(2 ** 200), 1.5, -0.0, float("inf"), "", "tab\tnul\x00 é \ud800",
          b"\x00\xff", bytearray(b"ab"), [1, [2, [3]]], (1, (2,)), (), {1: "a", (1, 2): [3], None: {"k": 1.0}},
-         {1, (2, 3), frozenset({4})}, frozenset(), 3 - 4j, range(1, 10, 3)]
+         {1, (2, 3), frozenset({4})}, frozenset(), 3 - 4j, range(1, 10, 3), fractions.Fraction(-2 ** 70, 3),
+         decimal.Decimal("-1.50E+3"), decimal.Decimal("Infinity")]
 
 
 @pytest.mark.parametrize("value", PLAIN, ids=[type(v).__name__ + str(i) for i, v in enumerate(PLAIN)])
@@ -91,7 +94,7 @@ def test_nesting_is_bounded_both_ways():
 
 @pytest.mark.parametrize("text", [
     '{"a": 1}', '["x", 1]', "[]", '["d", 1]', '["s", ["l"]]', '["d", ["l"], 1]', '["i", "zz"]', '["r", 1, 2, 0]',
-    '["r", 1.5, 2, 1]', '["@", "root"]', '["b", "xyz"]', '["c", "1", 2]', '[1, 2]', "[true", "1 2", "1" * 5000,
+    '["r", 1.5, 2, 1]', '["q", 1, 0]', '["q", 1.5, 2]', '["e", "one"]', '["e", 1]', '["@", "root"]', '["b", "xyz"]', '["c", "1", 2]', '[1, 2]', "[true", "1 2", "1" * 5000,
     "[" * 100000, '"\\ud800', "nul",
 ])
 def test_the_decoder_refuses_anything_but_the_format(text):
