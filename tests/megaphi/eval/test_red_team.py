@@ -292,6 +292,13 @@ CODEC_JOBS = {
         candidate=_FORGE.format(frame="b'[\"return\",[\"s\",' + b','.join(b'[\"i\",\"%x\"]' % (k * (2**61 - 1)) "
                                       "for k in range(1, 100_000)) + b'],[]]'"),
         prompt="", tests="assert answer() == 42\n", entry_points=("answer",)),
+    # The exact numbers of the standard library: a signaling NaN, and a fraction over zero.
+    "a signaling-NaN Decimal": JudgedProgram(
+        candidate=_FORGE.format(frame="b'[\"return\",[\"e\",\"sNaN\"],[]]'"),
+        prompt="", tests="assert answer() == 42\n", entry_points=("answer",)),
+    "a Fraction over zero": JudgedProgram(
+        candidate=_FORGE.format(frame="b'[\"return\",[\"q\",42,0],[]]'"),
+        prompt="", tests="assert answer() == 42\n", entry_points=("answer",)),
     "NaN, -0.0, infinity, a lone surrogate and a big int cross exactly": JudgedProgram(
         candidate="def answer():\n    return [float('nan'), -0.0, float('inf'), '\\ud800', 2**200, 1+2j, {'b': 1, 'a': 2}]\n",
         prompt="import math\n",
@@ -320,6 +327,12 @@ def test_a_reply_too_big_to_hold_fails_its_own_sample_only(codec_run):
 
 def test_a_slow_to_decode_reply_spends_the_sample_s_own_time(codec_run):
     assert codec_run["a set of colliding hashes"].status == "timed out", codec_run["a set of colliding hashes"]
+
+
+def test_exact_numbers_that_cannot_be_compared_or_built_fail(codec_run):
+    decimal_result, fraction_result = codec_run["a signaling-NaN Decimal"], codec_run["a Fraction over zero"]
+    assert decimal_result.status == "failed" and "InvalidOperation" in decimal_result.detail, decimal_result
+    assert fraction_result.status == "failed" and "broke the protocol" in fraction_result.detail, fraction_result
 
 
 def test_edge_values_cross_the_codec_exactly(codec_run):
