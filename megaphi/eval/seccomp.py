@@ -57,7 +57,7 @@ _SYSCALLS = {
         move_mount=429, open_tree=428, mount_setattr=442, io_uring_setup=425, io_uring_enter=426,
         io_uring_register=427, pidfd_getfd=438, kcmp=312, lookup_dcookie=212, chroot=161, settimeofday=164,
         clock_settime=227, adjtimex=159, clock_adjtime=305, syslog=103, vhangup=153, sethostname=170,
-        setdomainname=171, memfd_secret=447, socket=41, socketpair=53),
+        setdomainname=171, memfd_secret=447, socket=41, socketpair=53, io_setup=206),
     "aarch64": dict(
         audit_arch=0xC00000B7, clone=220, clone3=435, ptrace=117, process_vm_readv=270, process_vm_writev=271,
         mount=40, umount2=39, pivot_root=41, unshare=97, setns=268, kexec_load=104, kexec_file_load=294,
@@ -67,7 +67,7 @@ _SYSCALLS = {
         move_mount=429, open_tree=428, mount_setattr=442, io_uring_setup=425, io_uring_enter=426,
         io_uring_register=427, pidfd_getfd=438, kcmp=272, lookup_dcookie=18, chroot=51, settimeofday=170,
         clock_settime=112, adjtimex=171, clock_adjtime=266, syslog=116, vhangup=58, sethostname=161,
-        setdomainname=162, memfd_secret=447, socket=198, socketpair=199),
+        setdomainname=162, memfd_secret=447, socket=198, socketpair=199, io_setup=0),
 }
 
 

@@ -101,6 +101,11 @@ except OSError as error:
     print("pty stopped", error.errno, flush=True)
 print("ptys opened", len(held), flush=True)
 """,
+    # Linux AIO events are counted host-wide (fs.aio-max-nr, 65536): one io_setup can take them all.
+    "takes the host's whole Linux AIO event budget": _LIBC + f"""
+context = ctypes.c_ulong(0)
+print("aio io_setup", libc.syscall({NUMBERS['io_setup']}, 65536, ctypes.byref(context)), ctypes.get_errno(), flush=True)
+""",
     "takes a real-time scheduling class or a higher priority": """
 import os
 try:
@@ -219,6 +224,13 @@ def test_no_pseudo_terminal_can_be_opened(red_team_run):
     result = red_team_run["attacks"]["opens pseudo-terminals"]
     assert _lines(result, "pty stopped") == [["pty", "stopped", "2"]], result.output  # ENOENT: no /dev/ptmx
     assert _lines(result, "ptys opened") == [["ptys", "opened", "0"]], result.output
+
+
+@pytest.mark.xfail(strict=True, reason="io_setup is allowed: one call of a sandbox reserves all of the "
+                   "host-wide fs.aio-max-nr (65536 events), and io_setup fails with EAGAIN for every other process")
+def test_no_linux_aio_context_can_be_set_up(red_team_run):
+    lines = _lines(red_team_run["attacks"]["takes the host's whole Linux AIO event budget"], "aio")
+    assert lines == [["aio", "io_setup", "-1", "1"]], lines  # EPERM
 
 
 def test_no_real_time_class_or_higher_priority_can_be_taken(red_team_run):
