@@ -3,7 +3,7 @@
 It refuses (EPERM) the system calls that reach other processes' memory or the kernel's namespace and
 mount machinery: ``ptrace``, ``process_vm_readv/writev``, ``unshare``, ``setns``, every mount call,
 ``clone`` with any new-namespace flag, and a handful of administrative calls no test program needs
-(kernel modules, kexec, bpf, perf, keyrings, userfaultfd, io_uring, swap, clock setting). Sockets of
+(kernel modules, kexec, bpf, perf, keyrings, userfaultfd, io_uring, Linux AIO, swap, clock setting). Sockets of
 any family but AF_UNIX answer EAFNOSUPPORT: the kernel's buffers of TCP, UDP and netlink sockets are not
 charged to a cgroup v1 memory limit (a sandbox could hold gigabytes in them), and no test program needs
 more network than a socketpair. ``clone3``
@@ -46,7 +46,8 @@ _REFUSED = ("ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2
             "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr", "io_uring_setup",
             "io_uring_enter", "io_uring_register", "pidfd_getfd", "kcmp", "lookup_dcookie", "chroot",
             "settimeofday", "clock_settime", "adjtimex", "clock_adjtime", "syslog", "vhangup",
-            "sethostname", "setdomainname", "memfd_secret")
+            "sethostname", "setdomainname", "memfd_secret",
+            "io_setup")  # Linux AIO events are a host-wide count (fs.aio-max-nr) that one call can take
 _SYSCALLS = {
     "x86_64": dict(
         audit_arch=0xC000003E, clone=56, clone3=435, ptrace=101, process_vm_readv=310, process_vm_writev=311,

@@ -226,8 +226,6 @@ def test_no_pseudo_terminal_can_be_opened(red_team_run):
     assert _lines(result, "ptys opened") == [["ptys", "opened", "0"]], result.output
 
 
-@pytest.mark.xfail(strict=True, reason="io_setup is allowed: one call of a sandbox reserves all of the "
-                   "host-wide fs.aio-max-nr (65536 events), and io_setup fails with EAGAIN for every other process")
 def test_no_linux_aio_context_can_be_set_up(red_team_run):
     lines = _lines(red_team_run["attacks"]["takes the host's whole Linux AIO event budget"], "aio")
     assert lines == [["aio", "io_setup", "-1", "1"]], lines  # EPERM
