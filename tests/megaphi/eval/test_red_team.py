@@ -310,7 +310,8 @@ CODEC_JOBS = {
         candidate=_FORGE.format(frame="b'[\"return\",[\"q\",42,0],[]]'"),
         prompt="", tests="assert answer() == 42\n", entry_points=("answer",)),
     "NaN, -0.0, infinity, a lone surrogate and a big int cross exactly": JudgedProgram(
-        candidate="def answer():\n    return [float('nan'), -0.0, float('inf'), '\\ud800', 2**200, 1+2j, {'b': 1, 'a': 2}]\n",
+        candidate=("def answer():\n"
+                   "    return [float('nan'), -0.0, float('inf'), '\\ud800', 2**200, 1+2j, {'b': 1, 'a': 2}]\n"),
         prompt="import math\n",
         tests=("v = answer()\nassert math.isnan(v[0]) and math.copysign(1, v[1]) == -1 and v[2] == math.inf\n"
                "assert v[3] == '\\ud800' and v[4] == 2**200 and v[5] == 1+2j and list(v[6]) == ['b', 'a']\n"),
