@@ -332,7 +332,7 @@ def test_a_recursion_bomb_in_a_reply_fails_as_a_protocol_error(codec_run):
 
 
 def test_a_reply_too_big_to_hold_fails_its_own_sample_only(codec_run):
-    assert codec_run["a wide reply that the test process cannot hold"].status in ("killed for memory", "failed")
+    assert not codec_run["a wide reply that the test process cannot hold"].passed
     assert codec_run["honest"].passed
 
 
@@ -391,10 +391,10 @@ import os, time
 for _ in range(11):
     if os.fork() == 0:
         hold = b"x" * (20 << 20)
-        time.sleep(6)
+        time.sleep(10)
         os._exit(0)
 hold = b"x" * (20 << 20)
-time.sleep(6)
+time.sleep(10)
 """
 _ONE_LARGER = "import time\ntime.sleep(2)\nhold = b'x' * (120 << 20)\ntime.sleep(1)\n"
 _SCORER = """
