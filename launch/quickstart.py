@@ -305,7 +305,7 @@ def write_report(work: Path, outcomes: list[Outcome], total_s: float) -> Path:
     write_json_atomically(work / "report.json", payload)
 
     ran = sum(o.status == "ran" for o in outcomes)
-    lines = [f"# Quickstart report", "",
+    lines = ["# Quickstart report", "",
              f"Work directory `{work}`; this run took {total_s:.0f}s: {ran} stage(s) ran, "
              f"{len(outcomes) - ran} skipped (outputs complete, inputs and parameters unchanged). "
              "The same content as JSON: `report.json`.", "",
