@@ -68,11 +68,11 @@ class CausalLMEmbedder:
         self._model, self._tokenizer = load_model(path, device=device)
         self._model.eval()
         self.max_tokens = min(max_tokens, self._model.config.max_position_embeddings)
-        probe = self._hidden([[self._eod_or_zero()]])
+        probe = self._hidden([[self._eod()]])
         self.dim = probe.shape[-1]
 
-    def _eod_or_zero(self) -> int:
-        return int(getattr(self._tokenizer, "eos_token_id", None) or 0)
+    def _eod(self) -> int:
+        return int(self._tokenizer.eod_id)  # megaphi.tokenizer always has one
 
     def _hidden(self, batch_ids: list[list[int]]):
         torch = self._torch
@@ -97,7 +97,7 @@ class CausalLMEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         rows = []
         for start in range(0, len(texts), batch_size):
-            batch = [self._tokenizer.encode(t)[: self.max_tokens] or [self._eod_or_zero()]
+            batch = [self._tokenizer.encode(t)[: self.max_tokens] or [self._eod()]
                      for t in texts[start:start + batch_size]]
             rows.append(self._hidden(batch))
         return _normalize(np.concatenate(rows))

@@ -19,6 +19,9 @@ from megaphi.eval.report import write_report
 from megaphi.eval.sampling import NOT_GENERATED, SamplingConfig, generate_samples, not_generated_results
 from megaphi.eval.sandbox import SandboxUnavailable
 from megaphi.eval.score import read_samples, score_samples, summarize, write_jsonl
+from megaphi.progress import progress
+
+SCORE_SLICE = 256  # programs scored between two progress updates
 
 
 def _add_benchmark_args(parser: argparse.ArgumentParser) -> None:
@@ -91,9 +94,14 @@ def _sampling(args: argparse.Namespace) -> SamplingConfig:
 
 def _score(args: argparse.Namespace, benchmark, samples: list[dict]) -> tuple[list[dict], dict]:
     runnable = [s for s in samples if NOT_GENERATED not in s]
-    results = score_samples(benchmark, runnable, timeout_s=args.timeout, memory_mb=args.memory_mb,
-                            workers=args.workers, unsafe_no_sandbox=args.unsafe_no_sandbox,
-                            python=args.sandbox_python) if runnable else []
+    results: list[dict] = []
+    # In slices, to show progress: a full HumanEval run at n=100 is 16,400 programs.
+    with progress(total=len(runnable), desc="score", unit="programs") as bar:
+        for start in range(0, len(runnable), SCORE_SLICE):
+            results += score_samples(benchmark, runnable[start:start + SCORE_SLICE], timeout_s=args.timeout,
+                                     memory_mb=args.memory_mb, workers=args.workers,
+                                     unsafe_no_sandbox=args.unsafe_no_sandbox, python=args.sandbox_python)
+            bar.update(min(SCORE_SLICE, len(runnable) - start))
     results = not_generated_results(samples, results)
     summary = summarize(benchmark, results)
     summary["not_generated"] = len(samples) - len(runnable)

@@ -290,3 +290,15 @@ def test_chat_uses_a_given_chat_template(server, client):
                                              max_tokens=8, temperature=0)
     plain = client.completions.create(model="tiny", prompt="<user>hi\n<assistant>", max_tokens=8, temperature=0)
     assert chat.choices[0].message.content == plain.choices[0].text
+
+
+def test_chat_uses_the_tokenizer_directorys_own_template_with_its_special_tokens(phi_dir, tmp_path):
+    import shutil
+
+    directory = tmp_path / "with-template"
+    shutil.copytree(phi_dir, directory)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{{ eos_token }}[assistant]"
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    server = build_server(directory, model_name="t")
+    assert server.render_chat([{"role": "user", "content": "hi"}]) == ("[user] hi\n<|endoftext|>[assistant]", [])

@@ -83,6 +83,7 @@ def test_problems_longer_than_the_context_score_as_failed_with_the_reason(tmp_pa
     assert summary["not_generated"] == 1 and summary["samples"] == 3 and summary["problems_scored"] == 3
     assert "1 samples were not generated" in captured.err
     assert "[generate] 1/1 samples (100%)" in captured.err  # progress, one line per generate call in a log
+    assert "[score] 2/2 programs (100%)" in captured.err  # only the generated samples run
     results = {r["task_id"]: r for r in read_jsonl(out_dir / "results.jsonl")}
     assert results["HumanEval/1"]["result"] == ("failed: not generated: the prompt has 434 tokens and the model's "
                                                 "context is 300, leaving no room for a completion")
