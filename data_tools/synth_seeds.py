@@ -19,8 +19,8 @@ import keyword
 import os
 import random
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from data_tools.quality.documents import Document, corpus_files, sample_documents
 
@@ -77,7 +77,8 @@ def snippets(text: str, options: SeedOptions) -> list[tuple[int, int, str]]:
                  for start in range(0, len(lines), options.max_lines)]
     else:
         nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-        spans = sorted({(min([n.lineno, *(d.lineno for d in n.decorator_list)]) - 1, n.end_lineno) for n in nodes})
+        spans = sorted({(min([n.lineno, *(d.lineno for d in n.decorator_list)]) - 1, n.end_lineno or n.lineno)
+                        for n in nodes})
     out = []
     for start, end in spans:
         chunk = lines[start:end]

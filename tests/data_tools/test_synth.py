@@ -117,6 +117,28 @@ def test_the_run_prints_its_prompt_count_before_asking_and_warns_when_count_exce
                              "each prompt is sent up to 3 times")
 
 
+@pytest.mark.parametrize("yaml_text,message", [
+    ("system: s\ntemplate: t\ntopics: []\n", "'topics' must be a non-empty list"),
+    ("system: s\ntemplate: t\ntopics: [{name: a, subtopics: [b]}]\nstyles: [x]\n", "'audiences' must be"),
+    ("system: s\ntemplate: '{colour}'\ntopics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
+     "unknown or malformed placeholder"),
+    ("system: s\ntemplate: t\ntopics: [{name: a}]\naudiences: [x]\nstyles: [y]\n", "'topics[0].subtopics'"),
+    ("system: s\ntemplate: '{topic} {subtopic} {style}'\ntopics: [{name: a, subtopics: [b]}]\naudiences: [x]\n"
+     "styles: [y]\n", "'template' does not use {audience}: prompts that differ only there would be sent as the same"),
+    ("system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\noutline_template: '{topic} {audience} {style}'\n"
+     "topics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
+     "'outline_template' does not use {concept}, {subtopic}"),
+    ("system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\nseed_templates: {docs: '{docs}'}\n"
+     "topics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
+     "'seed_templates' must map snippet and/or identifiers to templates"),
+])
+def test_a_broken_prompt_file_is_an_error_naming_the_field(tmp_path, yaml_text, message):
+    path = tmp_path / "prompts.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_prompt_space(path, "textbooks")
+
+
 def test_an_answer_splits_into_humaneval_fields():
     exercise = parse_exercise(GOOD_ANSWER, "count_vowels", task_id="t1")
     assert exercise.prompt.startswith("import string\n") and exercise.prompt.rstrip().endswith('"""')
