@@ -195,6 +195,13 @@ class Axis:
     name: str
     values: list[dict[str, str]]
 
+    def __post_init__(self) -> None:
+        # A value listed twice would be counted twice and drawn twice: keep the first.
+        firsts: dict[tuple, dict[str, str]] = {}
+        for value in self.values:
+            firsts.setdefault(tuple(sorted(value.items())), value)
+        self.values = list(firsts.values())
+
 
 @dataclass
 class PromptPlan:
@@ -250,8 +257,8 @@ def prompt_plan(space: PromptSpace, kind: str, *, outline: list[tuple[str, str, 
     if kind == "exercises":
         if source == "lists":
             axes.append(Axis("concepts", [{"concept": c} for c in space.concepts]))
-        names = dict.fromkeys(f"{v}_{n}" for v in space.function_name_verbs for n in space.function_name_nouns)
-        axes.append(Axis("function names", [{"function_name": name} for name in names]))
+        axes.append(Axis("function names", [{"function_name": f"{v}_{n}"} for v in space.function_name_verbs
+                                            for n in space.function_name_nouns]))
     return PromptPlan(kind=kind, source=source, system=space.system, templates=templates, axes=axes)
 
 

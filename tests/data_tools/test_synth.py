@@ -105,7 +105,7 @@ def test_the_prompt_count_is_the_product_of_the_lists_and_no_prompt_repeats_befo
 def test_the_run_prints_its_prompt_count_before_asking_and_warns_when_count_exceeds_it(tmp_path, capsys):
     prompts = tmp_path / "small.yaml"
     prompts.write_text("system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\n"
-                       "topics: [{name: a, subtopics: [b, c]}]\naudiences: [x]\nstyles: [y]\n")
+                       "topics: [{name: a, subtopics: [b, c]}]\naudiences: [x, x]\nstyles: [y]\n")  # x once
     with FakeOpenAI(lambda prompt, attempt: "400") as server:
         code = main(["textbooks", "--count", "6", "--warn-repeats", "2.5", "--prompts", str(prompts), "--out",
                      str(tmp_path / "t.jsonl"), "--base-url", server.base_url, "--max-attempts", "1", "--no-progress"])
