@@ -621,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_report_command(args)
     out = Path(args.out)
     failures = Path(args.failures) if args.failures else failures_path_for(out)
+    if args.seed_corpus is None and (args.seed_pool != SeedOptions.pool or tuple(args.seed_kinds) != SEED_KINDS):
+        print("error: --seed-pool and --seed-kinds shape seed-conditioned prompts: add --seed-corpus", file=sys.stderr)
+        return 2
     try:
         stats = synthesize(
             args.kind, count=args.count, out_path=out, failures_path=failures, client=client_config_from_args(args),

@@ -253,6 +253,15 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
     code = main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
                  "--prompts", str(tmp_path / "missing.yaml")])
     assert code == 2 and "missing.yaml does not exist" in capsys.readouterr().err
+    code = main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--seed-pool", "5"])
+    assert code == 2 and capsys.readouterr().err == ("error: --seed-pool and --seed-kinds shape seed-conditioned "
+                                                     "prompts: add --seed-corpus\n")
+    code = main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
+                 "--seed-corpus", str(tmp_path / "none-*.jsonl")])
+    assert code == 2 and capsys.readouterr().err.startswith("error: seed corpus: input ")
+    with pytest.raises(SystemExit):  # argparse: one prompt source at a time
+        main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--outline", "o.yaml", "--seed-corpus"])
+    assert "argument --seed-corpus: not allowed with argument --outline" in capsys.readouterr().err
 
 
 def test_cli_exits_1_when_no_request_got_an_answer(tmp_path, capsys):
