@@ -157,8 +157,7 @@ def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
                          "give the generated JSONL")
     if failures_paths is None:
         failures_paths = list(dict.fromkeys(logs + [p for p in map(failures_path_for, files) if p.exists()]))
-    failures = [r for r in iter_records(expand_inputs(failures_paths), on_error=options.on_error)] \
-        if failures_paths else []
+    failures = list(iter_records(expand_inputs(failures_paths), on_error=options.on_error)) if failures_paths else []
 
     dedup = Deduplicator(options.dedup)
     prompts: Counter[str] = Counter()
