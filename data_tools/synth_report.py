@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 
 from data_tools.dedup import WORD, Deduplicator, DedupParams, exact_key, signature
+from data_tools.embed import encode_with_progress, load_embedder
 from data_tools.jsonl import ON_ERROR_CHOICES, OnError, expand_inputs, iter_records, record_id, record_text
 from data_tools.synth import NEAR_DUPLICATE, failures_path_for
+from megaphi.progress import progress
 
 META_FIELDS = ("topic", "subtopic", "concept", "seed_kind", "audience", "style")
 REPORT_FILES = ("diversity.json", "diversity.md", "diversity.png")
@@ -52,6 +54,7 @@ class ReportOptions:
     seed: int = 0
     on_error: OnError = "stop"
     examples: int = 10  # duplicate pairs listed in the report
+    progress: bool = True
 
     def validate(self) -> None:
         if not self.ngram_orders or min(self.ngram_orders) < 1:
@@ -167,7 +170,9 @@ def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
     exact = near = 0
     examples: list[dict[str, Any]] = []
     exercises = records = 0
-    for index, record in enumerate(iter_records(files, on_error=options.on_error)):
+    scan = progress(iter_records(files, on_error=options.on_error), desc="diversity", unit="records",
+                    disable=not options.progress)
+    for index, record in enumerate(scan):
         text = record_text(record, options.text_key, index)
         records += 1
         sig = signature(text, options.dedup.num_perm, options.dedup.ngram)
@@ -194,10 +199,10 @@ def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
     coverage = None
     if options.embedder is not None or embedder is not None:
         if embedder is None:
-            from data_tools.embed import load_embedder
-
             embedder = load_embedder(str(options.embedder))
-        coverage = embedding_coverage(embedder.encode(embed_sample.items), options.cluster_distance)
+        vectors = (encode_with_progress(embedder, embed_sample.items) if options.progress
+                   else embedder.encode(embed_sample.items))
+        coverage = embedding_coverage(vectors, options.cluster_distance)
         coverage["embedder"] = getattr(embedder, "name", str(options.embedder))
     distances = coverage.pop("distances") if coverage else []
 
@@ -317,12 +322,14 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ngram", type=int, default=DedupParams.ngram, help="words per MinHash shingle")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
     parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="stop")
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def run_report_command(args: argparse.Namespace) -> int:
     options = ReportOptions(
         text_key=args.text_key, ngram_sample=args.ngram_sample, embedder=None if args.no_embeddings else args.embedder,
         embed_sample=args.embed_sample, cluster_distance=args.cluster_distance, seed=args.seed, on_error=args.on_error,
+        progress=not args.no_progress,
         dedup=DedupParams(threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram, text_key=args.text_key),
     )
     try:
