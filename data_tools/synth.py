@@ -31,8 +31,8 @@ import argparse
 import ast
 import hashlib
 import json
-import random
 import math
+import random
 import re
 import string
 import sys
@@ -43,7 +43,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from data_tools.dedup import DedupParams, Deduplicator, exact_key, signature
+from data_tools.dedup import Deduplicator, DedupParams, exact_key, signature
 from data_tools.jsonl import iter_jsonl
 from data_tools.llm import (
     ClientConfig,
@@ -98,9 +98,8 @@ class PromptSpace:
 SOURCE_FIELDS = {
     "lists": {"topic", "subtopic", "audience", "style"},
     "outline": {"topic", "subtopic", "concept", "audience", "style"},
-    "seeds": {"audience", "style"},
+    "seeds": {"audience", "style"},  # and the seed itself, in the placeholder named after its kind
 }
-SEED_FIELD = {"snippet": "snippet", "identifiers": "identifiers"}  # the placeholder a seed kind fills
 
 
 def template_fields(template: str) -> set[str]:
@@ -111,7 +110,7 @@ def check_template(space: PromptSpace, kind: str, source: str, seed_kind: str = 
     """The template a prompt source uses, checked: only known placeholders, and every field that
     makes prompts differ is used (a source whose choices never reach the prompt repeats it)."""
     key, template = space.template_for(source, seed_kind)
-    fields = SOURCE_FIELDS[source] | ({SEED_FIELD[seed_kind]} if source == "seeds" else set())
+    fields = SOURCE_FIELDS[source] | ({seed_kind} if source == "seeds" else set())
     if kind == "exercises":
         fields = fields | {"function_name"} | ({"concept"} if source == "lists" else set())
     try:
@@ -162,8 +161,8 @@ def load_prompt_space(path: str | Path, kind: str) -> PromptSpace:
             raise ValueError(f"{path}: 'topics[{i}]' must be a mapping with a 'name' and 'subtopics'")
         topics.append((topic["name"], strings("subtopics", topic, f"topics[{i}].")))
     seed_templates = data.get("seed_templates") or {}
-    if not isinstance(seed_templates, dict) or set(seed_templates) - set(SEED_FIELD):
-        raise ValueError(f"{path}: 'seed_templates' must map {' and/or '.join(SEED_FIELD)} to templates")
+    if not isinstance(seed_templates, dict) or set(seed_templates) - set(SEED_KINDS):
+        raise ValueError(f"{path}: 'seed_templates' must map {' and/or '.join(SEED_KINDS)} to templates")
     for seed_kind in seed_templates:
         optional_string(seed_kind, seed_templates, "seed_templates.")
     exercises = kind == "exercises"
@@ -195,6 +194,13 @@ class Axis:
 
     name: str
     values: list[dict[str, str]]
+
+    def __post_init__(self) -> None:
+        # A value listed twice would be counted twice and drawn twice: keep the first.
+        firsts: dict[tuple, dict[str, str]] = {}
+        for value in self.values:
+            firsts.setdefault(tuple(sorted(value.items())), value)
+        self.values = list(firsts.values())
 
 
 @dataclass
@@ -234,7 +240,7 @@ def prompt_plan(space: PromptSpace, kind: str, *, outline: list[tuple[str, str, 
     if seeds is not None:
         kinds = sorted({s.kind for s in seeds})
         templates = {k: check_template(space, kind, "seeds", k) for k in kinds}
-        values = [{**s.meta(), SEED_FIELD[s.kind]: s.text} for s in seeds]
+        values = [{**s.meta(), s.kind: s.text} for s in seeds]
         axes, source = [Axis("seeds", values)], "seeds"
     elif outline is not None:
         if not outline:
@@ -251,8 +257,8 @@ def prompt_plan(space: PromptSpace, kind: str, *, outline: list[tuple[str, str, 
     if kind == "exercises":
         if source == "lists":
             axes.append(Axis("concepts", [{"concept": c} for c in space.concepts]))
-        names = dict.fromkeys(f"{v}_{n}" for v in space.function_name_verbs for n in space.function_name_nouns)
-        axes.append(Axis("function names", [{"function_name": name} for name in names]))
+        axes.append(Axis("function names", [{"function_name": f"{v}_{n}"} for v in space.function_name_verbs
+                                            for n in space.function_name_nouns]))
     return PromptPlan(kind=kind, source=source, system=space.system, templates=templates, axes=axes)
 
 
@@ -594,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--keep-near-duplicates", action="store_true",
                          help="keep exercises whose solution and tests nearly repeat a kept one's")
         add_generation_arguments(sub)
+    # Imported here because both modules build on this one.
     from data_tools.synth_outline import add_outline_arguments
     from data_tools.synth_report import add_report_arguments
 
@@ -614,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_report_command(args)
     out = Path(args.out)
     failures = Path(args.failures) if args.failures else failures_path_for(out)
+    if args.seed_corpus is None and (args.seed_pool != SeedOptions.pool or tuple(args.seed_kinds) != SEED_KINDS):
+        print("error: --seed-pool and --seed-kinds shape seed-conditioned prompts: add --seed-corpus", file=sys.stderr)
+        return 2
     try:
         stats = synthesize(
             args.kind, count=args.count, out_path=out, failures_path=failures, client=client_config_from_args(args),

@@ -17,15 +17,23 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
 from data_tools.jsonl import iter_jsonl
-from data_tools.llm import (ClientConfig, LLMRequest, LLMResponse, Rejected, RunStats, client_config_from_args,
-                            run_requests)
+from data_tools.llm import (
+    ClientConfig,
+    LLMRequest,
+    LLMResponse,
+    Rejected,
+    RunStats,
+    client_config_from_args,
+    run_requests,
+)
 from data_tools.synth import PROMPTS_DIR, SynthPrompt, add_generation_arguments, build_requests, failures_path_for
 
 DEFAULT_OUTLINE_PROMPTS = PROMPTS_DIR / "outline.yaml"
@@ -68,9 +76,10 @@ def read_topics(path: str | Path) -> list[str]:
     data = yaml.safe_load(path.read_text()) or {}
     topics = data.get("topics") if isinstance(data, dict) else None
     names = [t.get("name") if isinstance(t, dict) else t for t in topics] if isinstance(topics, list) else []
-    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+    stripped = [n.strip() for n in names if isinstance(n, str) and n.strip()]
+    if not names or len(stripped) != len(names):
         raise ValueError(f"{path}: 'topics' must be a non-empty list of names (or of {{name: ...}} mappings)")
-    return list(dict.fromkeys(n.strip() for n in names))
+    return list(dict.fromkeys(stripped))
 
 
 def parse_list(text: str, limit: int) -> list[str]:
@@ -180,8 +189,9 @@ def expand_outline(
         if entry["subtopics"]:
             outline.append(entry)
     header = (f"# Outline expanded by `python -m data_tools.synth outline` with model {client.model!r};\n"
-              f"# the model's answers are in {answers.name}. Review and edit freely, then pass it to\n"
-              f"# `python -m data_tools.synth textbooks|exercises --outline {out_path.name}`.\n")
+              f"# the model's answers are in {answers.name}. Review it, then pass it to\n"
+              f"# `python -m data_tools.synth textbooks|exercises --outline {out_path.name}`. Rerunning `outline`\n"
+              f"# rewrites this file from the answers: edit a copy.\n")
     _write_atomically(out_path, header + yaml.safe_dump({"topics": outline}, sort_keys=False, allow_unicode=True,
                                                         width=100))
     return stats

@@ -19,8 +19,8 @@ import keyword
 import os
 import random
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from data_tools.quality.documents import Document, corpus_files, sample_documents
 
@@ -66,18 +66,50 @@ class Seed:
         return {"seed_kind": self.kind, "seed_source": self.source, **({"seed_where": self.where} if self.where else {})}
 
 
-def snippets(text: str, options: SeedOptions) -> list[tuple[int, int, str]]:
-    """(first line, last line, code) of the functions and methods of a Python file, in file order;
-    line windows when the file does not parse."""
-    lines = text.splitlines()
+@dataclass
+class ParsedFile:
+    """What one walk over a Python file's syntax tree finds: its functions and every name it uses."""
+
+    functions: list[ast.FunctionDef | ast.AsyncFunctionDef]
+    names: set[str]
+
+
+def parse_file(text: str) -> ParsedFile | None:
+    """None for a file that does not parse as Python (parsing is most of the cost: done once per file)."""
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
+        return None
+    parsed = ParsedFile([], set())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            parsed.functions.append(node)
+            parsed.names.add(node.name)
+        elif isinstance(node, ast.ClassDef):
+            parsed.names.add(node.name)
+        elif isinstance(node, ast.Name):
+            parsed.names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            parsed.names.add(node.attr)
+        elif isinstance(node, ast.arg):
+            parsed.names.add(node.arg)
+    return parsed
+
+
+def snippets(text: str, options: SeedOptions) -> list[tuple[int, int, str]]:
+    """(first line, last line, code) of the functions and methods of a Python file, in file order;
+    line windows when the file does not parse."""
+    return _snippets(text, parse_file(text), options)
+
+
+def _snippets(text: str, parsed: ParsedFile | None, options: SeedOptions) -> list[tuple[int, int, str]]:
+    lines = text.splitlines()
+    if parsed is None:
         spans = [(start, min(start + options.max_lines, len(lines)))
                  for start in range(0, len(lines), options.max_lines)]
     else:
-        nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-        spans = sorted({(min([n.lineno, *(d.lineno for d in n.decorator_list)]) - 1, n.end_lineno) for n in nodes})
+        spans = sorted({(min([n.lineno, *(d.lineno for d in n.decorator_list)]) - 1, n.end_lineno or n.lineno)
+                        for n in parsed.functions})
     out = []
     for start, end in spans:
         chunk = lines[start:end]
@@ -91,30 +123,22 @@ def snippets(text: str, options: SeedOptions) -> list[tuple[int, int, str]]:
 def identifiers(text: str) -> list[str]:
     """The distinct names a Python file defines or uses (sorted), without builtins, keywords, private
     names and names shorter than three characters; none for a file that does not parse."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        return []
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.Name):
-            names.add(node.id)
-        elif isinstance(node, ast.Attribute):
-            names.add(node.attr)
-        elif isinstance(node, ast.arg):
-            names.add(node.arg)
-    return sorted(n for n in names if len(n) >= 3 and n not in _COMMON_NAMES and not n.startswith("_"))
+    parsed = parse_file(text)
+    return [] if parsed is None else _identifiers(parsed)
+
+
+def _identifiers(parsed: ParsedFile) -> list[str]:
+    return sorted(n for n in parsed.names if len(n) >= 3 and n not in _COMMON_NAMES and not n.startswith("_"))
 
 
 def document_seeds(document: Document, options: SeedOptions, seed: int) -> list[Seed]:
+    parsed = parse_file(document.text)
     out: list[Seed] = []
     if "snippet" in options.kinds:
         out += [Seed("snippet", document.id, f"lines {first}-{last}", code)
-                for first, last, code in snippets(document.text, options)]
-    if "identifiers" in options.kinds:
-        names = identifiers(document.text)
+                for first, last, code in _snippets(document.text, parsed, options)]
+    if "identifiers" in options.kinds and parsed is not None:
+        names = _identifiers(parsed)
         # Seeded by the document, not by its position: the sets of a file do not change when the pool does.
         random.Random(f"{seed}:{document.id}").shuffle(names)
         k = options.identifiers_per_set

@@ -105,7 +105,7 @@ def test_the_prompt_count_is_the_product_of_the_lists_and_no_prompt_repeats_befo
 def test_the_run_prints_its_prompt_count_before_asking_and_warns_when_count_exceeds_it(tmp_path, capsys):
     prompts = tmp_path / "small.yaml"
     prompts.write_text("system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\n"
-                       "topics: [{name: a, subtopics: [b, c]}]\naudiences: [x]\nstyles: [y]\n")
+                       "topics: [{name: a, subtopics: [b, c]}]\naudiences: [x, x]\nstyles: [y]\n")  # x once
     with FakeOpenAI(lambda prompt, attempt: "400") as server:
         code = main(["textbooks", "--count", "6", "--warn-repeats", "2.5", "--prompts", str(prompts), "--out",
                      str(tmp_path / "t.jsonl"), "--base-url", server.base_url, "--max-attempts", "1", "--no-progress"])
@@ -115,6 +115,28 @@ def test_the_run_prints_its_prompt_count_before_asking_and_warns_when_count_exce
                       "6 requested")
     assert err[1].startswith("warning: 6 requested is 3.0x the 2 distinct prompts (more than --warn-repeats 2.5): "
                              "each prompt is sent up to 3 times")
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("system: s\ntemplate: t\ntopics: []\n", "'topics' must be a non-empty list"),
+    ("system: s\ntemplate: t\ntopics: [{name: a, subtopics: [b]}]\nstyles: [x]\n", "'audiences' must be"),
+    ("system: s\ntemplate: '{colour}'\ntopics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
+     "unknown or malformed placeholder"),
+    ("system: s\ntemplate: t\ntopics: [{name: a}]\naudiences: [x]\nstyles: [y]\n", "'topics[0].subtopics'"),
+    ("system: s\ntemplate: '{topic} {subtopic} {style}'\ntopics: [{name: a, subtopics: [b]}]\naudiences: [x]\n"
+     "styles: [y]\n", "'template' does not use {audience}: prompts that differ only there would be sent as the same"),
+    ("system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\noutline_template: '{topic} {audience} {style}'\n"
+     "topics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
+     "'outline_template' does not use {concept}, {subtopic}"),
+    ("system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\nseed_templates: {docs: '{docs}'}\n"
+     "topics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
+     "'seed_templates' must map snippet and/or identifiers to templates"),
+])
+def test_a_broken_prompt_file_is_an_error_naming_the_field(tmp_path, yaml_text, message):
+    path = tmp_path / "prompts.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_prompt_space(path, "textbooks")
 
 
 def test_an_answer_splits_into_humaneval_fields():
@@ -231,6 +253,15 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
     code = main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
                  "--prompts", str(tmp_path / "missing.yaml")])
     assert code == 2 and "missing.yaml does not exist" in capsys.readouterr().err
+    code = main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--seed-pool", "5"])
+    assert code == 2 and capsys.readouterr().err == ("error: --seed-pool and --seed-kinds shape seed-conditioned "
+                                                     "prompts: add --seed-corpus\n")
+    code = main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
+                 "--seed-corpus", str(tmp_path / "none-*.jsonl")])
+    assert code == 2 and capsys.readouterr().err.startswith("error: seed corpus: input ")
+    with pytest.raises(SystemExit):  # argparse: one prompt source at a time
+        main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--outline", "o.yaml", "--seed-corpus"])
+    assert "argument --seed-corpus: not allowed with argument --outline" in capsys.readouterr().err
 
 
 def test_cli_exits_1_when_no_request_got_an_answer(tmp_path, capsys):

@@ -12,8 +12,14 @@ import yaml
 
 from data_tools.llm import ClientConfig
 from data_tools.synth import main, plan_for, sample_prompts
-from data_tools.synth_outline import (concept_prompts, expand_outline, load_outline, load_outline_prompts, parse_list,
-                                      subtopic_prompts)
+from data_tools.synth_outline import (
+    concept_prompts,
+    expand_outline,
+    load_outline,
+    load_outline_prompts,
+    parse_list,
+    subtopic_prompts,
+)
 from tests.data_tools.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
