@@ -17,9 +17,9 @@ from torch import nn
 
 from megaphi.model.attention import KVCache, attend, padding_causal_mask, resolve_backend
 from megaphi.model.config import PhiConfig
-from megaphi.model.rotary import RotaryEmbedding, apply_rotary, rotate_qk_
+from megaphi.model.loss import causal_lm_loss
+from megaphi.model.rotary import RotaryEmbedding, apply_rotary, rotary_qkv
 from megaphi.parallel.collectives import copy_to_tensor_parallel_region, gather_from_tensor_parallel_region
-from megaphi.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megaphi.parallel.layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding, divide,
                                      padded_vocab_size)
 from megaphi.parallel.random import get_rng_tracker
@@ -56,8 +56,8 @@ class PhiAttention(nn.Module):
             q, k, v = qkv.unbind(dim=2)  # the compiler fuses the composite rotary into one kernel
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         else:
-            # q, k, v stay views of one buffer: SDPA and flash-attn take strided heads as they are.
-            q, k, v = rotate_qk_(qkv, cos, sin).unbind(dim=2)
+            # v stays a view of the projection: SDPA and flash-attn take strided heads as they are.
+            q, k, v = rotary_qkv(qkv, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         dropout_p = self.dropout_p if self.training else 0.0
@@ -190,11 +190,8 @@ class PhiForCausalLM(nn.Module):
             return logits[..., :self.config.vocab_size]
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
-        # The logits are consumed only by the loss, so its backward may overwrite them with their gradient.
-        per_token = vocab_parallel_cross_entropy(self.lm_head(hidden), labels, vocab_size=self.config.vocab_size,
-                                                 inplace_backward=True)
-        num_targets = (labels != -100).sum().clamp(min=1)
-        return per_token.sum() / num_targets
+        return causal_lm_loss(hidden, self.lm_head, labels, vocab_size=self.config.vocab_size,
+                              impl=self.config.cross_entropy)
 
     def new_kv_cache(self, batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None,
                      device: torch.device | str | None = None) -> KVCache:
