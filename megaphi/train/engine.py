@@ -17,6 +17,7 @@ import torch.distributed as dist
 from megaphi import parallel
 from megaphi.config import BatchPlan, ConfigError, TrainConfig
 from megaphi.model import PhiConfig, PhiForCausalLM, get_preset
+from megaphi.model.compile import compile_model
 
 # Keys of the DeepSpeed config that the typed config owns; a template setting them would be a
 # second, silently ignored source of truth.
@@ -131,6 +132,7 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module, plan: BatchPlan):
     """``deepspeed.initialize`` with torch AdamW (fused on GPU), the TP mpu and the generated config."""
     import deepspeed
 
+    compile_model(model, cfg.train.compile)
     o = cfg.optim
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                                   fused=on_gpu())
