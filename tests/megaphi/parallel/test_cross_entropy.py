@@ -101,16 +101,21 @@ def _linear_inputs(gen, rows=13, hidden_size=16, padded=128, vocab_size=100):
     return hidden, weight, bias, target
 
 
-def test_fused_linear_loss_and_gradients_equal_the_unfused_reference_across_chunks(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_linear_loss_and_gradients_equal_the_unfused_reference_across_chunks(monkeypatch, dtype):
     monkeypatch.setattr(cross_entropy, "_CHUNK_ELEMENTS", 4 * 100)  # 4 rows per chunk: 4 uneven chunks
     hidden, weight, bias, target = _linear_inputs(torch.Generator().manual_seed(0))
-    expected_loss, expected_grads, weights = _linear_reference(hidden, weight, bias, target, vocab_size=100)
+    hidden, weight, bias = (t.to(dtype) for t in (hidden, weight, bias))
+    expected_loss, expected_grads, weights = _linear_reference(*(t.float() for t in (hidden, weight, bias)), target,
+                                                               vocab_size=100)
     leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
     loss = parallel.fused_linear_cross_entropy(*leaves, target, vocab_size=100)
     (loss * weights).sum().backward()
-    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
+    tol = 1e-5 if dtype == torch.float32 else 5e-2  # bf16 logits: 8 bits of mantissa
+    torch.testing.assert_close(loss, expected_loss, rtol=tol, atol=tol)
     for leaf, expected in zip(leaves, expected_grads):
-        torch.testing.assert_close(leaf.grad, expected, rtol=1e-5, atol=1e-5)
+        assert leaf.grad.dtype == dtype
+        torch.testing.assert_close(leaf.grad.float(), expected, rtol=tol, atol=tol)
     assert loss[3] == 0 and leaves[1].grad[100:].abs().sum() == 0 and leaves[2].grad[100:].abs().sum() == 0
 
 
