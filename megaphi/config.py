@@ -253,6 +253,7 @@ class OptimSection:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    backend: Literal["auto", "torch", "apex"] = "auto"  # apex's FusedAdam on GPU where installed, else torch AdamW
 
     def check(self, prefix: str) -> None:
         _positive(prefix, self, "lr")

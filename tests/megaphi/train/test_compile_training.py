@@ -33,6 +33,7 @@ def test_compiled_run_resumed_from_a_middle_checkpoint_reproduces_every_loss(tmp
     (resumed / "checkpoints" / ckpt.LATEST_FILE).write_text(ckpt.tag_for(2))
     result = train(tiny_corpus, resumed, "--resume", "auto")
     assert "resuming at step 2" in result.stdout
+    assert "kernels: attention" in result.stdout and "compile blocks" in result.stdout
     ours, ref = read_metrics(resumed / "metrics.jsonl"), read_metrics(straight / "metrics.jsonl")
     assert [r["step"] for r in ours] == [1, 2, 3, 4]
     assert [r["loss"] for r in ours] == [r["loss"] for r in ref]
