@@ -191,7 +191,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             grad_logits = grad_logits.to(hidden.dtype)
             if want_hidden:
                 torch.mm(grad_logits, w, out=grad_hidden[c])
-            if want_weight:  # the product in the input dtype (tensor cores), the running sum in fp32
+            if want_weight and grad_weight.dtype == hidden.dtype:
+                grad_weight[:valid].addmm_(grad_logits.t(), hidden[c])
+            elif want_weight:  # the product in the input dtype (tensor cores), the running sum in fp32
                 grad_weight[:valid] += torch.mm(grad_logits.t(), hidden[c])
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
