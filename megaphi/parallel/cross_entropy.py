@@ -179,7 +179,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
         w, b = weight[:valid], None if bias is None else bias[:valid]
         scale = torch.where(keep, grad_loss, 0.0)
-        grad_hidden = torch.zeros_like(hidden) if want_hidden else None
+        # every row is written chunk by chunk, unless this rank's slice is all padding
+        grad_hidden = (torch.empty_like(hidden) if valid > 0 else torch.zeros_like(hidden)) if want_hidden else None
         # fp32 accumulators: a half-precision running sum over chunks would round at every chunk.
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
         grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if want_bias else None
