@@ -461,6 +461,17 @@ def gpu_memory_used_gib() -> float | None:
         return None
 
 
+def logged_records(metrics_path: Path) -> list[dict[str, Any]]:
+    """The trainer's metrics.jsonl so far (a line it is still writing is left out)."""
+    records = []
+    for line in metrics_path.read_text().splitlines() if metrics_path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
 def measure_trainer_loop(s: Settings) -> dict[str, Any]:
     """``python -m megaphi.train`` on a fresh random corpus; throughput from the trainer's own metrics.
 
@@ -473,8 +484,6 @@ def measure_trainer_loop(s: Settings) -> dict[str, Any]:
 
     from megaphi.model import PhiForCausalLM
     from megaphi.train.engine import model_flops_per_token, peak_tflops_of
-    from megaphi.train.metrics import read_metrics
-
     config = model_config(s)
     interval = max(1, s.warmup)
     timed_steps = math.ceil(s.steps / interval) * interval
@@ -504,20 +513,23 @@ def measure_trainer_loop(s: Settings) -> dict[str, Any]:
         proc = subprocess.Popen([sys.executable, "-m", "megaphi.train", "--config", str(work / "recipe.yaml")],
                                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         peak_gib, first_record_s = None, None
-        while proc.poll() is None:
-            time.sleep(0.5)
-            if s.device.startswith("cuda"):
-                used = gpu_memory_used_gib()
-                peak_gib = used if peak_gib is None or (used or 0) > peak_gib else peak_gib
-            records = read_metrics(metrics_path) if metrics_path.exists() else []
-            if records and first_record_s is None:
-                first_record_s = time.perf_counter() - start
-            if records and records[-1]["step"] >= total_steps:
-                proc.terminate()  # the last step is logged: skip the final checkpoint
+        try:
+            while proc.poll() is None:
+                time.sleep(0.5)
+                if s.device.startswith("cuda"):
+                    used = gpu_memory_used_gib()
+                    peak_gib = used if peak_gib is None or (used or 0) > peak_gib else peak_gib
+                records = logged_records(metrics_path)
+                if records and first_record_s is None:
+                    first_record_s = time.perf_counter() - start
+                if records and records[-1]["step"] >= total_steps:
+                    break  # the last step is logged: skip the final checkpoint
+        finally:  # also when this process is interrupted: never leave a trainer holding the device
+            if proc.poll() is None:
+                proc.terminate()
                 proc.wait(timeout=120)
-                break
     output = (work / "trainer.log").read_text()
-    records = read_metrics(metrics_path) if metrics_path.exists() else []
+    records = logged_records(metrics_path)
     if not records or records[-1]["step"] < total_steps:
         last = [line for line in output.splitlines() if line.strip()][-3:]
         if "OutOfMemoryError" in output or "out of memory" in output:
