@@ -512,14 +512,18 @@ def measure_trainer_loop(s: Settings) -> dict[str, Any]:
     with open(work / "trainer.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "megaphi.train", "--config", str(work / "recipe.yaml")],
                                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        peak_gib, first_record_s = None, None
+        peak_gib, first_record_s, polls = None, None, 0
+        flushed_at: dict[int, float] = {}  # records logged -> when metrics.jsonl was written (the OS's clock)
         try:
             while proc.poll() is None:
-                time.sleep(0.5)
-                if s.device.startswith("cuda"):
+                time.sleep(0.1)
+                polls += 1
+                if s.device.startswith("cuda") and polls % 20 == 0:
                     used = gpu_memory_used_gib()
                     peak_gib = used if peak_gib is None or (used or 0) > peak_gib else peak_gib
                 records = logged_records(metrics_path)
+                if records and len(records) not in flushed_at:
+                    flushed_at[len(records)] = metrics_path.stat().st_mtime
                 if records and first_record_s is None:
                     first_record_s = time.perf_counter() - start
                 if records and records[-1]["step"] >= total_steps:
@@ -536,8 +540,16 @@ def measure_trainer_loop(s: Settings) -> dict[str, Any]:
             raise RuntimeError(f"OutOfMemoryError in the trainer: {' / '.join(last)[:300]}")
         raise RuntimeError(f"the trainer exited with status {proc.returncode}: {' / '.join(last)[:300]}")
     timed = [r for r in records if r["step"] > total_steps - timed_steps]
-    seconds = sum(interval * s.tokens_per_step / r["tokens_per_s"] for r in timed[interval - 1::interval])
+    # Our own clock: the file times of the flush that ended the warm-up and of the last one (each flush is
+    # seen, since the trainer spends at least a step between flushes and this loop polls every 0.1 s).
+    warm = total_steps - timed_steps
+    if warm and warm in flushed_at and total_steps in flushed_at:
+        seconds = flushed_at[total_steps] - flushed_at[warm]
+    else:  # no warm-up flush to start from: the trainer's own interval times
+        seconds = sum(interval * s.tokens_per_step / r["tokens_per_s"] for r in timed[interval - 1::interval])
     tokens_per_s = timed_steps * s.tokens_per_step / seconds
+    # the trainer's own figure: each record's interval tokens/s, averaged over the time it covers
+    logged_tokens_per_s = timed_steps / sum(1 / r["tokens_per_s"] for r in timed)
     with torch.device("meta"):
         num_params = sum(p.numel() for p in PhiForCausalLM(config).parameters())
     flops_per_token = model_flops_per_token(config, num_params, s.seq_len)
@@ -553,6 +565,7 @@ def measure_trainer_loop(s: Settings) -> dict[str, Any]:
         warmup_s=0.0, step_s=round(seconds / timed_steps, 4), tokens_per_s=round(tokens_per_s, 1),
         model_tflops=round(tflops, 3), peak_tflops=peak, mfu=round(tflops / peak, 4) if peak else None,
         trainer_logged_mfu=round(sum(logged_mfu) / len(logged_mfu), 4) if logged_mfu else None,
+        trainer_logged_tokens_per_s=round(logged_tokens_per_s, 1),
         loss=records[-1]["loss"], skipped_steps=sum(bool(r["skipped"]) for r in timed), kernels=kernels,
         **({"peak_memory_gib": peak_gib} if on_cuda else {}))
 
