@@ -9,6 +9,7 @@ import torch
 import torch._inductor.config
 
 from megaphi import parallel
+from megaphi.parallel import get_rng_tracker
 from megaphi.model import PhiConfig, PhiForCausalLM
 from megaphi.model.compile import compile_model
 from tests.distributed import spawn
@@ -19,6 +20,13 @@ CONFIG = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_la
               max_position_embeddings=16, attn_backend="sdpa", resid_pdrop=0.3, attention_dropout=0.3,
               embd_pdrop=0.3)
 TOLERANCE = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _unseeded_rng_streams_afterwards():
+    """seed_everything adds a model-parallel stream to the process-wide tracker; later tests expect none."""
+    yield
+    get_rng_tracker().reset()
 
 
 def loss_and_grads(mode: str, checkpointing: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -15,11 +15,19 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import megaphi
 from megaphi import parallel
+from megaphi.parallel import get_rng_tracker
 from megaphi.model import PhiConfig, PhiForCausalLM
 from tests.distributed import spawn
 from tests.megaphi.train.conftest import REPO
 
 MEGAPHI_DIR = str(Path(megaphi.__file__).parent)
+
+
+@pytest.fixture(autouse=True)
+def _unseeded_rng_streams_afterwards():
+    """seed_everything adds a model-parallel stream to the process-wide tracker; later tests expect none."""
+    yield
+    get_rng_tracker().reset()
 
 
 class HostSyncs(TorchDispatchMode):
