@@ -138,7 +138,8 @@ def _evaluate(engine, valid, cfg: TrainConfig, plan, device) -> float:
 
 
 # What a resumed run may change about its model: nothing that shapes a parameter.
-_RESUMABLE_MODEL_CHANGES = {"resid_pdrop", "embd_pdrop", "attention_dropout", "attn_backend", "activation_checkpointing"}
+_RESUMABLE_MODEL_CHANGES = {"resid_pdrop", "embd_pdrop", "attention_dropout", "attn_backend", "activation_checkpointing",
+                            "cross_entropy", "layer_norm_backend"}
 
 
 def _starting_point(cfg: TrainConfig, root: Path, latest: str | None):
