@@ -36,7 +36,9 @@ from data_tools.llm import (
     client_config_from_args,
     run_requests,
 )
-from megaphi.eval.sandbox import SandboxResult, SandboxUnavailable, check_sandbox, run_programs
+from megaphi.eval.sandbox import SandboxResult, check_sandbox, run_programs
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
 
 KINDS = ("textbooks", "exercises")
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -61,30 +63,30 @@ class PromptSpace:
 def load_prompt_space(path: str | Path, kind: str) -> PromptSpace:
     """Reads and checks a prompt YAML; a missing or empty list is a ValueError naming it."""
     if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
+        raise UserError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"prompt file {path} does not exist")
+        raise UserError(f"prompt file {path} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise UserError(f"{path}: expected a mapping at the top level")
 
     def strings(key: str, where: Any = data, label: str = "") -> list[str]:
         value = where.get(key)
         if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            raise ValueError(f"{path}: '{label}{key}' must be a non-empty list of strings")
+            raise UserError(f"{path}: '{label}{key}' must be a non-empty list of strings")
         return value
 
     for key in ("system", "template"):
         if not isinstance(data.get(key), str) or not data[key].strip():
-            raise ValueError(f"{path}: '{key}' must be a non-empty string")
+            raise UserError(f"{path}: '{key}' must be a non-empty string")
     raw_topics = data.get("topics")
     if not isinstance(raw_topics, list) or not raw_topics:
-        raise ValueError(f"{path}: 'topics' must be a non-empty list of {{name, subtopics}}")
+        raise UserError(f"{path}: 'topics' must be a non-empty list of {{name, subtopics}}")
     topics = []
     for i, topic in enumerate(raw_topics):
         if not isinstance(topic, dict) or not isinstance(topic.get("name"), str):
-            raise ValueError(f"{path}: 'topics[{i}]' must be a mapping with a 'name' and 'subtopics'")
+            raise UserError(f"{path}: 'topics[{i}]' must be a mapping with a 'name' and 'subtopics'")
         topics.append((topic["name"], strings("subtopics", topic, f"topics[{i}].")))
     exercises = kind == "exercises"
     space = PromptSpace(
@@ -101,7 +103,7 @@ def load_prompt_space(path: str | Path, kind: str) -> PromptSpace:
     try:
         space.template.format(**{name: "x" for name in fields})
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"{path}: 'template' uses an unknown or malformed placeholder ({exc}); "
+        raise UserError(f"{path}: 'template' uses an unknown or malformed placeholder ({exc}); "
                          f"available: {', '.join(sorted(fields))}") from None
     return space
 
@@ -117,7 +119,7 @@ class SynthPrompt:
 def sample_prompts(space: PromptSpace, kind: str, count: int, seed: int) -> Iterator[SynthPrompt]:
     """The same (space, kind, count, seed) always yields the same prompts with the same ids."""
     if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
+        raise UserError(f"count must be at least 1, got {count}")
     rng = random.Random(seed)
     for index in range(count):
         topic, subtopics = rng.choice(space.topics)
@@ -283,9 +285,9 @@ def synthesize(
     progress: bool = True,
 ) -> RunStats:
     if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
+        raise UserError(f"count must be at least 1, got {count}")
     if api not in ("chat", "completion"):
-        raise ValueError(f"api must be 'chat' or 'completion', got {api!r}")
+        raise UserError(f"api must be 'chat' or 'completion', got {api!r}")
     space = load_prompt_space(prompts_path or PROMPTS_DIR / f"{kind}.yaml", kind)
     # A generator: a run of millions of prompts never holds them all in memory.
     requests = build_requests(sample_prompts(space, kind, count, seed), api=api, max_tokens=max_tokens,
@@ -302,6 +304,7 @@ def synthesize(
                         retry_failed=retry_failed, progress=progress, total=count)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_tools.synth", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -326,17 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     failures = Path(args.failures) if args.failures else out.with_name(out.name.removesuffix(".jsonl") + ".failures.jsonl")
-    try:
-        stats = synthesize(
-            args.kind, count=args.count, out_path=out, failures_path=failures, client=client_config_from_args(args),
-            prompts_path=args.prompts, seed=args.seed, api=args.api, max_tokens=args.max_tokens,
-            temperature=args.temperature, top_p=args.top_p, keep_truncated=args.keep_truncated,
-            sandbox_timeout_s=args.sandbox_timeout, sandbox_memory_mb=args.sandbox_memory_mb,
-            unsafe_no_sandbox=args.unsafe_no_sandbox, retry_failed=args.retry_failed, progress=not args.no_progress,
-        )
-    except (ValueError, SandboxUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    stats = synthesize(
+        args.kind, count=args.count, out_path=out, failures_path=failures, client=client_config_from_args(args),
+        prompts_path=args.prompts, seed=args.seed, api=args.api, max_tokens=args.max_tokens,
+        temperature=args.temperature, top_p=args.top_p, keep_truncated=args.keep_truncated,
+        sandbox_timeout_s=args.sandbox_timeout, sandbox_memory_mb=args.sandbox_memory_mb,
+        unsafe_no_sandbox=args.unsafe_no_sandbox, retry_failed=args.retry_failed, progress=not args.no_progress,
+    )
     print(json.dumps({"kind": args.kind, "out": str(out), "failures": str(failures), **stats.to_dict()}))
     if stats.failed and not stats.succeeded and not stats.rejected:
         # no answer at all (rejected answers are the validator doing its job)

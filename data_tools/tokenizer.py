@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from megaphi.vocab import padded_vocab_size
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
 
 EOD_TOKEN = "<|endoftext|>"
 # codegen-350M-mono's added whitespace tokens: runs of 2-31 spaces and 2-9 tabs
@@ -30,7 +32,7 @@ SENTENCEPIECE_FILE = "tokenizer.model"
 _SPM_MAX_SENTENCE_BYTES = 1 << 22
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
     """A tokenizer that cannot be loaded or trained as asked."""
 
 
@@ -204,6 +206,7 @@ def describe(tokenizer: Tokenizer, tensor_parallel_size: int = 1) -> str:
             f"model vocab padded to {padded} (multiple of {128 * tensor_parallel_size} for tensor parallel {tensor_parallel_size})")
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_tools.tokenizer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -222,20 +225,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in (train, info):
         p.add_argument("--tensor-parallel-size", type=int, default=1, help="pad the reported model vocab for this TP size")
     args = parser.parse_args(argv)
-    try:
-        if args.tensor_parallel_size < 1:
-            raise TokenizerError(f"--tensor-parallel-size must be at least 1, got {args.tensor_parallel_size}")
-        if args.command == "train":
-            texts = corpus_texts(args.input, args.on_error)
-            if args.kind == "bpe":
-                tokenizer = train_bpe(texts, args.output, args.vocab_size or 50257, args.min_frequency)
-            else:
-                tokenizer = train_sentencepiece(texts, args.output, args.vocab_size or 32000)
+    if args.tensor_parallel_size < 1:
+        raise TokenizerError(f"--tensor-parallel-size must be at least 1, got {args.tensor_parallel_size}")
+    if args.command == "train":
+        texts = corpus_texts(args.input, args.on_error)
+        if args.kind == "bpe":
+            tokenizer = train_bpe(texts, args.output, args.vocab_size or 50257, args.min_frequency)
         else:
-            tokenizer = load_tokenizer(args.path)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            tokenizer = train_sentencepiece(texts, args.output, args.vocab_size or 32000)
+    else:
+        tokenizer = load_tokenizer(args.path)
     print(describe(tokenizer, args.tensor_parallel_size))
     return 0
 

@@ -20,12 +20,14 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from megaphi.common.checkpoints import resolve_checkpoint_dir
+from megaphi.common.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -56,12 +58,6 @@ class Quickstart:
             raise SystemExit(f"quickstart: step {self.step_no} failed (exit {result.returncode}): {' '.join(args)}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for_server(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -89,12 +85,6 @@ def shards(data: Path, prefix: str) -> list[str]:
     if not found:
         raise SystemExit(f"quickstart: no {prefix}-*.jsonl shards in {data}: the previous step wrote nothing")
     return found
-
-
-def latest_checkpoint(run_dir: Path) -> Path:
-    root = run_dir / "checkpoints"
-    tag = (root / "latest").read_text().strip()
-    return root / tag
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
           "eval.interval=20", "logging.interval=10")
 
     q.step("Synthesize textbooks and exercises through an OpenAI-compatible server over the model")
-    port = free_port()
-    checkpoint = latest_checkpoint(pretrain)
+    port = free_port("127.0.0.1")
+    checkpoint = resolve_checkpoint_dir(pretrain / "checkpoints")
     server = None if q.skipping else subprocess.Popen([PY, "-m", "megaphi.serve", "--model", str(checkpoint), "--port", str(port),
                                "--served-model-name", "phi-tiny"], cwd=ROOT)
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from megaphi.common.cli import entry_point
 from megaphi.convert.conversions import convert_from_hf, convert_to_hf, reshard_checkpoint
-from megaphi.convert.layout import CheckpointError
 
 
 def _positive_int(text: str) -> int:
@@ -35,18 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "from-hf":
-            out = convert_from_hf(args.hf, args.out, args.tp)
-        elif args.command == "to-hf":
-            out = convert_to_hf(args.checkpoint, args.out)
-        else:
-            out = reshard_checkpoint(args.checkpoint, args.out, args.tp)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.command == "from-hf":
+        out = convert_from_hf(args.hf, args.out, args.tp)
+    elif args.command == "to-hf":
+        out = convert_to_hf(args.checkpoint, args.out)
+    else:
+        out = reshard_checkpoint(args.checkpoint, args.out, args.tp)
     print(f"wrote {out}")
     return 0
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from megaphi.common.checkpoints import CheckpointError
 from megaphi.parallel.layers import merge_shards, shard_tensor
 from megaphi.parallel.layers import padded_vocab_size as _padded_vocab_size
 
@@ -26,10 +27,6 @@ COLUMN = "column"  # output rows split over ranks: weight dim 0, bias dim 0
 ROW = "row"  # input columns split over ranks: weight dim 1
 QKV = "qkv"  # fused [q; k; v] rows; each rank holds [q of its heads; k of its heads; v of its heads]
 VOCAB = "vocab"  # rows over the padded vocabulary, split on dim 0
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or a conversion request that cannot be honoured; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

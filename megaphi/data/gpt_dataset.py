@@ -30,12 +30,13 @@ import torch.utils.data
 
 from megaphi.data.cache import IndexCache, checksum
 from megaphi.data.indexed import IndexedDataset
+from megaphi.common.errors import UserError
 
 # bump when the index-building algorithm changes, so old caches are not trusted
 INDEX_VERSION = 1
 
 
-class DatasetConfigError(ValueError):
+class DatasetConfigError(UserError):
     """Dataset parameters that cannot produce training samples; the message says what to change."""
 
 

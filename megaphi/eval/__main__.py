@@ -14,8 +14,9 @@ from pathlib import Path
 from megaphi.eval.benchmarks import BENCHMARKS, MBPP_SPLITS, load_benchmark
 from megaphi.eval.report import write_report
 from megaphi.eval.sampling import SamplingConfig, generate_samples
-from megaphi.eval.sandbox import SandboxUnavailable
 from megaphi.eval.score import read_samples, score_samples, summarize, write_jsonl
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
 
 
 def _add_benchmark_args(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +90,7 @@ def _score(args: argparse.Namespace, benchmark, samples: list[dict]) -> tuple[li
 
 def run_command(args: argparse.Namespace) -> dict | None:
     if getattr(args, "workers", None) is not None and args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
     benchmark = load_benchmark(args.benchmark, mbpp_path=args.mbpp_path, mbpp_split=args.mbpp_split)
     if args.command == "generate":
         samples = generate_samples(benchmark, args.model, _sampling(args), device=args.device, tokenizer=args.tokenizer)
@@ -103,7 +104,7 @@ def run_command(args: argparse.Namespace) -> dict | None:
     sampling = _sampling(args)  # validate before loading anything
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out-dir {out_dir} is a file: pass a directory for the samples, results and reports")
+        raise UserError(f"--out-dir {out_dir} is a file: pass a directory for the samples, results and reports")
     samples = generate_samples(benchmark, args.model, sampling, device=args.device, tokenizer=args.tokenizer)
     write_jsonl(out_dir / "samples.jsonl", samples)
     results, summary = _score(args, benchmark, samples)
@@ -115,13 +116,10 @@ def run_command(args: argparse.Namespace) -> dict | None:
     return summary
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = run_command(args)
-    except (ValueError, OSError, SandboxUnavailable) as error:  # checkpoint errors are ValueErrors too
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    summary = run_command(args)
     if summary is not None:
         print(json.dumps(summary))
     return 0

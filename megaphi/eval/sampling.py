@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megaphi.eval.benchmarks import Benchmark
+from megaphi.common.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -18,12 +19,12 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
-            raise ValueError(f"--n-samples must be at least 1, got {self.n_samples}")
+            raise UserError(f"--n-samples must be at least 1, got {self.n_samples}")
         if self.n_samples > 1 and self.temperature == 0:
-            raise ValueError(f"--n-samples {self.n_samples} with --temperature 0 draws {self.n_samples} identical "
+            raise UserError(f"--n-samples {self.n_samples} with --temperature 0 draws {self.n_samples} identical "
                              "greedy samples: set --temperature above 0 (e.g. 0.8 for pass@10/100)")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be at least 1, got {self.limit}")
+            raise UserError(f"--limit must be at least 1, got {self.limit}")
 
 
 def generate_samples(benchmark: Benchmark, model_path: str, sampling: SamplingConfig, *,

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from megaphi.common.errors import UserError
+
 STATUSES = ("passed", "failed", "timed out", "killed for memory")
 _RUNNER_SOURCE = (Path(__file__).with_name("sandbox_runner.py")).read_text(encoding="utf-8")
 _NOBODY = 65534
@@ -39,7 +41,7 @@ _SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
 _VERDICT_LIMIT = 1 << 16
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(UserError, RuntimeError):
     """bubblewrap cannot run programs on this machine."""
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from data_tools.corpus import CorpusError, SizeLimits, build_corpus, iter_corpus, main, stdlib_dir
 from data_tools.jsonl import MalformedRecordError, iter_jsonl
+from tests.conftest import damaged_gzip
 
 
 def read_shards(paths):
@@ -142,3 +143,15 @@ def test_a_second_run_into_the_same_prefix_is_refused_instead_of_mixing_shards(t
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'out-00000.jsonl'} already exists") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("how", ["truncated", "bitflip", "crc"])
+def test_a_damaged_gzip_input_is_one_error_line_naming_the_file_and_leaves_no_shard(tmp_path, capsys, how):
+    path = tmp_path / "rows.jsonl.gz"
+    damaged_gzip(path, [{"text": f"x = {i}\n" * 20, "path": f"m{i}.py"} for i in range(3000)], how)
+    argv = ["--input", str(path), "--output-prefix", str(tmp_path / "out" / "code"), "--shard-bytes", "4096",
+            "--on-error", "skip", "--no-progress"]
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {path}:") and "truncated or corrupt" in line
+    assert not list((tmp_path / "out").iterdir()), "no shard, complete or partial, is left"

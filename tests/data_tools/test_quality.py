@@ -18,6 +18,7 @@ from data_tools.quality.annotate import (AnnotateOptions, annotate_with_heuristi
 from data_tools.quality.classifier import load_classifier
 from data_tools.quality.documents import text_sha1
 from data_tools.quality.labels import Label, UnparseableLabel, parse_label
+from tests.conftest import read_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,8 +29,6 @@ STDLIB_EXCLUDE = DEFAULT_EXCLUDE + ("*/test/*", "*/tests/*", "*/idlelib/*")
 EMBED_MAX_CHARS = 256
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

@@ -1,6 +1,5 @@
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from data_tools.synth import (
     sample_prompts,
     synthesize,
 )
+from megaphi.common.net import free_port
 from tests.data_tools.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,12 +185,6 @@ def test_cli_exits_1_when_no_request_got_an_answer(tmp_path, capsys):
     assert len((tmp_path / "t.failures.jsonl").read_text().splitlines()) == 2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tmp_path, capsys):
     from tests.megaphi.tiny_phi import make_hf_phi, make_tokenizer
@@ -198,7 +192,7 @@ def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tm
     model_dir = tmp_path / "tiny"
     make_tokenizer(model_dir)
     make_hf_phi(model_dir, tokenizer_dir=model_dir, max_position_embeddings=2048)
-    port = free_port()
+    port = free_port("127.0.0.1")
     server = subprocess.Popen([sys.executable, "-m", "megaphi.serve", "--model", str(model_dir), "--port", str(port)],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

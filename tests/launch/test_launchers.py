@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed import free_port
+from megaphi.common.net import free_port
 from tests.launch.tiny_run import REPO, TINY_RECIPE, assert_trained, tiny_run_overrides
 
 BIN = Path(sys.executable).parent
@@ -22,7 +22,7 @@ BIN = Path(sys.executable).parent
 
 def launcher_command(launcher: str, nproc: int) -> list[str]:
     """The command prefix that starts ``nproc`` local processes of ``python -m <module>``."""
-    port = str(free_port())
+    port = str(free_port("127.0.0.1"))
     if launcher == "torchrun":
         return [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", port, "-m"]
     if launcher == "mpi":

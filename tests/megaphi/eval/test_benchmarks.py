@@ -90,7 +90,7 @@ def test_missing_or_malformed_mbpp_files_are_named(tmp_path):
         load_mbpp(partial)
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps({"task_id": 11}) + "\n{not json\n")
-    with pytest.raises(ValueError, match=f"{broken}:2 is not JSON"):
+    with pytest.raises(ValueError, match=f"{broken}:2: malformed JSON"):
         load_mbpp(broken)
 
 

@@ -10,6 +10,7 @@ from megaphi.convert import convert_from_hf
 from megaphi.eval import sandbox
 from megaphi.eval.__main__ import main
 from megaphi.eval.benchmarks import HUMANEVAL_STOP, load_humaneval
+from tests.conftest import read_jsonl
 from tests.megaphi.eval.test_benchmarks import MBPP_PATH, needs_mbpp
 from tests.megaphi.tiny_phi import make_hf_phi, make_tokenizer
 
@@ -29,8 +30,6 @@ def megaphi_checkpoint(hf_model, tmp_path_factory):
     return path
 
 
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def last_json_line(text):
