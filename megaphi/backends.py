@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from megaphi.common.checkpoints import LATEST_FILE, META_FILE
+from megaphi.common.checkpoints import check_model_path
 from megaphi.common.padding import pad_sequences
 from megaphi.convert.hf import PHI_MODEL_TYPES, has_tokenizer
 from megaphi.generate import is_hf_dir, check_device, eos_token_id, generate_tokens, load_model, load_tokenizer_dir
@@ -177,15 +177,9 @@ def load_backend(path: str | Path, *, tokenizer: str | Path | None = None, devic
 
     ``max_model_len`` caps the context (prompt plus completion); it may not exceed the model's own.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"model {path} is not a directory: pass a megaphi checkpoint or a Hugging Face "
-                         f"causal-LM directory")
+    path = check_model_path(path)
     # legacy phi-1 directories (phi-msft, mixformer-sequential) convert to megaphi's model too
     if is_hf_dir(path) and _hf_model_type(path) not in PHI_MODEL_TYPES:
         return load_hf_backend(path, tokenizer=tokenizer, device=device, dtype=dtype, max_model_len=max_model_len)
-    if is_hf_dir(path) or (path / META_FILE).is_file() or (path / LATEST_FILE).is_file():
-        model, tok = load_model(path, device=device, dtype=dtype, tokenizer=tokenizer)
-        return MegaphiBackend(model, tok, max_model_len)
-    raise UserError(f"{path} is neither a megaphi checkpoint (no {META_FILE} or '{LATEST_FILE}') nor a "
-                     f"Hugging Face model directory (no config.json): pass one of those")
+    model, tok = load_model(path, device=device, dtype=dtype, tokenizer=tokenizer)
+    return MegaphiBackend(model, tok, max_model_len)

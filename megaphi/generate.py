@@ -14,18 +14,15 @@ from typing import Any, Sequence
 import torch
 
 from megaphi import parallel
+from megaphi.common.checkpoints import check_model_path, is_hf_dir
 from megaphi.common.padding import pad_sequences
-from megaphi.convert.checkpoint import META_FILE, load_model_checkpoint
+from megaphi.convert.checkpoint import load_model_checkpoint
 from megaphi.convert.hf import has_tokenizer, load_hf_checkpoint
 from megaphi.convert.layout import CheckpointError, merge_state_dicts, split_state_dict
 from megaphi.eval.benchmarks import HUMANEVAL_STOP
 from megaphi.model import PhiForCausalLM
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
-
-
-def is_hf_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and not (path / META_FILE).is_file()
 
 
 def load_tokenizer_dir(path: str | Path) -> Any:
@@ -62,7 +59,7 @@ def load_model(
     matmuls there are slow or missing). The tokenizer comes from ``tokenizer`` if given, else from the
     checkpoint (its ``tokenizer/`` or the one ``megaphi.json`` names, or the Hugging Face directory).
     """
-    path = Path(path)
+    path = check_model_path(path)
     device = check_device(device)
     if is_hf_dir(path):
         config, full = load_hf_checkpoint(path)

@@ -62,3 +62,22 @@ def is_checkpoint_path(path: str | os.PathLike) -> bool:
     """Whether ``path`` looks like a megaphi checkpoint: a tag directory or a root with ``latest``."""
     path = Path(path)
     return (path / META_FILE).is_file() or (path / LATEST_FILE).is_file()
+
+
+def is_hf_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a Hugging Face model directory (a ``config.json``, and no ``megaphi.json``)."""
+    path = Path(path)
+    return (path / "config.json").is_file() and not (path / META_FILE).is_file()
+
+
+def check_model_path(path: str | os.PathLike) -> Path:
+    """``path`` if it can be a model for inference (a megaphi checkpoint or a Hugging Face model
+    directory), else an error that names both kinds, for every command that takes ``--model``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"model {path} is not a directory: pass a megaphi checkpoint (a tag directory, or a "
+                              f"checkpoint root with '{LATEST_FILE}') or a Hugging Face model directory")
+    if not (is_checkpoint_path(path) or is_hf_dir(path)):
+        raise CheckpointError(f"{path} is neither a megaphi checkpoint (no {META_FILE} or '{LATEST_FILE}') nor a "
+                              "Hugging Face model directory (no config.json): pass one of those")
+    return path

@@ -28,7 +28,8 @@ def _add_benchmark_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_generation_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="megaphi checkpoint (tag dir or root with `latest`) or HF dir")
+    parser.add_argument("--model", required=True, help="megaphi checkpoint (tag dir or root with `latest`) or "
+                        "Hugging Face model directory")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the checkpoint's)")
     parser.add_argument("--n-samples", type=int, default=1, help="completions per problem")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -41,8 +42,11 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program (wall clock)")
-    parser.add_argument("--memory-mb", type=int, default=1024, help="address space per process")
+    # named as in data_tools.synth, which runs exercises in the same sandbox (--timeout, --memory-mb: older names)
+    parser.add_argument("--sandbox-timeout", "--timeout", dest="timeout", type=float, default=10.0,
+                        help="seconds per program (wall clock)")
+    parser.add_argument("--sandbox-memory-mb", "--memory-mb", dest="memory_mb", type=int, default=1024,
+                        help="address space per process")
     parser.add_argument("--workers", type=int, default=None, help="programs at once (default: 2 per CPU core)")
     parser.add_argument("--sandbox-python", default=None,
                         help="interpreter inside the sandbox (default: /usr/bin/python3)")

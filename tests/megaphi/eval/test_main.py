@@ -143,3 +143,24 @@ def test_every_subcommand_documents_itself():
         out = subprocess.run([sys.executable, "-m", "megaphi.eval", *command, "--help"], capture_output=True,
                              text=True, check=True).stdout
         assert out.startswith("usage: python -m megaphi.eval")
+
+
+def test_sandbox_limits_are_named_as_in_synth_and_the_older_names_still_work():
+    from megaphi.eval.__main__ import build_parser
+
+    common = ["score", "--benchmark", "humaneval", "--samples", "s.jsonl", "--out", "r.jsonl"]
+    new = build_parser().parse_args(common + ["--sandbox-timeout", "3", "--sandbox-memory-mb", "512"])
+    old = build_parser().parse_args(common + ["--timeout", "3", "--memory-mb", "512"])
+    assert (new.timeout, new.memory_mb) == (old.timeout, old.memory_mb) == (3.0, 512)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_a_model_that_is_no_model_is_refused_saying_both_kinds_work(tmp_path, capsys, kind):
+    model = tmp_path / "model"
+    if kind == "empty":
+        model.mkdir()
+    assert main(["run", "--benchmark", "humaneval", "--model", str(model), "--out-dir", str(tmp_path / "out"),
+                 "--limit", "1"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {'model ' if kind == 'missing' else ''}{model} is ")
+    assert "megaphi checkpoint" in line and "Hugging Face model directory" in line
