@@ -148,7 +148,7 @@ class JsonlShardWriter:
     def __enter__(self) -> "JsonlShardWriter":
         return self
 
-    def __exit__(self, exc_type, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if exc_type is None:
             self.close()
         else:

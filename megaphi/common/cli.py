@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from megaphi.common.errors import UserError
 
@@ -33,7 +33,7 @@ def entry_point(main: Main) -> Main:
     """Wrap a ``main(argv) -> int`` so that user errors end it with one line and exit status 2."""
 
     @functools.wraps(main)
-    def run(argv: Sequence[str] | None = None, *args, **kwargs) -> int:
+    def run(argv: Sequence[str] | None = None, *args: Any, **kwargs: Any) -> int:
         try:
             return main(argv, *args, **kwargs)
         except UserError as error:

@@ -62,7 +62,10 @@ def check_on_error(on_error: str) -> None:
 
 
 def open_binary(path: str | os.PathLike) -> IO[bytes]:
-    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb", buffering=1 << 20)
+    if str(path).endswith(".gz"):
+        # a GzipFile reads bytes like any IO[bytes]
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb", buffering=1 << 20)
 
 
 def _damaged(path: str | os.PathLike, lineno: int, offset: int, exc: BaseException) -> DamagedFileError:

@@ -305,7 +305,7 @@ def test_causal_lm_embedder_mean_pools_the_models_last_hidden_states(tmp_path):
     texts = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    print(i)\n" * 3]
     vectors = load_embedder(str(tmp_path)).encode(texts)
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
-    for text, vector in zip(texts, vectors):
+    for text, vector in zip(texts, vectors, strict=True):
         with torch.no_grad():
             hidden = reference(torch.tensor([tokenizer.encode(text)]), output_hidden_states=True).hidden_states[-1]
         expected = hidden[0].mean(0).numpy()

@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from megaphi.vocab import padded_vocab_size
-from data_tools.tokenizer import (EOD_TOKEN, WHITESPACE_RUNS, TokenizerError, load_tokenizer, main, 
+from data_tools.tokenizer import (EOD_TOKEN, WHITESPACE_RUNS, TokenizerError, load_tokenizer, main,
                                   train_bpe, train_sentencepiece)
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])

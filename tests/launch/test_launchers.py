@@ -51,7 +51,7 @@ def test_torchrun_processes_join_one_group():
     # mpirun and the deepspeed launcher are proven by the training runs below; srun by tests/slurm.
     out = run(launcher_command("torchrun", 2) + ["megaphi.train.launch_env", "check"]).stdout
     ok = re.findall(r"rank (\d)/2 \(local (\d)/2\) on \S+, rendezvous (\S+) via torchrun: all-reduce ok", out)
-    assert sorted((r, l) for r, l, _ in ok) == [("0", "0"), ("1", "1")], out
+    assert sorted((r, local) for r, local, _ in ok) == [("0", "0"), ("1", "1")], out
     assert len({addr for _, _, addr in ok}) == 1, "both ranks must use one rendezvous"
 
 

@@ -28,8 +28,8 @@ def test_every_humaneval_canonical_solution_passes_and_fails_with_its_body_repla
     programs = [p.program(p.reference) for p in problems] + [p.program("    pass\n") for p in problems]
     results = run_programs(programs, timeout_s=30.0)
     canonical, emptied = results[: len(problems)], results[len(problems):]
-    assert [p.task_id for p, r in zip(problems, canonical) if not r.passed] == []
-    assert [p.task_id for p, r in zip(problems, emptied) if r.passed] == []
+    assert [p.task_id for p, r in zip(problems, canonical, strict=True) if not r.passed] == []
+    assert [p.task_id for p, r in zip(problems, emptied, strict=True) if r.passed] == []
 
 
 @needs_mbpp
@@ -41,7 +41,7 @@ def test_every_mbpp_reference_solution_passes_on_the_test_split():
     # the generous timeout (a timeout is a wall-clock limit, not a CPU one).
     benchmark = load_mbpp(MBPP_PATH)
     results = run_programs([p.program(p.reference) for p in benchmark.problems], timeout_s=60.0)
-    failures = {p.task_id: r.detail for p, r in zip(benchmark.problems, results) if not r.passed}
+    failures = {p.task_id: r.detail for p, r in zip(benchmark.problems, results, strict=True) if not r.passed}
     assert failures == {}
 
 
