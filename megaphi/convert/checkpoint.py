@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from megaphi.common.checkpoints import META_FILE, CheckpointError, resolve_checkpoint_dir
+from megaphi.common.files import atomic_write_text
 from megaphi.convert.layout import StateDict, check_shards
 from megaphi.model import PhiConfig
 
@@ -110,7 +111,7 @@ def prepare_output_dir(path: str | Path) -> Path:
 def write_meta(ckpt_dir: str | Path, config: PhiConfig, tensor_parallel_size: int, tokenizer: str | None) -> None:
     meta = {"format": "megaphi", "model": config.to_dict(), "tensor_parallel_size": tensor_parallel_size,
             "tokenizer": tokenizer}
-    (Path(ckpt_dir) / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(Path(ckpt_dir) / META_FILE, json.dumps(meta, indent=2) + "\n")
 
 
 def save_model_checkpoint(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from megaphi.common.errors import InputNotFoundError, UserError
+from megaphi.common.files import atomic_open
 from megaphi.common.jsonl import iter_numbered_jsonl
 from megaphi.eval.benchmarks import Benchmark
 from megaphi.eval.passk import DEFAULT_KS, counts_by_task, pass_at_k
@@ -31,7 +32,7 @@ def read_samples(path: str | Path) -> list[dict]:
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
 
