@@ -1,9 +1,10 @@
 """The one base of errors that a user can fix: a bad file, field, flag or a missing tool.
 
 Every ``python -m`` entry point prints such an error as one ``error: ...`` line and exits 2
-(:func:`megaphi.common.cli.entry_point`); any other exception is a bug and keeps its traceback. So
-raise a :class:`UserError` (or a subclass) exactly where the code knows the cause is the user's
-input, with a message that names what is wrong and what to do.
+(:func:`megaphi.common.cli.entry_point`), as it does an ``OSError`` the system raised about a named
+path; any other exception is a bug and keeps its traceback. So raise a :class:`UserError` (or a
+subclass) exactly where the code knows the cause is the user's input, with a message that names what
+is wrong and what to do.
 """
 from __future__ import annotations
 

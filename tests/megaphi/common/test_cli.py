@@ -36,3 +36,27 @@ def test_success_passes_the_exit_status_through():
 def test_user_errors_stay_value_errors_and_file_errors_for_library_callers():
     assert issubclass(UserError, ValueError)
     assert issubclass(InputNotFoundError, FileNotFoundError)
+
+
+@entry_point
+def write_to(argv=None) -> int:
+    with open(argv[0], "w") as f:
+        f.write("x")
+    return 0
+
+
+def test_the_system_refusing_a_named_path_is_a_user_error_naming_it(tmp_path, capsys):
+    assert write_to([str(tmp_path / "missing" / "out.txt")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'missing' / 'out.txt'}: No such file or directory\n"
+    assert write_to([str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}: Is a directory\n"
+
+
+@entry_point
+def unnamed_os_error(argv=None) -> int:
+    raise ConnectionResetError("peer reset")  # an OSError about no path of the user's: a bug or an outage
+
+
+def test_an_os_error_about_no_path_keeps_its_traceback():
+    with pytest.raises(ConnectionResetError):
+        unnamed_os_error([])
