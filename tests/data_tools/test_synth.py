@@ -20,6 +20,7 @@ from data_tools.synth import (
     synthesize,
 )
 from megaphi.common.net import free_port
+from tests.conftest import read_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,7 +144,7 @@ def test_truncated_textbooks_are_rejected_unless_kept(tmp_path):
         kept = synthesize("textbooks", count=2, out_path=tmp_path / "b.jsonl", failures_path=tmp_path / "b.f.jsonl",
                           client=client, keep_truncated=True, progress=False)
     assert stats.rejected == 2 and "truncated at max_tokens=1024" in (tmp_path / "a.f.jsonl").read_text()
-    records = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    records = read_jsonl(tmp_path / "b.jsonl")
     assert kept.succeeded == 2 and all(r["text"].startswith("answer to: Write a section") for r in records)
     assert set(records[0]["meta"]) == {"topic", "subtopic", "audience", "style"}
 
@@ -158,8 +159,8 @@ def test_exercises_are_validated_before_they_are_written(tmp_path):
     with FakeOpenAI(answer=answer) as server:
         stats = synthesize("exercises", count=8, out_path=tmp_path / "ex.jsonl", failures_path=tmp_path / "ex.f.jsonl",
                            client=ClientConfig(base_url=server.base_url, model="fake"), seed=3, progress=False)
-    kept = [json.loads(line) for line in (tmp_path / "ex.jsonl").read_text().splitlines()]
-    failed = [json.loads(line) for line in (tmp_path / "ex.f.jsonl").read_text().splitlines()]
+    kept = read_jsonl(tmp_path / "ex.jsonl")
+    failed = read_jsonl(tmp_path / "ex.f.jsonl")
     expected_kept = {r["id"] for r in kept if sum(map(ord, r["entry_point"])) % 2 == 0}
     assert len(kept) + len(failed) == 8 and kept and failed and {r["id"] for r in kept} == expected_kept
     assert all(f["reason"].startswith("rejected: solution fails its own tests (failed)") for f in failed)
@@ -219,6 +220,6 @@ def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tm
     assert summary["requested"] == 3 and summary["rejected"] == 3 and summary["completion_tokens"] > 0
     # The random model writes garbage: every exercise is rejected, each with a reason, none kept.
     assert (tmp_path / "ex.jsonl").read_text() == ""
-    failures = [json.loads(line) for line in (tmp_path / "ex.failures.jsonl").read_text().splitlines()]
+    failures = read_jsonl(tmp_path / "ex.failures.jsonl")
     assert len(failures) == 3 and all(f["reason"].startswith("rejected: ") and f["texts"] for f in failures)
     assert textbooks.succeeded == 2 and textbooks.completion_tokens == 2 * 16
