@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import sys
@@ -439,7 +440,12 @@ def main(argv: list[str] | None = None) -> int:
                           device=args.device, chat_template=template, max_batch_rows=args.max_batch_size,
                           batch_window_s=args.batch_window_ms / 1000, max_model_len=args.max_model_len)
     print(f"serving {server.model_name} on http://{args.host}:{args.port}/v1", flush=True)
-    web.run_app(server.app(), host=args.host, port=args.port, print=None)
+    try:
+        web.run_app(server.app(), host=args.host, port=args.port, print=None)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"port {args.port} on {args.host} is already in use: pass another --port") from None
+        raise
     return 0
 
 
