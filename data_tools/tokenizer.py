@@ -6,8 +6,8 @@ most of what code is made of. :func:`train_bpe` builds that design on any corpus
 is the SentencePiece BPE alternative. Both load back through :func:`load_tokenizer`, the single
 interface every other stage uses (``encode``, ``encode_batch``, ``decode``, ``eod_id``, ``vocab_size``).
 
-    python -m data_tools.tokenizer train --output tok/ --vocab-size 50257          # stdlib corpus
-    python -m data_tools.tokenizer train --input data/*.jsonl --kind sentencepiece --output spm/
+    python -m data_tools.tokenizer train --out tok/ --vocab-size 50257          # stdlib corpus
+    python -m data_tools.tokenizer train --input data/*.jsonl --kind sentencepiece --out spm/
     python -m data_tools.tokenizer info tok/
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     model (a ``.model`` file or a directory holding ``tokenizer.model``)."""
     path = Path(path)
     if not path.exists():
-        raise TokenizerError(f"tokenizer {path} does not exist; train one with `python -m data_tools.tokenizer train --output {path}`")
+        raise TokenizerError(f"tokenizer {path} does not exist; train one with `python -m data_tools.tokenizer train --out {path}`")
     if path.is_file() and path.suffix == ".model":
         return SentencePieceTokenizer(str(path))
     if not path.is_dir():
@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = sub.add_parser("train", help="train a tokenizer on JSONL/parquet texts or the standard library")
     train.add_argument("--input", nargs="*", default=[],
                        help="corpus inputs as data_tools.corpus reads them: directories, JSONL, parquet (default: the Python standard library)")
-    train.add_argument("--output", required=True, help="directory to save the tokenizer to")
+    train.add_argument("--out", "--output", dest="output", required=True, help="directory to save the tokenizer to")
     train.add_argument("--kind", choices=("bpe", "sentencepiece"), default="bpe",
                        help="bpe: byte-level BPE like codegen-350M-mono (default); sentencepiece: SentencePiece BPE")
     train.add_argument("--vocab-size", type=int, default=None, help="vocabulary size (default: 50257 for bpe, 32000 for sentencepiece)")

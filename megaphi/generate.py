@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("-n", type=int, default=1, help="completions per prompt")
+    parser.add_argument("--n-samples", "-n", dest="n", type=int, default=1, help="completions per prompt")
     parser.add_argument("--stop", action="append", default=None, help="stop sequence (repeatable)")
     parser.add_argument("--humaneval-stop", action="store_true", help="use HumanEval's usual stop sequences")
     parser.add_argument("--seed", type=int, default=None)

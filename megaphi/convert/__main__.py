@@ -15,8 +15,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-# Every command names the model it reads --model (eval, serve and generate too); the older
-# --hf / --checkpoint spellings stay accepted.
+# Every command names the model it reads --model (eval, serve and generate too) and a tensor
+# parallel size --tensor-parallel-size (as data_tools.tokenizer does); the older --hf, --checkpoint
+# and --tp spellings stay accepted.
 MEGAPHI_MODEL_HELP = "megaphi checkpoint: a tag directory, or a checkpoint root with 'latest'"
 
 
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "--hf", dest="model", required=True,
                    help="Hugging Face model directory: config.json and safetensors/.bin weights")
     p.add_argument("--out", required=True, help="new megaphi checkpoint directory")
-    p.add_argument("--tp", type=_positive_int, default=1, help="tensor parallel size to split for (default 1)")
+    p.add_argument("--tensor-parallel-size", "--tp", dest="tp", type=_positive_int, default=1,
+                   help="tensor parallel size to split for (default 1)")
 
     p = sub.add_parser("to-hf", help="megaphi checkpoint (any TP) -> transformers PhiForCausalLM directory")
     p.add_argument("--model", "--checkpoint", dest="model", required=True, help=MEGAPHI_MODEL_HELP)
@@ -36,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reshard", help="rewrite a megaphi checkpoint for another tensor parallel size")
     p.add_argument("--model", "--checkpoint", dest="model", required=True, help=MEGAPHI_MODEL_HELP)
-    p.add_argument("--tp", type=_positive_int, required=True, help="new tensor parallel size")
+    p.add_argument("--tensor-parallel-size", "--tp", dest="tp", type=_positive_int, required=True,
+                   help="new tensor parallel size")
     p.add_argument("--out", required=True, help="new megaphi checkpoint directory")
     return parser
 

@@ -120,9 +120,12 @@ def test_every_convert_command_reads_its_model_from_model_and_keeps_the_older_na
     from megaphi.convert.__main__ import build_parser
 
     for command, old in (("to-hf", "--checkpoint"), ("reshard", "--checkpoint"), ("from-hf", "--hf")):
-        extra = ["--tp", "2"] if command == "reshard" else []
-        new_args = build_parser().parse_args([command, "--model", "m", "--out", "o", *extra])
-        old_args = build_parser().parse_args([command, old, "m", "--out", "o", *extra])
-        assert new_args.model == old_args.model == "m"
-    assert convert_main(["reshard", "--model", str(checkpoint), "--tp", "2", "--out", str(tmp_path / "tp2")]) == 0
+        new_args = build_parser().parse_args([command, "--model", "m", "--out", "o"]
+                                             + (["--tensor-parallel-size", "2"] if command != "to-hf" else []))
+        old_args = build_parser().parse_args([command, old, "m", "--out", "o"]
+                                             + (["--tp", "2"] if command != "to-hf" else []))
+        assert vars(new_args) == vars(old_args)
+        assert new_args.model == "m" and getattr(new_args, "tp", 2) == 2
+    assert convert_main(["reshard", "--model", str(checkpoint), "--tensor-parallel-size", "2",
+                         "--out", str(tmp_path / "tp2")]) == 0
     assert load_model_checkpoint(tmp_path / "tp2")[2]["tensor_parallel_size"] == 2
