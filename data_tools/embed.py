@@ -12,6 +12,7 @@ import os
 from typing import Protocol, Sequence
 
 import numpy as np
+
 from megaphi.common.errors import UserError
 
 DEFAULT_EMBEDDER = "minilm"

@@ -14,8 +14,19 @@ from typing import Any, Iterable, Iterator
 
 from megaphi.common.errors import InputNotFoundError, OutputExistsError, UserError
 from megaphi.common.files import remove_quietly, temp_path
-from megaphi.common.jsonl import (ON_ERROR_CHOICES, DamagedFileError, MalformedRecordError, OnError, ReadStats,
-                                  check_on_error, iter_jsonl, iter_line_chunks, iter_lines, open_binary, parse_line)
+from megaphi.common.jsonl import (
+    ON_ERROR_CHOICES,
+    DamagedFileError,
+    MalformedRecordError,
+    OnError,
+    ReadStats,
+    check_on_error,
+    iter_jsonl,
+    iter_line_chunks,
+    iter_lines,
+    open_binary,
+    parse_line,
+)
 
 __all__ = ["ON_ERROR_CHOICES", "DamagedFileError", "MalformedRecordError", "OnError", "ReadStats", "check_on_error",
            "iter_jsonl", "iter_line_chunks", "iter_lines", "open_binary", "parse_line", "JSONL_SUFFIXES",

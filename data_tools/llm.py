@@ -32,9 +32,9 @@ from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 import openai
 
+from megaphi.common.errors import UserError
 from megaphi.common.files import atomic_write_text
 from megaphi.common.jsonl import MalformedRecordError, iter_numbered_jsonl
-from megaphi.common.errors import UserError
 
 # HTTP statuses worth another attempt; every other 4xx is the request's own fault and final.
 RETRYABLE_STATUSES = {408, 409, 429}

@@ -36,9 +36,9 @@ from data_tools.llm import (
     client_config_from_args,
     run_requests,
 )
-from megaphi.eval.sandbox import SandboxResult, check_sandbox, run_programs
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
+from megaphi.eval.sandbox import SandboxResult, check_sandbox, run_programs
 
 KINDS = ("textbooks", "exercises")
 PROMPTS_DIR = Path(__file__).parent / "prompts"

@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from megaphi.vocab import padded_vocab_size
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
+from megaphi.vocab import padded_vocab_size
 
 EOD_TOKEN = "<|endoftext|>"
 # codegen-350M-mono's added whitespace tokens: runs of 2-31 spaces and 2-9 tabs

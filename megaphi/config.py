@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
+
 from megaphi.common.errors import UserError
 
 T = TypeVar("T")

@@ -15,14 +15,14 @@ import torch
 
 from megaphi import parallel
 from megaphi.common.checkpoints import check_model_path, is_hf_dir
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
 from megaphi.common.padding import pad_sequences
 from megaphi.convert.checkpoint import load_model_checkpoint
 from megaphi.convert.hf import has_tokenizer, load_hf_checkpoint
 from megaphi.convert.layout import CheckpointError, merge_state_dicts, split_state_dict
 from megaphi.eval.benchmarks import HUMANEVAL_STOP
 from megaphi.model import PhiForCausalLM
-from megaphi.common.cli import entry_point
-from megaphi.common.errors import UserError
 
 
 def load_tokenizer_dir(path: str | Path) -> Any:

@@ -37,9 +37,9 @@ from typing import Any
 from aiohttp import web
 
 from megaphi.backends import Backend, load_backend
-from megaphi.generate import cut_at_stop
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
+from megaphi.generate import cut_at_stop
 
 log = logging.getLogger("megaphi.serve")
 

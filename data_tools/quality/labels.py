@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
 from megaphi.common.errors import UserError
 
 LEVELS = ("low", "medium", "high")

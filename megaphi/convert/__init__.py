@@ -16,8 +16,8 @@ from megaphi.convert.hf import (
 from megaphi.convert.layout import (
     CheckpointError,
     check_divisible,
-    merge_state_dicts,
     config_padded_vocab_size,
+    merge_state_dicts,
     param_specs,
     split_state_dict,
 )

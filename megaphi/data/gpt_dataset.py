@@ -28,9 +28,9 @@ from typing import Sequence
 import numpy as np
 import torch.utils.data
 
+from megaphi.common.errors import UserError
 from megaphi.data.cache import IndexCache, checksum
 from megaphi.data.indexed import IndexedDataset
-from megaphi.common.errors import UserError
 
 # bump when the index-building algorithm changes, so old caches are not trusted
 INDEX_VERSION = 1

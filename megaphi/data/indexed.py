@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
 from megaphi.common.errors import UserError
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"

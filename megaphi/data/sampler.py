@@ -14,6 +14,7 @@ same samples make up each step; only their assignment to ranks changes).
 from __future__ import annotations
 
 from typing import Iterator
+
 from megaphi.common.errors import UserError
 
 

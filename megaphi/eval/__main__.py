@@ -11,12 +11,12 @@ import json
 import sys
 from pathlib import Path
 
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
 from megaphi.eval.benchmarks import BENCHMARKS, MBPP_SPLITS, load_benchmark
 from megaphi.eval.report import write_report
 from megaphi.eval.sampling import SamplingConfig, generate_samples
 from megaphi.eval.score import read_samples, score_samples, summarize, write_jsonl
-from megaphi.common.cli import entry_point
-from megaphi.common.errors import UserError
 
 
 def _add_benchmark_args(parser: argparse.ArgumentParser) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megaphi.eval.benchmarks import Benchmark
 from megaphi.common.errors import UserError
+from megaphi.eval.benchmarks import Benchmark
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Mapping, MutableMapping, Sequence
+
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
 from megaphi.common.net import free_port

@@ -11,8 +11,8 @@ import torch
 from data_tools.jsonl import MalformedRecordError
 from data_tools.preprocess import EmptyCorpusError, main, preprocess
 from data_tools.tokenizer import load_tokenizer, train_bpe
-from tests.conftest import damaged_gzip
 from megaphi.data import IndexedDataset
+from tests.conftest import damaged_gzip
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -4,7 +4,14 @@ import json
 import pytest
 
 from megaphi.common.errors import UserError
-from megaphi.common.jsonl import DamagedFileError, MalformedRecordError, ReadStats, iter_jsonl, iter_line_chunks, read_jsonl
+from megaphi.common.jsonl import (
+    DamagedFileError,
+    MalformedRecordError,
+    ReadStats,
+    iter_jsonl,
+    iter_line_chunks,
+    read_jsonl,
+)
 from tests.conftest import damaged_gzip
 
 RECORDS = [{"text": f"def f{i}(x):\n    return x * {i}  # {'pad ' * (i % 7)}\n", "n": i} for i in range(3000)]

@@ -2,7 +2,13 @@
 import pytest
 import torch
 
-from megaphi.convert import CheckpointError, check_divisible, config_padded_vocab_size, merge_state_dicts, split_state_dict
+from megaphi.convert import (
+    CheckpointError,
+    check_divisible,
+    config_padded_vocab_size,
+    merge_state_dicts,
+    split_state_dict,
+)
 from megaphi.convert.layout import COLUMN, QKV, REPLICATED, ROW, VOCAB, param_specs
 from megaphi.model import PhiConfig, PhiForCausalLM
 
