@@ -1,7 +1,9 @@
 """Reading and writing record files (JSONL, gzipped JSONL, parquet) the same way in every stage.
 
-A malformed line is reported as ``file:line: what is wrong``; the caller chooses to stop there
-(``on_error="stop"``, the default) or to skip and count such lines (``on_error="skip"``).
+JSONL lines are read by :mod:`megaphi.common.jsonl` (re-exported here): a malformed line is reported
+as ``file:line: what is wrong`` and the caller chooses to stop there (``on_error="stop"``, the
+default) or to skip and count such lines (``on_error="skip"``); a damaged ``.gz`` always stops. This
+module adds what only the data stages need: input expansion, parquet, and the sharded writer.
 """
 from __future__ import annotations
 
