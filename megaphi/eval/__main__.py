@@ -95,6 +95,10 @@ def _score(args: argparse.Namespace, benchmark, samples: list[dict]) -> tuple[li
 def run_command(args: argparse.Namespace) -> dict | None:
     if getattr(args, "workers", None) is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
+    for flag, value in (("--sandbox-timeout", getattr(args, "timeout", 1)), ("--sandbox-memory-mb",
+                                                                             getattr(args, "memory_mb", 1))):
+        if value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
     benchmark = load_benchmark(args.benchmark, mbpp_path=args.mbpp_path, mbpp_split=args.mbpp_split)
     if args.command == "generate":
         samples = generate_samples(benchmark, args.model, _sampling(args), device=args.device, tokenizer=args.tokenizer)

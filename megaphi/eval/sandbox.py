@@ -69,7 +69,7 @@ class SandboxLimits:
     def __post_init__(self) -> None:
         for name in ("timeout_s", "memory_mb", "max_processes", "max_file_mb", "tmp_mb", "output_limit_bytes"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"sandbox limit {name} must be positive, got {getattr(self, name)}")
+                raise UserError(f"sandbox limit {name} must be positive, got {getattr(self, name)}")
 
 
 def default_python() -> str:
@@ -257,6 +257,6 @@ def run_programs(programs: Sequence[str], *, timeout_s: float = 10.0, memory_mb:
     # the kernel rather than computing, so two per core keep the cores busy.
     workers = 2 * (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+        raise UserError(f"workers must be at least 1, got {workers}")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
         return list(pool.map(lambda program: _run_one(program, limits, python, not unsafe_no_sandbox), programs))

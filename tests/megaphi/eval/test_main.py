@@ -164,3 +164,12 @@ def test_a_model_that_is_no_model_is_refused_saying_both_kinds_work(tmp_path, ca
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {'model ' if kind == 'missing' else ''}{model} is ")
     assert "megaphi checkpoint" in line and "Hugging Face model directory" in line
+
+
+@pytest.mark.parametrize("flag, value", [("--sandbox-timeout", "0"), ("--sandbox-memory-mb", "-1")])
+def test_a_sandbox_limit_that_is_not_positive_is_one_error_line_naming_the_flag(tmp_path, capsys, flag, value):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text('{"task_id": "HumanEval/0", "completion": "    return []\\n"}\n')
+    assert main(["score", "--benchmark", "humaneval", "--samples", str(samples), "--out", str(tmp_path / "r.jsonl"),
+                 flag, value]) == 2
+    assert capsys.readouterr().err == f"error: {flag} must be positive, got {float(value) if 'timeout' in flag else value}\n"
