@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 StateDict = dict[str, torch.Tensor]
 
-# How a parameter is laid out over tensor-parallel ranks (Megatron's conventions).
+# How a parameter is laid out over tensor-parallel ranks (Megatron's conventions), as param_specs
+# reads it from the parameter's own attributes.
 REPLICATED = "replicated"  # every rank holds the whole tensor (LayerNorms, row-parallel biases)
 COLUMN = "column"  # output rows split over ranks: weight dim 0, bias dim 0
 ROW = "row"  # input columns split over ranks: weight dim 1
@@ -36,6 +37,8 @@ class ParamSpec:
     name: str
     shape: tuple[int, ...]  # full shape: TP=1, vocabulary unpadded
     split: str
+    dim: int = 0  # the dimension split over ranks (the parameter's partition_dim)
+    stride: int = 1  # blocks split separately along it (partition_stride: 3 for fused q/k/v)
 
 
 def config_padded_vocab_size(config: "PhiConfig", tp: int) -> int:
@@ -83,7 +86,7 @@ def _param_specs(config_json: str) -> tuple[ParamSpec, ...]:
     for name, param in model.named_parameters():
         shape = list(param.shape)
         if not getattr(param, "tensor_model_parallel", False):
-            specs.append(ParamSpec(name, tuple(shape), REPLICATED))
+            specs.append(ParamSpec(name, tuple(shape), REPLICATED, dim=-1))
             continue
         dim, stride, valid = param.partition_dim, param.partition_stride, getattr(param, "partition_valid_size", None)
         shape[dim] *= tp
@@ -97,7 +100,7 @@ def _param_specs(config_json: str) -> tuple[ParamSpec, ...]:
             split = COLUMN if dim == 0 else ROW
         else:
             raise NotImplementedError(f"{name}: no conversion for partition_dim {dim} with stride {stride}")
-        specs.append(ParamSpec(name, tuple(shape), split))
+        specs.append(ParamSpec(name, tuple(shape), split, dim=dim, stride=stride))
     return tuple(specs)
 
 
@@ -105,10 +108,8 @@ def shard_shape(spec: ParamSpec, config: "PhiConfig", tp: int) -> tuple[int, ...
     shape = list(spec.shape)
     if spec.split == VOCAB:
         shape[0] = config_padded_vocab_size(config, tp) // tp
-    elif spec.split in (COLUMN, QKV):
-        shape[0] //= tp
-    elif spec.split == ROW:
-        shape[1] //= tp
+    elif spec.split != REPLICATED:
+        shape[spec.dim] //= tp
     return tuple(shape)
 
 
@@ -146,9 +147,6 @@ def check_shards(shards: list[StateDict], config: "PhiConfig", where: str) -> No
         check_state_dict(shard, expected, f"{where} (tensor parallel rank {rank} of {tp})")
 
 
-_SPLIT_DIM_AND_STRIDE = {COLUMN: (0, 1), ROW: (1, 1), QKV: (0, 3), VOCAB: (0, 1)}
-
-
 def _split(spec: ParamSpec, tensor: torch.Tensor, config: "PhiConfig", tp: int) -> list[torch.Tensor]:
     if spec.split == REPLICATED:
         return [tensor] * tp
@@ -157,8 +155,7 @@ def _split(spec: ParamSpec, tensor: torch.Tensor, config: "PhiConfig", tp: int) 
         tensor = torch.cat([tensor, tensor.new_zeros((pad, *tensor.shape[1:]))], dim=0)
     elif tp == 1:
         return [tensor]
-    dim, stride = _SPLIT_DIM_AND_STRIDE[spec.split]
-    return [shard_tensor(tensor, dim, rank, tp, stride) for rank in range(tp)]
+    return [shard_tensor(tensor, spec.dim, rank, tp, spec.stride) for rank in range(tp)]
 
 
 def split_state_dict(full: StateDict, config: "PhiConfig", tp: int) -> list[StateDict]:
@@ -175,8 +172,7 @@ def split_state_dict(full: StateDict, config: "PhiConfig", tp: int) -> list[Stat
 def _merge(spec: ParamSpec, pieces: list[torch.Tensor], config: "PhiConfig") -> torch.Tensor:
     if spec.split == REPLICATED:
         return pieces[0]
-    dim, stride = _SPLIT_DIM_AND_STRIDE[spec.split]
-    merged = pieces[0] if len(pieces) == 1 else merge_shards(pieces, dim, stride)
+    merged = pieces[0] if len(pieces) == 1 else merge_shards(pieces, spec.dim, spec.stride)
     if spec.split == VOCAB:
         return merged[: config.vocab_size].clone()  # drop the padding rows; clone so it owns compact storage
     return merged
