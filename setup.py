@@ -25,7 +25,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["megaphi", "megaphi.*", "data_tools", "data_tools.*"]),
-    package_data={"data_tools": ["prompts/*"], "megaphi.eval": ["README.md"]},
+    package_data={"data_tools": ["prompts/*"], "megaphi.eval": ["README.md"],
+                  "megaphi.eval.graded": ["problems/*.md", "DECONTAMINATION.md", "README.md"]},
     # The core: the model, tensor parallelism, datasets and checkpoints. Each part adds its extra, so
     # that a training node installs no annotation stack and a data node no DeepSpeed:
     #   pip install "megaphi[train]"   pip install "megaphi[data]"   pip install "megaphi[dev]" (all + tests)

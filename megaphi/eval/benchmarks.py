@@ -26,7 +26,7 @@ from pathlib import Path
 from megaphi.common.errors import UserError
 from megaphi.common.jsonl import read_jsonl
 
-BENCHMARKS = ("humaneval", "mbpp")
+BENCHMARKS = ("humaneval", "mbpp", "graded")  # graded: megaphi/eval/graded, phi-1 section 4
 HUMANEVAL_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
 MBPP_STOP = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```")
 # MBPP's conventional splits by task id (Austin et al. 2021).
@@ -129,4 +129,8 @@ def load_benchmark(name: str, *, mbpp_path: str | Path | None = None, mbpp_split
         return load_humaneval()
     if name == "mbpp":
         return load_mbpp(mbpp_path, mbpp_split)
+    if name == "graded":
+        from megaphi.eval.graded.problems import load_graded
+
+        return load_graded()
     raise UserError(f"unknown benchmark {name!r}: choose one of {', '.join(BENCHMARKS)}")

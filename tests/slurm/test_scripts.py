@@ -128,10 +128,11 @@ def test_gpu_script_trains_its_phi1_recipe_and_batches_divide(name, recipe, step
 def test_cpu_smoke_script_trains_the_tiny_recipe_on_two_tasks(tmp_path):
     options = sbatch_options(SLURM / "smoke_cpu.sh")
     assert options["ntasks"] == "2" and options["nodes"] == "1" and "gpus-per-node" not in options
-    proc, steps = run_script("smoke_cpu.sh", tmp_path)
+    proc, steps = run_script("smoke_cpu.sh", tmp_path, "data.paths=[data/mine]", "train.steps=2")
     assert proc.returncode == 0, proc.stderr
     (train,) = steps
     assert train.env["DS_ACCELERATOR"] == "cpu"
+    assert train.argv[-2:] == ["data.paths=[data/mine]", "train.steps=2"], "the caller's overrides win"
     path = trained_config(train)
     assert path.name == "phi_tiny_cpu.yaml"
     cfg = load_config(TrainConfig, path)
