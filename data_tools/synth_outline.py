@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from data_tools.llm import (ClientConfig, LLMRequest, LLMResponse, Rejected, Run
                             run_requests)
 from data_tools.synth import PROMPTS_DIR, SynthPrompt, add_generation_arguments, build_requests, failures_path_for
 from megaphi.common.errors import UserError
+from megaphi.common.files import atomic_write_text
 
 DEFAULT_OUTLINE_PROMPTS = PROMPTS_DIR / "outline.yaml"
 LEVELS = ("subtopics", "concepts")
@@ -198,9 +198,7 @@ def _answers(path: Path) -> Iterator[dict[str, Any]]:
 
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def load_outline(path: str | Path) -> list[tuple[str, str, str]]:

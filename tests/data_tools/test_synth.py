@@ -212,10 +212,10 @@ def test_exercises_repeating_a_kept_solution_and_tests_are_dropped_with_the_reas
     with FakeOpenAI(answer=answer) as server:
         client = ClientConfig(base_url=server.base_url, model="fake")
         synthesize("exercises", count=6, out_path=out, failures_path=failures, client=client, seed=5, progress=False)
-        first_kept = [json.loads(line)["entry_point"] for line in out.read_text().splitlines()]
+        first_kept = [r["entry_point"] for r in read_jsonl(out)]
         synthesize("exercises", count=12, out_path=out, failures_path=failures, client=client, seed=5, progress=False)
-    kept = {r["entry_point"]: r["id"] for r in map(json.loads, out.read_text().splitlines())}
-    dropped = [json.loads(line) for line in failures.read_text().splitlines()]
+    kept = {r["entry_point"]: r["id"] for r in read_jsonl(out)}
+    dropped = read_jsonl(failures)
     (original,) = planted & set(kept)
     assert original in first_kept  # kept before the restart, and the restarted run compared against it
     assert set(kept) == set(names) - planted | {original}

@@ -17,6 +17,8 @@ from typing import Callable
 
 from data_tools.llm import ClientConfig, run_requests
 from megaphi.common.errors import UserError
+from megaphi.common.files import atomic_write_text
+from megaphi.common.jsonl import iter_jsonl, read_jsonl
 from megaphi.eval.benchmarks import Benchmark
 from megaphi.eval.graded.judge import PROMPT_VERSION, judge_requests, record_verdict, sample_ids
 from megaphi.eval.graded.problems import problems_by_task_id
@@ -75,19 +77,13 @@ def judge_config(args: argparse.Namespace) -> ClientConfig:
     return config
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def _read_jsonl_by_id(path: Path) -> dict[str, dict]:
-    return {row["id"]: row for row in _read_jsonl(path)} if path.exists() else {}
+    return {row["id"]: row for row in read_jsonl(path)} if path.exists() else {}
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     """Whole or absent: a kill mid-write must not leave a short file that a rerun would take as complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _scored_samples(args: argparse.Namespace, out_dir: Path, generate: Callable[[], list[dict]],
@@ -96,7 +92,7 @@ def _scored_samples(args: argparse.Namespace, out_dir: Path, generate: Callable[
     results_path = out_dir / "results.jsonl"
     given = read_samples(args.samples) if args.samples else None
     if results_path.exists():
-        results = _read_jsonl(results_path)
+        results = read_jsonl(results_path)
         if given is not None and [(s["task_id"], s["completion"]) for s in given] != \
                 [(r["task_id"], r["completion"]) for r in results]:
             raise UserError(f"{results_path} holds the results of other samples than {args.samples}: "
@@ -133,7 +129,7 @@ def run_graded(args: argparse.Namespace, benchmark: Benchmark, *, generate: Call
     with open(out_dir / JUDGE_RUNS, "a", encoding="utf-8") as runs:  # every call's tokens, retries included
         runs.write(json.dumps({"date": datetime.now(timezone.utc).isoformat(), "judge_model": args.judge_model,
                                **stats.to_dict()}) + "\n")
-    spent = [run for run in _read_jsonl(out_dir / JUDGE_RUNS) if run.get("judge_model") == args.judge_model]
+    spent = [run for run in read_jsonl(out_dir / JUDGE_RUNS) if run.get("judge_model") == args.judge_model]
     spent_prompt, spent_completion = sum(r["prompt_tokens"] for r in spent), sum(r["completion_tokens"] for r in spent)
     judgments = _read_jsonl_by_id(out_dir / JUDGMENTS)
     rows = sample_rows(results, ids, judgments, _read_jsonl_by_id(out_dir / JUDGE_FAILURES))
@@ -165,13 +161,8 @@ def run_graded(args: argparse.Namespace, benchmark: Benchmark, *, generate: Call
 
 def _check_one_judge(judgments_path: Path, judge_model: str) -> None:
     """Judgments of another judge or rubric version in the same --out-dir would mix into one score."""
-    for line in (judgments_path.read_text(encoding="utf-8").splitlines() if judgments_path.exists() else []):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line from a killed run: the client's store cuts it off
+    # on_error="skip": a torn last line from a killed run (the client's store cuts it off)
+    for row in (iter_jsonl(judgments_path, on_error="skip") if judgments_path.exists() else []):
         if (row.get("judge_model"), row.get("prompt_version")) != (judge_model, PROMPT_VERSION):
             raise UserError(f"{judgments_path} holds judgments by {row.get('judge_model')!r} with prompt "
                              f"{row.get('prompt_version')!r}, not {judge_model!r} with {PROMPT_VERSION!r}: "

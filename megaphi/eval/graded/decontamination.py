@@ -19,6 +19,7 @@ from pathlib import Path
 
 from data_tools.decontaminate import DecontaminationParams, decontaminate, load_benchmark_items
 from megaphi.common.cli import entry_point
+from megaphi.common.jsonl import read_jsonl
 from megaphi.eval.graded.problems import PROBLEMS_DIR, load_problems
 
 REPORT_PATH = PROBLEMS_DIR.parent / "DECONTAMINATION.md"
@@ -44,7 +45,7 @@ def check_problems(mbpp_path: str | None, embedder=None) -> dict:
         source.write_text("".join(json.dumps({"id": p.task_id, "text": p.prompt + p.reference}) + "\n" for p in problems))
         result = decontaminate([source], Path(tmp) / "kept", items, params, embedder=embedder)
         report = json.loads(Path(f"{Path(tmp) / 'kept'}.decontamination.json").read_text())
-        removed = [json.loads(line) for line in Path(f"{Path(tmp) / 'kept'}.removed.jsonl").read_text().splitlines()]
+        removed = read_jsonl(Path(f"{Path(tmp) / 'kept'}.removed.jsonl"))
     rows = {p.task_id: {"task_id": p.task_id, "nearest": None, "l2_distance": 9.0, "ast_task": None,
                         "ast_match_rate": 0.0, "ngram_overlaps": []} for p in problems}
     for bench in report["problems"]:
