@@ -13,6 +13,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from megaphi.common.errors import UserError
+
 DEFAULT_EMBEDDER = "minilm"
 
 
@@ -23,7 +25,7 @@ class Embedder(Protocol):
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray: ...
 
 
-class EmbedderError(ValueError):
+class EmbedderError(UserError):
     """An embedder that cannot be loaded as named."""
 
 
@@ -76,12 +78,9 @@ class CausalLMEmbedder:
 
     def _hidden(self, batch_ids: list[list[int]]):
         torch = self._torch
-        width = max(len(ids) for ids in batch_ids)
-        ids = torch.zeros(len(batch_ids), width, dtype=torch.long)
-        mask = torch.zeros(len(batch_ids), width, dtype=torch.long)
-        for row, seq in enumerate(batch_ids):
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
+        from megaphi.common.padding import pad_sequences
+
+        ids, mask = pad_sequences(batch_ids, side="right")
         with torch.no_grad():
             hidden = self._last_hidden_states(ids.to(self.device))
         mask = mask.to(hidden.device).unsqueeze(-1).to(hidden.dtype)

@@ -34,6 +34,7 @@ from data_tools.embed import encode_with_progress, load_embedder
 from data_tools.jsonl import ON_ERROR_CHOICES, OnError, expand_inputs, iter_records, record_id, record_text
 from data_tools.synth import NEAR_DUPLICATE, failures_path_for
 from megaphi.progress import progress
+from megaphi.common.errors import UserError
 
 META_FIELDS = ("topic", "subtopic", "concept", "seed_kind", "audience", "style")
 REPORT_FILES = ("diversity.json", "diversity.md", "diversity.png")
@@ -58,11 +59,11 @@ class ReportOptions:
 
     def validate(self) -> None:
         if not self.ngram_orders or min(self.ngram_orders) < 1:
-            raise ValueError(f"n-gram orders must be positive, got {list(self.ngram_orders)}")
+            raise UserError(f"n-gram orders must be positive, got {list(self.ngram_orders)}")
         if self.ngram_sample < 1 or self.embed_sample < 2:
-            raise ValueError("--ngram-sample must be at least 1 and --embed-sample at least 2")
+            raise UserError("--ngram-sample must be at least 1 and --embed-sample at least 2")
         if not 0 < self.cluster_distance <= 2:
-            raise ValueError(f"--cluster-distance is a cosine distance in (0, 2], got {self.cluster_distance}")
+            raise UserError(f"--cluster-distance is a cosine distance in (0, 2], got {self.cluster_distance}")
         self.dedup.validate()
 
 
@@ -156,7 +157,7 @@ def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
     for path in expand_inputs(input_paths):
         (logs if path.name.endswith(FAILURES_SUFFIX) else files).append(path)
     if not files:
-        raise ValueError(f"inputs {[str(p) for p in input_paths]} are all failure logs ({FAILURES_SUFFIX}): "
+        raise UserError(f"inputs {[str(p) for p in input_paths]} are all failure logs ({FAILURES_SUFFIX}): "
                          "give the generated JSONL")
     if failures_paths is None:
         failures_paths = list(dict.fromkeys(logs + [p for p in map(failures_path_for, files) if p.exists()]))
@@ -194,7 +195,7 @@ def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
         ngram_sample.offer(text)
         embed_sample.offer(text)
     if not records:
-        raise ValueError(f"inputs {[str(p) for p in input_paths]} hold no records: nothing to report on")
+        raise UserError(f"inputs {[str(p) for p in input_paths]} hold no records: nothing to report on")
 
     coverage = None
     if options.embedder is not None or embedder is not None:
@@ -332,11 +333,7 @@ def run_report_command(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         dedup=DedupParams(threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram, text_key=args.text_key),
     )
-    try:
-        report = diversity_report(args.input, args.out_dir, failures_paths=args.failures, options=options)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = diversity_report(args.input, args.out_dir, failures_paths=args.failures, options=options)
     print(markdown(report), end="")
     print(f"wrote {', '.join(report['files'])}", file=sys.stderr)
     return 0

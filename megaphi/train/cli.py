@@ -9,7 +9,8 @@ import argparse
 import sys
 from typing import Sequence
 
-EXIT_BAD_INPUT = 2
+from megaphi.common.cli import EXIT_USER_ERROR as EXIT_BAD_INPUT
+
 EXIT_STOPPED = 3
 
 
@@ -31,21 +32,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from megaphi.config import ConfigError, TrainConfig, load_config
-    from megaphi.convert.layout import CheckpointError
-    from megaphi.train.launch_env import LaunchError, apply_to_environ
+    from megaphi.common.cli import report_user_error, user_error_message
+    from megaphi.common.errors import UserError
+    from megaphi.config import TrainConfig, load_config
+    from megaphi.train.launch_env import apply_to_environ
     from megaphi.train.trainer import TrainingStopped, train
 
     try:
         # First, so that RANK is this process's rank under srun and mpirun too (they do not export
         # it); the trainer's own call later finds it set and agrees.
         launch = apply_to_environ()
-    except LaunchError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)  # no rank known: every process says it
-        return EXIT_BAD_INPUT
+    except UserError as e:
+        return report_user_error(str(e))  # no rank known: every process says it
     is_rank0 = launch.rank == 0
 
-    def report(prefix: str, error: Exception, job_wide: bool = False) -> None:
+    def report(prefix: str, error: Exception | str, job_wide: bool = False) -> None:
         # Errors found before the process group exists are the same on every rank, and so is a
         # decision to stop (taken from all-reduced losses and overflow flags): rank 0 says it.
         # Other errors may be one rank's own, so each failing rank speaks for itself.
@@ -59,8 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
         result = train(cfg, resume=args.resume == "auto")
-    except (ConfigError, CheckpointError) as e:
-        report("error", e)
+    except (UserError, OSError) as e:
+        message = user_error_message(e)
+        if message is None:
+            raise
+        report("error", message)
         return EXIT_BAD_INPUT
     except TrainingStopped as e:
         report("training stopped", e, job_wide=True)

@@ -10,6 +10,7 @@ from data_tools.quality.documents import Document
 from data_tools.synth import plan_for, sample_prompts, synthesize
 from data_tools.synth_report import ReportOptions, diversity_report
 from data_tools.synth_seeds import SeedOptions, document_seeds, identifiers, load_seeds, snippets
+from tests.conftest import read_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI
 
 MODULE = textwrap.dedent('''\
@@ -110,7 +111,7 @@ def test_2000_seed_conditioned_prompts_are_distinct_and_reproducible_from_the_se
         stats = synthesize("textbooks", count=2000, out_path=tmp_path / "t.jsonl", failures_path=tmp_path / "f.jsonl",
                            client=ClientConfig(base_url=server.base_url, model="fake", max_concurrency=32),
                            seed_corpus=[str(tmp_path / "code.jsonl")], seed=7, progress=False)
-    records = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    records = read_jsonl(tmp_path / "t.jsonl")
     assert stats.succeeded == 2000 and len(server.hits) == 2000
     assert len({hit.prompt for hit in server.hits}) == 2000
     assert {r["id"]: r["text"] for r in records} == {p.id: f"answer to: {p.user}" for p in planned}

@@ -32,8 +32,8 @@ def test_every_humaneval_canonical_solution_passes_and_fails_with_its_body_repla
     jobs = [p.judged(p.reference) for p in problems] + [p.judged("    pass\n") for p in problems]
     results = judge_programs(jobs, timeout_s=30.0)
     canonical, emptied = results[: len(problems)], results[len(problems):]
-    assert [p.task_id for p, r in zip(problems, canonical) if not r.passed] == []
-    assert [p.task_id for p, r in zip(problems, emptied) if r.passed] == []
+    assert [p.task_id for p, r in zip(problems, canonical, strict=True) if not r.passed] == []
+    assert [p.task_id for p, r in zip(problems, emptied, strict=True) if r.passed] == []
 
 
 @needs_mbpp
@@ -122,7 +122,7 @@ def test_missing_or_malformed_mbpp_files_are_named(tmp_path):
         load_mbpp(partial)
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps({"task_id": 11}) + "\n{not json\n")
-    with pytest.raises(ValueError, match=f"{broken}:2 is not JSON"):
+    with pytest.raises(ValueError, match=f"{broken}:2: malformed JSON"):
         load_mbpp(broken)
 
 

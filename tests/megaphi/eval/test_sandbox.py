@@ -139,7 +139,7 @@ def hostile_run(tmp_path_factory):
     except BlockingIOError:
         connected = False
     listener.close()
-    return {"results": dict(zip(programs, results)), "host_dir": host_dir,
+    return {"results": dict(zip(programs, results, strict=True)), "host_dir": host_dir,
             "connected": connected, "secret": secret_value}
 
 
@@ -212,7 +212,7 @@ EARLY_EXITS = {
 
 @pytest.fixture(scope="module")
 def early_exit_results():
-    return dict(zip(EARLY_EXITS, run_programs(list(EARLY_EXITS.values()), timeout_s=TIMEOUT_S, workers=4)))
+    return dict(zip(EARLY_EXITS, run_programs(list(EARLY_EXITS.values()), timeout_s=TIMEOUT_S, workers=4), strict=True))
 
 
 @pytest.mark.parametrize("name", list(EARLY_EXITS))

@@ -44,7 +44,7 @@ def test_samples_round_trip_through_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    ('{"task_id": "HumanEval/0", "completion": "x"}\nnot json\n', r"samples.jsonl:2 is not JSON"),
+    ('{"task_id": "HumanEval/0", "completion": "x"}\nnot json\n', r"samples.jsonl:2: malformed JSON"),
     ('{"task_id": "HumanEval/0"}\n', r"samples.jsonl:1 needs a \"task_id\" and a string \"completion\""),
     ('{"completion": "x"}\n', r"samples.jsonl:1 needs"),
     ("\n", "holds no samples"),

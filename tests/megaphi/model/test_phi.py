@@ -192,7 +192,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
         results.append((loss.detach(), [p.grad for p in model.parameters()]))
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert torch.equal(loss_a, loss_b)
-    for a, b in zip(grads_a, grads_b):
+    for a, b in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(a, b)
 
 
