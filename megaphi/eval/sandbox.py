@@ -389,7 +389,8 @@ def _finish(processes: Sequence[_SandboxedProcess], limits: SandboxLimits) -> bo
         if emptied:
             process.cleanup()
     if not emptied:
-        warnings.warn("a sandbox's cgroup still held processes after SIGKILL; it was left in place", RuntimeWarning)
+        warnings.warn("a sandbox's cgroup still held processes after SIGKILL; it was left in place", RuntimeWarning,
+                      stacklevel=2)
     return emptied
 
 

@@ -49,7 +49,7 @@ def test_every_mbpp_reference_solution_passes_in_every_split():
     problems = [p for split in MBPP_SPLITS for p in load_mbpp(MBPP_PATH, split=split).problems]
     results = judge_programs([p.judged(p.reference) for p in problems], timeout_s=60.0)
     assert len(problems) == 974
-    assert {p.task_id: r.detail for p, r in zip(problems, results) if not r.passed} == {}
+    assert {p.task_id: r.detail for p, r in zip(problems, results, strict=True) if not r.passed} == {}
 
 
 def test_entry_points_are_the_names_the_tests_take_from_the_completion():

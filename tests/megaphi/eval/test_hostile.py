@@ -185,8 +185,8 @@ def forgery_run(humaneval):
     results = score_samples(humaneval, samples, timeout_s=TIMEOUT_S, memory_mb=512)
     in_one_process = run_programs([humaneval.problem(t).program(c) for t, c in FORGERIES.values()],
                                   timeout_s=TIMEOUT_S)
-    return {"attacks": dict(zip(attacks, results)), "honest": results[len(attacks):],
-            "in_one_process": dict(zip(FORGERIES, in_one_process))}
+    return {"attacks": dict(zip(attacks, results[:len(attacks)], strict=True)), "honest": results[len(attacks):],
+            "in_one_process": dict(zip(FORGERIES, in_one_process, strict=True))}
 
 
 @pytest.mark.parametrize("name", list(FORGERIES))
@@ -364,7 +364,7 @@ def limit_run():
                                          tests="assert answer() == 42\n", entry_points=("answer",))]
     jobs = [_judged(attack) for attack in LIMIT_ATTACKS.values()] + honest
     results = judge_programs(jobs, timeout_s=3.0, memory_mb=MEMORY_MB, workers=4)
-    return {"attacks": dict(zip(LIMIT_ATTACKS, results)), "honest": results[len(LIMIT_ATTACKS):]}
+    return {"attacks": dict(zip(LIMIT_ATTACKS, results[:len(LIMIT_ATTACKS)], strict=True)), "honest": results[len(LIMIT_ATTACKS):]}
 
 
 def _lines(result, prefix):

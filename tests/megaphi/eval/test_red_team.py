@@ -188,7 +188,7 @@ def red_team_run():
                                          tests="assert answer() == 42\n", entry_points=("answer",))]
     jobs = [_judged(attack) for attack in ATTACKS.values()] + [_judged(p) for p in PROBES.values()] + honest
     results = judge_programs(jobs, timeout_s=3.0, memory_mb=MEMORY_MB, workers=2)
-    return {"attacks": dict(zip([*ATTACKS, *PROBES], results)), "honest": results[len(ATTACKS) + len(PROBES):]}
+    return {"attacks": dict(zip([*ATTACKS, *PROBES], results[:len(ATTACKS) + len(PROBES)], strict=True)), "honest": results[len(ATTACKS) + len(PROBES):]}
 
 
 def _lines(result, prefix):
@@ -323,7 +323,7 @@ CODEC_JOBS = {
 def codec_run():
     results = judge_programs(list(CODEC_JOBS.values()) + [_judged("")], timeout_s=3.0, memory_mb=MEMORY_MB,
                              workers=2)
-    return dict(zip([*CODEC_JOBS, "honest"], results))
+    return dict(zip([*CODEC_JOBS, "honest"], results, strict=True))
 
 
 def test_a_recursion_bomb_in_a_reply_fails_as_a_protocol_error(codec_run):

@@ -351,7 +351,7 @@ JUDGED = {
 
 @pytest.fixture(scope="module")
 def judged_results():
-    return dict(zip(JUDGED, judge_programs([job for job, _ in JUDGED.values()], timeout_s=TIMEOUT_S, workers=4)))
+    return dict(zip(JUDGED, judge_programs([job for job, _ in JUDGED.values()], timeout_s=TIMEOUT_S, workers=4), strict=True))
 
 
 @pytest.mark.parametrize("name", list(JUDGED))

@@ -113,7 +113,7 @@ def test_fused_linear_loss_and_gradients_equal_the_unfused_reference_across_chun
     (loss * weights).sum().backward()
     tol = 1e-5 if dtype == torch.float32 else 5e-2  # bf16 logits: 8 bits of mantissa
     torch.testing.assert_close(loss, expected_loss, rtol=tol, atol=tol)
-    for leaf, expected in zip(leaves, expected_grads):
+    for leaf, expected in zip(leaves, expected_grads, strict=True):
         assert leaf.grad.dtype == dtype
         torch.testing.assert_close(leaf.grad.float(), expected, rtol=tol, atol=tol)
     assert loss[3] == 0 and leaves[1].grad[100:].abs().sum() == 0 and leaves[2].grad[100:].abs().sum() == 0
