@@ -128,6 +128,16 @@ def training_counts(run_dir: Path) -> dict[str, Any]:
             "samples": steps[-1].get("consumed_samples")}
 
 
+def diversity_counts(path: Path) -> dict[str, Any]:
+    """The synthetic data's diversity in the stage row: near-duplicate rate and embedding clusters."""
+    report = read_json(path)
+    if not report:
+        return {}
+    duplicates, embedding = report["near_duplicates"], report.get("embedding") or {}
+    return {"synthetic records": report["records"], "near-duplicate rate": f"{duplicates['rate']:.1%}",
+            "embedding clusters": embedding.get("clusters")}
+
+
 def render_exercises(source: Path, out: Path) -> None:
     """The seed exercises as finetuning documents: the prompt the evaluation shows, then the solution."""
     from megaphi.eval.benchmarks import mbpp_prompt
@@ -233,6 +243,10 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
         Stage("synthetic-data", "tokenize the synthetic textbooks; decontaminate and tokenize the exercises",
               lambda: [[PY, "-m", "data_tools.preprocess", "--input", str(data / "textbooks.jsonl"), "--output-prefix",
                         str(data / "synthetic_textbooks"), "--tokenizer", str(tokenizer), "--append-eod", "--no-progress"],
+                       # how diverse the synthetic data is (issue of the paper's scale: see data_tools.synth_report)
+                       [PY, "-m", "data_tools.synth", "report", "--input", str(data / "textbooks.jsonl"),
+                        *([str(data / "exercises.jsonl")] if jsonl_lines(data / "exercises.jsonl") else []),
+                        "--out-dir", str(data / "diversity"), "--no-progress"],
                        [PY, str(ROOT / "launch" / "quickstart.py"), "--render-exercises", str(EXERCISES),
                         str(data / "seed_exercises.jsonl")],
                        [PY, "-m", "data_tools.decontaminate", "--input", str(data / "seed_exercises.jsonl"),
@@ -244,10 +258,12 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                         "--append-eod", "--no-progress"]],
               lambda: [data / "textbooks.jsonl", data / "exercises.jsonl", EXERCISES, tokenizer],
               [data / "synthetic_textbooks_text_document.bin", data / "synthetic_textbooks_text_document.idx",
+               *(data / "diversity" / name for name in ("diversity.json", "diversity.md", "diversity.png")),
                data / "seed_exercises.jsonl", *(data / f"code_exercises{suffix}" for suffix in
                                                 ("-00000.jsonl", ".removed.jsonl", ".decontamination.json",
                                                  "_text_document.bin", "_text_document.idx"))],
               lambda: {"textbook tokens": token_counts(data / "synthetic_textbooks_text_document").get("tokens"),
+                       **diversity_counts(data / "diversity" / "diversity.json"),
                        "exercises kept": read_json(data / "code_exercises.decontamination.json").get("kept"),
                        "exercises removed as contaminated": sum(read_json(data / "code_exercises.decontamination.json")
                                                                 .get(k, 0) for k in ("removed_ngram", "removed_ast")),
@@ -293,7 +309,8 @@ def write_report(work: Path, outcomes: list[Outcome], total_s: float) -> Path:
              "outputs": [str(p.relative_to(work)) for p in o.stage.outputs], "counts": o.counts,
              "said": [line for line in o.said if line]} for o in outcomes]
     images = {"pretraining loss": "pretrain/loss_curve.png", "finetuning loss": "finetune/loss_curve.png",
-              "quality scores": "data/filtered.quality.png"}
+              "quality scores": "data/filtered.quality.png",
+              "synthetic data diversity (details: data/diversity/diversity.md)": "data/diversity/diversity.png"}
     payload = {"work_dir": str(work), "seconds": round(total_s, 1), "stages": rows,
                "images": {k: v for k, v in images.items() if (work / v).is_file()},
                "evaluation": {name: report.get("summary") for name, report in evals.items()},
