@@ -56,9 +56,9 @@ from data_tools.llm import (
     run_requests,
 )
 from data_tools.synth_seeds import DEFAULT_SEED_CORPUS, SEED_KINDS, Seed, SeedOptions, load_seeds
-from megaphi.eval.sandbox import SandboxResult, check_sandbox, run_programs
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
+from megaphi.eval.sandbox import SandboxResult, check_sandbox, run_programs
 
 KINDS = ("textbooks", "exercises")
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -119,12 +119,16 @@ def check_template(space: PromptSpace, kind: str, source: str, seed_kind: str = 
         template.format(**{name: "x" for name in fields})
         used = template_fields(template)
     except (KeyError, IndexError, ValueError) as exc:
-        raise UserError(f"{space.path}: '{key}' uses an unknown or malformed placeholder ({exc}); "
-                         f"available: {', '.join(sorted(fields))}") from None
+        raise UserError(
+            f"{space.path}: '{key}' uses an unknown or malformed placeholder ({exc}); "
+            f"available: {', '.join(sorted(fields))}"
+        ) from None
     unused = fields - used
     if unused:
-        raise UserError(f"{space.path}: '{key}' does not use {{{'}, {'.join(sorted(unused))}}}: prompts that differ "
-                         "only there would be sent as the same text")
+        raise UserError(
+            f"{space.path}: '{key}' does not use {{{'}, {'.join(sorted(unused))}}}: prompts that differ "
+            "only there would be sent as the same text"
+        )
     return template
 
 
@@ -234,8 +238,9 @@ class PromptPlan:
         return template.format(**fields), {k: v for k, v in fields.items() if k != "snippet"}
 
 
-def prompt_plan(space: PromptSpace, kind: str, *, outline: list[tuple[str, str, str]] | None = None,
-                seeds: list[Seed] | None = None) -> PromptPlan:
+def prompt_plan(
+    space: PromptSpace, kind: str, *, outline: list[tuple[str, str, str]] | None = None, seeds: list[Seed] | None = None
+) -> PromptPlan:
     """The prompt space of a run: hand-written lists (default), a generated outline, or corpus seeds."""
     if outline is not None and seeds is not None:
         raise UserError("give either an outline or a seed corpus, not both")
@@ -254,13 +259,19 @@ def prompt_plan(space: PromptSpace, kind: str, *, outline: list[tuple[str, str, 
         templates = {"": check_template(space, kind, "lists")}
         axes = [Axis("topic/subtopic", [dict(topic=t, subtopic=s) for t, subs in space.topics for s in subs])]
         source = "lists"
-    axes += [Axis("audiences", [{"audience": a} for a in space.audiences]),
-             Axis("styles", [{"style": s} for s in space.styles])]
+    axes += [
+        Axis("audiences", [{"audience": a} for a in space.audiences]),
+        Axis("styles", [{"style": s} for s in space.styles]),
+    ]
     if kind == "exercises":
         if source == "lists":
             axes.append(Axis("concepts", [{"concept": c} for c in space.concepts]))
-        axes.append(Axis("function names", [{"function_name": f"{v}_{n}"} for v in space.function_name_verbs
-                                            for n in space.function_name_nouns]))
+        axes.append(
+            Axis(
+                "function names",
+                [{"function_name": f"{v}_{n}"} for v in space.function_name_verbs for n in space.function_name_nouns],
+            )
+        )
     return PromptPlan(kind=kind, source=source, system=space.system, templates=templates, axes=axes)
 
 
@@ -305,10 +316,12 @@ def repeat_warning(plan: PromptPlan, count: int, factor: float) -> str | None:
     """A warning when ``count`` exceeds the distinct prompts by more than ``factor``, else None."""
     if count <= plan.capacity * factor:
         return None
-    return (f"warning: {count:,} requested is {count / plan.capacity:.1f}x the {plan.capacity:,} distinct prompts "
-            f"(more than --warn-repeats {factor:g}): each prompt is sent up to {math.ceil(count / plan.capacity)} "
-            "times and diversity rests on sampling alone; expand an outline (--outline) or draw seeds from a "
-            "corpus (--seed-corpus)")
+    return (
+        f"warning: {count:,} requested is {count / plan.capacity:.1f}x the {plan.capacity:,} distinct prompts "
+        f"(more than --warn-repeats {factor:g}): each prompt is sent up to {math.ceil(count / plan.capacity)} "
+        "times and diversity rests on sampling alone; expand an outline (--outline) or draw seeds from a "
+        "corpus (--seed-corpus)"
+    )
 
 
 def build_requests(
@@ -334,8 +347,12 @@ def textbook_record(request: LLMRequest, response: LLMResponse, *, keep_truncate
         raise Rejected("empty answer")
     if response.truncated and not keep_truncated:
         raise Rejected(f"truncated at max_tokens={request.max_tokens} (raise --max-tokens or pass --keep-truncated)")
-    return {"text": text, "meta": request.meta, "model": response.model,
-            "usage": {"prompt_tokens": response.prompt_tokens, "completion_tokens": response.completion_tokens}}
+    return {
+        "text": text,
+        "meta": request.meta,
+        "model": response.model,
+        "usage": {"prompt_tokens": response.prompt_tokens, "completion_tokens": response.completion_tokens},
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,8 +378,14 @@ class Exercise:
         # ``text`` is what the later stages (dedup, decontaminate, preprocess) read: the exercise as the
         # model is finetuned on it, signature and docstring followed by the solution (the paper's
         # CodeExercises); the tests stay out of the training text.
-        return {"task_id": self.task_id, "prompt": self.prompt, "canonical_solution": self.canonical_solution,
-                "test": self.test, "entry_point": self.entry_point, "text": self.prompt + self.canonical_solution}
+        return {
+            "task_id": self.task_id,
+            "prompt": self.prompt,
+            "canonical_solution": self.canonical_solution,
+            "test": self.test,
+            "entry_point": self.entry_point,
+            "text": self.prompt + self.canonical_solution,
+        }
 
 
 def parse_exercise(text: str, entry_point: str, task_id: str) -> Exercise:
@@ -387,32 +410,44 @@ def parse_exercise(text: str, entry_point: str, task_id: str) -> Exercise:
     if len(function.body) < 2:
         raise Rejected(f"{entry_point} has no solution body after its docstring")
     asserts = [n for n in ast.walk(check) if isinstance(n, ast.Assert)]
-    uses_candidate = any(isinstance(n, ast.Name) and n.id == check.args.args[0].arg
-                         for n in ast.walk(check)) if check.args.args else False
+    uses_candidate = (
+        any(isinstance(n, ast.Name) and n.id == check.args.args[0].arg for n in ast.walk(check))
+        if check.args.args
+        else False
+    )
     if not asserts or not uses_candidate:
         raise Rejected("check(candidate) must assert on calls of candidate")
     docstring_end = function.body[0].end_lineno
-    prompt = "".join(lines[: docstring_end])
+    prompt = "".join(lines[:docstring_end])
     # Keep helpers between the function and the tests, drop a trailing `check(...)` call: the
     # program appends its own.
-    test_nodes = [n for n in tree.body[tree.body.index(function) + 1:]
-                  if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)
-                          and isinstance(n.value.func, ast.Name) and n.value.func.id == "check")]
+    test_nodes = [
+        n
+        for n in tree.body[tree.body.index(function) + 1 :]
+        if not (
+            isinstance(n, ast.Expr)
+            and isinstance(n.value, ast.Call)
+            and isinstance(n.value.func, ast.Name)
+            and n.value.func.id == "check"
+        )
+    ]
     test = "\n".join(ast.get_source_segment(code, n, padded=False) for n in test_nodes) + "\n"
     return Exercise(
         task_id=task_id,
         prompt=prompt,
-        canonical_solution="".join(lines[docstring_end: function.end_lineno]),
+        canonical_solution="".join(lines[docstring_end : function.end_lineno]),
         test=test,
         entry_point=entry_point,
     )
 
 
-def check_exercises(exercises: list[Exercise], *, timeout_s: float = 10.0, memory_mb: int = 1024,
-                    unsafe_no_sandbox: bool = False) -> list[SandboxResult]:
+def check_exercises(
+    exercises: list[Exercise], *, timeout_s: float = 10.0, memory_mb: int = 1024, unsafe_no_sandbox: bool = False
+) -> list[SandboxResult]:
     """Runs each exercise's solution against its own tests in the sandbox; results in order."""
-    return run_programs([e.program() for e in exercises], timeout_s=timeout_s, memory_mb=memory_mb,
-                        unsafe_no_sandbox=unsafe_no_sandbox)
+    return run_programs(
+        [e.program() for e in exercises], timeout_s=timeout_s, memory_mb=memory_mb, unsafe_no_sandbox=unsafe_no_sandbox
+    )
 
 
 class SolutionDeduplicator:
@@ -450,8 +485,14 @@ class ExerciseValidator:
     """The `process` hook for exercises: parse, run in the sandbox, then drop near-duplicates of a kept
     exercise; keep only passing, new ones."""
 
-    def __init__(self, *, timeout_s: float = 10.0, memory_mb: int = 1024, unsafe_no_sandbox: bool = False,
-                 duplicates: SolutionDeduplicator | None = None):
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 10.0,
+        memory_mb: int = 1024,
+        unsafe_no_sandbox: bool = False,
+        duplicates: SolutionDeduplicator | None = None,
+    ):
         self.timeout_s, self.memory_mb, self.unsafe_no_sandbox = timeout_s, memory_mb, unsafe_no_sandbox
         self.duplicates = duplicates
 
@@ -459,16 +500,19 @@ class ExerciseValidator:
         if response.truncated:
             raise Rejected(f"truncated at max_tokens={request.max_tokens}")
         exercise = parse_exercise(response.text, request.meta["function_name"], task_id=request.id)
-        (result,) = check_exercises([exercise], timeout_s=self.timeout_s, memory_mb=self.memory_mb,
-                                    unsafe_no_sandbox=self.unsafe_no_sandbox)
+        (result,) = check_exercises(
+            [exercise], timeout_s=self.timeout_s, memory_mb=self.memory_mb, unsafe_no_sandbox=self.unsafe_no_sandbox
+        )
         if not result.passed:
             detail = f": {result.detail.strip()[-300:]}" if result.detail.strip() else ""
             raise Rejected(f"solution fails its own tests ({result.status}){detail}")
         if self.duplicates is not None:
             verdict = self.duplicates.check(request.id, exercise.canonical_solution, exercise.test)
             if verdict is not None:
-                raise Rejected(f"{NEAR_DUPLICATE}: solution and tests repeat {verdict['duplicate_of']} "
-                               f"({verdict['reason']}, Jaccard {verdict['jaccard']})")
+                raise Rejected(
+                    f"{NEAR_DUPLICATE}: solution and tests repeat {verdict['duplicate_of']} "
+                    f"({verdict['reason']}, Jaccard {verdict['jaccard']})"
+                )
         return {**exercise.to_dict(), "meta": request.meta, "model": response.model}
 
 
@@ -479,9 +523,15 @@ NEAR_DUPLICATE = "near-duplicate exercise"
 # The whole stage
 
 
-def plan_for(kind: str, *, prompts_path: str | Path | None = None, outline_path: str | Path | None = None,
-             seed_corpus: list[str] | None = None, seed_options: SeedOptions = SeedOptions(),
-             seed: int = 0) -> PromptPlan:
+def plan_for(
+    kind: str,
+    *,
+    prompts_path: str | Path | None = None,
+    outline_path: str | Path | None = None,
+    seed_corpus: list[str] | None = None,
+    seed_options: SeedOptions = SeedOptions(),
+    seed: int = 0,
+) -> PromptPlan:
     """The prompt plan a run's options describe (what ``synthesize`` samples from)."""
     space = load_prompt_space(prompts_path or PROMPTS_DIR / f"{kind}.yaml", kind)
     outline = seeds = None
@@ -492,8 +542,10 @@ def plan_for(kind: str, *, prompts_path: str | Path | None = None, outline_path:
     if seed_corpus is not None:
         missing = [k for k in seed_options.kinds if k not in space.seed_templates]
         if missing:
-            raise UserError(f"{space.path}: no 'seed_templates.{missing[0]}': add one or choose --seed-kinds "
-                             f"among {', '.join(space.seed_templates) or 'none'}")
+            raise UserError(
+                f"{space.path}: no 'seed_templates.{missing[0]}': add one or choose --seed-kinds "
+                f"among {', '.join(space.seed_templates) or 'none'}"
+            )
         seeds = load_seeds(seed_corpus or [DEFAULT_SEED_CORPUS], seed_options, seed=seed)
     return prompt_plan(space, kind, outline=outline, seeds=seeds)
 
@@ -533,14 +585,21 @@ def synthesize(
         raise UserError(f"api must be 'chat' or 'completion', got {api!r}")
     if warn_repeats <= 0:
         raise UserError(f"--warn-repeats must be positive, got {warn_repeats}")
-    plan = plan_for(kind, prompts_path=prompts_path, outline_path=outline_path, seed_corpus=seed_corpus,
-                    seed_options=seed_options, seed=seed)
+    plan = plan_for(
+        kind,
+        prompts_path=prompts_path,
+        outline_path=outline_path,
+        seed_corpus=seed_corpus,
+        seed_options=seed_options,
+        seed=seed,
+    )
     print(f"prompt space: {plan.describe()}; {count:,} requested", file=sys.stderr)
     if (warning := repeat_warning(plan, count, warn_repeats)) is not None:
         print(warning, file=sys.stderr)
     # A generator: a run of millions of prompts never holds them all in memory.
-    requests = build_requests(sample_prompts(plan, count, seed), api=api, max_tokens=max_tokens,
-                              temperature=temperature, top_p=top_p)
+    requests = build_requests(
+        sample_prompts(plan, count, seed), api=api, max_tokens=max_tokens, temperature=temperature, top_p=top_p
+    )
     if kind == "exercises":
         if not unsafe_no_sandbox:
             check_sandbox()  # fail before any request is paid for
@@ -549,13 +608,27 @@ def synthesize(
             duplicates = SolutionDeduplicator()
             if Path(out_path).exists():
                 duplicates.remember(iter_jsonl(out_path))
-        process = ExerciseValidator(timeout_s=sandbox_timeout_s, memory_mb=sandbox_memory_mb,
-                                    unsafe_no_sandbox=unsafe_no_sandbox, duplicates=duplicates)
+        process = ExerciseValidator(
+            timeout_s=sandbox_timeout_s,
+            memory_mb=sandbox_memory_mb,
+            unsafe_no_sandbox=unsafe_no_sandbox,
+            duplicates=duplicates,
+        )
     else:
+
         def process(request: LLMRequest, response: LLMResponse) -> dict[str, Any]:
             return textbook_record(request, response, keep_truncated=keep_truncated)
-    return run_requests(requests, out_path, failures_path, client, process=process,
-                        retry_failed=retry_failed, progress=progress, total=count)
+
+    return run_requests(
+        requests,
+        out_path,
+        failures_path,
+        client,
+        process=process,
+        retry_failed=retry_failed,
+        progress=progress,
+        total=count,
+    )
 
 
 def failures_path_for(out: Path) -> Path:
@@ -574,8 +647,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.synth", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m data_tools.synth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="kind", required=True)
     for kind in KINDS:
         sub = commands.add_parser(kind, help=f"generate {kind}")
@@ -585,22 +659,39 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--prompts", help="prompt YAML (default: data_tools/prompts/KIND.yaml)")
         sub.add_argument("--seed", type=int, default=0, help="seed of the prompt sampling (and of the seed pool)")
         source = sub.add_mutually_exclusive_group()
-        source.add_argument("--outline", help="draw topic/subtopic/concept from this outline YAML "
-                                              "(written by `python -m data_tools.synth outline`)")
-        source.add_argument("--seed-corpus", nargs="*", metavar="PATH",
-                            help="condition each prompt on a snippet or identifier set drawn from these corpus "
-                                 f"files (no PATH: {DEFAULT_SEED_CORPUS}, the quality-filtered code)")
+        source.add_argument(
+            "--outline",
+            help="draw topic/subtopic/concept from this outline YAML (written by `python -m data_tools.synth outline`)",
+        )
+        source.add_argument(
+            "--seed-corpus",
+            nargs="*",
+            metavar="PATH",
+            help="condition each prompt on a snippet or identifier set drawn from these corpus "
+            f"files (no PATH: {DEFAULT_SEED_CORPUS}, the quality-filtered code)",
+        )
         sub.add_argument("--seed-pool", type=int, default=SeedOptions.pool, help="documents drawn from the seed corpus")
         sub.add_argument("--seed-kinds", nargs="+", choices=SEED_KINDS, default=list(SEED_KINDS))
-        sub.add_argument("--warn-repeats", type=float, default=1.0, metavar="FACTOR",
-                         help="warn when --count exceeds the distinct prompts by more than FACTOR (default 1)")
+        sub.add_argument(
+            "--warn-repeats",
+            type=float,
+            default=1.0,
+            metavar="FACTOR",
+            help="warn when --count exceeds the distinct prompts by more than FACTOR (default 1)",
+        )
         sub.add_argument("--keep-truncated", action="store_true", help="keep textbooks cut at --max-tokens")
         sub.add_argument("--sandbox-timeout", type=float, default=10.0, help="seconds per exercise run")
         sub.add_argument("--sandbox-memory-mb", type=int, default=1024)
-        sub.add_argument("--unsafe-no-sandbox", action="store_true",
-                         help="run model-written exercises WITHOUT isolation (only where bwrap cannot run)")
-        sub.add_argument("--keep-near-duplicates", action="store_true",
-                         help="keep exercises whose solution and tests nearly repeat a kept one's")
+        sub.add_argument(
+            "--unsafe-no-sandbox",
+            action="store_true",
+            help="run model-written exercises WITHOUT isolation (only where bwrap cannot run)",
+        )
+        sub.add_argument(
+            "--keep-near-duplicates",
+            action="store_true",
+            help="keep exercises whose solution and tests nearly repeat a kept one's",
+        )
         add_generation_arguments(sub)
     # Imported here because both modules build on this one.
     from data_tools.synth_outline import add_outline_arguments
@@ -627,20 +718,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed_corpus is None and (args.seed_pool != SeedOptions.pool or tuple(args.seed_kinds) != SEED_KINDS):
         raise UserError("--seed-pool and --seed-kinds shape seed-conditioned prompts: add --seed-corpus")
     stats = synthesize(
-        args.kind, count=args.count, out_path=out, failures_path=failures, client=client_config_from_args(args),
-        prompts_path=args.prompts, outline_path=args.outline, seed_corpus=args.seed_corpus,
-        seed_options=SeedOptions(pool=args.seed_pool, kinds=tuple(args.seed_kinds)), seed=args.seed,
-        warn_repeats=args.warn_repeats, api=args.api, max_tokens=args.max_tokens,
-        temperature=args.temperature, top_p=args.top_p, keep_truncated=args.keep_truncated,
-        sandbox_timeout_s=args.sandbox_timeout, sandbox_memory_mb=args.sandbox_memory_mb,
-        unsafe_no_sandbox=args.unsafe_no_sandbox, drop_near_duplicates=not args.keep_near_duplicates,
-        retry_failed=args.retry_failed, progress=not args.no_progress,
+        args.kind,
+        count=args.count,
+        out_path=out,
+        failures_path=failures,
+        client=client_config_from_args(args),
+        prompts_path=args.prompts,
+        outline_path=args.outline,
+        seed_corpus=args.seed_corpus,
+        seed_options=SeedOptions(pool=args.seed_pool, kinds=tuple(args.seed_kinds)),
+        seed=args.seed,
+        warn_repeats=args.warn_repeats,
+        api=args.api,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        keep_truncated=args.keep_truncated,
+        sandbox_timeout_s=args.sandbox_timeout,
+        sandbox_memory_mb=args.sandbox_memory_mb,
+        unsafe_no_sandbox=args.unsafe_no_sandbox,
+        drop_near_duplicates=not args.keep_near_duplicates,
+        retry_failed=args.retry_failed,
+        progress=not args.no_progress,
     )
     print(json.dumps({"kind": args.kind, "out": str(out), "failures": str(failures), **stats.to_dict()}))
     if stats.failed and not stats.succeeded and not stats.rejected:
         # no answer at all (rejected answers are the validator doing its job)
-        print(f"error: every request failed (reasons in {failures}); check the endpoint, model and key",
-              file=sys.stderr)
+        print(
+            f"error: every request failed (reasons in {failures}); check the endpoint, model and key", file=sys.stderr
+        )
         return 1
     return 0
 

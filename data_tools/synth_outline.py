@@ -9,6 +9,7 @@ through data_tools.llm: the answers are filed in ``OUT.answers.jsonl`` keyed by 
 run resumes where it stopped and no item is asked twice. The YAML is written from those answers
 at the end; edit it by hand before use if you like (it is read back as it stands).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,11 @@ def load_outline_prompts(path: str | Path = DEFAULT_OUTLINE_PROMPTS) -> OutlineP
     if not path.is_file():
         raise UserError(f"outline prompt file {path} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
-    fields = {"system": set(), "subtopics_template": {"topic", "count"},
-              "concepts_template": {"topic", "subtopic", "count"}}
+    fields = {
+        "system": set(),
+        "subtopics_template": {"topic", "count"},
+        "concepts_template": {"topic", "subtopic", "count"},
+    }
     for key, names in fields.items():
         value = data.get(key) if isinstance(data, dict) else None
         if not isinstance(value, str) or not value.strip():
@@ -64,8 +68,10 @@ def load_outline_prompts(path: str | Path = DEFAULT_OUTLINE_PROMPTS) -> OutlineP
         try:
             value.format(**{name: "x" for name in names})
         except (KeyError, IndexError, ValueError) as exc:
-            raise UserError(f"{path}: '{key}' uses an unknown or malformed placeholder ({exc}); "
-                             f"available: {', '.join(sorted(names)) or 'none'}") from None
+            raise UserError(
+                f"{path}: '{key}' uses an unknown or malformed placeholder ({exc}); "
+                f"available: {', '.join(sorted(names)) or 'none'}"
+            ) from None
     return OutlinePrompts(data["system"].strip(), data["subtopics_template"], data["concepts_template"])
 
 
@@ -101,14 +107,22 @@ def _prompt(level: str, system: str, user: str, meta: dict[str, Any]) -> SynthPr
 
 
 def subtopic_prompts(prompts: OutlinePrompts, topics: list[str], count: int) -> list[SynthPrompt]:
-    return [_prompt("subtopics", prompts.system, prompts.subtopics_template.format(topic=t, count=count), {"topic": t})
-            for t in topics]
+    return [
+        _prompt("subtopics", prompts.system, prompts.subtopics_template.format(topic=t, count=count), {"topic": t})
+        for t in topics
+    ]
 
 
 def concept_prompts(prompts: OutlinePrompts, pairs: list[tuple[str, str]], count: int) -> list[SynthPrompt]:
-    return [_prompt("concepts", prompts.system,
-                    prompts.concepts_template.format(topic=t, subtopic=s, count=count), {"topic": t, "subtopic": s})
-            for t, s in pairs]
+    return [
+        _prompt(
+            "concepts",
+            prompts.system,
+            prompts.concepts_template.format(topic=t, subtopic=s, count=count),
+            {"topic": t, "subtopic": s},
+        )
+        for t, s in pairs
+    ]
 
 
 @dataclass
@@ -121,8 +135,14 @@ class OutlineStats:
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # RunStats of each level
 
     def to_dict(self) -> dict[str, Any]:
-        return {"topics": self.topics, "subtopics": self.subtopics, "concepts": self.concepts,
-                "missing_topics": self.missing_topics, "missing_subtopics": self.missing_subtopics, **self.runs}
+        return {
+            "topics": self.topics,
+            "subtopics": self.subtopics,
+            "concepts": self.concepts,
+            "missing_topics": self.missing_topics,
+            "missing_subtopics": self.missing_subtopics,
+            **self.runs,
+        }
 
 
 def expand_outline(
@@ -161,8 +181,16 @@ def expand_outline(
             return {"items": listed, "meta": request.meta, "model": response.model}
 
         requests = build_requests(iter(items), api=api, max_tokens=max_tokens, temperature=temperature, top_p=top_p)
-        return run_requests(requests, answers, failures, client, process=process, retry_failed=retry_failed,
-                            progress=progress, total=len(items))
+        return run_requests(
+            requests,
+            answers,
+            failures,
+            client,
+            process=process,
+            retry_failed=retry_failed,
+            progress=progress,
+            total=len(items),
+        )
 
     stats = OutlineStats(topics=len(topics))
     first = subtopic_prompts(prompts, topics, subtopics)
@@ -189,12 +217,15 @@ def expand_outline(
             stats.concepts += len(done[sub.id])
         if entry["subtopics"]:
             outline.append(entry)
-    header = (f"# Outline expanded by `python -m data_tools.synth outline` with model {client.model!r};\n"
-              f"# the model's answers are in {answers.name}. Review it, then pass it to\n"
-              f"# `python -m data_tools.synth textbooks|exercises --outline {out_path.name}`. Rerunning `outline`\n"
-              f"# rewrites this file from the answers: edit a copy.\n")
-    _write_atomically(out_path, header + yaml.safe_dump({"topics": outline}, sort_keys=False, allow_unicode=True,
-                                                        width=100))
+    header = (
+        f"# Outline expanded by `python -m data_tools.synth outline` with model {client.model!r};\n"
+        f"# the model's answers are in {answers.name}. Review it, then pass it to\n"
+        f"# `python -m data_tools.synth textbooks|exercises --outline {out_path.name}`. Rerunning `outline`\n"
+        f"# rewrites this file from the answers: edit a copy.\n"
+    )
+    _write_atomically(
+        out_path, header + yaml.safe_dump({"topics": outline}, sort_keys=False, allow_unicode=True, width=100)
+    )
     return stats
 
 
@@ -222,15 +253,24 @@ def load_outline(path: str | Path) -> list[tuple[str, str, str]]:
         raise UserError(f"{path}: 'topics' must be a non-empty list of {{name, subtopics}}")
     triples: dict[tuple[str, str, str], None] = {}
     for i, topic in enumerate(topics):
-        if not isinstance(topic, dict) or not isinstance(topic.get("name"), str) \
-                or not isinstance(topic.get("subtopics"), list):
+        if (
+            not isinstance(topic, dict)
+            or not isinstance(topic.get("name"), str)
+            or not isinstance(topic.get("subtopics"), list)
+        ):
             raise UserError(f"{path}: 'topics[{i}]' must be a mapping with a 'name' and a list of 'subtopics'")
         for j, sub in enumerate(topic["subtopics"]):
             concepts = sub.get("concepts") if isinstance(sub, dict) else None
-            if not isinstance(sub, dict) or not isinstance(sub.get("name"), str) or not isinstance(concepts, list) \
-                    or not all(isinstance(c, str) and c for c in concepts):
-                raise UserError(f"{path}: 'topics[{i}].subtopics[{j}]' must be a mapping with a 'name' and a "
-                                 "list of 'concepts' (strings)")
+            if (
+                not isinstance(sub, dict)
+                or not isinstance(sub.get("name"), str)
+                or not isinstance(concepts, list)
+                or not all(isinstance(c, str) and c for c in concepts)
+            ):
+                raise UserError(
+                    f"{path}: 'topics[{i}].subtopics[{j}]' must be a mapping with a 'name' and a "
+                    "list of 'concepts' (strings)"
+                )
             for concept in concepts:
                 triples.setdefault((topic["name"], sub["name"], concept), None)
     return list(triples)
@@ -238,8 +278,11 @@ def load_outline(path: str | Path) -> list[tuple[str, str, str]]:
 
 def add_outline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="outline YAML (answers go to OUT.answers.jsonl; a rerun resumes)")
-    parser.add_argument("--topics-from", default=str(PROMPTS_DIR / "textbooks.yaml"),
-                        help="prompt YAML whose 'topics' are expanded (default: the textbook topics)")
+    parser.add_argument(
+        "--topics-from",
+        default=str(PROMPTS_DIR / "textbooks.yaml"),
+        help="prompt YAML whose 'topics' are expanded (default: the textbook topics)",
+    )
     parser.add_argument("--subtopics", type=int, default=12, help="subtopics asked for per topic")
     parser.add_argument("--concepts", type=int, default=12, help="concepts asked for per subtopic")
     parser.add_argument("--outline-prompts", default=str(DEFAULT_OUTLINE_PROMPTS), help="the prompts that expand them")
@@ -249,14 +292,24 @@ def add_outline_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_outline_command(args: argparse.Namespace) -> int:
     stats = expand_outline(
-        out_path=args.out, client=client_config_from_args(args), topics=read_topics(args.topics_from),
-        subtopics=args.subtopics, concepts=args.concepts, prompts_path=args.outline_prompts, api=args.api,
-        max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-        retry_failed=args.retry_failed, progress=not args.no_progress,
+        out_path=args.out,
+        client=client_config_from_args(args),
+        topics=read_topics(args.topics_from),
+        subtopics=args.subtopics,
+        concepts=args.concepts,
+        prompts_path=args.outline_prompts,
+        api=args.api,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        retry_failed=args.retry_failed,
+        progress=not args.no_progress,
     )
     print(json.dumps({"out": str(args.out), **stats.to_dict()}))
     if stats.missing_topics or stats.missing_subtopics:
-        print(f"warning: {len(stats.missing_topics)} topics and {stats.missing_subtopics} subtopics are not expanded "
-              f"(reasons in {failures_path_for(outline_answers_path(Path(args.out)))}); rerun with --retry-failed",
-              file=sys.stderr)
+        print(
+            f"warning: {len(stats.missing_topics)} topics and {stats.missing_subtopics} subtopics are not expanded "
+            f"(reasons in {failures_path_for(outline_answers_path(Path(args.out)))}); rerun with --retry-failed",
+            file=sys.stderr,
+        )
     return 0 if stats.concepts else 1

@@ -15,6 +15,7 @@ Writes ``diversity.json``, ``diversity.md`` and ``diversity.png`` to ``--out-dir
 - for exercises: how many passed their own tests in the sandbox, read from the run's failure log
   (``OUT.failures.jsonl`` next to each input unless ``--failures`` names others).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,8 @@ from data_tools.dedup import WORD, Deduplicator, DedupParams, exact_key, signatu
 from data_tools.embed import encode_with_progress, load_embedder
 from data_tools.jsonl import ON_ERROR_CHOICES, OnError, expand_inputs, iter_records, record_id, record_text
 from data_tools.synth import NEAR_DUPLICATE, failures_path_for
-from megaphi.progress import progress
 from megaphi.common.errors import UserError
+from megaphi.progress import progress
 
 META_FIELDS = ("topic", "subtopic", "concept", "seed_kind", "audience", "style")
 REPORT_FILES = ("diversity.json", "diversity.md", "diversity.png")
@@ -96,7 +97,7 @@ def distinct_ngrams(texts: Sequence[str], orders: Sequence[int]) -> dict[str, di
         for words in tokenized:
             count = max(0, len(words) - n + 1)
             total += count
-            grams.update(tuple(words[i:i + n]) for i in range(count))
+            grams.update(tuple(words[i : i + n]) for i in range(count))
         out[str(n)] = {"total": total, "distinct": len(grams), "ratio": round(len(grams) / total, 6) if total else None}
     return out
 
@@ -110,10 +111,16 @@ def embedding_coverage(vectors: np.ndarray, cluster_distance: float) -> dict[str
 
     distances = np.clip(1.0 - vectors @ vectors.T, 0.0, 2.0)
     pairs = distances[np.triu_indices(n, k=1)]
-    clustering = AgglomerativeClustering(n_clusters=None, distance_threshold=cluster_distance, metric="precomputed",
-                                         linkage="average").fit(distances)
-    return {"texts": n, "mean_pairwise_distance": round(float(pairs.mean()), 6),
-            "clusters": int(clustering.n_clusters_), "cluster_distance": cluster_distance, "distances": pairs}
+    clustering = AgglomerativeClustering(
+        n_clusters=None, distance_threshold=cluster_distance, metric="precomputed", linkage="average"
+    ).fit(distances)
+    return {
+        "texts": n,
+        "mean_pairwise_distance": round(float(pairs.mean()), 6),
+        "clusters": int(clustering.n_clusters_),
+        "cluster_distance": cluster_distance,
+        "distances": pairs,
+    }
 
 
 def is_exercise(record: dict[str, Any]) -> bool:
@@ -137,16 +144,27 @@ def exercise_validation(kept: int, failures: list[dict[str, Any]]) -> dict[str, 
     near = reasons[NEAR_DUPLICATE]
     answered = kept + sum(reasons.values())
     passed = kept + near  # a near duplicate passed its tests before it was dropped
-    return {"answered": answered, "kept": kept, "passed_sandbox": passed, "failed_sandbox": failed_tests,
-            "near_duplicates_dropped": near, "unanswered": unanswered,
-            "sandbox_pass_rate": round(passed / (passed + failed_tests), 6) if passed + failed_tests else None,
-            "kept_share": round(kept / answered, 6) if answered else None,
-            "rejection_reasons": dict(reasons.most_common())}
+    return {
+        "answered": answered,
+        "kept": kept,
+        "passed_sandbox": passed,
+        "failed_sandbox": failed_tests,
+        "near_duplicates_dropped": near,
+        "unanswered": unanswered,
+        "sandbox_pass_rate": round(passed / (passed + failed_tests), 6) if passed + failed_tests else None,
+        "kept_share": round(kept / answered, 6) if answered else None,
+        "rejection_reasons": dict(reasons.most_common()),
+    }
 
 
-def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
-                     failures_paths: Sequence[str | Path] | None = None, options: ReportOptions = ReportOptions(),
-                     embedder: Any = None) -> dict[str, Any]:
+def diversity_report(
+    input_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    failures_paths: Sequence[str | Path] | None = None,
+    options: ReportOptions = ReportOptions(),
+    embedder: Any = None,
+) -> dict[str, Any]:
     """Measures the diversity of the generated records in ``input_paths`` and writes diversity.json,
     diversity.md and diversity.png to ``out_dir``; returns what the JSON holds. ``embedder`` is an
     already loaded data_tools.embed embedder (else ``options.embedder`` is loaded when needed)."""
@@ -157,8 +175,9 @@ def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
     for path in expand_inputs(input_paths):
         (logs if path.name.endswith(FAILURES_SUFFIX) else files).append(path)
     if not files:
-        raise UserError(f"inputs {[str(p) for p in input_paths]} are all failure logs ({FAILURES_SUFFIX}): "
-                         "give the generated JSONL")
+        raise UserError(
+            f"inputs {[str(p) for p in input_paths]} are all failure logs ({FAILURES_SUFFIX}): give the generated JSONL"
+        )
     if failures_paths is None:
         failures_paths = list(dict.fromkeys(logs + [p for p in map(failures_path_for, files) if p.exists()]))
     failures = list(iter_records(expand_inputs(failures_paths), on_error=options.on_error)) if failures_paths else []
@@ -171,8 +190,9 @@ def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
     exact = near = 0
     examples: list[dict[str, Any]] = []
     exercises = records = 0
-    scan = progress(iter_records(files, on_error=options.on_error), desc="diversity", unit="records",
-                    disable=not options.progress)
+    scan = progress(
+        iter_records(files, on_error=options.on_error), desc="diversity", unit="records", disable=not options.progress
+    )
     for index, record in enumerate(scan):
         text = record_text(record, options.text_key, index)
         records += 1
@@ -183,8 +203,14 @@ def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
             exact += verdict["reason"] == "exact"
             near += verdict["reason"] == "near"
             if len(examples) < options.examples:
-                examples.append({"id": record_id(record, index), "reason": verdict["reason"],
-                                 "duplicate_of": verdict["duplicate_of"].split("\t")[1], "jaccard": verdict["jaccard"]})
+                examples.append(
+                    {
+                        "id": record_id(record, index),
+                        "reason": verdict["reason"],
+                        "duplicate_of": verdict["duplicate_of"].split("\t")[1],
+                        "jaccard": verdict["jaccard"],
+                    }
+                )
         meta = record["meta"] if isinstance(record.get("meta"), dict) else {}
         if meta.get("prompt_sha1"):
             prompts[meta["prompt_sha1"]] += 1
@@ -201,8 +227,11 @@ def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
     if options.embedder is not None or embedder is not None:
         if embedder is None:
             embedder = load_embedder(str(options.embedder))
-        vectors = (encode_with_progress(embedder, embed_sample.items) if options.progress
-                   else embedder.encode(embed_sample.items))
+        vectors = (
+            encode_with_progress(embedder, embed_sample.items)
+            if options.progress
+            else embedder.encode(embed_sample.items)
+        )
         coverage = embedding_coverage(vectors, options.cluster_distance)
         coverage["embedder"] = getattr(embedder, "name", str(options.embedder))
     distances = coverage.pop("distances") if coverage else []
@@ -211,13 +240,22 @@ def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
         "inputs": [str(p) for p in files],
         "failure_logs": [str(p) for p in failures_paths],
         "records": records,
-        "prompts": {"with_prompt_hash": sum(prompts.values()), "distinct": len(prompts) if prompts else None,
-                    "most_uses": max(prompts.values()) if prompts else None},
-        "near_duplicates": {"exact": exact, "near": near, "rate": round((exact + near) / records, 6),
-                            **{k: v for k, v in asdict(options.dedup).items() if k != "text_key"},
-                            "examples": examples},
-        "distinct_ngrams": {"records": len(ngram_sample.items),
-                            **distinct_ngrams(ngram_sample.items, options.ngram_orders)},
+        "prompts": {
+            "with_prompt_hash": sum(prompts.values()),
+            "distinct": len(prompts) if prompts else None,
+            "most_uses": max(prompts.values()) if prompts else None,
+        },
+        "near_duplicates": {
+            "exact": exact,
+            "near": near,
+            "rate": round((exact + near) / records, 6),
+            **{k: v for k, v in asdict(options.dedup).items() if k != "text_key"},
+            "examples": examples,
+        },
+        "distinct_ngrams": {
+            "records": len(ngram_sample.items),
+            **distinct_ngrams(ngram_sample.items, options.ngram_orders),
+        },
         "embedding": coverage,
         "histograms": {name: dict(counts.most_common()) for name, counts in histograms.items() if counts},
         "exercises": exercise_validation(exercises, failures),
@@ -233,34 +271,51 @@ def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# Diversity of the synthetic data", "", f"{report['records']:,} records from "
-             + ", ".join(f"`{p}`" for p in report["inputs"]) + ".", ""]
+    lines = [
+        "# Diversity of the synthetic data",
+        "",
+        f"{report['records']:,} records from " + ", ".join(f"`{p}`" for p in report["inputs"]) + ".",
+        "",
+    ]
     p = report["prompts"]
     if p["distinct"] is None:
         lines += ["- Distinct prompts: unknown (no record carries `meta.prompt_sha1`)"]
     else:
-        lines += [f"- Distinct prompts: {p['distinct']:,} over {p['with_prompt_hash']:,} records "
-                  f"(at most {p['most_uses']} records per prompt)"]
+        lines += [
+            f"- Distinct prompts: {p['distinct']:,} over {p['with_prompt_hash']:,} records "
+            f"(at most {p['most_uses']} records per prompt)"
+        ]
     d = report["near_duplicates"]
-    lines += [f"- Near duplicates: {d['exact'] + d['near']:,} of {report['records']:,} ({d['rate']:.2%}): "
-              f"{d['exact']} exact, {d['near']} MinHash (Jaccard >= {d['threshold']}, {d['ngram']}-word shingles, "
-              f"{d['num_perm']} permutations)"]
+    lines += [
+        f"- Near duplicates: {d['exact'] + d['near']:,} of {report['records']:,} ({d['rate']:.2%}): "
+        f"{d['exact']} exact, {d['near']} MinHash (Jaccard >= {d['threshold']}, {d['ngram']}-word shingles, "
+        f"{d['num_perm']} permutations)"
+    ]
     e = report["embedding"]
     if e is None:
         lines += ["- Embedding coverage: not measured"]
     else:
         mean = "n/a" if e["mean_pairwise_distance"] is None else f"{e['mean_pairwise_distance']:.4f}"
-        lines += [f"- Embedding coverage ({e['embedder']}, {e['texts']:,} texts): mean pairwise cosine distance "
-                  f"{mean}; clusters at distance {report['options']['cluster_distance']}: {e['clusters']}"]
+        lines += [
+            f"- Embedding coverage ({e['embedder']}, {e['texts']:,} texts): mean pairwise cosine distance "
+            f"{mean}; clusters at distance {report['options']['cluster_distance']}: {e['clusters']}"
+        ]
     x = report["exercises"]
     if x is not None:
         rate = "n/a" if x["sandbox_pass_rate"] is None else f"{x['sandbox_pass_rate']:.2%}"
-        lines += [f"- Exercises: {x['kept']:,} kept of {x['answered']:,} answered; {x['passed_sandbox']:,} passed "
-                  f"their own tests in the sandbox ({rate} of those run), {x['near_duplicates_dropped']} dropped as "
-                  f"near duplicates, {x['unanswered']} never answered"]
+        lines += [
+            f"- Exercises: {x['kept']:,} kept of {x['answered']:,} answered; {x['passed_sandbox']:,} passed "
+            f"their own tests in the sandbox ({rate} of those run), {x['near_duplicates_dropped']} dropped as "
+            f"near duplicates, {x['unanswered']} never answered"
+        ]
     n = report["distinct_ngrams"]
-    lines += ["", f"## Distinct n-grams ({n['records']:,} records)", "", "| n | distinct | total | ratio |",
-              "|---|---:|---:|---:|"]
+    lines += [
+        "",
+        f"## Distinct n-grams ({n['records']:,} records)",
+        "",
+        "| n | distinct | total | ratio |",
+        "|---|---:|---:|---:|",
+    ]
     for order, row in ((k, v) for k, v in n.items() if k != "records"):
         ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.4f}"
         lines.append(f"| {order} | {row['distinct']:,} | {row['total']:,} | {ratio} |")
@@ -328,8 +383,13 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_report_command(args: argparse.Namespace) -> int:
     options = ReportOptions(
-        text_key=args.text_key, ngram_sample=args.ngram_sample, embedder=None if args.no_embeddings else args.embedder,
-        embed_sample=args.embed_sample, cluster_distance=args.cluster_distance, seed=args.seed, on_error=args.on_error,
+        text_key=args.text_key,
+        ngram_sample=args.ngram_sample,
+        embedder=None if args.no_embeddings else args.embedder,
+        embed_sample=args.embed_sample,
+        cluster_distance=args.cluster_distance,
+        seed=args.seed,
+        on_error=args.on_error,
         progress=not args.no_progress,
         dedup=DedupParams(threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram, text_key=args.text_key),
     )

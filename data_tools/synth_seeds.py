@@ -10,6 +10,7 @@ parse as Python give line windows instead), and the identifier sets are its own 
 and grouped. Equal seeds from different files are kept once. The same corpus, pool and seed always
 give the same seeds in the same order.
 """
+
 from __future__ import annotations
 
 import ast
@@ -64,7 +65,11 @@ class Seed:
 
     def meta(self) -> dict[str, str]:
         """Where the seed came from, for the output record (the seed itself fills the template)."""
-        return {"seed_kind": self.kind, "seed_source": self.source, **({"seed_where": self.where} if self.where else {})}
+        return {
+            "seed_kind": self.kind,
+            "seed_source": self.source,
+            **({"seed_where": self.where} if self.where else {}),
+        }
 
 
 @dataclass
@@ -106,11 +111,16 @@ def snippets(text: str, options: SeedOptions) -> list[tuple[int, int, str]]:
 def _snippets(text: str, parsed: ParsedFile | None, options: SeedOptions) -> list[tuple[int, int, str]]:
     lines = text.splitlines()
     if parsed is None:
-        spans = [(start, min(start + options.max_lines, len(lines)))
-                 for start in range(0, len(lines), options.max_lines)]
+        spans = [
+            (start, min(start + options.max_lines, len(lines))) for start in range(0, len(lines), options.max_lines)
+        ]
     else:
-        spans = sorted({(min([n.lineno, *(d.lineno for d in n.decorator_list)]) - 1, n.end_lineno or n.lineno)
-                        for n in parsed.functions})
+        spans = sorted(
+            {
+                (min([n.lineno, *(d.lineno for d in n.decorator_list)]) - 1, n.end_lineno or n.lineno)
+                for n in parsed.functions
+            }
+        )
     out = []
     for start, end in spans:
         chunk = lines[start:end]
@@ -136,27 +146,33 @@ def document_seeds(document: Document, options: SeedOptions, seed: int) -> list[
     parsed = parse_file(document.text)
     out: list[Seed] = []
     if "snippet" in options.kinds:
-        out += [Seed("snippet", document.id, f"lines {first}-{last}", code)
-                for first, last, code in _snippets(document.text, parsed, options)]
+        out += [
+            Seed("snippet", document.id, f"lines {first}-{last}", code)
+            for first, last, code in _snippets(document.text, parsed, options)
+        ]
     if "identifiers" in options.kinds and parsed is not None:
         names = _identifiers(parsed)
         # Seeded by the document, not by its position: the sets of a file do not change when the pool does.
         random.Random(f"{seed}:{document.id}").shuffle(names)
         k = options.identifiers_per_set
-        groups = [sorted(names[i:i + k]) for i in range(0, len(names) - k + 1, k)][: options.max_sets_per_document]
+        groups = [sorted(names[i : i + k]) for i in range(0, len(names) - k + 1, k)][: options.max_sets_per_document]
         out += [Seed("identifiers", document.id, "", ", ".join(group)) for group in groups]
     return out
 
 
-def load_seeds(inputs: Sequence[str | os.PathLike], options: SeedOptions = SeedOptions(), *, seed: int = 0) -> list[Seed]:
+def load_seeds(
+    inputs: Sequence[str | os.PathLike], options: SeedOptions = SeedOptions(), *, seed: int = 0
+) -> list[Seed]:
     """The seeds of ``options.pool`` documents drawn from the corpus files; a ValueError when the
     corpus is missing or yields no seed at all."""
     options.validate()
     try:
         files = corpus_files(inputs)
     except ValueError as exc:
-        raise UserError(f"seed corpus: {exc}; pass --seed-corpus with the quality-filtered code shards "
-                         f"(default {DEFAULT_SEED_CORPUS})") from None
+        raise UserError(
+            f"seed corpus: {exc}; pass --seed-corpus with the quality-filtered code shards "
+            f"(default {DEFAULT_SEED_CORPUS})"
+        ) from None
     seen: set[bytes] = set()
     seeds: list[Seed] = []
     for document in sample_documents(files, options.pool, seed, text_key=options.text_key, unique_ids=False):
@@ -166,6 +182,8 @@ def load_seeds(inputs: Sequence[str | os.PathLike], options: SeedOptions = SeedO
                 seen.add(key)
                 seeds.append(item)
     if not seeds:
-        raise UserError(f"seed corpus {', '.join(map(str, inputs))} yields no {' or '.join(options.kinds)} seed: "
-                         f"it needs Python files with functions of {options.min_lines}-{options.max_lines} lines")
+        raise UserError(
+            f"seed corpus {', '.join(map(str, inputs))} yields no {' or '.join(options.kinds)} seed: "
+            f"it needs Python files with functions of {options.min_lines}-{options.max_lines} lines"
+        )
     return seeds

@@ -56,16 +56,20 @@ check(count_vowels)
 
 def answer_with(solution: str, name: str = "count_vowels") -> str:
     return GOOD_ANSWER.replace('return sum(1 for ch in text.lower() if ch in "aeiou")', solution).replace(
-        "count_vowels", name)
+        "count_vowels", name
+    )
 
 
-def own_answer(name: str, solution: str = 'return sum(1 for ch in text.lower() if ch in "aeiou")',
-               words: list[str] | None = None) -> str:
+def own_answer(
+    name: str, solution: str = 'return sum(1 for ch in text.lower() if ch in "aeiou")', words: list[str] | None = None
+) -> str:
     """An exercise whose tests are its own: words made from the function name, so that no two names share them."""
     words = words or [f"{name}{'x' * i}" for i in range(6)]
     asserts = "\n".join(f"    assert candidate({w!r}) == {sum(ch in 'aeiou' for ch in w)}" for w in words)
-    return (f"{FENCE}python\ndef {name}(text: str) -> int:\n    \"\"\"Count the vowels in text.\"\"\"\n    {solution}\n"
-            f"{FENCE}\n\n{FENCE}python\ndef check(candidate):\n{asserts}\n{FENCE}\n")
+    return (
+        f'{FENCE}python\ndef {name}(text: str) -> int:\n    """Count the vowels in text."""\n    {solution}\n'
+        f"{FENCE}\n\n{FENCE}python\ndef check(candidate):\n{asserts}\n{FENCE}\n"
+    )
 
 
 def test_prompt_sampling_is_seeded_and_spreads_over_the_lists():
@@ -95,44 +99,79 @@ def test_the_prompt_count_is_the_product_of_the_lists_and_no_prompt_repeats_befo
     assert plan.capacity == pairs * len(space.audiences) * len(space.styles)
     assert plan.describe().startswith(f"{plan.capacity:,} distinct textbooks prompts (lists: {pairs} topic/subtopic x ")
     prompts = [p.user for p in sample_prompts(plan, 2 * plan.capacity + 5, seed=0)]
-    first_pass, second_pass = prompts[:plan.capacity], prompts[plan.capacity:2 * plan.capacity]
+    first_pass, second_pass = prompts[: plan.capacity], prompts[plan.capacity : 2 * plan.capacity]
     assert len(set(first_pass)) == plan.capacity and set(second_pass) == set(first_pass)
     assert repeat_warning(plan, plan.capacity, 1.0) is None and repeat_warning(plan, 2 * plan.capacity, 2.0) is None
     warning = repeat_warning(plan, 500_000, 1.0)
-    assert warning.startswith(f"warning: 500,000 requested is {500_000 / plan.capacity:.1f}x the {plan.capacity:,} "
-                              "distinct prompts (more than --warn-repeats 1)")
+    assert warning.startswith(
+        f"warning: 500,000 requested is {500_000 / plan.capacity:.1f}x the {plan.capacity:,} "
+        "distinct prompts (more than --warn-repeats 1)"
+    )
 
 
 def test_the_run_prints_its_prompt_count_before_asking_and_warns_when_count_exceeds_it(tmp_path, capsys):
     prompts = tmp_path / "small.yaml"
-    prompts.write_text("system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\n"
-                       "topics: [{name: a, subtopics: [b, c]}]\naudiences: [x, x]\nstyles: [y]\n")  # x once
+    prompts.write_text(
+        "system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\n"
+        "topics: [{name: a, subtopics: [b, c]}]\naudiences: [x, x]\nstyles: [y]\n"
+    )  # x once
     with FakeOpenAI(lambda prompt, attempt: "400") as server:
-        code = main(["textbooks", "--count", "6", "--warn-repeats", "2.5", "--prompts", str(prompts), "--out",
-                     str(tmp_path / "t.jsonl"), "--base-url", server.base_url, "--max-attempts", "1", "--no-progress"])
+        code = main(
+            [
+                "textbooks",
+                "--count",
+                "6",
+                "--warn-repeats",
+                "2.5",
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(tmp_path / "t.jsonl"),
+                "--base-url",
+                server.base_url,
+                "--max-attempts",
+                "1",
+                "--no-progress",
+            ]
+        )
     err = capsys.readouterr().err.splitlines()
     assert code == 1 and len(server.hits) == 6
-    assert err[0] == ("prompt space: 2 distinct textbooks prompts (lists: 2 topic/subtopic x 1 audiences x 1 styles); "
-                      "6 requested")
-    assert err[1].startswith("warning: 6 requested is 3.0x the 2 distinct prompts (more than --warn-repeats 2.5): "
-                             "each prompt is sent up to 3 times")
+    assert err[0] == (
+        "prompt space: 2 distinct textbooks prompts (lists: 2 topic/subtopic x 1 audiences x 1 styles); 6 requested"
+    )
+    assert err[1].startswith(
+        "warning: 6 requested is 3.0x the 2 distinct prompts (more than --warn-repeats 2.5): "
+        "each prompt is sent up to 3 times"
+    )
 
 
-@pytest.mark.parametrize("yaml_text,message", [
-    ("system: s\ntemplate: t\ntopics: []\n", "'topics' must be a non-empty list"),
-    ("system: s\ntemplate: t\ntopics: [{name: a, subtopics: [b]}]\nstyles: [x]\n", "'audiences' must be"),
-    ("system: s\ntemplate: '{colour}'\ntopics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
-     "unknown or malformed placeholder"),
-    ("system: s\ntemplate: t\ntopics: [{name: a}]\naudiences: [x]\nstyles: [y]\n", "'topics[0].subtopics'"),
-    ("system: s\ntemplate: '{topic} {subtopic} {style}'\ntopics: [{name: a, subtopics: [b]}]\naudiences: [x]\n"
-     "styles: [y]\n", "'template' does not use {audience}: prompts that differ only there would be sent as the same"),
-    ("system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\noutline_template: '{topic} {audience} {style}'\n"
-     "topics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
-     "'outline_template' does not use {concept}, {subtopic}"),
-    ("system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\nseed_templates: {docs: '{docs}'}\n"
-     "topics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
-     "'seed_templates' must map snippet and/or identifiers to templates"),
-])
+@pytest.mark.parametrize(
+    "yaml_text,message",
+    [
+        ("system: s\ntemplate: t\ntopics: []\n", "'topics' must be a non-empty list"),
+        ("system: s\ntemplate: t\ntopics: [{name: a, subtopics: [b]}]\nstyles: [x]\n", "'audiences' must be"),
+        (
+            "system: s\ntemplate: '{colour}'\ntopics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
+            "unknown or malformed placeholder",
+        ),
+        ("system: s\ntemplate: t\ntopics: [{name: a}]\naudiences: [x]\nstyles: [y]\n", "'topics[0].subtopics'"),
+        (
+            "system: s\ntemplate: '{topic} {subtopic} {style}'\ntopics: [{name: a, subtopics: [b]}]\naudiences: [x]\n"
+            "styles: [y]\n",
+            "'template' does not use {audience}: prompts that differ only there would be sent as the same",
+        ),
+        (
+            "system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\noutline_template: '{topic} {audience} {style}'\n"
+            "topics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
+            "'outline_template' does not use {concept}, {subtopic}",
+        ),
+        (
+            "system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\nseed_templates: {docs: '{docs}'}\n"
+            "topics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
+            "'seed_templates' must map snippet and/or identifiers to templates",
+        ),
+    ],
+)
 def test_a_broken_prompt_file_is_an_error_naming_the_field(tmp_path, yaml_text, message):
     path = tmp_path / "prompts.yaml"
     path.write_text(yaml_text)
@@ -150,16 +189,23 @@ def test_an_answer_splits_into_humaneval_fields():
     exec(exercise.program(), namespace)  # trusted, hand-written: the program runs to its end
 
 
-@pytest.mark.parametrize("answer,reason", [
-    ("def count_vowels(t): return 1", "no ```python code block"),
-    (answer_with("return (("), "does not parse"),
-    (answer_with("return 0", name="count_words"), "no top-level function named 'count_vowels'"),
-    (GOOD_ANSWER.replace("Count the vowels in text.", "").replace('    """\n\n    >>> count_vowels("hello")\n    2\n'
-                                                                  '    """\n', ""), "has no docstring"),
-    (GOOD_ANSWER.replace('    return sum(1 for ch in text.lower() if ch in "aeiou")\n', ""), "no solution body"),
-    (GOOD_ANSWER.replace("def check(candidate)", "def test(candidate)"), "no `def check(candidate)`"),
-    (GOOD_ANSWER.replace("assert candidate", "candidate"), "must assert on calls of candidate"),
-])
+@pytest.mark.parametrize(
+    "answer,reason",
+    [
+        ("def count_vowels(t): return 1", "no ```python code block"),
+        (answer_with("return (("), "does not parse"),
+        (answer_with("return 0", name="count_words"), "no top-level function named 'count_vowels'"),
+        (
+            GOOD_ANSWER.replace("Count the vowels in text.", "").replace(
+                '    """\n\n    >>> count_vowels("hello")\n    2\n    """\n', ""
+            ),
+            "has no docstring",
+        ),
+        (GOOD_ANSWER.replace('    return sum(1 for ch in text.lower() if ch in "aeiou")\n', ""), "no solution body"),
+        (GOOD_ANSWER.replace("def check(candidate)", "def test(candidate)"), "no `def check(candidate)`"),
+        (GOOD_ANSWER.replace("assert candidate", "candidate"), "must assert on calls of candidate"),
+    ],
+)
 def test_malformed_exercises_are_rejected_with_the_reason(answer, reason):
     with pytest.raises(Rejected, match=re.escape(reason)):
         parse_exercise(answer, "count_vowels", task_id="t")
@@ -167,20 +213,26 @@ def test_malformed_exercises_are_rejected_with_the_reason(answer, reason):
 
 def test_an_exercise_cut_at_max_tokens_is_rejected_before_it_runs():
     request = LLMRequest(id="e", prompt="p", max_tokens=64, meta={"function_name": "count_vowels"})
-    response = LLMResponse(model="m", texts=[GOOD_ANSWER], finish_reasons=["length"], prompt_tokens=1,
-                           completion_tokens=64)
+    response = LLMResponse(
+        model="m", texts=[GOOD_ANSWER], finish_reasons=["length"], prompt_tokens=1, completion_tokens=64
+    )
     with pytest.raises(Rejected, match="truncated at max_tokens=64"):
         ExerciseValidator()(request, response)
 
 
 @pytest.mark.slow
 def test_the_sandbox_keeps_correct_solutions_and_rejects_wrong_ones():
-    exercises = [parse_exercise(answer, "count_vowels", task_id=str(i)) for i, answer in enumerate([
-        GOOD_ANSWER,
-        answer_with('return sum(1 for ch in text if ch in "aeiou")'),  # misses upper case
-        answer_with("import sys; sys.exit(0)"),  # an early exit is not a pass
-        answer_with("while True: pass"),
-    ])]
+    exercises = [
+        parse_exercise(answer, "count_vowels", task_id=str(i))
+        for i, answer in enumerate(
+            [
+                GOOD_ANSWER,
+                answer_with('return sum(1 for ch in text if ch in "aeiou")'),  # misses upper case
+                answer_with("import sys; sys.exit(0)"),  # an early exit is not a pass
+                answer_with("while True: pass"),
+            ]
+        )
+    ]
     results = check_exercises(exercises, timeout_s=2.0)
     assert [r.status for r in results] == ["passed", "failed", "failed", "timed out"]
     assert "AssertionError" in results[1].detail
@@ -189,10 +241,23 @@ def test_the_sandbox_keeps_correct_solutions_and_rejects_wrong_ones():
 def test_truncated_textbooks_are_rejected_unless_kept(tmp_path):
     with FakeOpenAI(lambda prompt, attempt: "length") as server:
         client = ClientConfig(base_url=server.base_url, model="fake", max_attempts=1)
-        stats = synthesize("textbooks", count=2, out_path=tmp_path / "a.jsonl", failures_path=tmp_path / "a.f.jsonl",
-                           client=client, progress=False)
-        kept = synthesize("textbooks", count=2, out_path=tmp_path / "b.jsonl", failures_path=tmp_path / "b.f.jsonl",
-                          client=client, keep_truncated=True, progress=False)
+        stats = synthesize(
+            "textbooks",
+            count=2,
+            out_path=tmp_path / "a.jsonl",
+            failures_path=tmp_path / "a.f.jsonl",
+            client=client,
+            progress=False,
+        )
+        kept = synthesize(
+            "textbooks",
+            count=2,
+            out_path=tmp_path / "b.jsonl",
+            failures_path=tmp_path / "b.f.jsonl",
+            client=client,
+            keep_truncated=True,
+            progress=False,
+        )
     assert stats.rejected == 2 and "truncated at max_tokens=1024" in (tmp_path / "a.f.jsonl").read_text()
     records = read_jsonl(tmp_path / "b.jsonl")
     assert kept.succeeded == 2 and all(r["text"].startswith("answer to: Write a section") for r in records)
@@ -207,8 +272,15 @@ def test_exercises_are_validated_before_they_are_written(tmp_path):
         return own_answer(name) if right else own_answer(name, "return 2")
 
     with FakeOpenAI(answer=answer) as server:
-        stats = synthesize("exercises", count=8, out_path=tmp_path / "ex.jsonl", failures_path=tmp_path / "ex.f.jsonl",
-                           client=ClientConfig(base_url=server.base_url, model="fake"), seed=3, progress=False)
+        stats = synthesize(
+            "exercises",
+            count=8,
+            out_path=tmp_path / "ex.jsonl",
+            failures_path=tmp_path / "ex.f.jsonl",
+            client=ClientConfig(base_url=server.base_url, model="fake"),
+            seed=3,
+            progress=False,
+        )
     kept = read_jsonl(tmp_path / "ex.jsonl")
     failed = read_jsonl(tmp_path / "ex.f.jsonl")
     expected_kept = {r["id"] for r in kept if sum(map(ord, r["entry_point"])) % 2 == 0}
@@ -243,22 +315,50 @@ def test_exercises_repeating_a_kept_solution_and_tests_are_dropped_with_the_reas
     assert set(kept) == set(names) - planted | {original}
     assert sorted(f["meta"]["function_name"] for f in dropped) == sorted(planted - {original})
     for failure in dropped:
-        assert re.fullmatch(rf"rejected: near-duplicate exercise: solution and tests repeat {kept[original]} "
-                            r"\(near, Jaccard 0\.\d+\)", failure["reason"]), failure["reason"]
+        assert re.fullmatch(
+            rf"rejected: near-duplicate exercise: solution and tests repeat {kept[original]} "
+            r"\(near, Jaccard 0\.\d+\)",
+            failure["reason"],
+        ), failure["reason"]
 
 
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
-    code = main(["exercises", "--count", "0", "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1"])
+    code = main(
+        ["exercises", "--count", "0", "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1"]
+    )
     assert code == 2
     assert capsys.readouterr().err.strip() == "error: count must be at least 1, got 0"
-    code = main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
-                 "--prompts", str(tmp_path / "missing.yaml")])
+    code = main(
+        [
+            "textbooks",
+            "--count",
+            "1",
+            "--out",
+            str(tmp_path / "x.jsonl"),
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--prompts",
+            str(tmp_path / "missing.yaml"),
+        ]
+    )
     assert code == 2 and "missing.yaml does not exist" in capsys.readouterr().err
     code = main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--seed-pool", "5"])
-    assert code == 2 and capsys.readouterr().err == ("error: --seed-pool and --seed-kinds shape seed-conditioned "
-                                                     "prompts: add --seed-corpus\n")
-    code = main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
-                 "--seed-corpus", str(tmp_path / "none-*.jsonl")])
+    assert code == 2 and capsys.readouterr().err == (
+        "error: --seed-pool and --seed-kinds shape seed-conditioned prompts: add --seed-corpus\n"
+    )
+    code = main(
+        [
+            "textbooks",
+            "--count",
+            "1",
+            "--out",
+            str(tmp_path / "x.jsonl"),
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--seed-corpus",
+            str(tmp_path / "none-*.jsonl"),
+        ]
+    )
     assert code == 2 and capsys.readouterr().err.startswith("error: seed corpus: input ")
     with pytest.raises(SystemExit):  # argparse: one prompt source at a time
         main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--outline", "o.yaml", "--seed-corpus"])
@@ -267,8 +367,22 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
 
 def test_cli_exits_1_when_no_request_got_an_answer(tmp_path, capsys):
     with FakeOpenAI(lambda prompt, attempt: "400") as server:
-        code = main(["textbooks", "--count", "2", "--out", str(tmp_path / "t.jsonl"), "--base-url", server.base_url,
-                     "--model", "fake", "--api-key", "x", "--no-progress"])
+        code = main(
+            [
+                "textbooks",
+                "--count",
+                "2",
+                "--out",
+                str(tmp_path / "t.jsonl"),
+                "--base-url",
+                server.base_url,
+                "--model",
+                "fake",
+                "--api-key",
+                "x",
+                "--no-progress",
+            ]
+        )
     assert code == 1
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: every request failed (reasons in ")
     assert len((tmp_path / "t.failures.jsonl").read_text().splitlines()) == 2
@@ -282,8 +396,12 @@ def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tm
     make_tokenizer(model_dir)
     make_hf_phi(model_dir, tokenizer_dir=model_dir, max_position_embeddings=2048)
     port = free_port("127.0.0.1")
-    server = subprocess.Popen([sys.executable, "-m", "megaphi.serve", "--model", str(model_dir), "--port", str(port)],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "megaphi.serve", "--model", str(model_dir), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -294,13 +412,33 @@ def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tm
             except OSError:
                 assert time.monotonic() < deadline, "megaphi.serve did not come up"
                 time.sleep(0.2)
-        code = main(["exercises", "--count", "3", "--out", str(tmp_path / "ex.jsonl"), "--base-url",
-                     f"http://127.0.0.1:{port}/v1", "--model", "tiny", "--max-tokens", "24", "--no-progress"])
+        code = main(
+            [
+                "exercises",
+                "--count",
+                "3",
+                "--out",
+                str(tmp_path / "ex.jsonl"),
+                "--base-url",
+                f"http://127.0.0.1:{port}/v1",
+                "--model",
+                "tiny",
+                "--max-tokens",
+                "24",
+                "--no-progress",
+            ]
+        )
         assert code == 0
-        textbooks = synthesize("textbooks", count=2, out_path=tmp_path / "tb.jsonl",
-                               failures_path=tmp_path / "tb.failures.jsonl", max_tokens=16, keep_truncated=True,
-                               client=ClientConfig(base_url=f"http://127.0.0.1:{port}/v1", model="tiny"),
-                               progress=False)
+        textbooks = synthesize(
+            "textbooks",
+            count=2,
+            out_path=tmp_path / "tb.jsonl",
+            failures_path=tmp_path / "tb.failures.jsonl",
+            max_tokens=16,
+            keep_truncated=True,
+            client=ClientConfig(base_url=f"http://127.0.0.1:{port}/v1", model="tiny"),
+            progress=False,
+        )
     finally:
         server.terminate()
         server.wait(30)

@@ -52,11 +52,26 @@ def test_list_answers_lose_their_numbering_headings_and_repeats():
 
 def test_an_outline_reads_back_as_topic_subtopic_concept_triples(tmp_path):
     path = tmp_path / "outline.yaml"
-    path.write_text(yaml.safe_dump({"topics": [
-        {"name": "loops", "subtopics": [{"name": "while", "concepts": ["sentinels", "sentinels", "counters"]},
-                                        {"name": "for", "concepts": ["range"]}]}]}))
-    assert load_outline(path) == [("loops", "while", "sentinels"), ("loops", "while", "counters"),
-                                  ("loops", "for", "range")]
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "topics": [
+                    {
+                        "name": "loops",
+                        "subtopics": [
+                            {"name": "while", "concepts": ["sentinels", "sentinels", "counters"]},
+                            {"name": "for", "concepts": ["range"]},
+                        ],
+                    }
+                ]
+            }
+        )
+    )
+    assert load_outline(path) == [
+        ("loops", "while", "sentinels"),
+        ("loops", "while", "counters"),
+        ("loops", "for", "range"),
+    ]
     path.write_text(yaml.safe_dump({"topics": [{"name": "loops", "subtopics": [{"name": "while"}]}]}))
     with pytest.raises(ValueError, match=r"'topics\[0\]\.subtopics\[0\]' must be a mapping with a 'name' and a list"):
         load_outline(path)
@@ -67,15 +82,23 @@ def test_an_outline_reads_back_as_topic_subtopic_concept_triples(tmp_path):
 def test_outline_expansion_writes_reviewable_yaml_that_textbook_prompts_draw_from(tmp_path, capsys):
     topics = ["control flow", "recursion"]
     with FakeOpenAI(answer=outline_answer) as server:
-        stats = expand_outline(out_path=tmp_path / "outline.yaml", topics=topics, subtopics=3, concepts=4,
-                               client=ClientConfig(base_url=server.base_url, model="fake"), progress=False)
+        stats = expand_outline(
+            out_path=tmp_path / "outline.yaml",
+            topics=topics,
+            subtopics=3,
+            concepts=4,
+            client=ClientConfig(base_url=server.base_url, model="fake"),
+            progress=False,
+        )
     assert (stats.topics, stats.subtopics, stats.concepts) == (2, 6, 24) and len(server.hits) == 2 + 6
     text = (tmp_path / "outline.yaml").read_text()
     assert text.startswith("# Outline expanded by `python -m data_tools.synth outline` with model 'fake'")
     outline = yaml.safe_load(text)
     assert [t["name"] for t in outline["topics"]] == topics
     assert outline["topics"][1]["subtopics"][2] == {
-        "name": "recursion part 2", "concepts": [f"recursion part 2 idea {i}" for i in range(4)]}
+        "name": "recursion part 2",
+        "concepts": [f"recursion part 2 idea {i}" for i in range(4)],
+    }
     answers = read_jsonl(tmp_path / "outline.answers.jsonl")
     assert len(answers) == 8 and {a["meta"]["level"] for a in answers} == {"subtopics", "concepts"}
 
@@ -95,9 +118,22 @@ def test_an_outline_request_without_list_items_is_filed_as_a_failure(tmp_path, c
         return "Here is the list:\n\n" if "recursion" in prompt else outline_answer(prompt)
 
     with FakeOpenAI(answer=answer) as server:
-        code = main(["outline", "--out", str(tmp_path / "o.yaml"), "--topics-from",
-                     str(write_topics(tmp_path / "t.yaml", ["loops", "recursion"])), "--subtopics", "2",
-                     "--concepts", "2", "--base-url", server.base_url, "--no-progress"])
+        code = main(
+            [
+                "outline",
+                "--out",
+                str(tmp_path / "o.yaml"),
+                "--topics-from",
+                str(write_topics(tmp_path / "t.yaml", ["loops", "recursion"])),
+                "--subtopics",
+                "2",
+                "--concepts",
+                "2",
+                "--base-url",
+                server.base_url,
+                "--no-progress",
+            ]
+        )
     captured = capsys.readouterr()
     assert code == 0 and json.loads(captured.out)["missing_topics"] == ["recursion"]
     assert "warning: 1 topics and 0 subtopics are not expanded" in captured.err
@@ -112,9 +148,27 @@ def test_outline_expansion_survives_sigkill_and_asks_nothing_twice(tmp_path):
     out = tmp_path / "outline.yaml"
     answers = tmp_path / "outline.answers.jsonl"
     with FakeOpenAI(answer=outline_answer, delay_s=0.2) as server:
-        command = [sys.executable, "-m", "data_tools.synth", "outline", "--out", str(out), "--topics-from",
-                   str(topics), "--subtopics", "3", "--concepts", "4", "--base-url", server.base_url, "--model",
-                   "fake", "--max-concurrency", "1", "--no-progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "data_tools.synth",
+            "outline",
+            "--out",
+            str(out),
+            "--topics-from",
+            str(topics),
+            "--subtopics",
+            "3",
+            "--concepts",
+            "4",
+            "--base-url",
+            server.base_url,
+            "--model",
+            "fake",
+            "--max-concurrency",
+            "1",
+            "--no-progress",
+        ]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         run = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
@@ -134,8 +188,13 @@ def test_outline_expansion_survives_sigkill_and_asks_nothing_twice(tmp_path):
     # kill (its answer was lost with the process) and those never sent; an answered one never again.
     prompts = load_outline_prompts()
     first = subtopic_prompts(prompts, ["loops", "strings", "recursion"], 3)
-    ids = {p.user: p.id for p in first + concept_prompts(
-        prompts, [(t, f"{t} part {i}") for t in ["loops", "strings", "recursion"] for i in range(3)], 4)}
+    ids = {
+        p.user: p.id
+        for p in first
+        + concept_prompts(
+            prompts, [(t, f"{t} part {i}") for t in ["loops", "strings", "recursion"] for i in range(3)], 4
+        )
+    }
     hits = {prompt: len(faults) for prompt, faults in server.hits_by_prompt().items()}
     assert set(hits) == set(ids)
     for prompt, count in hits.items():

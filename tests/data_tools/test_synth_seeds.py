@@ -13,7 +13,7 @@ from data_tools.synth_seeds import SeedOptions, document_seeds, identifiers, loa
 from tests.conftest import read_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI
 
-MODULE = textwrap.dedent('''\
+MODULE = textwrap.dedent("""\
     import os
 
 
@@ -33,7 +33,7 @@ MODULE = textwrap.dedent('''\
             self.items[name] = self.items.get(name, 0) + quantity
             total_count = sum(self.items.values())
             return total_count
-    ''')
+    """)
 
 
 def write_code_corpus(path, files: int = 30) -> None:
@@ -44,8 +44,10 @@ def write_code_corpus(path, files: int = 30) -> None:
                 f"def {verb}_{noun}_{i}(values_{i}, limit_{j}):\n"
                 f"    kept_{i}_{j} = [v for v in values_{i} if v < limit_{j} + {i * 7 + j}]\n"
                 f"    return {verb}_total_{j}(kept_{i}_{j})\n"
-                for j, (verb, noun) in enumerate([("count", "items"), ("merge", "runs"), ("scale", "scores"),
-                                                  ("split", "words")]))
+                for j, (verb, noun) in enumerate(
+                    [("count", "items"), ("merge", "runs"), ("scale", "scores"), ("split", "words")]
+                )
+            )
             f.write(json.dumps({"id": f"repo/file_{i}.py", "text": functions}) + "\n")
 
 
@@ -65,9 +67,25 @@ def test_a_file_that_is_not_python_gives_line_windows():
 
 
 def test_identifiers_leave_out_builtins_keywords_private_and_short_names():
-    assert identifiers(MODULE) == ["Inventory", "add_item", "cache", "get", "items", "key", "line", "name",
-                                   "parse_header", "partition", "quantity", "result", "strip", "tiny", "total_count",
-                                   "value", "values"]
+    assert identifiers(MODULE) == [
+        "Inventory",
+        "add_item",
+        "cache",
+        "get",
+        "items",
+        "key",
+        "line",
+        "name",
+        "parse_header",
+        "partition",
+        "quantity",
+        "result",
+        "strip",
+        "tiny",
+        "total_count",
+        "value",
+        "values",
+    ]
     assert identifiers("def broken(:\n") == []
 
 
@@ -83,8 +101,15 @@ def test_identifier_sets_depend_on_the_document_and_the_seed_only():
 def test_seeds_are_drawn_reproducibly_from_the_corpus_and_repeats_kept_once(tmp_path):
     write_code_corpus(tmp_path / "code.jsonl", files=10)
     with open(tmp_path / "code.jsonl", "a") as f:  # a copy of file 0 under another name
-        f.write(json.dumps({"id": "fork/file_0.py", "text": json.loads(
-            (tmp_path / "code.jsonl").read_text().splitlines()[0])["text"]}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "id": "fork/file_0.py",
+                    "text": json.loads((tmp_path / "code.jsonl").read_text().splitlines()[0])["text"],
+                }
+            )
+            + "\n"
+        )
     seeds = load_seeds([tmp_path / "code.jsonl"], SeedOptions(kinds=("snippet",)), seed=3)
     assert len(seeds) == 40 and not any(s.source == "fork/file_0.py" for s in seeds)
     assert seeds == load_seeds([tmp_path / "code.jsonl"], SeedOptions(kinds=("snippet",)), seed=3)
@@ -108,9 +133,16 @@ def test_2000_seed_conditioned_prompts_are_distinct_and_reproducible_from_the_se
     assert plan.source == "seeds" and plan.capacity >= 2000
     planned = list(sample_prompts(plan, 2000, seed=7))
     with FakeOpenAI() as server:  # answers "answer to: PROMPT"
-        stats = synthesize("textbooks", count=2000, out_path=tmp_path / "t.jsonl", failures_path=tmp_path / "f.jsonl",
-                           client=ClientConfig(base_url=server.base_url, model="fake", max_concurrency=32),
-                           seed_corpus=[str(tmp_path / "code.jsonl")], seed=7, progress=False)
+        stats = synthesize(
+            "textbooks",
+            count=2000,
+            out_path=tmp_path / "t.jsonl",
+            failures_path=tmp_path / "f.jsonl",
+            client=ClientConfig(base_url=server.base_url, model="fake", max_concurrency=32),
+            seed_corpus=[str(tmp_path / "code.jsonl")],
+            seed=7,
+            progress=False,
+        )
     records = read_jsonl(tmp_path / "t.jsonl")
     assert stats.succeeded == 2000 and len(server.hits) == 2000
     assert len({hit.prompt for hit in server.hits}) == 2000
@@ -121,6 +153,8 @@ def test_2000_seed_conditioned_prompts_are_distinct_and_reproducible_from_the_se
     report = diversity_report([tmp_path / "t.jsonl"], tmp_path / "report", options=ReportOptions(embedder=None))
     assert report["prompts"] == {"with_prompt_hash": 2000, "distinct": 2000, "most_uses": 1}
     assert report["histograms"]["seed_kind"] == dict(Counter(r["meta"]["seed_kind"] for r in records).most_common())
-    other_seed = {p.user for p in sample_prompts(plan_for("textbooks", seed_corpus=[str(tmp_path / "code.jsonl")],
-                                                          seed=8), 2000, seed=8)}
+    other_seed = {
+        p.user
+        for p in sample_prompts(plan_for("textbooks", seed_corpus=[str(tmp_path / "code.jsonl")], seed=8), 2000, seed=8)
+    }
     assert len(other_seed) == 2000 and other_seed != {p.user for p in planned}
