@@ -14,8 +14,9 @@ between hosts (NFSv3 with lockd, NFSv4, Lustre mounted with ``flock``, GPFS); a 
 locks local to each client (NFS ``nolock``, Lustre ``localflock``) cannot see a job on another
 host, so two nodes could then both hold the directory. On a file system without POSIX locks
 (``lockf`` fails with ENOLCK, EOPNOTSUPP or ENOSYS) the file's contents decide: a holder on this
-host whose process is gone is taken over; a holder on another host cannot be checked from here,
-so the job refuses and names the file to delete once that job is known to be gone. A clean exit leaves the file empty (a free lock); it is never deleted, because a job that
+host whose process is gone is taken over (with no kernel to arbitrate, two jobs starting in the
+same instant could both do so); a holder on another host cannot be checked from here, so the job
+refuses and names the file to delete once that job is known to be gone. A clean exit leaves the file empty (a free lock); it is never deleted, because a job that
 opened it just before the deletion would lock a file nobody else sees.
 
 **Parent death.** ``die_with_launcher`` asks Linux to SIGKILL a worker when its parent, the
