@@ -8,7 +8,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["megaphi", "megaphi.*", "data_tools", "data_tools.*"]),
-    package_data={"data_tools": ["prompts/*"], "megaphi.eval": ["README.md"]},
+    package_data={"data_tools": ["prompts/*"], "megaphi.eval": ["README.md"],
+                  "megaphi.eval.graded": ["problems/*.md", "DECONTAMINATION.md", "README.md"]},
     install_requires=[
         "torch>=2.1",
         "numpy",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from tqdm import tqdm
+from megaphi.progress import progress as progress_display
 
 from data_tools.jsonl import (ON_ERROR_CHOICES, JsonlShardWriter, OnError, ReadStats, is_jsonl, is_parquet,
                               iter_jsonl, iter_parquet)
@@ -195,7 +195,7 @@ def build_corpus(inputs: Sequence[str | os.PathLike], output_prefix: str | os.Pa
     stats = CorpusStats()
     records = iter_corpus(inputs, stats=stats, **options)
     with JsonlShardWriter(output_prefix, max_bytes=shard_bytes) as writer, \
-            tqdm(records, desc="corpus", unit=" files", disable=not progress) as bar:
+            progress_display(records, desc="corpus", unit="files", disable=not progress) as bar:
         for record in bar:
             writer.write(record)
             stats.bytes += len(record["text"])

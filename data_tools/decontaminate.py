@@ -36,8 +36,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from data_tools.embed import encode_with_progress
 from data_tools.jsonl import (ON_ERROR_CHOICES, JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records,
                               record_id, record_text)
+from megaphi.progress import progress
 
 WORD = re.compile(r"\w+")
 PAPER_TAUS = (0.95, 0.9, 0.85, 0.8)
@@ -201,7 +203,7 @@ def decontaminate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.P
         for gram in word_ngrams(item.text, params.ngram):
             ngram_owner.setdefault(gram, p)
     ngram_hits: dict[int, set[int]] = {}  # training index -> problems it overlaps
-    for t, text in enumerate(texts):
+    for t, text in enumerate(progress(texts, desc=f"{params.ngram}-gram overlap", unit="items")):
         hits = {ngram_owner[g] for g in word_ngrams(text, params.ngram) if g in ngram_owner}
         if hits:
             ngram_hits[t] = hits
@@ -210,7 +212,7 @@ def decontaminate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.P
         from data_tools.embed import load_embedder
 
         embedder = load_embedder(params.embedder)
-    train_vectors = embedder.encode(texts)
+    train_vectors = encode_with_progress(embedder, texts, desc="embed training items")
     problem_vectors = embedder.encode([item.text for item in benchmark_items])
     # For unit vectors ||a - b||^2 = 2 - 2 a.b: nearest by one matrix product.
     similarity = problem_vectors @ train_vectors.T
@@ -220,7 +222,7 @@ def decontaminate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.P
     train_nodes: dict[int, list[list[str]] | None] = {}
     problems_report = []
     removed: dict[int, dict[str, Any]] = {}
-    for p, item in enumerate(benchmark_items):
+    for p, item in enumerate(progress(benchmark_items, desc="AST similarity", unit="problems")):
         problem_nodes = ast_node_types(item.code)
         judged_by_ast = problem_nodes is not None and len(problem_nodes) >= params.min_ast_nodes
         candidates = list(dict.fromkeys([*nearest[p].tolist(), *(t for t, hs in ngram_hits.items() if p in hs)]))

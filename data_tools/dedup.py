@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from datasketch import LeanMinHash, MinHash, MinHashLSH
-from tqdm import tqdm
+from megaphi.progress import progress as progress_display
 
 from data_tools.jsonl import (ON_ERROR_CHOICES, JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records,
                               record_id, record_text)
@@ -154,7 +154,7 @@ def deduplicate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.Pat
     fingerprint_map = pool.map if pool else (lambda fn, items: list(map(fn, items)))
     try:
         with JsonlShardWriter(prefix) as writer, open(f"{prefix}.removed.jsonl", "w", encoding="utf-8") as removed, \
-                tqdm(disable=not progress, desc="dedup", unit="doc") as bar:
+                progress_display(disable=not progress, desc="dedup", unit="docs") as bar:
             # Signatures are computed a chunk at a time (in parallel when asked); decisions stay in
             # input order so that the first occurrence is the one kept. Memory is bounded by a chunk.
             for chunk in _chunks(records, 4096):

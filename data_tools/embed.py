@@ -103,6 +103,22 @@ class CausalLMEmbedder:
         return _normalize(np.concatenate(rows))
 
 
+def encode_with_progress(embedder: Embedder, texts: Sequence[str], *, desc: str = "embed",
+                         chunk: int = 256) -> np.ndarray:
+    """``embedder.encode(texts)`` a chunk at a time, showing progress (megaphi.progress): the pass over a
+    whole corpus takes minutes on a CPU."""
+    from megaphi.progress import progress
+
+    if not texts:
+        return embedder.encode(texts)
+    rows = []
+    with progress(total=len(texts), desc=desc, unit="texts") as bar:
+        for start in range(0, len(texts), chunk):
+            rows.append(embedder.encode(texts[start:start + chunk]))
+            bar.update(len(rows[-1]))
+    return np.concatenate(rows)
+
+
 def load_embedder(name: str = DEFAULT_EMBEDDER, device: str = "cpu") -> Embedder:
     """``"minilm"`` or the path of a megaphi checkpoint / Hugging Face causal-LM directory."""
     if name == DEFAULT_EMBEDDER:

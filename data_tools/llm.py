@@ -11,7 +11,8 @@ Around the `openai` client (its own retries switched off, so that every attempt 
   requests never sit in memory at once),
 - a requests-per-minute and tokens-per-minute budget (token buckets; a 429 pauses every worker),
 - retries with exponential backoff and jitter that honour `Retry-After` / `retry-after-ms`,
-- a wall-clock timeout per attempt, and malformed or incomplete responses treated as retryable,
+- a wall-clock timeout per attempt, and malformed or incomplete responses treated as retryable
+  (so are answers that a `process` hook rejects with `Rejected(..., retryable=True)`),
 - usage accounting and a cost estimate from per-million-token prices.
 """
 
@@ -123,11 +124,15 @@ class LLMResponse:
 
 
 class Rejected(Exception):
-    """Raised by a `process` hook: the answer arrived but is unusable; filed as a failure."""
+    """Raised by a `process` hook: the answer arrived but is unusable; filed as a failure.
 
-    def __init__(self, reason: str):
+    With ``retryable=True`` the request is asked again (like a malformed response) while attempts
+    remain, and filed as a failure only after the last one."""
+
+    def __init__(self, reason: str, *, retryable: bool = False):
         super().__init__(reason)
         self.reason = reason
+        self.retryable = retryable
 
 
 class MalformedResponse(Exception):
@@ -428,7 +433,20 @@ class _Runner:
                 continue
             self.limiter.settle(charged, response.prompt_tokens + response.completion_tokens)
             self.account(response)
-            await self.finish(request, response, attempt)
+            try:
+                fields = await self.process_response(request, response)
+            except Rejected as rejected:
+                if rejected.retryable and attempt < self.config.max_attempts:
+                    self.stats.retries += 1
+                    self.stats.retry_reasons["rejected"] += 1
+                    await asyncio.sleep(self.backoff(attempt, None))
+                    continue
+                self.stats.rejected += 1
+                self.fail(request, f"rejected: {rejected.reason}", attempt, response.texts)
+                return
+            self.store.write_result({"id": request.id, **fields})
+            self.stats.succeeded += 1
+            self.tick()
             return
         self.fail(request, error.reason, attempt)
 
@@ -440,19 +458,11 @@ class _Runner:
             + self.stats.completion_tokens * self.config.output_price_per_mtok
         ) / 1e6
 
-    async def finish(self, request: LLMRequest, response: LLMResponse, attempts: int) -> None:
-        try:
-            if inspect.iscoroutinefunction(self.process):
-                fields = await self.process(request, response)
-            else:  # validation may block (a sandbox run): keep the event loop serving the others
-                fields = await asyncio.to_thread(self.process, request, response)
-        except Rejected as rejected:
-            self.stats.rejected += 1
-            self.fail(request, f"rejected: {rejected.reason}", attempts, response.texts)
-            return
-        self.store.write_result({"id": request.id, **fields})
-        self.stats.succeeded += 1
-        self.tick()
+    async def process_response(self, request: LLMRequest, response: LLMResponse) -> dict[str, Any]:
+        if inspect.iscoroutinefunction(self.process):
+            return await self.process(request, response)
+        # Validation may block (a sandbox run): keep the event loop serving the others.
+        return await asyncio.to_thread(self.process, request, response)
 
     def fail(self, request: LLMRequest, reason: str, attempts: int, texts: list[str] | None = None) -> None:
         record = {"id": request.id, "reason": reason, "attempts": attempts, "meta": request.meta}
@@ -481,7 +491,7 @@ async def arun_requests(
     client: openai.AsyncOpenAI | None = None,
 ) -> RunStats:
     """Sends every request not yet finished in `out_path`/`failures_path`; see the module doc."""
-    from tqdm.auto import tqdm
+    from megaphi.progress import progress as progress_display
 
     config.validate()
     if client is None:
@@ -492,7 +502,7 @@ async def arun_requests(
     stats = RunStats()
     if total is None and hasattr(requests, "__len__"):
         total = len(requests)  # for the progress bar; a generator streams without one
-    bar = tqdm(total=total, disable=not progress, unit="req", dynamic_ncols=True)
+    bar = progress_display(total=total, disable=not progress, desc="requests", unit="req")
     runner = _Runner(client, config, store, process, stats, bar)
     pending = iter(requests)
     seen: set[str] = set()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from tqdm import tqdm
+from megaphi.progress import progress as progress_display
 
 from data_tools.jsonl import (ON_ERROR_CHOICES, MalformedRecordError, OnError, ReadStats, expand_inputs, is_parquet,
                               open_binary, parse_line)
@@ -224,7 +224,7 @@ def preprocess(inputs: Sequence[str | os.PathLike], output_prefix: str | os.Path
     chunks = iter_chunks(paths, json_keys, chunk_bytes)
     start = time.perf_counter()
     try:
-        with tqdm(desc="preprocess", unit=" tokens", unit_scale=True, disable=not progress) as bar:
+        with progress_display(desc="preprocess", unit="tokens", unit_scale=True, disable=not progress) as bar:
             for encoded in _encode_all(chunks, tok, settings, workers):
                 for key, writer in writers.items():
                     writer.add_documents(encoded.tokens[key], encoded.lengths[key])

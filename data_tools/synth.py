@@ -2,13 +2,27 @@
 
     python -m data_tools.synth textbooks --count 1000 --out synth/textbooks.jsonl --base-url URL --model M
     python -m data_tools.synth exercises --count 1000 --out synth/exercises.jsonl --base-url URL --model M
+    python -m data_tools.synth outline --out synth/outline.yaml --base-url URL --model M
+    python -m data_tools.synth report --input synth/textbooks.jsonl --out-dir synth/report
 
-Prompts are sampled with a seed from YAML lists (topics with subtopics, audiences, styles and, for
-exercises, function-name verbs/nouns and concepts; defaults in data_tools/prompts/), because the
-paper found that diversity has to be forced into the prompts. Exercises are HumanEval-shaped
-(signature + docstring, solution, `check(candidate)` tests) and are kept only if they parse and
-their solution passes its own tests in the evaluation sandbox; everything else goes to the failure
-log with the reason. Requests go through data_tools.llm: a killed run resumes when rerun.
+The paper found that diversity has to be forced into the prompts, so every prompt is one point of a
+prompt space, drawn with a seed and without replacement (no prompt repeats before all have been
+used). Three spaces, each from YAML in data_tools/prompts/:
+- hand-written lists (default): topics with subtopics, audiences, styles and, for exercises,
+  concepts and function-name verbs/nouns; about a thousand textbook prompts;
+- ``--outline FILE``: topic -> subtopic -> concept triples that the model itself expanded once
+  (``outline``, data_tools.synth_outline), reviewable YAML;
+- ``--seed-corpus [PATH ...]``: a code snippet or identifier set drawn from a corpus, by default
+  the quality-filtered code shards (data_tools.synth_seeds); grows with the corpus.
+The number of distinct prompts is printed before a run starts, with a warning when ``--count``
+exceeds it by more than ``--warn-repeats``. ``report`` measures how diverse the outputs turned out
+(data_tools.synth_report).
+
+Exercises are HumanEval-shaped (signature + docstring, solution, `check(candidate)` tests) and are
+kept only if they parse, their solution passes its own tests in the evaluation sandbox, and their
+solution and tests do not nearly repeat an exercise already kept (MinHash at the dedup stage's
+settings); everything else goes to the failure log with the reason. Requests go through
+data_tools.llm: a killed run resumes when rerun.
 """
 
 from __future__ import annotations
@@ -18,14 +32,19 @@ import ast
 import hashlib
 import json
 import random
+import math
 import re
+import string
 import sys
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
+from data_tools.dedup import DedupParams, Deduplicator, exact_key, signature
+from data_tools.jsonl import iter_jsonl
 from data_tools.llm import (
     ClientConfig,
     LLMRequest,
@@ -36,6 +55,7 @@ from data_tools.llm import (
     client_config_from_args,
     run_requests,
 )
+from data_tools.synth_seeds import DEFAULT_SEED_CORPUS, SEED_KINDS, Seed, SeedOptions, load_seeds
 from megaphi.eval.sandbox import SandboxResult, SandboxUnavailable, check_sandbox, run_programs
 
 KINDS = ("textbooks", "exercises")
@@ -56,6 +76,55 @@ class PromptSpace:
     function_name_verbs: list[str]
     function_name_nouns: list[str]
     concepts: list[str]
+    outline_template: str | None = None  # for --outline; `template` when absent
+    seed_templates: dict[str, str] = field(default_factory=dict)  # for --seed-corpus, by seed kind
+    instructions: str = ""  # appended to every template
+    path: str = ""
+
+    def template_for(self, source: str, seed_kind: str = "") -> tuple[str, str]:
+        """(where it is in the YAML, the full template) for a prompt source."""
+        if source == "outline" and self.outline_template is not None:
+            key, text = "outline_template", self.outline_template
+        elif source == "seeds":
+            if seed_kind not in self.seed_templates:
+                raise ValueError(f"{self.path}: no 'seed_templates.{seed_kind}' for seed-conditioned prompts")
+            key, text = f"seed_templates.{seed_kind}", self.seed_templates[seed_kind]
+        else:
+            key, text = "template", self.template
+        return key, f"{text.rstrip()}\n{self.instructions}" if self.instructions else text
+
+
+# The placeholders each prompt source fills; exercises add the forced function name.
+SOURCE_FIELDS = {
+    "lists": {"topic", "subtopic", "audience", "style"},
+    "outline": {"topic", "subtopic", "concept", "audience", "style"},
+    "seeds": {"audience", "style"},
+}
+SEED_FIELD = {"snippet": "snippet", "identifiers": "identifiers"}  # the placeholder a seed kind fills
+
+
+def template_fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def check_template(space: PromptSpace, kind: str, source: str, seed_kind: str = "") -> str:
+    """The template a prompt source uses, checked: only known placeholders, and every field that
+    makes prompts differ is used (a source whose choices never reach the prompt repeats it)."""
+    key, template = space.template_for(source, seed_kind)
+    fields = SOURCE_FIELDS[source] | ({SEED_FIELD[seed_kind]} if source == "seeds" else set())
+    if kind == "exercises":
+        fields = fields | {"function_name"} | ({"concept"} if source == "lists" else set())
+    try:
+        template.format(**{name: "x" for name in fields})
+        used = template_fields(template)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"{space.path}: '{key}' uses an unknown or malformed placeholder ({exc}); "
+                         f"available: {', '.join(sorted(fields))}") from None
+    unused = fields - used
+    if unused:
+        raise ValueError(f"{space.path}: '{key}' does not use {{{'}, {'.join(sorted(unused))}}}: prompts that differ "
+                         "only there would be sent as the same text")
+    return template
 
 
 def load_prompt_space(path: str | Path, kind: str) -> PromptSpace:
@@ -75,6 +144,12 @@ def load_prompt_space(path: str | Path, kind: str) -> PromptSpace:
             raise ValueError(f"{path}: '{label}{key}' must be a non-empty list of strings")
         return value
 
+    def optional_string(key: str, where: Any = data, label: str = "") -> str | None:
+        value = where.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"{path}: '{label}{key}' must be a non-empty string")
+        return value
+
     for key in ("system", "template"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise ValueError(f"{path}: '{key}' must be a non-empty string")
@@ -86,6 +161,11 @@ def load_prompt_space(path: str | Path, kind: str) -> PromptSpace:
         if not isinstance(topic, dict) or not isinstance(topic.get("name"), str):
             raise ValueError(f"{path}: 'topics[{i}]' must be a mapping with a 'name' and 'subtopics'")
         topics.append((topic["name"], strings("subtopics", topic, f"topics[{i}].")))
+    seed_templates = data.get("seed_templates") or {}
+    if not isinstance(seed_templates, dict) or set(seed_templates) - set(SEED_FIELD):
+        raise ValueError(f"{path}: 'seed_templates' must map {' and/or '.join(SEED_FIELD)} to templates")
+    for seed_kind in seed_templates:
+        optional_string(seed_kind, seed_templates, "seed_templates.")
     exercises = kind == "exercises"
     space = PromptSpace(
         system=data["system"].strip(),
@@ -96,14 +176,84 @@ def load_prompt_space(path: str | Path, kind: str) -> PromptSpace:
         function_name_verbs=strings("function_name_verbs") if exercises else [],
         function_name_nouns=strings("function_name_nouns") if exercises else [],
         concepts=strings("concepts") if exercises else [],
+        outline_template=optional_string("outline_template"),
+        seed_templates=dict(seed_templates),
+        instructions=(optional_string("instructions") or "").strip("\n"),
+        path=str(path),
     )
-    fields = {"topic", "subtopic", "audience", "style"} | ({"concept", "function_name"} if exercises else set())
-    try:
-        space.template.format(**{name: "x" for name in fields})
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"{path}: 'template' uses an unknown or malformed placeholder ({exc}); "
-                         f"available: {', '.join(sorted(fields))}") from None
+    check_template(space, kind, "lists")
+    if space.outline_template is not None:
+        check_template(space, kind, "outline")
+    for seed_kind in space.seed_templates:
+        check_template(space, kind, "seeds", seed_kind)
     return space
+
+
+@dataclass
+class Axis:
+    """One independent choice of a prompt: its name (for the count) and the fields each value fills."""
+
+    name: str
+    values: list[dict[str, str]]
+
+
+@dataclass
+class PromptPlan:
+    """Every prompt a configuration can produce: the product of its axes, numbered 0..capacity-1."""
+
+    kind: str
+    source: str  # "lists", "outline" or "seeds"
+    system: str
+    templates: dict[str, str]  # by seed kind for "seeds", else one under ""
+    axes: list[Axis]
+
+    @property
+    def capacity(self) -> int:
+        return math.prod(len(axis.values) for axis in self.axes)
+
+    def describe(self) -> str:
+        factors = " x ".join(f"{len(axis.values):,} {axis.name}" for axis in self.axes)
+        return f"{self.capacity:,} distinct {self.kind} prompts ({self.source}: {factors})"
+
+    def prompt(self, number: int) -> tuple[str, dict[str, Any]]:
+        """The user prompt and the meta of prompt ``number`` (mixed-radix digits pick each axis's value)."""
+        fields: dict[str, Any] = {}
+        for axis in self.axes:
+            number, digit = divmod(number, len(axis.values))
+            fields.update(axis.values[digit])
+        template = self.templates[fields.get("seed_kind", "")]
+        # The snippet is in the prompt; the record keeps where it came from, not a second copy.
+        return template.format(**fields), {k: v for k, v in fields.items() if k != "snippet"}
+
+
+def prompt_plan(space: PromptSpace, kind: str, *, outline: list[tuple[str, str, str]] | None = None,
+                seeds: list[Seed] | None = None) -> PromptPlan:
+    """The prompt space of a run: hand-written lists (default), a generated outline, or corpus seeds."""
+    if outline is not None and seeds is not None:
+        raise ValueError("give either an outline or a seed corpus, not both")
+    if seeds is not None:
+        kinds = sorted({s.kind for s in seeds})
+        templates = {k: check_template(space, kind, "seeds", k) for k in kinds}
+        values = [{**s.meta(), SEED_FIELD[s.kind]: s.text} for s in seeds]
+        axes, source = [Axis("seeds", values)], "seeds"
+    elif outline is not None:
+        if not outline:
+            raise ValueError("the outline holds no concept: expand it first (python -m data_tools.synth outline)")
+        templates = {"": check_template(space, kind, "outline")}
+        axes = [Axis("topic/subtopic/concept", [dict(topic=t, subtopic=s, concept=c) for t, s, c in outline])]
+        source = "outline"
+    else:
+        templates = {"": check_template(space, kind, "lists")}
+        axes = [Axis("topic/subtopic", [dict(topic=t, subtopic=s) for t, subs in space.topics for s in subs])]
+        source = "lists"
+    axes += [Axis("audiences", [{"audience": a} for a in space.audiences]),
+             Axis("styles", [{"style": s} for s in space.styles])]
+    if kind == "exercises":
+        if source == "lists":
+            axes.append(Axis("concepts", [{"concept": c} for c in space.concepts]))
+        names = dict.fromkeys(f"{v}_{n}" for v in space.function_name_verbs for n in space.function_name_nouns)
+        axes.append(Axis("function names", [{"function_name": name} for name in names]))
+    return PromptPlan(kind=kind, source=source, system=space.system, templates=templates, axes=axes)
 
 
 @dataclass
@@ -114,26 +264,43 @@ class SynthPrompt:
     meta: dict[str, Any]
 
 
-def sample_prompts(space: PromptSpace, kind: str, count: int, seed: int) -> Iterator[SynthPrompt]:
-    """The same (space, kind, count, seed) always yields the same prompts with the same ids."""
+def prompt_numbers(capacity: int, count: int, seed: int) -> Iterator[int]:
+    """``count`` prompt numbers drawn without replacement, so that no prompt repeats before every
+    prompt of the space has been used once (then a fresh pass). A lazy Fisher-Yates shuffle: memory
+    grows with ``count``, not with the space, and a larger ``count`` extends a smaller one's sequence,
+    so a rerun asking for more keeps every earlier id."""
+    rng = random.Random(seed)
+    produced = 0
+    while produced < count:
+        moved: dict[int, int] = {}  # the shuffled positions that no longer hold their own number
+        for i in range(min(capacity, count - produced)):
+            j = i + rng.randrange(capacity - i)
+            yield moved.get(j, j)
+            moved[j] = moved.get(i, i)
+        produced += min(capacity, count - produced)
+
+
+def sample_prompts(plan: PromptPlan, count: int, seed: int) -> Iterator[SynthPrompt]:
+    """The same (plan, count, seed) always yields the same prompts with the same ids."""
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
-    rng = random.Random(seed)
-    for index in range(count):
-        topic, subtopics = rng.choice(space.topics)
-        meta: dict[str, Any] = {
-            "topic": topic,
-            "subtopic": rng.choice(subtopics),
-            "audience": rng.choice(space.audiences),
-            "style": rng.choice(space.styles),
-        }
-        if kind == "exercises":
-            meta["concept"] = rng.choice(space.concepts)
-            meta["function_name"] = f"{rng.choice(space.function_name_verbs)}_{rng.choice(space.function_name_nouns)}"
-        user = space.template.format(**meta)
-        # The index keeps equal prompts apart; the hash keeps a changed prompt file from reusing ids.
-        digest = hashlib.sha1(f"{space.system}\n{user}".encode()).hexdigest()[:10]
-        yield SynthPrompt(id=f"{kind}-{index:08d}-{digest}", system=space.system, user=user, meta=meta)
+    for index, number in enumerate(prompt_numbers(plan.capacity, count, seed)):
+        user, meta = plan.prompt(number)
+        # The index keeps equal prompts apart; the hash keeps a changed prompt file from reusing ids
+        # and tells the diversity report which records share a prompt.
+        digest = hashlib.sha1(f"{plan.system}\n{user}".encode()).hexdigest()[:10]
+        meta["prompt_sha1"] = digest
+        yield SynthPrompt(id=f"{plan.kind}-{index:08d}-{digest}", system=plan.system, user=user, meta=meta)
+
+
+def repeat_warning(plan: PromptPlan, count: int, factor: float) -> str | None:
+    """A warning when ``count`` exceeds the distinct prompts by more than ``factor``, else None."""
+    if count <= plan.capacity * factor:
+        return None
+    return (f"warning: {count:,} requested is {count / plan.capacity:.1f}x the {plan.capacity:,} distinct prompts "
+            f"(more than --warn-repeats {factor:g}): each prompt is sent up to {math.ceil(count / plan.capacity)} "
+            "times and diversity rests on sampling alone; expand an outline (--outline) or draw seeds from a "
+            "corpus (--seed-corpus)")
 
 
 def build_requests(
@@ -240,11 +407,45 @@ def check_exercises(exercises: list[Exercise], *, timeout_s: float = 10.0, memor
                         unsafe_no_sandbox=unsafe_no_sandbox)
 
 
-class ExerciseValidator:
-    """The `process` hook for exercises: parse, then run in the sandbox; keep only passing ones."""
+class SolutionDeduplicator:
+    """Remembers the kept exercises' solution and tests and refuses one that nearly repeats them:
+    MinHash at the dedup stage's settings, so "near duplicate" means the same thing in both places.
+    Thread-safe: validations run in worker threads, and the first to finish is the one kept."""
 
-    def __init__(self, *, timeout_s: float = 10.0, memory_mb: int = 1024, unsafe_no_sandbox: bool = False):
+    def __init__(self, params: DedupParams = DedupParams()):
+        self.params = params
+        self._dedup = Deduplicator(params)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def text(solution: str, test: str) -> str:
+        return f"{solution}\n{test}"
+
+    def check(self, exercise_id: str, solution: str, test: str) -> dict[str, Any] | None:
+        """None when the exercise is new (and now remembered), else the dedup stage's verdict."""
+        text = self.text(solution, test)
+        key, sig = exact_key(text), signature(text, self.params.num_perm, self.params.ngram)
+        with self._lock:
+            return self._dedup.check(exercise_id, key, sig)
+
+    def remember(self, records: Iterator[dict[str, Any]]) -> int:
+        """Loads the exercises an earlier run kept, so that a resumed run compares against them too."""
+        count = 0
+        for record in records:
+            if isinstance(record.get("canonical_solution"), str) and isinstance(record.get("test"), str):
+                self.check(record["id"], record["canonical_solution"], record["test"])
+                count += 1
+        return count
+
+
+class ExerciseValidator:
+    """The `process` hook for exercises: parse, run in the sandbox, then drop near-duplicates of a kept
+    exercise; keep only passing, new ones."""
+
+    def __init__(self, *, timeout_s: float = 10.0, memory_mb: int = 1024, unsafe_no_sandbox: bool = False,
+                 duplicates: SolutionDeduplicator | None = None):
         self.timeout_s, self.memory_mb, self.unsafe_no_sandbox = timeout_s, memory_mb, unsafe_no_sandbox
+        self.duplicates = duplicates
 
     def __call__(self, request: LLMRequest, response: LLMResponse) -> dict[str, Any]:
         if response.truncated:
@@ -255,11 +456,38 @@ class ExerciseValidator:
         if not result.passed:
             detail = f": {result.detail.strip()[-300:]}" if result.detail.strip() else ""
             raise Rejected(f"solution fails its own tests ({result.status}){detail}")
+        if self.duplicates is not None:
+            verdict = self.duplicates.check(request.id, exercise.canonical_solution, exercise.test)
+            if verdict is not None:
+                raise Rejected(f"{NEAR_DUPLICATE}: solution and tests repeat {verdict['duplicate_of']} "
+                               f"({verdict['reason']}, Jaccard {verdict['jaccard']})")
         return {**exercise.to_dict(), "meta": request.meta, "model": response.model}
+
+
+NEAR_DUPLICATE = "near-duplicate exercise"
 
 
 # ---------------------------------------------------------------------------------------------
 # The whole stage
+
+
+def plan_for(kind: str, *, prompts_path: str | Path | None = None, outline_path: str | Path | None = None,
+             seed_corpus: list[str] | None = None, seed_options: SeedOptions = SeedOptions(),
+             seed: int = 0) -> PromptPlan:
+    """The prompt plan a run's options describe (what ``synthesize`` samples from)."""
+    space = load_prompt_space(prompts_path or PROMPTS_DIR / f"{kind}.yaml", kind)
+    outline = seeds = None
+    if outline_path is not None:
+        from data_tools.synth_outline import load_outline
+
+        outline = load_outline(outline_path)
+    if seed_corpus is not None:
+        missing = [k for k in seed_options.kinds if k not in space.seed_templates]
+        if missing:
+            raise ValueError(f"{space.path}: no 'seed_templates.{missing[0]}': add one or choose --seed-kinds "
+                             f"among {', '.join(space.seed_templates) or 'none'}")
+        seeds = load_seeds(seed_corpus or [DEFAULT_SEED_CORPUS], seed_options, seed=seed)
+    return prompt_plan(space, kind, outline=outline, seeds=seeds)
 
 
 def synthesize(
@@ -270,7 +498,11 @@ def synthesize(
     failures_path: str | Path,
     client: ClientConfig,
     prompts_path: str | Path | None = None,
+    outline_path: str | Path | None = None,
+    seed_corpus: list[str] | None = None,
+    seed_options: SeedOptions = SeedOptions(),
     seed: int = 0,
+    warn_repeats: float = 1.0,
     api: str = "chat",
     max_tokens: int = 1024,
     temperature: float = 1.0,
@@ -279,22 +511,38 @@ def synthesize(
     sandbox_timeout_s: float = 10.0,
     sandbox_memory_mb: int = 1024,
     unsafe_no_sandbox: bool = False,
+    drop_near_duplicates: bool = True,
     retry_failed: bool = False,
     progress: bool = True,
 ) -> RunStats:
+    """Samples ``count`` prompts and files every answer (see the module doc). ``seed_corpus`` switches
+    to seed-conditioned prompts (an empty list: the default corpus), ``outline_path`` to a generated
+    outline. The size of the prompt space is printed to stderr before any request, with a warning
+    when ``count`` exceeds it by more than ``warn_repeats``."""
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     if api not in ("chat", "completion"):
         raise ValueError(f"api must be 'chat' or 'completion', got {api!r}")
-    space = load_prompt_space(prompts_path or PROMPTS_DIR / f"{kind}.yaml", kind)
+    if warn_repeats <= 0:
+        raise ValueError(f"--warn-repeats must be positive, got {warn_repeats}")
+    plan = plan_for(kind, prompts_path=prompts_path, outline_path=outline_path, seed_corpus=seed_corpus,
+                    seed_options=seed_options, seed=seed)
+    print(f"prompt space: {plan.describe()}; {count:,} requested", file=sys.stderr)
+    if (warning := repeat_warning(plan, count, warn_repeats)) is not None:
+        print(warning, file=sys.stderr)
     # A generator: a run of millions of prompts never holds them all in memory.
-    requests = build_requests(sample_prompts(space, kind, count, seed), api=api, max_tokens=max_tokens,
+    requests = build_requests(sample_prompts(plan, count, seed), api=api, max_tokens=max_tokens,
                               temperature=temperature, top_p=top_p)
     if kind == "exercises":
         if not unsafe_no_sandbox:
             check_sandbox()  # fail before any request is paid for
+        duplicates = None
+        if drop_near_duplicates:
+            duplicates = SolutionDeduplicator()
+            if Path(out_path).exists():
+                duplicates.remember(iter_jsonl(out_path))
         process = ExerciseValidator(timeout_s=sandbox_timeout_s, memory_mb=sandbox_memory_mb,
-                                    unsafe_no_sandbox=unsafe_no_sandbox)
+                                    unsafe_no_sandbox=unsafe_no_sandbox, duplicates=duplicates)
     else:
         def process(request: LLMRequest, response: LLMResponse) -> dict[str, Any]:
             return textbook_record(request, response, keep_truncated=keep_truncated)
@@ -302,37 +550,80 @@ def synthesize(
                         retry_failed=retry_failed, progress=progress, total=count)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.synth", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=KINDS)
-    parser.add_argument("--count", type=int, required=True, help="number of prompts to sample")
-    parser.add_argument("--out", required=True, help="output JSONL (appended to; a rerun resumes)")
-    parser.add_argument("--failures", help="failure log JSONL (default: OUT with .failures.jsonl)")
-    parser.add_argument("--prompts", help="prompt YAML (default: data_tools/prompts/KIND.yaml)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt sampling")
+def failures_path_for(out: Path) -> Path:
+    """OUT.jsonl -> OUT.failures.jsonl, where every synth run files what it did not keep."""
+    return out.with_name(out.name.removesuffix(".jsonl") + ".failures.jsonl")
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", choices=("chat", "completion"), default="chat")
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--keep-truncated", action="store_true", help="keep textbooks cut at --max-tokens")
-    parser.add_argument("--sandbox-timeout", type=float, default=10.0, help="seconds per exercise run")
-    parser.add_argument("--sandbox-memory-mb", type=int, default=1024)
-    parser.add_argument("--unsafe-no-sandbox", action="store_true",
-                        help="run model-written exercises WITHOUT isolation (only where bwrap cannot run)")
     parser.add_argument("--retry-failed", action="store_true", help="retry the ids in the failure log")
     parser.add_argument("--no-progress", action="store_true")
     add_client_arguments(parser)
-    args = parser.parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_tools.synth", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="kind", required=True)
+    for kind in KINDS:
+        sub = commands.add_parser(kind, help=f"generate {kind}")
+        sub.add_argument("--count", type=int, required=True, help="number of prompts to sample")
+        sub.add_argument("--out", required=True, help="output JSONL (appended to; a rerun resumes)")
+        sub.add_argument("--failures", help="failure log JSONL (default: OUT with .failures.jsonl)")
+        sub.add_argument("--prompts", help="prompt YAML (default: data_tools/prompts/KIND.yaml)")
+        sub.add_argument("--seed", type=int, default=0, help="seed of the prompt sampling (and of the seed pool)")
+        source = sub.add_mutually_exclusive_group()
+        source.add_argument("--outline", help="draw topic/subtopic/concept from this outline YAML "
+                                              "(written by `python -m data_tools.synth outline`)")
+        source.add_argument("--seed-corpus", nargs="*", metavar="PATH",
+                            help="condition each prompt on a snippet or identifier set drawn from these corpus "
+                                 f"files (no PATH: {DEFAULT_SEED_CORPUS}, the quality-filtered code)")
+        sub.add_argument("--seed-pool", type=int, default=SeedOptions.pool, help="documents drawn from the seed corpus")
+        sub.add_argument("--seed-kinds", nargs="+", choices=SEED_KINDS, default=list(SEED_KINDS))
+        sub.add_argument("--warn-repeats", type=float, default=1.0, metavar="FACTOR",
+                         help="warn when --count exceeds the distinct prompts by more than FACTOR (default 1)")
+        sub.add_argument("--keep-truncated", action="store_true", help="keep textbooks cut at --max-tokens")
+        sub.add_argument("--sandbox-timeout", type=float, default=10.0, help="seconds per exercise run")
+        sub.add_argument("--sandbox-memory-mb", type=int, default=1024)
+        sub.add_argument("--unsafe-no-sandbox", action="store_true",
+                         help="run model-written exercises WITHOUT isolation (only where bwrap cannot run)")
+        sub.add_argument("--keep-near-duplicates", action="store_true",
+                         help="keep exercises whose solution and tests nearly repeat a kept one's")
+        add_generation_arguments(sub)
+    from data_tools.synth_outline import add_outline_arguments
+    from data_tools.synth_report import add_report_arguments
+
+    add_outline_arguments(commands.add_parser("outline", help="expand topics into subtopics and concepts (YAML)"))
+    add_report_arguments(commands.add_parser("report", help="diversity report of generated JSONL"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.kind == "outline":
+        from data_tools.synth_outline import run_outline_command
+
+        return run_outline_command(args)
+    if args.kind == "report":
+        from data_tools.synth_report import run_report_command
+
+        return run_report_command(args)
     out = Path(args.out)
-    failures = Path(args.failures) if args.failures else out.with_name(out.name.removesuffix(".jsonl") + ".failures.jsonl")
+    failures = Path(args.failures) if args.failures else failures_path_for(out)
     try:
         stats = synthesize(
             args.kind, count=args.count, out_path=out, failures_path=failures, client=client_config_from_args(args),
-            prompts_path=args.prompts, seed=args.seed, api=args.api, max_tokens=args.max_tokens,
+            prompts_path=args.prompts, outline_path=args.outline, seed_corpus=args.seed_corpus,
+            seed_options=SeedOptions(pool=args.seed_pool, kinds=tuple(args.seed_kinds)), seed=args.seed,
+            warn_repeats=args.warn_repeats, api=args.api, max_tokens=args.max_tokens,
             temperature=args.temperature, top_p=args.top_p, keep_truncated=args.keep_truncated,
             sandbox_timeout_s=args.sandbox_timeout, sandbox_memory_mb=args.sandbox_memory_mb,
-            unsafe_no_sandbox=args.unsafe_no_sandbox, retry_failed=args.retry_failed, progress=not args.no_progress,
+            unsafe_no_sandbox=args.unsafe_no_sandbox, drop_near_duplicates=not args.keep_near_duplicates,
+            retry_failed=args.retry_failed, progress=not args.no_progress,
         )
     except (ValueError, SandboxUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)

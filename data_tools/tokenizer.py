@@ -3,8 +3,9 @@
 phi-1 used the codegen-350M-mono tokenizer: GPT-2 byte-level BPE (50257 entries, ``<|endoftext|>``
 ends a document) plus 38 added tokens for runs of 2-31 spaces and 2-9 tabs, because indentation is
 most of what code is made of. :func:`train_bpe` builds that design on any corpus; :func:`train_sentencepiece`
-is the SentencePiece BPE alternative. Both load back through :func:`load_tokenizer`, the single
-interface every other stage uses (``encode``, ``encode_batch``, ``decode``, ``eod_id``, ``vocab_size``).
+is the SentencePiece BPE alternative. Both load back through :func:`load_tokenizer`
+(``megaphi.tokenizer``), the single loading path and interface every stage uses (``encode``,
+``encode_batch``, ``decode``, ``eod_id``, ``vocab_size``), from preprocessing to serving.
 
     python -m data_tools.tokenizer train --output tok/ --vocab-size 50257          # stdlib corpus
     python -m data_tools.tokenizer train --input data/*.jsonl --kind sentencepiece --output spm/
@@ -14,116 +15,19 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from megaphi.tokenizer import (EOD_TOKEN, SENTENCEPIECE_FILE, SentencePieceTokenizer, Tokenizer,  # noqa: F401
+                               TokenizerError, load_tokenizer)
 from megaphi.vocab import padded_vocab_size
 
-EOD_TOKEN = "<|endoftext|>"
 # codegen-350M-mono's added whitespace tokens: runs of 2-31 spaces and 2-9 tabs
 WHITESPACE_RUNS = [" " * n for n in range(31, 1, -1)] + ["\t" * n for n in range(9, 1, -1)]
-SENTENCEPIECE_FILE = "tokenizer.model"
 # sentencepiece works on "sentences"; a source file is one, and must not be truncated
 _SPM_MAX_SENTENCE_BYTES = 1 << 22
-
-
-class TokenizerError(ValueError):
-    """A tokenizer that cannot be loaded or trained as asked."""
-
-
-class Tokenizer:
-    """The interface the data tools and generation share, over a Hugging Face ``tokenizers`` model."""
-
-    def __init__(self, backend, eod_id: int, path: str):
-        self._backend = backend
-        self.eod_id = eod_id
-        self.path = path
-        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
-        # encode_batch_fast skips offset tracking, which nothing here needs
-        self._encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
-
-    def encode(self, text: str) -> list[int]:
-        return self._backend.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._encode_batch(list(texts), add_special_tokens=False)]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._backend.decode(list(ids), skip_special_tokens=False)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.path!r}, vocab_size={self.vocab_size}, eod_id={self.eod_id})"
-
-
-class SentencePieceTokenizer(Tokenizer):
-    """Same interface over a SentencePiece model file; its end-of-sentence piece is the EOD."""
-
-    def __init__(self, model_file: str):
-        import sentencepiece as spm
-
-        self._backend = spm.SentencePieceProcessor(model_file=model_file)
-        self.path = model_file
-        self.vocab_size = self._backend.get_piece_size()
-        self.eod_id = self._backend.eos_id()
-        if self.eod_id < 0:
-            raise TokenizerError(f"sentencepiece model {model_file} has no end-of-sentence piece to end documents; retrain it with eos_id set")
-
-    def encode(self, text: str) -> list[int]:
-        return self._backend.encode(text)
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return self._backend.encode(list(texts))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._backend.decode(list(ids))
-
-
-def _eos_from_config(directory: Path) -> str | None:
-    config = directory / "tokenizer_config.json"
-    if not config.is_file():
-        return None
-    eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
-    return eos.get("content") if isinstance(eos, dict) else eos
-
-
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """A tokenizer from a Hugging Face tokenizer directory (``tokenizer.json``, or whatever
-    ``AutoTokenizer`` loads, e.g. codegen's ``vocab.json`` + ``merges.txt``), or a SentencePiece
-    model (a ``.model`` file or a directory holding ``tokenizer.model``)."""
-    path = Path(path)
-    if not path.exists():
-        raise TokenizerError(f"tokenizer {path} does not exist; train one with `python -m data_tools.tokenizer train --output {path}`")
-    if path.is_file() and path.suffix == ".model":
-        return SentencePieceTokenizer(str(path))
-    if not path.is_dir():
-        raise TokenizerError(f"tokenizer {path} is neither a tokenizer directory nor a sentencepiece .model file")
-    if (path / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer as HFTokenizer
-
-        try:
-            backend = HFTokenizer.from_file(str(path / "tokenizer.json"))
-        except Exception as exc:  # the Rust library raises a bare Exception for a damaged file
-            raise TokenizerError(f"{path / 'tokenizer.json'} cannot be read ({exc}); restore or retrain the tokenizer") from None
-    elif (path / SENTENCEPIECE_FILE).is_file() and not (path / "tokenizer_config.json").is_file():
-        return SentencePieceTokenizer(str(path / SENTENCEPIECE_FILE))
-    else:
-        from transformers import AutoTokenizer
-
-        try:
-            hf = AutoTokenizer.from_pretrained(str(path))
-        except (OSError, ValueError) as exc:
-            raise TokenizerError(f"cannot load a tokenizer from {path}: {exc}") from None
-        if not hasattr(hf, "backend_tokenizer"):
-            raise TokenizerError(f"{path} has only a slow tokenizer; save it with a tokenizer.json (a fast tokenizer)")
-        backend = hf.backend_tokenizer
-    eod = _eos_from_config(path) or EOD_TOKEN
-    eod_id = backend.token_to_id(eod)
-    if eod_id is None:
-        raise TokenizerError(f"tokenizer {path} has no end-of-document token {eod!r}; add it as a special token")
-    return Tokenizer(backend, eod_id, str(path))
 
 
 # --- training -------------------------------------------------------------------------------------

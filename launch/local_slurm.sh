@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A throwaway Slurm cluster on this one machine, to run the sbatch scripts of slurm/ without a cluster
 # (Debian's slurm-wlm; launch/bootstrap.sh installs it):
-#   eval "$(launch/local_slurm.sh up /tmp/megaphi-slurm)"                          # one node, node1
-#   eval "$(launch/local_slurm.sh up /tmp/megaphi-slurm n1=127.0.0.2 n2=127.0.0.3)" # two nodes
+#   eval "$(bash launch/local_slurm.sh up /tmp/megaphi-slurm)"                          # one node, node1
+#   eval "$(bash launch/local_slurm.sh up /tmp/megaphi-slurm n1=127.0.0.2 n2=127.0.0.3)" # two nodes
 #   sbatch --wait slurm/smoke_cpu.sh
-#   launch/local_slurm.sh down /tmp/megaphi-slurm
+#   bash launch/local_slurm.sh down /tmp/megaphi-slurm
 # `up` writes DIR/slurm.conf, starts slurmctld and one slurmd per node, waits until every node is
-# idle and prints `export SLURM_CONF=DIR/slurm.conf`. Each node is NAME=ADDR: ADDR is the node's
+# idle and prints `export SLURM_CONF=DIR/slurm.conf`: run it inside `eval "$(...)"` as above so that
+# sbatch/srun/squeue in this shell talk to it (printed to a terminal, it also says so). Each node is NAME=ADDR: ADDR is the node's
 # NodeAddr (any 127.x.y.z reaches this host), so node names never need to resolve, as on clusters
 # where only Slurm knows its nodes' addresses. `down` stops the daemons by the pids in their pid
 # files. Authentication is off (auth/none): any local user can submit while it runs; testing only.
@@ -88,6 +89,10 @@ EOF
     states="$(sinfo -h -N -o %T 2>/dev/null | sort -u | tr '\n' ' ')"
     if [ "$states" = "idle " ]; then
       echo "export SLURM_CONF=$SLURM_CONF"
+      if [ -t 1 ]; then  # not captured by eval: this shell does not know the cluster yet
+        echo "# the cluster is up; to use it from this shell run the line above, or next time:" \
+             "eval \"\$(bash $0 up $dir)\"" >&2
+      fi
       return 0
     fi
     sleep 0.2

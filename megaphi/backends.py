@@ -2,7 +2,9 @@
 
 Both backends answer the same question for the server's batcher: given a batch of token prompts and one
 set of sampling parameters, return each row's new tokens (EOS excluded), ending a row early when
-``is_done(row, new_tokens)`` says so (a row's own token limit or stop sequences).
+``is_done(row, new_tokens)`` says so (a row's own token limit or stop sequences). Both sample with
+``megaphi.generate.sample_next_token``, each seeded row from its own random stream (``seeds``), so a
+seeded row's text does not depend on what else shares its batch.
 
 ``load_backend`` picks one from the directory: megaphi checkpoints and Hugging Face *Phi* directories
 run on megaphi's model (its KV cache and tensor parallelism); any other Hugging Face causal-LM
@@ -18,7 +20,9 @@ import torch
 
 from megaphi.convert.checkpoint import LATEST_FILE, META_FILE
 from megaphi.convert.hf import PHI_MODEL_TYPES, has_tokenizer
-from megaphi.generate import is_hf_dir, check_device, eos_token_id, generate_tokens, load_model, load_tokenizer_dir
+from megaphi.tokenizer import load_tokenizer
+from megaphi.generate import (check_device, eos_token_id, generate_tokens, is_hf_dir, load_model,
+                              sample_next_token, sequence_generators)
 
 IsDone = Callable[[int, list[int]], bool]
 # OpenAI's parameters are the whole decoding rule: switch off the other logits processors that a
@@ -36,7 +40,8 @@ class Backend(Protocol):
     context: int  # most positions a prompt and its completion may take together
 
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
-                 seed: int | None, is_done: IsDone | None) -> list[list[int]]: ...
+                 seeds: list[int | None] | None, is_done: IsDone | None) -> list[list[int]]:
+        """``seeds``: one per row (``megaphi.generate.sequence_seed``), None for a row without a seed."""
 
 
 class MegaphiBackend:
@@ -48,12 +53,10 @@ class MegaphiBackend:
         self.eos_id = eos_token_id(tokenizer)
 
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
-                 seed: int | None, is_done: IsDone | None) -> list[list[int]]:
-        generator = None
-        if seed is not None and temperature > 0:
-            generator = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
+                 seeds: list[int | None] | None, is_done: IsDone | None) -> list[list[int]]:
         return generate_tokens(self.model, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, eos_id=self.eos_id, generator=generator, is_done=is_done)
+                               top_p=top_p, eos_id=self.eos_id, seeds=seeds, is_done=is_done,
+                               vocab_size=self.tokenizer.vocab_size)
 
 
 class _RowStopper:
@@ -77,6 +80,22 @@ class _RowStopper:
         return done
 
 
+class _Sampler:
+    """A transformers logits processor that picks each row's token as megaphi's own model does (greedy, or
+    sampled with per-row random streams instead of transformers' global RNG; never an id of the
+    embedding's padding past the tokenizer's vocabulary) and leaves only that token possible, so that
+    greedy ``generate`` takes it."""
+
+    def __init__(self, temperature: float, top_p: float, generators: list[torch.Generator | None] | None,
+                 vocab_size: int):
+        self.temperature, self.top_p, self.generators, self.vocab_size = temperature, top_p, generators, vocab_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        chosen = sample_next_token(scores[:, :self.vocab_size], self.temperature, self.top_p, self.generators)
+        only = torch.full_like(scores, float("-inf"))
+        return only.scatter_(-1, chosen.unsqueeze(-1), 0.0)
+
+
 class HFBackend:
     """Any transformers causal LM through ``model.generate`` (left padding with an attention mask)."""
 
@@ -93,8 +112,8 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
-                 seed: int | None, is_done: IsDone | None) -> list[list[int]]:
-        from transformers import GenerationConfig, StoppingCriteriaList
+                 seeds: list[int | None] | None, is_done: IsDone | None) -> list[list[int]]:
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         device = next(self.model.parameters()).device
         longest = max(len(p) for p in prompts)
@@ -103,19 +122,14 @@ class HFBackend:
         for row, ids in enumerate(prompts):
             input_ids[row, longest - len(ids):] = torch.tensor(ids, dtype=torch.long)
             mask[row, longest - len(ids):] = 1
-        sample = temperature > 0
-        sampling = dict(temperature=temperature, top_p=top_p, top_k=0) if sample else {}  # OpenAI has no top_k
-        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=self.pad_id,
-                                  eos_token_id=self.eos_ids or None, **sampling, **NEUTRAL_GENERATION)
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.pad_id,
+                                  eos_token_id=self.eos_ids or None, **NEUTRAL_GENERATION)
         stopper = _RowStopper(longest, set(self.eos_ids), is_done)
-        # transformers samples from the global RNG: a seeded request gets its own stream, and leaves the
-        # global one as it found it.
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None and sample):
-            if seed is not None and sample:
-                torch.manual_seed(seed)
-            output = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                         generation_config=config, stopping_criteria=StoppingCriteriaList([stopper]))
+        generators = sequence_generators(seeds, device) if seeds is not None and temperature > 0 else None
+        processors = LogitsProcessorList([_Sampler(temperature, top_p, generators, self.tokenizer.vocab_size)])
+        output = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                     generation_config=config, logits_processor=processors,
+                                     stopping_criteria=StoppingCriteriaList([stopper]))
         new = output[:, longest:].tolist()
         return [ids[: stopper.lengths.get(row, len(ids))] for row, ids in enumerate(new)]
 
@@ -170,7 +184,7 @@ def load_hf_backend(path: Path, *, tokenizer: str | Path | None, device: str, dt
     if dtype is None:  # half-precision matmuls are slow or missing on the CPU
         dtype = torch.float32 if device.type == "cpu" else "auto"
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
-    return HFBackend(model, load_tokenizer_dir(tokenizer), max_model_len)
+    return HFBackend(model, load_tokenizer(tokenizer), max_model_len)
 
 
 def load_backend(path: str | Path, *, tokenizer: str | Path | None = None, device: str = "cpu",

@@ -2,11 +2,14 @@
 
 Prompts of different lengths share a batch by left padding: each row's positions count only its real
 tokens (as transformers' ``generate`` does), so a prompt gives the same greedy continuation alone or in
-a batch. ``load_model`` reads a megaphi checkpoint of any tensor parallel size (merging the shards, or
+a batch. Seeded sampling draws each sequence from its own random stream, seeded from (seed, sample
+index), so a seeded sample is the same alone, in any batch size, or next to other prompts.
+``load_model`` reads a megaphi checkpoint of any tensor parallel size (merging the shards, or
 re-splitting them for the current tensor-parallel group) or a Hugging Face Phi directory.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,22 +22,12 @@ from megaphi.convert.hf import has_tokenizer, load_hf_checkpoint
 from megaphi.convert.layout import CheckpointError, merge_state_dicts, split_state_dict
 from megaphi.eval.benchmarks import HUMANEVAL_STOP
 from megaphi.model import PhiForCausalLM
+from megaphi.progress import progress
+from megaphi.tokenizer import Tokenizer, load_tokenizer
 
 
 def is_hf_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and not (path / META_FILE).is_file()
-
-
-def load_tokenizer_dir(path: str | Path) -> Any:
-    from transformers import AutoTokenizer
-
-    if not Path(path).is_dir():
-        raise CheckpointError(f"tokenizer {path} is not a directory: pass a Hugging Face tokenizer directory (--tokenizer)")
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"tokenizer {path} cannot be loaded: {first_line}") from None
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -52,12 +45,13 @@ def check_device(device: str | torch.device) -> torch.device:
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
     tokenizer: str | Path | None = None,
-) -> tuple[PhiForCausalLM, Any]:
+) -> tuple[PhiForCausalLM, Tokenizer]:
     """Load ``(model, tokenizer)`` for inference from a megaphi checkpoint or a Hugging Face Phi directory.
 
     ``dtype=None`` keeps the stored dtype on accelerators and uses float32 on the CPU (half-precision
     matmuls there are slow or missing). The tokenizer comes from ``tokenizer`` if given, else from the
-    checkpoint (its ``tokenizer/`` or the one ``megaphi.json`` names, or the Hugging Face directory).
+    checkpoint (its ``tokenizer/`` or the one ``megaphi.json`` names, or the Hugging Face directory),
+    loaded by ``megaphi.tokenizer.load_tokenizer`` as preprocessing loaded it: the ids the model trained on.
     """
     path = Path(path)
     device = check_device(device)
@@ -79,13 +73,13 @@ def load_model(
     state_dict = split_state_dict(full, config, tp)[rank]
     model = PhiForCausalLM(config)
     model.load_state_dict(state_dict, strict=True)
-    return model.to(device=device, dtype=dtype).eval(), load_tokenizer_dir(tokenizer)
+    return model.to(device=device, dtype=dtype).eval(), load_tokenizer(tokenizer)
 
 
 def eos_token_id(tokenizer: Any) -> int | None:
-    """The end-of-text id of a transformers tokenizer (``eos_token_id``) or a megaphi one (``eod_id``)."""
-    eos = getattr(tokenizer, "eos_token_id", None)
-    return eos if eos is not None else getattr(tokenizer, "eod_id", None)
+    """The end-of-text id of a megaphi tokenizer (``eod_id``) or a transformers one (``eos_token_id``)."""
+    eod = getattr(tokenizer, "eod_id", None)
+    return eod if eod is not None else getattr(tokenizer, "eos_token_id", None)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -94,10 +88,30 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
+def sequence_seed(seed: int, sample_index: int) -> int:
+    """The seed of one sampled sequence: sample ``sample_index`` of a prompt under the request's ``seed``.
+
+    It depends on nothing else (not the batch, not the prompt's place in a list), which is what makes a
+    seeded completion the same alone or batched. Hashed, so that nearby seeds give unrelated streams.
+    """
+    digest = hashlib.sha256(f"{seed}/{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def sequence_generators(seeds: Sequence[int | None], device: torch.device) -> list[torch.Generator | None]:
+    """One generator per row from its ``sequence_seed`` (None: that row draws from torch's global RNG)."""
+    return [None if s is None else torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+
 def sample_next_token(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+    logits: torch.Tensor, temperature: float, top_p: float,
+    generators: Sequence[torch.Generator | None] | None = None,
 ) -> torch.Tensor:
-    """[batch, vocab] logits -> [batch] token ids: argmax at temperature 0, else nucleus sampling."""
+    """[batch, vocab] logits -> [batch] token ids: argmax at temperature 0, else nucleus sampling.
+
+    ``generators`` gives each row its own random stream (``sequence_generators``); without them every
+    row draws from torch's global RNG.
+    """
     if temperature == 0.0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -107,17 +121,22 @@ def sample_next_token(
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(-1)
+    # Row by row: one row's draw must not depend on how many rows share the batch.
+    return torch.cat([torch.multinomial(probs[row], 1, generator=g) for row, g in enumerate(generators)])
 
 
 @torch.no_grad()
 def generate_tokens(
     model: PhiForCausalLM, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
-    top_p: float = 1.0, eos_id: int | None = None, generator: torch.Generator | None = None,
-    is_done=None,
+    top_p: float = 1.0, eos_id: int | None = None, seeds: Sequence[int | None] | None = None,
+    is_done=None, vocab_size: int | None = None,
 ) -> list[list[int]]:
     """One batch: left-pad the token prompts, decode with the KV cache, return each row's new tokens.
 
+    ``seeds`` (one per row, from ``sequence_seed``; None for an unseeded row) fix each row's samples.
+    ``vocab_size`` (the tokenizer's) keeps the embedding's padding rows, which no text has, from being drawn.
     A row stops at ``eos_id`` (not included) or when ``is_done(row, new_tokens)`` says so (stop sequences).
     """
     device = next(model.parameters()).device
@@ -132,9 +151,10 @@ def generate_tokens(
     cache = model.new_kv_cache(batch, longest + max_new_tokens, device=device)
     new_tokens: list[list[int]] = [[] for _ in range(batch)]
     done = torch.zeros(batch, dtype=torch.bool, device=device)
+    generators = sequence_generators(seeds, device) if seeds is not None and temperature > 0 else None
     for _ in range(max_new_tokens):
         logits = model(input_ids, kv_cache=cache, attention_mask=mask, position_ids=position_ids)
-        next_ids = sample_next_token(logits[:, -1, :], temperature, top_p, generator)
+        next_ids = sample_next_token(logits[:, -1, :vocab_size], temperature, top_p, generators)
         for row in (~done).nonzero().flatten().tolist():
             token = int(next_ids[row])
             if token == eos_id:
@@ -169,11 +189,13 @@ def _check_arguments(prompts, max_new_tokens, temperature, top_p, n, batch_size)
 def generate(
     model: PhiForCausalLM, tokenizer: Any, prompts: list[str], *, max_new_tokens: int = 256,
     temperature: float = 0.0, top_p: float = 1.0, n: int = 1, stop: Sequence[str] | None = None,
-    seed: int | None = None, batch_size: int = 16,
+    seed: int | None = None, batch_size: int = 16, show_progress: bool = False,
 ) -> list[list[str]]:
     """Complete each prompt ``n`` times; returns ``n`` completions per prompt with stop sequences cut.
 
-    ``temperature=0`` is greedy decoding. ``seed`` makes sampling reproducible for the same call.
+    ``temperature=0`` is greedy decoding. With a ``seed``, sample j of a prompt comes from the stream
+    ``sequence_seed(seed, j)``: the same completion whatever the batch size or the other prompts.
+    ``show_progress`` counts finished samples (megaphi.progress).
     """
     _check_arguments(prompts, max_new_tokens, temperature, top_p, n, batch_size)
     stop = list(stop or [])
@@ -185,22 +207,24 @@ def generate(
         if len(ids) + max_new_tokens > limit:
             raise ValueError(f"prompt {i} has {len(ids)} tokens; with max_new_tokens {max_new_tokens} it exceeds "
                              f"max_position_embeddings {limit}: shorten the prompt or lower max_new_tokens")
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    # Longest first so each batch holds prompts of similar length (little padding).
-    requests = sorted(((i, ids) for i, ids in enumerate(encoded) for _ in range(n)), key=lambda r: -len(r[1]))
+    # (prompt index, sample index, ids), longest first so each batch holds prompts of similar length.
+    requests = sorted(((i, j, ids) for i, ids in enumerate(encoded) for j in range(n)), key=lambda r: -len(r[2]))
     # Stop sequences are text, and a token can end mid-sequence: check the decoded continuation each step.
     is_done = (lambda row, ids: cut_at_stop(tokenizer.decode(ids), stop)[1]) if stop else None
-    completions: list[list[str]] = [[] for _ in prompts]
+    completions: list[list[tuple[int, str]]] = [[] for _ in prompts]
+    bar = progress(total=len(requests), desc="generate", unit="samples", disable=not show_progress)
     for start in range(0, len(requests), batch_size):
         chunk = requests[start:start + batch_size]
-        tokens = generate_tokens(model, [ids for _, ids in chunk], max_new_tokens=max_new_tokens,
+        seeds = None if seed is None else [sequence_seed(seed, j) for _, j, _ in chunk]
+        tokens = generate_tokens(model, [ids for _, _, ids in chunk], max_new_tokens=max_new_tokens,
                                  temperature=temperature, top_p=top_p, eos_id=eos_token_id(tokenizer),
-                                 generator=generator, is_done=is_done)
-        for (prompt_index, _), ids in zip(chunk, tokens):
-            completions[prompt_index].append(cut_at_stop(tokenizer.decode(ids), stop)[0])
-    return completions
+                                 seeds=seeds, is_done=is_done, vocab_size=tokenizer.vocab_size)
+        for (prompt_index, sample_index, _), ids in zip(chunk, tokens):
+            completions[prompt_index].append((sample_index, cut_at_stop(tokenizer.decode(ids), stop)[0]))
+        bar.update(len(chunk))
+    bar.close()
+    # Samples in index order, whichever batch each one ran in.
+    return [[text for _, text in sorted(per_prompt)] for per_prompt in completions]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_model(args.model, device=args.device)
         outputs = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, n=args.n, stop=stop, seed=args.seed,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, show_progress=True)
     except ValueError as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

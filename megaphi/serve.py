@@ -10,8 +10,9 @@ Parameters: max_tokens, temperature, top_p, n, stop, seed; errors come back in O
 
 Concurrent requests are batched: one model worker takes every queued request that can share a
 decoding pass (same temperature and top_p; greedy requests always can) and runs them as one
-left-padded batch, each row with its own max_tokens and stop sequences. A seeded sampling request
-runs alone, so that the same seed gives the same text whatever else is in flight.
+left-padded batch, each row with its own max_tokens and stop sequences. A seeded request's rows each
+draw from their own random stream (seeded from the seed and the choice's index), so the same seed gives
+the same text whatever else is in flight.
 
 megaphi checkpoints and Hugging Face Phi directories run on megaphi's own model (KV cache, tensor
 parallelism); any other causal LM (GPT-2, Llama, Qwen, CodeGen, ...) runs on transformers' ``generate``.
@@ -36,7 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from megaphi.backends import Backend, load_backend
-from megaphi.generate import cut_at_stop
+from megaphi.generate import cut_at_stop, sequence_seed
 
 log = logging.getLogger("megaphi.serve")
 
@@ -92,8 +93,6 @@ class Sampling:
     def batch_key(self) -> tuple:
         if self.temperature == 0:
             return ("greedy",)
-        if self.seed is not None:
-            return ("seeded", id(self))  # never shares a pass: its random stream must be its own
         return ("sample", self.temperature, self.top_p)
 
 
@@ -198,10 +197,13 @@ class Batcher:
             return len(ids) >= row_max[row] or (bool(row_stop[row]) and
                                                 cut_at_stop(self.tokenizer.decode(ids), row_stop[row])[1])
 
+        # Choice j of a prompt draws from the stream of (seed, j), as megaphi.generate.generate does.
+        seeds = [None if job.sampling.seed is None else sequence_seed(job.sampling.seed, j)
+                 for job in batch for _ in job.prompts for j in range(job.sampling.n)]
         first = batch[0].sampling
         tokens = self.backend.generate([ids for _, ids in rows], max_new_tokens=max(row_max),
-                                       temperature=first.temperature, top_p=first.top_p, seed=first.seed,
-                                       is_done=is_done)
+                                       temperature=first.temperature, top_p=first.top_p,
+                                       seeds=seeds if any(s is not None for s in seeds) else None, is_done=is_done)
         completions = []
         for row, ids in enumerate(tokens):
             text, stopped = cut_at_stop(self.tokenizer.decode(ids), row_stop[row])
@@ -284,7 +286,7 @@ class Server:
     def __init__(self, backend: Backend, model_name: str, *, chat_template: str | None = None,
                  max_batch_rows: int = 16, batch_window_s: float = 0.005):
         self.backend, self.tokenizer, self.model_name = backend, backend.tokenizer, model_name
-        self.chat_template = chat_template or getattr(self.tokenizer, "chat_template", None)
+        self.chat_template = chat_template or self.tokenizer.chat_template
         self.context = backend.context
         self.created = int(time.time())
         self.batcher = Batcher(backend, max_batch_rows=max_batch_rows, window_s=batch_window_s)
@@ -378,8 +380,12 @@ class Server:
                 raise RequestError(f"messages[{i}] must be an object with a 'role' "
                                    f"({', '.join(FALLBACK_ROLES)}) and a string 'content'", f"messages[{i}]")
         if self.chat_template:
-            text = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
-                                                      add_generation_prompt=True)
+            # transformers' own renderer (the sandboxed Jinja environment apply_chat_template uses); the
+            # text is then encoded like any prompt, through the one tokenizer.
+            from transformers.utils.chat_template_utils import render_jinja_template
+
+            (text,), _ = render_jinja_template(conversations=[messages], chat_template=self.chat_template,
+                                               add_generation_prompt=True, **self.tokenizer.special_tokens)
             return text, []
         # Base models (phi-1 among them) have no template: a plain transcript the model can continue.
         turns = "".join(f"{FALLBACK_ROLES[m['role']]}: {m['content']}\n" for m in messages)

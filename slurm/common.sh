@@ -31,14 +31,19 @@ check_rendezvous() {
   srun --kill-on-bad-exit=1 "$PYTHON" -m megaphi.train.launch_env check
 }
 
+# require_config CONFIG: stop the job with one line when the recipe is missing.
+require_config() {
+  if [ ! -f "$1" ]; then
+    echo "error: config $1 not found; set CONFIG to a recipe under configs/" >&2
+    exit 2
+  fi
+}
+
 # train CONFIG [dotted.overrides ...]: one srun step, one task per GPU (or CPU process); each task
 # finds its rank and the rendezvous from SLURM_* (megaphi.train.launch_env).
 train() {
   local config="$1"
   shift
-  if [ ! -f "$config" ]; then
-    echo "error: config $config not found; set CONFIG to a recipe under configs/" >&2
-    exit 2
-  fi
+  require_config "$config"
   srun --kill-on-bad-exit=1 "$PYTHON" -m megaphi.train --config "$config" "$@"
 }

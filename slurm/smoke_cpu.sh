@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The whole training path under Slurm on CPU: the phi-tiny recipe on 2 tasks (data parallel 2 over
-# gloo), training, checkpointing and exiting 0. Arguments are dotted config overrides:
+# gloo), training, checkpointing and exiting 0. On a fresh clone, after `bash launch/quickstart.sh`:
+#   eval "$(bash launch/local_slurm.sh up /tmp/megaphi-slurm)"    # no cluster? a local one
 #   sbatch --wait slurm/smoke_cpu.sh run_dir=runs/smoke train.steps=4
+# It trains on the quickstart's tokens and tokenizer (QUICKSTART=runs/quickstart by default) for a
+# smoke-sized schedule (4 steps, 1 warmup step). Arguments are dotted config overrides and win over
+# those defaults; with data.paths=[PREFIX] it needs no quickstart (set model.overrides.vocab_size to
+# cover the data's token ids if the phi-tiny preset's 2048 does not).
 #SBATCH --job-name=megaphi-smoke
 #SBATCH --nodes=1
 #SBATCH --ntasks=2
@@ -12,4 +17,22 @@ set -euo pipefail
 cd "${MEGAPHI_ROOT:-${SLURM_SUBMIT_DIR:-.}}"
 source slurm/common.sh
 export DS_ACCELERATOR=cpu
-train "${CONFIG:-configs/phi_tiny_cpu.yaml}" "$@"
+require_config "${CONFIG:-configs/phi_tiny_cpu.yaml}"
+
+defaults=(run_dir=runs/smoke train.steps=4 optim.warmup_steps=1 checkpoint.interval=2 eval.interval=0)
+case " $* " in
+  *" data.paths="*) ;;  # the caller's own data
+  *)
+    quickstart="${QUICKSTART:-runs/quickstart}"
+    if [ ! -f "$quickstart/data/code_text_document.bin" ] || [ ! -d "$quickstart/tokenizer" ]; then
+      echo "error: no quickstart data at $quickstart/data/code_text_document.bin; run \`bash launch/quickstart.sh\`" \
+           "first, set QUICKSTART to its --work-dir, or pass data.paths=[PREFIX]" >&2
+      exit 2
+    fi
+    vocab="$("$PYTHON" -c 'import sys; from megaphi.tokenizer import load_tokenizer
+print(load_tokenizer(sys.argv[1]).vocab_size)' "$quickstart/tokenizer")"
+    defaults+=("data.paths=[$quickstart/data/code_text_document]" "data.tokenizer=$quickstart/tokenizer"
+               "model.overrides.vocab_size=$vocab")
+    ;;
+esac
+train "${CONFIG:-configs/phi_tiny_cpu.yaml}" "${defaults[@]}" "$@"

@@ -161,8 +161,13 @@ def evaluate(probabilities: np.ndarray, truth: np.ndarray, threshold: float) -> 
                    false_negatives=int(fn), true_negatives=int(tn), roc_auc=auc)
 
 
-def embed_texts(embedder: Any, texts: Sequence[str], max_chars: int) -> np.ndarray:
-    return embedder.encode([text[:max_chars] for text in texts])
+def embed_texts(embedder: Any, texts: Sequence[str], max_chars: int, show_progress: bool = False) -> np.ndarray:
+    texts = [text[:max_chars] for text in texts]
+    if show_progress:
+        from data_tools.embed import encode_with_progress
+
+        return encode_with_progress(embedder, texts, desc="embed annotated files")
+    return embedder.encode(texts)
 
 
 def positive_probability(forest: Any, vectors: np.ndarray) -> np.ndarray:
@@ -193,7 +198,8 @@ def train_classifier(corpus: Sequence[str | os.PathLike], annotation_paths: Sequ
         from data_tools.embed import load_embedder
 
         embedder = load_embedder(options.embedder)
-    vectors = embed_texts(embedder, [document.text for document, _ in pairs], options.embed_max_chars)
+    vectors = embed_texts(embedder, [document.text for document, _ in pairs], options.embed_max_chars,
+                          show_progress=True)
     indices = np.arange(len(pairs))
     train_idx, test_idx = train_test_split(indices, test_size=options.test_fraction, random_state=options.seed,
                                            stratify=labels)

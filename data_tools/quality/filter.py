@@ -23,6 +23,7 @@ import numpy as np
 from data_tools.jsonl import ReadStats
 from data_tools.quality.classifier import Classifier, load_classifier
 from data_tools.quality.documents import QualityError, corpus_files, iter_documents
+from megaphi.progress import progress
 
 HISTOGRAM_BINS = 50  # over [0, 1], the range of the forest's probabilities
 
@@ -61,8 +62,9 @@ def _init_worker(classifier_dir: str, torch_threads: int) -> None:
     _worker_classifier.load_embedder()
 
 
-def filter_file(task: FilterTask, classifier: Classifier | None = None) -> FileResult:
-    """Score one corpus file and write its kept records; returns its counts and score histogram."""
+def filter_file(task: FilterTask, classifier: Classifier | None = None, bar: Any = None) -> FileResult:
+    """Score one corpus file and write its kept records; returns its counts and score histogram.
+    ``bar`` (a megaphi.progress display) counts the documents as they are scored."""
     classifier = classifier or _worker_classifier
     histogram = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
     read = ReadStats()
@@ -80,6 +82,8 @@ def filter_file(task: FilterTask, classifier: Classifier | None = None) -> FileR
                                          ensure_ascii=False) + "\n")
                     kept += 1
             documents += len(batch)
+            if bar is not None:
+                bar.update(len(batch))
             batch.clear()
 
         for document in iter_documents([task.input_path], text_key=task.text_key, on_error=task.on_error, stats=read,
@@ -151,8 +155,10 @@ def filter_corpus(corpus: Sequence[str | os.PathLike], classifier_dir: str | os.
              for i, path in enumerate(files)]
     workers = min(workers, len(tasks))
     start = time.monotonic()
+    bar = progress(desc="quality filter", unit="docs")
     if workers == 1:
-        results = [filter_file(task, classifier) for task in tasks]
+        with bar:
+            results = [filter_file(task, classifier, bar) for task in tasks]
     else:
         # spawn, not fork: torch's thread pools do not survive a fork of a process that used them.
         # An executor, not multiprocessing.Pool: a worker that cannot start breaks it instead of
@@ -160,8 +166,11 @@ def filter_corpus(corpus: Sequence[str | os.PathLike], classifier_dir: str | os.
         threads = max(1, (os.cpu_count() or 1) // workers)
         try:
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                     initargs=(os.fspath(classifier_dir), threads)) as pool:
-                results = list(pool.map(_filter_file_in_worker, tasks))
+                                     initargs=(os.fspath(classifier_dir), threads)) as pool, bar:
+                results = []
+                for result in pool.map(_filter_file_in_worker, tasks):  # counted a file at a time
+                    results.append(result)
+                    bar.update(result.documents)
         except BrokenProcessPool:
             raise QualityError("a filter worker process died (see its traceback above); "
                                "rerun with --workers 1 to see the error in this process") from None

@@ -23,6 +23,7 @@ import torch
 from megaphi.convert.checkpoint import prepare_output_dir
 from megaphi.convert.layout import CheckpointError, QKV, StateDict, check_state_dict, param_specs
 from megaphi.model import PhiConfig
+from megaphi.tokenizer import load_tokenizer
 
 HF = "hf"
 LEGACY = "mixformer"
@@ -258,7 +259,7 @@ def save_hf_checkpoint(
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copy2(Path(tokenizer_dir) / name, out / name)
-        eos = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir)).eos_token_id
+        eos = load_tokenizer(tokenizer_dir).eod_id  # the end-of-text id generation and serving use
     dtype = next(iter(full.values())).dtype
     hf_config = transformers.PhiConfig(**hf_config_kwargs(config), bos_token_id=eos, eos_token_id=eos,
                                        architectures=["PhiForCausalLM"], dtype=dtype)

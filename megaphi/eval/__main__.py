@@ -3,6 +3,8 @@
   generate  draw completions from a megaphi checkpoint or Hugging Face Phi directory -> samples.jsonl
   score     run each sample's test program in the sandbox -> results.jsonl, prints a JSON summary
   run       both, plus report.md and report.json with per-problem results, into --out-dir
+  graded    the graded problems: hidden tests plus an LLM judge's 0-10 score (megaphi/eval/graded)
+  graded-table  graded reports of several models side by side
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import sys
 from pathlib import Path
 
 from megaphi.eval.benchmarks import BENCHMARKS, MBPP_SPLITS, load_benchmark
+from megaphi.eval.graded.cli import add_graded_args, add_table_args, run_graded, run_table
 from megaphi.eval.report import write_report
-from megaphi.eval.sampling import SamplingConfig, generate_samples
+from megaphi.eval.sampling import NOT_GENERATED, SamplingConfig, generate_samples, not_generated_results
 from megaphi.eval.sandbox import SandboxUnavailable
 from megaphi.eval.score import read_samples, score_samples, summarize, write_jsonl
 
@@ -26,8 +29,9 @@ def _add_benchmark_args(parser: argparse.ArgumentParser) -> None:
                         help="task ids 11-510 for test (default), as phi-1 reports")
 
 
-def _add_generation_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="megaphi checkpoint (tag dir or root with `latest`) or HF dir")
+def _add_generation_args(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
+    parser.add_argument("--model", required=model_required,
+                        help="megaphi checkpoint (tag dir or root with `latest`) or HF dir")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the checkpoint's)")
     parser.add_argument("--n-samples", type=int, default=1, help="completions per problem")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -67,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(run)
     _add_scoring_args(run)
     run.add_argument("--out-dir", required=True, help="gets samples.jsonl, results.jsonl, report.md, report.json")
+    graded = commands.add_parser("graded", help="graded problems: hidden tests + LLM judge -> graded_report.md")
+    _add_generation_args(graded, model_required=False)
+    _add_scoring_args(graded)
+    add_graded_args(graded)
+    graded.set_defaults(benchmark="graded", mbpp_path=None, mbpp_split="test")
+    add_table_args(commands.add_parser("graded-table", help="graded reports of several models side by side"))
     return parser
 
 
@@ -77,10 +87,16 @@ def _sampling(args: argparse.Namespace) -> SamplingConfig:
 
 
 def _score(args: argparse.Namespace, benchmark, samples: list[dict]) -> tuple[list[dict], dict]:
-    results = score_samples(benchmark, samples, timeout_s=args.timeout, memory_mb=args.memory_mb,
+    runnable = [s for s in samples if NOT_GENERATED not in s]
+    results = score_samples(benchmark, runnable, timeout_s=args.timeout, memory_mb=args.memory_mb,
                             workers=args.workers, unsafe_no_sandbox=args.unsafe_no_sandbox,
-                            python=args.sandbox_python)
+                            python=args.sandbox_python) if runnable else []
+    results = not_generated_results(samples, results)
     summary = summarize(benchmark, results)
+    summary["not_generated"] = len(samples) - len(runnable)
+    if summary["not_generated"]:
+        print(f"warning: {summary['not_generated']} samples were not generated (prompt longer than the model's "
+              f"context) and score as failed; see results.jsonl", file=sys.stderr)
     if summary["problems_scored"] < summary["problems_in_benchmark"]:
         print(f"warning: samples cover {summary['problems_scored']} of {summary['problems_in_benchmark']} "
               f"{benchmark.name} problems; pass@k is over those only", file=sys.stderr)
@@ -90,7 +106,14 @@ def _score(args: argparse.Namespace, benchmark, samples: list[dict]) -> tuple[li
 def run_command(args: argparse.Namespace) -> dict | None:
     if getattr(args, "workers", None) is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    if args.command == "graded-table":
+        return run_table(args)
     benchmark = load_benchmark(args.benchmark, mbpp_path=args.mbpp_path, mbpp_split=args.mbpp_split)
+    if args.command == "graded":
+        sampling = None if args.samples else _sampling(args)
+        return run_graded(args, benchmark, score=lambda samples: _score(args, benchmark, samples)[0],
+                          generate=lambda: generate_samples(benchmark, args.model, sampling, device=args.device,
+                                                            tokenizer=args.tokenizer))
     if args.command == "generate":
         samples = generate_samples(benchmark, args.model, _sampling(args), device=args.device, tokenizer=args.tokenizer)
         write_jsonl(args.out, samples)
@@ -110,7 +133,8 @@ def run_command(args: argparse.Namespace) -> dict | None:
     write_jsonl(out_dir / "results.jsonl", results)
     metadata = {"model": args.model, "n_samples": sampling.n_samples, "temperature": sampling.temperature,
                 "top_p": sampling.top_p, "max_new_tokens": sampling.max_new_tokens,
-                "sandbox": "none (--unsafe-no-sandbox)" if args.unsafe_no_sandbox else "bubblewrap"}
+                "sandbox": "none (--unsafe-no-sandbox)" if args.unsafe_no_sandbox else "bubblewrap",
+                "samples not generated (prompt longer than the model's context)": summary["not_generated"]}
     write_report(out_dir, summary, results, metadata)
     return summary
 

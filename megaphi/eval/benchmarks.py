@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-BENCHMARKS = ("humaneval", "mbpp")
+BENCHMARKS = ("humaneval", "mbpp", "graded")  # graded: megaphi/eval/graded, phi-1 section 4
 HUMANEVAL_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
 MBPP_STOP = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```")
 # MBPP's conventional splits by task id (Austin et al. 2021).
@@ -136,4 +136,8 @@ def load_benchmark(name: str, *, mbpp_path: str | Path | None = None, mbpp_split
         return load_humaneval()
     if name == "mbpp":
         return load_mbpp(mbpp_path, mbpp_split)
+    if name == "graded":
+        from megaphi.eval.graded.problems import load_graded
+
+        return load_graded()
     raise ValueError(f"unknown benchmark {name!r}: choose one of {', '.join(BENCHMARKS)}")

@@ -50,9 +50,11 @@ class FakeOpenAI:
         delay_s: float = 0.0,
         retry_after: str = "1",
         hang_s: float = 30.0,
+        answer_chat: Callable[[list[dict]], str] | None = None,
     ):
         self.plan = plan
         self.answer = answer
+        self.answer_chat = answer_chat  # sees the whole chat (system message included), when given
         self.delay_s = delay_s
         self.retry_after = retry_after
         self.hang_s = hang_s
@@ -137,7 +139,8 @@ class FakeOpenAI:
             return web.Response(text='{"id": "cmpl-1", "choices": [', content_type="application/json")
         if fault == "no_choices":
             return web.json_response({"id": "cmpl-1", "object": "text_completion", "model": body["model"]})
-        payload = _completion(body, self.answer(prompt), "length" if fault == "length" else "stop", chat)
+        text = self.answer_chat(body["messages"]) if chat and self.answer_chat else self.answer(prompt)
+        payload = _completion(body, text, "length" if fault == "length" else "stop", chat)
         if fault == "truncated":
             # Announce the whole body, send half of it, then drop the connection.
             data = json.dumps(payload).encode()

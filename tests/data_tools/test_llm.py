@@ -152,6 +152,28 @@ def test_a_rejected_answer_goes_to_the_failure_log_with_the_answer(tmp_path):
     assert stats.rejected == 1
 
 
+def test_a_retryable_rejection_asks_again_and_files_a_failure_only_after_the_last_attempt(tmp_path):
+    answers = {"fixed": iter(["garbled", "garbled", "good"]), "hopeless": iter(["garbled"] * 9)}
+
+    def process(request, response):
+        if response.text == "garbled":
+            raise Rejected("not a verdict", retryable=True)
+        return {"text": response.text}
+
+    def answer(prompt):
+        return next(answers[prompt])
+
+    with FakeOpenAI(answer=answer) as server:
+        stats = run_requests(requests_for(["fixed", "hopeless"]), tmp_path / "out.jsonl", tmp_path / "fail.jsonl",
+                             fast_config(server, max_attempts=3), process=process, progress=False)
+        assert {p: len(h) for p, h in server.hits_by_prompt().items()} == {"fixed": 3, "hopeless": 3}
+    assert read_jsonl(tmp_path / "out.jsonl") == [{"id": "id-fixed", "text": "good"}]
+    (failure,) = read_jsonl(tmp_path / "fail.jsonl")
+    assert failure["id"] == "id-hopeless" and failure["attempts"] == 3
+    assert failure["reason"] == "rejected: not a verdict" and failure["texts"] == ["garbled"]
+    assert stats.retry_reasons == {"rejected": 4} and stats.rejected == 1 and stats.succeeded == 1
+
+
 def test_tokens_per_minute_budget_makes_requests_wait():
     async def scenario() -> float:
         limiter = RateLimiter(requests_per_minute=None, tokens_per_minute=600)  # 10 tokens/s

@@ -17,6 +17,8 @@ from data_tools.synth import (
     load_prompt_space,
     main,
     parse_exercise,
+    prompt_plan,
+    repeat_warning,
     sample_prompts,
     synthesize,
 )
@@ -56,12 +58,22 @@ def answer_with(solution: str, name: str = "count_vowels") -> str:
         "count_vowels", name)
 
 
+def own_answer(name: str, solution: str = 'return sum(1 for ch in text.lower() if ch in "aeiou")',
+               words: list[str] | None = None) -> str:
+    """An exercise whose tests are its own: words made from the function name, so that no two names share them."""
+    words = words or [f"{name}{'x' * i}" for i in range(6)]
+    asserts = "\n".join(f"    assert candidate({w!r}) == {sum(ch in 'aeiou' for ch in w)}" for w in words)
+    return (f"{FENCE}python\ndef {name}(text: str) -> int:\n    \"\"\"Count the vowels in text.\"\"\"\n    {solution}\n"
+            f"{FENCE}\n\n{FENCE}python\ndef check(candidate):\n{asserts}\n{FENCE}\n")
+
+
 def test_prompt_sampling_is_seeded_and_spreads_over_the_lists():
     space = load_prompt_space(PROMPTS_DIR / "exercises.yaml", "exercises")
-    first = list(sample_prompts(space, "exercises", 200, seed=1))
-    assert [p.id for p in first] == [p.id for p in sample_prompts(space, "exercises", 200, seed=1)]
-    assert [p.user for p in first] != [p.user for p in sample_prompts(space, "exercises", 200, seed=2)]
-    assert len({p.id for p in first}) == 200
+    plan = prompt_plan(space, "exercises")
+    first = list(sample_prompts(plan, 200, seed=1))
+    assert [p.id for p in first] == [p.id for p in sample_prompts(plan, 200, seed=1)]
+    assert [p.user for p in first] != [p.user for p in sample_prompts(plan, 200, seed=2)]
+    assert len({p.id for p in first}) == 200 and len({p.user for p in first}) == 200
     assert {p.meta["topic"] for p in first} == {name for name, _ in space.topics}
     assert len({p.meta["function_name"] for p in first}) > 50
     for p in first[:20]:
@@ -70,23 +82,39 @@ def test_prompt_sampling_is_seeded_and_spreads_over_the_lists():
 
 def test_textbook_prompts_use_the_default_yaml():
     space = load_prompt_space(PROMPTS_DIR / "textbooks.yaml", "textbooks")
-    (prompt,) = sample_prompts(space, "textbooks", 1, seed=0)
+    (prompt,) = sample_prompts(prompt_plan(space, "textbooks"), 1, seed=0)
     assert prompt.meta["subtopic"] in prompt.user and prompt.meta["audience"] in prompt.user
-    assert "function_name" not in prompt.meta
+    assert "function_name" not in prompt.meta and prompt.meta["prompt_sha1"] in prompt.id
 
 
-@pytest.mark.parametrize("yaml_text,message", [
-    ("system: s\ntemplate: t\ntopics: []\n", "'topics' must be a non-empty list"),
-    ("system: s\ntemplate: t\ntopics: [{name: a, subtopics: [b]}]\nstyles: [x]\n", "'audiences' must be"),
-    ("system: s\ntemplate: '{colour}'\ntopics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
-     "unknown or malformed placeholder"),
-    ("system: s\ntemplate: t\ntopics: [{name: a}]\naudiences: [x]\nstyles: [y]\n", "'topics[0].subtopics'"),
-])
-def test_a_broken_prompt_file_is_an_error_naming_the_field(tmp_path, yaml_text, message):
-    path = tmp_path / "prompts.yaml"
-    path.write_text(yaml_text)
-    with pytest.raises(ValueError, match=re.escape(message)):
-        load_prompt_space(path, "textbooks")
+def test_the_prompt_count_is_the_product_of_the_lists_and_no_prompt_repeats_before_all_are_used():
+    space = load_prompt_space(PROMPTS_DIR / "textbooks.yaml", "textbooks")
+    plan = prompt_plan(space, "textbooks")
+    pairs = sum(len(subtopics) for _, subtopics in space.topics)
+    assert plan.capacity == pairs * len(space.audiences) * len(space.styles)
+    assert plan.describe().startswith(f"{plan.capacity:,} distinct textbooks prompts (lists: {pairs} topic/subtopic x ")
+    prompts = [p.user for p in sample_prompts(plan, 2 * plan.capacity + 5, seed=0)]
+    first_pass, second_pass = prompts[:plan.capacity], prompts[plan.capacity:2 * plan.capacity]
+    assert len(set(first_pass)) == plan.capacity and set(second_pass) == set(first_pass)
+    assert repeat_warning(plan, plan.capacity, 1.0) is None and repeat_warning(plan, 2 * plan.capacity, 2.0) is None
+    warning = repeat_warning(plan, 500_000, 1.0)
+    assert warning.startswith(f"warning: 500,000 requested is {500_000 / plan.capacity:.1f}x the {plan.capacity:,} "
+                              "distinct prompts (more than --warn-repeats 1)")
+
+
+def test_the_run_prints_its_prompt_count_before_asking_and_warns_when_count_exceeds_it(tmp_path, capsys):
+    prompts = tmp_path / "small.yaml"
+    prompts.write_text("system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\n"
+                       "topics: [{name: a, subtopics: [b, c]}]\naudiences: [x]\nstyles: [y]\n")
+    with FakeOpenAI(lambda prompt, attempt: "400") as server:
+        code = main(["textbooks", "--count", "6", "--warn-repeats", "2.5", "--prompts", str(prompts), "--out",
+                     str(tmp_path / "t.jsonl"), "--base-url", server.base_url, "--max-attempts", "1", "--no-progress"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1 and len(server.hits) == 6
+    assert err[0] == ("prompt space: 2 distinct textbooks prompts (lists: 2 topic/subtopic x 1 audiences x 1 styles); "
+                      "6 requested")
+    assert err[1].startswith("warning: 6 requested is 3.0x the 2 distinct prompts (more than --warn-repeats 2.5): "
+                             "each prompt is sent up to 3 times")
 
 
 def test_an_answer_splits_into_humaneval_fields():
@@ -145,7 +173,7 @@ def test_truncated_textbooks_are_rejected_unless_kept(tmp_path):
     assert stats.rejected == 2 and "truncated at max_tokens=1024" in (tmp_path / "a.f.jsonl").read_text()
     records = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
     assert kept.succeeded == 2 and all(r["text"].startswith("answer to: Write a section") for r in records)
-    assert set(records[0]["meta"]) == {"topic", "subtopic", "audience", "style"}
+    assert set(records[0]["meta"]) == {"topic", "subtopic", "audience", "style", "prompt_sha1"}
 
 
 @pytest.mark.slow
@@ -153,7 +181,7 @@ def test_exercises_are_validated_before_they_are_written(tmp_path):
     def answer(prompt: str) -> str:  # a right solution for even verbs, a wrong one for the others
         name = re.search(r"must be named `(\w+)`", prompt).group(1)
         right = sum(map(ord, name)) % 2 == 0
-        return answer_with('return sum(1 for ch in text.lower() if ch in "aeiou")' if right else "return 2", name)
+        return own_answer(name) if right else own_answer(name, "return 2")
 
     with FakeOpenAI(answer=answer) as server:
         stats = synthesize("exercises", count=8, out_path=tmp_path / "ex.jsonl", failures_path=tmp_path / "ex.f.jsonl",
@@ -165,6 +193,35 @@ def test_exercises_are_validated_before_they_are_written(tmp_path):
     assert all(f["reason"].startswith("rejected: solution fails its own tests (failed)") for f in failed)
     assert all(set(r) >= {"task_id", "prompt", "canonical_solution", "test", "entry_point", "meta"} for r in kept)
     assert stats.succeeded == len(kept) and stats.rejected == len(failed)
+
+
+@pytest.mark.slow
+def test_exercises_repeating_a_kept_solution_and_tests_are_dropped_with_the_reason_also_after_a_restart(tmp_path):
+    plan = prompt_plan(load_prompt_space(PROMPTS_DIR / "exercises.yaml", "exercises"), "exercises")
+    names = [p.meta["function_name"] for p in sample_prompts(plan, 12, seed=5)]
+    assert len(set(names)) == 12
+    planted = {names[0], names[2], names[4], names[7], names[9]}  # three before the restart, two after
+    shared_words = [f"shared{'x' * i}" for i in range(12)]
+
+    def answer(prompt: str) -> str:  # the planted ones: the same tests plus one of their own (Jaccard ~0.9)
+        name = re.search(r"must be named `(\w+)`", prompt).group(1)
+        return own_answer(name, words=shared_words + [name]) if name in planted else own_answer(name)
+
+    out, failures = tmp_path / "ex.jsonl", tmp_path / "ex.f.jsonl"
+    with FakeOpenAI(answer=answer) as server:
+        client = ClientConfig(base_url=server.base_url, model="fake")
+        synthesize("exercises", count=6, out_path=out, failures_path=failures, client=client, seed=5, progress=False)
+        first_kept = [json.loads(line)["entry_point"] for line in out.read_text().splitlines()]
+        synthesize("exercises", count=12, out_path=out, failures_path=failures, client=client, seed=5, progress=False)
+    kept = {r["entry_point"]: r["id"] for r in map(json.loads, out.read_text().splitlines())}
+    dropped = [json.loads(line) for line in failures.read_text().splitlines()]
+    (original,) = planted & set(kept)
+    assert original in first_kept  # kept before the restart, and the restarted run compared against it
+    assert set(kept) == set(names) - planted | {original}
+    assert sorted(f["meta"]["function_name"] for f in dropped) == sorted(planted - {original})
+    for failure in dropped:
+        assert re.fullmatch(rf"rejected: near-duplicate exercise: solution and tests repeat {kept[original]} "
+                            r"\(near, Jaccard 0\.\d+\)", failure["reason"]), failure["reason"]
 
 
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
@@ -181,7 +238,7 @@ def test_cli_exits_1_when_no_request_got_an_answer(tmp_path, capsys):
         code = main(["textbooks", "--count", "2", "--out", str(tmp_path / "t.jsonl"), "--base-url", server.base_url,
                      "--model", "fake", "--api-key", "x", "--no-progress"])
     assert code == 1
-    assert capsys.readouterr().err.startswith("error: every request failed (reasons in ")
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: every request failed (reasons in ")
     assert len((tmp_path / "t.failures.jsonl").read_text().splitlines()) == 2
 
 

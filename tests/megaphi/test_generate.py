@@ -48,7 +48,7 @@ def transformers_greedy(reference, prompts, max_new_tokens):
 def test_greedy_tokens_equal_transformers_generate(reference, megaphi_tp2, prompts):
     model, tokenizer = megaphi_tp2
     ours = generate_tokens(model, [tokenizer.encode(p) for p in prompts], max_new_tokens=24,
-                           eos_id=tokenizer.eos_token_id)
+                           eos_id=tokenizer.eod_id)
     theirs = transformers_greedy(reference, prompts, 24)
     assert len({len(tokenizer.encode(p)) for p in prompts}) == len(prompts)  # really different lengths
     assert ours == theirs
@@ -96,6 +96,18 @@ def test_n_samples_with_a_seed_are_reproducible_and_differ_from_another_seed(meg
     assert [len(samples) for samples in first] == [3, 3]
     assert len(set(first[0])) > 1  # the n samples of one prompt are not copies
     assert first != generate(model, tokenizer, PROMPTS[:2], seed=8, **kwargs)
+
+
+def test_a_seeded_sample_is_the_same_alone_in_any_batch_size_and_next_to_other_prompts(megaphi_tp2):
+    model, tokenizer = megaphi_tp2
+    kwargs = dict(max_new_tokens=12, temperature=1.0, top_p=0.95, n=3, seed=11)
+    together = generate(model, tokenizer, PROMPTS, batch_size=9, **kwargs)
+    assert generate(model, tokenizer, PROMPTS, batch_size=1, **kwargs) == together
+    assert generate(model, tokenizer, PROMPTS, batch_size=4, **kwargs) == together
+    alone = [generate(model, tokenizer, [p], **kwargs)[0] for p in PROMPTS]
+    assert alone == together
+    # fewer samples are the first of more: sample j has its own stream
+    assert generate(model, tokenizer, PROMPTS[:1], **{**kwargs, "n": 1})[0] == together[0][:1]
 
 
 def test_a_tiny_top_p_keeps_only_the_most_likely_token(megaphi_tp2):

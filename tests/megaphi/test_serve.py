@@ -5,6 +5,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -128,6 +129,36 @@ def test_a_seed_reproduces_samples_and_n_gives_n_choices(client):
     assert sample(7) == first
     assert sample(8) != first
     assert len(set(first)) > 1, "n samples at temperature 1 differ from each other"
+
+
+def test_a_seeded_request_gives_the_same_text_alone_or_batched_with_others(server, client):
+    def texts(prompt, seed=7):
+        response = client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=1.0, n=2,
+                                             seed=seed)
+        return [c.text for c in response.choices]
+
+    alone = texts("for i in")
+    # one request of two prompts: four rows in one pass
+    assert texts(["for i in", "class Stack:"])[:2] == alone
+    # concurrent requests, seeded and not, share the model's passes
+    batches_before = server.batcher.stats.batches
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(texts, ["for i in", "def add(", "for i in", "x = "], [7, None, 7, 3]))
+    assert server.batcher.stats.batches - batches_before < 4, "the requests shared at least one pass"
+    assert runs[0] == runs[2] == alone
+
+
+def test_the_transformers_backend_samples_a_seeded_row_like_megaphis_model(phi_dir):
+    from megaphi.backends import load_hf_backend
+
+    ours = load_backend(phi_dir)
+    theirs = load_hf_backend(phi_dir, tokenizer=None, device="cpu", dtype=None, max_model_len=None)
+    prompts = [ours.tokenizer.encode(p) for p in ["for i in", "class Stack:"]]
+    kwargs = dict(max_new_tokens=10, temperature=1.0, top_p=0.9, seeds=[5, 6], is_done=None)
+    sampled = ours.generate(prompts, **kwargs)
+    assert theirs.generate(prompts, **kwargs) == sampled
+    assert ours.generate(prompts[:1], **{**kwargs, "seeds": [5]}) == sampled[:1]
+    assert ours.generate(prompts, **{**kwargs, "seeds": [6, 5]}) != sampled
 
 
 def test_a_stop_sequence_cuts_the_text_and_finishes_with_stop(client):

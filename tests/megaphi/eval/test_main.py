@@ -69,6 +69,30 @@ def test_run_generates_scores_and_reports_from_a_tensor_parallel_checkpoint(mega
     assert "| HumanEval/1 | 2 | 0 | 0.000 |" in (out_dir / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_problems_longer_than_the_context_score_as_failed_with_the_reason(tmp_path, capsys):
+    # With the tiny tokenizer HumanEval/0..2 have 292, 434 and 269 prompt tokens; the context is 300.
+    model = tmp_path / "short-context"
+    make_hf_phi(model, tokenizer_dir=make_tokenizer(tmp_path / "tok"), seed=1, max_position_embeddings=300)
+    out_dir = tmp_path / "eval"
+    code = main(["run", "--model", str(model), "--benchmark", "humaneval", "--limit", "3", "--max-new-tokens", "16",
+                 "--timeout", "5", "--out-dir", str(out_dir)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = last_json_line(captured.out)
+    assert summary["not_generated"] == 1 and summary["samples"] == 3 and summary["problems_scored"] == 3
+    assert "1 samples were not generated" in captured.err
+    assert "[generate] 1/1 samples (100%)" in captured.err  # progress, one line per generate call in a log
+    results = {r["task_id"]: r for r in read_jsonl(out_dir / "results.jsonl")}
+    assert results["HumanEval/1"]["result"] == ("failed: not generated: the prompt has 434 tokens and the model's "
+                                                "context is 300, leaving no room for a completion")
+    assert not results["HumanEval/1"]["passed"] and results["HumanEval/1"]["completion"] == ""
+    # a prompt that leaves less room than --max-new-tokens gets the room there is (8 of 16 tokens)
+    for task in ("HumanEval/0", "HumanEval/2"):
+        assert results[task]["completion"] and "not generated" not in results[task]["result"]
+    assert "not generated: the prompt has 434 tokens" in (out_dir / "report.md").read_text()
+
+
 @needs_mbpp
 @pytest.mark.slow
 def test_generate_reads_mbpp_from_the_given_file(hf_model, tmp_path):
@@ -133,7 +157,7 @@ def test_a_missing_tokenizer_or_device_is_one_error_line(hf_model, tmp_path, cap
     base = ["generate", "--model", str(hf_model), "--benchmark", "humaneval", "--limit", "1", "--out",
             str(tmp_path / "s.jsonl")]
     assert main(base + ["--tokenizer", str(tmp_path / "nope")]) == 2
-    assert capsys.readouterr().err.startswith(f"error: tokenizer {tmp_path / 'nope'} is not a directory")
+    assert capsys.readouterr().err.startswith(f"error: tokenizer {tmp_path / 'nope'} does not exist")
     if not torch.cuda.is_available():
         assert main(base + ["--device", "cuda"]) == 2
         assert capsys.readouterr().err.startswith("error: device cuda is not available on this machine")
