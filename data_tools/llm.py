@@ -29,9 +29,13 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 import openai
+
+from megaphi.common.errors import UserError
+from megaphi.common.files import atomic_write_text
+from megaphi.common.jsonl import MalformedRecordError, iter_numbered_jsonl
 
 # HTTP statuses worth another attempt; every other 4xx is the request's own fault and final.
 RETRYABLE_STATUSES = {408, 409, 429}
@@ -58,19 +62,19 @@ class ClientConfig:
     def validate(self) -> None:
         for name in ("max_concurrency", "max_attempts"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("requests_per_minute", "tokens_per_minute"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive (or unset for no limit), got {value}")
+                raise UserError(f"{name} must be positive (or unset for no limit), got {value}")
         for name in ("backoff_initial_s", "backoff_max_s", "timeout_s", "max_retry_after_s"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("input_price_per_mtok", "output_price_per_mtok"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+                raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
         if not self.model:
-            raise ValueError("model is empty: name the model the endpoint serves (--model)")
+            raise UserError("model is empty: name the model the endpoint serves (--model)")
 
     def resolved_api_key(self) -> str:
         key = self.api_key or os.environ.get("OPENAI_API_KEY")
@@ -78,7 +82,7 @@ class ClientConfig:
             return key
         if self.base_url or os.environ.get("OPENAI_BASE_URL"):
             return "EMPTY"  # local OpenAI-compatible servers do not check the key
-        raise ValueError("no API key: set OPENAI_API_KEY or pass --api-key (or --base-url for a local server)")
+        raise UserError("no API key: set OPENAI_API_KEY or pass --api-key (or --base-url for a local server)")
 
 
 @dataclass
@@ -176,7 +180,7 @@ class ResultStore:
     def __init__(self, out_path: str | Path, failures_path: str | Path, *, retry_failed: bool = False):
         self.out_path, self.failures_path = Path(out_path), Path(failures_path)
         if self.out_path.resolve() == self.failures_path.resolve():
-            raise ValueError(f"output and failure log are the same file ({self.out_path}): give two paths")
+            raise UserError(f"output and failure log are the same file ({self.out_path}): give two paths")
         self.done_ids = _load_ids(self.out_path)
         failed = _load_ids(self.failures_path)
         if retry_failed and failed:
@@ -230,21 +234,19 @@ def _load_ids(path: Path) -> set[str]:
     if len(complete) != len(data):
         with open(path, "r+b") as f:  # a torn last line from a killed run
             f.truncate(len(complete))
-    ids = set()
-    for number, line in enumerate(complete.decode().splitlines(), 1):
-        if line.strip():
-            try:
-                ids.add(json.loads(line)["id"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"{path}:{number} is not a JSON object with an 'id': fix or remove that line")
-    return ids
+    return {record["id"] for record in _records_with_ids(path)}
+
+
+def _records_with_ids(path: Path) -> Iterator[dict[str, Any]]:
+    for number, record in iter_numbered_jsonl(path, hint="fix or remove that line"):
+        if not isinstance(record.get("id"), str):
+            raise MalformedRecordError(f"{path}:{number}: a record without a string 'id': fix or remove that line")
+        yield record
 
 
 def _rewrite_without(path: Path, ids: set[str]) -> None:
-    kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["id"] not in ids]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    kept = [record for record in _records_with_ids(path) if record["id"] not in ids]
+    atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in kept))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,7 +514,7 @@ async def arun_requests(
         # Workers share one iterator; the event loop is single-threaded, so this needs no lock.
         for request in pending:
             if request.id in seen:
-                raise ValueError(f"request id {request.id!r} appears twice: ids must be unique")
+                raise UserError(f"request id {request.id!r} appears twice: ids must be unique")
             seen.add(request.id)
             stats.requested += 1
             if store.skip_finished(request.id, stats):

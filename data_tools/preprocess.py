@@ -37,13 +37,15 @@ import numpy as np
 from megaphi.progress import progress as progress_display
 
 from data_tools.jsonl import (ON_ERROR_CHOICES, MalformedRecordError, OnError, ReadStats, expand_inputs, is_parquet,
-                              open_binary, parse_line)
+                              iter_line_chunks, parse_line)
 from data_tools.tokenizer import Tokenizer, load_tokenizer
 from megaphi.data.indexed import (IndexedDataset, IndexedDatasetError, IndexedDatasetWriter, best_dtype, merge_datasets,
                                   stats_path, write_token_stats)
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
 
 
-class EmptyCorpusError(ValueError):
+class EmptyCorpusError(UserError):
     """Preprocessing found no text to tokenize."""
 
 
@@ -102,17 +104,8 @@ def iter_chunks(paths: Sequence[Path], json_keys: Sequence[str], chunk_bytes: in
                 yield Chunk(str(path), row, batch=batch)
                 row += batch.num_rows
             continue
-        line = 1
-        with open_binary(path) as f:
-            while True:
-                # whole lines only: finish the line the fixed-size read cut through
-                data = f.read(chunk_bytes)
-                if not data:
-                    break
-                if not data.endswith(b"\n"):
-                    data += f.readline()
-                yield Chunk(str(path), line, lines=data)
-                line += data.count(b"\n")
+        for line, data in iter_line_chunks(path, chunk_bytes):
+            yield Chunk(str(path), line, lines=data)
 
 
 # --- encoding: in worker processes -----------------------------------------------------------------
@@ -209,13 +202,13 @@ def preprocess(inputs: Sequence[str | os.PathLike], output_prefix: str | os.Path
     directories) into one indexed dataset per JSON key. ``workers`` > 1 tokenizes in that many
     processes; the output is identical for any worker count."""
     if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
+        raise UserError(f"--workers must be at least 1, got {workers}")
     if chunk_bytes < 1:
-        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+        raise UserError(f"chunk_bytes must be positive, got {chunk_bytes}")
     if not json_keys or len(set(json_keys)) != len(json_keys):
-        raise ValueError(f"--json-keys must name distinct fields, got {list(json_keys)}")
+        raise UserError(f"--json-keys must name distinct fields, got {list(json_keys)}")
     if on_error not in ON_ERROR_CHOICES:
-        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+        raise UserError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
     paths = expand_inputs(inputs)
     tok = load_tokenizer(tokenizer)
     settings = dict(json_keys=tuple(json_keys), append_eod=append_eod, on_error=on_error, dtype=best_dtype(tok.vocab_size))
@@ -293,11 +286,7 @@ def _merge_main(argv: Sequence[str]) -> int:
     parser.add_argument("--input", nargs="+", required=True, help="dataset prefixes (or their .idx/.bin), or directories of them")
     parser.add_argument("--output-prefix", required=True, help="prefix of the merged .bin/.idx")
     args = parser.parse_args(argv)
-    try:
-        merged = merge(args.input, args.output_prefix)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    merged = merge(args.input, args.output_prefix)
     print(f"merged {merged!r}")
     return 0
 
@@ -308,19 +297,15 @@ def _stats_main(argv: Sequence[str]) -> int:
                                                  "statistics (PREFIX.stats.json), which the trainer reads at start.")
     parser.add_argument("--input", nargs="+", required=True, help="dataset prefixes (or their .idx/.bin)")
     args = parser.parse_args(argv)
-    try:
-        for item in args.input:
-            prefix = item.removesuffix(".idx").removesuffix(".bin")
-            stats = IndexedDataset(prefix).scan_token_stats()
-            write_token_stats(prefix, stats)
-            print(f"wrote {stats_path(prefix)}: {stats.num_tokens} tokens, ids {stats.min_token_id}.."
-                  f"{stats.max_token_id}")
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    for item in args.input:
+        prefix = item.removesuffix(".idx").removesuffix(".bin")
+        stats = IndexedDataset(prefix).scan_token_stats()
+        write_token_stats(prefix, stats)
+        print(f"wrote {stats_path(prefix)}: {stats.num_tokens} tokens, ids {stats.min_token_id}..{stats.max_token_id}")
     return 0
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["merge"]:
@@ -344,13 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="malformed JSONL lines or missing fields: stop with file:line (default) or skip and count them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    try:
-        result = preprocess(args.input, args.output_prefix, args.tokenizer, json_keys=args.json_keys,
-                            append_eod=args.append_eod, workers=args.workers, chunk_bytes=args.chunk_bytes,
-                            on_error=args.on_error, progress=not args.no_progress)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = preprocess(args.input, args.output_prefix, args.tokenizer, json_keys=args.json_keys,
+                        append_eod=args.append_eod, workers=args.workers, chunk_bytes=args.chunk_bytes,
+                        on_error=args.on_error, progress=not args.no_progress)
     print(result.summary())
     return 0
 

@@ -31,8 +31,8 @@ import argparse
 import ast
 import hashlib
 import json
-import random
 import math
+import random
 import re
 import string
 import sys
@@ -43,7 +43,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from data_tools.dedup import DedupParams, Deduplicator, exact_key, signature
+from data_tools.dedup import Deduplicator, DedupParams, exact_key, signature
 from data_tools.jsonl import iter_jsonl
 from data_tools.llm import (
     ClientConfig,
@@ -56,7 +56,9 @@ from data_tools.llm import (
     run_requests,
 )
 from data_tools.synth_seeds import DEFAULT_SEED_CORPUS, SEED_KINDS, Seed, SeedOptions, load_seeds
-from megaphi.eval.sandbox import SandboxResult, SandboxUnavailable, check_sandbox, run_programs
+from megaphi.eval.sandbox import SandboxResult, check_sandbox, run_programs
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
 
 KINDS = ("textbooks", "exercises")
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -87,7 +89,7 @@ class PromptSpace:
             key, text = "outline_template", self.outline_template
         elif source == "seeds":
             if seed_kind not in self.seed_templates:
-                raise ValueError(f"{self.path}: no 'seed_templates.{seed_kind}' for seed-conditioned prompts")
+                raise UserError(f"{self.path}: no 'seed_templates.{seed_kind}' for seed-conditioned prompts")
             key, text = f"seed_templates.{seed_kind}", self.seed_templates[seed_kind]
         else:
             key, text = "template", self.template
@@ -98,9 +100,8 @@ class PromptSpace:
 SOURCE_FIELDS = {
     "lists": {"topic", "subtopic", "audience", "style"},
     "outline": {"topic", "subtopic", "concept", "audience", "style"},
-    "seeds": {"audience", "style"},
+    "seeds": {"audience", "style"},  # and the seed itself, in the placeholder named after its kind
 }
-SEED_FIELD = {"snippet": "snippet", "identifiers": "identifiers"}  # the placeholder a seed kind fills
 
 
 def template_fields(template: str) -> set[str]:
@@ -111,18 +112,18 @@ def check_template(space: PromptSpace, kind: str, source: str, seed_kind: str = 
     """The template a prompt source uses, checked: only known placeholders, and every field that
     makes prompts differ is used (a source whose choices never reach the prompt repeats it)."""
     key, template = space.template_for(source, seed_kind)
-    fields = SOURCE_FIELDS[source] | ({SEED_FIELD[seed_kind]} if source == "seeds" else set())
+    fields = SOURCE_FIELDS[source] | ({seed_kind} if source == "seeds" else set())
     if kind == "exercises":
         fields = fields | {"function_name"} | ({"concept"} if source == "lists" else set())
     try:
         template.format(**{name: "x" for name in fields})
         used = template_fields(template)
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"{space.path}: '{key}' uses an unknown or malformed placeholder ({exc}); "
+        raise UserError(f"{space.path}: '{key}' uses an unknown or malformed placeholder ({exc}); "
                          f"available: {', '.join(sorted(fields))}") from None
     unused = fields - used
     if unused:
-        raise ValueError(f"{space.path}: '{key}' does not use {{{'}, {'.join(sorted(unused))}}}: prompts that differ "
+        raise UserError(f"{space.path}: '{key}' does not use {{{'}, {'.join(sorted(unused))}}}: prompts that differ "
                          "only there would be sent as the same text")
     return template
 
@@ -130,40 +131,40 @@ def check_template(space: PromptSpace, kind: str, source: str, seed_kind: str = 
 def load_prompt_space(path: str | Path, kind: str) -> PromptSpace:
     """Reads and checks a prompt YAML; a missing or empty list is a ValueError naming it."""
     if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
+        raise UserError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"prompt file {path} does not exist")
+        raise UserError(f"prompt file {path} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise UserError(f"{path}: expected a mapping at the top level")
 
     def strings(key: str, where: Any = data, label: str = "") -> list[str]:
         value = where.get(key)
         if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            raise ValueError(f"{path}: '{label}{key}' must be a non-empty list of strings")
+            raise UserError(f"{path}: '{label}{key}' must be a non-empty list of strings")
         return value
 
     def optional_string(key: str, where: Any = data, label: str = "") -> str | None:
         value = where.get(key)
         if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ValueError(f"{path}: '{label}{key}' must be a non-empty string")
+            raise UserError(f"{path}: '{label}{key}' must be a non-empty string")
         return value
 
     for key in ("system", "template"):
         if not isinstance(data.get(key), str) or not data[key].strip():
-            raise ValueError(f"{path}: '{key}' must be a non-empty string")
+            raise UserError(f"{path}: '{key}' must be a non-empty string")
     raw_topics = data.get("topics")
     if not isinstance(raw_topics, list) or not raw_topics:
-        raise ValueError(f"{path}: 'topics' must be a non-empty list of {{name, subtopics}}")
+        raise UserError(f"{path}: 'topics' must be a non-empty list of {{name, subtopics}}")
     topics = []
     for i, topic in enumerate(raw_topics):
         if not isinstance(topic, dict) or not isinstance(topic.get("name"), str):
-            raise ValueError(f"{path}: 'topics[{i}]' must be a mapping with a 'name' and 'subtopics'")
+            raise UserError(f"{path}: 'topics[{i}]' must be a mapping with a 'name' and 'subtopics'")
         topics.append((topic["name"], strings("subtopics", topic, f"topics[{i}].")))
     seed_templates = data.get("seed_templates") or {}
-    if not isinstance(seed_templates, dict) or set(seed_templates) - set(SEED_FIELD):
-        raise ValueError(f"{path}: 'seed_templates' must map {' and/or '.join(SEED_FIELD)} to templates")
+    if not isinstance(seed_templates, dict) or set(seed_templates) - set(SEED_KINDS):
+        raise UserError(f"{path}: 'seed_templates' must map {' and/or '.join(SEED_KINDS)} to templates")
     for seed_kind in seed_templates:
         optional_string(seed_kind, seed_templates, "seed_templates.")
     exercises = kind == "exercises"
@@ -195,6 +196,13 @@ class Axis:
 
     name: str
     values: list[dict[str, str]]
+
+    def __post_init__(self) -> None:
+        # A value listed twice would be counted twice and drawn twice: keep the first.
+        firsts: dict[tuple, dict[str, str]] = {}
+        for value in self.values:
+            firsts.setdefault(tuple(sorted(value.items())), value)
+        self.values = list(firsts.values())
 
 
 @dataclass
@@ -230,15 +238,15 @@ def prompt_plan(space: PromptSpace, kind: str, *, outline: list[tuple[str, str, 
                 seeds: list[Seed] | None = None) -> PromptPlan:
     """The prompt space of a run: hand-written lists (default), a generated outline, or corpus seeds."""
     if outline is not None and seeds is not None:
-        raise ValueError("give either an outline or a seed corpus, not both")
+        raise UserError("give either an outline or a seed corpus, not both")
     if seeds is not None:
         kinds = sorted({s.kind for s in seeds})
         templates = {k: check_template(space, kind, "seeds", k) for k in kinds}
-        values = [{**s.meta(), SEED_FIELD[s.kind]: s.text} for s in seeds]
+        values = [{**s.meta(), s.kind: s.text} for s in seeds]
         axes, source = [Axis("seeds", values)], "seeds"
     elif outline is not None:
         if not outline:
-            raise ValueError("the outline holds no concept: expand it first (python -m data_tools.synth outline)")
+            raise UserError("the outline holds no concept: expand it first (python -m data_tools.synth outline)")
         templates = {"": check_template(space, kind, "outline")}
         axes = [Axis("topic/subtopic/concept", [dict(topic=t, subtopic=s, concept=c) for t, s, c in outline])]
         source = "outline"
@@ -251,8 +259,8 @@ def prompt_plan(space: PromptSpace, kind: str, *, outline: list[tuple[str, str, 
     if kind == "exercises":
         if source == "lists":
             axes.append(Axis("concepts", [{"concept": c} for c in space.concepts]))
-        names = dict.fromkeys(f"{v}_{n}" for v in space.function_name_verbs for n in space.function_name_nouns)
-        axes.append(Axis("function names", [{"function_name": name} for name in names]))
+        axes.append(Axis("function names", [{"function_name": f"{v}_{n}"} for v in space.function_name_verbs
+                                            for n in space.function_name_nouns]))
     return PromptPlan(kind=kind, source=source, system=space.system, templates=templates, axes=axes)
 
 
@@ -283,7 +291,7 @@ def prompt_numbers(capacity: int, count: int, seed: int) -> Iterator[int]:
 def sample_prompts(plan: PromptPlan, count: int, seed: int) -> Iterator[SynthPrompt]:
     """The same (plan, count, seed) always yields the same prompts with the same ids."""
     if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
+        raise UserError(f"count must be at least 1, got {count}")
     for index, number in enumerate(prompt_numbers(plan.capacity, count, seed)):
         user, meta = plan.prompt(number)
         # The index keeps equal prompts apart; the hash keeps a changed prompt file from reusing ids
@@ -484,7 +492,7 @@ def plan_for(kind: str, *, prompts_path: str | Path | None = None, outline_path:
     if seed_corpus is not None:
         missing = [k for k in seed_options.kinds if k not in space.seed_templates]
         if missing:
-            raise ValueError(f"{space.path}: no 'seed_templates.{missing[0]}': add one or choose --seed-kinds "
+            raise UserError(f"{space.path}: no 'seed_templates.{missing[0]}': add one or choose --seed-kinds "
                              f"among {', '.join(space.seed_templates) or 'none'}")
         seeds = load_seeds(seed_corpus or [DEFAULT_SEED_CORPUS], seed_options, seed=seed)
     return prompt_plan(space, kind, outline=outline, seeds=seeds)
@@ -520,11 +528,11 @@ def synthesize(
     outline. The size of the prompt space is printed to stderr before any request, with a warning
     when ``count`` exceeds it by more than ``warn_repeats``."""
     if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
+        raise UserError(f"count must be at least 1, got {count}")
     if api not in ("chat", "completion"):
-        raise ValueError(f"api must be 'chat' or 'completion', got {api!r}")
+        raise UserError(f"api must be 'chat' or 'completion', got {api!r}")
     if warn_repeats <= 0:
-        raise ValueError(f"--warn-repeats must be positive, got {warn_repeats}")
+        raise UserError(f"--warn-repeats must be positive, got {warn_repeats}")
     plan = plan_for(kind, prompts_path=prompts_path, outline_path=outline_path, seed_corpus=seed_corpus,
                     seed_options=seed_options, seed=seed)
     print(f"prompt space: {plan.describe()}; {count:,} requested", file=sys.stderr)
@@ -594,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--keep-near-duplicates", action="store_true",
                          help="keep exercises whose solution and tests nearly repeat a kept one's")
         add_generation_arguments(sub)
+    # Imported here because both modules build on this one.
     from data_tools.synth_outline import add_outline_arguments
     from data_tools.synth_report import add_report_arguments
 
@@ -602,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.kind == "outline":
@@ -614,20 +624,18 @@ def main(argv: list[str] | None = None) -> int:
         return run_report_command(args)
     out = Path(args.out)
     failures = Path(args.failures) if args.failures else failures_path_for(out)
-    try:
-        stats = synthesize(
-            args.kind, count=args.count, out_path=out, failures_path=failures, client=client_config_from_args(args),
-            prompts_path=args.prompts, outline_path=args.outline, seed_corpus=args.seed_corpus,
-            seed_options=SeedOptions(pool=args.seed_pool, kinds=tuple(args.seed_kinds)), seed=args.seed,
-            warn_repeats=args.warn_repeats, api=args.api, max_tokens=args.max_tokens,
-            temperature=args.temperature, top_p=args.top_p, keep_truncated=args.keep_truncated,
-            sandbox_timeout_s=args.sandbox_timeout, sandbox_memory_mb=args.sandbox_memory_mb,
-            unsafe_no_sandbox=args.unsafe_no_sandbox, drop_near_duplicates=not args.keep_near_duplicates,
-            retry_failed=args.retry_failed, progress=not args.no_progress,
-        )
-    except (ValueError, SandboxUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.seed_corpus is None and (args.seed_pool != SeedOptions.pool or tuple(args.seed_kinds) != SEED_KINDS):
+        raise UserError("--seed-pool and --seed-kinds shape seed-conditioned prompts: add --seed-corpus")
+    stats = synthesize(
+        args.kind, count=args.count, out_path=out, failures_path=failures, client=client_config_from_args(args),
+        prompts_path=args.prompts, outline_path=args.outline, seed_corpus=args.seed_corpus,
+        seed_options=SeedOptions(pool=args.seed_pool, kinds=tuple(args.seed_kinds)), seed=args.seed,
+        warn_repeats=args.warn_repeats, api=args.api, max_tokens=args.max_tokens,
+        temperature=args.temperature, top_p=args.top_p, keep_truncated=args.keep_truncated,
+        sandbox_timeout_s=args.sandbox_timeout, sandbox_memory_mb=args.sandbox_memory_mb,
+        unsafe_no_sandbox=args.unsafe_no_sandbox, drop_near_duplicates=not args.keep_near_duplicates,
+        retry_failed=args.retry_failed, progress=not args.no_progress,
+    )
     print(json.dumps({"kind": args.kind, "out": str(out), "failures": str(failures), **stats.to_dict()}))
     if stats.failed and not stats.succeeded and not stats.rejected:
         # no answer at all (rejected answers are the validator doing its job)

@@ -14,19 +14,28 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
 from data_tools.jsonl import iter_jsonl
-from data_tools.llm import (ClientConfig, LLMRequest, LLMResponse, Rejected, RunStats, client_config_from_args,
-                            run_requests)
+from data_tools.llm import (
+    ClientConfig,
+    LLMRequest,
+    LLMResponse,
+    Rejected,
+    RunStats,
+    client_config_from_args,
+    run_requests,
+)
 from data_tools.synth import PROMPTS_DIR, SynthPrompt, add_generation_arguments, build_requests, failures_path_for
+from megaphi.common.errors import UserError
+from megaphi.common.files import atomic_write_text
 
 DEFAULT_OUTLINE_PROMPTS = PROMPTS_DIR / "outline.yaml"
 LEVELS = ("subtopics", "concepts")
@@ -44,18 +53,18 @@ class OutlinePrompts:
 def load_outline_prompts(path: str | Path = DEFAULT_OUTLINE_PROMPTS) -> OutlinePrompts:
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"outline prompt file {path} does not exist")
+        raise UserError(f"outline prompt file {path} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
     fields = {"system": set(), "subtopics_template": {"topic", "count"},
               "concepts_template": {"topic", "subtopic", "count"}}
     for key, names in fields.items():
         value = data.get(key) if isinstance(data, dict) else None
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{path}: '{key}' must be a non-empty string")
+            raise UserError(f"{path}: '{key}' must be a non-empty string")
         try:
             value.format(**{name: "x" for name in names})
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"{path}: '{key}' uses an unknown or malformed placeholder ({exc}); "
+            raise UserError(f"{path}: '{key}' uses an unknown or malformed placeholder ({exc}); "
                              f"available: {', '.join(sorted(names)) or 'none'}") from None
     return OutlinePrompts(data["system"].strip(), data["subtopics_template"], data["concepts_template"])
 
@@ -64,13 +73,14 @@ def read_topics(path: str | Path) -> list[str]:
     """The topic names of a prompt YAML (``topics: [{name: ...}]`` or a list of strings)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"topics file {path} does not exist")
+        raise UserError(f"topics file {path} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
     topics = data.get("topics") if isinstance(data, dict) else None
     names = [t.get("name") if isinstance(t, dict) else t for t in topics] if isinstance(topics, list) else []
-    if not names or not all(isinstance(n, str) and n.strip() for n in names):
-        raise ValueError(f"{path}: 'topics' must be a non-empty list of names (or of {{name: ...}} mappings)")
-    return list(dict.fromkeys(n.strip() for n in names))
+    stripped = [n.strip() for n in names if isinstance(n, str) and n.strip()]
+    if not names or len(stripped) != len(names):
+        raise UserError(f"{path}: 'topics' must be a non-empty list of names (or of {{name: ...}} mappings)")
+    return list(dict.fromkeys(stripped))
 
 
 def parse_list(text: str, limit: int) -> list[str]:
@@ -133,9 +143,9 @@ def expand_outline(
 ) -> OutlineStats:
     """Asks for the subtopics of each topic, then the concepts of each subtopic, and writes the outline YAML."""
     if subtopics < 1 or concepts < 1:
-        raise ValueError(f"--subtopics and --concepts must be at least 1, got {subtopics} and {concepts}")
+        raise UserError(f"--subtopics and --concepts must be at least 1, got {subtopics} and {concepts}")
     if not topics:
-        raise ValueError("no topics to expand")
+        raise UserError("no topics to expand")
     prompts = load_outline_prompts(prompts_path)
     out_path = Path(out_path)
     answers = Path(answers_path) if answers_path else outline_answers_path(out_path)
@@ -180,8 +190,9 @@ def expand_outline(
         if entry["subtopics"]:
             outline.append(entry)
     header = (f"# Outline expanded by `python -m data_tools.synth outline` with model {client.model!r};\n"
-              f"# the model's answers are in {answers.name}. Review and edit freely, then pass it to\n"
-              f"# `python -m data_tools.synth textbooks|exercises --outline {out_path.name}`.\n")
+              f"# the model's answers are in {answers.name}. Review it, then pass it to\n"
+              f"# `python -m data_tools.synth textbooks|exercises --outline {out_path.name}`. Rerunning `outline`\n"
+              f"# rewrites this file from the answers: edit a copy.\n")
     _write_atomically(out_path, header + yaml.safe_dump({"topics": outline}, sort_keys=False, allow_unicode=True,
                                                         width=100))
     return stats
@@ -197,30 +208,28 @@ def _answers(path: Path) -> Iterator[dict[str, Any]]:
 
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def load_outline(path: str | Path) -> list[tuple[str, str, str]]:
     """The (topic, subtopic, concept) triples of an outline YAML, in file order, repeats dropped."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"outline {path} does not exist: write it with `python -m data_tools.synth outline`")
+        raise UserError(f"outline {path} does not exist: write it with `python -m data_tools.synth outline`")
     data = yaml.safe_load(path.read_text()) or {}
     topics = data.get("topics") if isinstance(data, dict) else None
     if not isinstance(topics, list) or not topics:
-        raise ValueError(f"{path}: 'topics' must be a non-empty list of {{name, subtopics}}")
+        raise UserError(f"{path}: 'topics' must be a non-empty list of {{name, subtopics}}")
     triples: dict[tuple[str, str, str], None] = {}
     for i, topic in enumerate(topics):
         if not isinstance(topic, dict) or not isinstance(topic.get("name"), str) \
                 or not isinstance(topic.get("subtopics"), list):
-            raise ValueError(f"{path}: 'topics[{i}]' must be a mapping with a 'name' and a list of 'subtopics'")
+            raise UserError(f"{path}: 'topics[{i}]' must be a mapping with a 'name' and a list of 'subtopics'")
         for j, sub in enumerate(topic["subtopics"]):
             concepts = sub.get("concepts") if isinstance(sub, dict) else None
             if not isinstance(sub, dict) or not isinstance(sub.get("name"), str) or not isinstance(concepts, list) \
                     or not all(isinstance(c, str) and c for c in concepts):
-                raise ValueError(f"{path}: 'topics[{i}].subtopics[{j}]' must be a mapping with a 'name' and a "
+                raise UserError(f"{path}: 'topics[{i}].subtopics[{j}]' must be a mapping with a 'name' and a "
                                  "list of 'concepts' (strings)")
             for concept in concepts:
                 triples.setdefault((topic["name"], sub["name"], concept), None)
@@ -239,16 +248,12 @@ def add_outline_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_outline_command(args: argparse.Namespace) -> int:
-    try:
-        stats = expand_outline(
-            out_path=args.out, client=client_config_from_args(args), topics=read_topics(args.topics_from),
-            subtopics=args.subtopics, concepts=args.concepts, prompts_path=args.outline_prompts, api=args.api,
-            max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-            retry_failed=args.retry_failed, progress=not args.no_progress,
-        )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    stats = expand_outline(
+        out_path=args.out, client=client_config_from_args(args), topics=read_topics(args.topics_from),
+        subtopics=args.subtopics, concepts=args.concepts, prompts_path=args.outline_prompts, api=args.api,
+        max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+        retry_failed=args.retry_failed, progress=not args.no_progress,
+    )
     print(json.dumps({"out": str(args.out), **stats.to_dict()}))
     if stats.missing_topics or stats.missing_subtopics:
         print(f"warning: {len(stats.missing_topics)} topics and {stats.missing_subtopics} subtopics are not expanded "

@@ -22,17 +22,23 @@ import json
 import random
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from data_tools.dedup import WORD, DedupParams, Deduplicator, exact_key, signature
+from data_tools.dedup import WORD, Deduplicator, DedupParams, exact_key, signature
+from data_tools.embed import encode_with_progress, load_embedder
 from data_tools.jsonl import ON_ERROR_CHOICES, OnError, expand_inputs, iter_records, record_id, record_text
+from data_tools.synth import NEAR_DUPLICATE, failures_path_for
+from megaphi.progress import progress
+from megaphi.common.errors import UserError
 
 META_FIELDS = ("topic", "subtopic", "concept", "seed_kind", "audience", "style")
 REPORT_FILES = ("diversity.json", "diversity.md", "diversity.png")
+FAILURES_SUFFIX = ".failures.jsonl"  # how data_tools.synth names a run's failure log
 
 
 @dataclass(frozen=True)
@@ -49,14 +55,15 @@ class ReportOptions:
     seed: int = 0
     on_error: OnError = "stop"
     examples: int = 10  # duplicate pairs listed in the report
+    progress: bool = True
 
     def validate(self) -> None:
         if not self.ngram_orders or min(self.ngram_orders) < 1:
-            raise ValueError(f"n-gram orders must be positive, got {list(self.ngram_orders)}")
+            raise UserError(f"n-gram orders must be positive, got {list(self.ngram_orders)}")
         if self.ngram_sample < 1 or self.embed_sample < 2:
-            raise ValueError("--ngram-sample must be at least 1 and --embed-sample at least 2")
+            raise UserError("--ngram-sample must be at least 1 and --embed-sample at least 2")
         if not 0 < self.cluster_distance <= 2:
-            raise ValueError(f"--cluster-distance is a cosine distance in (0, 2], got {self.cluster_distance}")
+            raise UserError(f"--cluster-distance is a cosine distance in (0, 2], got {self.cluster_distance}")
         self.dedup.validate()
 
 
@@ -65,7 +72,8 @@ class Reservoir:
     when the stream is no longer than ``size``."""
 
     def __init__(self, size: int, seed: int):
-        self.size, self.items, self.seen = size, [], 0
+        self.size, self.seen = size, 0
+        self.items: list[Any] = []
         self._rng = random.Random(seed)
 
     def offer(self, item: Any) -> None:
@@ -114,8 +122,6 @@ def is_exercise(record: dict[str, Any]) -> bool:
 
 def exercise_validation(kept: int, failures: list[dict[str, Any]]) -> dict[str, Any] | None:
     """What became of the exercises a run asked for: ``kept`` records and the run's failure log."""
-    from data_tools.synth import NEAR_DUPLICATE
-
     exercise_failures = [f for f in failures if "function_name" in (f.get("meta") or {})]
     if not kept and not exercise_failures:
         return None
@@ -145,13 +151,17 @@ def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
     diversity.md and diversity.png to ``out_dir``; returns what the JSON holds. ``embedder`` is an
     already loaded data_tools.embed embedder (else ``options.embedder`` is loaded when needed)."""
     options.validate()
-    files = expand_inputs(input_paths)
+    # A glob over a run's outputs also matches its failure logs: those hold no text, only verdicts.
+    files: list[Path] = []
+    logs: list[Path] = []
+    for path in expand_inputs(input_paths):
+        (logs if path.name.endswith(FAILURES_SUFFIX) else files).append(path)
+    if not files:
+        raise UserError(f"inputs {[str(p) for p in input_paths]} are all failure logs ({FAILURES_SUFFIX}): "
+                         "give the generated JSONL")
     if failures_paths is None:
-        from data_tools.synth import failures_path_for
-
-        failures_paths = [p for p in map(failures_path_for, files) if p.exists()]
-    failures = [r for r in iter_records(expand_inputs(failures_paths), on_error=options.on_error)] \
-        if failures_paths else []
+        failures_paths = list(dict.fromkeys(logs + [p for p in map(failures_path_for, files) if p.exists()]))
+    failures = list(iter_records(expand_inputs(failures_paths), on_error=options.on_error)) if failures_paths else []
 
     dedup = Deduplicator(options.dedup)
     prompts: Counter[str] = Counter()
@@ -161,19 +171,21 @@ def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
     exact = near = 0
     examples: list[dict[str, Any]] = []
     exercises = records = 0
-    for index, record in enumerate(iter_records(files, on_error=options.on_error)):
+    scan = progress(iter_records(files, on_error=options.on_error), desc="diversity", unit="records",
+                    disable=not options.progress)
+    for index, record in enumerate(scan):
         text = record_text(record, options.text_key, index)
         records += 1
         sig = signature(text, options.dedup.num_perm, options.dedup.ngram)
-        # Positions, not ids, name documents here: two runs' outputs may reuse an id.
-        verdict = dedup.check(str(index), exact_key(text), sig)
+        # The position keeps names unique: two runs' outputs may reuse an id.
+        verdict = dedup.check(f"{index}\t{record_id(record, index)}", exact_key(text), sig)
         if verdict is not None:
             exact += verdict["reason"] == "exact"
             near += verdict["reason"] == "near"
             if len(examples) < options.examples:
-                examples.append({"id": record_id(record, index), "duplicate_of": int(verdict["duplicate_of"]),
-                                 "reason": verdict["reason"], "jaccard": verdict["jaccard"]})
-        meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
+                examples.append({"id": record_id(record, index), "reason": verdict["reason"],
+                                 "duplicate_of": verdict["duplicate_of"].split("\t")[1], "jaccard": verdict["jaccard"]})
+        meta = record["meta"] if isinstance(record.get("meta"), dict) else {}
         if meta.get("prompt_sha1"):
             prompts[meta["prompt_sha1"]] += 1
         for name in META_FIELDS:
@@ -183,20 +195,15 @@ def diversity_report(input_paths: Sequence[str | Path], out_dir: str | Path, *,
         ngram_sample.offer(text)
         embed_sample.offer(text)
     if not records:
-        raise ValueError(f"inputs {[str(p) for p in input_paths]} hold no records: nothing to report on")
-    # duplicate_of is an input position; name it like the duplicate (its id) for the reader
-    positions = {e["duplicate_of"] for e in examples}
-    names = {i: record_id(r, i) for i, r in enumerate(iter_records(files, on_error=options.on_error)) if i in positions}
-    for example in examples:
-        example["duplicate_of"] = names[example["duplicate_of"]]
+        raise UserError(f"inputs {[str(p) for p in input_paths]} hold no records: nothing to report on")
 
     coverage = None
     if options.embedder is not None or embedder is not None:
         if embedder is None:
-            from data_tools.embed import load_embedder
-
-            embedder = load_embedder(options.embedder)
-        coverage = embedding_coverage(embedder.encode(embed_sample.items), options.cluster_distance)
+            embedder = load_embedder(str(options.embedder))
+        vectors = (encode_with_progress(embedder, embed_sample.items) if options.progress
+                   else embedder.encode(embed_sample.items))
+        coverage = embedding_coverage(vectors, options.cluster_distance)
         coverage["embedder"] = getattr(embedder, "name", str(options.embedder))
     distances = coverage.pop("distances") if coverage else []
 
@@ -316,19 +323,17 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ngram", type=int, default=DedupParams.ngram, help="words per MinHash shingle")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
     parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="stop")
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def run_report_command(args: argparse.Namespace) -> int:
     options = ReportOptions(
         text_key=args.text_key, ngram_sample=args.ngram_sample, embedder=None if args.no_embeddings else args.embedder,
         embed_sample=args.embed_sample, cluster_distance=args.cluster_distance, seed=args.seed, on_error=args.on_error,
+        progress=not args.no_progress,
         dedup=DedupParams(threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram, text_key=args.text_key),
     )
-    try:
-        report = diversity_report(args.input, args.out_dir, failures_paths=args.failures, options=options)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = diversity_report(args.input, args.out_dir, failures_paths=args.failures, options=options)
     print(markdown(report), end="")
     print(f"wrote {', '.join(report['files'])}", file=sys.stderr)
     return 0

@@ -19,10 +19,11 @@ import keyword
 import os
 import random
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from data_tools.quality.documents import Document, corpus_files, sample_documents
+from megaphi.common.errors import UserError
 
 # The README's recipe writes the deduplicated, quality-filtered code here.
 DEFAULT_SEED_CORPUS = "data/code_filtered-*.jsonl"
@@ -44,14 +45,14 @@ class SeedOptions:
 
     def validate(self) -> None:
         if self.pool < 1:
-            raise ValueError(f"--seed-pool must be at least 1, got {self.pool}")
+            raise UserError(f"--seed-pool must be at least 1, got {self.pool}")
         unknown = [k for k in self.kinds if k not in SEED_KINDS]
         if unknown or not self.kinds:
-            raise ValueError(f"seed kinds must be among {', '.join(SEED_KINDS)}, got {list(self.kinds)}")
+            raise UserError(f"seed kinds must be among {', '.join(SEED_KINDS)}, got {list(self.kinds)}")
         if not 1 <= self.min_lines <= self.max_lines:
-            raise ValueError(f"need 1 <= min_lines <= max_lines, got {self.min_lines} and {self.max_lines}")
+            raise UserError(f"need 1 <= min_lines <= max_lines, got {self.min_lines} and {self.max_lines}")
         if self.identifiers_per_set < 1 or self.max_sets_per_document < 1:
-            raise ValueError("identifiers_per_set and max_sets_per_document must be at least 1")
+            raise UserError("identifiers_per_set and max_sets_per_document must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -66,18 +67,50 @@ class Seed:
         return {"seed_kind": self.kind, "seed_source": self.source, **({"seed_where": self.where} if self.where else {})}
 
 
-def snippets(text: str, options: SeedOptions) -> list[tuple[int, int, str]]:
-    """(first line, last line, code) of the functions and methods of a Python file, in file order;
-    line windows when the file does not parse."""
-    lines = text.splitlines()
+@dataclass
+class ParsedFile:
+    """What one walk over a Python file's syntax tree finds: its functions and every name it uses."""
+
+    functions: list[ast.FunctionDef | ast.AsyncFunctionDef]
+    names: set[str]
+
+
+def parse_file(text: str) -> ParsedFile | None:
+    """None for a file that does not parse as Python (parsing is most of the cost: done once per file)."""
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
+        return None
+    parsed = ParsedFile([], set())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            parsed.functions.append(node)
+            parsed.names.add(node.name)
+        elif isinstance(node, ast.ClassDef):
+            parsed.names.add(node.name)
+        elif isinstance(node, ast.Name):
+            parsed.names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            parsed.names.add(node.attr)
+        elif isinstance(node, ast.arg):
+            parsed.names.add(node.arg)
+    return parsed
+
+
+def snippets(text: str, options: SeedOptions) -> list[tuple[int, int, str]]:
+    """(first line, last line, code) of the functions and methods of a Python file, in file order;
+    line windows when the file does not parse."""
+    return _snippets(text, parse_file(text), options)
+
+
+def _snippets(text: str, parsed: ParsedFile | None, options: SeedOptions) -> list[tuple[int, int, str]]:
+    lines = text.splitlines()
+    if parsed is None:
         spans = [(start, min(start + options.max_lines, len(lines)))
                  for start in range(0, len(lines), options.max_lines)]
     else:
-        nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-        spans = sorted({(min([n.lineno, *(d.lineno for d in n.decorator_list)]) - 1, n.end_lineno) for n in nodes})
+        spans = sorted({(min([n.lineno, *(d.lineno for d in n.decorator_list)]) - 1, n.end_lineno or n.lineno)
+                        for n in parsed.functions})
     out = []
     for start, end in spans:
         chunk = lines[start:end]
@@ -91,30 +124,22 @@ def snippets(text: str, options: SeedOptions) -> list[tuple[int, int, str]]:
 def identifiers(text: str) -> list[str]:
     """The distinct names a Python file defines or uses (sorted), without builtins, keywords, private
     names and names shorter than three characters; none for a file that does not parse."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        return []
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.Name):
-            names.add(node.id)
-        elif isinstance(node, ast.Attribute):
-            names.add(node.attr)
-        elif isinstance(node, ast.arg):
-            names.add(node.arg)
-    return sorted(n for n in names if len(n) >= 3 and n not in _COMMON_NAMES and not n.startswith("_"))
+    parsed = parse_file(text)
+    return [] if parsed is None else _identifiers(parsed)
+
+
+def _identifiers(parsed: ParsedFile) -> list[str]:
+    return sorted(n for n in parsed.names if len(n) >= 3 and n not in _COMMON_NAMES and not n.startswith("_"))
 
 
 def document_seeds(document: Document, options: SeedOptions, seed: int) -> list[Seed]:
+    parsed = parse_file(document.text)
     out: list[Seed] = []
     if "snippet" in options.kinds:
         out += [Seed("snippet", document.id, f"lines {first}-{last}", code)
-                for first, last, code in snippets(document.text, options)]
-    if "identifiers" in options.kinds:
-        names = identifiers(document.text)
+                for first, last, code in _snippets(document.text, parsed, options)]
+    if "identifiers" in options.kinds and parsed is not None:
+        names = _identifiers(parsed)
         # Seeded by the document, not by its position: the sets of a file do not change when the pool does.
         random.Random(f"{seed}:{document.id}").shuffle(names)
         k = options.identifiers_per_set
@@ -130,7 +155,7 @@ def load_seeds(inputs: Sequence[str | os.PathLike], options: SeedOptions = SeedO
     try:
         files = corpus_files(inputs)
     except ValueError as exc:
-        raise ValueError(f"seed corpus: {exc}; pass --seed-corpus with the quality-filtered code shards "
+        raise UserError(f"seed corpus: {exc}; pass --seed-corpus with the quality-filtered code shards "
                          f"(default {DEFAULT_SEED_CORPUS})") from None
     seen: set[bytes] = set()
     seeds: list[Seed] = []
@@ -141,6 +166,6 @@ def load_seeds(inputs: Sequence[str | os.PathLike], options: SeedOptions = SeedO
                 seen.add(key)
                 seeds.append(item)
     if not seeds:
-        raise ValueError(f"seed corpus {', '.join(map(str, inputs))} yields no {' or '.join(options.kinds)} seed: "
+        raise UserError(f"seed corpus {', '.join(map(str, inputs))} yields no {' or '.join(options.kinds)} seed: "
                          f"it needs Python files with functions of {options.min_lines}-{options.max_lines} lines")
     return seeds

@@ -7,8 +7,8 @@ is the SentencePiece BPE alternative. Both load back through :func:`load_tokeniz
 (``megaphi.tokenizer``), the single loading path and interface every stage uses (``encode``,
 ``encode_batch``, ``decode``, ``eod_id``, ``vocab_size``), from preprocessing to serving.
 
-    python -m data_tools.tokenizer train --output tok/ --vocab-size 50257          # stdlib corpus
-    python -m data_tools.tokenizer train --input data/*.jsonl --kind sentencepiece --output spm/
+    python -m data_tools.tokenizer train --out tok/ --vocab-size 50257          # stdlib corpus
+    python -m data_tools.tokenizer train --input data/*.jsonl --kind sentencepiece --out spm/
     python -m data_tools.tokenizer info tok/
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from megaphi.common.cli import entry_point
 from megaphi.tokenizer import (EOD_TOKEN, SENTENCEPIECE_FILE, SentencePieceTokenizer, Tokenizer,  # noqa: F401
                                TokenizerError, load_tokenizer)
 from megaphi.vocab import padded_vocab_size
@@ -108,6 +109,7 @@ def describe(tokenizer: Tokenizer, tensor_parallel_size: int = 1) -> str:
             f"model vocab padded to {padded} (multiple of {128 * tensor_parallel_size} for tensor parallel {tensor_parallel_size})")
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_tools.tokenizer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = sub.add_parser("train", help="train a tokenizer on JSONL/parquet texts or the standard library")
     train.add_argument("--input", nargs="*", default=[],
                        help="corpus inputs as data_tools.corpus reads them: directories, JSONL, parquet (default: the Python standard library)")
-    train.add_argument("--output", required=True, help="directory to save the tokenizer to")
+    train.add_argument("--out", "--output", dest="output", required=True, help="directory to save the tokenizer to")
     train.add_argument("--kind", choices=("bpe", "sentencepiece"), default="bpe",
                        help="bpe: byte-level BPE like codegen-350M-mono (default); sentencepiece: SentencePiece BPE")
     train.add_argument("--vocab-size", type=int, default=None, help="vocabulary size (default: 50257 for bpe, 32000 for sentencepiece)")
@@ -126,20 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in (train, info):
         p.add_argument("--tensor-parallel-size", type=int, default=1, help="pad the reported model vocab for this TP size")
     args = parser.parse_args(argv)
-    try:
-        if args.tensor_parallel_size < 1:
-            raise TokenizerError(f"--tensor-parallel-size must be at least 1, got {args.tensor_parallel_size}")
-        if args.command == "train":
-            texts = corpus_texts(args.input, args.on_error)
-            if args.kind == "bpe":
-                tokenizer = train_bpe(texts, args.output, args.vocab_size or 50257, args.min_frequency)
-            else:
-                tokenizer = train_sentencepiece(texts, args.output, args.vocab_size or 32000)
+    if args.tensor_parallel_size < 1:
+        raise TokenizerError(f"--tensor-parallel-size must be at least 1, got {args.tensor_parallel_size}")
+    if args.command == "train":
+        texts = corpus_texts(args.input, args.on_error)
+        if args.kind == "bpe":
+            tokenizer = train_bpe(texts, args.output, args.vocab_size or 50257, args.min_frequency)
         else:
-            tokenizer = load_tokenizer(args.path)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            tokenizer = train_sentencepiece(texts, args.output, args.vocab_size or 32000)
+    else:
+        tokenizer = load_tokenizer(args.path)
     print(describe(tokenizer, args.tensor_parallel_size))
     return 0
 

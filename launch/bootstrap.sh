@@ -23,7 +23,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=.venv/.megaphi-installed
-if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[bootstrap] pip install (torch pinned to ${TORCH_PIN#torch==})"
   .venv/bin/pip install -q --upgrade pip wheel setuptools "$TORCH_PIN"
   DS_BUILD_OPS=0 .venv/bin/pip install -q -e ".[dev]" "$TORCH_PIN"

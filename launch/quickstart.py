@@ -1,65 +1,65 @@
 """The whole phi-1 recipe at toy scale, on the CPU, on the data every machine has.
 
-Each step is the command a user would type, printed before it runs, so this file doubles as a
+Each stage runs the commands a user would type, printed before they run, so this file doubles as a
 walk-through. The real recipe differs in scale only: The Stack instead of the standard library, an
 LLM annotator instead of the heuristic one, GPT-3.5 (or a served large model) instead of the toy
 model for synthesis, phi-1 instead of phi-tiny, GPUs instead of two CPU processes.
 
-    bash launch/quickstart.sh            # installs what is missing, then runs this
-    .venv/bin/python launch/quickstart.py --work-dir runs/quickstart --train-steps 60
+    bash launch/quickstart.sh                       # installs what is missing, then runs this
+    .venv/bin/python launch/quickstart.py --train-steps 120
+    .venv/bin/python launch/quickstart.py --start-at finetune   # redo finetune and what follows
+    .venv/bin/python launch/quickstart.py --fresh               # wipe the work dir, redo everything
 
-The synthetic textbooks and exercises come from the toy model the recipe has just pretrained,
-served through megaphi.serve: they are not good text, and the exercise validator rejects most or all
-of them. What the quickstart shows is that every stage runs and hands the next one what it needs.
+A rerun skips every stage whose outputs are complete and whose inputs and parameters are unchanged
+(see launch/pipeline.py), redoes the ones that changed and every stage after them that reads their
+outputs, and says which and why. Only --fresh deletes the whole work directory. At the end it writes
+REPORT.md and report.json into the work directory (one row per stage, loss curves, the quality
+histogram, the evaluation numbers, where every output lives) and prints the path of REPORT.md.
+
+The synthetic textbooks and exercises come from the toy model the recipe has just pretrained, served
+through megaphi.serve: they are not good text, and the exercise validator rejects most or all of them.
+So the finetuning set is the small hand-written exercise set of launch/quickstart_exercises.jsonl (MBPP's
+format) plus whatever synthetic exercise passed, and the model is evaluated on HumanEval and on those
+exercises themselves: a toy model can learn them by heart, not solve anything new.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
-import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any, Iterator
+
+from megaphi.common.checkpoints import read_latest
+from megaphi.common.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from launch.pipeline import Outcome, Pipeline, Stage, write_json_atomically  # noqa: E402
+
 PY = sys.executable
+EXERCISES = ROOT / "launch" / "quickstart_exercises.jsonl"
+TOY_NOTE = """\
+What a toy model can and cannot show: phi-tiny (2 layers, hidden size 128) trained for minutes on a
+slice of the standard library cannot write a HumanEval solution; HumanEval pass@1 of 0 is the expected
+result, and the completions show what the model learned (the shape of Python code, not its meaning).
+It does learn the ten seed exercises it was finetuned on: the exercise evaluation asks for exactly
+those, so passing them shows that finetuning, conversion, generation and the sandboxed scoring fit
+together and that a trained model's answers are scored as passed, not that the model can program.
+The synthetic textbooks and exercises come from the same toy model, so they are noise: the textbooks
+are tokenized (the prefix the full recipe mixes into pretraining) but the toy does not pretrain again,
+and few or no synthetic exercises pass validation. With a real endpoint (--base-url of a large
+model) the same stages produce the phi-1 data."""
 
 
-class Quickstart:
-    def __init__(self, work: Path, start_at: int = 1):
-        self.work = work
-        self.start_at = start_at
-        self.step_no = 0
-        self.started = time.monotonic()
-
-    def step(self, title: str) -> None:
-        self.step_no += 1
-        print(f"\n=== {self.step_no}. {title}  [{time.monotonic() - self.started:.0f}s]", flush=True)
-
-    @property
-    def skipping(self) -> bool:
-        """Steps before --start-at are skipped: their outputs are already in the work dir."""
-        return self.step_no < self.start_at
-
-    def run(self, *args: str, env: dict[str, str] | None = None) -> None:
-        print(("(skipped) $ " if self.skipping else "$ ") + " ".join(shlex.quote(a) for a in args), flush=True)
-        if self.skipping:
-            return
-        result = subprocess.run(args, cwd=ROOT, env={**os.environ, **(env or {})})
-        if result.returncode != 0:
-            raise SystemExit(f"quickstart: step {self.step_no} failed (exit {result.returncode}): {' '.join(args)}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# ------------------------------------------------------------------------------------------------
+# Small helpers the stages use
 
 
 def wait_for_server(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> None:
@@ -75,132 +75,328 @@ def wait_for_server(url: str, proc: subprocess.Popen, timeout_s: float = 180) ->
     raise SystemExit(f"quickstart: megaphi.serve did not answer {url} within {timeout_s:.0f}s")
 
 
-def model_vocab(tokenizer: Path) -> int:
-    """The model's vocab_size for a tokenizer: its entries, added tokens included."""
-    sys.path.insert(0, str(ROOT))
-    from data_tools.tokenizer import load_tokenizer
+@contextlib.contextmanager
+def served(checkpoint: Path, port: int) -> Iterator[None]:
+    """megaphi.serve over ``checkpoint`` while the synthesis commands run."""
+    server = subprocess.Popen([PY, "-m", "megaphi.serve", "--model", str(checkpoint), "--port", str(port),
+                               "--served-model-name", "phi-tiny"], cwd=ROOT)
+    try:
+        wait_for_server(f"http://127.0.0.1:{port}/health", server)
+        yield
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
 
-    return load_tokenizer(tokenizer).vocab_size
 
-
-def shards(data: Path, prefix: str) -> list[str]:
+def shards(data: Path, prefix: str) -> list[Path]:
     """The JSONL shards a stage wrote, as a shell would expand ``PREFIX-*.jsonl``."""
-    found = sorted(str(p) for p in data.glob(f"{prefix}-*.jsonl"))
-    if not found:
-        raise SystemExit(f"quickstart: no {prefix}-*.jsonl shards in {data}: the previous step wrote nothing")
-    return found
+    return sorted(data.glob(f"{prefix}-*.jsonl"))
+
+
+def jsonl_lines(*paths: Path) -> int:
+    return sum(sum(1 for line in p.open(encoding="utf-8") if line.strip()) for p in paths if p.is_file())
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
+    """The run's newest checkpoint, or its checkpoint root while it has none (a stage key still names it)."""
     root = run_dir / "checkpoints"
-    tag = (root / "latest").read_text().strip()
-    return root / tag
+    return root / (read_latest(root) or "")
 
 
-def main(argv: list[str] | None = None) -> int:
+def token_counts(prefix: Path) -> dict[str, int]:
+    from megaphi.data.indexed import IndexedDataset
+
+    if not Path(f"{prefix}.idx").is_file():
+        return {}
+    dataset = IndexedDataset(prefix)
+    return {"documents": len(dataset), "tokens": int(sum(len(dataset[i]) for i in range(len(dataset))))}
+
+
+def training_counts(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    steps = [r for r in rows if "loss" in r and "step" in r]
+    if not steps:
+        return {}
+    return {"steps": steps[-1]["step"], "first loss": round(steps[0]["loss"], 3), "last loss": round(steps[-1]["loss"], 3),
+            "samples": steps[-1].get("consumed_samples")}
+
+
+def render_exercises(source: Path, out: Path) -> None:
+    """The seed exercises as finetuning documents: the prompt the evaluation shows, then the solution."""
+    from megaphi.eval.benchmarks import mbpp_prompt
+
+    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    with out.open("w", encoding="utf-8") as f:
+        for row in rows:
+            text = mbpp_prompt(row["text"], row["test_list"][0]) + row["code"] + "\n"
+            f.write(json.dumps({"text": text, "id": f"seed-exercise-{row['task_id']}"}) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# The recipe
+
+
+def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
+    data = work / "data"
+    tokenizer = work / "tokenizer"
+    pretrain, finetune, hf_dir, evals = work / "pretrain", work / "finetune", work / "hf", work / "eval"
+    train = [PY, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", "megaphi.train",
+             "--config", "configs/phi_tiny_cpu.yaml"]
+    recipe = [ROOT / "configs" / "phi_tiny_cpu.yaml", ROOT / "ds_configs" / "cpu.json"]
+
+    def vocab() -> int:
+        from megaphi.tokenizer import load_tokenizer
+
+        return load_tokenizer(tokenizer).vocab_size
+
+    def port_endpoint() -> tuple[int, list[str]]:
+        port = getattr(build_stages, "port", None) or free_port()
+        build_stages.port = port  # type: ignore[attr-defined]
+        return port, ["--base-url", f"http://127.0.0.1:{port}/v1", "--api-key", "local", "--model", "phi-tiny"]
+
+    def synth_commands() -> list[list[str]]:
+        _, endpoint = port_endpoint()
+        return [[PY, "-m", "data_tools.synth", kind, "--count", str(args.synth_count), "--out", str(data / f"{kind}.jsonl"),
+                 "--max-tokens", "96", "--api", "completion", "--keep-truncated", "--no-progress", *endpoint]
+                for kind in ("textbooks", "exercises")]
+
+    quality = data / "filtered.quality.json"
+    return [
+        Stage("corpus", "gather code: the standard library of this Python into JSONL shards",
+              # A slice of the library keeps the toy run to minutes: no tests, files of 400 B to 20 kB.
+              lambda: [[PY, "-m", "data_tools.corpus", "--output-prefix", str(data / "corpus"), "--include",
+                        args.corpus_include, "--exclude", "*/test/*", "*/tests/*", "*/idle_test/*", "*/site-packages/*",
+                        "*/__pycache__/*", "--min-bytes", "400", "--max-bytes", "20000", "--no-progress"]],
+              lambda: [], [data / "corpus-00000.jsonl"],
+              lambda: {"documents kept": jsonl_lines(*shards(data, "corpus"))}),
+        Stage("quality", "educational-value filter: heuristic annotator (offline), embeddings + random forest, filter",
+              lambda: [[PY, "-m", "data_tools.quality", "annotate", "--input", *map(str, shards(data, "corpus")),
+                        "--annotator", "heuristic", "--out", str(data / "annotations.jsonl"), "--no-progress"],
+                       [PY, "-m", "data_tools.quality", "train", "--input", *map(str, shards(data, "corpus")),
+                        "--annotations", str(data / "annotations.jsonl"), "--out", str(work / "quality_classifier")],
+                       [PY, "-m", "data_tools.quality", "filter", "--input", *map(str, shards(data, "corpus")),
+                        "--classifier", str(work / "quality_classifier"), "--output-prefix", str(data / "filtered")]],
+              lambda: shards(data, "corpus"),
+              [data / "annotations.jsonl", work / "quality_classifier", data / "filtered-00000.jsonl", quality,
+               data / "filtered.quality.png"],
+              lambda: {"documents scored": read_json(quality).get("documents"), "kept": read_json(quality).get("kept"),
+                       f"removed (quality score below {read_json(quality).get('threshold')})": read_json(quality).get("removed")}),
+        Stage("dedup", "deduplicate: exact and MinHash near duplicates",
+              lambda: [[PY, "-m", "data_tools.dedup", "--input", *map(str, shards(data, "filtered")),
+                        "--output-prefix", str(data / "dedup")]],
+              lambda: shards(data, "filtered"),
+              [data / "dedup-00000.jsonl", data / "dedup.removed.jsonl", data / "dedup.dedup.json"],
+              lambda: {k: read_json(data / "dedup.dedup.json").get(k) for k in
+                       ("documents", "kept", "exact_duplicates", "near_duplicates")}),
+        Stage("decontaminate", "decontaminate the code against HumanEval (13-gram overlap, embedding + AST similarity)",
+              lambda: [[PY, "-m", "data_tools.decontaminate", "--input", *map(str, shards(data, "dedup")),
+                        "--output-prefix", str(data / "clean"), "--benchmarks", "humaneval"]],
+              lambda: shards(data, "dedup"),
+              [data / "clean-00000.jsonl", data / "clean.removed.jsonl", data / "clean.decontamination.json"],
+              lambda: {k: read_json(data / "clean.decontamination.json").get(k) for k in
+                       ("documents", "kept", "removed_ngram", "removed_ast")}),
+        Stage("tokenizer", "train a byte-level BPE tokenizer like codegen-350M-mono's (toy vocabulary)",
+              lambda: [[PY, "-m", "data_tools.tokenizer", "train", "--input", *map(str, shards(data, "clean")),
+                        "--output", str(tokenizer), "--vocab-size", str(args.vocab_size)]],
+              lambda: shards(data, "clean"), [tokenizer],
+              lambda: {"vocab size (with added tokens)": vocab()}),
+        Stage("tokenize", "tokenize into Megatron-compatible .bin/.idx",
+              lambda: [[PY, "-m", "data_tools.preprocess", "--input", *map(str, shards(data, "clean")), "--output-prefix",
+                        str(data / "code"), "--tokenizer", str(tokenizer), "--append-eod", "--workers", "2",
+                        "--no-progress"]],
+              lambda: [*shards(data, "clean"), tokenizer],
+              [data / "code_text_document.bin", data / "code_text_document.idx"],
+              lambda: token_counts(data / "code_text_document")),
+        Stage("pretrain", f"pretrain phi-tiny: DeepSpeed ZeRO-2, {args.nproc} CPU processes (torchrun)",
+              lambda: [[*train, f"run_dir={pretrain}", f"model.overrides.vocab_size={vocab()}",
+                        f"data.paths=[{data / 'code_text_document'}]", f"data.tokenizer={tokenizer}",
+                        f"train.steps={args.train_steps}", "checkpoint.interval=20", "eval.interval=20",
+                        "logging.interval=10"]],
+              lambda: [data / "code_text_document.bin", data / "code_text_document.idx", tokenizer, *recipe],
+              [pretrain], lambda: training_counts(pretrain)),
+        Stage("synth", "synthesize textbooks and exercises through an OpenAI-compatible server over the toy model",
+              synth_commands, lambda: [latest_checkpoint(pretrain)],
+              [data / f"{kind}{suffix}.jsonl" for kind in ("textbooks", "exercises") for suffix in ("", ".failures")],
+              lambda: {"textbooks": jsonl_lines(data / "textbooks.jsonl"),
+                       "exercises that passed validation": jsonl_lines(data / "exercises.jsonl"),
+                       "failed or rejected requests": jsonl_lines(data / "textbooks.failures.jsonl",
+                                                                  data / "exercises.failures.jsonl")},
+              around=lambda: served(latest_checkpoint(pretrain), port_endpoint()[0]),
+              unkeyed=lambda: [port_endpoint()[1][1]]),  # the server's address changes from run to run
+        Stage("synthetic-data", "tokenize the synthetic textbooks; decontaminate and tokenize the exercises",
+              lambda: [[PY, "-m", "data_tools.preprocess", "--input", str(data / "textbooks.jsonl"), "--output-prefix",
+                        str(data / "synthetic_textbooks"), "--tokenizer", str(tokenizer), "--append-eod", "--no-progress"],
+                       [PY, str(ROOT / "launch" / "quickstart.py"), "--render-exercises", str(EXERCISES),
+                        str(data / "seed_exercises.jsonl")],
+                       [PY, "-m", "data_tools.decontaminate", "--input", str(data / "seed_exercises.jsonl"),
+                        *([str(data / "exercises.jsonl")] if jsonl_lines(data / "exercises.jsonl") else []),
+                        "--output-prefix", str(data / "code_exercises"), "--benchmarks", "humaneval"],
+                       # a glob: these shards are written by the command before, after this list is built
+                       [PY, "-m", "data_tools.preprocess", "--input", str(data / "code_exercises-*.jsonl"),
+                        "--output-prefix", str(data / "code_exercises"), "--tokenizer", str(tokenizer),
+                        "--append-eod", "--no-progress"]],
+              lambda: [data / "textbooks.jsonl", data / "exercises.jsonl", EXERCISES, tokenizer],
+              [data / "synthetic_textbooks_text_document.bin", data / "synthetic_textbooks_text_document.idx",
+               data / "seed_exercises.jsonl", *(data / f"code_exercises{suffix}" for suffix in
+                                                ("-00000.jsonl", ".removed.jsonl", ".decontamination.json",
+                                                 "_text_document.bin", "_text_document.idx"))],
+              lambda: {"textbook tokens": token_counts(data / "synthetic_textbooks_text_document").get("tokens"),
+                       "exercises kept": read_json(data / "code_exercises.decontamination.json").get("kept"),
+                       "exercises removed as contaminated": sum(read_json(data / "code_exercises.decontamination.json")
+                                                                .get(k, 0) for k in ("removed_ngram", "removed_ast")),
+                       "exercise tokens": token_counts(data / "code_exercises_text_document").get("tokens")}),
+        Stage("finetune", "finetune from the pretrained checkpoint on the exercises (phi-1's CodeExercises stage)",
+              lambda: [[*train, f"run_dir={finetune}", f"data.paths=[{data / 'code_exercises_text_document'}]",
+                        f"data.tokenizer={tokenizer}", f"checkpoint.init_from={latest_checkpoint(pretrain)}",
+                        # A constant, high rate: the toy model has to learn ten exercises by heart in a minute.
+                        f"train.steps={args.finetune_steps}", "optim.lr=3e-3", "optim.decay=constant",
+                        "optim.warmup_steps=2", "data.split=100,0,0",
+                        "checkpoint.interval=20", "eval.interval=0", "logging.interval=5"]],
+              lambda: [data / "code_exercises_text_document.bin", data / "code_exercises_text_document.idx",
+                       latest_checkpoint(pretrain), tokenizer, *recipe],
+              [finetune], lambda: training_counts(finetune)),
+        Stage("convert", "convert the finetuned checkpoint to a Hugging Face PhiForCausalLM directory",
+              lambda: [[PY, "-m", "megaphi.convert", "to-hf", "--checkpoint", str(finetune / "checkpoints"),
+                        "--out", str(hf_dir)]],
+              lambda: [latest_checkpoint(finetune)], [hf_dir]),
+        Stage("eval", "evaluate: HumanEval and the seed exercises, generated, scored in the bubblewrap sandbox",
+              lambda: [[PY, "-m", "megaphi.eval", "run", "--model", str(hf_dir), "--benchmark", "humaneval",
+                        "--limit", str(args.eval_problems), "--max-new-tokens", "64", "--out-dir", str(evals / "humaneval")],
+                       [PY, "-m", "megaphi.eval", "run", "--model", str(hf_dir), "--benchmark", "mbpp", "--mbpp-path",
+                        str(EXERCISES), "--mbpp-split", "prompt", "--max-new-tokens", "64",
+                        "--out-dir", str(evals / "exercises")]],
+              lambda: [hf_dir, EXERCISES], [evals],
+              lambda: {f"{name} pass@1": read_json(evals / name / "report.json").get("summary", {}).get("pass@1")
+                       for name in ("humaneval", "exercises")}),
+    ]
+
+
+# ------------------------------------------------------------------------------------------------
+# The report
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(work: Path, outcomes: list[Outcome], total_s: float) -> Path:
+    evals = {name: read_json(work / "eval" / name / "report.json") for name in ("humaneval", "exercises")}
+    rows = [{"stage": o.stage.name, "title": o.stage.title, "status": o.status, "reason": o.reason,
+             "seconds": round(o.seconds, 1), "inputs": o.inputs,
+             "outputs": [str(p.relative_to(work)) for p in o.stage.outputs], "counts": o.counts,
+             "said": [line for line in o.said if line]} for o in outcomes]
+    images = {"pretraining loss": "pretrain/loss_curve.png", "finetuning loss": "finetune/loss_curve.png",
+              "quality scores": "data/filtered.quality.png"}
+    payload = {"work_dir": str(work), "seconds": round(total_s, 1), "stages": rows,
+               "images": {k: v for k, v in images.items() if (work / v).is_file()},
+               "evaluation": {name: report.get("summary") for name, report in evals.items()},
+               "toy_model_note": TOY_NOTE}
+    write_json_atomically(work / "report.json", payload)
+
+    ran = sum(o.status == "ran" for o in outcomes)
+    lines = ["# Quickstart report", "",
+             f"Work directory `{work}`; this run took {total_s:.0f}s: {ran} stage(s) ran, "
+             f"{len(outcomes) - ran} skipped (outputs complete, inputs and parameters unchanged). "
+             "The same content as JSON: `report.json`.", "",
+             "| # | stage | this run | time (s) | counts | the stage said |", "|---:|---|---|---:|---|---|"]
+    for number, row in enumerate(rows, 1):
+        counts = "; ".join(f"{k}: {v}" for k, v in row["counts"].items() if v is not None)
+        status = "ran" if row["status"] == "ran" else "skipped"
+        lines.append(f"| {number} | {row['stage']} | {status} ({_cell(row['reason'])}) | {row['seconds']:.0f} "
+                     f"| {_cell(counts)} | {_cell(' / '.join(row['said']))} |")
+    lines += ["", "## Evaluation", ""]
+    if not any(report.get("summary") for report in evals.values()):
+        lines.append("(the eval stage has not run)")
+    for name, report in evals.items():
+        summary = report.get("summary")
+        if not summary:
+            continue
+        passk = ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary.items() if k.startswith("pass@"))
+        lines.append(f"- **{name}**: {passk} over {summary['problems_scored']} problems "
+                     f"({summary['samples']} samples); outcomes {summary['outcomes']}; per problem: "
+                     f"`eval/{name}/report.md`")
+    lines += ["", TOY_NOTE, ""]
+    for title, path in payload["images"].items():
+        lines += [f"## {title[0].upper()}{title[1:]}", "", f"![{title}]({path})", ""]
+    lines += ["## Where everything is", "", "| stage | inputs | outputs |", "|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['stage']} | {_cell(', '.join(row['inputs']) or '(none)')} "
+                     f"| {_cell(', '.join(row['outputs']))} |")
+    lines += ["", "Each stage's record (its commands, key, output fingerprints): `stages/<stage>.json`.", ""]
+    path = work / "REPORT.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", default="runs/quickstart", help="everything is written under it")
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--train-steps", type=int, default=60)
-    parser.add_argument("--finetune-steps", type=int, default=20)
+    parser.add_argument("--finetune-steps", type=int, default=60)
     parser.add_argument("--nproc", type=int, default=2, help="training processes (data parallel, CPU)")
     parser.add_argument("--synth-count", type=int, default=6, help="textbooks and exercises each")
-    parser.add_argument("--start-at", type=int, default=1, help="skip the steps before this one (their outputs exist)")
     parser.add_argument("--eval-problems", type=int, default=16, help="HumanEval problems generated and scored")
-    args = parser.parse_args(argv)
+    parser.add_argument("--corpus-include", default="[a-e]*.py",
+                        help="which standard-library files to gather (a glob on their path)")
+    parser.add_argument("--start-at", default=None, metavar="STAGE",
+                        help="rerun from this stage (name or number) on; the stages before it are taken as they are")
+    parser.add_argument("--stop-after", default=None, metavar="STAGE", help="stop after this stage (name or number)")
+    parser.add_argument("--fresh", action="store_true", help="delete the work directory first and redo every stage")
+    parser.add_argument("--render-exercises", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
 
+
+def stage_index(stages: list[Stage], value: str | None, flag: str) -> int | None:
+    if value is None:
+        return None
+    names = [s.name for s in stages]
+    if value.isdigit() and 1 <= int(value) <= len(stages):
+        return int(value) - 1
+    if value in names:
+        return names.index(value)
+    raise SystemExit(f"quickstart: {flag} {value!r} is not a stage; give a number 1-{len(stages)} or one of "
+                     f"{', '.join(names)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render_exercises:
+        render_exercises(Path(args.render_exercises[0]), Path(args.render_exercises[1]))
+        return 0
     work = (ROOT / args.work_dir).resolve()
-    if args.start_at == 1 and work.exists():
-        shutil.rmtree(work)  # a fresh run: the stages refuse to mix their outputs with an earlier run's
-    data = work / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    q = Quickstart(work, args.start_at)
+    stages = build_stages(args, work)
+    start = stage_index(stages, args.start_at, "--start-at")
+    stop = stage_index(stages, args.stop_after, "--stop-after")
+    if args.fresh and start:
+        raise SystemExit("quickstart: --fresh deletes every stage's outputs; it cannot start after stage 1")
+    if args.fresh and work.exists():
+        print(f"--fresh: deleting {work}", flush=True)
+        shutil.rmtree(work)
+    (work / "data").mkdir(parents=True, exist_ok=True)
     env = {"DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT)}
-    os.environ.update(env)
-
-    q.step("Gather code: the standard library of this Python into JSONL shards")
-    # A slice of the library keeps the toy run to minutes: modules whose path starts with a-e, no tests.
-    q.run(PY, "-m", "data_tools.corpus", "--output-prefix", str(data / "corpus"), "--include", "[a-e]*.py",
-          "--exclude", "*/test/*", "*/tests/*", "*/idle_test/*", "*/site-packages/*", "*/__pycache__/*",
-          "--min-bytes", "400", "--max-bytes", "20000", "--no-progress")
-
-    q.step("Educational-value filter: annotate (offline heuristic annotator), embed + random forest, filter")
-    q.run(PY, "-m", "data_tools.quality", "annotate", "--input", *shards(data, "corpus"),
-          "--annotator", "heuristic", "--out", str(data / "annotations.jsonl"), "--no-progress")
-    q.run(PY, "-m", "data_tools.quality", "train", "--input", *shards(data, "corpus"),
-          "--annotations", str(data / "annotations.jsonl"), "--out", str(work / "quality_classifier"))
-    q.run(PY, "-m", "data_tools.quality", "filter", "--input", *shards(data, "corpus"),
-          "--classifier", str(work / "quality_classifier"), "--output-prefix", str(data / "filtered"))
-
-    q.step("Deduplicate: exact and MinHash near duplicates")
-    q.run(PY, "-m", "data_tools.dedup", "--input", *shards(data, "filtered"),
-          "--output-prefix", str(data / "dedup"), "--no-progress")
-
-    q.step("Decontaminate the code against HumanEval (13-gram, embedding + AST)")
-    q.run(PY, "-m", "data_tools.decontaminate", "--input", *shards(data, "dedup"),
-          "--output-prefix", str(data / "clean"), "--benchmarks", "humaneval")
-
-    q.step("Train a byte-level BPE tokenizer like codegen-350M-mono's (toy vocabulary)")
-    tokenizer = work / "tokenizer"
-    q.run(PY, "-m", "data_tools.tokenizer", "train", "--input", *shards(data, "clean"),
-          "--output", str(tokenizer), "--vocab-size", str(args.vocab_size))
-
-    q.step("Tokenize into Megatron-compatible .bin/.idx")
-    q.run(PY, "-m", "data_tools.preprocess", "--input", *shards(data, "clean"), "--output-prefix",
-          str(data / "code"), "--tokenizer", str(tokenizer), "--append-eod", "--workers", "2", "--no-progress")
-
-    q.step(f"Pretrain phi-tiny: DeepSpeed ZeRO-2, {args.nproc} CPU processes (torchrun)")
-    pretrain = work / "pretrain"
-    q.run(PY, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", "megaphi.train",
-          "--config", "configs/phi_tiny_cpu.yaml", f"run_dir={pretrain}", f"model.overrides.vocab_size={model_vocab(tokenizer)}",
-           f"data.paths=[{data / 'code_text_document'}]",
-          f"data.tokenizer={tokenizer}", f"train.steps={args.train_steps}", "checkpoint.interval=20",
-          "eval.interval=20", "logging.interval=10")
-
-    q.step("Synthesize textbooks and exercises through an OpenAI-compatible server over the model")
-    port = free_port()
-    checkpoint = latest_checkpoint(pretrain)
-    server = None if q.skipping else subprocess.Popen([PY, "-m", "megaphi.serve", "--model", str(checkpoint), "--port", str(port),
-                               "--served-model-name", "phi-tiny"], cwd=ROOT)
-    try:
-        if server is not None:
-            wait_for_server(f"http://127.0.0.1:{port}/health", server)
-        endpoint = ["--base-url", f"http://127.0.0.1:{port}/v1", "--api-key", "local", "--model", "phi-tiny"]
-        for kind in ("textbooks", "exercises"):
-            q.run(PY, "-m", "data_tools.synth", kind, "--count", str(args.synth_count), "--out",
-                  str(data / f"{kind}.jsonl"), "--max-tokens", "96", "--api", "completion", "--keep-truncated",
-                  "--no-progress", *endpoint)
-    finally:
-        if server is not None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
-
-    q.step("Decontaminate the synthetic textbooks and tokenize them for finetuning")
-    q.run(PY, "-m", "data_tools.decontaminate", "--input", str(data / "textbooks.jsonl"),
-          "--output-prefix", str(data / "synthetic"), "--benchmarks", "humaneval")
-    q.run(PY, "-m", "data_tools.preprocess", "--input", *shards(data, "synthetic"), "--output-prefix",
-          str(data / "synthetic"), "--tokenizer", str(tokenizer), "--append-eod", "--no-progress")
-
-    q.step("Finetune from the pretrained checkpoint on the synthetic set")
-    finetune = work / "finetune"
-    q.run(PY, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", "megaphi.train",
-          "--config", "configs/phi_tiny_cpu.yaml", f"run_dir={finetune}",
-          f"data.paths=[{data / 'synthetic_text_document'}]", f"data.tokenizer={tokenizer}",
-          f"checkpoint.init_from={checkpoint}", f"train.steps={args.finetune_steps}", "optim.lr=1e-4", "optim.warmup_steps=2",
-          "data.split=100,0,0", "checkpoint.interval=10", "eval.interval=0", "logging.interval=5")
-
-    q.step("Convert the finetuned checkpoint to a Hugging Face PhiForCausalLM directory")
-    hf_dir = work / "hf"
-    q.run(PY, "-m", "megaphi.convert", "to-hf", "--checkpoint", str(finetune / "checkpoints"), "--out", str(hf_dir))
-
-    q.step("Evaluate on HumanEval: generate, score in the bubblewrap sandbox, report")
-    q.run(PY, "-m", "megaphi.eval", "run", "--model", str(hf_dir), "--benchmark", "humaneval",
-          "--limit", str(args.eval_problems), "--max-new-tokens", "64", "--out-dir", str(work / "eval"))
-
-    summary = json.loads((work / "eval" / "report.json").read_text())
-    print(f"\nquickstart finished in {time.monotonic() - q.started:.0f}s; everything is under {work}")
-    print(json.dumps(summary.get("summary", summary), indent=1)[:2000])
+           "PYTHONPATH": str(ROOT), "MEGAPHI_PROGRESS_INTERVAL": "10"}
+    pipeline = Pipeline(work, ROOT, env)
+    outcomes: list[Outcome] = []
+    for index, stage in enumerate(stages[: None if stop is None else stop + 1]):
+        # A stage after one that ran again needs no push: what it reads changed, so its key did.
+        forced = f"--start-at {stages[start].name}" if start is not None and index >= start else None
+        outcomes.append(pipeline.run(stage, index + 1, forced=forced, keep=start is not None and index < start))
+    total = time.monotonic() - pipeline.started
+    report = write_report(work, outcomes, total)
+    print(f"\nquickstart finished in {total:.0f}s: "
+          f"{sum(o.status == 'ran' for o in outcomes)} stage(s) ran, {sum(o.status == 'skipped' for o in outcomes)} skipped")
+    print(f"report: {report}")
     return 0
 
 

@@ -18,11 +18,13 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from megaphi.convert.checkpoint import LATEST_FILE, META_FILE
+from megaphi.common.checkpoints import check_model_path
+from megaphi.common.padding import pad_sequences
 from megaphi.convert.hf import PHI_MODEL_TYPES, has_tokenizer
 from megaphi.tokenizer import load_tokenizer
 from megaphi.generate import (check_device, eos_token_id, generate_tokens, is_hf_dir, load_model,
                               sample_next_token, sequence_generators)
+from megaphi.common.errors import UserError
 
 IsDone = Callable[[int, list[int]], bool]
 # OpenAI's parameters are the whole decoding rule: switch off the other logits processors that a
@@ -116,12 +118,8 @@ class HFBackend:
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         device = next(self.model.parameters()).device
-        longest = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(prompts), longest, dtype=torch.long)
-        for row, ids in enumerate(prompts):
-            input_ids[row, longest - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            mask[row, longest - len(ids):] = 1
+        input_ids, mask = pad_sequences(prompts, self.pad_id, side="left")
+        longest = input_ids.shape[1]
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.pad_id,
                                   eos_token_id=self.eos_ids or None, **NEUTRAL_GENERATION)
         stopper = _RowStopper(longest, set(self.eos_ids), is_done)
@@ -147,13 +145,13 @@ def serving_context(own: int | None, max_model_len: int | None) -> int:
     """The model's own context length, or the smaller one the user asked for."""
     if max_model_len is None:
         if own is None:
-            raise ValueError(f"the model's config states no context length in any of {', '.join(CONTEXT_FIELDS)}: "
+            raise UserError(f"the model's config states no context length in any of {', '.join(CONTEXT_FIELDS)}: "
                              f"pass max_model_len (--max-model-len)")
         return own
     if max_model_len < 2:
-        raise ValueError(f"max_model_len must be at least 2 (a prompt token and a new one), got {max_model_len}")
+        raise UserError(f"max_model_len must be at least 2 (a prompt token and a new one), got {max_model_len}")
     if own is not None and max_model_len > own:
-        raise ValueError(f"max_model_len {max_model_len} exceeds the model's context length {own}: pass at most {own}")
+        raise UserError(f"max_model_len {max_model_len} exceeds the model's context length {own}: pass at most {own}")
     return max_model_len
 
 
@@ -162,9 +160,9 @@ def _hf_model_type(path: Path) -> str:
     try:
         model_type = json.loads(config_path.read_text()).get("model_type")
     except (json.JSONDecodeError, AttributeError) as e:
-        raise ValueError(f"{config_path} is not a JSON object: {e}") from None
+        raise UserError(f"{config_path} is not a JSON object: {e}") from None
     if not isinstance(model_type, str) or not model_type:
-        raise ValueError(f"{config_path} has no 'model_type': pass a Hugging Face model directory")
+        raise UserError(f"{config_path} has no 'model_type': pass a Hugging Face model directory")
     return model_type
 
 
@@ -175,11 +173,11 @@ def load_hf_backend(path: Path, *, tokenizer: str | Path | None, device: str, dt
 
     model_type = _hf_model_type(path)
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise ValueError(f"{path} holds a '{model_type}' model, which transformers has no causal-LM class for: "
+        raise UserError(f"{path} holds a '{model_type}' model, which transformers has no causal-LM class for: "
                          f"serve a causal language model (e.g. gpt2, llama, qwen2) or a megaphi checkpoint")
     tokenizer = tokenizer if tokenizer is not None else (path if has_tokenizer(path) else None)
     if tokenizer is None:
-        raise ValueError(f"{path} has no tokenizer: pass --tokenizer <Hugging Face tokenizer directory>")
+        raise UserError(f"{path} has no tokenizer: pass --tokenizer <Hugging Face tokenizer directory>")
     device = check_device(device)
     if dtype is None:  # half-precision matmuls are slow or missing on the CPU
         dtype = torch.float32 if device.type == "cpu" else "auto"
@@ -193,15 +191,9 @@ def load_backend(path: str | Path, *, tokenizer: str | Path | None = None, devic
 
     ``max_model_len`` caps the context (prompt plus completion); it may not exceed the model's own.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"model {path} is not a directory: pass a megaphi checkpoint or a Hugging Face "
-                         f"causal-LM directory")
+    path = check_model_path(path)
     # legacy phi-1 directories (phi-msft, mixformer-sequential) convert to megaphi's model too
     if is_hf_dir(path) and _hf_model_type(path) not in PHI_MODEL_TYPES:
         return load_hf_backend(path, tokenizer=tokenizer, device=device, dtype=dtype, max_model_len=max_model_len)
-    if is_hf_dir(path) or (path / META_FILE).is_file() or (path / LATEST_FILE).is_file():
-        model, tok = load_model(path, device=device, dtype=dtype, tokenizer=tokenizer)
-        return MegaphiBackend(model, tok, max_model_len)
-    raise ValueError(f"{path} is neither a megaphi checkpoint (no {META_FILE} or '{LATEST_FILE}') nor a "
-                     f"Hugging Face model directory (no config.json): pass one of those")
+    model, tok = load_model(path, device=device, dtype=dtype, tokenizer=tokenizer)
+    return MegaphiBackend(model, tok, max_model_len)

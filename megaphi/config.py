@@ -16,10 +16,12 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from megaphi.common.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config that cannot be used; the message names the dotted field and what to do."""
 
 

@@ -17,17 +17,17 @@ from typing import Any, Sequence
 import torch
 
 from megaphi import parallel
-from megaphi.convert.checkpoint import META_FILE, load_model_checkpoint
+from megaphi.common.checkpoints import check_model_path, is_hf_dir
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
+from megaphi.common.padding import pad_sequences
+from megaphi.convert.checkpoint import load_model_checkpoint
 from megaphi.convert.hf import has_tokenizer, load_hf_checkpoint
 from megaphi.convert.layout import CheckpointError, merge_state_dicts, split_state_dict
 from megaphi.eval.benchmarks import HUMANEVAL_STOP
 from megaphi.model import PhiForCausalLM
 from megaphi.progress import progress
 from megaphi.tokenizer import Tokenizer, load_tokenizer
-
-
-def is_hf_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and not (path / META_FILE).is_file()
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -53,7 +53,7 @@ def load_model(
     checkpoint (its ``tokenizer/`` or the one ``megaphi.json`` names, or the Hugging Face directory),
     loaded by ``megaphi.tokenizer.load_tokenizer`` as preprocessing loaded it: the ids the model trained on.
     """
-    path = Path(path)
+    path = check_model_path(path)
     device = check_device(device)
     if is_hf_dir(path):
         config, full = load_hf_checkpoint(path)
@@ -140,12 +140,8 @@ def generate_tokens(
     A row stops at ``eos_id`` (not included) or when ``is_done(row, new_tokens)`` says so (stop sequences).
     """
     device = next(model.parameters()).device
-    batch, longest = len(prompts), max(len(p) for p in prompts)
-    input_ids = torch.zeros(batch, longest, dtype=torch.long, device=device)
-    mask = torch.zeros(batch, longest, dtype=torch.long, device=device)
-    for row, ids in enumerate(prompts):
-        input_ids[row, longest - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        mask[row, longest - len(ids):] = 1
+    input_ids, mask = pad_sequences(prompts, side="left", device=device)
+    batch, longest = input_ids.shape
     # Positions count real tokens only; padded slots get any valid position since they are masked out.
     position_ids = (mask.cumsum(dim=-1) - 1).clamp(min=0)
     cache = model.new_kv_cache(batch, longest + max_new_tokens, device=device)
@@ -173,17 +169,17 @@ def generate_tokens(
 
 def _check_arguments(prompts, max_new_tokens, temperature, top_p, n, batch_size) -> None:
     if isinstance(prompts, str):
-        raise ValueError("prompts must be a list of strings, got a single string: wrap it in a list")
+        raise UserError("prompts must be a list of strings, got a single string: wrap it in a list")
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+        raise UserError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise UserError(f"top_p must be in (0, 1], got {top_p}")
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise UserError(f"n must be >= 1, got {n}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
 
 
 def generate(
@@ -203,9 +199,9 @@ def generate(
     limit = model.config.max_position_embeddings
     for i, ids in enumerate(encoded):
         if not ids:
-            raise ValueError(f"prompt {i} is empty: give every prompt at least one token")
+            raise UserError(f"prompt {i} is empty: give every prompt at least one token")
         if len(ids) + max_new_tokens > limit:
-            raise ValueError(f"prompt {i} has {len(ids)} tokens; with max_new_tokens {max_new_tokens} it exceeds "
+            raise UserError(f"prompt {i} has {len(ids)} tokens; with max_new_tokens {max_new_tokens} it exceeds "
                              f"max_position_embeddings {limit}: shorten the prompt or lower max_new_tokens")
     # (prompt index, sample index, ids), longest first so each batch holds prompts of similar length.
     requests = sorted(((i, j, ids) for i, ids in enumerate(encoded) for j in range(n)), key=lambda r: -len(r[2]))
@@ -227,10 +223,10 @@ def generate(
     return [[text for _, text in sorted(per_prompt)] for per_prompt in completions]
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     """python -m megaphi.generate --model DIR --prompt TEXT ...: print completions as JSON lines."""
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m megaphi.generate", description=main.__doc__)
     parser.add_argument("--model", required=True, help="megaphi checkpoint or Hugging Face Phi directory")
@@ -238,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("-n", type=int, default=1, help="completions per prompt")
+    parser.add_argument("--n-samples", "-n", dest="n", type=int, default=1, help="completions per prompt")
     parser.add_argument("--stop", action="append", default=None, help="stop sequence (repeatable)")
     parser.add_argument("--humaneval-stop", action="store_true", help="use HumanEval's usual stop sequences")
     parser.add_argument("--seed", type=int, default=None)
@@ -246,14 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     stop = (args.stop or []) + (list(HUMANEVAL_STOP) if args.humaneval_stop else [])
-    try:
-        model, tokenizer = load_model(args.model, device=args.device)
-        outputs = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, top_p=args.top_p, n=args.n, stop=stop, seed=args.seed,
-                           batch_size=args.batch_size, show_progress=True)
-    except ValueError as e:  # CheckpointError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model, tokenizer = load_model(args.model, device=args.device)
+    outputs = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature, top_p=args.top_p, n=args.n, stop=stop, seed=args.seed,
+                       batch_size=args.batch_size, show_progress=True)
     for prompt, completions in zip(args.prompt, outputs):
         print(json.dumps({"prompt": prompt, "completions": completions}))
     return 0

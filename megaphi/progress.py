@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any, Iterable, Iterator, TextIO
 
+from megaphi.common.errors import UserError
+
 DEFAULT_INTERVAL_S = 30.0
 
 
@@ -101,7 +103,7 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     """A progress display for a loop or a manual ``update(n)`` count: see the module docstring."""
     mode = os.environ.get("MEGAPHI_PROGRESS", "").strip().lower()
     if mode not in ("", "bar", "lines", "off"):
-        raise ValueError(f"MEGAPHI_PROGRESS={mode!r} is not one of bar, lines, off")
+        raise UserError(f"MEGAPHI_PROGRESS={mode!r} is not one of bar, lines, off")
     if disable or mode == "off":
         return _Off(iterable, total=total, desc=desc, unit=unit)
     if mode == "bar" or (mode == "" and sys.stderr.isatty()):
@@ -112,5 +114,5 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     try:
         interval_s = float(interval) if interval else DEFAULT_INTERVAL_S
     except ValueError:
-        raise ValueError(f"MEGAPHI_PROGRESS_INTERVAL={interval!r} is not a number of seconds") from None
+        raise UserError(f"MEGAPHI_PROGRESS_INTERVAL={interval!r} is not a number of seconds") from None
     return ProgressLines(iterable, total=total, desc=desc, unit=unit, interval_s=interval_s)

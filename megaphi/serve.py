@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import sys
@@ -37,6 +38,8 @@ from typing import Any
 from aiohttp import web
 
 from megaphi.backends import Backend, load_backend
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
 from megaphi.generate import cut_at_stop, sequence_seed
 
 log = logging.getLogger("megaphi.serve")
@@ -407,13 +410,14 @@ def build_server(model_path: str | Path, *, tokenizer: str | None = None, model_
                  batch_window_s: float = 0.005, max_model_len: int | None = None) -> Server:
     """Loads the model through megaphi.backends.load_backend and wraps it in a Server."""
     if max_batch_rows < 1:
-        raise ValueError(f"max_batch_rows must be at least 1, got {max_batch_rows}")
+        raise UserError(f"max_batch_rows must be at least 1, got {max_batch_rows}")
     backend = load_backend(model_path, device=device, tokenizer=tokenizer, max_model_len=max_model_len)
     name = model_name or Path(model_path).resolve().name
     return Server(backend, name, chat_template=chat_template, max_batch_rows=max_batch_rows,
                   batch_window_s=batch_window_s)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m megaphi.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -432,21 +436,22 @@ def main(argv: list[str] | None = None) -> int:
                                                            "model's context length)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        template = None
-        if args.chat_template:
-            path = Path(args.chat_template)
-            if not path.is_file():
-                raise ValueError(f"chat template {path} does not exist")
-            template = path.read_text()
-        server = build_server(args.model, tokenizer=args.tokenizer, model_name=args.served_model_name,
-                              device=args.device, chat_template=template, max_batch_rows=args.max_batch_size,
-                              batch_window_s=args.batch_window_ms / 1000, max_model_len=args.max_model_len)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    template = None
+    if args.chat_template:
+        path = Path(args.chat_template)
+        if not path.is_file():
+            raise UserError(f"chat template {path} does not exist")
+        template = path.read_text()
+    server = build_server(args.model, tokenizer=args.tokenizer, model_name=args.served_model_name,
+                          device=args.device, chat_template=template, max_batch_rows=args.max_batch_size,
+                          batch_window_s=args.batch_window_ms / 1000, max_model_len=args.max_model_len)
     print(f"serving {server.model_name} on http://{args.host}:{args.port}/v1", flush=True)
-    web.run_app(server.app(), host=args.host, port=args.port, print=None)
+    try:
+        web.run_app(server.app(), host=args.host, port=args.port, print=None)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"port {args.port} on {args.host} is already in use: pass another --port") from None
+        raise
     return 0
 
 

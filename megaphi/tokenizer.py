@@ -16,13 +16,15 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from megaphi.common.errors import UserError
+
 EOD_TOKEN = "<|endoftext|>"
 SENTENCEPIECE_FILE = "tokenizer.model"
 # Names transformers gives special tokens in tokenizer_config.json; chat templates refer to them.
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
     """A tokenizer that cannot be loaded or trained as asked."""
 
 
@@ -109,7 +111,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     model (a ``.model`` file or a directory holding ``tokenizer.model``)."""
     path = Path(path)
     if not path.exists():
-        raise TokenizerError(f"tokenizer {path} does not exist; train one with `python -m data_tools.tokenizer train --output {path}`")
+        raise TokenizerError(f"tokenizer {path} does not exist; train one with `python -m data_tools.tokenizer train --out {path}`")
     if path.is_file() and path.suffix == ".model":
         return SentencePieceTokenizer(str(path))
     if not path.is_dir():

@@ -2,18 +2,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import traceback
 from typing import Any, Callable
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from megaphi.common.net import free_port
 
 
 def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, errors) -> None:
@@ -36,7 +31,7 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: float 
     """
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
-    port = free_port()
+    port = free_port("127.0.0.1")
     procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, errors)) for r in range(world_size)]
     for p in procs:
         p.start()

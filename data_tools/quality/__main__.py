@@ -24,6 +24,8 @@ from data_tools.jsonl import ON_ERROR_CHOICES
 from data_tools.quality.annotate import ANNOTATORS, DEFAULT_MAX_CHARS, DEFAULT_PROMPT, AnnotateOptions
 from data_tools.quality.classifier import DEFAULT_EMBED_MAX_CHARS, TrainOptions
 from data_tools.quality.labels import parse_levels
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
 
 
 def _add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,8 +105,8 @@ def run(args: argparse.Namespace) -> str:
                                       options=options, retry_failed=args.retry_failed,
                                       progress=not args.no_progress, max_tokens=args.answer_max_tokens)
         if stats.failed and not stats.succeeded and not stats.rejected:
-            raise OSError(f"every annotation request failed (reasons in {args.out}'s failure log); check the "
-                          "endpoint, model and key")
+            raise UserError(f"every annotation request failed (reasons in {args.out}'s failure log); check the "
+                            "endpoint, model and key")
         return (f"{stats.requested} files: {stats.succeeded} annotated, {stats.failed} failed, "
                 f"{stats.already_done} done before, {stats.failed_before} failed before (--retry-failed asks again); "
                 f"annotations in {args.out}")
@@ -123,13 +125,10 @@ def run(args: argparse.Namespace) -> str:
                          on_error=args.on_error).summary()
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        print(run(args))
-    except (ValueError, OSError) as exc:  # QualityError, EmbedderError and bad files: one line, exit 2
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    print(run(args))
     return 0
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from data_tools.jsonl import MalformedRecordError, iter_jsonl
 from data_tools.quality.documents import Document, QualityError, corpus_files, iter_documents
 from data_tools.quality.labels import LEVELS
+from megaphi.common.files import atomic_write_text
 
 FORMAT = "megaphi-quality-classifier"
 MODEL_FILE, META_FILE = "classifier.joblib", "classifier.json"
@@ -227,7 +228,7 @@ def train_classifier(corpus: Sequence[str | os.PathLike], annotation_paths: Sequ
         "forest": {"n_estimators": options.n_estimators, "max_depth": options.max_depth, "seed": options.seed,
                    "test_fraction": options.test_fraction},
     }
-    (out_dir / META_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    atomic_write_text(out_dir / META_FILE, json.dumps(metadata, indent=2) + "\n")
     return TrainResult(out_dir, metrics, metadata)
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from data_tools.jsonl import OnError, ReadStats, expand_inputs, iter_records, record_id, record_text
+from megaphi.common.errors import UserError
 
 
-class QualityError(ValueError):
+class QualityError(UserError):
     """Inputs the quality stages cannot use as given; the message says what to change."""
 
 

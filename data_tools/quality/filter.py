@@ -23,6 +23,7 @@ import numpy as np
 from data_tools.jsonl import ReadStats
 from data_tools.quality.classifier import Classifier, load_classifier
 from data_tools.quality.documents import QualityError, corpus_files, iter_documents
+from megaphi.common.files import atomic_open, atomic_write_text
 from megaphi.progress import progress
 
 HISTOGRAM_BINS = 50  # over [0, 1], the range of the forest's probabilities
@@ -69,7 +70,7 @@ def filter_file(task: FilterTask, classifier: Classifier | None = None, bar: Any
     histogram = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
     read = ReadStats()
     documents = kept = 0
-    with open(task.output_path, "w", encoding="utf-8") as out:
+    with atomic_open(task.output_path) as out:  # a failed file leaves no partial output
         batch: list = []
 
         def flush() -> None:
@@ -199,7 +200,7 @@ def _write_report(results: list[FileResult], classifier: Classifier, threshold: 
         "elapsed_s": round(elapsed, 3),
         "documents_per_s": round(documents / elapsed, 2) if elapsed > 0 else None,
     }
-    report.report_path.write_text(json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(report.report_path, json.dumps(payload, indent=2) + "\n")
     plot_histogram(histogram, threshold, report.plot_path,
                    f"{kept} of {documents} kept ({100 * report.kept_fraction:.1f}%)")
     return report

@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from megaphi.common.errors import UserError
+
 LEVELS = ("low", "medium", "high")
 # words models use for the middle and ends of the scale
 _SYNONYMS = {"moderate": "medium", "mid": "medium", "average": "medium", "medium": "medium",
@@ -78,7 +80,7 @@ def parse_levels(names: str | list[str]) -> tuple[str, ...]:
     levels = tuple(dict.fromkeys(item.strip().lower() for item in items if item.strip()))
     unknown = [level for level in levels if level not in LEVELS]
     if unknown or not levels:
-        raise ValueError(f"positive labels must be a non-empty subset of {LEVELS}, got {names!r}")
+        raise UserError(f"positive labels must be a non-empty subset of {LEVELS}, got {names!r}")
     if len(levels) == len(LEVELS):
-        raise ValueError(f"positive labels {levels} leave no negative class: name at most two of {LEVELS}")
+        raise UserError(f"positive labels {levels} leave no negative class: name at most two of {LEVELS}")
     return levels

@@ -16,8 +16,8 @@ from megaphi.convert.hf import (
 from megaphi.convert.layout import (
     CheckpointError,
     check_divisible,
+    config_padded_vocab_size,
     merge_state_dicts,
-    padded_vocab_size,
     param_specs,
     split_state_dict,
 )
@@ -25,6 +25,6 @@ from megaphi.convert.layout import (
 __all__ = [
     "CheckpointError", "check_divisible", "config_from_hf", "convert_from_hf", "convert_to_hf",
     "load_hf_checkpoint", "load_model_checkpoint", "megaphi_to_hf_state_dict", "merge_state_dicts",
-    "padded_vocab_size", "param_specs", "reshard_checkpoint", "resolve_checkpoint_dir", "save_hf_checkpoint",
+    "config_padded_vocab_size", "param_specs", "reshard_checkpoint", "resolve_checkpoint_dir", "save_hf_checkpoint",
     "save_model_checkpoint", "source_to_megaphi", "split_state_dict", "write_meta",
 ]

@@ -15,42 +15,16 @@ from typing import Any
 
 import torch
 
-from megaphi.convert.layout import CheckpointError, StateDict, check_shards
+from megaphi.common.checkpoints import META_FILE, CheckpointError, resolve_checkpoint_dir
+from megaphi.common.files import atomic_write_text
+from megaphi.convert.layout import StateDict, check_shards
 from megaphi.model import PhiConfig
 
-META_FILE = "megaphi.json"
-LATEST_FILE = "latest"
 TOKENIZER_DIR = "tokenizer"
 
 
 def rank_file(rank: int) -> str:
     return f"mp_rank_{rank:02d}_model_states.pt"
-
-
-def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """A tag directory as given, or the tag that a checkpoint root's ``latest`` file names."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is not a directory: pass a megaphi checkpoint directory")
-    if (path / META_FILE).is_file():
-        return path
-    latest = path / LATEST_FILE
-    if latest.is_file():
-        tag = latest.read_text().strip()
-        if not tag:
-            raise CheckpointError(f"{latest} is empty: write the tag of a finished checkpoint into it, or pass a "
-                                  "tag directory explicitly")
-        tag_dir = path / tag
-        if not (tag_dir / META_FILE).is_file():
-            raise CheckpointError(
-                f"{latest} names tag '{tag}' but {tag_dir / META_FILE} does not exist: the run did not finish "
-                f"writing that checkpoint; pass an older tag directory explicitly"
-            )
-        return tag_dir
-    raise CheckpointError(
-        f"{path} has neither {META_FILE} nor a '{LATEST_FILE}' file: pass a megaphi checkpoint directory "
-        f"(convert a Hugging Face model with `python -m megaphi.convert from-hf`)"
-    )
 
 
 def _read_meta(ckpt_dir: Path) -> dict[str, Any]:
@@ -137,7 +111,7 @@ def prepare_output_dir(path: str | Path) -> Path:
 def write_meta(ckpt_dir: str | Path, config: PhiConfig, tensor_parallel_size: int, tokenizer: str | None) -> None:
     meta = {"format": "megaphi", "model": config.to_dict(), "tensor_parallel_size": tensor_parallel_size,
             "tokenizer": tokenizer}
-    (Path(ckpt_dir) / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(Path(ckpt_dir) / META_FILE, json.dumps(meta, indent=2) + "\n")
 
 
 def save_model_checkpoint(

@@ -7,20 +7,24 @@ A "full" state dict is the model with tensor parallel size 1 and the vocabulary 
 """
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
+from megaphi.common.checkpoints import CheckpointError
 from megaphi.parallel.layers import merge_shards, shard_tensor
-from megaphi.parallel.layers import padded_vocab_size as _padded_vocab_size
+from megaphi.vocab import padded_vocab_size
 
 if TYPE_CHECKING:
     from megaphi.model import PhiConfig
 
 StateDict = dict[str, torch.Tensor]
 
-# How a parameter is laid out over tensor-parallel ranks (Megatron's conventions).
+# How a parameter is laid out over tensor-parallel ranks (Megatron's conventions), as param_specs
+# reads it from the parameter's own attributes.
 REPLICATED = "replicated"  # every rank holds the whole tensor (LayerNorms, row-parallel biases)
 COLUMN = "column"  # output rows split over ranks: weight dim 0, bias dim 0
 ROW = "row"  # input columns split over ranks: weight dim 1
@@ -28,19 +32,18 @@ QKV = "qkv"  # fused [q; k; v] rows; each rank holds [q of its heads; k of its h
 VOCAB = "vocab"  # rows over the padded vocabulary, split on dim 0
 
 
-class CheckpointError(ValueError):
-    """A checkpoint or a conversion request that cannot be honoured; the message says why and what to do."""
-
-
 @dataclass(frozen=True)
 class ParamSpec:
     name: str
     shape: tuple[int, ...]  # full shape: TP=1, vocabulary unpadded
     split: str
+    dim: int = 0  # the dimension split over ranks (the parameter's partition_dim)
+    stride: int = 1  # blocks split separately along it (partition_stride: 3 for fused q/k/v)
 
 
-def padded_vocab_size(config: "PhiConfig", tp: int) -> int:
-    return _padded_vocab_size(config.vocab_size, config.make_vocab_size_divisible_by, tp)
+def config_padded_vocab_size(config: "PhiConfig", tp: int) -> int:
+    """The padded vocabulary of a model config at tensor parallel size ``tp`` (embedding rows)."""
+    return padded_vocab_size(config.vocab_size, config.make_vocab_size_divisible_by, tp)
 
 
 def check_divisible(config: "PhiConfig", tp: int) -> None:
@@ -60,40 +63,53 @@ def check_divisible(config: "PhiConfig", tp: int) -> None:
 
 
 def param_specs(config: "PhiConfig") -> list[ParamSpec]:
-    """Every tensor of a megaphi state dict, in module order."""
-    h, v, ffn = config.hidden_size, config.vocab_size, config.intermediate_size
-    specs = [ParamSpec("model.embed_tokens.weight", (v, h), VOCAB)]
-    for i in range(config.num_hidden_layers):
-        p = f"model.layers.{i}."
-        specs += [
-            ParamSpec(p + "input_layernorm.weight", (h,), REPLICATED),
-            ParamSpec(p + "input_layernorm.bias", (h,), REPLICATED),
-            ParamSpec(p + "self_attn.qkv_proj.weight", (3 * h, h), QKV),
-            ParamSpec(p + "self_attn.qkv_proj.bias", (3 * h,), QKV),
-            ParamSpec(p + "self_attn.dense.weight", (h, h), ROW),
-            ParamSpec(p + "self_attn.dense.bias", (h,), REPLICATED),
-            ParamSpec(p + "mlp.fc1.weight", (ffn, h), COLUMN),
-            ParamSpec(p + "mlp.fc1.bias", (ffn,), COLUMN),
-            ParamSpec(p + "mlp.fc2.weight", (h, ffn), ROW),
-            ParamSpec(p + "mlp.fc2.bias", (h,), REPLICATED),
-        ]
-    specs += [
-        ParamSpec("model.final_layernorm.weight", (h,), REPLICATED),
-        ParamSpec("model.final_layernorm.bias", (h,), REPLICATED),
-        ParamSpec("lm_head.weight", (v, h), VOCAB),
-        ParamSpec("lm_head.bias", (v,), VOCAB),
-    ]
-    return specs
+    """Every tensor of a megaphi state dict, in module order, with its full shape and split.
+
+    Read from the model itself (built on the meta device: no memory, no weights): each parameter's
+    tensor-parallel attributes, as :mod:`megaphi.parallel.layers` declares them, say how it splits.
+    The model's layers are the one statement of the layout; conversion and resharding follow it.
+    """
+    # the attention backend shapes no parameter, and "flash" could not be built where flash-attn is missing
+    return list(_param_specs(json.dumps(dict(config.to_dict(), attn_backend="sdpa"), sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=16)
+def _param_specs(config_json: str) -> tuple[ParamSpec, ...]:
+    from megaphi.model import PhiConfig, PhiForCausalLM
+    from megaphi.parallel import get_tensor_parallel_world_size
+
+    config = PhiConfig.from_dict(json.loads(config_json))
+    tp = get_tensor_parallel_world_size()  # >1 inside a tensor-parallel job: shapes are then this rank's
+    with torch.device("meta"):
+        model = PhiForCausalLM(config)
+    specs = []
+    for name, param in model.named_parameters():
+        shape = list(param.shape)
+        if not getattr(param, "tensor_model_parallel", False):
+            specs.append(ParamSpec(name, tuple(shape), REPLICATED, dim=-1))
+            continue
+        dim, stride, valid = param.partition_dim, param.partition_stride, getattr(param, "partition_valid_size", None)
+        shape[dim] *= tp
+        if valid is not None:
+            if (dim, stride) != (0, 1):
+                raise NotImplementedError(f"{name}: padding is supported on unstrided rows only")
+            shape[0], split = valid, VOCAB
+        elif stride == 3 and dim == 0:
+            split = QKV
+        elif stride == 1:
+            split = COLUMN if dim == 0 else ROW
+        else:
+            raise NotImplementedError(f"{name}: no conversion for partition_dim {dim} with stride {stride}")
+        specs.append(ParamSpec(name, tuple(shape), split, dim=dim, stride=stride))
+    return tuple(specs)
 
 
 def shard_shape(spec: ParamSpec, config: "PhiConfig", tp: int) -> tuple[int, ...]:
     shape = list(spec.shape)
     if spec.split == VOCAB:
-        shape[0] = padded_vocab_size(config, tp) // tp
-    elif spec.split in (COLUMN, QKV):
-        shape[0] //= tp
-    elif spec.split == ROW:
-        shape[1] //= tp
+        shape[0] = config_padded_vocab_size(config, tp) // tp
+    elif spec.split != REPLICATED:
+        shape[spec.dim] //= tp
     return tuple(shape)
 
 
@@ -131,19 +147,15 @@ def check_shards(shards: list[StateDict], config: "PhiConfig", where: str) -> No
         check_state_dict(shard, expected, f"{where} (tensor parallel rank {rank} of {tp})")
 
 
-_SPLIT_DIM_AND_STRIDE = {COLUMN: (0, 1), ROW: (1, 1), QKV: (0, 3), VOCAB: (0, 1)}
-
-
 def _split(spec: ParamSpec, tensor: torch.Tensor, config: "PhiConfig", tp: int) -> list[torch.Tensor]:
     if spec.split == REPLICATED:
         return [tensor] * tp
     if spec.split == VOCAB:  # zero rows up to the padded size, which divides evenly by tp
-        pad = padded_vocab_size(config, tp) - tensor.shape[0]
+        pad = config_padded_vocab_size(config, tp) - tensor.shape[0]
         tensor = torch.cat([tensor, tensor.new_zeros((pad, *tensor.shape[1:]))], dim=0)
     elif tp == 1:
         return [tensor]
-    dim, stride = _SPLIT_DIM_AND_STRIDE[spec.split]
-    return [shard_tensor(tensor, dim, rank, tp, stride) for rank in range(tp)]
+    return [shard_tensor(tensor, spec.dim, rank, tp, spec.stride) for rank in range(tp)]
 
 
 def split_state_dict(full: StateDict, config: "PhiConfig", tp: int) -> list[StateDict]:
@@ -160,8 +172,7 @@ def split_state_dict(full: StateDict, config: "PhiConfig", tp: int) -> list[Stat
 def _merge(spec: ParamSpec, pieces: list[torch.Tensor], config: "PhiConfig") -> torch.Tensor:
     if spec.split == REPLICATED:
         return pieces[0]
-    dim, stride = _SPLIT_DIM_AND_STRIDE[spec.split]
-    merged = pieces[0] if len(pieces) == 1 else merge_shards(pieces, dim, stride)
+    merged = pieces[0] if len(pieces) == 1 else merge_shards(pieces, spec.dim, spec.stride)
     if spec.split == VOCAB:
         return merged[: config.vocab_size].clone()  # drop the padding rows; clone so it owns compact storage
     return merged

@@ -16,10 +16,10 @@ import argparse
 import logging
 import os
 import re
-import sys
 import time
 from typing import Sequence
 
+from megaphi.common.cli import entry_point
 from megaphi.data.blended import BlendedDataset, blend_counts, normalize_weights
 from megaphi.data.gpt_dataset import DatasetConfigError, GPTDataset
 from megaphi.data.indexed import IndexedDataset
@@ -196,6 +196,7 @@ def describe(dataset: GPTDataset | BlendedDataset | None) -> str:
             f"{dataset.num_epochs} epoch(s), {len(dataset)} samples, index {dataset.cache_status}")
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m megaphi.data.builder",
@@ -211,13 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="default: index-cache/ next to each dataset")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    try:
-        train, valid = build_train_valid_datasets(
-            args.data_path, seq_len=args.seq_len, seed=args.seed, train_samples=args.train_samples,
-            valid_samples=args.valid_samples, split=args.split, cache_dir=args.cache_dir)
-    except ValueError as e:  # DatasetConfigError, IndexedDatasetError: one line saying what to fix
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    train, valid = build_train_valid_datasets(
+        args.data_path, seq_len=args.seq_len, seed=args.seed, train_samples=args.train_samples,
+        valid_samples=args.valid_samples, split=args.split, cache_dir=args.cache_dir)
     print(f"train: {describe(train)}")
     print(f"valid: {describe(valid)}")
     print(f"ready in {time.perf_counter() - start:.2f} s")

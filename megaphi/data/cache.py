@@ -21,12 +21,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zlib
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch.distributed as dist
+
+from megaphi.common.files import atomic_open, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +101,15 @@ class IndexCache:
     def save(self, arrays: dict[str, np.ndarray]) -> None:
         os.makedirs(self.cache_dir, exist_ok=True)
         for key, array in arrays.items():
-            _atomic_write(self.array_path(key), lambda f, a=array: np.save(f, a, allow_pickle=False))
+            with atomic_open(self.array_path(key), "wb") as f:
+                np.save(f, array, allow_pickle=False)
         description = {
             "format": CACHE_FORMAT,
             "params": self.params,
             "arrays": {k: [list(a.shape), a.dtype.str, checksum(a)] for k, a in arrays.items()},
         }
         text = json.dumps(description, indent=1, sort_keys=True)
-        _atomic_write(self.description_path, lambda f: f.write(text.encode()))
+        atomic_write_text(self.description_path, text)
 
     def load_or_build(self, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Load the entry, building and saving it first if needed. Collective under torch.distributed:
@@ -149,16 +151,3 @@ def _file_lock(path: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise

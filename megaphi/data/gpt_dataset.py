@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch.utils.data
 
+from megaphi.common.errors import UserError
 from megaphi.data.cache import IndexCache, checksum
 from megaphi.data.indexed import IndexedDataset
 
@@ -35,7 +36,7 @@ from megaphi.data.indexed import IndexedDataset
 INDEX_VERSION = 1
 
 
-class DatasetConfigError(ValueError):
+class DatasetConfigError(UserError):
     """Dataset parameters that cannot produce training samples; the message says what to change."""
 
 

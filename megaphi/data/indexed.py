@@ -39,6 +39,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from megaphi.common.errors import UserError
+
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
 # magic, version, dtype code, sequence count, document count
@@ -51,7 +53,7 @@ DTYPE_CODES: dict[int, type[np.number]] = {
 _CODE_OF_DTYPE = {np.dtype(t): code for code, t in DTYPE_CODES.items()}
 
 
-class IndexedDatasetError(ValueError):
+class IndexedDatasetError(UserError):
     """A ``.bin/.idx`` pair that cannot be read or written as asked; the message says why."""
 
 

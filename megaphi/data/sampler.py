@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from megaphi.common.errors import UserError
 
-class SamplerConfigError(ValueError):
+
+class SamplerConfigError(UserError):
     """Batch sizes, ranks or a resume point that do not fit together; the message says which."""
 
 

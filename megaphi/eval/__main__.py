@@ -13,12 +13,16 @@ import json
 import sys
 from pathlib import Path
 
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
 from megaphi.eval.benchmarks import BENCHMARKS, MBPP_SPLITS, load_benchmark
 from megaphi.eval.graded.cli import add_graded_args, add_table_args, run_graded, run_table
 from megaphi.eval.report import write_report
 from megaphi.eval.sampling import NOT_GENERATED, SamplingConfig, generate_samples, not_generated_results
-from megaphi.eval.sandbox import SandboxUnavailable
 from megaphi.eval.score import read_samples, score_samples, summarize, write_jsonl
+from megaphi.progress import progress
+
+SCORE_SLICE = 256  # programs scored between two progress updates
 
 
 def _add_benchmark_args(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +34,8 @@ def _add_benchmark_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_generation_args(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
-    parser.add_argument("--model", required=model_required,
-                        help="megaphi checkpoint (tag dir or root with `latest`) or HF dir")
+    parser.add_argument("--model", required=model_required, help="megaphi checkpoint (tag dir or root with `latest`) "
+                        "or Hugging Face model directory")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the checkpoint's)")
     parser.add_argument("--n-samples", type=int, default=1, help="completions per problem")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -44,9 +48,13 @@ def _add_generation_args(parser: argparse.ArgumentParser, model_required: bool =
 
 
 def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program (wall clock)")
-    parser.add_argument("--memory-mb", type=int, default=1024, help="address space per process")
-    parser.add_argument("--workers", type=int, default=None, help="programs at once (default: 2 per CPU core)")
+    # named as in data_tools.synth, which runs exercises in the same sandbox (--timeout, --memory-mb: older names)
+    parser.add_argument("--sandbox-timeout", "--timeout", dest="timeout", type=float, default=10.0,
+                        help="CPU seconds per sample (at most 3x that in wall-clock time)")
+    parser.add_argument("--sandbox-memory-mb", "--memory-mb", dest="memory_mb", type=int, default=1024,
+                        help="memory of each sandbox (its cgroup: shared memory and /tmp included), "
+                             "and address space per process")
+    parser.add_argument("--workers", type=int, default=None, help="samples at once (default: 2 per CPU core)")
     parser.add_argument("--sandbox-python", default=None,
                         help="interpreter inside the sandbox (default: /usr/bin/python3)")
     parser.add_argument("--unsafe-no-sandbox", action="store_true",
@@ -88,9 +96,14 @@ def _sampling(args: argparse.Namespace) -> SamplingConfig:
 
 def _score(args: argparse.Namespace, benchmark, samples: list[dict]) -> tuple[list[dict], dict]:
     runnable = [s for s in samples if NOT_GENERATED not in s]
-    results = score_samples(benchmark, runnable, timeout_s=args.timeout, memory_mb=args.memory_mb,
-                            workers=args.workers, unsafe_no_sandbox=args.unsafe_no_sandbox,
-                            python=args.sandbox_python) if runnable else []
+    results: list[dict] = []
+    # In slices, to show progress: a full HumanEval run at n=100 is 16,400 programs.
+    with progress(total=len(runnable), desc="score", unit="programs") as bar:
+        for start in range(0, len(runnable), SCORE_SLICE):
+            results += score_samples(benchmark, runnable[start:start + SCORE_SLICE], timeout_s=args.timeout,
+                                     memory_mb=args.memory_mb, workers=args.workers,
+                                     unsafe_no_sandbox=args.unsafe_no_sandbox, python=args.sandbox_python)
+            bar.update(min(SCORE_SLICE, len(runnable) - start))
     results = not_generated_results(samples, results)
     summary = summarize(benchmark, results)
     summary["not_generated"] = len(samples) - len(runnable)
@@ -105,7 +118,11 @@ def _score(args: argparse.Namespace, benchmark, samples: list[dict]) -> tuple[li
 
 def run_command(args: argparse.Namespace) -> dict | None:
     if getattr(args, "workers", None) is not None and args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    for flag, value in (("--sandbox-timeout", getattr(args, "timeout", 1)), ("--sandbox-memory-mb",
+                                                                             getattr(args, "memory_mb", 1))):
+        if value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
     if args.command == "graded-table":
         return run_table(args)
     benchmark = load_benchmark(args.benchmark, mbpp_path=args.mbpp_path, mbpp_split=args.mbpp_split)
@@ -126,7 +143,7 @@ def run_command(args: argparse.Namespace) -> dict | None:
     sampling = _sampling(args)  # validate before loading anything
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out-dir {out_dir} is a file: pass a directory for the samples, results and reports")
+        raise UserError(f"--out-dir {out_dir} is a file: pass a directory for the samples, results and reports")
     samples = generate_samples(benchmark, args.model, sampling, device=args.device, tokenizer=args.tokenizer)
     write_jsonl(out_dir / "samples.jsonl", samples)
     results, summary = _score(args, benchmark, samples)
@@ -139,13 +156,10 @@ def run_command(args: argparse.Namespace) -> dict | None:
     return summary
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = run_command(args)
-    except (ValueError, OSError, SandboxUnavailable) as error:  # checkpoint errors are ValueErrors too
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    summary = run_command(args)
     if summary is not None:
         print(json.dumps(summary))
     return 0

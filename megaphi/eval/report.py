@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from megaphi.common.files import atomic_write_text
 from megaphi.eval.passk import estimate_pass_at_k
 
 _EXCERPT = 160
@@ -56,6 +57,7 @@ def write_report(out_dir: str | Path, summary: dict, results: Sequence[dict], me
     out_dir.mkdir(parents=True, exist_ok=True)
     problems = per_problem(results)
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
-    json_path.write_text(json.dumps({"summary": summary, "metadata": metadata or {}, "problems": problems}, indent=1) + "\n")
-    md_path.write_text(render_markdown(summary, problems, metadata))
+    atomic_write_text(json_path, json.dumps({"summary": summary, "metadata": metadata or {}, "problems": problems},
+                                            indent=1) + "\n")
+    atomic_write_text(md_path, render_markdown(summary, problems, metadata))
     return json_path, md_path

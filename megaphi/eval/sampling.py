@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from megaphi.common.errors import UserError
 from megaphi.eval.benchmarks import Benchmark
 
 # A sample field: why the sample has no completion (its prompt does not fit the model's context).
@@ -21,12 +22,12 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
-            raise ValueError(f"--n-samples must be at least 1, got {self.n_samples}")
+            raise UserError(f"--n-samples must be at least 1, got {self.n_samples}")
         if self.n_samples > 1 and self.temperature == 0:
-            raise ValueError(f"--n-samples {self.n_samples} with --temperature 0 draws {self.n_samples} identical "
+            raise UserError(f"--n-samples {self.n_samples} with --temperature 0 draws {self.n_samples} identical "
                              "greedy samples: set --temperature above 0 (e.g. 0.8 for pass@10/100)")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be at least 1, got {self.limit}")
+            raise UserError(f"--limit must be at least 1, got {self.limit}")
 
 
 def context_budgets(prompt_lengths: list[int], context: int, max_new_tokens: int) -> list[int]:

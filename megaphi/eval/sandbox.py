@@ -1,23 +1,36 @@
-"""Run untrusted Python programs under bubblewrap and say whether each ran to its end.
+"""Run untrusted Python under bubblewrap, and judge it against tests it cannot touch.
 
-Every program gets its own bwrap sandbox: all namespaces unshared (no network but its own loopback,
-a fresh PID namespace whose death takes every process of the program with it), a read-only root
+Every process gets its own bwrap sandbox: all namespaces unshared (no network but its own loopback,
+a fresh PID namespace whose death takes every process of the sandbox with it), a read-only root
 built from the interpreter's files only (``/usr``, the ``/lib*`` links, the interpreter prefix), an
-empty size-capped tmpfs ``/tmp`` as the only writable place, no capabilities, an environment with
-nothing of the caller's, and no file of the caller's: the program and the harness travel as memfd
-file descriptors, not as paths. Inside, ``sandbox_runner`` sets rlimits (CPU time, address space,
-processes, file size) before it executes the program and reports completion on a private pipe.
-When this process runs as root, bwrap is started (by ``setpriv``) as the unprivileged user ``nobody``
-because the kernel never applies RLIMIT_NPROC to root, which would leave fork bombs unbounded.
+empty size-capped tmpfs ``/tmp`` as the only writable place, no capabilities, no new user namespaces
+(``--disable-userns``), a seccomp filter (``seccomp.py``) refusing ptrace, process_vm_*, mounts and
+namespace calls, an environment with nothing of the caller's, and no file of the caller's: the code
+travels as memfd file descriptors, not as paths. Each sandbox lives in its own cgroup
+(``cgroup.py``) bounding memory (shared memory, memfd and the tmpfs included), processes and CPU share
+for everything it starts; the cgroup is killed and checked empty afterwards, its processes are the
+OOM killer's first choice and the scorer its last. Inside, ``sandbox_runner`` sets rlimits (CPU time,
+address space, processes, file size, open files) before any untrusted code runs. When this process
+runs as root, bwrap is started (by ``setpriv``) as an unprivileged user of the sandbox's own.
 
-Outside, a wall-clock timeout kills the whole process group (and with it the namespace), and only
-a capped excerpt of what the program printed is kept; a program that prints more than
+``judge_programs`` is the scorer's path: per sample, one sandbox runs the candidate (prompt +
+completion) and serves calls; a second runs the tests with proxies of the candidate's entry points,
+exchanging only plain data (see ``sandbox_runner``), and alone holds the pipe on which the verdict
+is written. ``run_programs`` runs whole programs in one sandbox each and reports whether they ran to
+their end; a program that wants to forge that report can, so it is not for judging hostile code.
+
+Outside, a sample ends when its sandboxes have used ``timeout_s`` of CPU time between them (read from
+their cgroups, so that a busy machine costs no sample its verdict) or three times that in wall-clock
+time; only a capped excerpt of what was printed is kept, and a process that prints more than
 ``output_limit_bytes`` is stopped.
 """
 from __future__ import annotations
 
 import functools
+import itertools
+import json
 import os
+import queue
 import secrets
 import selectors
 import shutil
@@ -30,17 +43,28 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
+
+from megaphi.eval.cgroup import CgroupLimits, CgroupTree, CgroupUnavailable, cgroup_tree, protect_from_oom_killer
+from megaphi.eval.seccomp import SeccompUnavailable, filter_program
+
+from megaphi.common.errors import UserError
 
 STATUSES = ("passed", "failed", "timed out", "killed for memory")
 _RUNNER_SOURCE = (Path(__file__).with_name("sandbox_runner.py")).read_text(encoding="utf-8")
-_NOBODY = 65534
+# As root, each sandbox runs as a host user of its own from this block (unused by systemd's ranges):
+# the kernel keeps some counts per user (inotify instances, POSIX message queue bytes, queued
+# signals, file descriptors in flight), and a shared user would let one sample use up another's.
+_SANDBOX_UIDS = 0x7FFE0000
+_SANDBOX_UID_COUNT = 1 << 16
+_sandbox_uids = itertools.count()
 _SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
 _VERDICT_LIMIT = 1 << 16
+_CANDIDATE_EXIT_GRACE_S = 1.0  # a candidate that hung up is usually gone by then: its status says why
 
 
-class SandboxUnavailable(RuntimeError):
-    """bubblewrap cannot run programs on this machine."""
+class SandboxUnavailable(UserError, RuntimeError):
+    """bubblewrap, or one of the limits the sandbox promises, cannot be had on this machine."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +72,7 @@ class SandboxResult:
     status: str  # one of STATUSES
     detail: str = ""  # why it did not pass: the error line, the limit it hit
     output: str = ""  # a capped excerpt of stdout and stderr together
+    memory_peak_bytes: int = 0  # the most any one of its sandboxes held at once (0: not measured)
 
     @property
     def passed(self) -> bool:
@@ -56,18 +81,43 @@ class SandboxResult:
 
 @dataclass(frozen=True)
 class SandboxLimits:
+    # CPU time of everything one program or judged sample runs (its cgroups); it may take up to
+    # wall_factor times as long in wall-clock time (waiting, sleeping, sharing the cores).
     timeout_s: float = 10.0
-    memory_mb: int = 1024  # address space of each process
-    max_processes: int = 16  # processes and threads of one program, all together
+    wall_factor: float = 3.0
+    memory_mb: int = 1024  # address space of each process, and all memory of each sandbox's cgroup
+    max_processes: int = 16  # processes and threads of one sandbox, all together
     max_file_mb: int = 16  # largest file a program may write
-    tmp_mb: int = 64  # size of the private /tmp
+    max_open_files: int = 256
+    tmp_mb: int = 64  # size of the private /tmp (its pages count against memory_mb too)
+    cpu_cores: float = 1.0  # CPU share of one sandbox
     output_excerpt_bytes: int = 4096  # kept in SandboxResult.output
-    output_limit_bytes: int = 1 << 20  # beyond this the program is stopped
+    output_limit_bytes: int = 1 << 20  # beyond this a process is stopped
+    message_limit_bytes: int = 64 << 20  # largest value one call may carry between the two sandboxes
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "memory_mb", "max_processes", "max_file_mb", "tmp_mb", "output_limit_bytes"):
+        for name in ("timeout_s", "wall_factor", "memory_mb", "max_processes", "max_file_mb", "max_open_files", "tmp_mb",
+                     "cpu_cores", "output_limit_bytes", "message_limit_bytes"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"sandbox limit {name} must be positive, got {getattr(self, name)}")
+                raise UserError(f"sandbox limit {name} must be positive, got {getattr(self, name)}")
+
+    def runner_job(self) -> dict:
+        """The limits as the runner inside the sandbox sets them."""
+        return {"cpu_s": int(self.timeout_s) + 1, "address_space": self.memory_mb << 20,
+                "max_processes": self.max_processes, "max_file": self.max_file_mb << 20,
+                "max_open_files": self.max_open_files, "message_limit": self.message_limit_bytes}
+
+
+@dataclass(frozen=True)
+class JudgedProgram:
+    """A candidate program and the tests that judge it, which run apart from it."""
+    candidate: str  # untrusted: the prompt, the completion, and any setup code both sides share
+    prompt: str  # trusted: defines the helpers the tests may call (the candidate's copies are not used)
+    tests: str  # trusted: runs to its end when the candidate is right
+    entry_points: tuple[str, ...]  # names the tests call, answered by the candidate's process
+    # Objects that setup code at the end of ``candidate`` builds there (from the candidate's own
+    # classes, say) and the tests pass to it by name; they never leave the candidate's process.
+    shared: tuple[str, ...] = ()
 
 
 def default_python() -> str:
@@ -78,17 +128,38 @@ def default_python() -> str:
     return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 
 
+# Each sandbox would spend longer compiling the runner's source than running it: it receives the
+# runner compiled once, by its own interpreter (marshal's format is specific to a Python version).
+_BOOTSTRAP = "import marshal,os,sys;f=int(sys.argv.pop(1));c=os.read(f,1<<24);os.close(f);exec(marshal.loads(c))"
+
+
+@functools.lru_cache(maxsize=None)
+def _runner_code(python: str) -> bytes:
+    compiler = ("import marshal,sys;"
+                "sys.stdout.buffer.write(marshal.dumps(compile(sys.stdin.buffer.read(),'<sandbox_runner>','exec')))")
+    done = subprocess.run([python, "-I", "-S", "-c", compiler], input=_RUNNER_SOURCE.encode("utf-8"),
+                          capture_output=True, env=dict(_SANDBOX_ENV), cwd="/", check=False)
+    if done.returncode != 0 or not done.stdout:
+        raise SandboxUnavailable(f"the interpreter {python} could not compile the sandbox runner: "
+                                 f"{done.stderr.decode(errors='replace').strip()[-300:]} "
+                                 "(pick another with --sandbox-python)")
+    return done.stdout
+
+
 def _drop_root() -> list[str]:
     # setpriv rather than Popen(user=...): changing ids forces a full fork() of this process instead
     # of vfork(), which costs tens of milliseconds per program once torch is loaded.
     if os.geteuid() != 0:
         return []
-    return ["setpriv", f"--reuid={_NOBODY}", f"--regid={_NOBODY}", "--clear-groups", "--no-new-privs"]
+    # A user is reused only after 1024 sandboxes of this scorer (whose groups were emptied by then);
+    # the pid spreads scorers running side by side over the block.
+    uid = _SANDBOX_UIDS + (os.getpid() * 1024 + next(_sandbox_uids) % 1024) % _SANDBOX_UID_COUNT
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs"]
 
 
-def _bwrap_prefix(python: str, limits: SandboxLimits) -> list[str]:
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+@functools.lru_cache(maxsize=None)
+def _bwrap_root(python: str) -> tuple[str, ...]:
+    argv = ["--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             argv += ["--symlink", os.readlink(top), top]
@@ -99,108 +170,392 @@ def _bwrap_prefix(python: str, limits: SandboxLimits) -> list[str]:
         argv += ["--ro-bind", interpreter_prefix, interpreter_prefix]
     if os.path.exists("/etc/ld.so.cache"):
         argv += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    argv += ["--dev", "/dev", "--proc", "/proc",
-             "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp",
-             "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp"]
-    return argv
+    return tuple(argv)
 
 
-def _job(token: bytes, program: str, limits: SandboxLimits) -> int:
-    """A memfd holding the harness's instructions and the program (inherited, never a path)."""
-    cpu_s = int(limits.timeout_s) + 1
-    header = b"%s %d %d %d %d\n" % (token, cpu_s, limits.memory_mb << 20, limits.max_processes, limits.max_file_mb << 20)
-    fd = os.memfd_create("megaphi-sandbox-job")
-    os.write(fd, header + program.encode("utf-8", "surrogatepass"))
+def _bwrap_prefix(python: str, limits: SandboxLimits, seccomp_fd: int) -> list[str]:
+    return ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+            "--cap-drop", "ALL", "--hostname", "sandbox", *_bwrap_root(python),
+            # An empty /dev/pts hides bwrap's devpts: a pty counts against the host-wide kernel.pty.max.
+            "--dev", "/dev", "--tmpfs", "/dev/pts", "--remount-ro", "/dev/pts",
+            "--proc", "/proc", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp",
+            # /proc read-only: a scorer without CAP_SYS_RESOURCE sets no floor under the oom_score_adj
+            # of 1000 that the sandbox starts with, so a writable /proc would let it lower it again.
+            "--remount-ro", "/dev", "--remount-ro", "/proc", "--remount-ro", "/", "--chdir", "/tmp",
+            "--seccomp", str(seccomp_fd)]
+
+
+def _memfd(name: str, data: bytes) -> int:
+    """Inherited by the sandbox, never a path."""
+    fd = os.memfd_create(name)
+    os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
 
-def _read_until_done(proc: subprocess.Popen, verdict_fd: int, deadline: float, limits: SandboxLimits):
-    """Drain the program's output and the verdict pipe; returns (excerpt, verdict, abort reason)."""
-    excerpt, verdict, printed = bytearray(), bytearray(), 0
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout.fileno(), selectors.EVENT_READ, "output")
-        selector.register(verdict_fd, selectors.EVENT_READ, "verdict")
-        while selector.get_map():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return bytes(excerpt), bytes(verdict), "timed out"
-            for key, _ in selector.select(remaining):
-                chunk = os.read(key.fd, 1 << 16)
-                if not chunk:
-                    selector.unregister(key.fd)
-                elif key.data == "verdict":
-                    verdict += chunk[: _VERDICT_LIMIT - len(verdict)]
-                else:
-                    printed += len(chunk)
-                    excerpt += chunk[: limits.output_excerpt_bytes - len(excerpt)]
-                    if printed > limits.output_limit_bytes:
-                        return bytes(excerpt), bytes(verdict), "output"
-    return bytes(excerpt), bytes(verdict), None
-
-
-def _describe_exit(returncode: int, sandboxed: bool) -> tuple[str, str]:
+def _describe_exit(returncode: int, sandboxed: bool, who: str = "") -> tuple[str, str]:
     # bwrap reports a child killed by signal N as exit status 128 + N.
     signum = -returncode if returncode < 0 else (returncode - 128 if sandboxed and returncode > 128 else None)
     if signum == signal.SIGXCPU:
         return "timed out", "exceeded the CPU time limit"
     if signum is not None:
         name = signal.Signals(signum).name if signum in signal.valid_signals() else f"signal {signum}"
-        return "failed", f"killed by {name} before the end of the program"
-    return "failed", f"exited with status {returncode} before the end of the program"
+        return "failed", f"{who}killed by {name} before the end of the program"
+    return "failed", f"{who}exited with status {returncode} before the end of the program"
 
 
-def _run_one(program: str, limits: SandboxLimits, python: str, sandboxed: bool) -> SandboxResult:
-    token = secrets.token_hex(16).encode()
-    job_fd = _job(token, program, limits)
-    verdict_r, verdict_w = os.pipe()
-    command = [python, "-I", "-S", "-c", _RUNNER_SOURCE, str(job_fd), str(verdict_w)]
-    if sandboxed:
-        command = _drop_root() + _bwrap_prefix(python, limits) + command
-    workdir = None if sandboxed else tempfile.TemporaryDirectory(prefix="megaphi-unsafe-")
-    try:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                bufsize=0, env=dict(_SANDBOX_ENV), pass_fds=(job_fd, verdict_w),
-                                start_new_session=True, cwd=workdir.name if workdir else "/")
-    finally:
-        os.close(job_fd)
-        os.close(verdict_w)
-    deadline = time.monotonic() + limits.timeout_s
-    try:
-        excerpt, verdict, abort = _read_until_done(proc, verdict_r, deadline, limits)
-        if abort is None:  # both pipes closed; a program that closed them itself may still be running
+class _SandboxedProcess:
+    """One runner process in its own bwrap and cgroup (or, unsafely, neither); its output on a pipe."""
+
+    def __init__(self, role: str, fds: Sequence[int], limits: SandboxLimits, python: str,
+                 tree: CgroupTree | None):
+        self.sandboxed = tree is not None
+        self.cgroup, self.workdir = None, None
+        self.excerpt, self.printed = bytearray(), 0
+        # The runner and the seccomp program travel as memfds, the job (given later, see deliver) on a
+        # pipe, so that the sandbox can start before its job is known.
+        job_r, self.job_w = os.pipe()
+        inherited = [_memfd("megaphi-sandbox-runner", _runner_code(python)), job_r]
+        own_fds = list(inherited)
+        try:
+            command = [python, "-I", "-S", "-c", _BOOTSTRAP, str(inherited[0]), role,
+                       *map(str, inherited[1:] + list(fds))]
+            if tree is not None:
+                seccomp_fd = _memfd("megaphi-seccomp", filter_program())
+                own_fds.append(seccomp_fd)
+                self.cgroup = tree.create(CgroupLimits(memory_bytes=limits.memory_mb << 20,
+                                                       max_pids=limits.max_processes, cpu_cores=limits.cpu_cores))
+                command = self.cgroup.join_command(_drop_root() + _bwrap_prefix(python, limits, seccomp_fd) + command)
+            else:
+                self.workdir = tempfile.TemporaryDirectory(prefix="megaphi-unsafe-")
+            self.output, output_w = os.pipe()
+            own_fds.append(output_w)
             try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                abort = "timed out"
-    finally:
-        if proc.returncode is None:
+                self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output_w, stderr=output_w,
+                                             env=dict(_SANDBOX_ENV), pass_fds=[*own_fds[:-1], *fds],
+                                             start_new_session=True, cwd=self.workdir.name if self.workdir else "/")
+            except BaseException:
+                os.close(self.output)
+                raise
+        except BaseException:
+            os.close(self.job_w)
+            self.cleanup()
+            raise
+        finally:
+            for fd in own_fds:
+                os.close(fd)
+
+    def deliver(self, job: dict) -> None:
+        """Hand the process its job; one that died meanwhile learns nothing (its exit says why)."""
+        data = json.dumps(job).encode("utf-8", "surrogatepass")
+        try:
+            while data:
+                data = data[os.write(self.job_w, data):]
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(self.job_w)
+            self.job_w = -1
+
+    def take_output(self, chunk: bytes, limits: SandboxLimits) -> bool:
+        """Keep the excerpt; False once the process printed more than it may."""
+        self.printed += len(chunk)
+        self.excerpt += chunk[: limits.output_excerpt_bytes - len(self.excerpt)]
+        return self.printed <= limits.output_limit_bytes
+
+    def wait(self, timeout: float) -> bool:
+        try:
+            self.proc.wait(timeout=max(0.0, timeout))
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def signal_all(self) -> None:
+        if self.proc.returncode is None:
             try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the whole group; the namespace dies with bwrap
+                os.killpg(self.proc.pid, signal.SIGKILL)  # sh/setpriv/bwrap; the namespace dies with bwrap
             except ProcessLookupError:
                 pass
-            proc.wait()
-        proc.stdout.close()
-        os.close(verdict_r)
-        if workdir is not None:
-            workdir.cleanup()
+        if self.cgroup is not None:
+            self.cgroup.signal_all()
 
-    output = excerpt.decode("utf-8", "replace")
-    if abort == "timed out":
-        return SandboxResult("timed out", f"exceeded the {limits.timeout_s:g} s wall-clock limit", output)
+    def kill(self) -> bool:
+        """Kill everything the process started; False when its cgroup could not be emptied."""
+        self.signal_all()
+        emptied = self.cgroup.kill() if self.cgroup is not None else True
+        self.proc.wait()
+        return emptied
+
+    def oom_killed(self) -> bool:
+        return self.cgroup is not None and self.cgroup.oom_killed()
+
+    def memory_peak(self) -> int:
+        return self.cgroup.memory_peak() if self.cgroup is not None else 0
+
+    def cleanup(self) -> None:
+        if self.job_w >= 0:
+            os.close(self.job_w)
+            self.job_w = -1
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        if self.workdir is not None:
+            self.workdir.cleanup()
+
+
+class _TimeBudget:
+    """When a sample has run out of time. Its sandboxes' CPU time (their cgroups) is held to
+    ``timeout_s``, so that cores shared with other samples or jobs cost nobody a verdict; the wall
+    clock, to ``wall_factor`` times that, for what waits or sleeps. Without cgroups (unsafe mode) the
+    wall clock alone is held to ``timeout_s``."""
+
+    _POLL_S = 0.05
+
+    def __init__(self, processes: Sequence[_SandboxedProcess], limits: SandboxLimits):
+        self.cgroups = [p.cgroup for p in processes if p.cgroup is not None]
+        self.cpu_s = limits.timeout_s
+        self.wall_s = limits.timeout_s * (limits.wall_factor if self.cgroups else 1.0)
+        self.deadline = time.monotonic() + self.wall_s
+        self.cpu_at_start = self._cpu()  # sandboxes started ahead of their job have booted on their own time
+
+    def _cpu(self) -> float:
+        return sum(group.cpu_seconds() for group in self.cgroups)
+
+    def wall_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def exceeded(self) -> str | None:
+        if self.wall_left() <= 0:
+            return "wall"
+        if self.cgroups and self._cpu() - self.cpu_at_start >= self.cpu_s:
+            return "cpu"
+        return None
+
+    def next_check(self) -> float:
+        return min(self.wall_left(), self._POLL_S) if self.cgroups else self.wall_left()
+
+
+def _drain(processes: Sequence[_SandboxedProcess], verdict_fd: int, budget: _TimeBudget, limits: SandboxLimits,
+           done: Callable[[set], bool]) -> tuple[bytes, str | None]:
+    """Read the processes' output and the verdict pipe until ``done(open fds)``; returns (verdict, abort)."""
+    verdict = bytearray()
+    with selectors.DefaultSelector() as selector:
+        for process in processes:
+            selector.register(process.output, selectors.EVENT_READ, process)
+        selector.register(verdict_fd, selectors.EVENT_READ, None)
+        while not done({key.fd for key in selector.get_map().values()}):
+            over = budget.exceeded()
+            if over is not None:
+                return bytes(verdict), over
+            for key, _ in selector.select(max(0.0, budget.next_check())):
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    selector.unregister(key.fd)
+                elif key.data is None:
+                    verdict += chunk[: _VERDICT_LIMIT - len(verdict)]
+                elif not key.data.take_output(chunk, limits):
+                    return bytes(verdict), "output"
+    return bytes(verdict), None
+
+
+def _drain_rest(process: _SandboxedProcess, limits: SandboxLimits) -> None:
+    """What a killed process left in its output pipe."""
+    os.set_blocking(process.output, False)
+    try:
+        while chunk := os.read(process.output, 1 << 16):
+            if not process.take_output(chunk, limits):
+                break
+    except BlockingIOError:
+        pass
+
+
+def _excerpt(processes: Sequence[_SandboxedProcess], limits: SandboxLimits) -> str:
+    """The processes' excerpts in order, the last one (the test's traceback) kept whole within the cap."""
+    parts = [bytes(p.excerpt) for p in processes]
+    last = parts[-1][: limits.output_excerpt_bytes]
+    head = b"".join(parts[:-1])[: limits.output_excerpt_bytes - len(last)]
+    return (head + last).decode("utf-8", "replace")
+
+
+def _finish(processes: Sequence[_SandboxedProcess], limits: SandboxLimits) -> bool:
+    """Kill and clean up; False when some sandbox kept processes that SIGKILL did not end."""
+    emptied = True
+    for process in processes:  # all at once, then wait for each
+        process.signal_all()
+    for process in processes:
+        emptied = process.kill() and emptied
+    for process in processes:
+        _drain_rest(process, limits)
+        os.close(process.output)
+        if emptied:
+            process.cleanup()
+    if not emptied:
+        warnings.warn("a sandbox's cgroup still held processes after SIGKILL; it was left in place", RuntimeWarning,
+                      stacklevel=2)
+    return emptied
+
+
+def _verdict_result(verdict: bytes, limits: SandboxLimits) -> SandboxResult | None:
+    status, _, detail = verdict.decode("utf-8", "replace").partition(" ")
+    if status == "passed" and not detail:
+        return SandboxResult("passed")
+    if status == "memory":
+        return SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit")
+    if status == "failed":
+        return SandboxResult("failed", detail)
+    return None
+
+
+def _limit_result(abort: str | None, limits: SandboxLimits, budget: _TimeBudget) -> SandboxResult | None:
+    if abort == "cpu":
+        return SandboxResult("timed out", f"exceeded the {budget.cpu_s:g} s CPU-time limit")
+    if abort == "wall":
+        return SandboxResult("timed out", f"exceeded the {budget.wall_s:g} s wall-clock limit")
     if abort == "output":
-        return SandboxResult("failed", f"printed more than {limits.output_limit_bytes} bytes", output)
-    marker = verdict.rfind(token + b" ")
-    if marker >= 0:
-        status, _, detail = verdict[marker + len(token) + 1:].decode("utf-8", "replace").partition(" ")
-        if status == "passed":
-            return SandboxResult("passed", "", output)
-        if status == "memory":
-            return SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit", output)
-        if status == "failed":
-            return SandboxResult("failed", detail, output)
-    status, detail = _describe_exit(proc.returncode, sandboxed)
-    return SandboxResult(status, detail, output)
+        return SandboxResult("failed", f"printed more than {limits.output_limit_bytes} bytes")
+    return None
+
+
+def _with_output(result: SandboxResult, output: str, emptied: bool, peak: int) -> SandboxResult:
+    if not emptied:
+        return SandboxResult("failed", "processes of the sandbox survived SIGKILL", output, peak)
+    return SandboxResult(result.status, result.detail, output, peak)
+
+
+def _run_one(program: str, limits: SandboxLimits, python: str, tree: CgroupTree | None) -> SandboxResult:
+    token = secrets.token_hex(16)
+    verdict_r, verdict_w = os.pipe()
+    try:
+        process = _SandboxedProcess("program", [verdict_w], limits, python, tree)
+    except BaseException:
+        os.close(verdict_r)
+        raise
+    finally:
+        os.close(verdict_w)
+    try:
+        process.deliver({**limits.runner_job(), "program": program, "token": token})
+        budget = _TimeBudget([process], limits)
+        verdict, abort = _drain([process], verdict_r, budget, limits, done=lambda open_fds: not open_fds)
+        # Both pipes closed; a program that closed them itself may still be running.
+        if abort is None and not process.wait(budget.wall_left()):
+            abort = "wall"
+        returncode = process.proc.returncode
+        oom = process.oom_killed()
+    finally:
+        peak = process.memory_peak()
+        emptied = _finish([process], limits)
+        os.close(verdict_r)
+    marker = verdict.rfind(token.encode() + b" ")
+    result = _limit_result(abort, limits, budget) or (_verdict_result(verdict[marker + len(token) + 1:], limits)
+                                              if marker >= 0 else None)
+    if result is None or (oom and not result.passed):
+        status, detail = _describe_exit(returncode, tree is not None)
+        result = (SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit") if oom
+                  else SandboxResult(status, detail))
+    return _with_output(result, bytes(process.excerpt).decode("utf-8", "replace"), emptied, peak)
+
+
+class _JudgingPair:
+    """A candidate sandbox and a test sandbox joined by two call pipes, started before their job is known."""
+
+    def __init__(self, limits: SandboxLimits, python: str, tree: CgroupTree | None):
+        self.limits, self.sandboxed = limits, tree is not None
+        requests_r, requests_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+        self.verdict_r, verdict_w = os.pipe()
+        self.processes: list[_SandboxedProcess] = []
+        try:
+            self.processes.append(_SandboxedProcess("candidate", [requests_r, replies_w], limits, python, tree))
+            self.processes.append(_SandboxedProcess("test", [requests_w, replies_r, verdict_w], limits, python, tree))
+        except BaseException:
+            self.discard()
+            raise
+        finally:
+            for fd in (requests_r, requests_w, replies_r, replies_w, verdict_w):
+                os.close(fd)
+
+    def discard(self) -> bool:
+        """Kill and clean up both sandboxes; False when one could not be emptied."""
+        emptied = _finish(self.processes, self.limits)
+        os.close(self.verdict_r)
+        return emptied
+
+    def judge(self, job: JudgedProgram) -> SandboxResult:
+        limits, verdict_r = self.limits, self.verdict_r
+        candidate, test = self.processes
+        try:
+            candidate.deliver({**limits.runner_job(), "candidate": job.candidate})
+            test.deliver({**limits.runner_job(), "prompt": job.prompt, "tests": job.tests,
+                          "entry_points": list(job.entry_points), "shared": list(job.shared)})
+            budget = _TimeBudget(self.processes, limits)
+            # The sample ends when the test process has closed its output and its verdict pipe.
+            verdict, abort = _drain(self.processes, verdict_r, budget, limits,
+                                    done=lambda open_fds: test.output not in open_fds and verdict_r not in open_fds)
+            if abort is None and not test.wait(budget.wall_left()):
+                abort = "wall"
+            if abort is None and verdict == b"candidate-gone":
+                candidate.wait(min(_CANDIDATE_EXIT_GRACE_S, budget.wall_left()))
+            candidate_code, test_code = candidate.proc.returncode, test.proc.returncode
+            oom = candidate.oom_killed() or test.oom_killed()
+        finally:
+            peak = max(process.memory_peak() for process in self.processes)
+            emptied = self.discard()
+        result = _limit_result(abort, limits, budget) or _verdict_result(verdict, limits)
+        if result is not None and result.passed and test_code != 0:
+            result = None
+        if result is None or (oom and not result.passed):
+            if oom:
+                result = SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit")
+            elif verdict == b"candidate-gone":
+                if candidate_code is None:
+                    result = SandboxResult("failed",
+                                           "the candidate program stopped answering before the end of the tests")
+                else:
+                    result = SandboxResult(*_describe_exit(candidate_code, self.sandboxed, "the candidate program "))
+            else:
+                result = SandboxResult(*_describe_exit(test_code, self.sandboxed, "the test program "))
+        return _with_output(result, _excerpt(self.processes, limits), emptied, peak)
+
+
+def _judge_all(jobs: Sequence[JudgedProgram], limits: SandboxLimits, python: str, tree: CgroupTree | None,
+               workers: int) -> list[SandboxResult]:
+    """Each worker judges one job while the sandboxes for its next one start: starting a sandbox is
+    mostly waiting on the kernel, and this way no job waits for its own."""
+    results: list[SandboxResult | None] = [None] * len(jobs)
+    pending: queue.SimpleQueue = queue.SimpleQueue()
+    for item in enumerate(jobs):
+        pending.put(item)
+
+    def work() -> None:
+        ready = None
+        try:
+            while True:
+                try:
+                    index, job = pending.get_nowait()
+                except queue.Empty:
+                    return
+                pair, ready = ready or _JudgingPair(limits, python, tree), None
+                if not pending.empty():
+                    ready = _JudgingPair(limits, python, tree)
+                results[index] = pair.judge(job)
+        finally:
+            if ready is not None:
+                ready.discard()
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
+        for future in [pool.submit(work) for _ in range(min(workers, len(jobs)))]:
+            future.result()
+    return [result for result in results if result is not None]  # all of them: every job was judged
+
+
+def _sandbox_tree() -> CgroupTree:
+    try:
+        filter_program()
+        tree = cgroup_tree()
+    except (CgroupUnavailable, SeccompUnavailable) as error:
+        raise SandboxUnavailable(f"the sandbox cannot enforce its limits here: {error}; or pass "
+                                 "--unsafe-no-sandbox to run model-written code without isolation") from None
+    protect_from_oom_killer()
+    return tree
 
 
 @functools.lru_cache(maxsize=None)
@@ -209,28 +564,46 @@ def _sandbox_problem(python: str) -> str | None:
     if shutil.which("bwrap") is None:
         return "bubblewrap (bwrap) is not installed: install it (Debian: apt-get install bubblewrap)"
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        return "setpriv is not installed (as root it starts bwrap as nobody): install util-linux"
+        return "setpriv is not installed (as root it starts bwrap as an unprivileged user): install util-linux"
     if not os.path.isfile(python) or not os.access(python, os.X_OK):
         return f"the interpreter {python} does not exist or is not executable (pick another with --sandbox-python)"
     try:
-        result = _run_one("pass", SandboxLimits(timeout_s=30.0), python, sandboxed=True)
+        result = _run_one("pass", SandboxLimits(timeout_s=30.0), python, _sandbox_tree())
     except OSError as error:
         return f"bwrap could not start ({error})"
     if result.passed:
         return None
-    who = "the user nobody" if os.geteuid() == 0 else "this user"
+    who = "every user" if os.geteuid() == 0 else "this user"
     said = " ".join(result.output.split())[-300:] or result.detail
-    return (f"bwrap could not run {python} ({said}): user namespaces must be allowed "
-            f"(sysctl kernel.unprivileged_userns_clone=1) and the interpreter readable by {who} "
-            "(pick another with --sandbox-python)")
+    return (f"bwrap could not run {python} ({said}): bubblewrap 0.8 or later is needed (--disable-userns, "
+            f"--seccomp), user namespaces must be allowed (sysctl kernel.unprivileged_userns_clone=1) and the "
+            f"interpreter readable by {who} (pick another with --sandbox-python)")
 
 
 def check_sandbox(python: str | None = None) -> None:
-    """Raise SandboxUnavailable, saying why and what to do, when bwrap cannot run programs here."""
+    """Raise SandboxUnavailable, saying why and what to do, when the sandbox cannot run programs here."""
     problem = _sandbox_problem(python or default_python())
     if problem is not None:
         raise SandboxUnavailable(f"the sandbox cannot run here: {problem}; or pass --unsafe-no-sandbox to run "
                                  "model-written code without isolation")
+
+
+def _prepare(python: str | None, unsafe_no_sandbox: bool, workers: int | None) -> tuple[str, CgroupTree | None, int]:
+    """The interpreter, the cgroup tree (None when unsafe) and the worker count, or why not."""
+    python = python or default_python()
+    if unsafe_no_sandbox:
+        warnings.warn("running model-written code WITHOUT a sandbox: it can read, change and send anything "
+                      "this user can", RuntimeWarning, stacklevel=3)
+        tree = None
+    else:
+        check_sandbox(python)
+        tree = _sandbox_tree()
+    # A sandboxed program spends much of its short life in namespace setup and teardown, waiting on
+    # the kernel rather than computing, so two per core keep the cores busy.
+    workers = 2 * (os.cpu_count() or 1) if workers is None else workers
+    if workers < 1:
+        raise UserError(f"workers must be at least 1, got {workers}")
+    return python, tree, workers
 
 
 def run_programs(programs: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int = 1024,
@@ -239,22 +612,30 @@ def run_programs(programs: Sequence[str], *, timeout_s: float = 10.0, memory_mb:
     """Run each program in its own sandbox, ``workers`` at a time (default: 2 per core); results in input order.
 
     A program passes only when it runs to its end; raising anything (``SystemExit`` included),
-    exiting early, dying by signal, or crossing a limit makes it fail. Raises SandboxUnavailable
-    when bwrap cannot run, unless ``unsafe_no_sandbox`` (which keeps the rlimits, timeout and
-    cleared environment but gives the program the whole machine).
+    exiting early, dying by signal, or crossing a limit makes it fail. The program itself could forge
+    that report: use ``judge_programs`` to judge hostile code. Raises SandboxUnavailable when the
+    sandbox cannot run, unless ``unsafe_no_sandbox`` (which keeps the rlimits, timeout and cleared
+    environment but gives the program the whole machine).
     """
     limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,
                            output_limit_bytes=output_limit_bytes)
-    python = python or default_python()
-    if unsafe_no_sandbox:
-        warnings.warn("running model-written code WITHOUT a sandbox: it can read, change and send anything "
-                      "this user can", RuntimeWarning, stacklevel=2)
-    else:
-        check_sandbox(python)
-    # A sandboxed program spends much of its short life in namespace setup and teardown, waiting on
-    # the kernel rather than computing, so two per core keep the cores busy.
-    workers = 2 * (os.cpu_count() or 1) if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    python, tree, workers = _prepare(python, unsafe_no_sandbox, workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
-        return list(pool.map(lambda program: _run_one(program, limits, python, not unsafe_no_sandbox), programs))
+        return list(pool.map(lambda program: _run_one(program, limits, python, tree), programs))
+
+
+def judge_programs(jobs: Sequence[JudgedProgram], *, timeout_s: float = 10.0, memory_mb: int = 1024,
+                   workers: int | None = None, max_processes: int = 16, output_limit_bytes: int = 1 << 20,
+                   python: str | None = None, unsafe_no_sandbox: bool = False) -> list[SandboxResult]:
+    """Judge each candidate by its tests, two sandboxes per job, ``workers`` jobs at a time; results in order.
+
+    A job passes only when its tests run to their end in the test sandbox, which writes the verdict;
+    the candidate's sandbox only answers calls with plain data. Limits apply to each sandbox;
+    ``timeout_s`` is the CPU time of the whole job (both sandboxes, every process), which may take
+    three times as long in wall-clock time. Raises SandboxUnavailable when the sandbox cannot run or
+    enforce its limits, unless ``unsafe_no_sandbox`` (where ``timeout_s`` is wall-clock time).
+    """
+    limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,
+                           output_limit_bytes=output_limit_bytes)
+    python, tree, workers = _prepare(python, unsafe_no_sandbox, workers)
+    return _judge_all(jobs, limits, python, tree, workers)

@@ -6,38 +6,33 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from megaphi.common.errors import InputNotFoundError, UserError
+from megaphi.common.files import atomic_open
+from megaphi.common.jsonl import iter_numbered_jsonl
 from megaphi.eval.benchmarks import Benchmark
 from megaphi.eval.passk import DEFAULT_KS, counts_by_task, pass_at_k
-from megaphi.eval.sandbox import STATUSES, SandboxResult, run_programs
+from megaphi.eval.sandbox import STATUSES, SandboxResult, judge_programs
 
 
 def read_samples(path: str | Path) -> list[dict]:
     """Read a samples JSONL; each line needs a string ``completion`` and a ``task_id``."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"samples file {path} does not exist")
+        raise InputNotFoundError(f"samples file {path} does not exist")
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number} is not JSON ({error.msg}): each line must be "
-                                 '{"task_id": ..., "completion": ...}') from None
-            if not isinstance(sample, dict) or "task_id" not in sample or not isinstance(sample.get("completion"), str):
-                raise ValueError(f'{path}:{line_number} needs a "task_id" and a string "completion"')
-            samples.append(sample)
+    for number, sample in iter_numbered_jsonl(path, hint='each line must be {"task_id": ..., "completion": ...}'):
+        if "task_id" not in sample or not isinstance(sample.get("completion"), str):
+            raise UserError(f'{path}:{number} needs a "task_id" and a string "completion"')
+        samples.append(sample)
     if not samples:
-        raise ValueError(f"samples file {path} holds no samples")
+        raise UserError(f"samples file {path} holds no samples")
     return samples
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
 
@@ -52,11 +47,14 @@ def describe(result: SandboxResult) -> str:
 def score_samples(benchmark: Benchmark, samples: Sequence[dict], *, timeout_s: float = 10.0,
                   memory_mb: int = 1024, workers: int | None = None, unsafe_no_sandbox: bool = False,
                   python: str | None = None) -> list[dict]:
-    """One result per sample, in order: {task_id, completion, passed, result, output}."""
+    """One result per sample, in order: {task_id, completion, passed, result, output}.
+
+    Each completion runs in its own sandbox, apart from its tests (see ``sandbox.judge_programs``).
+    """
     problems = [benchmark.problem(sample["task_id"]) for sample in samples]  # unknown ids fail before any run
-    programs = [problem.program(sample["completion"]) for problem, sample in zip(problems, samples)]
-    outcomes = run_programs(programs, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers,
-                            unsafe_no_sandbox=unsafe_no_sandbox, python=python)
+    jobs = [problem.judged(sample["completion"]) for problem, sample in zip(problems, samples)]
+    outcomes = judge_programs(jobs, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers,
+                              unsafe_no_sandbox=unsafe_no_sandbox, python=python)
     return [{"task_id": problem.task_id, "completion": sample["completion"], "passed": outcome.passed,
              "result": describe(outcome), "output": outcome.output}
             for problem, sample, outcome in zip(problems, samples, outcomes)]

@@ -8,6 +8,9 @@ from typing import Any
 ATTENTION_BACKENDS = ("auto", "flash", "sdpa", "eager")
 # gelu_new (phi-1) is GELU's tanh approximation; "gelu" is the exact erf form.
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu")
+# How the training loss is computed (megaphi.parallel.cross_entropy.resolve_cross_entropy).
+CROSS_ENTROPY_IMPLS = ("auto", "fused", "liger", "unfused")
+LAYER_NORM_BACKENDS = ("auto", "torch", "apex")
 
 
 @dataclass
@@ -29,6 +32,8 @@ class PhiConfig:
     initializer_range: float = 0.02
     # megaphi extras
     attn_backend: str = "auto"
+    cross_entropy: str = "auto"  # fused with the lm_head (chunked, or liger-kernel's on CUDA), or "unfused"
+    layer_norm_backend: str = "auto"  # apex's fused LayerNorm where installed, else torch's
     activation_checkpointing: bool = False
     make_vocab_size_divisible_by: int = 128
 
@@ -51,6 +56,11 @@ class PhiConfig:
             raise ValueError(f"PhiConfig.hidden_act={self.hidden_act!r} is not supported; use one of {ACTIVATIONS}")
         if self.attn_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"PhiConfig.attn_backend={self.attn_backend!r} must be one of {ATTENTION_BACKENDS}")
+        if self.cross_entropy not in CROSS_ENTROPY_IMPLS:
+            raise ValueError(f"PhiConfig.cross_entropy={self.cross_entropy!r} must be one of {CROSS_ENTROPY_IMPLS}")
+        if self.layer_norm_backend not in LAYER_NORM_BACKENDS:
+            raise ValueError(f"PhiConfig.layer_norm_backend={self.layer_norm_backend!r} must be one of "
+                             f"{LAYER_NORM_BACKENDS}")
         if self.tie_word_embeddings:
             raise ValueError("PhiConfig.tie_word_embeddings=True is not supported: phi has an untied lm_head")
 

@@ -17,9 +17,10 @@ from torch import nn
 
 from megaphi.model.attention import KVCache, attend, padding_causal_mask, resolve_backend
 from megaphi.model.config import PhiConfig
-from megaphi.model.rotary import RotaryEmbedding, apply_rotary, rotate_qk_
+from megaphi.model.layer_norm import layer_norm
+from megaphi.model.loss import causal_lm_loss, resolve_cross_entropy
+from megaphi.model.rotary import RotaryEmbedding, apply_rotary, rotary_qkv
 from megaphi.parallel.collectives import copy_to_tensor_parallel_region, gather_from_tensor_parallel_region
-from megaphi.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megaphi.parallel.layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding, divide,
                                      padded_vocab_size)
 from megaphi.parallel.random import get_rng_tracker
@@ -56,8 +57,8 @@ class PhiAttention(nn.Module):
             q, k, v = qkv.unbind(dim=2)  # the compiler fuses the composite rotary into one kernel
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         else:
-            # q, k, v stay views of one buffer: SDPA and flash-attn take strided heads as they are.
-            q, k, v = rotate_qk_(qkv, cos, sin).unbind(dim=2)
+            # v stays a view of the projection: SDPA and flash-attn take strided heads as they are.
+            q, k, v = rotary_qkv(qkv, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         dropout_p = self.dropout_p if self.training else 0.0
@@ -83,7 +84,7 @@ class PhiMLP(nn.Module):
 class PhiDecoderLayer(nn.Module):
     def __init__(self, config: PhiConfig, layer_idx: int) -> None:
         super().__init__()
-        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.input_layernorm = layer_norm(config.hidden_size, config.layer_norm_eps, config.layer_norm_backend)
         self.self_attn = PhiAttention(config, layer_idx)
         self.mlp = PhiMLP(config)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
@@ -131,7 +132,7 @@ class PhiModel(nn.Module):
                                                    init_std=config.initializer_range)
         self.embed_dropout = nn.Dropout(config.embd_pdrop)
         self.layers = nn.ModuleList(PhiDecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.final_layernorm = layer_norm(config.hidden_size, config.layer_norm_eps, config.layer_norm_backend)
         self.rotary = RotaryEmbedding(config.rotary_dim, config.max_position_embeddings, config.rope_theta)
         self.activation_checkpointing = config.activation_checkpointing
 
@@ -190,11 +191,17 @@ class PhiForCausalLM(nn.Module):
             return logits[..., :self.config.vocab_size]
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
-        # The logits are consumed only by the loss, so its backward may overwrite them with their gradient.
-        per_token = vocab_parallel_cross_entropy(self.lm_head(hidden), labels, vocab_size=self.config.vocab_size,
-                                                 inplace_backward=True)
-        num_targets = (labels != -100).sum().clamp(min=1)
-        return per_token.sum() / num_targets
+        return causal_lm_loss(hidden, self.lm_head, labels, vocab_size=self.config.vocab_size,
+                              impl=self.config.cross_entropy)
+
+    def kernel_choices(self, device: torch.device) -> str:
+        """What runs attention, LayerNorm and the loss on ``device``, for the start-up line."""
+        attention = {"auto": "flash-attn for fp16/bf16 on CUDA, else SDPA", "flash": "flash-attn",
+                     "sdpa": "SDPA", "eager": "eager"}[self.model.layers[0].self_attn.backend]
+        norm = type(self.model.final_layernorm)
+        loss = resolve_cross_entropy(self.config.cross_entropy, device)
+        return (f"attention {attention}, layer norm {norm.__module__.split('.')[0]} {norm.__name__}, "
+                f"cross-entropy {loss}")
 
     def new_kv_cache(self, batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None,
                      device: torch.device | str | None = None) -> KVCache:

@@ -45,7 +45,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate the first cos.shape[-1] dims of x [batch, seq, heads, head_dim]; pass the rest through.
 
     The composite form: under torch.compile it fuses into one kernel. Eager training uses
-    ``rotate_qk_``, which does the same rotation in place at a fraction of the memory traffic.
+    ``rotary_qkv``, which does the same rotation in five kernels and one write per element.
     """
     rot = cos.shape[-1]
     x_rot, x_pass = x[..., :rot], x[..., rot:]
@@ -54,49 +54,52 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
 
 
-def _rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> None:
-    """Rotate the first cos.shape[-1] dims of ``x`` in place by +angle (sign 1) or -angle (sign -1).
+def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> None:
+    """out = x with its first cos.shape[-1] dims rotated by +angle (sign 1) or -angle (sign -1).
 
     With cos = cat(c, c) and sin = cat(s, s) the rotate-half form is, per pair (x1, x2) of halves:
-    y1 = x1 c - x2 s, y2 = x2 c + x1 s. Five kernels over a quarter of the head each, against eight
-    over whole heads (slices, neg, two cats, three products and a sum) for the composite form.
+    y1 = x1 c - x2 s, y2 = x2 c + x1 s. Each result is written once, straight into ``out`` (which
+    may be a strided slice): no temporaries, no slice assignment that autograd would have to undo.
     """
     half = cos.shape[-1] // 2
     c, s = cos[..., :half], sin[..., :half]
     x1, x2 = x[..., :half], x[..., half:2 * half]
-    x1_sin = x1 * s
-    x1.mul_(c).addcmul_(x2, s, value=-sign)
-    x2.mul_(c).add_(x1_sin, alpha=sign)
+    torch.mul(x1, c, out=out[..., :half]).addcmul_(x2, s, value=-sign)
+    torch.mul(x2, c, out=out[..., half:2 * half]).addcmul_(x1, s, value=sign)
+    out[..., 2 * half:].copy_(x[..., 2 * half:])
 
 
-class _RotateQK(torch.autograd.Function):
-    """Rotary on the q and k heads of a fused [batch, seq, 3, heads, head_dim] projection, in place.
+class _RotaryQKV(torch.autograd.Function):
+    """Rotary on the q and k heads of a fused [batch, seq, 3, heads, head_dim] projection.
 
-    A rotation's gradient is the inverse rotation, so nothing but cos/sin is saved. The backward
-    also works in place: the incoming gradient is the fresh tensor that ``unbind``'s backward stacks
-    from the q, k and v gradients, owned by nobody else.
+    q and k come out as fresh tensors (the projection's output is never written), v as a view of
+    it. A rotation's gradient is the inverse rotation, so nothing but cos/sin is saved, and the
+    backward writes the q, k and v gradients into one fresh buffer: no CopySlices, no accumulation.
     """
 
     @staticmethod
-    def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over the q/k axis as well as the heads
-        _rotate_(qkv[:, :, :2], cos, sin, 1.0)
-        ctx.mark_dirty(qkv)
+    def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        q, k = torch.empty_like(qkv[:, :, 0]), torch.empty_like(qkv[:, :, 1])
+        _rotate_into(q, qkv[:, :, 0], cos, sin, 1.0)
+        _rotate_into(k, qkv[:, :, 1], cos, sin, 1.0)
         ctx.save_for_backward(cos, sin)
-        return qkv
+        return q, k, qkv[:, :, 2]
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor):
         cos, sin = ctx.saved_tensors
-        _rotate_(grad[:, :, :2], cos, sin, -1.0)
+        shape = grad_q.shape[:2] + (3,) + grad_q.shape[2:]
+        grad = torch.empty(shape, dtype=grad_q.dtype, device=grad_q.device)
+        _rotate_into(grad[:, :, 0], grad_q, cos, sin, -1.0)
+        _rotate_into(grad[:, :, 1], grad_k, cos, sin, -1.0)
+        grad[:, :, 2].copy_(grad_v)
         return grad, None, None
 
 
-def rotate_qk_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Apply rotary to q and k of ``qkv`` [batch, seq, 3, heads, head_dim] in place; v is untouched.
+def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q and k of ``qkv`` [batch, seq, 3, heads, head_dim] with rotary applied, and v; qkv is not modified.
 
     ``cos``/``sin`` as ``RotaryEmbedding`` returns them ([seq, 1, dim] or [batch, seq, 1, dim]).
-    Only for a ``qkv`` that nothing else has used yet (the projection's fresh output), consumed by
-    ``unbind(dim=2)``.
     """
-    return _RotateQK.apply(qkv, cos, sin)
+    return _RotaryQKV.apply(qkv, cos, sin)

@@ -1,7 +1,7 @@
 """Megatron-style tensor parallelism: process groups, collectives, sharded layers, loss, RNG."""
 from megaphi.parallel.collectives import (copy_to_tensor_parallel_region, gather_from_tensor_parallel_region,
                                           reduce_from_tensor_parallel_region, scatter_to_tensor_parallel_region)
-from megaphi.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megaphi.parallel.cross_entropy import fused_linear_cross_entropy, vocab_parallel_cross_entropy
 from megaphi.parallel.layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding, merge_shards,
                                      padded_vocab_size, shard_tensor)
 from megaphi.parallel.random import MODEL_PARALLEL_RNG, RNGStatesTracker, get_rng_tracker, seed_everything
@@ -18,6 +18,6 @@ __all__ = [
     "copy_to_tensor_parallel_region", "reduce_from_tensor_parallel_region",
     "scatter_to_tensor_parallel_region", "gather_from_tensor_parallel_region",
     "ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding", "padded_vocab_size",
-    "shard_tensor", "merge_shards", "vocab_parallel_cross_entropy",
+    "shard_tensor", "merge_shards", "vocab_parallel_cross_entropy", "fused_linear_cross_entropy",
     "RNGStatesTracker", "get_rng_tracker", "seed_everything", "MODEL_PARALLEL_RNG",
 ]

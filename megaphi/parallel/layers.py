@@ -2,8 +2,9 @@
 
 Weights are initialised as the full (unsharded) matrix drawn from the default generator and then
 sliced, so a model built from one seed is the same network at every tensor-parallel size.
-Sharded parameters carry ``tensor_model_parallel``, ``partition_dim`` and ``partition_stride``:
-DeepSpeed counts them once per TP group in the gradient norm, and converters know how to merge them.
+Sharded parameters carry ``tensor_model_parallel``, ``partition_dim`` and ``partition_stride`` (and,
+over a padded vocabulary, ``partition_valid_size``): DeepSpeed counts them once per TP group in the
+gradient norm, and the checkpoint converters read their whole layout from these attributes.
 """
 from __future__ import annotations
 
@@ -44,10 +45,14 @@ def divide(numerator: int, denominator: int, what: str) -> int:
     return numerator // denominator
 
 
-def mark_tensor_parallel(param: nn.Parameter, partition_dim: int, partition_stride: int = 1) -> None:
+def mark_tensor_parallel(param: nn.Parameter, partition_dim: int, partition_stride: int = 1,
+                         valid_size: int | None = None) -> None:
+    """Declare how ``param`` is split over tensor-parallel ranks; ``valid_size``: entries of the full
+    ``partition_dim`` past it are padding (the padded vocabulary)."""
     param.tensor_model_parallel = True
     param.partition_dim = partition_dim
     param.partition_stride = partition_stride
+    param.partition_valid_size = valid_size
 
 
 def _sharded_normal(shape: tuple[int, int], std: float, partition_dim: int, stride: int,
@@ -79,11 +84,11 @@ class ColumnParallelLinear(nn.Module):
         self.gather_output, self.input_is_copied = gather_output, input_is_copied
         self.weight = nn.Parameter(_sharded_normal((out_features, in_features), init_std, 0, partition_stride,
                                                    valid_out_features))
-        mark_tensor_parallel(self.weight, 0, partition_stride)
+        mark_tensor_parallel(self.weight, 0, partition_stride, valid_out_features)
         self.bias = None
         if bias:
             self.bias = nn.Parameter(torch.zeros(self.out_features_per_partition))
-            mark_tensor_parallel(self.bias, 0, partition_stride)
+            mark_tensor_parallel(self.bias, 0, partition_stride, valid_out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_copied:
@@ -134,7 +139,7 @@ class VocabParallelEmbedding(nn.Module):
         self.vocab_start = get_tensor_parallel_rank() * per_partition
         self.vocab_end = self.vocab_start + per_partition
         self.weight = nn.Parameter(_sharded_normal((padded_size, embedding_dim), init_std, 0, 1, vocab_size))
-        mark_tensor_parallel(self.weight, 0)
+        mark_tensor_parallel(self.weight, 0, valid_size=vocab_size)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if get_tensor_parallel_world_size() == 1:

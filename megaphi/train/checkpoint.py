@@ -15,7 +15,6 @@ the previous complete checkpoint, and the half-written tag is removed on the nex
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -27,7 +26,8 @@ import torch
 import torch.distributed as dist
 
 from megaphi import parallel
-from megaphi.convert.checkpoint import LATEST_FILE, TOKENIZER_DIR, write_meta
+from megaphi.common.checkpoints import LATEST_FILE, read_latest, write_latest
+from megaphi.convert.checkpoint import TOKENIZER_DIR, write_meta
 from megaphi.convert.layout import CheckpointError
 from megaphi.model import PhiConfig
 from megaphi.train.deepspeed_compat import load_zero_optimizer_states
@@ -59,20 +59,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     parallel.get_rng_tracker().set_states(state["tensor_parallel_tracker"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def read_latest(root: str | Path) -> str | None:
-    latest = Path(root) / LATEST_FILE
-    return latest.read_text().strip() if latest.is_file() else None
-
-
-def _write_latest(root: Path, tag: str) -> None:
-    tmp = root / f".{LATEST_FILE}.tmp"
-    with open(tmp, "w") as f:
-        f.write(tag)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / LATEST_FILE)
 
 
 def _tags_by_step(root: Path) -> list[tuple[int, Path]]:
@@ -120,7 +106,7 @@ def save_checkpoint(engine, root: str | Path, step: int, client_state: dict[str,
             shutil.copytree(tokenizer_dir, root / tag / TOKENIZER_DIR, dirs_exist_ok=True)
             tokenizer = TOKENIZER_DIR
         write_meta(root / tag, model_config, parallel.get_tensor_parallel_world_size(), tokenizer)
-        _write_latest(root, tag)
+        write_latest(root, tag)
         prune(root, keep_last)
     dist.barrier()
     return root / tag

@@ -9,7 +9,8 @@ import argparse
 import sys
 from typing import Sequence
 
-EXIT_BAD_INPUT = 2
+from megaphi.common.cli import EXIT_USER_ERROR as EXIT_BAD_INPUT
+
 EXIT_STOPPED = 3
 
 
@@ -32,10 +33,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, trainer_class: type | None = None) -> int:
     """Run the command; ``trainer_class`` (a :class:`megaphi.train.trainer.Trainer` subclass) is for tests."""
     args = _parser().parse_args(argv)
-    from megaphi.config import ConfigError, load_config
-    from megaphi.convert.layout import CheckpointError
+    from megaphi.common.cli import report_user_error, user_error_message
+    from megaphi.common.errors import UserError
+    from megaphi.config import load_config
     from megaphi.train.config import TrainConfig
-    from megaphi.train.launch_env import LaunchError, apply_to_environ
+    from megaphi.train.launch_env import apply_to_environ
     from megaphi.train.preflight import PreflightError
     from megaphi.train.run_lock import die_with_launcher
     from megaphi.train.trainer import Trainer, TrainingStopped, train
@@ -44,12 +46,11 @@ def main(argv: Sequence[str] | None = None, trainer_class: type | None = None) -
         # First, so that RANK is this process's rank under srun and mpirun too (they do not export
         # it); the trainer joins the process group with this same launch.
         launch = apply_to_environ()
-    except LaunchError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)  # no rank known: every process says it
-        return EXIT_BAD_INPUT
+    except UserError as e:
+        return report_user_error(str(e))  # no rank known: every process says it
     is_rank0 = launch.rank == 0
 
-    def report(prefix: str, error: Exception, job_wide: bool = False) -> None:
+    def report(prefix: str, error: Exception | str, job_wide: bool = False) -> None:
         # Errors found before the process group exists are the same on every rank, and so are the
         # preflight's (rank 0 checked, every rank raised its verdict) and a decision to stop (taken
         # from all-reduced losses and overflow flags): rank 0 says it. Other errors may be one
@@ -65,8 +66,11 @@ def main(argv: Sequence[str] | None = None, trainer_class: type | None = None) -
         cfg = load_config(TrainConfig, args.config, args.overrides)
         die_with_launcher(launch)  # a killed torchrun or deepspeed launcher takes this worker with it
         result = train(cfg, launch, resume=args.resume == "auto", trainer_class=trainer_class or Trainer)
-    except (ConfigError, CheckpointError) as e:
-        report("error", e, job_wide=isinstance(e, PreflightError))
+    except (UserError, OSError) as e:
+        message = user_error_message(e)
+        if message is None:
+            raise
+        report("error", message, job_wide=isinstance(e, PreflightError))
         return EXIT_BAD_INPUT
     except TrainingStopped as e:
         report("training stopped", e, job_wide=True)

@@ -77,6 +77,7 @@ class OptimSection:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    backend: Literal["auto", "torch", "apex"] = "auto"  # apex's FusedAdam on GPU where installed, else torch AdamW
 
     def check(self, prefix: str) -> None:
         check_positive(prefix, self, "lr", "decay_steps")
@@ -102,6 +103,9 @@ class TrainSection:
     max_steps_at_min_loss_scale: int = 100  # fp16: stop after this many overflows at the minimum scale
     deepspeed_config: str | None = None  # JSON template under ds_configs/; batch and optimizer keys are ours
     peak_tflops: float | None = None  # per device, for MFU; None: looked up from the GPU name
+    # torch.compile: "blocks" (each decoder layer) or "model" (the whole forward, loss included); checkpoints are
+    # the same either way, so a run may resume with another choice (megaphi.model.compile)
+    compile: Literal["none", "blocks", "model"] = "none"
 
     def check(self, prefix: str) -> None:
         check_positive(prefix, self, "steps", "global_batch_size", "micro_batch_size", "gradient_accumulation_steps",

@@ -16,9 +16,11 @@ import torch.distributed as dist
 from megaphi import parallel
 from megaphi.config import ConfigError
 from megaphi.model import PhiConfig, PhiForCausalLM, get_preset
+from megaphi.model.compile import compile_model
 from megaphi.train.config import BatchPlan, TrainConfig
 from megaphi.train.deepspeed_compat import apply_loss_scale_policy
 from megaphi.train.launch_env import LaunchEnv, discover
+from megaphi.train.optimizer import build_optimizer, param_groups  # noqa: F401  (param_groups re-exported)
 
 # Keys of the DeepSpeed config that the typed config owns; a template setting them would be a
 # second, silently ignored source of truth.
@@ -63,15 +65,6 @@ def resolve_model_config(cfg: TrainConfig, base: PhiConfig | None = None) -> Phi
         return PhiConfig.from_dict({**model_config.to_dict(), **cfg.model.overrides.changes()})
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.overrides: {e}") from None
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices only; biases and LayerNorm (all 1-D tensors) are exempt."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def deepspeed_config(cfg: TrainConfig, plan: BatchPlan) -> dict[str, Any]:
@@ -125,12 +118,15 @@ def build_model(model_config: PhiConfig, seed: int) -> PhiForCausalLM:
 
 
 def build_engine(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict[str, Any]):
-    """``deepspeed.initialize`` with torch AdamW (fused on GPU), the TP mpu and the generated ``ds_config``."""
+    """``deepspeed.initialize`` with AdamW (megaphi.train.optimizer), the TP mpu and the generated ``ds_config``;
+    the model compiled first as ``train.compile`` says."""
     import deepspeed
 
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                  fused=on_gpu())
+    compile_model(model, cfg.train.compile)
+    optimizer, optimizer_name = build_optimizer(model, cfg.optim, on_gpu())
+    if dist.get_rank() == 0:
+        kernels = model.kernel_choices(training_device()) + ", " if isinstance(model, PhiForCausalLM) else ""
+        print(f"megaphi.train: kernels: {kernels}optimizer {optimizer_name}, compile {cfg.train.compile}", flush=True)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
                                            mpu=parallel.mpu, dist_init_required=False)
     apply_loss_scale_policy(engine, cfg.train)

@@ -35,6 +35,10 @@ import sys
 from dataclasses import dataclass
 from typing import Mapping, MutableMapping, Sequence
 
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
+from megaphi.common.net import free_port
+
 # Slurm's hostlist syntax: "gpu[01-03,7],login1" -> gpu01 gpu02 gpu03 gpu07 login1.
 _BRACKET = re.compile(r"\[([^\[\]]*)\]")
 # Slurm's compressed per-node counts: "8(x2),4" -> 8 8 4.
@@ -45,7 +49,7 @@ _SLURM_PORT_BASE = 15000
 _SLURM_PORT_SPAN = 15000
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError):
     """The environment describes an impossible or incomplete launch."""
 
 
@@ -122,13 +126,6 @@ def apply_to_environ(environ: MutableMapping[str, str] | None = None) -> LaunchE
 def host_name() -> str:
     """This process's node: Slurm's node name under srun (several may share a host), else the hostname."""
     return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-
-
-def free_port() -> int:
-    """A TCP port that is free right now on this host."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 # --- RANK/WORLD_SIZE launchers ------------------------------------------------------------------
@@ -338,6 +335,7 @@ def check_collectives(launch: LaunchEnv) -> float:
         dist.destroy_process_group()
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m megaphi.train.launch_env", description=__doc__.split("\n")[0])
     # The deepspeed launcher inserts --local_rank=N before the arguments; the environment has it too.
@@ -352,25 +350,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                           help="processes per node (default: SLURM_GPUS_ON_NODE, else tasks per node)")
     sub.add_parser("check", help="join the process group and all-reduce once (run it under the launcher)")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "show":
-            launch = discover()
-            if args.format == "json":
-                print(json.dumps({**dataclasses.asdict(launch), "host": host_name()}))
-            else:
-                print("\n".join(f"export {k}={v}" for k, v in launch.as_environ().items()))
-        elif args.command == "hostfile":
-            lines = [f"{addr} slots={n}" for addr, n in slurm_hostfile(slots=args.slots)]
-            with open(args.out, "w", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
-            print(f"wrote {args.out}: {len(lines)} nodes")
+    if args.command == "show":
+        launch = discover()
+        if args.format == "json":
+            print(json.dumps({**dataclasses.asdict(launch), "host": host_name()}))
         else:
-            launch = discover()
-            total = check_collectives(launch)
-            print(f"{launch.describe()}: all-reduce ok (sum of ranks {total:g})", flush=True)
-    except LaunchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            print("\n".join(f"export {k}={v}" for k, v in launch.as_environ().items()))
+    elif args.command == "hostfile":
+        lines = [f"{addr} slots={n}" for addr, n in slurm_hostfile(slots=args.slots)]
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        print(f"wrote {args.out}: {len(lines)} nodes")
+    else:
+        launch = discover()
+        total = check_collectives(launch)
+        print(f"{launch.describe()}: all-reduce ok (sum of ranks {total:g})", flush=True)
     return 0
 
 

@@ -15,6 +15,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megaphi.common.files import atomic_write_text
+from megaphi.common.jsonl import iter_jsonl, read_jsonl
+
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss_curve.png"
 
@@ -48,15 +51,9 @@ class MetricsLogger:
         path = self.run_dir / METRICS_FILE
         if not path.exists():
             return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the torn last line of a killed writer
-            if record.get("step", math.inf) <= step:
-                kept.append(line)
-        path.write_text("".join(line + "\n" for line in kept))
+        # on_error="skip": the torn last line of a killed writer is dropped (and logged)
+        kept = [record for record in iter_jsonl(path, on_error="skip") if record.get("step", math.inf) <= step]
+        atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def record(self, step: int, *, loss: torch.Tensor, lr: float, grad_norm: Any, loss_scale: float, skipped: bool,
                consumed_samples: int) -> None:
@@ -146,7 +143,7 @@ def console_line(records: list[dict[str, Any]], total_steps: int) -> str:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def plot_loss_curve(metrics_path: Path, out_path: Path) -> None:

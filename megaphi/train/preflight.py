@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch.distributed as dist
 
+from megaphi.common.errors import UserError
 from megaphi.config import ConfigError
 from megaphi.convert.checkpoint import load_checkpoint_config
 from megaphi.convert.layout import CheckpointError
@@ -30,7 +31,8 @@ from megaphi.train.engine import deepspeed_config, resolve_model_config
 from megaphi.train.run_lock import RunDirLocked, RunLock
 
 # What a resumed run may change about its model: nothing that shapes a parameter.
-RESUMABLE_MODEL_CHANGES = {"resid_pdrop", "embd_pdrop", "attention_dropout", "attn_backend", "activation_checkpointing"}
+RESUMABLE_MODEL_CHANGES = {"resid_pdrop", "embd_pdrop", "attention_dropout", "attn_backend", "activation_checkpointing",
+                           "cross_entropy", "layer_norm_backend"}
 
 
 class PreflightError(ConfigError):
@@ -61,7 +63,7 @@ def preflight(cfg: TrainConfig, world_size: int, resume: bool) -> tuple[StartPla
         try:
             payload = check(cfg, world_size, resume)
             locks = lock_run_dirs(cfg)
-        except ConfigError as e:
+        except UserError as e:  # a ConfigError, or any other error the user can fix: the same verdict for all
             payload = str(e)
         except BaseException:
             if world_size > 1:  # let the other ranks stop too; this rank shows the traceback

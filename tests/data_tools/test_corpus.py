@@ -5,11 +5,8 @@ from itertools import islice
 import pytest
 
 from data_tools.corpus import CorpusError, SizeLimits, build_corpus, iter_corpus, main, stdlib_dir
-from data_tools.jsonl import MalformedRecordError, iter_jsonl
-
-
-def read_shards(paths):
-    return [record for path in paths for record in iter_jsonl(path)]
+from data_tools.jsonl import MalformedRecordError
+from tests.conftest import damaged_gzip, read_jsonl
 
 
 @pytest.fixture
@@ -36,17 +33,17 @@ def test_default_corpus_is_the_running_interpreters_standard_library():
 
 def test_directory_gathering_filters_language_and_size_and_counts_undecodable_files(source_tree, tmp_path):
     stats = build_corpus([source_tree], tmp_path / "out" / "corpus", progress=False, limits=SizeLimits(1, 200))
-    records = read_shards(stats.shards)
+    records = read_jsonl(*stats.shards)
     assert [r["path"] for r in records] == ["pkg/a.py"]
     assert records[0]["text"] == "def a():\n    return 1\n"
     assert (stats.undecodable, stats.too_small, stats.too_large) == (1, 1, 1)
     everything = build_corpus([source_tree], tmp_path / "all", progress=False, languages=None)
-    assert sorted(r["path"] for r in read_shards(everything.shards)) == ["pkg/a.py", "pkg/b.py", "pkg/notes.md"]
+    assert sorted(r["path"] for r in read_jsonl(*everything.shards)) == ["pkg/a.py", "pkg/b.py", "pkg/notes.md"]
 
 
 def test_include_patterns_select_files_under_a_directory(source_tree, tmp_path):
     stats = build_corpus([source_tree], tmp_path / "c", include=["pkg/b*"], progress=False)
-    assert [r["path"] for r in read_shards(stats.shards)] == ["pkg/b.py"]
+    assert [r["path"] for r in read_jsonl(*stats.shards)] == ["pkg/b.py"]
 
 
 def test_shards_roll_over_at_the_byte_limit_and_keep_order(tmp_path):
@@ -54,7 +51,7 @@ def test_shards_roll_over_at_the_byte_limit_and_keep_order(tmp_path):
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
     stats = build_corpus([tmp_path / "in.jsonl"], tmp_path / "out", shard_bytes=1000, progress=False)
     assert len(stats.shards) > 3
-    assert [r["path"] for r in read_shards(stats.shards)] == [f"f{i}.py" for i in range(30)]
+    assert [r["path"] for r in read_jsonl(*stats.shards)] == [f"f{i}.py" for i in range(30)]
 
 
 def test_parquet_in_the_stack_layout_maps_content_and_path(tmp_path):
@@ -97,7 +94,7 @@ def test_malformed_jsonl_line_stops_with_file_and_line_or_is_skipped(tmp_path):
     with pytest.raises(MalformedRecordError, match=rf"{path}:2: malformed JSON .*--on-error skip"):
         list(iter_corpus([path]))
     stats = build_corpus([path], tmp_path / "out", on_error="skip", progress=False)
-    assert [r["text"] for r in read_shards(stats.shards)] == ["a = 1\n", "c = 3\n"]
+    assert [r["text"] for r in read_jsonl(*stats.shards)] == ["a = 1\n", "c = 3\n"]
     assert stats.read.skipped == 1 and f"{path}:2" in stats.read.errors[0]
 
 
@@ -142,3 +139,15 @@ def test_a_second_run_into_the_same_prefix_is_refused_instead_of_mixing_shards(t
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'out-00000.jsonl'} already exists") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("how", ["truncated", "bitflip", "crc"])
+def test_a_damaged_gzip_input_is_one_error_line_naming_the_file_and_leaves_no_shard(tmp_path, capsys, how):
+    path = tmp_path / "rows.jsonl.gz"
+    damaged_gzip(path, [{"text": f"x = {i}\n" * 20, "path": f"m{i}.py"} for i in range(3000)], how)
+    argv = ["--input", str(path), "--output-prefix", str(tmp_path / "out" / "code"), "--shard-bytes", "4096",
+            "--on-error", "skip", "--no-progress"]
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {path}:") and "truncated or corrupt" in line
+    assert not list((tmp_path / "out").iterdir()), "no shard, complete or partial, is left"

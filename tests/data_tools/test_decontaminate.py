@@ -7,6 +7,7 @@ import pytest
 from data_tools.decontaminate import (DecontaminationError, DecontaminationParams, ast_match_rate, ast_node_types, ast_units,
                                       decontaminate, load_benchmark_items, word_ngrams)
 from megaphi.eval.benchmarks import load_humaneval
+from tests.conftest import read_jsonl
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 MBPP = Path(__file__).resolve().parents[3] / "shared" / "data" / "mbpp" / "mbpp.jsonl"
@@ -55,9 +56,9 @@ def test_contaminated_items_are_removed_and_every_problem_is_reported(tmp_path):
 
     result = decontaminate([tmp_path / "in.jsonl"], tmp_path / "out", items, DecontaminationParams(top_k=3))
 
-    kept = [json.loads(l)["path"] for l in (tmp_path / "out-00000.jsonl").read_text().splitlines()]
+    kept = [r["path"] for r in read_jsonl(tmp_path / "out-00000.jsonl")]
     assert kept == [r["path"] for r in clean]
-    removed = {json.loads(l)["id"]: json.loads(l) for l in (tmp_path / "out.removed.jsonl").read_text().splitlines()}
+    removed = {r["id"]: r for r in read_jsonl(tmp_path / "out.removed.jsonl")}
     assert removed["copied-prompt"]["reason"] == "13-gram overlap"
     assert removed["copied-prompt"]["task_id"] == "HumanEval/2"
     assert removed["renamed-solution"]["reason"] == "ast match"

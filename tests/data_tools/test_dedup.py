@@ -6,6 +6,7 @@ import pytest
 
 from data_tools.jsonl import MalformedRecordError
 from data_tools.dedup import DedupError, DedupParams, Deduplicator, deduplicate, exact_key, main, signature
+from tests.conftest import damaged_gzip, read_jsonl
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -15,8 +16,6 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def read_jsonl(paths) -> list[dict]:
-    return [json.loads(line) for p in paths for line in Path(p).read_text().splitlines()]
 
 
 @pytest.fixture
@@ -36,9 +35,9 @@ def test_first_occurrence_is_kept_and_copies_are_removed_with_their_reason(tmp_p
     inputs = write_jsonl(tmp_path / "in.jsonl", stdlib_records + [exact_copy, near_copy])
     stats = deduplicate([inputs], tmp_path / "out", progress=False)
 
-    kept = read_jsonl(stats.shards)
+    kept = read_jsonl(*stats.shards)
     assert [r["path"] for r in kept] == [r["path"] for r in stdlib_records]
-    removed = {r["id"]: r for r in read_jsonl([tmp_path / "out.removed.jsonl"])}
+    removed = {r["id"]: r for r in read_jsonl(tmp_path / "out.removed.jsonl")}
     assert removed["copy-exact"]["reason"] == "exact"
     assert removed["copy-exact"]["duplicate_of"] == stdlib_records[0]["path"]
     assert removed["copy-near"]["reason"] == "near"
@@ -53,7 +52,7 @@ def test_parallel_signatures_give_the_same_output_as_one_process(tmp_path, stdli
     inputs = write_jsonl(tmp_path / "in.jsonl", stdlib_records + stdlib_records[:3])
     one = deduplicate([inputs], tmp_path / "one", progress=False)
     two = deduplicate([inputs], tmp_path / "two", workers=2, progress=False)
-    assert read_jsonl(one.shards) == read_jsonl(two.shards)
+    assert read_jsonl(*one.shards) == read_jsonl(*two.shards)
     assert (tmp_path / "one.removed.jsonl").read_text() == (tmp_path / "two.removed.jsonl").read_text()
 
 
@@ -75,3 +74,14 @@ def test_bad_inputs_give_one_clear_error(tmp_path, capsys):
     assert "c.jsonl:2" in capsys.readouterr().err
     assert main(["--input", str(tmp_path / "c.jsonl"), "--output-prefix", str(tmp_path / "o"), "--no-progress",
                  "--on-error", "skip"]) == 0
+
+
+@pytest.mark.parametrize("how", ["truncated", "bitflip", "crc"])
+def test_a_damaged_gzip_input_is_one_error_line_naming_the_file_and_leaves_no_output(tmp_path, capsys, how):
+    path = tmp_path / "in.jsonl.gz"
+    damaged_gzip(path, [{"id": str(i), "text": f"def f{i}():\n    return {i} * {i % 97}\n"} for i in range(6000)], how)
+    argv = ["--input", str(path), "--output-prefix", str(tmp_path / "out" / "dd"), "--on-error", "skip", "--no-progress"]
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {path}:") and "truncated or corrupt" in line
+    assert not list((tmp_path / "out").iterdir()), "no kept shard, removed list or report is left"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from data_tools.llm import ClientConfig, LLMRequest, RateLimiter, Rejected, ResultStore, run_requests
+from tests.conftest import read_jsonl as read_all_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,7 @@ def requests_for(prompts: list[str], chat: bool = True) -> list[LLMRequest]:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return read_all_jsonl(path, missing_ok=True)  # a run that wrote nothing leaves no file
 
 
 def assert_each_id_filed_exactly_once(out: Path, failures: Path, ids: list[str]) -> tuple[list, list]:
@@ -208,7 +209,7 @@ def test_bad_input_is_a_clear_error(tmp_path):
                      ClientConfig(base_url="http://127.0.0.1:1/v1", max_attempts=1, timeout_s=0.2),
                      progress=False)
     (tmp_path / "broken.jsonl").write_text("not json\n")
-    with pytest.raises(ValueError, match="broken.jsonl:1 is not a JSON object"):
+    with pytest.raises(ValueError, match="broken.jsonl:1: malformed JSON"):
         ResultStore(tmp_path / "broken.jsonl", tmp_path / "f2.jsonl")
 
 

@@ -13,6 +13,7 @@ from data_tools.preprocess import EmptyCorpusError, main, preprocess
 from data_tools.tokenizer import load_tokenizer, train_bpe
 from megaphi.data import IndexedDataset
 from megaphi.data.indexed import MissingTokenStats, read_token_stats
+from tests.conftest import damaged_gzip
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -161,3 +162,17 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(tokenizer_dir, tmp_path, cap
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0 and "--append-eod" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("how", ["truncated", "bitflip", "crc"])
+def test_a_damaged_gzip_input_is_one_error_line_naming_the_file_and_leaves_no_dataset(tokenizer_dir, texts, tmp_path,
+                                                                                        capsys, how):
+    path = tmp_path / "in" / "shard.jsonl.gz"
+    path.parent.mkdir()
+    damaged_gzip(path, [{"text": t} for t in texts] * 40, how)
+    argv = ["--input", str(path), "--output-prefix", str(tmp_path / "out" / "code"), "--tokenizer", str(tokenizer_dir),
+            "--chunk-bytes", "4096", "--on-error", "skip", "--no-progress"]
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {path}:") and "truncated or corrupt" in line
+    assert not list((tmp_path / "out").glob("*")), "no partial .bin/.idx"

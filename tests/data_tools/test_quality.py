@@ -18,6 +18,7 @@ from data_tools.quality.annotate import (AnnotateOptions, annotate_with_heuristi
 from data_tools.quality.classifier import load_classifier
 from data_tools.quality.documents import text_sha1
 from data_tools.quality.labels import Label, UnparseableLabel, parse_label
+from tests.conftest import read_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,8 +29,6 @@ STDLIB_EXCLUDE = DEFAULT_EXCLUDE + ("*/test/*", "*/tests/*", "*/idlelib/*")
 EMBED_MAX_CHARS = 256
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -306,7 +305,7 @@ def test_causal_lm_embedder_mean_pools_the_models_last_hidden_states(tmp_path):
     texts = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    print(i)\n" * 3]
     vectors = load_embedder(str(tmp_path)).encode(texts)
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
-    for text, vector in zip(texts, vectors):
+    for text, vector in zip(texts, vectors, strict=True):
         with torch.no_grad():
             hidden = reference(torch.tensor([tokenizer.encode(text)]), output_hidden_states=True).hidden_states[-1]
         expected = hidden[0].mean(0).numpy()

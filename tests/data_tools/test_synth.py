@@ -1,6 +1,5 @@
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from data_tools.synth import (
     sample_prompts,
     synthesize,
 )
+from megaphi.common.net import free_port
+from tests.conftest import read_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +106,7 @@ def test_the_prompt_count_is_the_product_of_the_lists_and_no_prompt_repeats_befo
 def test_the_run_prints_its_prompt_count_before_asking_and_warns_when_count_exceeds_it(tmp_path, capsys):
     prompts = tmp_path / "small.yaml"
     prompts.write_text("system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\n"
-                       "topics: [{name: a, subtopics: [b, c]}]\naudiences: [x]\nstyles: [y]\n")
+                       "topics: [{name: a, subtopics: [b, c]}]\naudiences: [x, x]\nstyles: [y]\n")  # x once
     with FakeOpenAI(lambda prompt, attempt: "400") as server:
         code = main(["textbooks", "--count", "6", "--warn-repeats", "2.5", "--prompts", str(prompts), "--out",
                      str(tmp_path / "t.jsonl"), "--base-url", server.base_url, "--max-attempts", "1", "--no-progress"])
@@ -115,6 +116,28 @@ def test_the_run_prints_its_prompt_count_before_asking_and_warns_when_count_exce
                       "6 requested")
     assert err[1].startswith("warning: 6 requested is 3.0x the 2 distinct prompts (more than --warn-repeats 2.5): "
                              "each prompt is sent up to 3 times")
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("system: s\ntemplate: t\ntopics: []\n", "'topics' must be a non-empty list"),
+    ("system: s\ntemplate: t\ntopics: [{name: a, subtopics: [b]}]\nstyles: [x]\n", "'audiences' must be"),
+    ("system: s\ntemplate: '{colour}'\ntopics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
+     "unknown or malformed placeholder"),
+    ("system: s\ntemplate: t\ntopics: [{name: a}]\naudiences: [x]\nstyles: [y]\n", "'topics[0].subtopics'"),
+    ("system: s\ntemplate: '{topic} {subtopic} {style}'\ntopics: [{name: a, subtopics: [b]}]\naudiences: [x]\n"
+     "styles: [y]\n", "'template' does not use {audience}: prompts that differ only there would be sent as the same"),
+    ("system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\noutline_template: '{topic} {audience} {style}'\n"
+     "topics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
+     "'outline_template' does not use {concept}, {subtopic}"),
+    ("system: s\ntemplate: '{topic} {subtopic} {audience} {style}'\nseed_templates: {docs: '{docs}'}\n"
+     "topics: [{name: a, subtopics: [b]}]\naudiences: [x]\nstyles: [y]\n",
+     "'seed_templates' must map snippet and/or identifiers to templates"),
+])
+def test_a_broken_prompt_file_is_an_error_naming_the_field(tmp_path, yaml_text, message):
+    path = tmp_path / "prompts.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_prompt_space(path, "textbooks")
 
 
 def test_an_answer_splits_into_humaneval_fields():
@@ -171,7 +194,7 @@ def test_truncated_textbooks_are_rejected_unless_kept(tmp_path):
         kept = synthesize("textbooks", count=2, out_path=tmp_path / "b.jsonl", failures_path=tmp_path / "b.f.jsonl",
                           client=client, keep_truncated=True, progress=False)
     assert stats.rejected == 2 and "truncated at max_tokens=1024" in (tmp_path / "a.f.jsonl").read_text()
-    records = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    records = read_jsonl(tmp_path / "b.jsonl")
     assert kept.succeeded == 2 and all(r["text"].startswith("answer to: Write a section") for r in records)
     assert set(records[0]["meta"]) == {"topic", "subtopic", "audience", "style", "prompt_sha1"}
 
@@ -186,8 +209,8 @@ def test_exercises_are_validated_before_they_are_written(tmp_path):
     with FakeOpenAI(answer=answer) as server:
         stats = synthesize("exercises", count=8, out_path=tmp_path / "ex.jsonl", failures_path=tmp_path / "ex.f.jsonl",
                            client=ClientConfig(base_url=server.base_url, model="fake"), seed=3, progress=False)
-    kept = [json.loads(line) for line in (tmp_path / "ex.jsonl").read_text().splitlines()]
-    failed = [json.loads(line) for line in (tmp_path / "ex.f.jsonl").read_text().splitlines()]
+    kept = read_jsonl(tmp_path / "ex.jsonl")
+    failed = read_jsonl(tmp_path / "ex.f.jsonl")
     expected_kept = {r["id"] for r in kept if sum(map(ord, r["entry_point"])) % 2 == 0}
     assert len(kept) + len(failed) == 8 and kept and failed and {r["id"] for r in kept} == expected_kept
     assert all(f["reason"].startswith("rejected: solution fails its own tests (failed)") for f in failed)
@@ -211,10 +234,10 @@ def test_exercises_repeating_a_kept_solution_and_tests_are_dropped_with_the_reas
     with FakeOpenAI(answer=answer) as server:
         client = ClientConfig(base_url=server.base_url, model="fake")
         synthesize("exercises", count=6, out_path=out, failures_path=failures, client=client, seed=5, progress=False)
-        first_kept = [json.loads(line)["entry_point"] for line in out.read_text().splitlines()]
+        first_kept = [r["entry_point"] for r in read_jsonl(out)]
         synthesize("exercises", count=12, out_path=out, failures_path=failures, client=client, seed=5, progress=False)
-    kept = {r["entry_point"]: r["id"] for r in map(json.loads, out.read_text().splitlines())}
-    dropped = [json.loads(line) for line in failures.read_text().splitlines()]
+    kept = {r["entry_point"]: r["id"] for r in read_jsonl(out)}
+    dropped = read_jsonl(failures)
     (original,) = planted & set(kept)
     assert original in first_kept  # kept before the restart, and the restarted run compared against it
     assert set(kept) == set(names) - planted | {original}
@@ -231,6 +254,15 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
     code = main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
                  "--prompts", str(tmp_path / "missing.yaml")])
     assert code == 2 and "missing.yaml does not exist" in capsys.readouterr().err
+    code = main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--seed-pool", "5"])
+    assert code == 2 and capsys.readouterr().err == ("error: --seed-pool and --seed-kinds shape seed-conditioned "
+                                                     "prompts: add --seed-corpus\n")
+    code = main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
+                 "--seed-corpus", str(tmp_path / "none-*.jsonl")])
+    assert code == 2 and capsys.readouterr().err.startswith("error: seed corpus: input ")
+    with pytest.raises(SystemExit):  # argparse: one prompt source at a time
+        main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--outline", "o.yaml", "--seed-corpus"])
+    assert "argument --seed-corpus: not allowed with argument --outline" in capsys.readouterr().err
 
 
 def test_cli_exits_1_when_no_request_got_an_answer(tmp_path, capsys):
@@ -242,12 +274,6 @@ def test_cli_exits_1_when_no_request_got_an_answer(tmp_path, capsys):
     assert len((tmp_path / "t.failures.jsonl").read_text().splitlines()) == 2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tmp_path, capsys):
     from tests.megaphi.tiny_phi import make_hf_phi, make_tokenizer
@@ -255,7 +281,7 @@ def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tm
     model_dir = tmp_path / "tiny"
     make_tokenizer(model_dir)
     make_hf_phi(model_dir, tokenizer_dir=model_dir, max_position_embeddings=2048)
-    port = free_port()
+    port = free_port("127.0.0.1")
     server = subprocess.Popen([sys.executable, "-m", "megaphi.serve", "--model", str(model_dir), "--port", str(port)],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -282,6 +308,6 @@ def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tm
     assert summary["requested"] == 3 and summary["rejected"] == 3 and summary["completion_tokens"] > 0
     # The random model writes garbage: every exercise is rejected, each with a reason, none kept.
     assert (tmp_path / "ex.jsonl").read_text() == ""
-    failures = [json.loads(line) for line in (tmp_path / "ex.failures.jsonl").read_text().splitlines()]
+    failures = read_jsonl(tmp_path / "ex.failures.jsonl")
     assert len(failures) == 3 and all(f["reason"].startswith("rejected: ") and f["texts"] for f in failures)
     assert textbooks.succeeded == 2 and textbooks.completion_tokens == 2 * 16

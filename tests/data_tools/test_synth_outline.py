@@ -12,8 +12,15 @@ import yaml
 
 from data_tools.llm import ClientConfig
 from data_tools.synth import main, plan_for, sample_prompts
-from data_tools.synth_outline import (concept_prompts, expand_outline, load_outline, load_outline_prompts, parse_list,
-                                      subtopic_prompts)
+from data_tools.synth_outline import (
+    concept_prompts,
+    expand_outline,
+    load_outline,
+    load_outline_prompts,
+    parse_list,
+    subtopic_prompts,
+)
+from tests.conftest import read_jsonl as read_all_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +40,7 @@ def write_topics(path: Path, names: list[str]) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return read_all_jsonl(path, missing_ok=True)  # a run that wrote nothing leaves no file
 
 
 def test_list_answers_lose_their_numbering_headings_and_repeats():

@@ -78,6 +78,10 @@ def test_the_share_of_exercises_that_passed_the_sandbox_comes_from_the_failure_l
     write_jsonl(tmp_path / "exercises.failures.jsonl", failures)  # found next to the input by its name
     report = diversity_report([path], tmp_path / "r", options=ReportOptions(embedder=None))
     assert report["failure_logs"] == [str(tmp_path / "exercises.failures.jsonl")]
+    # a glob over the run's files matches the failure log too: read as one, never as generated text
+    globbed = diversity_report([tmp_path / "exercises*.jsonl"], tmp_path / "r2", options=ReportOptions(embedder=None))
+    assert globbed["inputs"] == [str(path)] and globbed["failure_logs"] == report["failure_logs"]
+    assert globbed["exercises"] == report["exercises"]
     # answered: 2 kept + 3 rejected; passed the sandbox: 2 kept + 1 dropped later as a near duplicate;
     # run in the sandbox: those 3 + 1 that failed its tests (the unparsable one never ran).
     assert report["exercises"] == {

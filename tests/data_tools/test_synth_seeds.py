@@ -1,13 +1,16 @@
 import json
 import re
 import textwrap
+from collections import Counter
 
 import pytest
 
 from data_tools.llm import ClientConfig
 from data_tools.quality.documents import Document
 from data_tools.synth import plan_for, sample_prompts, synthesize
+from data_tools.synth_report import ReportOptions, diversity_report
 from data_tools.synth_seeds import SeedOptions, document_seeds, identifiers, load_seeds, snippets
+from tests.conftest import read_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI
 
 MODULE = textwrap.dedent('''\
@@ -108,13 +111,16 @@ def test_2000_seed_conditioned_prompts_are_distinct_and_reproducible_from_the_se
         stats = synthesize("textbooks", count=2000, out_path=tmp_path / "t.jsonl", failures_path=tmp_path / "f.jsonl",
                            client=ClientConfig(base_url=server.base_url, model="fake", max_concurrency=32),
                            seed_corpus=[str(tmp_path / "code.jsonl")], seed=7, progress=False)
-    records = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    records = read_jsonl(tmp_path / "t.jsonl")
     assert stats.succeeded == 2000 and len(server.hits) == 2000
     assert len({hit.prompt for hit in server.hits}) == 2000
     assert {r["id"]: r["text"] for r in records} == {p.id: f"answer to: {p.user}" for p in planned}
     assert {r["meta"]["seed_kind"] for r in records} == {"snippet", "identifiers"}
     snippet = next(r for r in records if r["meta"]["seed_kind"] == "snippet")
     assert re.search(r"```python\ndef \w+_\d+\(values_\d+, limit_\d\):\n", snippet["text"])
+    report = diversity_report([tmp_path / "t.jsonl"], tmp_path / "report", options=ReportOptions(embedder=None))
+    assert report["prompts"] == {"with_prompt_hash": 2000, "distinct": 2000, "most_uses": 1}
+    assert report["histograms"]["seed_kind"] == dict(Counter(r["meta"]["seed_kind"] for r in records).most_common())
     other_seed = {p.user for p in sample_prompts(plan_for("textbooks", seed_corpus=[str(tmp_path / "code.jsonl")],
                                                           seed=8), 2000, seed=8)}
     assert len(other_seed) == 2000 and other_seed != {p.user for p in planned}

@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from megaphi.vocab import padded_vocab_size
-from data_tools.tokenizer import (EOD_TOKEN, WHITESPACE_RUNS, TokenizerError, load_tokenizer, main, 
+from data_tools.tokenizer import (EOD_TOKEN, WHITESPACE_RUNS, TokenizerError, load_tokenizer, main,
                                   train_bpe, train_sentencepiece)
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -119,7 +119,7 @@ def test_cli_trains_and_reports_vocab_and_padded_model_vocab(tmp_path, capsys):
 
 def test_cli_refuses_an_empty_corpus_with_one_error_line(tmp_path, capsys):
     (tmp_path / "empty.jsonl").write_text('{"text": ""}\n')
-    assert main(["train", "--input", str(tmp_path / "empty.jsonl"), "--output", str(tmp_path / "tok")]) == 2
+    assert main(["train", "--input", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "tok")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "training corpus is empty" in err[0]
 

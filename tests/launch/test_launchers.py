@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed import free_port
+from megaphi.common.net import free_port
 from tests.launch.tiny_run import REPO, TINY_RECIPE, assert_trained, tiny_run_overrides
 
 BIN = Path(sys.executable).parent
@@ -22,7 +22,7 @@ BIN = Path(sys.executable).parent
 
 def launcher_command(launcher: str, nproc: int) -> list[str]:
     """The command prefix that starts ``nproc`` local processes of ``python -m <module>``."""
-    port = str(free_port())
+    port = str(free_port("127.0.0.1"))
     if launcher == "torchrun":
         return [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", port, "-m"]
     if launcher == "mpi":
@@ -51,7 +51,7 @@ def test_torchrun_processes_join_one_group():
     # mpirun and the deepspeed launcher are proven by the training runs below; srun by tests/slurm.
     out = run(launcher_command("torchrun", 2) + ["megaphi.train.launch_env", "check"]).stdout
     ok = re.findall(r"rank (\d)/2 \(local (\d)/2\) on \S+, rendezvous (\S+) via torchrun: all-reduce ok", out)
-    assert sorted((r, l) for r, l, _ in ok) == [("0", "0"), ("1", "1")], out
+    assert sorted((r, local) for r, local, _ in ok) == [("0", "0"), ("1", "1")], out
     assert len({addr for _, _, addr in ok}) == 1, "both ranks must use one rendezvous"
 
 

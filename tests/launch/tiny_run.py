@@ -1,13 +1,14 @@
 """The smallest real training run a launcher test can start, and the checks that it really trained."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from megaphi.common.checkpoints import read_latest
 from megaphi.data.indexed import IndexedDatasetWriter
+from tests.conftest import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_RECIPE = REPO / "configs" / "phi_tiny_cpu.yaml"
@@ -30,13 +31,13 @@ def tiny_run_overrides(tmp_path: Path, steps: int = 2, global_batch_size: int = 
 
 def assert_trained(run_dir: Path, steps: int, data_parallel_size: int, global_batch_size: int = 4) -> None:
     """metrics.jsonl has one finite step per line and the last step's checkpoint is a loadable model."""
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    lines = read_jsonl(run_dir / "metrics.jsonl")
     train_lines = [m for m in lines if "loss" in m and "step" in m]
     assert [m["step"] for m in train_lines] == list(range(1, steps + 1))
     assert all(math.isfinite(m["loss"]) for m in train_lines)
     assert train_lines[-1]["consumed_samples"] == steps * global_batch_size
     root = run_dir / "checkpoints"
-    tag = (root / "latest").read_text().strip()
+    tag = read_latest(root)
     assert (root / tag / "mp_rank_00_model_states.pt").is_file()
     # ZeRO-2 shards the optimizer state over the data-parallel ranks: one file per rank.
     assert len(list((root / tag).glob("*zero_pp_rank_*_optim_states.pt"))) == data_parallel_size

@@ -249,6 +249,22 @@ def test_cli_refuses_a_directory_that_is_no_model_with_one_error_line(tmp_path):
     assert result.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
+def test_cli_on_a_port_in_use_says_so_in_one_error_line(phi_dir):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "megaphi.serve", "--model", str(phi_dir), "--port", str(port)],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (f"error: port {port} on 127.0.0.1 is already in use: pass another "
+                                              "--port")
+    assert "Traceback" not in result.stderr
+
+
 def test_a_megaphi_checkpoint_serves_the_same_text_as_its_hf_source(phi_dir, tmp_path):
     from megaphi.convert.conversions import convert_from_hf
 
@@ -290,3 +306,15 @@ def test_chat_uses_a_given_chat_template(server, client):
                                              max_tokens=8, temperature=0)
     plain = client.completions.create(model="tiny", prompt="<user>hi\n<assistant>", max_tokens=8, temperature=0)
     assert chat.choices[0].message.content == plain.choices[0].text
+
+
+def test_chat_uses_the_tokenizer_directorys_own_template_with_its_special_tokens(phi_dir, tmp_path):
+    import shutil
+
+    directory = tmp_path / "with-template"
+    shutil.copytree(phi_dir, directory)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{{ eos_token }}[assistant]"
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    server = build_server(directory, model_name="t")
+    assert server.render_chat([{"role": "user", "content": "hi"}]) == ("[user] hi\n<|endoftext|>[assistant]", [])

@@ -120,7 +120,7 @@ def test_serving_encodes_as_preprocessing_did(checkpoint, preprocessed_ids):
     assert [load_backend(checkpoint).tokenizer.encode(t) for t in TEXTS] == preprocessed_ids
     with running(server.app()) as base_url:
         client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
-        for text, ids in zip(TEXTS[:3], preprocessed_ids):
+        for text, ids in zip(TEXTS[:3], preprocessed_ids[:3], strict=True):
             response = client.completions.create(model="m", prompt=text, max_tokens=1, temperature=0)
             assert response.usage.prompt_tokens == len(ids)
         with pytest.raises(openai.BadRequestError, match=f"the prompt has {len(preprocessed_ids[3])} tokens"):

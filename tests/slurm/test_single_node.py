@@ -1,6 +1,7 @@
 """`sbatch --wait slurm/smoke_cpu.sh` as its usage line says, on a real one-node Slurm started as README says:
 two tasks train on the quickstart's output, checkpoint, exit 0."""
 import json
+import socket
 import subprocess
 
 import pytest
@@ -8,6 +9,12 @@ import pytest
 from data_tools.preprocess import preprocess
 from tests.launch.tiny_run import REPO, assert_trained
 from tests.megaphi.tiny_phi import TRAINING_TEXT, make_tokenizer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def quickstart_layout(root):
@@ -24,8 +31,10 @@ def quickstart_layout(root):
 def test_the_documented_smoke_line_trains_on_the_quickstarts_output(slurm_single_node, tmp_path):
     quickstart = quickstart_layout(tmp_path / "quickstart")
     # The script's usage line, with the run directory moved out of the checkout.
+    # A free MASTER_PORT: the port derived from the job id (1 here) is the same in every throwaway cluster
+    # that other jobs on this machine may be running at the same time.
     code, out = slurm_single_node.sbatch_wait("slurm/smoke_cpu.sh", f"run_dir={tmp_path / 'smoke'}", "train.steps=4",
-                                              env={"QUICKSTART": str(quickstart)})
+                                              env={"QUICKSTART": str(quickstart), "MASTER_PORT": str(free_port())})
     assert code == 0, out
     assert "megaphi.train: done at step 4" in out, out
     assert_trained(tmp_path / "smoke", steps=4, data_parallel_size=2, global_batch_size=16)

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from data_tools.llm import ClientConfig, run_requests
+from megaphi.common.errors import UserError
+from megaphi.common.files import atomic_write_text
+from megaphi.common.jsonl import iter_jsonl, read_jsonl
 from megaphi.eval.benchmarks import Benchmark
 from megaphi.eval.graded.judge import PROMPT_VERSION, judge_requests, record_verdict, sample_ids
 from megaphi.eval.graded.problems import problems_by_task_id
@@ -65,28 +68,22 @@ def judge_config(args: argparse.Namespace) -> ClientConfig:
                           input_price_per_mtok=args.judge_input_price, output_price_per_mtok=args.judge_output_price)
     config.validate()
     if not (config.api_key or config.base_url or os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")):
-        raise ValueError("no judge API key: set OPENAI_API_KEY or pass --judge-api-key "
+        raise UserError("no judge API key: set OPENAI_API_KEY or pass --judge-api-key "
                          "(or --judge-base-url for a local server such as megaphi.serve)")
     if not 0 <= args.judge_pass_score <= 10:
-        raise ValueError(f"--judge-pass-score must be from 0 to 10, got {args.judge_pass_score}")
+        raise UserError(f"--judge-pass-score must be from 0 to 10, got {args.judge_pass_score}")
     if args.judge_max_tokens < 1:
-        raise ValueError(f"--judge-max-tokens must be at least 1, got {args.judge_max_tokens}")
+        raise UserError(f"--judge-max-tokens must be at least 1, got {args.judge_max_tokens}")
     return config
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def _read_jsonl_by_id(path: Path) -> dict[str, dict]:
-    return {row["id"]: row for row in _read_jsonl(path)} if path.exists() else {}
+    return {row["id"]: row for row in read_jsonl(path)} if path.exists() else {}
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     """Whole or absent: a kill mid-write must not leave a short file that a rerun would take as complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _scored_samples(args: argparse.Namespace, out_dir: Path, generate: Callable[[], list[dict]],
@@ -95,10 +92,10 @@ def _scored_samples(args: argparse.Namespace, out_dir: Path, generate: Callable[
     results_path = out_dir / "results.jsonl"
     given = read_samples(args.samples) if args.samples else None
     if results_path.exists():
-        results = _read_jsonl(results_path)
+        results = read_jsonl(results_path)
         if given is not None and [(s["task_id"], s["completion"]) for s in given] != \
                 [(r["task_id"], r["completion"]) for r in results]:
-            raise ValueError(f"{results_path} holds the results of other samples than {args.samples}: "
+            raise UserError(f"{results_path} holds the results of other samples than {args.samples}: "
                              "use a fresh --out-dir (or remove that file to score these samples there)")
         print(f"reusing {len(results)} scored samples from {results_path}", file=sys.stderr)
         return results
@@ -114,11 +111,11 @@ def run_graded(args: argparse.Namespace, benchmark: Benchmark, *, generate: Call
     """Score (``generate``, ``score``: the HumanEval machinery, bound to the command's options), judge
     and report; returns the summary that the command prints."""
     if (args.samples is None) == (args.model is None):
-        raise ValueError("give exactly one of --model (generate samples) and --samples (grade these)")
+        raise UserError("give exactly one of --model (generate samples) and --samples (grade these)")
     config = judge_config(args)  # a bad judge option fails before anything is generated
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out-dir {out_dir} is a file: pass a directory")
+        raise UserError(f"--out-dir {out_dir} is a file: pass a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     results = _scored_samples(args, out_dir, generate, score)
     ids = sample_ids(results)
@@ -132,7 +129,7 @@ def run_graded(args: argparse.Namespace, benchmark: Benchmark, *, generate: Call
     with open(out_dir / JUDGE_RUNS, "a", encoding="utf-8") as runs:  # every call's tokens, retries included
         runs.write(json.dumps({"date": datetime.now(timezone.utc).isoformat(), "judge_model": args.judge_model,
                                **stats.to_dict()}) + "\n")
-    spent = [run for run in _read_jsonl(out_dir / JUDGE_RUNS) if run.get("judge_model") == args.judge_model]
+    spent = [run for run in read_jsonl(out_dir / JUDGE_RUNS) if run.get("judge_model") == args.judge_model]
     spent_prompt, spent_completion = sum(r["prompt_tokens"] for r in spent), sum(r["completion_tokens"] for r in spent)
     judgments = _read_jsonl_by_id(out_dir / JUDGMENTS)
     rows = sample_rows(results, ids, judgments, _read_jsonl_by_id(out_dir / JUDGE_FAILURES))
@@ -164,15 +161,10 @@ def run_graded(args: argparse.Namespace, benchmark: Benchmark, *, generate: Call
 
 def _check_one_judge(judgments_path: Path, judge_model: str) -> None:
     """Judgments of another judge or rubric version in the same --out-dir would mix into one score."""
-    for line in (judgments_path.read_text(encoding="utf-8").splitlines() if judgments_path.exists() else []):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line from a killed run: the client's store cuts it off
+    # on_error="skip": a torn last line from a killed run (the client's store cuts it off)
+    for row in (iter_jsonl(judgments_path, on_error="skip") if judgments_path.exists() else []):
         if (row.get("judge_model"), row.get("prompt_version")) != (judge_model, PROMPT_VERSION):
-            raise ValueError(f"{judgments_path} holds judgments by {row.get('judge_model')!r} with prompt "
+            raise UserError(f"{judgments_path} holds judgments by {row.get('judge_model')!r} with prompt "
                              f"{row.get('prompt_version')!r}, not {judge_model!r} with {PROMPT_VERSION!r}: "
                              "use a fresh --out-dir for another judge")
 
@@ -181,7 +173,7 @@ def run_table(args: argparse.Namespace) -> None:
     reports = [read_report(path) for path in args.reports]
     names = args.names or [str(r["metadata"].get("model")) for r in reports]
     if len(names) != len(reports):
-        raise ValueError(f"--names gives {len(names)} names for {len(reports)} reports")
+        raise UserError(f"--names gives {len(names)} names for {len(reports)} reports")
     table = render_comparison(reports, names)
     if args.out:
         Path(args.out).write_text(table)

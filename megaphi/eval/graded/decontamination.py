@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from data_tools.decontaminate import DecontaminationParams, decontaminate, load_benchmark_items
+from megaphi.common.cli import entry_point
+from megaphi.common.jsonl import read_jsonl
 from megaphi.eval.graded.problems import PROBLEMS_DIR, load_problems
 
 REPORT_PATH = PROBLEMS_DIR.parent / "DECONTAMINATION.md"
@@ -43,7 +45,7 @@ def check_problems(mbpp_path: str | None, embedder=None) -> dict:
         source.write_text("".join(json.dumps({"id": p.task_id, "text": p.prompt + p.reference}) + "\n" for p in problems))
         result = decontaminate([source], Path(tmp) / "kept", items, params, embedder=embedder)
         report = json.loads(Path(f"{Path(tmp) / 'kept'}.decontamination.json").read_text())
-        removed = [json.loads(line) for line in Path(f"{Path(tmp) / 'kept'}.removed.jsonl").read_text().splitlines()]
+        removed = read_jsonl(Path(f"{Path(tmp) / 'kept'}.removed.jsonl"))
     rows = {p.task_id: {"task_id": p.task_id, "nearest": None, "l2_distance": 9.0, "ast_task": None,
                         "ast_match_rate": 0.0, "ngram_overlaps": []} for p in problems}
     for bench in report["problems"]:
@@ -88,17 +90,14 @@ def render(check: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m megaphi.eval.graded.decontamination", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mbpp-path", required=True, help="MBPP's mbpp.jsonl")
     parser.add_argument("--out", default=str(REPORT_PATH), help="where the Markdown report goes")
     args = parser.parse_args(argv)
-    try:
-        check = check_problems(args.mbpp_path)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    check = check_problems(args.mbpp_path)
     Path(args.out).write_text(render(check))
     print(f"{len(check['removed'])} of {check['problems']} graded problems would be removed; report: {args.out}")
     return 1 if check["removed"] else 0

@@ -7,6 +7,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Sequence
 
+from megaphi.common.errors import UserError
 from megaphi.eval.graded.judge import MAX_SCORE
 
 REPORT_JSON, REPORT_MD = "graded_report.json", "graded_report.md"
@@ -100,10 +101,10 @@ def read_report(path: str | Path) -> dict:
     if path.is_dir():
         path = path / REPORT_JSON
     if not path.is_file():
-        raise ValueError(f"{path} does not exist: give a graded --out-dir or its {REPORT_JSON}")
+        raise UserError(f"{path} does not exist: give a graded --out-dir or its {REPORT_JSON}")
     report = json.loads(path.read_text())
     if not isinstance(report, dict) or not {"summary", "metadata", "samples"} <= report.keys():
-        raise ValueError(f"{path} is not a graded report (written by `python -m megaphi.eval graded`)")
+        raise UserError(f"{path} is not a graded report (written by `python -m megaphi.eval graded`)")
     return report
 
 

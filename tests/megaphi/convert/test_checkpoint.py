@@ -114,3 +114,18 @@ def test_conversions_never_write_into_a_non_empty_directory(tmp_path, checkpoint
     with pytest.raises(CheckpointError, match="already exists and is not empty"):
         reshard_checkpoint(checkpoint, tmp_path / "busy", 2)
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
+
+
+def test_every_convert_command_reads_its_model_from_model_and_keeps_the_older_names(tmp_path, checkpoint):
+    from megaphi.convert.__main__ import build_parser
+
+    for command, old in (("to-hf", "--checkpoint"), ("reshard", "--checkpoint"), ("from-hf", "--hf")):
+        new_args = build_parser().parse_args([command, "--model", "m", "--out", "o"]
+                                             + (["--tensor-parallel-size", "2"] if command != "to-hf" else []))
+        old_args = build_parser().parse_args([command, old, "m", "--out", "o"]
+                                             + (["--tp", "2"] if command != "to-hf" else []))
+        assert vars(new_args) == vars(old_args)
+        assert new_args.model == "m" and getattr(new_args, "tp", 2) == 2
+    assert convert_main(["reshard", "--model", str(checkpoint), "--tensor-parallel-size", "2",
+                         "--out", str(tmp_path / "tp2")]) == 0
+    assert load_model_checkpoint(tmp_path / "tp2")[2]["tensor_parallel_size"] == 2

@@ -2,7 +2,13 @@
 import pytest
 import torch
 
-from megaphi.convert import CheckpointError, check_divisible, merge_state_dicts, padded_vocab_size, split_state_dict
+from megaphi.convert import (
+    CheckpointError,
+    check_divisible,
+    config_padded_vocab_size,
+    merge_state_dicts,
+    split_state_dict,
+)
 from megaphi.convert.layout import COLUMN, QKV, REPLICATED, ROW, VOCAB, param_specs
 from megaphi.model import PhiConfig, PhiForCausalLM
 
@@ -31,7 +37,7 @@ def test_split_then_merge_reproduces_every_tensor_exactly(tp):
 def test_vocabulary_is_padded_with_zero_rows_to_a_multiple_of_divisible_by_times_tp():
     config = tiny_config(vocab_size=301)
     shards = split_state_dict(random_full_state_dict(config), config, 4)
-    assert padded_vocab_size(config, 4) == 320
+    assert config_padded_vocab_size(config, 4) == 320
     embedding = torch.cat([s["model.embed_tokens.weight"] for s in shards])
     lm_bias = torch.cat([s["lm_head.bias"] for s in shards])
     assert embedding.shape == (320, 32)

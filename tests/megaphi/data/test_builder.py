@@ -23,7 +23,7 @@ def test_fraction_split_matches_megatron_core(split, num_documents):
     expected = [(0, 0) if m is None else (int(round(m[0] * num_documents)), int(round(m[1] * num_documents)))
                 for m in matrix]
     ours = parse_split(split, num_documents)
-    for (begin, end), (want_begin, want_end) in zip(ours, expected):
+    for (begin, end), (want_begin, want_end) in zip(ours, expected, strict=True):
         assert end - begin == want_end - want_begin
         if end > begin:
             assert (begin, end) == (want_begin, want_end)

@@ -86,7 +86,10 @@ def test_order_is_a_deterministic_function_of_the_seed(corpus, tmp_path):
     b = GPTDataset(prefix, seq_len=SEQ, seed=11, cache_dir=tmp_path / "b")
     c = GPTDataset(prefix, seq_len=SEQ, seed=12, cache_dir=tmp_path / "c")
     assert a.cache_status == b.cache_status == "built"
-    samples = lambda ds: np.stack([ds[i] for i in range(len(ds))])
+
+    def samples(ds):
+        return np.stack([ds[i] for i in range(len(ds))])
+
     np.testing.assert_array_equal(samples(a), samples(b))
     assert len(a) == len(c) and not np.array_equal(samples(a), samples(c))
 

@@ -36,7 +36,7 @@ def test_loader_yields_this_ranks_samples_in_order(dataset, num_workers):
         batches = list(loader)
         assert len(loader) == len(expected)
     assert len(batches) == len(expected) > 0
-    for got, want in zip(batches, expected):
+    for got, want in zip(batches, expected, strict=True):
         assert got.dtype == torch.int64 and got.shape == (2, 13)
         assert torch.equal(got, want)
 

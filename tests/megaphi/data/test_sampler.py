@@ -57,7 +57,8 @@ def test_resumed_loader_sees_the_same_tokens_as_an_uninterrupted_run(tmp_path):
 
     uninterrupted = tokens(steps(len(ds), micro=3, dp=2)[:10])
     resumed = tokens(steps(len(ds), micro=3, dp=2)[:4] + steps(len(ds), micro=2, dp=4, consumed=4 * GLOBAL)[:6])
-    for a, b in zip(uninterrupted, resumed):
+    assert len(uninterrupted) == 10  # zip(strict=True) below then compares every one of the ten steps
+    for a, b in zip(uninterrupted, resumed, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -10,6 +10,7 @@ from megaphi.convert import convert_from_hf
 from megaphi.eval import sandbox
 from megaphi.eval.__main__ import main
 from megaphi.eval.benchmarks import HUMANEVAL_STOP, load_humaneval
+from tests.conftest import read_jsonl
 from tests.megaphi.eval.test_benchmarks import MBPP_PATH, needs_mbpp
 from tests.megaphi.tiny_phi import make_hf_phi, make_tokenizer
 
@@ -29,8 +30,6 @@ def megaphi_checkpoint(hf_model, tmp_path_factory):
     return path
 
 
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def last_json_line(text):
@@ -83,6 +82,7 @@ def test_problems_longer_than_the_context_score_as_failed_with_the_reason(tmp_pa
     assert summary["not_generated"] == 1 and summary["samples"] == 3 and summary["problems_scored"] == 3
     assert "1 samples were not generated" in captured.err
     assert "[generate] 1/1 samples (100%)" in captured.err  # progress, one line per generate call in a log
+    assert "[score] 2/2 programs (100%)" in captured.err  # only the generated samples run
     results = {r["task_id"]: r for r in read_jsonl(out_dir / "results.jsonl")}
     assert results["HumanEval/1"]["result"] == ("failed: not generated: the prompt has 434 tokens and the model's "
                                                 "context is 300, leaving no room for a completion")
@@ -113,7 +113,7 @@ def test_score_prints_the_summary_and_writes_one_result_per_sample(tmp_path, cap
     assert summary["pass@1"] == pytest.approx(0.5) and "pass@10" not in summary
     results = read_jsonl(results_path)
     assert [r["passed"] for r in results] == [True, False] * 3
-    assert results[1]["result"] == "failed: SystemExit: 0"
+    assert results[1]["result"] == "failed: the candidate exited during a call (SystemExit: 0)"
 
 
 def test_score_refuses_without_a_sandbox_unless_told_to_run_unsafely(tmp_path, capsys, monkeypatch):
@@ -168,3 +168,33 @@ def test_every_subcommand_documents_itself():
         out = subprocess.run([sys.executable, "-m", "megaphi.eval", *command, "--help"], capture_output=True,
                              text=True, check=True).stdout
         assert out.startswith("usage: python -m megaphi.eval")
+
+
+def test_sandbox_limits_are_named_as_in_synth_and_the_older_names_still_work():
+    from megaphi.eval.__main__ import build_parser
+
+    common = ["score", "--benchmark", "humaneval", "--samples", "s.jsonl", "--out", "r.jsonl"]
+    new = build_parser().parse_args(common + ["--sandbox-timeout", "3", "--sandbox-memory-mb", "512"])
+    old = build_parser().parse_args(common + ["--timeout", "3", "--memory-mb", "512"])
+    assert (new.timeout, new.memory_mb) == (old.timeout, old.memory_mb) == (3.0, 512)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_a_model_that_is_no_model_is_refused_saying_both_kinds_work(tmp_path, capsys, kind):
+    model = tmp_path / "model"
+    if kind == "empty":
+        model.mkdir()
+    assert main(["run", "--benchmark", "humaneval", "--model", str(model), "--out-dir", str(tmp_path / "out"),
+                 "--limit", "1"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {'model ' if kind == 'missing' else ''}{model} is ")
+    assert "megaphi checkpoint" in line and "Hugging Face model directory" in line
+
+
+@pytest.mark.parametrize("flag, value", [("--sandbox-timeout", "0"), ("--sandbox-memory-mb", "-1")])
+def test_a_sandbox_limit_that_is_not_positive_is_one_error_line_naming_the_flag(tmp_path, capsys, flag, value):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text('{"task_id": "HumanEval/0", "completion": "    return []\\n"}\n')
+    assert main(["score", "--benchmark", "humaneval", "--samples", str(samples), "--out", str(tmp_path / "r.jsonl"),
+                 flag, value]) == 2
+    assert capsys.readouterr().err == f"error: {flag} must be positive, got {float(value) if 'timeout' in flag else value}\n"

@@ -22,7 +22,7 @@ def test_scoring_gives_one_result_per_sample_in_order_with_the_error_line(humane
     assert [r["completion"] for r in results] == [s["completion"] for s in samples]
     assert [r["passed"] for r in results] == [True, False, False, True]
     assert results[1]["result"] == "failed: AssertionError: "
-    assert results[2]["result"] == "failed: exited with status 0 before the end of the program"
+    assert results[2]["result"] == "failed: the candidate program exited with status 0 before the end of the program"
 
     summary = summarize(humaneval, results)
     assert summary["pass@1"] == pytest.approx(0.5)
@@ -44,7 +44,7 @@ def test_samples_round_trip_through_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    ('{"task_id": "HumanEval/0", "completion": "x"}\nnot json\n', r"samples.jsonl:2 is not JSON"),
+    ('{"task_id": "HumanEval/0", "completion": "x"}\nnot json\n', r"samples.jsonl:2: malformed JSON"),
     ('{"task_id": "HumanEval/0"}\n', r"samples.jsonl:1 needs a \"task_id\" and a string \"completion\""),
     ('{"completion": "x"}\n', r"samples.jsonl:1 needs"),
     ("\n", "holds no samples"),

@@ -22,7 +22,7 @@ def run(backend: str, q_len: int, k_len: int, mask=None, **kw):
 
 @pytest.mark.parametrize("q_len,k_len", [(12, 12), (1, 12), (3, 12)], ids=["prefill", "decode", "chunk"])
 def test_sdpa_and_eager_agree_in_outputs_and_gradients(q_len, k_len):
-    for eager, sdpa in zip(run("eager", q_len, k_len), run("sdpa", q_len, k_len)):
+    for eager, sdpa in zip(run("eager", q_len, k_len), run("sdpa", q_len, k_len), strict=True):
         torch.testing.assert_close(sdpa, eager, rtol=1e-5, atol=1e-5)
 
 
@@ -30,7 +30,7 @@ def test_sdpa_and_eager_agree_under_a_left_padding_mask():
     padding = torch.ones(2, 12, dtype=torch.long)
     padding[0, :5] = 0
     mask = padding_causal_mask(padding, 12)
-    for eager, sdpa in zip(run("eager", 12, 12, mask), run("sdpa", 12, 12, mask)):
+    for eager, sdpa in zip(run("eager", 12, 12, mask), run("sdpa", 12, 12, mask), strict=True):
         assert torch.isfinite(sdpa).all()
         torch.testing.assert_close(sdpa, eager, rtol=1e-5, atol=1e-5)
 
@@ -48,7 +48,7 @@ def test_causality_holds():
 @pytest.mark.skipif(not (flash_attn_available() and torch.cuda.is_available()), reason="needs flash-attn and CUDA")
 def test_flash_agrees_with_sdpa_on_gpu():
     for flash, sdpa in zip(run("flash", 64, 64, device="cuda", dtype=torch.bfloat16),
-                           run("sdpa", 64, 64, device="cuda", dtype=torch.bfloat16)):
+                           run("sdpa", 64, 64, device="cuda", dtype=torch.bfloat16), strict=True):
         torch.testing.assert_close(flash.float(), sdpa.float(), rtol=2e-2, atol=2e-2)
 
 

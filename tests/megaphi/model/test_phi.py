@@ -106,9 +106,10 @@ def test_left_padded_batch_decodes_like_each_sequence_alone(backend):
             assert (got - alone).abs().max() < 1e-4
 
 
-def test_loss_is_mean_cross_entropy_over_unignored_labels_with_matching_gradients():
+@pytest.mark.parametrize("cross_entropy", ["fused", "unfused"])
+def test_loss_is_mean_cross_entropy_over_unignored_labels_with_matching_gradients(cross_entropy):
     torch.manual_seed(0)
-    model = PhiForCausalLM(tiny_config())
+    model = PhiForCausalLM(tiny_config(cross_entropy=cross_entropy))
     input_ids = torch.randint(0, VOCAB, (2, 16))
     labels = torch.randint(0, VOCAB, (2, 16))
     labels[0, :5] = -100
@@ -167,6 +168,8 @@ def test_config_round_trips_and_rejects_bad_fields():
         tiny_config(num_attention_heads=5)
     with pytest.raises(ValueError, match="attn_backend='cuda'"):
         tiny_config(attn_backend="cuda")
+    with pytest.raises(ValueError, match="cross_entropy='triton' must be one of"):
+        tiny_config(cross_entropy="triton")
 
 
 def test_dropout_is_active_in_training_and_off_in_eval():
@@ -189,7 +192,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
         results.append((loss.detach(), [p.grad for p in model.parameters()]))
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert torch.equal(loss_a, loss_b)
-    for a, b in zip(grads_a, grads_b):
+    for a, b in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(a, b)
 
 

@@ -1,8 +1,8 @@
-"""The in-place rotary on a fused qkv projection equals the composite form, in values and gradients."""
+"""Rotary on a fused qkv projection equals the composite form, in values and gradients, and writes nothing in place."""
 import pytest
 import torch
 
-from megaphi.model.rotary import RotaryEmbedding, apply_rotary, rotate_qk_
+from megaphi.model.rotary import RotaryEmbedding, apply_rotary, rotary_qkv
 
 BATCH, SEQ, HEADS, HEAD_DIM, ROTARY_DIM = 2, 10, 4, 32, 16
 
@@ -21,7 +21,7 @@ def composite(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 
 
 @pytest.mark.parametrize("form", ["range", "positions"])
-def test_in_place_qk_rotary_matches_the_composite_form_and_its_gradient(form):
+def test_qkv_rotary_matches_the_composite_form_and_its_gradient(form):
     gen = torch.Generator().manual_seed(0)
     cos, sin = cos_sin(form, gen)
     weights = torch.randn(BATCH, SEQ, 3, HEADS, HEAD_DIM, generator=gen, dtype=torch.float64)
@@ -31,20 +31,36 @@ def test_in_place_qk_rotary_matches_the_composite_form_and_its_gradient(form):
     (expected * weights).sum().backward()
     expected_grad, leaf.grad = leaf.grad, None
 
-    qkv = leaf * 1.0  # a fresh non-leaf buffer, like the projection's output
-    q, k, v = rotate_qk_(qkv, cos, sin).unbind(dim=2)
+    qkv = leaf * 1.0  # a non-leaf buffer, like the projection's output
+    before = qkv.detach().clone()
+    q, k, v = rotary_qkv(qkv, cos, sin)
     actual = torch.stack([q, k, v], dim=2)
     (actual * weights).sum().backward()
 
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(leaf.grad, expected_grad, rtol=0, atol=1e-12)
-    # v and the pass-through half of every q/k head are untouched
-    assert torch.equal(v, leaf[:, :, 2])
-    assert torch.equal(actual[..., ROTARY_DIM:], leaf[..., ROTARY_DIM:])
+    assert torch.equal(qkv, before)  # the projection's output is not written
+    assert v.data_ptr() == qkv[:, :, 2].data_ptr()  # v is a view, no copy
+    assert torch.equal(actual[..., ROTARY_DIM:], leaf[..., ROTARY_DIM:])  # the pass-through dims
 
 
-def test_in_place_qk_rotary_passes_gradcheck():
+def test_qkv_rotary_backward_has_no_slice_assignment_or_in_place_node():
+    gen = torch.Generator().manual_seed(2)
+    cos, sin = cos_sin("range", gen)
+    projection = torch.randn(BATCH, SEQ, 3 * HEADS * HEAD_DIM, dtype=torch.float64, requires_grad=True) * 1.0
+    qkv = projection.view(BATCH, SEQ, 3, HEADS, HEAD_DIM)  # a view, as the model's qkv_proj output is
+    q, k, v = rotary_qkv(qkv, cos, sin)
+    names, stack = set(), [(q + k + v).sum().grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            stack += [n for n, _ in node.next_functions]
+    assert "CopySlices" not in names and not any("AsStrided" in n for n in names), names
+
+
+def test_qkv_rotary_passes_gradcheck():
     gen = torch.Generator().manual_seed(1)
     cos, sin = cos_sin("range", gen)
     leaf = torch.randn(1, SEQ, 3, 2, HEAD_DIM, generator=gen, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: rotate_qk_(x * 1.0, cos, sin), (leaf,))
+    assert torch.autograd.gradcheck(lambda x: rotary_qkv(x * 1.0, cos, sin), (leaf,))

@@ -71,7 +71,7 @@ def _streams_and_dropout(rank: int, world_size: int) -> None:
         grads.append([p.grad for p in model.parameters()])
     # Recomputation under activation checkpointing replays the same head-dropout masks.
     assert torch.equal(losses[0], losses[1])
-    for with_ckpt, without in zip(grads[1], grads[0]):
+    for with_ckpt, without in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(with_ckpt, without)
     parallel.destroy()
 

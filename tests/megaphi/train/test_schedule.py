@@ -25,7 +25,7 @@ def test_cosine_decay_is_half_way_at_the_middle_and_monotone():
     optim = OptimSection(lr=2e-3, min_lr=0.0, warmup_steps=0, decay="cosine")
     assert learning_rate(50, optim, 100) == pytest.approx(1e-3)
     rates = [learning_rate(s, optim, 100) for s in range(101)]
-    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert all(a >= b for a, b in zip(rates[:-1], rates[1:], strict=True))
     assert learning_rate(25, optim, 100) == pytest.approx(1e-3 * (1 + math.cos(math.pi / 4)))
 
 

@@ -166,8 +166,8 @@ def test_sigkill_at_a_random_step_then_resume_auto_reproduces_every_loss_bit_for
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
             metrics = run_dir / "metrics.jsonl"
-            if metrics.exists() and any(json.loads(l)["step"] >= kill_at for l in metrics.read_text().splitlines()
-                                        if l.endswith("}")):
+            if metrics.exists() and any(json.loads(line)["step"] >= kill_at for line in metrics.read_text().splitlines()
+                                        if line.endswith("}")):
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.02)
