@@ -68,12 +68,18 @@ def test_only_a_holder_on_this_host_can_be_declared_dead():
     assert not Holder("another-node", dead_pid, None, "earlier").is_dead_here()  # cannot be checked from here
 
 
-def start_training(tmp_path, run_dir, *extra, nproc=1):
-    args = ["--config", str(TINY_RECIPE), *tiny_run_overrides(tmp_path, steps=100000), f"run_dir={run_dir}",
-            "checkpoint.interval=2", "checkpoint.keep_last=1", *extra]
+def start_training(tmp_path, run_dir, overrides, nproc=1):
+    args = ["--config", str(TINY_RECIPE), *overrides, f"run_dir={run_dir}"]
     log = open(tmp_path / f"{run_dir.name}-{time.monotonic_ns()}.log", "w")
     return subprocess.Popen(trainer_command(nproc) + args, cwd=REPO, env=trainer_env(), stdout=log, stderr=log,
                             start_new_session=True)
+
+
+@pytest.fixture
+def endless_run(tmp_path):
+    """Overrides for a run that trains until killed, on a dataset written once (rewriting it would pull the
+    .bin from under a running job)."""
+    return [*tiny_run_overrides(tmp_path, steps=100000), "checkpoint.interval=2", "checkpoint.keep_last=1"]
 
 
 def training_started(run_dir):
@@ -82,13 +88,13 @@ def training_started(run_dir):
 
 
 @pytest.mark.slow
-def test_a_second_job_on_a_live_run_refuses_and_a_killed_jobs_run_is_taken_over(tmp_path):
+def test_a_second_job_on_a_live_run_refuses_and_a_killed_jobs_run_is_taken_over(tmp_path, endless_run):
     run_dir = tmp_path / "run"
-    first = start_training(tmp_path, run_dir)
+    first = start_training(tmp_path, run_dir, endless_run)
     try:
         wait_until(lambda: (run_dir / "checkpoints" / "latest").exists(), "the first job's first checkpoint")
-        second = run_trainer(["--config", str(TINY_RECIPE), *tiny_run_overrides(tmp_path, steps=100000),
-                              f"run_dir={run_dir}", "--resume", "auto"])
+        second = run_trainer(["--config", str(TINY_RECIPE), *endless_run, f"run_dir={run_dir}", "--resume",
+                              "auto"])
         assert second.returncode == 2, second.stderr[-3000:]
         assert second.stderr.strip().splitlines()[-1].startswith(
             f"error: run_dir: {run_dir} is in use by a live training job: pid {first.pid} on host {host_name()}")
@@ -96,8 +102,8 @@ def test_a_second_job_on_a_live_run_refuses_and_a_killed_jobs_run_is_taken_over(
         first.send_signal(signal.SIGKILL)
         first.wait()
     steps_done = int((run_dir / "checkpoints" / "latest").read_text().removeprefix("step"))
-    third = run_trainer(["--config", str(TINY_RECIPE), *tiny_run_overrides(tmp_path, steps=steps_done + 1),
-                         f"run_dir={run_dir}", "checkpoint.keep_last=1", "--resume", "auto"])
+    third = run_trainer(["--config", str(TINY_RECIPE), *endless_run, f"run_dir={run_dir}", f"train.steps={steps_done + 1}",
+                         "--resume", "auto"])
     assert third.returncode == 0, third.stderr[-3000:]
     assert f"taking over the lock of {run_dir}: its holder, pid {first.pid} on host {host_name()}" in third.stdout
     assert f"resuming at step {steps_done}" in third.stdout
@@ -105,9 +111,9 @@ def test_a_second_job_on_a_live_run_refuses_and_a_killed_jobs_run_is_taken_over(
 
 
 @pytest.mark.slow
-def test_killing_torchrun_kills_its_training_workers(tmp_path):
+def test_killing_torchrun_kills_its_training_workers(tmp_path, endless_run):
     run_dir = tmp_path / "run"
-    launcher = start_training(tmp_path, run_dir, nproc=2)
+    launcher = start_training(tmp_path, run_dir, endless_run, nproc=2)
     workers = []
     try:
         wait_until(lambda: training_started(run_dir), "the workers' first step")
