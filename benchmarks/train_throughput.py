@@ -145,7 +145,8 @@ def parse_deepspeed_set(item: str) -> tuple[str, Any]:
 
 def train_config(s: Settings):
     """The TrainConfig a recipe would hold for this measurement (the trainer's defaults elsewhere)."""
-    from megaphi.config import TrainConfig, config_from_dict
+    from megaphi.config import config_from_dict
+    from megaphi.train.config import TrainConfig
 
     return config_from_dict(TrainConfig, {
         "model": {"preset": s.preset, "overrides": megaphi_overrides(s)},
@@ -183,8 +184,9 @@ def deepspeed_bench(s: Settings, build_model: Callable, forward_loss: Callable) 
     import torch
 
     from megaphi import parallel
-    from megaphi.config import plan_batches
-    from megaphi.train.engine import build_engine, init_distributed, set_learning_rate, training_device
+    from megaphi.train.config import plan_batches
+    from megaphi.train.engine import (build_engine, deepspeed_config, init_distributed, set_learning_rate,
+                                      training_device)
 
     init_distributed()
     if not parallel.is_initialized():
@@ -196,7 +198,7 @@ def deepspeed_bench(s: Settings, build_model: Callable, forward_loss: Callable) 
     with torch.device(device):
         model = build_model(config)
     num_params = sum(p.numel() for p in model.parameters())
-    engine = build_engine(cfg, model, plan)
+    engine = build_engine(cfg, model, deepspeed_config(cfg, plan))
     batches = random_batches(s, config.vocab_size, device)
     last = {}
 

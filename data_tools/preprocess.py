@@ -8,6 +8,11 @@ the output names: each JSON key becomes ``{output_prefix}_{key}_document.bin/.id
         --tokenizer tok/ --append-eod --workers 2
     python -m data_tools.preprocess merge --input data/a_text_document data/b_text_document \\
         --output-prefix data/all_text_document
+    python -m data_tools.preprocess stats --input data/megatron_made_text_document
+
+Every dataset written here gets ``{prefix}.stats.json`` next to its ``.bin/.idx`` (the token-id
+range, so that the trainer checks ids without reading the tokens); ``stats`` writes it for a
+dataset made by another tool (Megatron-LM's own preprocess_data.py).
 
 The reader hands raw chunks of about a MiB (whole lines, or parquet record batches) to worker
 processes, which parse, tokenize with the Rust ``encode_batch`` and return flat numpy arrays; the
@@ -34,7 +39,8 @@ from megaphi.progress import progress as progress_display
 from data_tools.jsonl import (ON_ERROR_CHOICES, MalformedRecordError, OnError, ReadStats, expand_inputs, is_parquet,
                               iter_line_chunks, parse_line)
 from data_tools.tokenizer import Tokenizer, load_tokenizer
-from megaphi.data.indexed import IndexedDataset, IndexedDatasetError, IndexedDatasetWriter, best_dtype, merge_datasets
+from megaphi.data.indexed import (IndexedDataset, IndexedDatasetError, IndexedDatasetWriter, best_dtype, merge_datasets,
+                                  stats_path, write_token_stats)
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
 
@@ -285,14 +291,32 @@ def _merge_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _stats_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_tools.preprocess stats",
+                                     description="Scan datasets made by another tool once and write their token "
+                                                 "statistics (PREFIX.stats.json), which the trainer reads at start.")
+    parser.add_argument("--input", nargs="+", required=True, help="dataset prefixes (or their .idx/.bin)")
+    args = parser.parse_args(argv)
+    for item in args.input:
+        prefix = item.removesuffix(".idx").removesuffix(".bin")
+        stats = IndexedDataset(prefix).scan_token_stats()
+        write_token_stats(prefix, stats)
+        print(f"wrote {stats_path(prefix)}: {stats.num_tokens} tokens, ids {stats.min_token_id}..{stats.max_token_id}")
+    return 0
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["merge"]:
         return _merge_main(argv[1:])
+    if argv[:1] == ["stats"]:
+        return _stats_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m data_tools.preprocess", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Subcommand: `python -m data_tools.preprocess merge --help` merges datasets.")
+                                     epilog="Subcommands: `python -m data_tools.preprocess merge --help` merges datasets; "
+                                            "`... stats --help` records the token statistics of a dataset made "
+                                            "by another tool.")
     parser.add_argument("--input", nargs="+", required=True, help="JSONL (.jsonl, .json, .jsonl.gz) or parquet files, globs or directories")
     parser.add_argument("--output-prefix", required=True, help="outputs are PREFIX_{key}_document.bin/.idx")
     parser.add_argument("--tokenizer", "--tokenizer-model", dest="tokenizer", required=True,

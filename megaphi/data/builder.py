@@ -33,7 +33,7 @@ def parse_data_paths(data_paths: str | Sequence[str] | Sequence[tuple[float, str
     """Normalise Megatron's ``--data-path`` forms to ``[(weight or None, prefix), ...]``.
 
     Accepted: ``"prefix"``; ``["p1", "p2"]`` (weights None: blended by size);
-    ``["0.7", "p1", "0.3", "p2"]``; ``[(0.7, "p1"), (0.3, "p2")]``.
+    ``["0.7", "p1", "0.3", "p2"]``; ``[(0.7, "p1"), (0.3, "p2")]``; and this function's output.
     """
     if isinstance(data_paths, (str, os.PathLike)):
         return [(None, os.fspath(data_paths))]
@@ -41,6 +41,8 @@ def parse_data_paths(data_paths: str | Sequence[str] | Sequence[tuple[float, str
     if not items:
         raise DatasetConfigError("no data paths given; pass at least one indexed dataset prefix (path without .bin/.idx)")
     if all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items):
+        if all(w is None for w, _ in items):  # this function's own output: unweighted prefixes
+            return [(None, os.fspath(p)) for _, p in items]
         return _checked([(float(w), os.fspath(p)) for w, p in items])
     items = [os.fspath(item) for item in items]
     if len(items) % 2 == 0 and all(_is_number(w) for w in items[0::2]):

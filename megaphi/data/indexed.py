@@ -16,12 +16,24 @@ in Megatron-LM and files written by Megatron-LM read here:
 
 A document is usually one sequence (a whole source file plus ``<|endoftext|>``); Megatron lets a
 document hold several (sentence splitting), so both are kept.
+
+Next to the pair, megaphi's writer records the token-id range in a small JSON sidecar,
+``{prefix}.stats.json`` (:class:`TokenStats`), so that a trainer can check the ids against its
+vocabulary by reading a header instead of the whole token stream. The ``.idx`` stays Megatron's,
+byte for byte. A dataset written by another tool has no sidecar: :meth:`IndexedDataset.scan_token_stats`
+computes the same numbers in one pass, and ``python -m data_tools.preprocess stats`` writes them.
+
+(Over 400 lines on purpose: the format's writer, reader and sidecar are one contract, and the
+writer fills the sidecar as it streams the tokens.)
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import struct
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -51,6 +63,90 @@ def idx_path(prefix: str | os.PathLike) -> str:
 
 def bin_path(prefix: str | os.PathLike) -> str:
     return f"{os.fspath(prefix)}.bin"
+
+
+def stats_path(prefix: str | os.PathLike) -> str:
+    return f"{os.fspath(prefix)}.stats.json"
+
+
+_STATS_FORMAT = "megaphi-token-stats"
+_STATS_VERSION = 1
+_FINGERPRINT_SPAN = 1 << 20  # bytes hashed at each end of the .idx: constant time, whatever the dataset size
+
+
+class MissingTokenStats(IndexedDatasetError):
+    """A dataset has no usable token-stats sidecar (none written, or it describes other files)."""
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """What the trainer needs to know about a dataset's token ids without reading them."""
+
+    num_tokens: int
+    min_token_id: int | None  # None for an empty dataset
+    max_token_id: int | None
+
+    @staticmethod
+    def of(tokens: np.ndarray) -> "TokenStats":
+        if tokens.size == 0:
+            return TokenStats(0, None, None)
+        return TokenStats(int(tokens.size), int(tokens.min()), int(tokens.max()))
+
+    def merged(self, other: "TokenStats") -> "TokenStats":
+        ids = [v for v in (self.min_token_id, self.max_token_id, other.min_token_id, other.max_token_id)
+               if v is not None]
+        return TokenStats(self.num_tokens + other.num_tokens, min(ids) if ids else None, max(ids) if ids else None)
+
+
+def _files_fingerprint(prefix: str) -> dict[str, object]:
+    """Sizes of the pair and a hash of both ends of the .idx: what ties a sidecar to the files it describes.
+
+    A rebuilt dataset changes its document lengths, so its .idx differs; hashing only the ends keeps
+    reading the sidecar independent of the dataset's size.
+    """
+    index_file = idx_path(prefix)
+    size = os.path.getsize(index_file)
+    digest = hashlib.blake2b(digest_size=16)
+    with open(index_file, "rb") as f:
+        digest.update(f.read(_FINGERPRINT_SPAN))
+        if size > _FINGERPRINT_SPAN:
+            f.seek(max(_FINGERPRINT_SPAN, size - _FINGERPRINT_SPAN))
+            digest.update(f.read())
+    return {"idx_bytes": size, "bin_bytes": os.path.getsize(bin_path(prefix)), "idx_digest": digest.hexdigest()}
+
+
+def write_token_stats(prefix: str | os.PathLike, stats: TokenStats) -> None:
+    """Write ``{prefix}.stats.json`` for the finished pair at ``prefix`` (atomically: a reader sees all or nothing)."""
+    prefix = os.fspath(prefix)
+    record = {"format": _STATS_FORMAT, "version": _STATS_VERSION, **asdict(stats), **_files_fingerprint(prefix)}
+    tmp = stats_path(prefix) + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, stats_path(prefix))
+
+
+def read_token_stats(prefix: str | os.PathLike) -> TokenStats:
+    """The sidecar's statistics; raises :class:`MissingTokenStats` (saying why) when there is none that fits."""
+    prefix = os.fspath(prefix)
+    path = stats_path(prefix)
+    if not os.path.isfile(path):
+        raise MissingTokenStats(f"{path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        if record.get("format") != _STATS_FORMAT or record.get("version") != _STATS_VERSION:
+            raise MissingTokenStats(f"{path} is not a version-{_STATS_VERSION} {_STATS_FORMAT} file")
+        stats = TokenStats(record["num_tokens"], record["min_token_id"], record["max_token_id"])
+        fingerprint = {key: record[key] for key in ("idx_bytes", "bin_bytes", "idx_digest")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        if isinstance(e, MissingTokenStats):
+            raise
+        raise MissingTokenStats(f"{path} is unreadable ({e.__class__.__name__}: {e})") from None
+    if fingerprint != _files_fingerprint(prefix):
+        raise MissingTokenStats(f"{path} describes other files than {prefix}.bin/.idx (they were rebuilt or "
+                                "replaced since)")
+    return stats
 
 
 def best_dtype(vocab_size: int) -> np.dtype:
@@ -125,13 +221,18 @@ class IndexedDatasetWriter:
         self.dtype = np.dtype(DTYPE_CODES[_dtype_code(dtype)])
         self._limits = np.iinfo(self.dtype) if self.dtype.kind in "iu" else None
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
-        # a stale .idx next to a new .bin would describe the wrong data until finalize
-        if os.path.exists(idx_path(self.prefix)):
-            os.remove(idx_path(self.prefix))
+        # a stale .idx (or token stats) next to a new .bin would describe the wrong data until finalize
+        for stale in (idx_path(self.prefix), stats_path(self.prefix)):
+            if os.path.exists(stale):
+                os.remove(stale)
         self._bin = open(bin_path(self.prefix), "wb")
         self._lengths = _GrowableArray(np.int32)
         self._document_indices = _GrowableArray(np.int64, [0])
-        self.num_tokens = 0
+        self.stats = TokenStats(0, None, None)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.stats.num_tokens
 
     def _as_tokens(self, tokens: Iterable[int] | np.ndarray) -> np.ndarray:
         array = np.asarray(tokens)
@@ -154,7 +255,7 @@ class IndexedDatasetWriter:
         self._bin.write(memoryview(array).cast("B"))
         self._lengths.extend(np.asarray(lengths, dtype=np.int32))
         self._document_indices.append(len(self._lengths))
-        self.num_tokens += array.size
+        self.stats = self.stats.merged(TokenStats.of(array))
 
     def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         """Append many one-sequence documents at once: ``tokens`` is their concatenation, ``lengths``
@@ -169,7 +270,7 @@ class IndexedDatasetWriter:
         start = len(self._lengths)
         self._lengths.extend(lengths.astype(np.int32))
         self._document_indices.extend(np.arange(start + 1, start + 1 + lengths.size, dtype=np.int64))
-        self.num_tokens += array.size
+        self.stats = self.stats.merged(TokenStats.of(array))
 
     def add_index(self, prefix: str | os.PathLike) -> None:
         """Append every document of another indexed dataset of the same dtype (shard merging)."""
@@ -181,7 +282,11 @@ class IndexedDatasetWriter:
         offset = len(self._lengths)
         self._lengths.extend(other.sequence_lengths)
         self._document_indices.extend(other.document_indices[1:] + offset)
-        self.num_tokens += other.num_tokens
+        try:
+            other_stats = read_token_stats(prefix)
+        except MissingTokenStats:
+            other_stats = other.scan_token_stats()  # its tokens are read for the copy below anyway
+        self.stats = self.stats.merged(other_stats)
         del other
         self._bin.flush()
         with open(bin_path(prefix), "rb") as f:
@@ -194,6 +299,7 @@ class IndexedDatasetWriter:
     def finalize(self) -> None:
         self._bin.close()
         _write_index(idx_path(self.prefix), self.dtype, self._lengths.view(), self._document_indices.view())
+        write_token_stats(self.prefix, self.stats)
 
     def close_without_index(self) -> None:
         """Abandon the dataset (on error): close and remove the partial ``.bin``."""
@@ -298,26 +404,44 @@ class IndexedDataset:
         """The whole token stream as one read-only view."""
         return np.frombuffer(self._bin_map, self.dtype, self.num_tokens, 0)
 
-    def max_token_id(self, chunk_tokens: int = 1 << 26) -> int:
-        """Largest token id in the dataset (-1 when empty), scanned in chunks to keep memory flat."""
-        stream, best = self.tokens(), -1
-        for start in range(0, stream.size, chunk_tokens):
-            best = max(best, int(stream[start : start + chunk_tokens].max()))
-        return best
+    def scan_token_stats(self, chunk_tokens: int = 1 << 26) -> TokenStats:
+        """Token count and id range from one pass over the token stream, in chunks to keep memory flat.
 
-    def check_vocab(self, vocab_size: int) -> None:
-        """Raise when a token id is outside a model vocabulary of ``vocab_size`` entries."""
-        stream = self.tokens()
-        if stream.size == 0:
+        Reads the whole ``.bin``: prefer :meth:`token_stats`, which reads the sidecar when there is one.
+        """
+        stream, stats = self.tokens(), TokenStats(0, None, None)
+        for start in range(0, stream.size, chunk_tokens):
+            stats = stats.merged(TokenStats.of(stream[start : start + chunk_tokens]))
+        return stats
+
+    def token_stats(self) -> TokenStats:
+        """The sidecar's statistics, without reading tokens; raises :class:`MissingTokenStats` when there is none."""
+        return read_token_stats(self.prefix)
+
+    def max_token_id(self) -> int:
+        """Largest token id in the dataset (-1 when empty), from the sidecar when there is one, else scanned."""
+        try:
+            stats = self.token_stats()
+        except MissingTokenStats:
+            stats = self.scan_token_stats()
+        return -1 if stats.max_token_id is None else stats.max_token_id
+
+    def check_vocab(self, vocab_size: int, stats: TokenStats | None = None) -> None:
+        """Raise when a token id is outside a model vocabulary of ``vocab_size`` entries.
+
+        ``stats`` (from :meth:`token_stats` or :meth:`scan_token_stats`) decides; only a dataset that
+        fails is read, to name the first offending sequence.
+        """
+        stats = stats or self.scan_token_stats()
+        if stats.num_tokens == 0 or (stats.min_token_id >= 0 and stats.max_token_id < vocab_size):
             return
-        top, low = self.max_token_id(), int(stream.min())
-        if top >= vocab_size or low < 0:
-            bad = top if top >= vocab_size else low
-            position = int(np.argmax(stream == bad))
-            sequence = int(np.searchsorted(self.sequence_pointers, position * self.dtype.itemsize, side="right")) - 1
-            raise IndexedDatasetError(
-                f"{self.prefix} holds token id {bad} (first in sequence {sequence}) but the model vocabulary has "
-                f"{vocab_size} entries; preprocess with the model's tokenizer or enlarge the model's vocab_size")
+        bad = stats.max_token_id if stats.max_token_id >= vocab_size else stats.min_token_id
+        stream = self.tokens()
+        position = int(np.argmax(stream == bad))
+        sequence = int(np.searchsorted(self.sequence_pointers, position * self.dtype.itemsize, side="right")) - 1
+        raise IndexedDatasetError(
+            f"{self.prefix} holds token id {bad} (first in sequence {sequence}) but the model vocabulary has "
+            f"{vocab_size} entries; preprocess with the model's tokenizer or enlarge the model's vocab_size")
 
     def __getstate__(self) -> dict:
         return {"prefix": self.prefix}

@@ -30,6 +30,7 @@ from megaphi.common.checkpoints import LATEST_FILE, read_latest, write_latest
 from megaphi.convert.checkpoint import TOKENIZER_DIR, write_meta
 from megaphi.convert.layout import CheckpointError
 from megaphi.model import PhiConfig
+from megaphi.train.deepspeed_compat import load_zero_optimizer_states
 
 _TAG = re.compile(r"^step(\d+)$")
 
@@ -111,50 +112,12 @@ def save_checkpoint(engine, root: str | Path, step: int, client_state: dict[str,
     return root / tag
 
 
-def regroup_zero_partitions(saved: list[dict[str, Any]], new_size: int) -> list[dict[str, Any]]:
-    """The ZeRO-1/2 optimizer states of the saving run's data-parallel ranks, regrouped for ``new_size`` ranks.
-
-    In DeepSpeed's elastic checkpoint format each rank stores its slice of every flat parameter
-    group (fp32 master weights and Adam moments) without padding, and the optimizer's loader
-    concatenates the slices of all entries and re-splits them for the current data-parallel size,
-    but it reads the entry at the current rank's index for scalar state, so it cannot grow the
-    number of ranks. Merging all slices into the first entry and adding empty entries for the other
-    ranks gives it one entry per rank, with the same concatenation.
-    """
-    from deepspeed.checkpoint.constants import (BASE_OPTIMIZER_STATE, BASE_OPTIMIZER_STATE_STEP,
-                                                SINGLE_PARTITION_OF_FP32_GROUPS as FP32)
-
-    first = saved[0]
-    if not isinstance(first[BASE_OPTIMIZER_STATE], list):
-        raise CheckpointError("the checkpoint's ZeRO optimizer state is not elastic (zero_optimization."
-                              "elastic_checkpoint was false when it was saved), so it cannot change data-parallel "
-                              "size; resume on the same number of data-parallel ranks")
-    merged_fp32 = [torch.cat([sd[FP32][g] for sd in saved]) for g in range(len(first[FP32]))]
-    merged_state, empty_state = [], []
-    for g, group_state in enumerate(first[BASE_OPTIMIZER_STATE]):
-        merged, empty = {}, {}
-        for key, value in group_state.items():
-            parts = [sd[BASE_OPTIMIZER_STATE][g][key] for sd in saved]
-            sliced = all(torch.is_tensor(p) and p.shape == sd[FP32][g].shape for p, sd in zip(parts, saved))
-            merged[key] = torch.cat(parts) if sliced else value
-            empty[key] = value[:0] if sliced else value
-        merged_state.append(merged)
-        empty_state.append(empty)
-    # The loader also wants a group-level step, which torch's AdamW keeps per parameter (in the state
-    # merged above) instead; None is what the groups of a torch optimizer hold.
-    step = first.get(BASE_OPTIMIZER_STATE_STEP)
-    whole = dict(first, **{BASE_OPTIMIZER_STATE: merged_state, FP32: merged_fp32, BASE_OPTIMIZER_STATE_STEP: step})
-    nothing = dict(whole, **{BASE_OPTIMIZER_STATE: empty_state, FP32: [t[:0] for t in merged_fp32]})
-    return [whole] + [nothing] * (new_size - 1)
-
-
 def load_checkpoint(engine, root: str | Path) -> dict[str, Any] | None:
     """Restore engine, optimizer and RNG state from ``latest``; returns the client state, or None if none.
 
     The data-parallel size may differ from the saving run's. DeepSpeed's ``load_checkpoint`` loads
     the module and its counters; the ZeRO optimizer partitions are loaded here, regrouped for the
-    current size (see ``regroup_zero_partitions``): DeepSpeed's own path refuses a new data-parallel
-    size for ZeRO stages 1 and 2, and cannot read its elastic format back for a torch optimizer.
+    current size (see ``deepspeed_compat.load_zero_optimizer_states``).
     """
     root = Path(root)
     tag = read_latest(root) if root.is_dir() else None
@@ -167,12 +130,7 @@ def load_checkpoint(engine, root: str | Path) -> dict[str, Any] | None:
                                                 load_lr_scheduler_states=False, load_module_strict=True)
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {root / tag}; see its log above")
-    saved = engine._get_all_zero_checkpoints(str(root), tag)
-    if saved is None:
-        raise CheckpointError(f"{root / tag} has no ZeRO optimizer states for tensor-parallel rank "
-                              f"{parallel.get_tensor_parallel_rank()}; the checkpoint is incomplete")
-    engine.optimizer.load_state_dict(state_dict_list=regroup_zero_partitions(saved, engine.dp_world_size),
-                                     load_optimizer_states=True, load_from_fp32_weights=True,
-                                     param_shapes=engine._get_zero_param_shapes())
+    load_zero_optimizer_states(engine, str(root), tag,
+                               where=f"tensor-parallel rank {parallel.get_tensor_parallel_rank()}")
     restore_rng_state(client_state["rng"])
     return client_state

@@ -30,26 +30,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, trainer_class: type | None = None) -> int:
+    """Run the command; ``trainer_class`` (a :class:`megaphi.train.trainer.Trainer` subclass) is for tests."""
     args = _parser().parse_args(argv)
     from megaphi.common.cli import report_user_error, user_error_message
     from megaphi.common.errors import UserError
-    from megaphi.config import TrainConfig, load_config
+    from megaphi.config import load_config
+    from megaphi.train.config import TrainConfig
     from megaphi.train.launch_env import apply_to_environ
-    from megaphi.train.trainer import TrainingStopped, train
+    from megaphi.train.preflight import PreflightError
+    from megaphi.train.run_lock import die_with_launcher
+    from megaphi.train.trainer import Trainer, TrainingStopped, train
 
     try:
         # First, so that RANK is this process's rank under srun and mpirun too (they do not export
-        # it); the trainer's own call later finds it set and agrees.
+        # it); the trainer joins the process group with this same launch.
         launch = apply_to_environ()
     except UserError as e:
         return report_user_error(str(e))  # no rank known: every process says it
     is_rank0 = launch.rank == 0
 
     def report(prefix: str, error: Exception | str, job_wide: bool = False) -> None:
-        # Errors found before the process group exists are the same on every rank, and so is a
-        # decision to stop (taken from all-reduced losses and overflow flags): rank 0 says it.
-        # Other errors may be one rank's own, so each failing rank speaks for itself.
+        # Errors found before the process group exists are the same on every rank, and so are the
+        # preflight's (rank 0 checked, every rank raised its verdict) and a decision to stop (taken
+        # from all-reduced losses and overflow flags): rank 0 says it. Other errors may be one
+        # rank's own, so each failing rank speaks for itself.
         import torch.distributed as dist
 
         if not job_wide and dist.is_initialized() and dist.get_world_size() > 1:
@@ -59,12 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
-        result = train(cfg, resume=args.resume == "auto")
+        die_with_launcher(launch)  # a killed torchrun or deepspeed launcher takes this worker with it
+        result = train(cfg, launch, resume=args.resume == "auto", trainer_class=trainer_class or Trainer)
     except (UserError, OSError) as e:
         message = user_error_message(e)
         if message is None:
             raise
-        report("error", message)
+        report("error", message, job_wide=isinstance(e, PreflightError))
         return EXIT_BAD_INPUT
     except TrainingStopped as e:
         report("training stopped", e, job_wide=True)
@@ -79,4 +85,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"megaphi.train: done at step {result.final_step} ({result.consumed_samples} samples); "
               f"checkpoint {result.last_checkpoint}", flush=True)
     return 0
-

@@ -7,7 +7,6 @@ add engine tuning (ZeRO bucket sizes, communication overlap) but may not set the
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,12 @@ import torch
 import torch.distributed as dist
 
 from megaphi import parallel
-from megaphi.config import BatchPlan, ConfigError, TrainConfig
+from megaphi.config import ConfigError
 from megaphi.model import PhiConfig, PhiForCausalLM, get_preset
 from megaphi.model.compile import compile_model
+from megaphi.train.config import BatchPlan, TrainConfig
+from megaphi.train.deepspeed_compat import apply_loss_scale_policy
+from megaphi.train.launch_env import LaunchEnv, discover
 from megaphi.train.optimizer import build_optimizer, param_groups  # noqa: F401  (param_groups re-exported)
 
 # Keys of the DeepSpeed config that the typed config owns; a template setting them would be a
@@ -39,17 +41,17 @@ def training_device() -> torch.device:
     return torch.device(get_accelerator().current_device_name())
 
 
-def init_distributed() -> None:
-    """Join the job's process group whichever launcher started us (a plain ``python -m`` included)."""
+def init_distributed(launch: LaunchEnv | None = None) -> None:
+    """Join the job's process group whichever launcher started us (a plain ``python -m`` included);
+    ``launch`` is the discovered launch when the caller has it already."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
-    from megaphi.train.launch_env import apply_to_environ
 
     if dist.is_initialized():
         return
-    apply_to_environ()
+    launch = (launch or discover()).apply_to_environ()
     if on_gpu():
-        get_accelerator().set_device(int(os.environ["LOCAL_RANK"]))
+        get_accelerator().set_device(launch.local_rank)
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo", auto_mpi_discovery=False)
 
 
@@ -59,13 +61,8 @@ def resolve_model_config(cfg: TrainConfig, base: PhiConfig | None = None) -> Phi
         model_config = base if base is not None else get_preset(cfg.model.preset)
     except (KeyError, ValueError) as e:
         raise ConfigError(f"model.preset: {e}") from None
-    fields = model_config.to_dict()
-    for key in cfg.model.overrides:
-        if key not in fields:
-            raise ConfigError(f"model.overrides.{key}: not a PhiConfig field; known fields: "
-                              f"{', '.join(sorted(fields))}")
     try:
-        return PhiConfig.from_dict({**fields, **cfg.model.overrides})
+        return PhiConfig.from_dict({**model_config.to_dict(), **cfg.model.overrides.changes()})
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.overrides: {e}") from None
 
@@ -120,8 +117,8 @@ def build_model(model_config: PhiConfig, seed: int) -> PhiForCausalLM:
     return PhiForCausalLM(model_config)
 
 
-def build_engine(cfg: TrainConfig, model: torch.nn.Module, plan: BatchPlan):
-    """``deepspeed.initialize`` with AdamW (megaphi.train.optimizer), the TP mpu and the generated config;
+def build_engine(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict[str, Any]):
+    """``deepspeed.initialize`` with AdamW (megaphi.train.optimizer), the TP mpu and the generated ``ds_config``;
     the model compiled first as ``train.compile`` says."""
     import deepspeed
 
@@ -130,36 +127,10 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module, plan: BatchPlan):
     if dist.get_rank() == 0:
         kernels = model.kernel_choices(training_device()) + ", " if isinstance(model, PhiForCausalLM) else ""
         print(f"megaphi.train: kernels: {kernels}optimizer {optimizer_name}, compile {cfg.train.compile}", flush=True)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, plan),
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
                                            mpu=parallel.mpu, dist_init_required=False)
-    apply_loss_scale_policy(engine, cfg)
+    apply_loss_scale_policy(engine, cfg.train)
     return engine
-
-
-def apply_loss_scale_policy(engine, cfg: TrainConfig) -> None:
-    """Give fp16's dynamic loss scaler this run's policy, keeping its state (current scale, overflow history).
-
-    Called after building the engine and again after loading a checkpoint: DeepSpeed pickles the
-    whole scaler object into the ZeRO optimizer state and restores it, settings included, so without
-    this a resumed run would silently keep the saving run's window, minimum and hysteresis.
-    """
-    scaler = getattr(engine.optimizer, "loss_scaler", None)
-    if scaler is None or not getattr(scaler, "dynamic", False):
-        return  # bf16/fp32 (or a static scale): nothing to steer
-    t = cfg.train
-    scaler.scale_window = t.loss_scale_window
-    scaler.min_scale = t.min_loss_scale
-    scaler.cur_scale = max(scaler.cur_scale, t.min_loss_scale)
-    scaler.delayed_shift = t.loss_scale_hysteresis
-    scaler.cur_hysteresis = min(scaler.cur_hysteresis, t.loss_scale_hysteresis)
-    # DeepSpeed would raise from inside step() at the first overflow at the minimum scale; the
-    # trainer's own guard (train.max_steps_at_min_loss_scale) stops cleanly with a checkpoint.
-    scaler.raise_error_at_min_scale = False
-
-
-def loss_scale(engine) -> float:
-    """The fp16 loss scale the next step will use; 1 for bf16 and fp32."""
-    return float(getattr(engine.optimizer, "loss_scale", 1.0))
 
 
 def set_learning_rate(engine, lr: float) -> None:

@@ -6,7 +6,7 @@ import importlib.util
 
 import torch
 
-from megaphi.config import OptimSection
+from megaphi.train.config import OptimSection
 
 OPTIMIZER_BACKENDS = ("auto", "torch", "apex")
 

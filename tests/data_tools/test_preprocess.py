@@ -12,6 +12,7 @@ from data_tools.jsonl import MalformedRecordError
 from data_tools.preprocess import EmptyCorpusError, main, preprocess
 from data_tools.tokenizer import load_tokenizer, train_bpe
 from megaphi.data import IndexedDataset
+from megaphi.data.indexed import MissingTokenStats, read_token_stats
 from tests.conftest import damaged_gzip
 
 with warnings.catch_warnings():
@@ -137,6 +138,19 @@ def test_merge_subcommand_equals_preprocessing_everything_at_once(corpus, tokeni
     assert main(["--input", str(corpus), str(corpus), "--output-prefix", str(tmp_path / "both"), *args]) == 0
     assert main(["merge", "--input", str(tmp_path / "shards"), "--output-prefix", str(tmp_path / "merged")]) == 0
     assert file_bytes(tmp_path / "merged") == file_bytes(tmp_path / "both_text_document")
+
+
+def test_outputs_carry_token_stats_and_the_stats_subcommand_writes_them_for_megatron_datasets(
+        corpus, tokenizer_dir, tmp_path, capsys):
+    prefix = preprocess([corpus], tmp_path / "out", tokenizer_dir, append_eod=True, progress=False).prefixes["text"]
+    ours = read_token_stats(prefix)
+    assert ours == IndexedDataset(prefix).scan_token_stats() and ours.num_tokens > 1000
+    megatron_reference(tmp_path / "theirs", [d.tolist() for d in IndexedDataset(prefix)[:]], np.uint16)
+    with pytest.raises(MissingTokenStats):
+        read_token_stats(tmp_path / "theirs")
+    assert main(["stats", "--input", str(tmp_path / "theirs.idx")]) == 0
+    assert read_token_stats(tmp_path / "theirs") == ours
+    assert f"wrote {tmp_path / 'theirs'}.stats.json: {ours.num_tokens} tokens" in capsys.readouterr().out
 
 
 def test_cli_bad_input_is_one_error_line_and_exit_2(tokenizer_dir, tmp_path, capsys):

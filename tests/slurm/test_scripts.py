@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from megaphi.config import TrainConfig, load_config, plan_batches
+from megaphi.config import load_config
+from megaphi.train.config import TrainConfig, plan_batches
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM = REPO / "slurm"

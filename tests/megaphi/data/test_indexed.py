@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from megaphi.data import IndexedDataset, IndexedDatasetError, IndexedDatasetWriter, best_dtype, merge_datasets
+from megaphi.data.indexed import MissingTokenStats, TokenStats, read_token_stats, stats_path
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -149,6 +150,48 @@ def test_check_vocab_names_the_offending_token_and_sequence(tmp_path):
     ds.check_vocab(1000)
     with pytest.raises(IndexedDatasetError, match="token id 999 .*sequence 1.* 512 entries"):
         ds.check_vocab(512)
+
+
+# --- the token-stats sidecar -------------------------------------------------------------------------
+
+def test_writer_records_the_token_id_range_next_to_the_index(tmp_path):
+    documents = random_documents(200, 50295, seed=3)
+    write_megaphi(tmp_path / "ds", documents, np.uint16)
+    whole = np.concatenate(documents)
+    expected = TokenStats(int(whole.size), int(whole.min()), int(whole.max()))
+    ds = IndexedDataset(tmp_path / "ds")
+    assert read_token_stats(tmp_path / "ds") == ds.token_stats() == expected
+    assert ds.scan_token_stats(chunk_tokens=1000) == expected  # what a reader without the sidecar computes
+
+
+def test_a_dataset_made_by_megatron_has_no_token_stats_until_scanned(tmp_path):
+    write_megatron(tmp_path / "theirs", random_documents(20, 1000), np.uint16)
+    ds = IndexedDataset(tmp_path / "theirs")
+    with pytest.raises(MissingTokenStats, match=r"theirs\.stats\.json does not exist"):
+        ds.token_stats()
+    assert ds.max_token_id() == int(np.concatenate(ds[:]).max())  # falls back to reading the tokens
+
+
+def test_token_stats_of_replaced_files_are_refused_as_stale(tmp_path):
+    write_megaphi(tmp_path / "ds", random_documents(20, 1000, seed=1), np.uint16)
+    write_megatron(tmp_path / "ds", random_documents(20, 1000, seed=2), np.uint16)  # rebuilt by another tool
+    with pytest.raises(MissingTokenStats, match="describes other files than .*ds.bin/.idx"):
+        IndexedDataset(tmp_path / "ds").token_stats()
+
+
+def test_a_new_writer_removes_the_old_token_stats_first(tmp_path):
+    write_megaphi(tmp_path / "ds", random_documents(5, 100), np.uint16)
+    writer = IndexedDatasetWriter(tmp_path / "ds", np.uint16)
+    assert not os.path.exists(stats_path(tmp_path / "ds"))  # never next to a .bin it does not describe
+    writer.close_without_index()
+
+
+def test_merge_records_the_token_stats_of_all_shards_with_or_without_their_own(tmp_path):
+    shards = [random_documents(30, 500, seed=s) for s in range(2)]
+    write_megaphi(tmp_path / "shard0", shards[0], np.uint16)
+    write_megatron(tmp_path / "shard1", shards[1], np.uint16)  # no sidecar: scanned while copied
+    merged = merge_datasets([tmp_path / "shard0", tmp_path / "shard1"], tmp_path / "merged")
+    assert merged.token_stats() == merged.scan_token_stats()
 
 
 # --- foreign, truncated and mismatched files ---------------------------------------------------

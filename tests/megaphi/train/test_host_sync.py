@@ -69,9 +69,10 @@ def test_forward_and_backward_with_fused_loss_dropout_and_checkpointing_never_sy
 
 
 def _engine_step_syncs(rank: int, world_size: int, precision: str, out: str) -> None:
-    from megaphi.config import TrainConfig, config_from_dict, plan_batches
-    from megaphi.train.engine import (build_engine, build_model, init_distributed, loss_scale,
-                                      resolve_model_config)
+    from megaphi.config import config_from_dict
+    from megaphi.train.config import TrainConfig, plan_batches
+    from megaphi.train.deepspeed_compat import loss_scale
+    from megaphi.train.engine import build_engine, build_model, deepspeed_config, init_distributed, resolve_model_config
 
     init_distributed()
     parallel.initialize(1)
@@ -81,7 +82,7 @@ def _engine_step_syncs(rank: int, world_size: int, precision: str, out: str) -> 
         "data": {"seq_len": 32},
         "train": {"micro_batch_size": 2, "global_batch_size": 4, "precision": precision,
                   "deepspeed_config": str(REPO / "ds_configs" / template)}})
-    engine = build_engine(cfg, build_model(resolve_model_config(cfg), 0), plan_batches(cfg.train, 1))
+    engine = build_engine(cfg, build_model(resolve_model_config(cfg), 0), deepspeed_config(cfg, plan_batches(cfg.train, 1)))
     tokens = torch.randint(0, 2048, (2, 33))
     for _ in range(2):  # the second step runs on warm state (optimizer moments exist)
         with HostSyncs() as syncs:

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from megaphi.config import OptimSection
+from megaphi.train.config import OptimSection
 from megaphi.train import optimizer as opt
 
 

@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from megaphi.config import OptimSection
+from megaphi.train.config import OptimSection
 from megaphi.train.metrics import read_metrics
 from megaphi.train.schedule import learning_rate
 from tests.megaphi.train.conftest import REPO, run_trainer, trainer_command, trainer_env
@@ -30,6 +30,7 @@ STEPS = 8
 DROPOUT = ["model.overrides.resid_pdrop=0.1", "model.overrides.embd_pdrop=0.1",
            "model.overrides.attention_dropout=0.1"]
 TOLERANCE = 2e-5
+FAULTS = "tests.megaphi.train.faults"  # the trainer with faults injected on demand (and fp16 on CPU)
 
 
 def recipe(tmp_path, corpus) -> str:
@@ -136,6 +137,23 @@ def test_resume_on_two_data_parallel_ranks_continues_with_the_same_samples(tmp_p
     assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in ref[4:]], abs=TOLERANCE)
 
 
+def test_resume_with_more_steps_follows_the_longer_schedule_and_says_so(tmp_path, tiny_corpus, reference):
+    root = tmp_path / "run" / "checkpoints"
+    root.mkdir(parents=True)
+    shutil.copytree(reference / "checkpoints" / "step4", root / "step4")
+    (root / "latest").write_text("step4")
+    result = train(tmp_path, tiny_corpus, tmp_path / "run", "train.steps=12", "--resume", "auto")
+    optim = OptimSection(lr=3e-3, min_lr=3e-4, warmup_steps=2, decay="linear")
+    notice = [line for line in result.stdout.splitlines() if "learning-rate schedule differs" in line]
+    assert notice == [f"megaphi.train: the learning-rate schedule differs from the checkpoint's: saved (warmup 2, "
+                      f"linear 0.003 -> 0.0003 by step 8), now (warmup 2, linear 0.003 -> 0.0003 by step 12); step 5 "
+                      f"runs at lr {learning_rate(4, optim, 12):.3e} instead of {learning_rate(4, optim, 8):.3e}; "
+                      "set optim.decay_steps=8 to keep the saved curve"], result.stdout
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(5, 13))
+    assert [r["lr"] for r in records] == pytest.approx([learning_rate(s, optim, 12) for s in range(4, 12)])
+
+
 def test_sigkill_at_a_random_step_then_resume_auto_reproduces_every_loss_bit_for_bit(tmp_path, tiny_corpus):
     """With dropout on, so the restored RNG streams matter as much as weights, optimizer and data position."""
     train(tmp_path, tiny_corpus, tmp_path / "straight", *DROPOUT)
@@ -168,8 +186,8 @@ def test_sigkill_at_a_random_step_then_resume_auto_reproduces_every_loss_bit_for
 
 def test_bf16_skips_an_inf_gradient_and_a_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_corpus):
     run_dir = tmp_path / "run"
-    result = train(tmp_path, tiny_corpus, run_dir, "train.precision=bf16", "debug.inf_grad_steps=[2]",
-                   "debug.nan_loss_steps=[3]", expect_rc=3)
+    result = train(tmp_path, tiny_corpus, run_dir, "train.precision=bf16", "--inf-grad-at=2", "--nan-loss-at=3",
+                   expect_rc=3, module=FAULTS)
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("training stopped: loss is nan at step 3 in bf16"), last
     assert last.endswith(f"last good checkpoint: {run_dir / 'checkpoints' / 'step2'}"), last
@@ -198,11 +216,10 @@ def test_finetuning_starts_from_a_checkpoint_resharded_to_another_tensor_paralle
     assert (run_dir / "checkpoints" / "step2" / "tokenizer" / "tokenizer.json").is_file()
 
 
-# fp16 runs go through a test launcher that lets DeepSpeed's CPU accelerator run fp16 (see its
-# docstring); everything else is the real trainer with DeepSpeed's ZeRO-2 fp16 optimizer and dynamic
-# loss scaler. The scale starts at 16 and halves at every overflow (hysteresis 1).
-FP16_TRAINER = "tests.megaphi.train.fp16_cpu_trainer"
-FP16 = ["train.precision=fp16", "train.initial_loss_scale_power=4", "train.loss_scale_hysteresis=1",
+# fp16 runs go through the test launcher with --fp16-on-cpu, which lets DeepSpeed's CPU accelerator
+# run fp16 (see its docstring); everything else is the real trainer with DeepSpeed's ZeRO-2 fp16
+# optimizer and dynamic loss scaler. The scale starts at 16 and halves at every overflow (hysteresis 1).
+FP16 = ["--fp16-on-cpu", "train.precision=fp16", "train.initial_loss_scale_power=4", "train.loss_scale_hysteresis=1",
         "checkpoint.keep_last=0"]
 
 
@@ -214,7 +231,7 @@ def module_weights(tag_dir) -> dict[str, torch.Tensor]:
 def fp16_run(tmp_path_factory, tiny_corpus):
     """fp16 ZeRO-2 on two data-parallel ranks, with an inf gradient injected at step 2."""
     tmp = tmp_path_factory.mktemp("fp16")
-    train(tmp, tiny_corpus, tmp / "run", *FP16, "debug.inf_grad_steps=[2]", nproc=2, module=FP16_TRAINER)
+    train(tmp, tiny_corpus, tmp / "run", *FP16, "--inf-grad-at=2", nproc=2, module=FAULTS)
     return tmp / "run"
 
 
@@ -237,8 +254,8 @@ def test_fp16_resume_keeps_the_loss_scale_and_a_scale_stuck_at_its_minimum_stops
     shutil.copytree(fp16_run / "checkpoints" / "step2", run_dir / "checkpoints" / "step2")
     (run_dir / "checkpoints" / "latest").write_text("step2")
     result = train(tmp_path, tiny_corpus, run_dir, *FP16, "train.min_loss_scale=4",
-                   "train.max_steps_at_min_loss_scale=2", "debug.inf_grad_steps=[5, 6, 7]", "--resume", "auto",
-                   nproc=2, module=FP16_TRAINER, expect_rc=1)
+                   "train.max_steps_at_min_loss_scale=2", "--inf-grad-at=5,6,7", "--resume", "auto",
+                   nproc=2, module=FAULTS, expect_rc=1)
     assert "exitcode  : 3" in result.stderr  # torchrun exits 1 when a rank fails and shows the rank's own status
     ours, ref = read_metrics(run_dir / "metrics.jsonl"), read_metrics(fp16_run / "metrics.jsonl")
     assert [r["step"] for r in ours] == [3, 4, 5, 6, 7]

@@ -1,10 +1,11 @@
-"""megaphi.config: YAML + dotted overrides into typed dataclasses, with one precise error per mistake."""
+"""The training schema (megaphi.train.config) loaded by megaphi.config: YAML + dotted overrides into typed
+dataclasses, with one precise error per mistake."""
 from dataclasses import dataclass, field
 
 import pytest
 
-from megaphi.config import (ConfigError, TrainConfig, TrainSection, config_from_dict, config_to_dict, load_config,
-                            parse_override, plan_batches)
+from megaphi.config import ConfigError, config_from_dict, config_to_dict, load_config, parse_override
+from megaphi.train.config import TrainConfig, TrainSection, plan_batches
 
 
 def write(tmp_path, text: str):
@@ -23,13 +24,13 @@ def test_yaml_values_and_overrides_land_in_typed_fields(tmp_path):
     assert cfg.train.steps == 20 and cfg.optim.warmup_steps == 5
     assert cfg.data.paths == ["a", "b"]
     assert load_config(TrainConfig, None, ["data.paths=[0.7, a, 0.3, b]"]).data.paths == ["0.7", "a", "0.3", "b"]
-    assert cfg.model.overrides == {"resid_pdrop": 0.1}
+    assert cfg.model.overrides.changes() == {"resid_pdrop": 0.1}
     assert cfg.checkpoint.init_from is None
     assert cfg.train.precision == TrainSection().precision  # untouched fields keep their defaults
 
 
 def test_config_round_trips_through_a_plain_dict(tmp_path):
-    cfg = load_config(TrainConfig, None, ["train.steps=7", "data.paths=[p]", "debug.nan_loss_steps=[3]"])
+    cfg = load_config(TrainConfig, None, ["train.steps=7", "data.paths=[p]", "model.overrides.hidden_size=64"])
     assert config_from_dict(TrainConfig, config_to_dict(cfg)) == cfg
 
 
@@ -46,6 +47,10 @@ def test_config_round_trips_through_a_plain_dict(tmp_path):
     (["optim.min_lr=1", "optim.lr=0.1"], "optim.min_lr: 1.0 exceeds optim.lr 0.1"),
     (["train.steps.max=3"], "train.steps: expected int"),
     (["optim.lr"], "optim.lr: overrides look like section.field=value"),
+    (["model.overrides.hidden=3"], "model.overrides.hidden: unknown field; model.overrides accepts "),
+    (["model.overrides.hidden_size=wide"], "model.overrides.hidden_size: expected int | null, got 'wide'"),
+    (["optim.decay_steps=1", "optim.warmup_steps=2", "train.steps=10"],
+     "optim.warmup_steps: 2 exceeds optim.decay_steps 1"),
 ])
 def test_each_mistake_is_one_error_naming_the_dotted_field(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -111,7 +116,7 @@ def test_batch_plan_that_does_not_divide_names_global_batch_size():
 def test_shipped_recipes_load(tmp_path):
     import pathlib
 
-    root = pathlib.Path(__file__).resolve().parents[2]
+    root = pathlib.Path(__file__).resolve().parents[3]
     names = sorted(p.name for p in (root / "configs").glob("*.yaml"))
     assert {"phi1_pretrain.yaml", "phi1_finetune.yaml", "phi1_small_pretrain.yaml", "phi_tiny_cpu.yaml"} <= set(names)
     for name in names:
