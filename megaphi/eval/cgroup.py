@@ -257,6 +257,34 @@ def cgroup_tree() -> CgroupTree:
     return _tree
 
 
+def memory_room() -> tuple[int, str]:
+    """The memory this process's sandboxes can still use, in bytes, and where that bound comes from: the
+    tightest of every memory group from this process's own up to the root (limit less what is in use,
+    inactive file pages not counted: the kernel reclaims them before it kills) and the host's
+    MemAvailable. Sandbox groups sit below this process's own, so each of those limits bounds them all."""
+    meminfo = dict(line.split(":", 1) for line in _read("/proc/meminfo").splitlines())
+    room, source = int(meminfo["MemAvailable"].split()[0]) << 10, "the host's MemAvailable"
+    if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):
+        base, path = CGROUP_ROOT, _own_paths().get("", "/")
+        limit_file, usage_file, inactive_key = "memory.max", "memory.current", "inactive_file"
+    else:
+        base, path = _v1_mounts().get("memory", ""), _own_paths().get("memory", "/")
+        limit_file, usage_file, inactive_key = "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"
+    directory = os.path.normpath(os.path.join(base, path.lstrip("/"))) if base else ""
+    while directory:
+        try:
+            limit = _read(os.path.join(directory, limit_file)).strip()
+            if limit != "max":  # v2 says "max" for no limit; v1 a number larger than MemAvailable
+                stat = dict(line.split() for line in _read(os.path.join(directory, "memory.stat")).splitlines())
+                left = int(limit) - int(_read(os.path.join(directory, usage_file))) + int(stat.get(inactive_key, 0))
+                if left < room:
+                    room, source = left, f"the memory cgroup {directory} (limit {int(limit) >> 20} MiB)"
+        except FileNotFoundError:  # the v2 root group has no limit
+            pass
+        directory = "" if directory == base else os.path.dirname(directory)
+    return max(room, 0), source
+
+
 def protect_from_oom_killer() -> int:
     """Make this process the OOM killer's last choice (-1000, or as low as this user may set); returns
     the value now in effect. Sandboxes raise theirs to 1000, so a memory squeeze takes them first."""

@@ -45,7 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from megaphi.eval.cgroup import CgroupLimits, CgroupTree, CgroupUnavailable, cgroup_tree, protect_from_oom_killer
+from megaphi.eval.cgroup import (CgroupLimits, CgroupTree, CgroupUnavailable, cgroup_tree, memory_room,
+                                 protect_from_oom_killer)
 from megaphi.eval.seccomp import SeccompUnavailable, filter_program
 
 from megaphi.common.errors import UserError
@@ -588,7 +589,27 @@ def check_sandbox(python: str | None = None) -> None:
                                  "model-written code without isolation")
 
 
-def _prepare(python: str | None, unsafe_no_sandbox: bool, workers: int | None) -> tuple[str, CgroupTree | None, int]:
+def _workers_that_fit_in_memory(workers: int, memory_mb: int, sandboxes_per_job: int) -> int:
+    """At most ``workers``, and no more jobs at once than the memory left to the scorer (its cgroups',
+    the host's) holds at every sandbox's limit: otherwise sandboxes under their own limits can fill it
+    together, and the OOM killer takes one of an honest job's processes, reported as over its limit.
+    (A worker's next sandboxes, started ahead, sit idle in the runner until their job comes.)"""
+    room, source = memory_room()
+    per_job = sandboxes_per_job * memory_mb << 20
+    fit = room // per_job
+    if fit < 1:
+        raise SandboxUnavailable(f"one job needs {sandboxes_per_job} sandbox(es) x {memory_mb} MiB = "
+                                 f"{per_job >> 20} MiB, but {source} leaves the scorer {room >> 20} MiB: lower "
+                                 "--sandbox-memory-mb or give the scorer more memory")
+    if fit < workers:
+        print(f"megaphi: running {fit} job(s) at once instead of the {workers} requested: {source} leaves the "
+              f"scorer {room >> 20} MiB, and each job may use {sandboxes_per_job} x {memory_mb} MiB",
+              file=sys.stderr, flush=True)
+    return min(workers, fit)
+
+
+def _prepare(python: str | None, unsafe_no_sandbox: bool, workers: int | None, limits: SandboxLimits,
+             sandboxes_per_job: int) -> tuple[str, CgroupTree | None, int]:
     """The interpreter, the cgroup tree (None when unsafe) and the worker count, or why not."""
     python = python or default_python()
     if unsafe_no_sandbox:
@@ -603,6 +624,8 @@ def _prepare(python: str | None, unsafe_no_sandbox: bool, workers: int | None) -
     workers = 2 * (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
+    if tree is not None:  # unsandboxed, no cgroup bounds a job's memory to admit against
+        workers = _workers_that_fit_in_memory(workers, limits.memory_mb, sandboxes_per_job)
     return python, tree, workers
 
 
@@ -619,7 +642,7 @@ def run_programs(programs: Sequence[str], *, timeout_s: float = 10.0, memory_mb:
     """
     limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,
                            output_limit_bytes=output_limit_bytes)
-    python, tree, workers = _prepare(python, unsafe_no_sandbox, workers)
+    python, tree, workers = _prepare(python, unsafe_no_sandbox, workers, limits, 1)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
         return list(pool.map(lambda program: _run_one(program, limits, python, tree), programs))
 
@@ -632,10 +655,12 @@ def judge_programs(jobs: Sequence[JudgedProgram], *, timeout_s: float = 10.0, me
     A job passes only when its tests run to their end in the test sandbox, which writes the verdict;
     the candidate's sandbox only answers calls with plain data. Limits apply to each sandbox;
     ``timeout_s`` is the CPU time of the whole job (both sandboxes, every process), which may take
-    three times as long in wall-clock time. Raises SandboxUnavailable when the sandbox cannot run or
-    enforce its limits, unless ``unsafe_no_sandbox`` (where ``timeout_s`` is wall-clock time).
+    three times as long in wall-clock time. Fewer jobs run at once where the scorer's memory does not
+    hold ``workers`` of them at their limits. Raises SandboxUnavailable when the sandbox cannot run or
+    enforce its limits, or not even one job fits, unless ``unsafe_no_sandbox`` (where ``timeout_s`` is
+    wall-clock time).
     """
     limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,
                            output_limit_bytes=output_limit_bytes)
-    python, tree, workers = _prepare(python, unsafe_no_sandbox, workers)
+    python, tree, workers = _prepare(python, unsafe_no_sandbox, workers, limits, 2)
     return _judge_all(jobs, limits, python, tree, workers)

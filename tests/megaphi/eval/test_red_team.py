@@ -383,36 +383,37 @@ def test_a_per_user_kernel_count_one_sample_exhausts_stays_available_to_another(
     assert _lines(victim, "inotify failures") == [["inotify", "failures", "0"]], victim.output
 
 
-# Many small processes that stay under their own sandbox's limit, while an honest sample beside them
-# holds one larger buffer; together they pass the memory left to the scorer's own group. The OOM
-# killer picks the largest process among equal oom_score_adj values: the honest one.
+# A sample whose candidate and tests both hold many small buffers, each sandbox under its own limit,
+# while an honest sample beside them holds one larger buffer under its own. Two such samples at once
+# would pass the memory of the scorer's own group, and the OOM killer, picking the largest process
+# among equal oom_score_adj values, would take the honest one: the scorer must run only as many
+# samples at once as that group holds at every sandbox's limit.
 _MANY_SMALL = """
 import os, time
-for _ in range(11):
+for _ in range(6):
     if os.fork() == 0:
-        hold = b"x" * (20 << 20)
-        time.sleep(10)
+        hold = b"x" * (16 << 20)
+        time.sleep(8)
         os._exit(0)
-hold = b"x" * (20 << 20)
-time.sleep(10)
+hold = b"x" * (16 << 20)
 """
-_ONE_LARGER = "import time\ntime.sleep(2)\nhold = b'x' * (120 << 20)\ntime.sleep(1)\n"
+_HOLDING = "import time\ntime.sleep(4)\n"  # the tests keep theirs while the candidate's are held too
+_ONE_LARGER = "import time\ntime.sleep(2)\nhold = b'x' * (104 << 20)\ntime.sleep(1)\n"
 _SCORER = """
 import json, sys
 from megaphi.eval.sandbox import JudgedProgram, judge_programs
-jobs = [JudgedProgram(candidate=c + "\\ndef answer():\\n    return 42\\n", prompt="", tests="assert answer() == 42\\n",
-                      entry_points=("answer",)) for c in json.loads(sys.argv[1])]
-print(json.dumps([r.status for r in judge_programs(jobs, timeout_s=8.0, memory_mb=256, workers=2)]))
+jobs = [JudgedProgram(candidate=c + "\\ndef answer():\\n    return 42\\n", prompt="", tests=t + "\\nassert answer() == 42\\n",
+                      entry_points=("answer",)) for c, t in json.loads(sys.argv[1])]
+print(json.dumps([r.status for r in judge_programs(jobs, timeout_s=8.0, memory_mb=128, workers=2)]))
 """
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox limits are not admitted against what the scorer's own group (or "
-                   "the host) can hold: when their sum is more, one sample's small processes make the OOM killer "
-                   "take an honest neighbour's larger one, reported as 'killed for memory' under its own limit")
-def test_an_honest_sample_keeps_its_verdict_when_its_neighbour_fills_the_scorer_s_group(tmp_path):
+def _score_in_a_memory_group(limit_mb: int, samples: list[tuple[str, str]]):
+    """Run a scorer judging ``samples`` (candidate, tests) inside a cgroup v1 memory group of ``limit_mb`` MiB."""
     import json
     import subprocess
     import sys
+    import time
 
     from megaphi.eval import cgroup
 
@@ -423,10 +424,10 @@ def test_an_honest_sample_keeps_its_verdict_when_its_neighbour_fills_the_scorer_
     os.mkdir(group)
     try:
         with open(os.path.join(group, "memory.limit_in_bytes"), "w") as f:
-            f.write(str(320 << 20))
+            f.write(str(limit_mb << 20))
         command = f'echo $$ > {group}/cgroup.procs && exec "$@"'
-        done = subprocess.run(["/bin/sh", "-c", command, "sh", sys.executable, "-c", _SCORER,
-                               json.dumps([_MANY_SMALL, _ONE_LARGER])],
+        return subprocess.run(["/bin/sh", "-c", command, "sh", sys.executable, "-c", _SCORER,
+                               json.dumps(samples)],
                               check=False, capture_output=True, text=True, timeout=120, cwd=os.getcwd())
     finally:
         for _ in range(50):  # the scorer has left; its emptied group goes
@@ -434,7 +435,22 @@ def test_an_honest_sample_keeps_its_verdict_when_its_neighbour_fills_the_scorer_
                 os.rmdir(group)
                 break
             except OSError:
-                import time
                 time.sleep(0.1)
+
+
+def test_an_honest_sample_keeps_its_verdict_when_its_neighbour_fills_the_scorer_s_group():
+    import json
+
+    # 320 MiB holds one sample's two 128 MiB sandboxes beside the scorer, not two samples'.
+    done = _score_in_a_memory_group(320, [(_MANY_SMALL, _MANY_SMALL + _HOLDING), (_ONE_LARGER, "")])
     statuses = json.loads(done.stdout.strip().splitlines()[-1])
-    assert statuses[1] == "passed", (statuses, done.stderr[-2000:])
+    assert statuses == ["passed", "passed"], (statuses, done.stderr[-2000:])
+    assert "running 1 job(s) at once instead of the 2 requested" in done.stderr, done.stderr[-2000:]
+
+
+def test_the_scorer_refuses_to_judge_when_not_even_one_sample_fits_its_memory():
+    done = _score_in_a_memory_group(200, [(_ONE_LARGER, "")])
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "SandboxUnavailable" in last and "2 sandbox(es) x 128 MiB = 256 MiB" in last, done.stderr[-2000:]
+    assert "lower --sandbox-memory-mb or give the scorer more memory" in last, last
