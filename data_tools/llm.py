@@ -476,8 +476,12 @@ class _Runner:
 
     def tick(self) -> None:
         self.bar.update(1)
-        self.bar.set_postfix(ok=self.stats.succeeded, failed=self.stats.failed,
-                             tokens=self.stats.prompt_tokens + self.stats.completion_tokens, refresh=False)
+        self.bar.set_postfix(
+            ok=self.stats.succeeded,
+            failed=self.stats.failed,
+            tokens=self.stats.prompt_tokens + self.stats.completion_tokens,
+            refresh=False,
+        )
 
 
 async def arun_requests(

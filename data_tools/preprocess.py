@@ -20,6 +20,7 @@ main process only appends them to the ``.bin`` in input order. At most a few chu
 so memory stays bounded on inputs larger than RAM. Records with an empty text are skipped (and
 counted), as Megatron-LM does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,11 +37,26 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from megaphi.progress import progress as progress_display
 
-from data_tools.jsonl import (ON_ERROR_CHOICES, MalformedRecordError, OnError, ReadStats, expand_inputs, is_parquet,
-                              iter_line_chunks, parse_line)
+from data_tools.jsonl import (
+    ON_ERROR_CHOICES,
+    MalformedRecordError,
+    OnError,
+    ReadStats,
+    expand_inputs,
+    is_parquet,
+    iter_line_chunks,
+    parse_line,
+)
 from data_tools.tokenizer import Tokenizer, load_tokenizer
-from megaphi.data.indexed import (IndexedDataset, IndexedDatasetError, IndexedDatasetWriter, best_dtype, merge_datasets,
-                                  stats_path, write_token_stats)
+from megaphi.data.indexed import (
+    IndexedDataset,
+    IndexedDatasetError,
+    IndexedDatasetWriter,
+    best_dtype,
+    merge_datasets,
+    stats_path,
+    write_token_stats,
+)
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
 
@@ -66,9 +82,11 @@ class PreprocessResult:
         return self.tokens / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
-        return (f"{self.documents} documents, {self.tokens} tokens in {self.seconds:.1f}s "
-                f"({self.tokens_per_s:,.0f} tokens/s); skipped {self.empty} empty and {self.read.skipped} malformed records; "
-                f"wrote {', '.join(p + '.bin/.idx' for p in self.prefixes.values())}")
+        return (
+            f"{self.documents} documents, {self.tokens} tokens in {self.seconds:.1f}s "
+            f"({self.tokens_per_s:,.0f} tokens/s); skipped {self.empty} empty and {self.read.skipped} malformed records; "
+            f"wrote {', '.join(p + '.bin/.idx' for p in self.prefixes.values())}"
+        )
 
 
 def output_prefix_for(output_prefix: str, key: str) -> str:
@@ -77,6 +95,7 @@ def output_prefix_for(output_prefix: str, key: str) -> str:
 
 
 # --- reading: raw chunks, cheap for the main process ----------------------------------------------
+
 
 @dataclass
 class Chunk:
@@ -98,7 +117,9 @@ def iter_chunks(paths: Sequence[Path], json_keys: Sequence[str], chunk_bytes: in
             parquet = pq.ParquetFile(path)
             missing = [k for k in json_keys if k not in parquet.schema_arrow.names]
             if missing:
-                raise MalformedRecordError(f"{path}: no column {missing[0]!r}; columns are {parquet.schema_arrow.names} (choose with --json-keys)")
+                raise MalformedRecordError(
+                    f"{path}: no column {missing[0]!r}; columns are {parquet.schema_arrow.names} (choose with --json-keys)"
+                )
             row = 1
             for batch in parquet.iter_batches(batch_size=2048, columns=list(json_keys)):
                 yield Chunk(str(path), row, batch=batch)
@@ -109,6 +130,7 @@ def iter_chunks(paths: Sequence[Path], json_keys: Sequence[str], chunk_bytes: in
 
 
 # --- encoding: in worker processes -----------------------------------------------------------------
+
 
 @dataclass
 class EncodedChunk:
@@ -172,8 +194,15 @@ def _flatten(ids: list[list[int]], eod_id: int | None) -> tuple[np.ndarray, np.n
     return flat, lengths
 
 
-def encode_chunk(chunk: Chunk, tokenizer: Tokenizer, *, json_keys: Sequence[str], append_eod: bool,
-                 on_error: OnError, dtype: np.dtype) -> EncodedChunk:
+def encode_chunk(
+    chunk: Chunk,
+    tokenizer: Tokenizer,
+    *,
+    json_keys: Sequence[str],
+    append_eod: bool,
+    on_error: OnError,
+    dtype: np.dtype,
+) -> EncodedChunk:
     """Tokenize one chunk: per key, its documents' tokens and lengths, checked against the vocab."""
     read = ReadStats()
     texts = _texts_of_chunk(chunk, json_keys, on_error, read)
@@ -183,8 +212,10 @@ def encode_chunk(chunk: Chunk, tokenizer: Tokenizer, *, json_keys: Sequence[str]
         empty += len(texts[key]) - len(lengths[key])
         if flat.size and (flat.max() >= tokenizer.vocab_size or flat.min() < 0):
             bad = int(flat.max() if flat.max() >= tokenizer.vocab_size else flat.min())
-            raise IndexedDatasetError(f"{chunk.path}: the tokenizer {tokenizer.path} produced token id {bad} outside its "
-                                      f"vocabulary of {tokenizer.vocab_size}; the tokenizer files are inconsistent")
+            raise IndexedDatasetError(
+                f"{chunk.path}: the tokenizer {tokenizer.path} produced token id {bad} outside its "
+                f"vocabulary of {tokenizer.vocab_size}; the tokenizer files are inconsistent"
+            )
         tokens[key] = flat.astype(dtype)
     return EncodedChunk(tokens, lengths, read, empty, chunk.size)
 
@@ -195,9 +226,19 @@ def _encode_in_worker(chunk: Chunk) -> EncodedChunk:
 
 # --- the pipeline ----------------------------------------------------------------------------------
 
-def preprocess(inputs: Sequence[str | os.PathLike], output_prefix: str | os.PathLike, tokenizer: str | os.PathLike, *,
-               json_keys: Sequence[str] = ("text",), append_eod: bool = False, workers: int = 1,
-               chunk_bytes: int = 1 << 20, on_error: OnError = "stop", progress: bool = True) -> PreprocessResult:
+
+def preprocess(
+    inputs: Sequence[str | os.PathLike],
+    output_prefix: str | os.PathLike,
+    tokenizer: str | os.PathLike,
+    *,
+    json_keys: Sequence[str] = ("text",),
+    append_eod: bool = False,
+    workers: int = 1,
+    chunk_bytes: int = 1 << 20,
+    on_error: OnError = "stop",
+    progress: bool = True,
+) -> PreprocessResult:
     """Tokenize every record of ``inputs`` (JSONL, gzipped JSONL, parquet; paths, globs or
     directories) into one indexed dataset per JSON key. ``workers`` > 1 tokenizes in that many
     processes; the output is identical for any worker count."""
@@ -211,7 +252,9 @@ def preprocess(inputs: Sequence[str | os.PathLike], output_prefix: str | os.Path
         raise UserError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
     paths = expand_inputs(inputs)
     tok = load_tokenizer(tokenizer)
-    settings = dict(json_keys=tuple(json_keys), append_eod=append_eod, on_error=on_error, dtype=best_dtype(tok.vocab_size))
+    settings = dict(
+        json_keys=tuple(json_keys), append_eod=append_eod, on_error=on_error, dtype=best_dtype(tok.vocab_size)
+    )
     result = PreprocessResult({k: output_prefix_for(os.fspath(output_prefix), k) for k in json_keys})
     writers = {k: IndexedDatasetWriter(p, settings["dtype"]) for k, p in result.prefixes.items()}
     chunks = iter_chunks(paths, json_keys, chunk_bytes)
@@ -229,8 +272,10 @@ def preprocess(inputs: Sequence[str | os.PathLike], output_prefix: str | os.Path
                 result.read.merge(encoded.read)
                 bar.update(sum(len(t) for t in encoded.tokens.values()))
         if result.documents == 0:
-            raise EmptyCorpusError(f"no text to tokenize in {', '.join(map(str, paths))} ({result.read.records} records, "
-                                   f"{result.empty} empty, {result.read.skipped} malformed); check --input and --json-keys")
+            raise EmptyCorpusError(
+                f"no text to tokenize in {', '.join(map(str, paths))} ({result.read.records} records, "
+                f"{result.empty} empty, {result.read.skipped} malformed); check --input and --json-keys"
+            )
     except BaseException:
         for writer in writers.values():
             writer.close_without_index()
@@ -241,7 +286,9 @@ def preprocess(inputs: Sequence[str | os.PathLike], output_prefix: str | os.Path
     return result
 
 
-def _encode_all(chunks: Iterator[Chunk], tok: Tokenizer, settings: dict[str, Any], workers: int) -> Iterator[EncodedChunk]:
+def _encode_all(
+    chunks: Iterator[Chunk], tok: Tokenizer, settings: dict[str, Any], workers: int
+) -> Iterator[EncodedChunk]:
     """Encoded chunks in input order, from this process or a bounded pipeline of worker processes."""
     if workers == 1:
         for chunk in chunks:
@@ -280,10 +327,15 @@ def merge(inputs: Sequence[str | os.PathLike], output_prefix: str | os.PathLike)
 
 # --- command line ----------------------------------------------------------------------------------
 
+
 def _merge_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.preprocess merge",
-                                     description="Concatenate per-shard .bin/.idx datasets into one, in the order given.")
-    parser.add_argument("--input", nargs="+", required=True, help="dataset prefixes (or their .idx/.bin), or directories of them")
+    parser = argparse.ArgumentParser(
+        prog="python -m data_tools.preprocess merge",
+        description="Concatenate per-shard .bin/.idx datasets into one, in the order given.",
+    )
+    parser.add_argument(
+        "--input", nargs="+", required=True, help="dataset prefixes (or their .idx/.bin), or directories of them"
+    )
     parser.add_argument("--output-prefix", required=True, help="prefix of the merged .bin/.idx")
     args = parser.parse_args(argv)
     merged = merge(args.input, args.output_prefix)
@@ -292,9 +344,11 @@ def _merge_main(argv: Sequence[str]) -> int:
 
 
 def _stats_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.preprocess stats",
-                                     description="Scan datasets made by another tool once and write their token "
-                                                 "statistics (PREFIX.stats.json), which the trainer reads at start.")
+    parser = argparse.ArgumentParser(
+        prog="python -m data_tools.preprocess stats",
+        description="Scan datasets made by another tool once and write their token "
+        "statistics (PREFIX.stats.json), which the trainer reads at start.",
+    )
     parser.add_argument("--input", nargs="+", required=True, help="dataset prefixes (or their .idx/.bin)")
     args = parser.parse_args(argv)
     for item in args.input:
@@ -312,26 +366,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _merge_main(argv[1:])
     if argv[:1] == ["stats"]:
         return _stats_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m data_tools.preprocess", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Subcommands: `python -m data_tools.preprocess merge --help` merges datasets; "
-                                            "`... stats --help` records the token statistics of a dataset made "
-                                            "by another tool.")
-    parser.add_argument("--input", nargs="+", required=True, help="JSONL (.jsonl, .json, .jsonl.gz) or parquet files, globs or directories")
+    parser = argparse.ArgumentParser(
+        prog="python -m data_tools.preprocess",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Subcommands: `python -m data_tools.preprocess merge --help` merges datasets; "
+        "`... stats --help` records the token statistics of a dataset made "
+        "by another tool.",
+    )
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="JSONL (.jsonl, .json, .jsonl.gz) or parquet files, globs or directories",
+    )
     parser.add_argument("--output-prefix", required=True, help="outputs are PREFIX_{key}_document.bin/.idx")
-    parser.add_argument("--tokenizer", "--tokenizer-model", dest="tokenizer", required=True,
-                        help="Hugging Face tokenizer directory or sentencepiece model (see data_tools.tokenizer)")
-    parser.add_argument("--json-keys", nargs="+", default=["text"], help="record fields to tokenize, one dataset each (default: text)")
+    parser.add_argument(
+        "--tokenizer",
+        "--tokenizer-model",
+        dest="tokenizer",
+        required=True,
+        help="Hugging Face tokenizer directory or sentencepiece model (see data_tools.tokenizer)",
+    )
+    parser.add_argument(
+        "--json-keys", nargs="+", default=["text"], help="record fields to tokenize, one dataset each (default: text)"
+    )
     parser.add_argument("--append-eod", action="store_true", help="append the end-of-document token to every document")
     parser.add_argument("--workers", type=int, default=1, help="tokenizing processes (default: 1, in this process)")
-    parser.add_argument("--chunk-bytes", type=int, default=1 << 20, help="input bytes per unit of work (default: 1 MiB)")
-    parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="stop",
-                        help="malformed JSONL lines or missing fields: stop with file:line (default) or skip and count them")
+    parser.add_argument(
+        "--chunk-bytes", type=int, default=1 << 20, help="input bytes per unit of work (default: 1 MiB)"
+    )
+    parser.add_argument(
+        "--on-error",
+        choices=ON_ERROR_CHOICES,
+        default="stop",
+        help="malformed JSONL lines or missing fields: stop with file:line (default) or skip and count them",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    result = preprocess(args.input, args.output_prefix, args.tokenizer, json_keys=args.json_keys,
-                        append_eod=args.append_eod, workers=args.workers, chunk_bytes=args.chunk_bytes,
-                        on_error=args.on_error, progress=not args.no_progress)
+    result = preprocess(
+        args.input,
+        args.output_prefix,
+        args.tokenizer,
+        json_keys=args.json_keys,
+        append_eod=args.append_eod,
+        workers=args.workers,
+        chunk_bytes=args.chunk_bytes,
+        on_error=args.on_error,
+        progress=not args.no_progress,
+    )
     print(result.summary())
     return 0
 

@@ -11,6 +11,7 @@ is the SentencePiece BPE alternative. Both load back through :func:`load_tokeniz
     python -m data_tools.tokenizer train --input data/*.jsonl --kind sentencepiece --out spm/
     python -m data_tools.tokenizer info tok/
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,13 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from megaphi.common.cli import entry_point
-from megaphi.tokenizer import (EOD_TOKEN, SENTENCEPIECE_FILE, SentencePieceTokenizer, Tokenizer,  # noqa: F401
-                               TokenizerError, load_tokenizer)
+from megaphi.tokenizer import (
+    EOD_TOKEN,
+    SENTENCEPIECE_FILE,
+    Tokenizer,  # noqa: F401
+    TokenizerError,
+    load_tokenizer,
+)
 from megaphi.vocab import padded_vocab_size
 
 # codegen-350M-mono's added whitespace tokens: runs of 2-31 spaces and 2-9 tabs
@@ -33,13 +39,19 @@ _SPM_MAX_SENTENCE_BYTES = 1 << 22
 
 # --- training -------------------------------------------------------------------------------------
 
+
 def _check_vocab_size(vocab_size: int, minimum: int) -> None:
     if vocab_size < minimum:
         raise TokenizerError(f"vocab size {vocab_size} is too small; it must be at least {minimum}")
 
 
-def train_bpe(texts: Iterable[str], output_dir: str | os.PathLike, vocab_size: int = 50257,
-              min_frequency: int = 2, show_progress: bool = True) -> Tokenizer:
+def train_bpe(
+    texts: Iterable[str],
+    output_dir: str | os.PathLike,
+    vocab_size: int = 50257,
+    min_frequency: int = 2,
+    show_progress: bool = True,
+) -> Tokenizer:
     """Train a GPT-2 style byte-level BPE like codegen-350M-mono's and save it where
     ``transformers.AutoTokenizer.from_pretrained(output_dir)`` loads it (a GPT2TokenizerFast).
 
@@ -54,14 +66,20 @@ def train_bpe(texts: Iterable[str], output_dir: str | os.PathLike, vocab_size: i
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOD_TOKEN],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
     texts = _non_empty(texts)
     backend.train_from_iterator(texts, trainer)
     # matched before byte-level splitting, longest run first, exactly as codegen's added tokens
     backend.add_tokens([AddedToken(run, normalized=False) for run in WHITESPACE_RUNS])
-    hf = GPT2TokenizerFast(tokenizer_object=backend, eos_token=EOD_TOKEN, bos_token=EOD_TOKEN, unk_token=EOD_TOKEN,
-                           add_prefix_space=False)
+    hf = GPT2TokenizerFast(
+        tokenizer_object=backend, eos_token=EOD_TOKEN, bos_token=EOD_TOKEN, unk_token=EOD_TOKEN, add_prefix_space=False
+    )
     hf.save_pretrained(str(output_dir))
     return load_tokenizer(output_dir)
 
@@ -75,11 +93,27 @@ def train_sentencepiece(texts: Iterable[str], output_dir: str | os.PathLike, voc
     _check_vocab_size(vocab_size, 256 + len(WHITESPACE_RUNS) + 2)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_non_empty(texts), model_writer=model, model_type="bpe", vocab_size=vocab_size,
-        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        add_dummy_prefix=False, split_digits=True, allow_whitespace_only_pieces=True, character_coverage=1.0,
-        unk_id=0, eos_id=1, bos_id=-1, pad_id=-1, eos_piece=EOD_TOKEN, user_defined_symbols=WHITESPACE_RUNS,
-        max_sentence_length=_SPM_MAX_SENTENCE_BYTES, num_threads=os.cpu_count() or 1, minloglevel=2)
+        sentence_iterator=_non_empty(texts),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        character_coverage=1.0,
+        unk_id=0,
+        eos_id=1,
+        bos_id=-1,
+        pad_id=-1,
+        eos_piece=EOD_TOKEN,
+        user_defined_symbols=WHITESPACE_RUNS,
+        max_sentence_length=_SPM_MAX_SENTENCE_BYTES,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
+    )
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / SENTENCEPIECE_FILE).write_bytes(model.getvalue())
     return load_tokenizer(output_dir)
@@ -93,7 +127,9 @@ def _non_empty(texts: Iterable[str]) -> Iterator[str]:
             count += 1
             yield text
     if count == 0:
-        raise TokenizerError("the training corpus is empty; give --input files with text (or none, for the standard library)")
+        raise TokenizerError(
+            "the training corpus is empty; give --input files with text (or none, for the standard library)"
+        )
 
 
 def corpus_texts(inputs: Sequence[str], on_error: str = "stop") -> Iterator[str]:
@@ -105,28 +141,48 @@ def corpus_texts(inputs: Sequence[str], on_error: str = "stop") -> Iterator[str]
 
 def describe(tokenizer: Tokenizer, tensor_parallel_size: int = 1) -> str:
     padded = padded_vocab_size(tokenizer.vocab_size, tensor_parallel_size=tensor_parallel_size)
-    return (f"{tokenizer.path}: vocab size {tokenizer.vocab_size}, end of document id {tokenizer.eod_id}, "
-            f"model vocab padded to {padded} (multiple of {128 * tensor_parallel_size} for tensor parallel {tensor_parallel_size})")
+    return (
+        f"{tokenizer.path}: vocab size {tokenizer.vocab_size}, end of document id {tokenizer.eod_id}, "
+        f"model vocab padded to {padded} (multiple of {128 * tensor_parallel_size} for tensor parallel {tensor_parallel_size})"
+    )
 
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.tokenizer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m data_tools.tokenizer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a tokenizer on JSONL/parquet texts or the standard library")
-    train.add_argument("--input", nargs="*", default=[],
-                       help="corpus inputs as data_tools.corpus reads them: directories, JSONL, parquet (default: the Python standard library)")
+    train.add_argument(
+        "--input",
+        nargs="*",
+        default=[],
+        help="corpus inputs as data_tools.corpus reads them: directories, JSONL, parquet (default: the Python standard library)",
+    )
     train.add_argument("--out", "--output", dest="output", required=True, help="directory to save the tokenizer to")
-    train.add_argument("--kind", choices=("bpe", "sentencepiece"), default="bpe",
-                       help="bpe: byte-level BPE like codegen-350M-mono (default); sentencepiece: SentencePiece BPE")
-    train.add_argument("--vocab-size", type=int, default=None, help="vocabulary size (default: 50257 for bpe, 32000 for sentencepiece)")
+    train.add_argument(
+        "--kind",
+        choices=("bpe", "sentencepiece"),
+        default="bpe",
+        help="bpe: byte-level BPE like codegen-350M-mono (default); sentencepiece: SentencePiece BPE",
+    )
+    train.add_argument(
+        "--vocab-size", type=int, default=None, help="vocabulary size (default: 50257 for bpe, 32000 for sentencepiece)"
+    )
     train.add_argument("--min-frequency", type=int, default=2, help="bpe: minimum pair frequency to merge")
-    train.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="malformed JSONL lines: stop (default) or skip them")
+    train.add_argument(
+        "--on-error",
+        choices=("stop", "skip"),
+        default="stop",
+        help="malformed JSONL lines: stop (default) or skip them",
+    )
     info = sub.add_parser("info", help="print a tokenizer's vocab size, EOD id and padded model vocab")
     info.add_argument("path", help="tokenizer directory or sentencepiece .model")
     for p in (train, info):
-        p.add_argument("--tensor-parallel-size", type=int, default=1, help="pad the reported model vocab for this TP size")
+        p.add_argument(
+            "--tensor-parallel-size", type=int, default=1, help="pad the reported model vocab for this TP size"
+        )
     args = parser.parse_args(argv)
     if args.tensor_parallel_size < 1:
         raise TokenizerError(f"--tensor-parallel-size must be at least 1, got {args.tensor_parallel_size}")

@@ -11,6 +11,7 @@ its outputs are the inputs of the stages after it, they run again too.
 Inputs are fingerprinted by content (sha256) up to ``HASH_LIMIT`` bytes a file and by size and
 modification time above it, so that a touched but unchanged small file costs nothing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -146,14 +147,19 @@ class Pipeline:
         manifest = self.read_manifest(stage)
         if keep:
             if manifest is None or fingerprint(stage.outputs, self.work) != manifest["outputs"]:
-                raise SystemExit(f"quickstart: stage {stage.name} has no complete outputs to start after; "
-                                 f"rerun from it (--start-at {stage.name}) or without --start-at")
+                raise SystemExit(
+                    f"quickstart: stage {stage.name} has no complete outputs to start after; "
+                    f"rerun from it (--start-at {stage.name}) or without --start-at"
+                )
             print("skipped: before --start-at, its outputs are taken as they are", flush=True)
             return self._skipped(stage, manifest, "before --start-at", commands, inputs)
         reason = self.decide(stage, key, forced)
         if reason is None:
-            print("skipped: outputs complete, inputs and parameters unchanged "
-                  f"(recorded {manifest['finished_at']}, took {manifest['seconds']:.0f}s)", flush=True)
+            print(
+                "skipped: outputs complete, inputs and parameters unchanged "
+                f"(recorded {manifest['finished_at']}, took {manifest['seconds']:.0f}s)",
+                flush=True,
+            )
             return self._skipped(stage, manifest, "up to date", commands, inputs)
         print(f"running: {reason}", flush=True)
         self.manifest_path(stage).unlink(missing_ok=True)
@@ -172,22 +178,47 @@ class Pipeline:
         seconds = time.monotonic() - start
         counts = stage.counts()
         self.manifests.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(self.manifest_path(stage), {
-            "version": MANIFEST_VERSION, "name": stage.name, "key": key, "commands": commands,
-            "inputs": [_name(p, self.work) for p in inputs], "outputs": fingerprint(stage.outputs, self.work),
-            "seconds": round(seconds, 1), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "counts": counts, "said": said})
+        write_json_atomically(
+            self.manifest_path(stage),
+            {
+                "version": MANIFEST_VERSION,
+                "name": stage.name,
+                "key": key,
+                "commands": commands,
+                "inputs": [_name(p, self.work) for p in inputs],
+                "outputs": fingerprint(stage.outputs, self.work),
+                "seconds": round(seconds, 1),
+                "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "counts": counts,
+                "said": said,
+            },
+        )
         return Outcome(stage, "ran", reason, seconds, commands, [_name(p, self.work) for p in inputs], counts, said)
 
     def _skipped(self, stage: Stage, manifest: dict, reason: str, commands, inputs) -> Outcome:
-        return Outcome(stage, "skipped", reason, manifest["seconds"], commands, [_name(p, self.work) for p in inputs],
-                       manifest.get("counts", {}), manifest.get("said", []))
+        return Outcome(
+            stage,
+            "skipped",
+            reason,
+            manifest["seconds"],
+            commands,
+            [_name(p, self.work) for p in inputs],
+            manifest.get("counts", {}),
+            manifest.get("said", []),
+        )
 
     def _run_command(self, stage: Stage, command: list[str]) -> str:
         """Run one command, its output shown as it comes; returns its last line of output."""
         print("$ " + " ".join(shlex.quote(a) for a in command), flush=True)
-        proc = subprocess.Popen(command, cwd=self.root, env={**os.environ, **self.env}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        proc = subprocess.Popen(
+            command,
+            cwd=self.root,
+            env={**os.environ, **self.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
         last = ""
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -196,6 +227,8 @@ class Pipeline:
             if line.strip() and not line.startswith("["):  # progress lines are not what a stage says
                 last = line.strip()
         if proc.wait() != 0:
-            raise SystemExit(f"quickstart: stage {stage.name} failed (exit {proc.returncode}): "
-                             f"{' '.join(shlex.quote(a) for a in command)}")
+            raise SystemExit(
+                f"quickstart: stage {stage.name} failed (exit {proc.returncode}): "
+                f"{' '.join(shlex.quote(a) for a in command)}"
+            )
         return last

@@ -22,6 +22,7 @@ So the finetuning set is the small hand-written exercise set of launch/quickstar
 format) plus whatever synthetic exercise passed, and the model is evaluated on HumanEval and on those
 exercises themselves: a toy model can learn them by heart, not solve anything new.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,10 @@ def wait_for_server(url: str, proc: subprocess.Popen, timeout_s: float = 180) ->
 @contextlib.contextmanager
 def served(checkpoint: Path, port: int) -> Iterator[None]:
     """megaphi.serve over ``checkpoint`` while the synthesis commands run."""
-    server = subprocess.Popen([PY, "-m", "megaphi.serve", "--model", str(checkpoint), "--port", str(port),
-                               "--served-model-name", "phi-tiny"], cwd=ROOT)
+    server = subprocess.Popen(
+        [PY, "-m", "megaphi.serve", "--model", str(checkpoint), "--port", str(port), "--served-model-name", "phi-tiny"],
+        cwd=ROOT,
+    )
     try:
         wait_for_server(f"http://127.0.0.1:{port}/health", server)
         yield
@@ -124,8 +127,12 @@ def training_counts(run_dir: Path) -> dict[str, Any]:
     steps = [r for r in rows if "loss" in r and "step" in r]
     if not steps:
         return {}
-    return {"steps": steps[-1]["step"], "first loss": round(steps[0]["loss"], 3), "last loss": round(steps[-1]["loss"], 3),
-            "samples": steps[-1].get("consumed_samples")}
+    return {
+        "steps": steps[-1]["step"],
+        "first loss": round(steps[0]["loss"], 3),
+        "last loss": round(steps[-1]["loss"], 3),
+        "samples": steps[-1].get("consumed_samples"),
+    }
 
 
 def diversity_counts(path: Path) -> dict[str, Any]:
@@ -134,8 +141,11 @@ def diversity_counts(path: Path) -> dict[str, Any]:
     if not report:
         return {}
     duplicates, embedding = report["near_duplicates"], report.get("embedding") or {}
-    return {"synthetic records": report["records"], "near-duplicate rate": f"{duplicates['rate']:.1%}",
-            "embedding clusters": embedding.get("clusters")}
+    return {
+        "synthetic records": report["records"],
+        "near-duplicate rate": f"{duplicates['rate']:.1%}",
+        "embedding clusters": embedding.get("clusters"),
+    }
 
 
 def render_exercises(source: Path, out: Path) -> None:
@@ -157,8 +167,17 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
     data = work / "data"
     tokenizer = work / "tokenizer"
     pretrain, finetune, hf_dir, evals = work / "pretrain", work / "finetune", work / "hf", work / "eval"
-    train = [PY, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", "megaphi.train",
-             "--config", "configs/phi_tiny_cpu.yaml"]
+    train = [
+        PY,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+        "-m",
+        "megaphi.train",
+        "--config",
+        "configs/phi_tiny_cpu.yaml",
+    ]
     recipe = [ROOT / "configs" / "phi_tiny_cpu.yaml", ROOT / "ds_configs" / "cpu.json"]
 
     def vocab() -> int:
@@ -173,124 +192,429 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
 
     def synth_commands() -> list[list[str]]:
         _, endpoint = port_endpoint()
-        return [[PY, "-m", "data_tools.synth", kind, "--count", str(args.synth_count), "--out", str(data / f"{kind}.jsonl"),
-                 "--max-tokens", "96", "--api", "completion", "--keep-truncated", "--no-progress", *endpoint]
-                for kind in ("textbooks", "exercises")]
+        return [
+            [
+                PY,
+                "-m",
+                "data_tools.synth",
+                kind,
+                "--count",
+                str(args.synth_count),
+                "--out",
+                str(data / f"{kind}.jsonl"),
+                "--max-tokens",
+                "96",
+                "--api",
+                "completion",
+                "--keep-truncated",
+                "--no-progress",
+                *endpoint,
+            ]
+            for kind in ("textbooks", "exercises")
+        ]
 
     quality = data / "filtered.quality.json"
     return [
-        Stage("corpus", "gather code: the standard library of this Python into JSONL shards",
-              # A slice of the library keeps the toy run to minutes: no tests, files of 400 B to 20 kB.
-              lambda: [[PY, "-m", "data_tools.corpus", "--output-prefix", str(data / "corpus"), "--include",
-                        args.corpus_include, "--exclude", "*/test/*", "*/tests/*", "*/idle_test/*", "*/site-packages/*",
-                        "*/__pycache__/*", "--min-bytes", "400", "--max-bytes", "20000", "--no-progress"]],
-              lambda: [], [data / "corpus-00000.jsonl"],
-              lambda: {"documents kept": jsonl_lines(*shards(data, "corpus"))}),
-        Stage("quality", "educational-value filter: heuristic annotator (offline), embeddings + random forest, filter",
-              lambda: [[PY, "-m", "data_tools.quality", "annotate", "--input", *map(str, shards(data, "corpus")),
-                        "--annotator", "heuristic", "--out", str(data / "annotations.jsonl"), "--no-progress"],
-                       [PY, "-m", "data_tools.quality", "train", "--input", *map(str, shards(data, "corpus")),
-                        "--annotations", str(data / "annotations.jsonl"), "--out", str(work / "quality_classifier")],
-                       [PY, "-m", "data_tools.quality", "filter", "--input", *map(str, shards(data, "corpus")),
-                        "--classifier", str(work / "quality_classifier"), "--output-prefix", str(data / "filtered")]],
-              lambda: shards(data, "corpus"),
-              [data / "annotations.jsonl", work / "quality_classifier", data / "filtered-00000.jsonl", quality,
-               data / "filtered.quality.png"],
-              lambda: {"documents scored": read_json(quality).get("documents"), "kept": read_json(quality).get("kept"),
-                       f"removed (quality score below {read_json(quality).get('threshold')})": read_json(quality).get("removed")}),
-        Stage("dedup", "deduplicate: exact and MinHash near duplicates",
-              lambda: [[PY, "-m", "data_tools.dedup", "--input", *map(str, shards(data, "filtered")),
-                        "--output-prefix", str(data / "dedup")]],
-              lambda: shards(data, "filtered"),
-              [data / "dedup-00000.jsonl", data / "dedup.removed.jsonl", data / "dedup.dedup.json"],
-              lambda: {k: read_json(data / "dedup.dedup.json").get(k) for k in
-                       ("documents", "kept", "exact_duplicates", "near_duplicates")}),
-        Stage("decontaminate", "decontaminate the code against HumanEval (13-gram overlap, embedding + AST similarity)",
-              lambda: [[PY, "-m", "data_tools.decontaminate", "--input", *map(str, shards(data, "dedup")),
-                        "--output-prefix", str(data / "clean"), "--benchmarks", "humaneval"]],
-              lambda: shards(data, "dedup"),
-              [data / "clean-00000.jsonl", data / "clean.removed.jsonl", data / "clean.decontamination.json"],
-              lambda: {k: read_json(data / "clean.decontamination.json").get(k) for k in
-                       ("documents", "kept", "removed_ngram", "removed_ast")}),
-        Stage("tokenizer", "train a byte-level BPE tokenizer like codegen-350M-mono's (toy vocabulary)",
-              lambda: [[PY, "-m", "data_tools.tokenizer", "train", "--input", *map(str, shards(data, "clean")),
-                        "--output", str(tokenizer), "--vocab-size", str(args.vocab_size)]],
-              lambda: shards(data, "clean"), [tokenizer],
-              lambda: {"vocab size (with added tokens)": vocab()}),
-        Stage("tokenize", "tokenize into Megatron-compatible .bin/.idx",
-              lambda: [[PY, "-m", "data_tools.preprocess", "--input", *map(str, shards(data, "clean")), "--output-prefix",
-                        str(data / "code"), "--tokenizer", str(tokenizer), "--append-eod", "--workers", "2",
-                        "--no-progress"]],
-              lambda: [*shards(data, "clean"), tokenizer],
-              [data / "code_text_document.bin", data / "code_text_document.idx"],
-              lambda: token_counts(data / "code_text_document")),
-        Stage("pretrain", f"pretrain phi-tiny: DeepSpeed ZeRO-2, {args.nproc} CPU processes (torchrun)",
-              lambda: [[*train, f"run_dir={pretrain}", f"model.overrides.vocab_size={vocab()}",
-                        f"data.paths=[{data / 'code_text_document'}]", f"data.tokenizer={tokenizer}",
-                        f"train.steps={args.train_steps}", "checkpoint.interval=20", "eval.interval=20",
-                        "logging.interval=10"]],
-              lambda: [data / "code_text_document.bin", data / "code_text_document.idx", tokenizer, *recipe],
-              [pretrain], lambda: training_counts(pretrain)),
-        Stage("synth", "synthesize textbooks and exercises through an OpenAI-compatible server over the toy model",
-              synth_commands, lambda: [latest_checkpoint(pretrain)],
-              [data / f"{kind}{suffix}.jsonl" for kind in ("textbooks", "exercises") for suffix in ("", ".failures")],
-              lambda: {"textbooks": jsonl_lines(data / "textbooks.jsonl"),
-                       "exercises that passed validation": jsonl_lines(data / "exercises.jsonl"),
-                       "failed or rejected requests": jsonl_lines(data / "textbooks.failures.jsonl",
-                                                                  data / "exercises.failures.jsonl")},
-              around=lambda: served(latest_checkpoint(pretrain), port_endpoint()[0]),
-              unkeyed=lambda: [port_endpoint()[1][1]]),  # the server's address changes from run to run
-        Stage("synthetic-data", "tokenize the synthetic textbooks; decontaminate and tokenize the exercises",
-              lambda: [[PY, "-m", "data_tools.preprocess", "--input", str(data / "textbooks.jsonl"), "--output-prefix",
-                        str(data / "synthetic_textbooks"), "--tokenizer", str(tokenizer), "--append-eod", "--no-progress"],
-                       # how diverse the synthetic data is (issue of the paper's scale: see data_tools.synth_report)
-                       [PY, "-m", "data_tools.synth", "report", "--input", str(data / "textbooks.jsonl"),
-                        *([str(data / "exercises.jsonl")] if jsonl_lines(data / "exercises.jsonl") else []),
-                        "--out-dir", str(data / "diversity"), "--no-progress"],
-                       [PY, str(ROOT / "launch" / "quickstart.py"), "--render-exercises", str(EXERCISES),
-                        str(data / "seed_exercises.jsonl")],
-                       [PY, "-m", "data_tools.decontaminate", "--input", str(data / "seed_exercises.jsonl"),
-                        *([str(data / "exercises.jsonl")] if jsonl_lines(data / "exercises.jsonl") else []),
-                        "--output-prefix", str(data / "code_exercises"), "--benchmarks", "humaneval"],
-                       # a glob: these shards are written by the command before, after this list is built
-                       [PY, "-m", "data_tools.preprocess", "--input", str(data / "code_exercises-*.jsonl"),
-                        "--output-prefix", str(data / "code_exercises"), "--tokenizer", str(tokenizer),
-                        "--append-eod", "--no-progress"]],
-              lambda: [data / "textbooks.jsonl", data / "exercises.jsonl", EXERCISES, tokenizer],
-              [data / "synthetic_textbooks_text_document.bin", data / "synthetic_textbooks_text_document.idx",
-               *(data / "diversity" / name for name in ("diversity.json", "diversity.md", "diversity.png")),
-               data / "seed_exercises.jsonl", *(data / f"code_exercises{suffix}" for suffix in
-                                                ("-00000.jsonl", ".removed.jsonl", ".decontamination.json",
-                                                 "_text_document.bin", "_text_document.idx"))],
-              lambda: {"textbook tokens": token_counts(data / "synthetic_textbooks_text_document").get("tokens"),
-                       **diversity_counts(data / "diversity" / "diversity.json"),
-                       "exercises kept": read_json(data / "code_exercises.decontamination.json").get("kept"),
-                       "exercises removed as contaminated": sum(read_json(data / "code_exercises.decontamination.json")
-                                                                .get(k, 0) for k in ("removed_ngram", "removed_ast")),
-                       "exercise tokens": token_counts(data / "code_exercises_text_document").get("tokens")}),
-        Stage("finetune", "finetune from the pretrained checkpoint on the exercises (phi-1's CodeExercises stage)",
-              lambda: [[*train, f"run_dir={finetune}", f"data.paths=[{data / 'code_exercises_text_document'}]",
-                        f"data.tokenizer={tokenizer}", f"checkpoint.init_from={latest_checkpoint(pretrain)}",
-                        # A constant, high rate: the toy model has to learn ten exercises by heart in a minute.
-                        f"train.steps={args.finetune_steps}", "optim.lr=3e-3", "optim.decay=constant",
-                        "optim.warmup_steps=2", "data.split=100,0,0",
-                        "checkpoint.interval=20", "eval.interval=0", "logging.interval=5"]],
-              lambda: [data / "code_exercises_text_document.bin", data / "code_exercises_text_document.idx",
-                       latest_checkpoint(pretrain), tokenizer, *recipe],
-              [finetune], lambda: training_counts(finetune)),
-        Stage("convert", "convert the finetuned checkpoint to a Hugging Face PhiForCausalLM directory",
-              lambda: [[PY, "-m", "megaphi.convert", "to-hf", "--checkpoint", str(finetune / "checkpoints"),
-                        "--out", str(hf_dir)]],
-              lambda: [latest_checkpoint(finetune)], [hf_dir]),
-        Stage("eval", "evaluate: HumanEval and the seed exercises, generated, scored in the bubblewrap sandbox",
-              lambda: [[PY, "-m", "megaphi.eval", "run", "--model", str(hf_dir), "--benchmark", "humaneval",
-                        "--limit", str(args.eval_problems), "--max-new-tokens", "64", "--out-dir", str(evals / "humaneval")],
-                       [PY, "-m", "megaphi.eval", "run", "--model", str(hf_dir), "--benchmark", "mbpp", "--mbpp-path",
-                        str(EXERCISES), "--mbpp-split", "prompt", "--max-new-tokens", "64",
-                        "--out-dir", str(evals / "exercises")]],
-              lambda: [hf_dir, EXERCISES], [evals],
-              lambda: {f"{name} pass@1": read_json(evals / name / "report.json").get("summary", {}).get("pass@1")
-                       for name in ("humaneval", "exercises")}),
+        Stage(
+            "corpus",
+            "gather code: the standard library of this Python into JSONL shards",
+            # A slice of the library keeps the toy run to minutes: no tests, files of 400 B to 20 kB.
+            lambda: [
+                [
+                    PY,
+                    "-m",
+                    "data_tools.corpus",
+                    "--output-prefix",
+                    str(data / "corpus"),
+                    "--include",
+                    args.corpus_include,
+                    "--exclude",
+                    "*/test/*",
+                    "*/tests/*",
+                    "*/idle_test/*",
+                    "*/site-packages/*",
+                    "*/__pycache__/*",
+                    "--min-bytes",
+                    "400",
+                    "--max-bytes",
+                    "20000",
+                    "--no-progress",
+                ]
+            ],
+            lambda: [],
+            [data / "corpus-00000.jsonl"],
+            lambda: {"documents kept": jsonl_lines(*shards(data, "corpus"))},
+        ),
+        Stage(
+            "quality",
+            "educational-value filter: heuristic annotator (offline), embeddings + random forest, filter",
+            lambda: [
+                [
+                    PY,
+                    "-m",
+                    "data_tools.quality",
+                    "annotate",
+                    "--input",
+                    *map(str, shards(data, "corpus")),
+                    "--annotator",
+                    "heuristic",
+                    "--out",
+                    str(data / "annotations.jsonl"),
+                    "--no-progress",
+                ],
+                [
+                    PY,
+                    "-m",
+                    "data_tools.quality",
+                    "train",
+                    "--input",
+                    *map(str, shards(data, "corpus")),
+                    "--annotations",
+                    str(data / "annotations.jsonl"),
+                    "--out",
+                    str(work / "quality_classifier"),
+                ],
+                [
+                    PY,
+                    "-m",
+                    "data_tools.quality",
+                    "filter",
+                    "--input",
+                    *map(str, shards(data, "corpus")),
+                    "--classifier",
+                    str(work / "quality_classifier"),
+                    "--output-prefix",
+                    str(data / "filtered"),
+                ],
+            ],
+            lambda: shards(data, "corpus"),
+            [
+                data / "annotations.jsonl",
+                work / "quality_classifier",
+                data / "filtered-00000.jsonl",
+                quality,
+                data / "filtered.quality.png",
+            ],
+            lambda: {
+                "documents scored": read_json(quality).get("documents"),
+                "kept": read_json(quality).get("kept"),
+                f"removed (quality score below {read_json(quality).get('threshold')})": read_json(quality).get(
+                    "removed"
+                ),
+            },
+        ),
+        Stage(
+            "dedup",
+            "deduplicate: exact and MinHash near duplicates",
+            lambda: [
+                [
+                    PY,
+                    "-m",
+                    "data_tools.dedup",
+                    "--input",
+                    *map(str, shards(data, "filtered")),
+                    "--output-prefix",
+                    str(data / "dedup"),
+                ]
+            ],
+            lambda: shards(data, "filtered"),
+            [data / "dedup-00000.jsonl", data / "dedup.removed.jsonl", data / "dedup.dedup.json"],
+            lambda: {
+                k: read_json(data / "dedup.dedup.json").get(k)
+                for k in ("documents", "kept", "exact_duplicates", "near_duplicates")
+            },
+        ),
+        Stage(
+            "decontaminate",
+            "decontaminate the code against HumanEval (13-gram overlap, embedding + AST similarity)",
+            lambda: [
+                [
+                    PY,
+                    "-m",
+                    "data_tools.decontaminate",
+                    "--input",
+                    *map(str, shards(data, "dedup")),
+                    "--output-prefix",
+                    str(data / "clean"),
+                    "--benchmarks",
+                    "humaneval",
+                ]
+            ],
+            lambda: shards(data, "dedup"),
+            [data / "clean-00000.jsonl", data / "clean.removed.jsonl", data / "clean.decontamination.json"],
+            lambda: {
+                k: read_json(data / "clean.decontamination.json").get(k)
+                for k in ("documents", "kept", "removed_ngram", "removed_ast")
+            },
+        ),
+        Stage(
+            "tokenizer",
+            "train a byte-level BPE tokenizer like codegen-350M-mono's (toy vocabulary)",
+            lambda: [
+                [
+                    PY,
+                    "-m",
+                    "data_tools.tokenizer",
+                    "train",
+                    "--input",
+                    *map(str, shards(data, "clean")),
+                    "--output",
+                    str(tokenizer),
+                    "--vocab-size",
+                    str(args.vocab_size),
+                ]
+            ],
+            lambda: shards(data, "clean"),
+            [tokenizer],
+            lambda: {"vocab size (with added tokens)": vocab()},
+        ),
+        Stage(
+            "tokenize",
+            "tokenize into Megatron-compatible .bin/.idx",
+            lambda: [
+                [
+                    PY,
+                    "-m",
+                    "data_tools.preprocess",
+                    "--input",
+                    *map(str, shards(data, "clean")),
+                    "--output-prefix",
+                    str(data / "code"),
+                    "--tokenizer",
+                    str(tokenizer),
+                    "--append-eod",
+                    "--workers",
+                    "2",
+                    "--no-progress",
+                ]
+            ],
+            lambda: [*shards(data, "clean"), tokenizer],
+            [data / "code_text_document.bin", data / "code_text_document.idx"],
+            lambda: token_counts(data / "code_text_document"),
+        ),
+        Stage(
+            "pretrain",
+            f"pretrain phi-tiny: DeepSpeed ZeRO-2, {args.nproc} CPU processes (torchrun)",
+            lambda: [
+                [
+                    *train,
+                    f"run_dir={pretrain}",
+                    f"model.overrides.vocab_size={vocab()}",
+                    f"data.paths=[{data / 'code_text_document'}]",
+                    f"data.tokenizer={tokenizer}",
+                    f"train.steps={args.train_steps}",
+                    "checkpoint.interval=20",
+                    "eval.interval=20",
+                    "logging.interval=10",
+                ]
+            ],
+            lambda: [data / "code_text_document.bin", data / "code_text_document.idx", tokenizer, *recipe],
+            [pretrain],
+            lambda: training_counts(pretrain),
+        ),
+        Stage(
+            "synth",
+            "synthesize textbooks and exercises through an OpenAI-compatible server over the toy model",
+            synth_commands,
+            lambda: [latest_checkpoint(pretrain)],
+            [data / f"{kind}{suffix}.jsonl" for kind in ("textbooks", "exercises") for suffix in ("", ".failures")],
+            lambda: {
+                "textbooks": jsonl_lines(data / "textbooks.jsonl"),
+                "exercises that passed validation": jsonl_lines(data / "exercises.jsonl"),
+                "failed or rejected requests": jsonl_lines(
+                    data / "textbooks.failures.jsonl", data / "exercises.failures.jsonl"
+                ),
+            },
+            around=lambda: served(latest_checkpoint(pretrain), port_endpoint()[0]),
+            unkeyed=lambda: [port_endpoint()[1][1]],
+        ),  # the server's address changes from run to run
+        Stage(
+            "synthetic-data",
+            "tokenize the synthetic textbooks; decontaminate and tokenize the exercises",
+            lambda: [
+                [
+                    PY,
+                    "-m",
+                    "data_tools.preprocess",
+                    "--input",
+                    str(data / "textbooks.jsonl"),
+                    "--output-prefix",
+                    str(data / "synthetic_textbooks"),
+                    "--tokenizer",
+                    str(tokenizer),
+                    "--append-eod",
+                    "--no-progress",
+                ],
+                # how diverse the synthetic data is (issue of the paper's scale: see data_tools.synth_report)
+                [
+                    PY,
+                    "-m",
+                    "data_tools.synth",
+                    "report",
+                    "--input",
+                    str(data / "textbooks.jsonl"),
+                    *([str(data / "exercises.jsonl")] if jsonl_lines(data / "exercises.jsonl") else []),
+                    "--out-dir",
+                    str(data / "diversity"),
+                    "--no-progress",
+                ],
+                [
+                    PY,
+                    str(ROOT / "launch" / "quickstart.py"),
+                    "--render-exercises",
+                    str(EXERCISES),
+                    str(data / "seed_exercises.jsonl"),
+                ],
+                [
+                    PY,
+                    "-m",
+                    "data_tools.decontaminate",
+                    "--input",
+                    str(data / "seed_exercises.jsonl"),
+                    *([str(data / "exercises.jsonl")] if jsonl_lines(data / "exercises.jsonl") else []),
+                    "--output-prefix",
+                    str(data / "code_exercises"),
+                    "--benchmarks",
+                    "humaneval",
+                ],
+                # a glob: these shards are written by the command before, after this list is built
+                [
+                    PY,
+                    "-m",
+                    "data_tools.preprocess",
+                    "--input",
+                    str(data / "code_exercises-*.jsonl"),
+                    "--output-prefix",
+                    str(data / "code_exercises"),
+                    "--tokenizer",
+                    str(tokenizer),
+                    "--append-eod",
+                    "--no-progress",
+                ],
+            ],
+            lambda: [data / "textbooks.jsonl", data / "exercises.jsonl", EXERCISES, tokenizer],
+            [
+                data / "synthetic_textbooks_text_document.bin",
+                data / "synthetic_textbooks_text_document.idx",
+                *(data / "diversity" / name for name in ("diversity.json", "diversity.md", "diversity.png")),
+                data / "seed_exercises.jsonl",
+                *(
+                    data / f"code_exercises{suffix}"
+                    for suffix in (
+                        "-00000.jsonl",
+                        ".removed.jsonl",
+                        ".decontamination.json",
+                        "_text_document.bin",
+                        "_text_document.idx",
+                    )
+                ),
+            ],
+            lambda: {
+                "textbook tokens": token_counts(data / "synthetic_textbooks_text_document").get("tokens"),
+                **diversity_counts(data / "diversity" / "diversity.json"),
+                "exercises kept": read_json(data / "code_exercises.decontamination.json").get("kept"),
+                "exercises removed as contaminated": sum(
+                    read_json(data / "code_exercises.decontamination.json").get(k, 0)
+                    for k in ("removed_ngram", "removed_ast")
+                ),
+                "exercise tokens": token_counts(data / "code_exercises_text_document").get("tokens"),
+            },
+        ),
+        Stage(
+            "finetune",
+            "finetune from the pretrained checkpoint on the exercises (phi-1's CodeExercises stage)",
+            lambda: [
+                [
+                    *train,
+                    f"run_dir={finetune}",
+                    f"data.paths=[{data / 'code_exercises_text_document'}]",
+                    f"data.tokenizer={tokenizer}",
+                    f"checkpoint.init_from={latest_checkpoint(pretrain)}",
+                    # A constant, high rate: the toy model has to learn ten exercises by heart in a minute.
+                    f"train.steps={args.finetune_steps}",
+                    "optim.lr=3e-3",
+                    "optim.decay=constant",
+                    "optim.warmup_steps=2",
+                    "data.split=100,0,0",
+                    "checkpoint.interval=20",
+                    "eval.interval=0",
+                    "logging.interval=5",
+                ]
+            ],
+            lambda: [
+                data / "code_exercises_text_document.bin",
+                data / "code_exercises_text_document.idx",
+                latest_checkpoint(pretrain),
+                tokenizer,
+                *recipe,
+            ],
+            [finetune],
+            lambda: training_counts(finetune),
+        ),
+        Stage(
+            "convert",
+            "convert the finetuned checkpoint to a Hugging Face PhiForCausalLM directory",
+            lambda: [
+                [
+                    PY,
+                    "-m",
+                    "megaphi.convert",
+                    "to-hf",
+                    "--checkpoint",
+                    str(finetune / "checkpoints"),
+                    "--out",
+                    str(hf_dir),
+                ]
+            ],
+            lambda: [latest_checkpoint(finetune)],
+            [hf_dir],
+        ),
+        Stage(
+            "eval",
+            "evaluate: HumanEval and the seed exercises, generated, scored in the bubblewrap sandbox",
+            lambda: [
+                [
+                    PY,
+                    "-m",
+                    "megaphi.eval",
+                    "run",
+                    "--model",
+                    str(hf_dir),
+                    "--benchmark",
+                    "humaneval",
+                    "--limit",
+                    str(args.eval_problems),
+                    "--max-new-tokens",
+                    "64",
+                    "--out-dir",
+                    str(evals / "humaneval"),
+                ],
+                [
+                    PY,
+                    "-m",
+                    "megaphi.eval",
+                    "run",
+                    "--model",
+                    str(hf_dir),
+                    "--benchmark",
+                    "mbpp",
+                    "--mbpp-path",
+                    str(EXERCISES),
+                    "--mbpp-split",
+                    "prompt",
+                    "--max-new-tokens",
+                    "64",
+                    "--out-dir",
+                    str(evals / "exercises"),
+                ],
+            ],
+            lambda: [hf_dir, EXERCISES],
+            [evals],
+            lambda: {
+                f"{name} pass@1": read_json(evals / name / "report.json").get("summary", {}).get("pass@1")
+                for name in ("humaneval", "exercises")
+            },
+        ),
     ]
 
 
@@ -304,30 +628,54 @@ def _cell(value: Any) -> str:
 
 def write_report(work: Path, outcomes: list[Outcome], total_s: float) -> Path:
     evals = {name: read_json(work / "eval" / name / "report.json") for name in ("humaneval", "exercises")}
-    rows = [{"stage": o.stage.name, "title": o.stage.title, "status": o.status, "reason": o.reason,
-             "seconds": round(o.seconds, 1), "inputs": o.inputs,
-             "outputs": [str(p.relative_to(work)) for p in o.stage.outputs], "counts": o.counts,
-             "said": [line for line in o.said if line]} for o in outcomes]
-    images = {"pretraining loss": "pretrain/loss_curve.png", "finetuning loss": "finetune/loss_curve.png",
-              "quality scores": "data/filtered.quality.png",
-              "synthetic data diversity (details: data/diversity/diversity.md)": "data/diversity/diversity.png"}
-    payload = {"work_dir": str(work), "seconds": round(total_s, 1), "stages": rows,
-               "images": {k: v for k, v in images.items() if (work / v).is_file()},
-               "evaluation": {name: report.get("summary") for name, report in evals.items()},
-               "toy_model_note": TOY_NOTE}
+    rows = [
+        {
+            "stage": o.stage.name,
+            "title": o.stage.title,
+            "status": o.status,
+            "reason": o.reason,
+            "seconds": round(o.seconds, 1),
+            "inputs": o.inputs,
+            "outputs": [str(p.relative_to(work)) for p in o.stage.outputs],
+            "counts": o.counts,
+            "said": [line for line in o.said if line],
+        }
+        for o in outcomes
+    ]
+    images = {
+        "pretraining loss": "pretrain/loss_curve.png",
+        "finetuning loss": "finetune/loss_curve.png",
+        "quality scores": "data/filtered.quality.png",
+        "synthetic data diversity (details: data/diversity/diversity.md)": "data/diversity/diversity.png",
+    }
+    payload = {
+        "work_dir": str(work),
+        "seconds": round(total_s, 1),
+        "stages": rows,
+        "images": {k: v for k, v in images.items() if (work / v).is_file()},
+        "evaluation": {name: report.get("summary") for name, report in evals.items()},
+        "toy_model_note": TOY_NOTE,
+    }
     write_json_atomically(work / "report.json", payload)
 
     ran = sum(o.status == "ran" for o in outcomes)
-    lines = ["# Quickstart report", "",
-             f"Work directory `{work}`; this run took {total_s:.0f}s: {ran} stage(s) ran, "
-             f"{len(outcomes) - ran} skipped (outputs complete, inputs and parameters unchanged). "
-             "The same content as JSON: `report.json`.", "",
-             "| # | stage | this run | time (s) | counts | the stage said |", "|---:|---|---|---:|---|---|"]
+    lines = [
+        "# Quickstart report",
+        "",
+        f"Work directory `{work}`; this run took {total_s:.0f}s: {ran} stage(s) ran, "
+        f"{len(outcomes) - ran} skipped (outputs complete, inputs and parameters unchanged). "
+        "The same content as JSON: `report.json`.",
+        "",
+        "| # | stage | this run | time (s) | counts | the stage said |",
+        "|---:|---|---|---:|---|---|",
+    ]
     for number, row in enumerate(rows, 1):
         counts = "; ".join(f"{k}: {v}" for k, v in row["counts"].items() if v is not None)
         status = "ran" if row["status"] == "ran" else "skipped"
-        lines.append(f"| {number} | {row['stage']} | {status} ({_cell(row['reason'])}) | {row['seconds']:.0f} "
-                     f"| {_cell(counts)} | {_cell(' / '.join(row['said']))} |")
+        lines.append(
+            f"| {number} | {row['stage']} | {status} ({_cell(row['reason'])}) | {row['seconds']:.0f} "
+            f"| {_cell(counts)} | {_cell(' / '.join(row['said']))} |"
+        )
     lines += ["", "## Evaluation", ""]
     if not any(report.get("summary") for report in evals.values()):
         lines.append("(the eval stage has not run)")
@@ -336,16 +684,19 @@ def write_report(work: Path, outcomes: list[Outcome], total_s: float) -> Path:
         if not summary:
             continue
         passk = ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary.items() if k.startswith("pass@"))
-        lines.append(f"- **{name}**: {passk} over {summary['problems_scored']} problems "
-                     f"({summary['samples']} samples); outcomes {summary['outcomes']}; per problem: "
-                     f"`eval/{name}/report.md`")
+        lines.append(
+            f"- **{name}**: {passk} over {summary['problems_scored']} problems "
+            f"({summary['samples']} samples); outcomes {summary['outcomes']}; per problem: "
+            f"`eval/{name}/report.md`"
+        )
     lines += ["", TOY_NOTE, ""]
     for title, path in payload["images"].items():
         lines += [f"## {title[0].upper()}{title[1:]}", "", f"![{title}]({path})", ""]
     lines += ["## Where everything is", "", "| stage | inputs | outputs |", "|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['stage']} | {_cell(', '.join(row['inputs']) or '(none)')} "
-                     f"| {_cell(', '.join(row['outputs']))} |")
+        lines.append(
+            f"| {row['stage']} | {_cell(', '.join(row['inputs']) or '(none)')} | {_cell(', '.join(row['outputs']))} |"
+        )
     lines += ["", "Each stage's record (its commands, key, output fingerprints): `stages/<stage>.json`.", ""]
     path = work / "REPORT.md"
     path.write_text("\n".join(lines))
@@ -364,10 +715,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nproc", type=int, default=2, help="training processes (data parallel, CPU)")
     parser.add_argument("--synth-count", type=int, default=6, help="textbooks and exercises each")
     parser.add_argument("--eval-problems", type=int, default=16, help="HumanEval problems generated and scored")
-    parser.add_argument("--corpus-include", default="[a-e]*.py",
-                        help="which standard-library files to gather (a glob on their path)")
-    parser.add_argument("--start-at", default=None, metavar="STAGE",
-                        help="rerun from this stage (name or number) on; the stages before it are taken as they are")
+    parser.add_argument(
+        "--corpus-include", default="[a-e]*.py", help="which standard-library files to gather (a glob on their path)"
+    )
+    parser.add_argument(
+        "--start-at",
+        default=None,
+        metavar="STAGE",
+        help="rerun from this stage (name or number) on; the stages before it are taken as they are",
+    )
     parser.add_argument("--stop-after", default=None, metavar="STAGE", help="stop after this stage (name or number)")
     parser.add_argument("--fresh", action="store_true", help="delete the work directory first and redo every stage")
     parser.add_argument("--render-exercises", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
@@ -382,8 +738,9 @@ def stage_index(stages: list[Stage], value: str | None, flag: str) -> int | None
         return int(value) - 1
     if value in names:
         return names.index(value)
-    raise SystemExit(f"quickstart: {flag} {value!r} is not a stage; give a number 1-{len(stages)} or one of "
-                     f"{', '.join(names)}")
+    raise SystemExit(
+        f"quickstart: {flag} {value!r} is not a stage; give a number 1-{len(stages)} or one of {', '.join(names)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,8 +758,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--fresh: deleting {work}", flush=True)
         shutil.rmtree(work)
     (work / "data").mkdir(parents=True, exist_ok=True)
-    env = {"DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT), "MEGAPHI_PROGRESS_INTERVAL": "10"}
+    env = {
+        "DS_ACCELERATOR": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        "MEGAPHI_PROGRESS_INTERVAL": "10",
+    }
     pipeline = Pipeline(work, ROOT, env)
     outcomes: list[Outcome] = []
     for index, stage in enumerate(stages[: None if stop is None else stop + 1]):
@@ -411,8 +774,10 @@ def main(argv: list[str] | None = None) -> int:
         outcomes.append(pipeline.run(stage, index + 1, forced=forced, keep=start is not None and index < start))
     total = time.monotonic() - pipeline.started
     report = write_report(work, outcomes, total)
-    print(f"\nquickstart finished in {total:.0f}s: "
-          f"{sum(o.status == 'ran' for o in outcomes)} stage(s) ran, {sum(o.status == 'skipped' for o in outcomes)} skipped")
+    print(
+        f"\nquickstart finished in {total:.0f}s: "
+        f"{sum(o.status == 'ran' for o in outcomes)} stage(s) ran, {sum(o.status == 'skipped' for o in outcomes)} skipped"
+    )
     print(f"report: {report}")
     return 0
 

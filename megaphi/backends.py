@@ -10,6 +10,7 @@ seeded row's text does not depend on what else shares its batch.
 run on megaphi's model (its KV cache and tensor parallelism); any other Hugging Face causal-LM
 directory (GPT-2, Llama, Qwen, CodeGen, ...) runs on ``AutoModelForCausalLM.generate``.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,17 +23,34 @@ from megaphi.common.checkpoints import check_model_path
 from megaphi.common.padding import pad_sequences
 from megaphi.convert.hf import PHI_MODEL_TYPES, has_tokenizer
 from megaphi.tokenizer import load_tokenizer
-from megaphi.generate import (check_device, eos_token_id, generate_tokens, is_hf_dir, load_model,
-                              sample_next_token, sequence_generators)
+from megaphi.generate import (
+    check_device,
+    eos_token_id,
+    generate_tokens,
+    is_hf_dir,
+    load_model,
+    sample_next_token,
+    sequence_generators,
+)
 from megaphi.common.errors import UserError
 
 IsDone = Callable[[int, list[int]], bool]
 # OpenAI's parameters are the whole decoding rule: switch off the other logits processors that a
 # model's generation_config.json may turn on (transformers fills unset fields from it).
-NEUTRAL_GENERATION = dict(num_beams=1, typical_p=1.0, min_p=None, repetition_penalty=1.0,
-                          no_repeat_ngram_size=0, min_length=0, min_new_tokens=None, bad_words_ids=None,
-                          suppress_tokens=None, begin_suppress_tokens=None, forced_bos_token_id=None,
-                          forced_eos_token_id=None)
+NEUTRAL_GENERATION = dict(
+    num_beams=1,
+    typical_p=1.0,
+    min_p=None,
+    repetition_penalty=1.0,
+    no_repeat_ngram_size=0,
+    min_length=0,
+    min_new_tokens=None,
+    bad_words_ids=None,
+    suppress_tokens=None,
+    begin_suppress_tokens=None,
+    forced_bos_token_id=None,
+    forced_eos_token_id=None,
+)
 # Config fields that hold a model's context length, in the order transformers' architectures use them.
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_sequence_length")
 
@@ -41,8 +59,16 @@ class Backend(Protocol):
     tokenizer: Any
     context: int  # most positions a prompt and its completion may take together
 
-    def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
-                 seeds: list[int | None] | None, is_done: IsDone | None) -> list[list[int]]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seeds: list[int | None] | None,
+        is_done: IsDone | None,
+    ) -> list[list[int]]:
         """``seeds``: one per row (``megaphi.generate.sequence_seed``), None for a row without a seed."""
 
 
@@ -54,11 +80,27 @@ class MegaphiBackend:
         self.context = serving_context(model.config.max_position_embeddings, context)
         self.eos_id = eos_token_id(tokenizer)
 
-    def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
-                 seeds: list[int | None] | None, is_done: IsDone | None) -> list[list[int]]:
-        return generate_tokens(self.model, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, eos_id=self.eos_id, seeds=seeds, is_done=is_done,
-                               vocab_size=self.tokenizer.vocab_size)
+    def generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seeds: list[int | None] | None,
+        is_done: IsDone | None,
+    ) -> list[list[int]]:
+        return generate_tokens(
+            self.model,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            eos_id=self.eos_id,
+            seeds=seeds,
+            is_done=is_done,
+            vocab_size=self.tokenizer.vocab_size,
+        )
 
 
 class _RowStopper:
@@ -72,7 +114,7 @@ class _RowStopper:
         for row in range(input_ids.shape[0]):
             if row in self.lengths:
                 continue
-            new = input_ids[row, self.prompt_len:].tolist()
+            new = input_ids[row, self.prompt_len :].tolist()
             if new and new[-1] in self.eos_ids:
                 self.lengths[row] = len(new) - 1
             elif self.is_done is not None and self.is_done(row, new):
@@ -88,12 +130,13 @@ class _Sampler:
     embedding's padding past the tokenizer's vocabulary) and leaves only that token possible, so that
     greedy ``generate`` takes it."""
 
-    def __init__(self, temperature: float, top_p: float, generators: list[torch.Generator | None] | None,
-                 vocab_size: int):
+    def __init__(
+        self, temperature: float, top_p: float, generators: list[torch.Generator | None] | None, vocab_size: int
+    ):
         self.temperature, self.top_p, self.generators, self.vocab_size = temperature, top_p, generators, vocab_size
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        chosen = sample_next_token(scores[:, :self.vocab_size], self.temperature, self.top_p, self.generators)
+        chosen = sample_next_token(scores[:, : self.vocab_size], self.temperature, self.top_p, self.generators)
         only = torch.full_like(scores, float("-inf"))
         return only.scatter_(-1, chosen.unsqueeze(-1), 0.0)
 
@@ -113,21 +156,38 @@ class HFBackend:
         self.pad_id = pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
-                 seeds: list[int | None] | None, is_done: IsDone | None) -> list[list[int]]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seeds: list[int | None] | None,
+        is_done: IsDone | None,
+    ) -> list[list[int]]:
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         device = next(self.model.parameters()).device
         input_ids, mask = pad_sequences(prompts, self.pad_id, side="left")
         longest = input_ids.shape[1]
-        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.pad_id,
-                                  eos_token_id=self.eos_ids or None, **NEUTRAL_GENERATION)
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_ids or None,
+            **NEUTRAL_GENERATION,
+        )
         stopper = _RowStopper(longest, set(self.eos_ids), is_done)
         generators = sequence_generators(seeds, device) if seeds is not None and temperature > 0 else None
         processors = LogitsProcessorList([_Sampler(temperature, top_p, generators, self.tokenizer.vocab_size)])
-        output = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                     generation_config=config, logits_processor=processors,
-                                     stopping_criteria=StoppingCriteriaList([stopper]))
+        output = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            generation_config=config,
+            logits_processor=processors,
+            stopping_criteria=StoppingCriteriaList([stopper]),
+        )
         new = output[:, longest:].tolist()
         return [ids[: stopper.lengths.get(row, len(ids))] for row, ids in enumerate(new)]
 
@@ -145,8 +205,10 @@ def serving_context(own: int | None, max_model_len: int | None) -> int:
     """The model's own context length, or the smaller one the user asked for."""
     if max_model_len is None:
         if own is None:
-            raise UserError(f"the model's config states no context length in any of {', '.join(CONTEXT_FIELDS)}: "
-                             f"pass max_model_len (--max-model-len)")
+            raise UserError(
+                f"the model's config states no context length in any of {', '.join(CONTEXT_FIELDS)}: "
+                f"pass max_model_len (--max-model-len)"
+            )
         return own
     if max_model_len < 2:
         raise UserError(f"max_model_len must be at least 2 (a prompt token and a new one), got {max_model_len}")
@@ -166,15 +228,18 @@ def _hf_model_type(path: Path) -> str:
     return model_type
 
 
-def load_hf_backend(path: Path, *, tokenizer: str | Path | None, device: str, dtype: torch.dtype | None,
-                    max_model_len: int | None) -> HFBackend:
+def load_hf_backend(
+    path: Path, *, tokenizer: str | Path | None, device: str, dtype: torch.dtype | None, max_model_len: int | None
+) -> HFBackend:
     from transformers import AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     model_type = _hf_model_type(path)
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise UserError(f"{path} holds a '{model_type}' model, which transformers has no causal-LM class for: "
-                         f"serve a causal language model (e.g. gpt2, llama, qwen2) or a megaphi checkpoint")
+        raise UserError(
+            f"{path} holds a '{model_type}' model, which transformers has no causal-LM class for: "
+            f"serve a causal language model (e.g. gpt2, llama, qwen2) or a megaphi checkpoint"
+        )
     tokenizer = tokenizer if tokenizer is not None else (path if has_tokenizer(path) else None)
     if tokenizer is None:
         raise UserError(f"{path} has no tokenizer: pass --tokenizer <Hugging Face tokenizer directory>")
@@ -185,8 +250,14 @@ def load_hf_backend(path: Path, *, tokenizer: str | Path | None, device: str, dt
     return HFBackend(model, load_tokenizer(tokenizer), max_model_len)
 
 
-def load_backend(path: str | Path, *, tokenizer: str | Path | None = None, device: str = "cpu",
-                 dtype: torch.dtype | None = None, max_model_len: int | None = None) -> Backend:
+def load_backend(
+    path: str | Path,
+    *,
+    tokenizer: str | Path | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    max_model_len: int | None = None,
+) -> Backend:
     """The backend for a megaphi checkpoint, a Hugging Face Phi directory or any HF causal-LM directory.
 
     ``max_model_len`` caps the context (prompt plus completion); it may not exceed the model's own.

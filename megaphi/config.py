@@ -6,6 +6,7 @@ what they configure (the trainer's in ``megaphi.train.config``). Any problem rai
 ``ConfigError`` whose message starts with the dotted name of the offending field, so a typo in a
 100-line recipe points at the line to fix instead of failing deep inside training.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -7,6 +7,7 @@ index), so a seeded sample is the same alone, in any batch size, or next to othe
 ``load_model`` reads a megaphi checkpoint of any tensor parallel size (merging the shards, or
 re-splitting them for the current tensor-parallel group) or a Hugging Face Phi directory.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,13 +38,17 @@ def check_device(device: str | torch.device) -> torch.device:
     except RuntimeError as e:
         raise CheckpointError(f"device {device!r} is not a device name ({e}); use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise CheckpointError(f"device {device} is not available on this machine "
-                              f"({torch.cuda.device_count()} CUDA devices); use --device cpu")
+        raise CheckpointError(
+            f"device {device} is not available on this machine "
+            f"({torch.cuda.device_count()} CUDA devices); use --device cpu"
+        )
     return device
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
     tokenizer: str | Path | None = None,
 ) -> tuple[PhiForCausalLM, Tokenizer]:
     """Load ``(model, tokenizer)`` for inference from a megaphi checkpoint or a Hugging Face Phi directory.
@@ -104,7 +109,9 @@ def sequence_generators(seeds: Sequence[int | None], device: torch.device) -> li
 
 
 def sample_next_token(
-    logits: torch.Tensor, temperature: float, top_p: float,
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
     generators: Sequence[torch.Generator | None] | None = None,
 ) -> torch.Tensor:
     """[batch, vocab] logits -> [batch] token ids: argmax at temperature 0, else nucleus sampling.
@@ -129,9 +136,16 @@ def sample_next_token(
 
 @torch.no_grad()
 def generate_tokens(
-    model: PhiForCausalLM, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
-    top_p: float = 1.0, eos_id: int | None = None, seeds: Sequence[int | None] | None = None,
-    is_done=None, vocab_size: int | None = None,
+    model: PhiForCausalLM,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    eos_id: int | None = None,
+    seeds: Sequence[int | None] | None = None,
+    is_done=None,
+    vocab_size: int | None = None,
 ) -> list[list[int]]:
     """One batch: left-pad the token prompts, decode with the KV cache, return each row's new tokens.
 
@@ -183,9 +197,18 @@ def _check_arguments(prompts, max_new_tokens, temperature, top_p, n, batch_size)
 
 
 def generate(
-    model: PhiForCausalLM, tokenizer: Any, prompts: list[str], *, max_new_tokens: int = 256,
-    temperature: float = 0.0, top_p: float = 1.0, n: int = 1, stop: Sequence[str] | None = None,
-    seed: int | None = None, batch_size: int = 16, show_progress: bool = False,
+    model: PhiForCausalLM,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    n: int = 1,
+    stop: Sequence[str] | None = None,
+    seed: int | None = None,
+    batch_size: int = 16,
+    show_progress: bool = False,
 ) -> list[list[str]]:
     """Complete each prompt ``n`` times; returns ``n`` completions per prompt with stop sequences cut.
 
@@ -201,8 +224,10 @@ def generate(
         if not ids:
             raise UserError(f"prompt {i} is empty: give every prompt at least one token")
         if len(ids) + max_new_tokens > limit:
-            raise UserError(f"prompt {i} has {len(ids)} tokens; with max_new_tokens {max_new_tokens} it exceeds "
-                             f"max_position_embeddings {limit}: shorten the prompt or lower max_new_tokens")
+            raise UserError(
+                f"prompt {i} has {len(ids)} tokens; with max_new_tokens {max_new_tokens} it exceeds "
+                f"max_position_embeddings {limit}: shorten the prompt or lower max_new_tokens"
+            )
     # (prompt index, sample index, ids), longest first so each batch holds prompts of similar length.
     requests = sorted(((i, j, ids) for i, ids in enumerate(encoded) for j in range(n)), key=lambda r: -len(r[2]))
     # Stop sequences are text, and a token can end mid-sequence: check the decoded continuation each step.
@@ -210,11 +235,19 @@ def generate(
     completions: list[list[tuple[int, str]]] = [[] for _ in prompts]
     bar = progress(total=len(requests), desc="generate", unit="samples", disable=not show_progress)
     for start in range(0, len(requests), batch_size):
-        chunk = requests[start:start + batch_size]
+        chunk = requests[start : start + batch_size]
         seeds = None if seed is None else [sequence_seed(seed, j) for _, j, _ in chunk]
-        tokens = generate_tokens(model, [ids for _, _, ids in chunk], max_new_tokens=max_new_tokens,
-                                 temperature=temperature, top_p=top_p, eos_id=eos_token_id(tokenizer),
-                                 seeds=seeds, is_done=is_done, vocab_size=tokenizer.vocab_size)
+        tokens = generate_tokens(
+            model,
+            [ids for _, _, ids in chunk],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            eos_id=eos_token_id(tokenizer),
+            seeds=seeds,
+            is_done=is_done,
+            vocab_size=tokenizer.vocab_size,
+        )
         for (prompt_index, sample_index, _), ids in zip(chunk, tokens):
             completions[prompt_index].append((sample_index, cut_at_stop(tokenizer.decode(ids), stop)[0]))
         bar.update(len(chunk))
@@ -243,9 +276,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stop = (args.stop or []) + (list(HUMANEVAL_STOP) if args.humaneval_stop else [])
     model, tokenizer = load_model(args.model, device=args.device)
-    outputs = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                       temperature=args.temperature, top_p=args.top_p, n=args.n, stop=stop, seed=args.seed,
-                       batch_size=args.batch_size, show_progress=True)
+    outputs = generate(
+        model,
+        tokenizer,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        n=args.n,
+        stop=stop,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        show_progress=True,
+    )
     for prompt, completions in zip(args.prompt, outputs):
         print(json.dumps({"prompt": prompt, "completions": completions}))
     return 0

@@ -11,6 +11,7 @@ terminal, and otherwise writes one line at most every ``MEGAPHI_PROGRESS_INTERVA
 the stages use: iterate over it, ``update(n)``, ``total``, use it as a context manager, ``close()``.
 Torch-free, for the data tools as much as for megaphi.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,16 @@ def _duration(seconds: float) -> str:
 class ProgressLines:
     """A tqdm stand-in for logs: one line per interval and one when it closes, nothing in between."""
 
-    def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
-                 unit: str = "it", interval_s: float = DEFAULT_INTERVAL_S, file: TextIO | None = None):
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        *,
+        total: int | None = None,
+        desc: str = "",
+        unit: str = "it",
+        interval_s: float = DEFAULT_INTERVAL_S,
+        file: TextIO | None = None,
+    ):
         self.iterable, self.desc, self.unit, self.interval_s = iterable, desc, unit.strip(), interval_s
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
@@ -98,8 +107,15 @@ class _Off(ProgressLines):
         pass
 
 
-def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
-             disable: bool = False, unit_scale: bool = False) -> Any:
+def progress(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    disable: bool = False,
+    unit_scale: bool = False,
+) -> Any:
     """A progress display for a loop or a manual ``update(n)`` count: see the module docstring."""
     mode = os.environ.get("MEGAPHI_PROGRESS", "").strip().lower()
     if mode not in ("", "bar", "lines", "off"):

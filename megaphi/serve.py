@@ -70,8 +70,15 @@ FALLBACK_STOP = ["\nUser:", "\nSystem:"]
 class RequestError(Exception):
     """A bad request: becomes an OpenAI-shaped JSON error."""
 
-    def __init__(self, message: str, param: str | None = None, *, status: int = 400,
-                 kind: str = "invalid_request_error", code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        *,
+        status: int = 400,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.message, self.param, self.status, self.kind, self.code = message, param, status, kind, code
 
@@ -197,16 +204,26 @@ class Batcher:
         row_stop = [job.sampling.stop for job, _ in rows]
 
         def is_done(row: int, ids: list[int]) -> bool:
-            return len(ids) >= row_max[row] or (bool(row_stop[row]) and
-                                                cut_at_stop(self.tokenizer.decode(ids), row_stop[row])[1])
+            return len(ids) >= row_max[row] or (
+                bool(row_stop[row]) and cut_at_stop(self.tokenizer.decode(ids), row_stop[row])[1]
+            )
 
         # Choice j of a prompt draws from the stream of (seed, j), as megaphi.generate.generate does.
-        seeds = [None if job.sampling.seed is None else sequence_seed(job.sampling.seed, j)
-                 for job in batch for _ in job.prompts for j in range(job.sampling.n)]
+        seeds = [
+            None if job.sampling.seed is None else sequence_seed(job.sampling.seed, j)
+            for job in batch
+            for _ in job.prompts
+            for j in range(job.sampling.n)
+        ]
         first = batch[0].sampling
-        tokens = self.backend.generate([ids for _, ids in rows], max_new_tokens=max(row_max),
-                                       temperature=first.temperature, top_p=first.top_p,
-                                       seeds=seeds if any(s is not None for s in seeds) else None, is_done=is_done)
+        tokens = self.backend.generate(
+            [ids for _, ids in rows],
+            max_new_tokens=max(row_max),
+            temperature=first.temperature,
+            top_p=first.top_p,
+            seeds=seeds if any(s is not None for s in seeds) else None,
+            is_done=is_done,
+        )
         completions = []
         for row, ids in enumerate(tokens):
             text, stopped = cut_at_stop(self.tokenizer.decode(ids), row_stop[row])
@@ -217,7 +234,7 @@ class Batcher:
         results, at = [], 0
         for job in batch:
             n = job.sampling.n
-            results.append([completions[at + i * n: at + (i + 1) * n] for i in range(len(job.prompts))])
+            results.append([completions[at + i * n : at + (i + 1) * n] for i in range(len(job.prompts))])
             at += job.rows
         return results
 
@@ -252,23 +269,30 @@ def _check_parameters(body: dict, allowed: set[str]) -> None:
             raise RequestError(f"'{name}' = {value!r} is not supported by this server; leave it unset", name)
 
 
-def parse_sampling(body: dict, prompt_tokens: int, context: int, default_max_tokens: int | None,
-                   max_tokens_name: str = "max_tokens") -> Sampling:
+def parse_sampling(
+    body: dict, prompt_tokens: int, context: int, default_max_tokens: int | None, max_tokens_name: str = "max_tokens"
+) -> Sampling:
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     if top_p == 0.0:  # only the most likely token survives the nucleus: greedy
         temperature = 0.0
     room = context - prompt_tokens
     if room < 1:
-        raise RequestError(f"This model's maximum context length is {context} tokens, but the prompt has "
-                           f"{prompt_tokens} tokens. Please shorten the prompt.", "messages" if
-                           max_tokens_name == "max_completion_tokens" else "prompt", code="context_length_exceeded")
+        raise RequestError(
+            f"This model's maximum context length is {context} tokens, but the prompt has "
+            f"{prompt_tokens} tokens. Please shorten the prompt.",
+            "messages" if max_tokens_name == "max_completion_tokens" else "prompt",
+            code="context_length_exceeded",
+        )
     max_tokens = _integer(body, max_tokens_name, default_max_tokens or room, 1, 1 << 30)
     if prompt_tokens + max_tokens > context:
-        raise RequestError(f"This model's maximum context length is {context} tokens. However, you requested "
-                           f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for "
-                           f"the completion). Please reduce the prompt or {max_tokens_name}.", max_tokens_name,
-                           code="context_length_exceeded")
+        raise RequestError(
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for "
+            f"the completion). Please reduce the prompt or {max_tokens_name}.",
+            max_tokens_name,
+            code="context_length_exceeded",
+        )
     stop = body.get("stop")
     if stop is None:
         stop = []
@@ -286,8 +310,15 @@ def parse_sampling(body: dict, prompt_tokens: int, context: int, default_max_tok
 
 
 class Server:
-    def __init__(self, backend: Backend, model_name: str, *, chat_template: str | None = None,
-                 max_batch_rows: int = 16, batch_window_s: float = 0.005):
+    def __init__(
+        self,
+        backend: Backend,
+        model_name: str,
+        *,
+        chat_template: str | None = None,
+        max_batch_rows: int = 16,
+        batch_window_s: float = 0.005,
+    ):
         self.backend, self.tokenizer, self.model_name = backend, backend.tokenizer, model_name
         self.chat_template = chat_template or self.tokenizer.chat_template
         self.context = backend.context
@@ -317,12 +348,14 @@ class Server:
         except RequestError as exc:
             return exc.response()
         except web.HTTPException as exc:  # unknown route, wrong method: still OpenAI-shaped
-            return RequestError(f"{request.method} {request.path}: {exc.reason}", status=exc.status,
-                                code=None).response()
+            return RequestError(
+                f"{request.method} {request.path}: {exc.reason}", status=exc.status, code=None
+            ).response()
         except Exception as exc:  # noqa: BLE001 - the client gets a 500 in the usual shape, we log it
             log.exception("request failed")
-            return RequestError(f"internal error: {type(exc).__name__}: {exc}", status=500,
-                                kind="server_error").response()
+            return RequestError(
+                f"internal error: {type(exc).__name__}: {exc}", status=500, kind="server_error"
+            ).response()
 
     async def _body(self, request: web.Request, allowed: set[str]) -> dict:
         try:
@@ -335,8 +368,12 @@ class Server:
         if not model:
             raise RequestError("you must provide a model parameter", "model")
         if model != self.model_name:
-            raise RequestError(f"The model `{model}` does not exist; this server serves `{self.model_name}`",
-                               "model", status=404, code="model_not_found")
+            raise RequestError(
+                f"The model `{model}` does not exist; this server serves `{self.model_name}`",
+                "model",
+                status=404,
+                code="model_not_found",
+            )
         _check_parameters(body, allowed)
         return body
 
@@ -344,22 +381,35 @@ class Server:
         return web.json_response({"status": "ok"})
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{
-            "id": self.model_name, "object": "model", "created": self.created, "owned_by": "megaphi",
-            "max_model_len": self.context}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": self.model_name,
+                        "object": "model",
+                        "created": self.created,
+                        "owned_by": "megaphi",
+                        "max_model_len": self.context,
+                    }
+                ],
+            }
+        )
 
     async def completions(self, request: web.Request) -> web.Response:
         body = await self._body(request, COMPLETION_PARAMETERS)
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
-            raise RequestError("Missing required parameter: 'prompt' (a non-empty string or list of strings)",
-                               "prompt")
+            raise RequestError("Missing required parameter: 'prompt' (a non-empty string or list of strings)", "prompt")
         encoded = [self.tokenizer.encode(p) for p in prompts]
         sampling = parse_sampling(body, max(len(ids) for ids in encoded), self.context, default_max_tokens=16)
         results = await self.batcher.submit(encoded, sampling)
-        choices = [{"index": i * sampling.n + j, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
-                   for i, per_prompt in enumerate(results) for j, c in enumerate(per_prompt)]
+        choices = [
+            {"index": i * sampling.n + j, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+            for i, per_prompt in enumerate(results)
+            for j, c in enumerate(per_prompt)
+        ]
         return web.json_response(self._envelope("cmpl", "text_completion", choices, encoded, results))
 
     async def chat_completions(self, request: web.Request) -> web.Response:
@@ -370,8 +420,15 @@ class Server:
         sampling = parse_sampling(body, len(encoded[0]), self.context, default_max_tokens=None, max_tokens_name=name)
         sampling.stop = sampling.stop + [s for s in extra_stop if s not in sampling.stop]
         (per_prompt,) = results = await self.batcher.submit(encoded, sampling)
-        choices = [{"index": j, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
-                    "logprobs": None} for j, c in enumerate(per_prompt)]
+        choices = [
+            {
+                "index": j,
+                "message": {"role": "assistant", "content": c.text},
+                "finish_reason": c.finish_reason,
+                "logprobs": None,
+            }
+            for j, c in enumerate(per_prompt)
+        ]
         return web.json_response(self._envelope("chatcmpl", "chat.completion", choices, encoded, results))
 
     def render_chat(self, messages: Any) -> tuple[str, list[str]]:
@@ -380,15 +437,22 @@ class Server:
             raise RequestError("Missing required parameter: 'messages' (a non-empty list)", "messages")
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or m.get("role") not in FALLBACK_ROLES or not isinstance(m.get("content"), str):
-                raise RequestError(f"messages[{i}] must be an object with a 'role' "
-                                   f"({', '.join(FALLBACK_ROLES)}) and a string 'content'", f"messages[{i}]")
+                raise RequestError(
+                    f"messages[{i}] must be an object with a 'role' "
+                    f"({', '.join(FALLBACK_ROLES)}) and a string 'content'",
+                    f"messages[{i}]",
+                )
         if self.chat_template:
             # transformers' own renderer (the sandboxed Jinja environment apply_chat_template uses); the
             # text is then encoded like any prompt, through the one tokenizer.
             from transformers.utils.chat_template_utils import render_jinja_template
 
-            (text,), _ = render_jinja_template(conversations=[messages], chat_template=self.chat_template,
-                                               add_generation_prompt=True, **self.tokenizer.special_tokens)
+            (text,), _ = render_jinja_template(
+                conversations=[messages],
+                chat_template=self.chat_template,
+                add_generation_prompt=True,
+                **self.tokenizer.special_tokens,
+            )
             return text, []
         # Base models (phi-1 among them) have no template: a plain transcript the model can continue.
         turns = "".join(f"{FALLBACK_ROLES[m['role']]}: {m['content']}\n" for m in messages)
@@ -398,42 +462,65 @@ class Server:
         completion_tokens = sum(c.tokens for per_prompt in results for c in per_prompt)
         prompt_tokens = sum(len(ids) for ids in encoded)
         return {
-            "id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()),
-            "model": self.model_name, "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "id": f"{prefix}-{uuid.uuid4().hex}",
+            "object": kind,
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
 
 
-def build_server(model_path: str | Path, *, tokenizer: str | None = None, model_name: str | None = None,
-                 device: str = "cpu", chat_template: str | None = None, max_batch_rows: int = 16,
-                 batch_window_s: float = 0.005, max_model_len: int | None = None) -> Server:
+def build_server(
+    model_path: str | Path,
+    *,
+    tokenizer: str | None = None,
+    model_name: str | None = None,
+    device: str = "cpu",
+    chat_template: str | None = None,
+    max_batch_rows: int = 16,
+    batch_window_s: float = 0.005,
+    max_model_len: int | None = None,
+) -> Server:
     """Loads the model through megaphi.backends.load_backend and wraps it in a Server."""
     if max_batch_rows < 1:
         raise UserError(f"max_batch_rows must be at least 1, got {max_batch_rows}")
     backend = load_backend(model_path, device=device, tokenizer=tokenizer, max_model_len=max_model_len)
     name = model_name or Path(model_path).resolve().name
-    return Server(backend, name, chat_template=chat_template, max_batch_rows=max_batch_rows,
-                  batch_window_s=batch_window_s)
+    return Server(
+        backend, name, chat_template=chat_template, max_batch_rows=max_batch_rows, batch_window_s=batch_window_s
+    )
 
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m megaphi.serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="megaphi checkpoint (tag dir or root) or Hugging Face "
-                        "causal-LM directory (Phi runs on megaphi's model, others on transformers)")
+    parser = argparse.ArgumentParser(
+        prog="python -m megaphi.serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="megaphi checkpoint (tag dir or root) or Hugging Face "
+        "causal-LM directory (Phi runs on megaphi's model, others on transformers)",
+    )
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's)")
     parser.add_argument("--served-model-name", help="the model id clients send (default: the directory name)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--chat-template", help="a Jinja chat template file (default: the tokenizer's, "
-                                                "else a plain 'User: ... Assistant:' transcript)")
+    parser.add_argument(
+        "--chat-template",
+        help="a Jinja chat template file (default: the tokenizer's, else a plain 'User: ... Assistant:' transcript)",
+    )
     parser.add_argument("--max-batch-size", type=int, default=16, help="most sequences decoded together")
     parser.add_argument("--batch-window-ms", type=float, default=5.0, help="wait this long to gather a batch")
-    parser.add_argument("--max-model-len", type=int, help="most tokens of prompt plus completion (default: the "
-                                                           "model's context length)")
+    parser.add_argument(
+        "--max-model-len", type=int, help="most tokens of prompt plus completion (default: the model's context length)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     template = None
@@ -442,9 +529,16 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             raise UserError(f"chat template {path} does not exist")
         template = path.read_text()
-    server = build_server(args.model, tokenizer=args.tokenizer, model_name=args.served_model_name,
-                          device=args.device, chat_template=template, max_batch_rows=args.max_batch_size,
-                          batch_window_s=args.batch_window_ms / 1000, max_model_len=args.max_model_len)
+    server = build_server(
+        args.model,
+        tokenizer=args.tokenizer,
+        model_name=args.served_model_name,
+        device=args.device,
+        chat_template=template,
+        max_batch_rows=args.max_batch_size,
+        batch_window_s=args.batch_window_ms / 1000,
+        max_model_len=args.max_model_len,
+    )
     print(f"serving {server.model_name} on http://{args.host}:{args.port}/v1", flush=True)
     try:
         web.run_app(server.app(), host=args.host, port=args.port, print=None)

@@ -9,6 +9,7 @@ writes the training ids), ``megaphi.generate``, ``megaphi.serve`` and ``megaphi.
 ``eod_id``, ``vocab_size``, and the directory's ``chat_template`` and ``special_tokens`` for serving.
 Training tokenizers lives in ``data_tools.tokenizer``.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,7 +68,9 @@ class SentencePieceTokenizer(Tokenizer):
         self.eod_id = self._backend.eos_id()
         self.special_tokens = {"eos_token": self._backend.id_to_piece(self.eod_id)} if self.eod_id >= 0 else {}
         if self.eod_id < 0:
-            raise TokenizerError(f"sentencepiece model {model_file} has no end-of-sentence piece to end documents; retrain it with eos_id set")
+            raise TokenizerError(
+                f"sentencepiece model {model_file} has no end-of-sentence piece to end documents; retrain it with eos_id set"
+            )
 
     def encode(self, text: str) -> list[int]:
         return self._backend.encode(text)
@@ -111,7 +114,9 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     model (a ``.model`` file or a directory holding ``tokenizer.model``)."""
     path = Path(path)
     if not path.exists():
-        raise TokenizerError(f"tokenizer {path} does not exist; train one with `python -m data_tools.tokenizer train --out {path}`")
+        raise TokenizerError(
+            f"tokenizer {path} does not exist; train one with `python -m data_tools.tokenizer train --out {path}`"
+        )
     if path.is_file() and path.suffix == ".model":
         return SentencePieceTokenizer(str(path))
     if not path.is_dir():
@@ -122,7 +127,9 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         try:
             backend = HFTokenizer.from_file(str(path / "tokenizer.json"))
         except Exception as exc:  # the Rust library raises a bare Exception for a damaged file
-            raise TokenizerError(f"{path / 'tokenizer.json'} cannot be read ({exc}); restore or retrain the tokenizer") from None
+            raise TokenizerError(
+                f"{path / 'tokenizer.json'} cannot be read ({exc}); restore or retrain the tokenizer"
+            ) from None
     elif (path / SENTENCEPIECE_FILE).is_file() and not (path / "tokenizer_config.json").is_file():
         return SentencePieceTokenizer(str(path / SENTENCEPIECE_FILE))
     else:
@@ -142,6 +149,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         raise TokenizerError(f"tokenizer {path} has no end-of-document token {eod!r}; add it as a special token")
     tokenizer = Tokenizer(backend, eod_id, str(path))
     tokenizer.chat_template = _chat_template(path, config)
-    tokenizer.special_tokens = {name: text for name in SPECIAL_TOKEN_NAMES
-                                if (text := _token_text(config.get(name))) is not None}
+    tokenizer.special_tokens = {
+        name: text for name in SPECIAL_TOKEN_NAMES if (text := _token_text(config.get(name))) is not None
+    }
     return tokenizer

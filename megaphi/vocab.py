@@ -1,4 +1,5 @@
 """Vocabulary padding, shared by the model and the torch-free data tools."""
+
 from __future__ import annotations
 
 

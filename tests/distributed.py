@@ -1,4 +1,5 @@
 """Run a test body in several real processes joined by torch.distributed over gloo."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,14 @@ from megaphi.common.net import free_port
 
 
 def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, errors) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+    )
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, *args)

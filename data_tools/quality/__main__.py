@@ -13,6 +13,7 @@ Example, offline on the standard library:
   python -m data_tools.quality train --corpus data/stdlib-*.jsonl --annotations data/ann.jsonl --out runs/quality
   python -m data_tools.quality filter --corpus data/stdlib-*.jsonl --classifier runs/quality --output-prefix data/edu
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,30 +30,46 @@ from megaphi.common.errors import UserError
 
 
 def _add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", "--corpus", dest="corpus", nargs="+", required=True,
-                        help="JSONL shards from data_tools.corpus (paths, globs or directories)")
+    parser.add_argument(
+        "--input",
+        "--corpus",
+        dest="corpus",
+        nargs="+",
+        required=True,
+        help="JSONL shards from data_tools.corpus (paths, globs or directories)",
+    )
     parser.add_argument("--text-key", default="text", help="record field holding the file's text (default: text)")
-    parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="stop",
-                        help="malformed corpus lines: stop (default) or skip")
+    parser.add_argument(
+        "--on-error", choices=ON_ERROR_CHOICES, default="stop", help="malformed corpus lines: stop (default) or skip"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from data_tools.llm import add_client_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m data_tools.quality", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m data_tools.quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     annotate = commands.add_parser("annotate", help="label files with their educational value")
     _add_corpus_arguments(annotate)
     annotate.add_argument("--out", required=True, help="annotation JSONL (failures go to OUT.failures.jsonl)")
-    annotate.add_argument("--annotator", choices=ANNOTATORS, default="llm",
-                          help="llm: ask the endpoint (default); heuristic: offline stand-in heuristic-v1")
+    annotate.add_argument(
+        "--annotator",
+        choices=ANNOTATORS,
+        default="llm",
+        help="llm: ask the endpoint (default); heuristic: offline stand-in heuristic-v1",
+    )
     annotate.add_argument("--prompt", default=str(DEFAULT_PROMPT), help="prompt file with {code} (and {path})")
     annotate.add_argument("--limit", type=int, help="annotate a random sample of this many files (default: all)")
     annotate.add_argument("--seed", type=int, default=0, help="seed of the sample")
-    annotate.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
-                          help=f"characters of each file shown to the LLM (default: {DEFAULT_MAX_CHARS})")
+    annotate.add_argument(
+        "--max-chars",
+        type=int,
+        default=DEFAULT_MAX_CHARS,
+        help=f"characters of each file shown to the LLM (default: {DEFAULT_MAX_CHARS})",
+    )
     annotate.add_argument("--answer-max-tokens", type=int, default=256, help="max tokens of each answer")
     annotate.add_argument("--retry-failed", action="store_true", help="ask again for ids in the failure log")
     annotate.add_argument("--no-progress", action="store_true")
@@ -62,37 +79,55 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus_arguments(train)
     train.add_argument("--annotations", nargs="+", required=True, help="annotation JSONL file(s)")
     train.add_argument("--out", required=True, help="directory for classifier.joblib and classifier.json")
-    train.add_argument("--embedder", default="minilm",
-                       help="'minilm' (default, offline) or a megaphi checkpoint / Hugging Face model directory")
-    train.add_argument("--positive-labels", default="high",
-                       help="labels counted as educational, comma-separated (default: high)")
+    train.add_argument(
+        "--embedder",
+        default="minilm",
+        help="'minilm' (default, offline) or a megaphi checkpoint / Hugging Face model directory",
+    )
+    train.add_argument(
+        "--positive-labels", default="high", help="labels counted as educational, comma-separated (default: high)"
+    )
     train.add_argument("--test-fraction", type=float, default=0.2, help="held-out share (default: 0.2)")
     train.add_argument("--n-estimators", type=int, default=200)
     train.add_argument("--max-depth", type=int)
-    train.add_argument("--threshold", type=float, default=0.5,
-                       help="keep files whose positive-class probability is at least this (default: 0.5)")
+    train.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="keep files whose positive-class probability is at least this (default: 0.5)",
+    )
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--embed-max-chars", type=int, default=DEFAULT_EMBED_MAX_CHARS,
-                       help="cut files to this many characters before embedding; the embedder then reads its own "
-                            "window (MiniLM: first 256 word pieces; a causal LM: first 512 tokens)")
+    train.add_argument(
+        "--embed-max-chars",
+        type=int,
+        default=DEFAULT_EMBED_MAX_CHARS,
+        help="cut files to this many characters before embedding; the embedder then reads its own "
+        "window (MiniLM: first 256 word pieces; a causal LM: first 512 tokens)",
+    )
 
     filt = commands.add_parser("filter", help="score a corpus and keep the educational files")
     _add_corpus_arguments(filt)
     filt.add_argument("--classifier", required=True, help="directory written by `train`")
-    filt.add_argument("--output-prefix", required=True,
-                      help="kept shards PREFIX-NNNNN.jsonl, report PREFIX.quality.json and .png")
+    filt.add_argument(
+        "--output-prefix", required=True, help="kept shards PREFIX-NNNNN.jsonl, report PREFIX.quality.json and .png"
+    )
     filt.add_argument("--threshold", type=float, help="override the classifier's threshold")
-    filt.add_argument("--workers", type=int, default=1,
-                      help="processes scoring corpus files in parallel, one file per task; each loads the "
-                           "embedder once, a few seconds, so use them for corpora of many shards (default: 1)")
+    filt.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes scoring corpus files in parallel, one file per task; each loads the "
+        "embedder once, a few seconds, so use them for corpora of many shards (default: 1)",
+    )
     filt.add_argument("--batch-size", type=int, default=64, help="documents embedded per batch")
     return parser
 
 
 def run(args: argparse.Namespace) -> str:
     if args.command == "annotate":
-        options = AnnotateOptions(limit=args.limit, seed=args.seed, max_chars=args.max_chars,
-                                  text_key=args.text_key, on_error=args.on_error)
+        options = AnnotateOptions(
+            limit=args.limit, seed=args.seed, max_chars=args.max_chars, text_key=args.text_key, on_error=args.on_error
+        )
         if args.annotator == "heuristic":
             from data_tools.quality.annotate import annotate_with_heuristic
 
@@ -101,28 +136,54 @@ def run(args: argparse.Namespace) -> str:
             from data_tools.llm import client_config_from_args
             from data_tools.quality.annotate import annotate_with_llm
 
-            stats = annotate_with_llm(args.corpus, args.out, client_config_from_args(args), prompt_path=args.prompt,
-                                      options=options, retry_failed=args.retry_failed,
-                                      progress=not args.no_progress, max_tokens=args.answer_max_tokens)
+            stats = annotate_with_llm(
+                args.corpus,
+                args.out,
+                client_config_from_args(args),
+                prompt_path=args.prompt,
+                options=options,
+                retry_failed=args.retry_failed,
+                progress=not args.no_progress,
+                max_tokens=args.answer_max_tokens,
+            )
         if stats.failed and not stats.succeeded and not stats.rejected:
-            raise UserError(f"every annotation request failed (reasons in {args.out}'s failure log); check the "
-                            "endpoint, model and key")
-        return (f"{stats.requested} files: {stats.succeeded} annotated, {stats.failed} failed, "
-                f"{stats.already_done} done before, {stats.failed_before} failed before (--retry-failed asks again); "
-                f"annotations in {args.out}")
+            raise UserError(
+                f"every annotation request failed (reasons in {args.out}'s failure log); check the "
+                "endpoint, model and key"
+            )
+        return (
+            f"{stats.requested} files: {stats.succeeded} annotated, {stats.failed} failed, "
+            f"{stats.already_done} done before, {stats.failed_before} failed before (--retry-failed asks again); "
+            f"annotations in {args.out}"
+        )
     if args.command == "train":
         from data_tools.quality.classifier import train_classifier
 
-        options = TrainOptions(embedder=args.embedder, positive_labels=parse_levels(args.positive_labels),
-                               test_fraction=args.test_fraction, n_estimators=args.n_estimators,
-                               max_depth=args.max_depth, threshold=args.threshold, seed=args.seed,
-                               embed_max_chars=args.embed_max_chars, text_key=args.text_key, on_error=args.on_error)
+        options = TrainOptions(
+            embedder=args.embedder,
+            positive_labels=parse_levels(args.positive_labels),
+            test_fraction=args.test_fraction,
+            n_estimators=args.n_estimators,
+            max_depth=args.max_depth,
+            threshold=args.threshold,
+            seed=args.seed,
+            embed_max_chars=args.embed_max_chars,
+            text_key=args.text_key,
+            on_error=args.on_error,
+        )
         return train_classifier(args.corpus, args.annotations, args.out, options).summary()
     from data_tools.quality.filter import filter_corpus
 
-    return filter_corpus(args.corpus, args.classifier, args.output_prefix, threshold=args.threshold,
-                         workers=args.workers, batch_size=args.batch_size, text_key=args.text_key,
-                         on_error=args.on_error).summary()
+    return filter_corpus(
+        args.corpus,
+        args.classifier,
+        args.output_prefix,
+        threshold=args.threshold,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        text_key=args.text_key,
+        on_error=args.on_error,
+    ).summary()
 
 
 @entry_point

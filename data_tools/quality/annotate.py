@@ -9,6 +9,7 @@ The LLM annotator sends the prompt file (``{path}`` and ``{code}`` are filled in
 ``max_chars`` characters) through ``data_tools.llm``; an answer with no readable label is filed in
 the failure log with the raw answer (``"texts"``), never defaulted.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,7 +57,8 @@ def load_prompt_template(path: str | os.PathLike = DEFAULT_PROMPT) -> str:
 def render_prompt(template: str, document: Document, max_chars: int) -> str:
     # str.replace, not str.format: code is full of braces.
     return template.replace("{path}", str(document.record.get("path", document.id))).replace(
-        "{code}", document.text[:max_chars])
+        "{code}", document.text[:max_chars]
+    )
 
 
 def annotation_record(path: str | None, sha1: str, label: Label, annotator: str, raw: str) -> dict[str, Any]:
@@ -66,13 +68,22 @@ def annotation_record(path: str | None, sha1: str, label: Label, annotator: str,
 def _documents(corpus: Sequence[str | os.PathLike], options: AnnotateOptions) -> Iterator[Document]:
     if options.max_chars < 1:
         raise QualityError(f"--max-chars must be at least 1, got {options.max_chars}")
-    return sample_documents(corpus_files(corpus), options.limit, options.seed, text_key=options.text_key,
-                            on_error=options.on_error)
+    return sample_documents(
+        corpus_files(corpus), options.limit, options.seed, text_key=options.text_key, on_error=options.on_error
+    )
 
 
-def annotate_with_llm(corpus: Sequence[str | os.PathLike], out_path: str | os.PathLike, config: ClientConfig, *,
-                      prompt_path: str | os.PathLike = DEFAULT_PROMPT, options: AnnotateOptions = AnnotateOptions(),
-                      retry_failed: bool = False, progress: bool = True, max_tokens: int = 256) -> RunStats:
+def annotate_with_llm(
+    corpus: Sequence[str | os.PathLike],
+    out_path: str | os.PathLike,
+    config: ClientConfig,
+    *,
+    prompt_path: str | os.PathLike = DEFAULT_PROMPT,
+    options: AnnotateOptions = AnnotateOptions(),
+    retry_failed: bool = False,
+    progress: bool = True,
+    max_tokens: int = 256,
+) -> RunStats:
     """Ask the endpoint in ``config`` to label each (sampled) corpus document; see the module doc."""
     from data_tools.llm import LLMRequest, Rejected, run_requests
 
@@ -81,9 +92,13 @@ def annotate_with_llm(corpus: Sequence[str | os.PathLike], out_path: str | os.Pa
 
     def requests() -> Iterator[LLMRequest]:
         for document in _documents(corpus, options):
-            yield LLMRequest(id=document.id, messages=[{"role": "user", "content": render_prompt(
-                template, document, options.max_chars)}], max_tokens=max_tokens, temperature=0.0,
-                meta={"path": document.record.get("path"), "sha1": document.sha1})
+            yield LLMRequest(
+                id=document.id,
+                messages=[{"role": "user", "content": render_prompt(template, document, options.max_chars)}],
+                max_tokens=max_tokens,
+                temperature=0.0,
+                meta={"path": document.record.get("path"), "sha1": document.sha1},
+            )
 
     def process(request: LLMRequest, response: LLMResponse) -> dict[str, Any]:
         try:
@@ -92,12 +107,20 @@ def annotate_with_llm(corpus: Sequence[str | os.PathLike], out_path: str | os.Pa
             raise Rejected(str(exc)) from None
         return annotation_record(request.meta["path"], request.meta["sha1"], label, annotator, response.text)
 
-    return run_requests(requests(), out_path, failures_path_for(out_path), config, process=process,
-                        retry_failed=retry_failed, progress=progress)
+    return run_requests(
+        requests(),
+        out_path,
+        failures_path_for(out_path),
+        config,
+        process=process,
+        retry_failed=retry_failed,
+        progress=progress,
+    )
 
 
-def annotate_with_heuristic(corpus: Sequence[str | os.PathLike], out_path: str | os.PathLike, *,
-                            options: AnnotateOptions = AnnotateOptions()) -> RunStats:
+def annotate_with_heuristic(
+    corpus: Sequence[str | os.PathLike], out_path: str | os.PathLike, *, options: AnnotateOptions = AnnotateOptions()
+) -> RunStats:
     """Label each (sampled) document with the offline stand-in :mod:`data_tools.quality.heuristic`.
 
     Writes through the same append-only store as the LLM annotator, so its files resume the same way."""

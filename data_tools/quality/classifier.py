@@ -13,6 +13,7 @@ first 512 tokens).
 A classifier is a directory: ``classifier.joblib`` (the fitted forest) and ``classifier.json``
 (embedder, threshold, positive labels, metrics, counts), which ``filter`` reads back.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,9 +92,11 @@ class TrainResult:
 
     def summary(self) -> str:
         m = self.metrics
-        return (f"held-out precision {m.precision:.3f} recall {m.recall:.3f} F1 {m.f1:.3f} accuracy {m.accuracy:.3f} "
-                f"({self.metadata['train_size']} train / {self.metadata['test_size']} test files); "
-                f"classifier saved to {self.out_dir}")
+        return (
+            f"held-out precision {m.precision:.3f} recall {m.recall:.3f} F1 {m.f1:.3f} accuracy {m.accuracy:.3f} "
+            f"({self.metadata['train_size']} train / {self.metadata['test_size']} test files); "
+            f"classifier saved to {self.out_dir}"
+        )
 
 
 def load_annotations(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
@@ -102,13 +105,17 @@ def load_annotations(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, 
     annotations: dict[str, dict[str, Any]] = {}
     for path in paths:
         if not Path(path).is_file():
-            raise QualityError(f"annotation file {path} does not exist: run `python -m data_tools.quality annotate` "
-                               "first or fix the path")
+            raise QualityError(
+                f"annotation file {path} does not exist: run `python -m data_tools.quality annotate` "
+                "first or fix the path"
+            )
         try:
             for number, record in enumerate(iter_jsonl(path), 1):
                 if not isinstance(record.get("id"), str) or record.get("label") not in LEVELS:
-                    raise QualityError(f"{path}:{number}: not an annotation (needs a string 'id' and a 'label' in "
-                                       f"{LEVELS}); is this the annotation file and not its failure log?")
+                    raise QualityError(
+                        f"{path}:{number}: not an annotation (needs a string 'id' and a 'label' in "
+                        f"{LEVELS}); is this the annotation file and not its failure log?"
+                    )
                 annotations[record["id"]] = record
         except MalformedRecordError as exc:
             raise QualityError(str(exc)) from None
@@ -117,7 +124,9 @@ def load_annotations(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, 
     return annotations
 
 
-def join_annotations(documents: Iterable[Document], annotations: dict[str, dict[str, Any]]) -> list[tuple[Document, str]]:
+def join_annotations(
+    documents: Iterable[Document], annotations: dict[str, dict[str, Any]]
+) -> list[tuple[Document, str]]:
     """(document, label) for every annotation, checked to name a corpus document with the same text."""
     found: dict[str, Document] = {}
     for document in documents:
@@ -125,13 +134,18 @@ def join_annotations(documents: Iterable[Document], annotations: dict[str, dict[
             found[document.id] = document
     missing = [doc_id for doc_id in annotations if doc_id not in found]
     if missing:
-        raise QualityError(f"{len(missing)} of {len(annotations)} annotations name no document of the corpus "
-                           f"(first: {missing[0]!r}); annotate this corpus, or pass the corpus they were made on")
-    changed = [doc_id for doc_id, document in found.items()
-               if annotations[doc_id].get("sha1") not in (None, document.sha1)]
+        raise QualityError(
+            f"{len(missing)} of {len(annotations)} annotations name no document of the corpus "
+            f"(first: {missing[0]!r}); annotate this corpus, or pass the corpus they were made on"
+        )
+    changed = [
+        doc_id for doc_id, document in found.items() if annotations[doc_id].get("sha1") not in (None, document.sha1)
+    ]
     if changed:
-        raise QualityError(f"{len(changed)} annotated documents have changed text since they were annotated "
-                           f"(first: {changed[0]!r}); annotate them again")
+        raise QualityError(
+            f"{len(changed)} annotated documents have changed text since they were annotated "
+            f"(first: {changed[0]!r}); annotate them again"
+        )
     return [(found[doc_id], annotations[doc_id]["label"]) for doc_id in annotations]
 
 
@@ -141,13 +155,17 @@ def check_classes(labels: np.ndarray, positive_labels: Sequence[str], test_fract
     names = {True: f"positive ({'/'.join(positive_labels)})", False: "negative (the other labels)"}
     for cls in (True, False):
         if counts[cls] == 0:
-            raise QualityError(f"all {len(labels)} annotated documents are {names[not cls]}: a classifier needs both "
-                               f"classes; annotate more files or change --positive-labels")
+            raise QualityError(
+                f"all {len(labels)} annotated documents are {names[not cls]}: a classifier needs both "
+                f"classes; annotate more files or change --positive-labels"
+            )
     for cls in (True, False):
         in_test = int(counts[cls] * test_fraction)
         if in_test < 1 or counts[cls] - in_test < 1:
-            raise QualityError(f"only {counts[cls]} {names[cls]} documents: too few to hold out a test fraction of "
-                               f"{test_fraction}; annotate more files")
+            raise QualityError(
+                f"only {counts[cls]} {names[cls]} documents: too few to hold out a test fraction of "
+                f"{test_fraction}; annotate more files"
+            )
 
 
 def evaluate(probabilities: np.ndarray, truth: np.ndarray, threshold: float) -> Metrics:
@@ -157,9 +175,17 @@ def evaluate(probabilities: np.ndarray, truth: np.ndarray, threshold: float) -> 
     precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, average="binary", zero_division=0)
     tn, fp, fn, tp = confusion_matrix(truth, predicted, labels=[False, True]).ravel()
     auc = float(roc_auc_score(truth, probabilities)) if len(set(truth.tolist())) == 2 else None
-    return Metrics(precision=float(precision), recall=float(recall), f1=float(f1),
-                   accuracy=float((tp + tn) / len(truth)), true_positives=int(tp), false_positives=int(fp),
-                   false_negatives=int(fn), true_negatives=int(tn), roc_auc=auc)
+    return Metrics(
+        precision=float(precision),
+        recall=float(recall),
+        f1=float(f1),
+        accuracy=float((tp + tn) / len(truth)),
+        true_positives=int(tp),
+        false_positives=int(fp),
+        false_negatives=int(fn),
+        true_negatives=int(tn),
+        roc_auc=auc,
+    )
 
 
 def embed_texts(embedder: Any, texts: Sequence[str], max_chars: int, show_progress: bool = False) -> np.ndarray:
@@ -177,9 +203,14 @@ def positive_probability(forest: Any, vectors: np.ndarray) -> np.ndarray:
     return forest.predict_proba(vectors)[:, column]
 
 
-def train_classifier(corpus: Sequence[str | os.PathLike], annotation_paths: Sequence[str | os.PathLike],
-                     out_dir: str | os.PathLike, options: TrainOptions = TrainOptions(), *,
-                     embedder: Any = None) -> TrainResult:
+def train_classifier(
+    corpus: Sequence[str | os.PathLike],
+    annotation_paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    options: TrainOptions = TrainOptions(),
+    *,
+    embedder: Any = None,
+) -> TrainResult:
     """Embed the annotated documents, fit and evaluate the forest, and save the classifier directory.
 
     Every input check (annotation files, their match with the corpus, both classes present) runs
@@ -199,13 +230,20 @@ def train_classifier(corpus: Sequence[str | os.PathLike], annotation_paths: Sequ
         from data_tools.embed import load_embedder
 
         embedder = load_embedder(options.embedder)
-    vectors = embed_texts(embedder, [document.text for document, _ in pairs], options.embed_max_chars,
-                          show_progress=True)
+    vectors = embed_texts(
+        embedder, [document.text for document, _ in pairs], options.embed_max_chars, show_progress=True
+    )
     indices = np.arange(len(pairs))
-    train_idx, test_idx = train_test_split(indices, test_size=options.test_fraction, random_state=options.seed,
-                                           stratify=labels)
-    forest = RandomForestClassifier(n_estimators=options.n_estimators, max_depth=options.max_depth,
-                                    class_weight="balanced", random_state=options.seed, n_jobs=1)
+    train_idx, test_idx = train_test_split(
+        indices, test_size=options.test_fraction, random_state=options.seed, stratify=labels
+    )
+    forest = RandomForestClassifier(
+        n_estimators=options.n_estimators,
+        max_depth=options.max_depth,
+        class_weight="balanced",
+        random_state=options.seed,
+        n_jobs=1,
+    )
     forest.fit(vectors[train_idx], labels[train_idx])
     metrics = evaluate(positive_probability(forest, vectors[test_idx]), labels[test_idx], options.threshold)
 
@@ -225,8 +263,12 @@ def train_classifier(corpus: Sequence[str | os.PathLike], annotation_paths: Sequ
         "test_ids": [pairs[i][0].id for i in test_idx],
         "label_counts": dict(Counter(label for _, label in pairs)),
         "annotators": dict(Counter(annotations[document.id].get("annotator", "unknown") for document, _ in pairs)),
-        "forest": {"n_estimators": options.n_estimators, "max_depth": options.max_depth, "seed": options.seed,
-                   "test_fraction": options.test_fraction},
+        "forest": {
+            "n_estimators": options.n_estimators,
+            "max_depth": options.max_depth,
+            "seed": options.seed,
+            "test_fraction": options.test_fraction,
+        },
     }
     atomic_write_text(out_dir / META_FILE, json.dumps(metadata, indent=2) + "\n")
     return TrainResult(out_dir, metrics, metadata)
@@ -265,8 +307,10 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
     path = Path(path)
     meta_path, model_path = path / META_FILE, path / MODEL_FILE
     if not meta_path.is_file() or not model_path.is_file():
-        raise QualityError(f"{path} is not a quality classifier (no {META_FILE} and {MODEL_FILE}): "
-                           "run `python -m data_tools.quality train` first")
+        raise QualityError(
+            f"{path} is not a quality classifier (no {META_FILE} and {MODEL_FILE}): "
+            "run `python -m data_tools.quality train` first"
+        )
     metadata = json.loads(meta_path.read_text())
     if metadata.get("format") != FORMAT:
         raise QualityError(f"{meta_path} is not a {FORMAT} file (format {metadata.get('format')!r})")

@@ -4,6 +4,7 @@ Annotations are joined to corpus records by id (the record's "id", else its "pat
 ``data_tools.corpus`` fills with the file's path) and checked by the SHA-1 of the text, so an
 annotation made on one version of a file is never silently reused for a changed file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,8 +46,14 @@ def corpus_files(inputs: Sequence[str | os.PathLike]) -> list[str]:
         raise QualityError(str(exc)) from None
 
 
-def iter_documents(files: Sequence[str], *, text_key: str = "text", on_error: OnError = "stop",
-                   stats: ReadStats | None = None, unique_ids: bool = True) -> Iterator[Document]:
+def iter_documents(
+    files: Sequence[str],
+    *,
+    text_key: str = "text",
+    on_error: OnError = "stop",
+    stats: ReadStats | None = None,
+    unique_ids: bool = True,
+) -> Iterator[Document]:
     """Documents of the corpus files in order, each with its id (checked to be unique unless
     ``unique_ids`` is False: scoring needs no ids, joining annotations does)."""
     seen: set[str] = set()
@@ -55,8 +62,10 @@ def iter_documents(files: Sequence[str], *, text_key: str = "text", on_error: On
         doc_id = record_id(record, index)
         if unique_ids:
             if doc_id in seen:
-                raise QualityError(f"document id {doc_id!r} occurs twice in the corpus; give each record a unique "
-                                   f"'id' (or 'path') field")
+                raise QualityError(
+                    f"document id {doc_id!r} occurs twice in the corpus; give each record a unique "
+                    f"'id' (or 'path') field"
+                )
             seen.add(doc_id)
         yield Document(doc_id, text, record)
 

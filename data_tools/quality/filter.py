@@ -6,6 +6,7 @@ plus ``"quality_score"``) to ``{output_prefix}-{i:05d}.jsonl``, so outputs are r
 whatever the number of workers. The report goes to ``{output_prefix}.quality.json`` (counts, kept
 fraction, threshold, score histogram) and ``{output_prefix}.quality.png`` (the histogram).
 """
+
 from __future__ import annotations
 
 import json
@@ -79,16 +80,19 @@ def filter_file(task: FilterTask, classifier: Classifier | None = None, bar: Any
             histogram[:] += np.histogram(scores, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0]
             for document, score in zip(batch, scores):
                 if score >= task.threshold:
-                    out.write(json.dumps({**document.record, "quality_score": round(float(score), 6)},
-                                         ensure_ascii=False) + "\n")
+                    out.write(
+                        json.dumps({**document.record, "quality_score": round(float(score), 6)}, ensure_ascii=False)
+                        + "\n"
+                    )
                     kept += 1
             documents += len(batch)
             if bar is not None:
                 bar.update(len(batch))
             batch.clear()
 
-        for document in iter_documents([task.input_path], text_key=task.text_key, on_error=task.on_error, stats=read,
-                                       unique_ids=False):
+        for document in iter_documents(
+            [task.input_path], text_key=task.text_key, on_error=task.on_error, stats=read, unique_ids=False
+        ):
             batch.append(document)
             if len(batch) == task.batch_size:
                 flush()
@@ -116,8 +120,10 @@ class FilterReport:
         return self.kept / self.documents if self.documents else 0.0
 
     def summary(self) -> str:
-        return (f"kept {self.kept} of {self.documents} documents ({100 * self.kept_fraction:.1f}%) at threshold "
-                f"{self.threshold:g}; report {self.report_path}, histogram {self.plot_path}")
+        return (
+            f"kept {self.kept} of {self.documents} documents ({100 * self.kept_fraction:.1f}%) at threshold "
+            f"{self.threshold:g}; report {self.report_path}, histogram {self.plot_path}"
+        )
 
 
 def plot_histogram(histogram: Sequence[int], threshold: float, path: Path, title: str) -> None:
@@ -139,9 +145,17 @@ def plot_histogram(histogram: Sequence[int], threshold: float, path: Path, title
     plt.close(fig)
 
 
-def filter_corpus(corpus: Sequence[str | os.PathLike], classifier_dir: str | os.PathLike,
-                  output_prefix: str | os.PathLike, *, threshold: float | None = None, workers: int = 1,
-                  batch_size: int = 64, text_key: str = "text", on_error: str = "stop") -> FilterReport:
+def filter_corpus(
+    corpus: Sequence[str | os.PathLike],
+    classifier_dir: str | os.PathLike,
+    output_prefix: str | os.PathLike,
+    *,
+    threshold: float | None = None,
+    workers: int = 1,
+    batch_size: int = 64,
+    text_key: str = "text",
+    on_error: str = "stop",
+) -> FilterReport:
     """Score and filter the corpus; ``threshold=None`` uses the one saved with the classifier."""
     files = corpus_files(corpus)
     classifier = load_classifier(classifier_dir)
@@ -152,8 +166,10 @@ def filter_corpus(corpus: Sequence[str | os.PathLike], classifier_dir: str | os.
         raise QualityError(f"--workers and --batch-size must be at least 1, got {workers} and {batch_size}")
     prefix = os.fspath(output_prefix)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-    tasks = [FilterTask(i, path, f"{prefix}-{i:05d}.jsonl", threshold, text_key, on_error, batch_size)
-             for i, path in enumerate(files)]
+    tasks = [
+        FilterTask(i, path, f"{prefix}-{i:05d}.jsonl", threshold, text_key, on_error, batch_size)
+        for i, path in enumerate(files)
+    ]
     workers = min(workers, len(tasks))
     start = time.monotonic()
     bar = progress(desc="quality filter", unit="docs")
@@ -166,25 +182,42 @@ def filter_corpus(corpus: Sequence[str | os.PathLike], classifier_dir: str | os.
         # being replaced forever.
         threads = max(1, (os.cpu_count() or 1) // workers)
         try:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                     initargs=(os.fspath(classifier_dir), threads)) as pool, bar:
+            with (
+                ProcessPoolExecutor(
+                    workers,
+                    mp_context=get_context("spawn"),
+                    initializer=_init_worker,
+                    initargs=(os.fspath(classifier_dir), threads),
+                ) as pool,
+                bar,
+            ):
                 results = []
                 for result in pool.map(_filter_file_in_worker, tasks):  # counted a file at a time
                     results.append(result)
                     bar.update(result.documents)
         except BrokenProcessPool:
-            raise QualityError("a filter worker process died (see its traceback above); "
-                               "rerun with --workers 1 to see the error in this process") from None
+            raise QualityError(
+                "a filter worker process died (see its traceback above); "
+                "rerun with --workers 1 to see the error in this process"
+            ) from None
     elapsed = time.monotonic() - start
     return _write_report(results, classifier, threshold, prefix, elapsed, workers)
 
 
-def _write_report(results: list[FileResult], classifier: Classifier, threshold: float, prefix: str,
-                  elapsed: float, workers: int) -> FilterReport:
+def _write_report(
+    results: list[FileResult], classifier: Classifier, threshold: float, prefix: str, elapsed: float, workers: int
+) -> FilterReport:
     histogram = np.sum([r.histogram for r in results], axis=0).astype(int).tolist()
     documents, kept = sum(r.documents for r in results), sum(r.kept for r in results)
-    report = FilterReport(documents, kept, threshold, histogram, [r.output_path for r in results],
-                          Path(f"{prefix}.quality.json"), Path(f"{prefix}.quality.png"))
+    report = FilterReport(
+        documents,
+        kept,
+        threshold,
+        histogram,
+        [r.output_path for r in results],
+        Path(f"{prefix}.quality.json"),
+        Path(f"{prefix}.quality.png"),
+    )
     payload: dict[str, Any] = {
         "documents": documents,
         "kept": kept,
@@ -194,13 +227,22 @@ def _write_report(results: list[FileResult], classifier: Classifier, threshold: 
         "embedder": classifier.metadata["embedder"],
         "classifier_metrics": classifier.metadata["metrics"],
         "histogram": {"bin_edges": np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1).round(4).tolist(), "counts": histogram},
-        "files": [{"input": r.input_path, "output": r.output_path, "documents": r.documents, "kept": r.kept,
-                   "skipped_lines": r.skipped_lines} for r in results],
+        "files": [
+            {
+                "input": r.input_path,
+                "output": r.output_path,
+                "documents": r.documents,
+                "kept": r.kept,
+                "skipped_lines": r.skipped_lines,
+            }
+            for r in results
+        ],
         "workers": workers,
         "elapsed_s": round(elapsed, 3),
         "documents_per_s": round(documents / elapsed, 2) if elapsed > 0 else None,
     }
     atomic_write_text(report.report_path, json.dumps(payload, indent=2) + "\n")
-    plot_histogram(histogram, threshold, report.plot_path,
-                   f"{kept} of {documents} kept ({100 * report.kept_fraction:.1f}%)")
+    plot_histogram(
+        histogram, threshold, report.plot_path, f"{kept} of {documents} kept ({100 * report.kept_fraction:.1f}%)"
+    )
     return report

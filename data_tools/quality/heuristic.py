@@ -11,6 +11,7 @@ Signals (Python; other languages parse as "no syntax tree" and score low):
 - penalties: auto-generated markers, module-level data tables (big literal assignments),
   import-only or tiny files, files that do not parse.
 """
+
 from __future__ import annotations
 
 import ast
@@ -47,7 +48,9 @@ def features(text: str) -> dict[str, float | int | bool]:
     comments = _comment_lines(text)
     code_lines = max(1, len([i for i in nonblank if i not in comments]))
     out: dict[str, float | int | bool] = {
-        "lines": len(lines), "code_lines": code_lines, "comment_density": round(len(comments) / code_lines, 4),
+        "lines": len(lines),
+        "code_lines": code_lines,
+        "comment_density": round(len(comments) / code_lines, 4),
         "generated": bool(_GENERATED.search("\n".join(lines[:30]))),
     }
     try:
@@ -57,19 +60,27 @@ def features(text: str) -> dict[str, float | int | bool]:
         return out
     defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
     functions = [n for n in defs if not isinstance(n, ast.ClassDef)]
-    data_lines = sum(n.end_lineno - n.lineno + 1 for n in tree.body
-                     if isinstance(n, (ast.Assign, ast.AnnAssign)) and isinstance(n.value, _LITERALS))
+    data_lines = sum(
+        n.end_lineno - n.lineno + 1
+        for n in tree.body
+        if isinstance(n, (ast.Assign, ast.AnnAssign)) and isinstance(n.value, _LITERALS)
+    )
     imports = sum(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
-    out.update({
-        "parses": True,
-        "module_docstring": ast.get_docstring(tree) is not None,
-        "definitions": len(defs),
-        "docstring_fraction": round(sum(ast.get_docstring(n) is not None for n in defs) / len(defs), 4) if defs else 0.0,
-        "mean_function_lines": round(sum(n.end_lineno - n.lineno + 1 for n in functions) / len(functions), 2)
-        if functions else 0.0,
-        "data_fraction": round(min(1.0, data_lines / max(1, len(nonblank))), 4),
-        "import_fraction": round(imports / max(1, len(tree.body)), 4),
-    })
+    out.update(
+        {
+            "parses": True,
+            "module_docstring": ast.get_docstring(tree) is not None,
+            "definitions": len(defs),
+            "docstring_fraction": round(sum(ast.get_docstring(n) is not None for n in defs) / len(defs), 4)
+            if defs
+            else 0.0,
+            "mean_function_lines": round(sum(n.end_lineno - n.lineno + 1 for n in functions) / len(functions), 2)
+            if functions
+            else 0.0,
+            "data_fraction": round(min(1.0, data_lines / max(1, len(nonblank))), 4),
+            "import_fraction": round(imports / max(1, len(tree.body)), 4),
+        }
+    )
     return out
 
 
@@ -77,8 +88,11 @@ def score(f: dict[str, float | int | bool]) -> float:
     """A value in [0, 1] from :func:`features`; higher reads more like teaching material."""
     if not f["parses"]:
         return 0.0
-    documentation = (0.5 * f["docstring_fraction"] + 0.5 * min(1.0, f["comment_density"] / GOOD_COMMENT_DENSITY)
-                     + (0.1 if f["module_docstring"] else 0.0))
+    documentation = (
+        0.5 * f["docstring_fraction"]
+        + 0.5 * min(1.0, f["comment_density"] / GOOD_COMMENT_DENSITY)
+        + (0.1 if f["module_docstring"] else 0.0)
+    )
     if f["mean_function_lines"] == 0:
         size = 0.3  # scripts without functions teach less structure
     else:

@@ -13,6 +13,7 @@ rarely answers with the bare word, so the parser looks for, in order of trust:
 Anything else, including answers that name two different levels without a keyed verdict, is
 unparseable: the caller files it as a failure with the raw answer instead of guessing.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,14 @@ from megaphi.common.errors import UserError
 
 LEVELS = ("low", "medium", "high")
 # words models use for the middle and ends of the scale
-_SYNONYMS = {"moderate": "medium", "mid": "medium", "average": "medium", "medium": "medium",
-             "high": "high", "low": "low"}
+_SYNONYMS = {
+    "moderate": "medium",
+    "mid": "medium",
+    "average": "medium",
+    "medium": "medium",
+    "high": "high",
+    "low": "low",
+}
 _LEVEL_WORD = r"(high|medium|moderate|average|mid|low)"
 _KEY = r"(?:educational[ _-]value|value|rating|score|label|verdict|grade|answer)"
 _KEYED_LEVEL = re.compile(_KEY + r"[\s*_:=\-\"'`]*(?:is|of)?[\s*_:=\-\"'`]*" + _LEVEL_WORD + r"\b", re.IGNORECASE)
@@ -71,7 +78,9 @@ def parse_label(answer: str) -> Label:
         score = int(bare.group(1))
         return Label(level_of_score(score), score)
     found = f"it names {sorted(words)}" if words else "it names no level"
-    raise UnparseableLabel(f"no educational-value level in the answer ({found}; expected high/medium/low or a 1-5 score)")
+    raise UnparseableLabel(
+        f"no educational-value level in the answer ({found}; expected high/medium/low or a 1-5 score)"
+    )
 
 
 def parse_levels(names: str | list[str]) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ A model checkpoint is a directory with ``megaphi.json`` (plus weights, see
 ``latest`` file naming the newest complete one; every command that takes a checkpoint accepts
 either. Torch-free, so launchers and the quickstart resolve checkpoints without loading torch.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,9 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
         )
     latest = path / LATEST_FILE
     if not tag:
-        raise CheckpointError(f"{latest} is empty: write the tag of a finished checkpoint into it, or pass a "
-                              "tag directory explicitly")
+        raise CheckpointError(
+            f"{latest} is empty: write the tag of a finished checkpoint into it, or pass a tag directory explicitly"
+        )
     tag_dir = path / tag
     if not (tag_dir / META_FILE).is_file():
         raise CheckpointError(
@@ -75,9 +77,13 @@ def check_model_path(path: str | os.PathLike) -> Path:
     directory), else an error that names both kinds, for every command that takes ``--model``."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"model {path} is not a directory: pass a megaphi checkpoint (a tag directory, or a "
-                              f"checkpoint root with '{LATEST_FILE}') or a Hugging Face model directory")
+        raise CheckpointError(
+            f"model {path} is not a directory: pass a megaphi checkpoint (a tag directory, or a "
+            f"checkpoint root with '{LATEST_FILE}') or a Hugging Face model directory"
+        )
     if not (is_checkpoint_path(path) or is_hf_dir(path)):
-        raise CheckpointError(f"{path} is neither a megaphi checkpoint (no {META_FILE} or '{LATEST_FILE}') nor a "
-                              "Hugging Face model directory (no config.json): pass one of those")
+        raise CheckpointError(
+            f"{path} is neither a megaphi checkpoint (no {META_FILE} or '{LATEST_FILE}') nor a "
+            "Hugging Face model directory (no config.json): pass one of those"
+        )
     return path

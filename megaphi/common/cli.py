@@ -12,6 +12,7 @@ that the operating system raised about a named path (a missing directory, no per
 disk). Anything else propagates with its traceback, because it is a bug. ``main`` itself only
 parses arguments, calls library functions and reports.
 """
+
 from __future__ import annotations
 
 import functools

@@ -6,6 +6,7 @@ path; any other exception is a bug and keeps its traceback. So raise a :class:`U
 subclass) exactly where the code knows the cause is the user's input, with a message that names what
 is wrong and what to do.
 """
+
 from __future__ import annotations
 
 

@@ -5,6 +5,7 @@ atomic on POSIX file systems); on any failure the temporary file is removed and 
 as it was. ``durable=True`` also fsyncs before the rename, for files a killed job must find intact
 (a checkpoint root's ``latest``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,9 @@ def remove_quietly(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", *, encoding: str | None = "utf-8",
-                durable: bool = False) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "w", *, encoding: str | None = "utf-8", durable: bool = False
+) -> Iterator[IO[Any]]:
     """Open ``path`` for writing (``"w"`` or ``"wb"``); it appears, complete, only if the block ends
     without an exception."""
     if mode not in ("w", "wb"):

@@ -5,6 +5,7 @@ A malformed line is reported as ``file:line: what is wrong``; the caller chooses
 compression (a truncated or bit-flipped ``.gz``, a CRC mismatch) always stops, with the file, the
 line and the byte offset where reading failed: nothing after that point can be trusted or resumed.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -70,8 +71,10 @@ def open_binary(path: str | os.PathLike) -> IO[bytes]:
 
 def _damaged(path: str | os.PathLike, lineno: int, offset: int, exc: BaseException) -> DamagedFileError:
     reason = str(exc) or type(exc).__name__
-    return DamagedFileError(f"{path}:{lineno}: cannot read past byte {offset} of the decompressed data ({reason}): "
-                            "the file is truncated or corrupt; restore or regenerate it")
+    return DamagedFileError(
+        f"{path}:{lineno}: cannot read past byte {offset} of the decompressed data ({reason}): "
+        "the file is truncated or corrupt; restore or regenerate it"
+    )
 
 
 def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
@@ -124,16 +127,26 @@ def parse_line(line: bytes | str, path: str | os.PathLike, lineno: int) -> dict[
     return record
 
 
-def iter_jsonl(path: str | os.PathLike, *, on_error: OnError = "stop", stats: ReadStats | None = None,
-               hint: str = "pass --on-error skip to skip such lines") -> Iterator[dict[str, Any]]:
+def iter_jsonl(
+    path: str | os.PathLike,
+    *,
+    on_error: OnError = "stop",
+    stats: ReadStats | None = None,
+    hint: str = "pass --on-error skip to skip such lines",
+) -> Iterator[dict[str, Any]]:
     """Records of one JSONL file (optionally gzipped); blank lines are ignored. ``hint`` ends the
     message of a malformed line when ``on_error`` is ``"stop"``: what the user can do about it."""
     for _, record in iter_numbered_jsonl(path, on_error=on_error, stats=stats, hint=hint):
         yield record
 
 
-def iter_numbered_jsonl(path: str | os.PathLike, *, on_error: OnError = "stop", stats: ReadStats | None = None,
-                        hint: str = "pass --on-error skip to skip such lines") -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_numbered_jsonl(
+    path: str | os.PathLike,
+    *,
+    on_error: OnError = "stop",
+    stats: ReadStats | None = None,
+    hint: str = "pass --on-error skip to skip such lines",
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` of one JSONL file, as :func:`iter_jsonl` reads it, so that a caller
     checking a record's fields can name ``file:line`` too."""
     check_on_error(on_error)

@@ -1,4 +1,5 @@
 """Network helpers shared by launchers, the quickstart and the tests."""
+
 from __future__ import annotations
 
 import socket

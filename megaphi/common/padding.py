@@ -4,6 +4,7 @@ Decoding pads on the left: every row's last real token is in the last column, so
 to all rows at once. A causal encoder read without a mask pads on the right: causal attention then
 keeps the padding out of every real token. The mask marks real tokens (1) and padding (0).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -11,8 +12,13 @@ from typing import Literal
 import torch
 
 
-def pad_sequences(sequences: list[list[int]], pad_id: int = 0, *, side: Literal["left", "right"] = "left",
-                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_sequences(
+    sequences: list[list[int]],
+    pad_id: int = 0,
+    *,
+    side: Literal["left", "right"] = "left",
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask)``, both ``[batch, longest]`` long tensors."""
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")

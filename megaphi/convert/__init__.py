@@ -1,4 +1,5 @@
 """Checkpoint conversion: Hugging Face / legacy phi-1 <-> megaphi, and tensor-parallel resharding."""
+
 from megaphi.convert.checkpoint import (
     load_model_checkpoint,
     resolve_checkpoint_dir,
@@ -23,8 +24,22 @@ from megaphi.convert.layout import (
 )
 
 __all__ = [
-    "CheckpointError", "check_divisible", "config_from_hf", "convert_from_hf", "convert_to_hf",
-    "load_hf_checkpoint", "load_model_checkpoint", "megaphi_to_hf_state_dict", "merge_state_dicts",
-    "config_padded_vocab_size", "param_specs", "reshard_checkpoint", "resolve_checkpoint_dir", "save_hf_checkpoint",
-    "save_model_checkpoint", "source_to_megaphi", "split_state_dict", "write_meta",
+    "CheckpointError",
+    "check_divisible",
+    "config_from_hf",
+    "convert_from_hf",
+    "convert_to_hf",
+    "load_hf_checkpoint",
+    "load_model_checkpoint",
+    "megaphi_to_hf_state_dict",
+    "merge_state_dicts",
+    "config_padded_vocab_size",
+    "param_specs",
+    "reshard_checkpoint",
+    "resolve_checkpoint_dir",
+    "save_hf_checkpoint",
+    "save_model_checkpoint",
+    "source_to_megaphi",
+    "split_state_dict",
+    "write_meta",
 ]

@@ -1,4 +1,5 @@
 """python -m megaphi.convert {from-hf,to-hf,reshard}: move checkpoints between megaphi and Hugging Face."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("from-hf", help="Hugging Face Phi directory (transformers or legacy MixFormer) -> megaphi")
-    p.add_argument("--model", "--hf", dest="model", required=True,
-                   help="Hugging Face model directory: config.json and safetensors/.bin weights")
+    p.add_argument(
+        "--model",
+        "--hf",
+        dest="model",
+        required=True,
+        help="Hugging Face model directory: config.json and safetensors/.bin weights",
+    )
     p.add_argument("--out", required=True, help="new megaphi checkpoint directory")
-    p.add_argument("--tensor-parallel-size", "--tp", dest="tp", type=_positive_int, default=1,
-                   help="tensor parallel size to split for (default 1)")
+    p.add_argument(
+        "--tensor-parallel-size",
+        "--tp",
+        dest="tp",
+        type=_positive_int,
+        default=1,
+        help="tensor parallel size to split for (default 1)",
+    )
 
     p = sub.add_parser("to-hf", help="megaphi checkpoint (any TP) -> transformers PhiForCausalLM directory")
     p.add_argument("--model", "--checkpoint", dest="model", required=True, help=MEGAPHI_MODEL_HELP)
@@ -38,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reshard", help="rewrite a megaphi checkpoint for another tensor parallel size")
     p.add_argument("--model", "--checkpoint", dest="model", required=True, help=MEGAPHI_MODEL_HELP)
-    p.add_argument("--tensor-parallel-size", "--tp", dest="tp", type=_positive_int, required=True,
-                   help="new tensor parallel size")
+    p.add_argument(
+        "--tensor-parallel-size", "--tp", dest="tp", type=_positive_int, required=True, help="new tensor parallel size"
+    )
     p.add_argument("--out", required=True, help="new megaphi checkpoint directory")
     return parser
 

@@ -5,6 +5,7 @@ tensor-parallel rank holding ``{"module": state_dict}``: DeepSpeed's own file na
 checkpoint tag directory becomes a model checkpoint once ``megaphi.json`` is written into it. A run's
 checkpoint root holds DeepSpeed's ``latest`` file naming the newest tag.
 """
+
 from __future__ import annotations
 
 import json
@@ -90,8 +91,10 @@ def load_model_checkpoint(path: str | Path) -> tuple[PhiConfig, list[StateDict],
         try:
             states = torch.load(file, map_location="cpu", weights_only=False, mmap=True)
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            raise CheckpointError(f"{file} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
-                                  "the file is truncated or corrupt; restore it or use another checkpoint") from None
+            raise CheckpointError(
+                f"{file} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+                "the file is truncated or corrupt; restore it or use another checkpoint"
+            ) from None
         if not isinstance(states, dict) or not isinstance(states.get("module"), dict):
             raise CheckpointError(f"{file} has no 'module' state dict: it is not a model states file")
         shards.append(dict(states["module"]))
@@ -109,8 +112,12 @@ def prepare_output_dir(path: str | Path) -> Path:
 
 
 def write_meta(ckpt_dir: str | Path, config: PhiConfig, tensor_parallel_size: int, tokenizer: str | None) -> None:
-    meta = {"format": "megaphi", "model": config.to_dict(), "tensor_parallel_size": tensor_parallel_size,
-            "tokenizer": tokenizer}
+    meta = {
+        "format": "megaphi",
+        "model": config.to_dict(),
+        "tensor_parallel_size": tensor_parallel_size,
+        "tokenizer": tokenizer,
+    }
     atomic_write_text(Path(ckpt_dir) / META_FILE, json.dumps(meta, indent=2) + "\n")
 
 

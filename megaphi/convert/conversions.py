@@ -1,4 +1,5 @@
 """The three conversions that ``python -m megaphi.convert`` offers, as library functions."""
+
 from __future__ import annotations
 
 from pathlib import Path

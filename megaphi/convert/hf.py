@@ -10,6 +10,7 @@ Three source layouts are read:
 MixFormer's ``Wqkv`` rows are ``[q; k; v]`` (rearranged as ``(three h d)``), which is exactly megaphi's
 fused ``qkv_proj`` at TP=1, so it maps without reordering.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,12 @@ LEGACY_SEQUENTIAL = "mixformer-sequential"
 # Rotary frequencies are derived from the config; old checkpoints persisted them as buffers.
 _DERIVED_BUFFER = re.compile(r".*rotary_emb\.inv_freq$")
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
-_LEGACY_LAYER_PARTS = {"input_layernorm.": "ln.", "self_attn.qkv_proj.": "mixer.Wqkv.",
-                       "self_attn.dense.": "mixer.out_proj.", "mlp.": "mlp."}
+_LEGACY_LAYER_PARTS = {
+    "input_layernorm.": "ln.",
+    "self_attn.qkv_proj.": "mixer.Wqkv.",
+    "self_attn.dense.": "mixer.out_proj.",
+    "mlp.": "mlp.",
+}
 
 
 def _hf_names(name: str) -> list[str]:
@@ -44,8 +49,11 @@ def _hf_names(name: str) -> list[str]:
 
 def _legacy_name(name: str, config: PhiConfig, sequential: bool) -> str:
     n = config.num_hidden_layers
-    embd, block, head = ("layers.0.", "layers.{}.", f"layers.{n + 1}.") if sequential else (
-        "transformer.embd.", "transformer.h.{}.", "lm_head.")
+    embd, block, head = (
+        ("layers.0.", "layers.{}.", f"layers.{n + 1}.")
+        if sequential
+        else ("transformer.embd.", "transformer.h.{}.", "lm_head.")
+    )
     if name == "model.embed_tokens.weight":
         return embd + "wte.weight"
     if name.startswith("model.final_layernorm."):
@@ -56,7 +64,7 @@ def _legacy_name(name: str, config: PhiConfig, sequential: bool) -> str:
     index = int(layer) + 1 if sequential else int(layer)
     for ours, theirs in _LEGACY_LAYER_PARTS.items():
         if rest.startswith(ours):
-            return block.format(index) + theirs + rest[len(ours):]
+            return block.format(index) + theirs + rest[len(ours) :]
     raise AssertionError(f"no legacy name for {name}")
 
 
@@ -137,37 +145,53 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> PhiConfig:
     """A Hugging Face ``config.json`` dict (transformers Phi or legacy MixFormer) -> PhiConfig."""
     model_type = hf.get("model_type")
     if model_type not in PHI_MODEL_TYPES:
-        raise CheckpointError(f"{where}: model_type {model_type!r} is not a Phi architecture (expected one of "
-                              f"{', '.join(repr(t) for t in PHI_MODEL_TYPES if t)}); megaphi converts Phi models only")
+        raise CheckpointError(
+            f"{where}: model_type {model_type!r} is not a Phi architecture (expected one of "
+            f"{', '.join(repr(t) for t in PHI_MODEL_TYPES if t)}); megaphi converts Phi models only"
+        )
     if "n_embd" in hf:  # legacy MixFormer field names
         missing = [k for k in ("vocab_size", "n_layer", "n_head") if k not in hf]
         if missing:
             raise CheckpointError(f"{where} has no field '{missing[0]}': it is not a MixFormer (phi-1) config")
         head_dim = hf["n_embd"] // hf["n_head"]
         fields = dict(
-            vocab_size=hf["vocab_size"], hidden_size=hf["n_embd"], num_hidden_layers=hf["n_layer"],
-            intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"], num_attention_heads=hf["n_head"],
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["n_embd"],
+            num_hidden_layers=hf["n_layer"],
+            intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"],
+            num_attention_heads=hf["n_head"],
             max_position_embeddings=hf.get("n_positions", 2048),
-            partial_rotary_factor=hf.get("rotary_dim", head_dim) / head_dim, rope_theta=10000.0,
-            layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), hidden_act=hf.get("activation_function", "gelu_new"),
-            resid_pdrop=hf.get("resid_pdrop", 0.0), embd_pdrop=hf.get("embd_pdrop", 0.0),
-            attention_dropout=hf.get("attn_pdrop", 0.0), tie_word_embeddings=hf.get("tie_word_embeddings", False),
+            partial_rotary_factor=hf.get("rotary_dim", head_dim) / head_dim,
+            rope_theta=10000.0,
+            layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            hidden_act=hf.get("activation_function", "gelu_new"),
+            resid_pdrop=hf.get("resid_pdrop", 0.0),
+            embd_pdrop=hf.get("embd_pdrop", 0.0),
+            attention_dropout=hf.get("attn_pdrop", 0.0),
+            tie_word_embeddings=hf.get("tie_word_embeddings", False),
         )
     else:
         _check_supported(hf, where)
         rope = hf.get("rope_parameters") or {}
-        missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                               "intermediate_size") if k not in hf]
+        missing = [
+            k
+            for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+            if k not in hf
+        ]
         if missing:
             raise CheckpointError(f"{where} has no field '{missing[0]}': it is not a Phi config")
-        fields = {k: hf[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                                     "intermediate_size")}
+        fields = {
+            k: hf[k]
+            for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        }
         fields.update(
             max_position_embeddings=hf.get("max_position_embeddings", 2048),
             partial_rotary_factor=hf.get("partial_rotary_factor", rope.get("partial_rotary_factor", 0.5)),
             rope_theta=hf.get("rope_theta", rope.get("rope_theta", 10000.0)),
-            layer_norm_eps=hf.get("layer_norm_eps", 1e-5), hidden_act=hf.get("hidden_act", "gelu_new"),
-            resid_pdrop=hf.get("resid_pdrop", 0.0), embd_pdrop=hf.get("embd_pdrop", 0.0),
+            layer_norm_eps=hf.get("layer_norm_eps", 1e-5),
+            hidden_act=hf.get("hidden_act", "gelu_new"),
+            resid_pdrop=hf.get("resid_pdrop", 0.0),
+            embd_pdrop=hf.get("embd_pdrop", 0.0),
             attention_dropout=hf.get("attention_dropout") or 0.0,
             tie_word_embeddings=hf.get("tie_word_embeddings", False),
         )
@@ -182,19 +206,32 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> PhiConfig:
 def hf_config_kwargs(config: PhiConfig) -> dict[str, Any]:
     """Keyword arguments for ``transformers.PhiConfig`` describing the same network."""
     return dict(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
-        max_position_embeddings=config.max_position_embeddings, partial_rotary_factor=config.partial_rotary_factor,
-        rope_theta=config.rope_theta, layer_norm_eps=config.layer_norm_eps, hidden_act=config.hidden_act,
-        resid_pdrop=config.resid_pdrop, embd_pdrop=config.embd_pdrop, attention_dropout=config.attention_dropout,
-        tie_word_embeddings=config.tie_word_embeddings, initializer_range=config.initializer_range,
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        partial_rotary_factor=config.partial_rotary_factor,
+        rope_theta=config.rope_theta,
+        layer_norm_eps=config.layer_norm_eps,
+        hidden_act=config.hidden_act,
+        resid_pdrop=config.resid_pdrop,
+        embd_pdrop=config.embd_pdrop,
+        attention_dropout=config.attention_dropout,
+        tie_word_embeddings=config.tie_word_embeddings,
+        initializer_range=config.initializer_range,
     )
 
 
 # -- files ---------------------------------------------------------------------------------------------
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def _load_weight_file(path: Path) -> StateDict:
@@ -207,8 +244,10 @@ def _load_weight_file(path: Path) -> StateDict:
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: the checkpoint's index names it; restore it") from None
     except Exception as e:  # safetensors, pickle and zip each raise their own kind for a damaged file
-        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}): the file "
-                              "is truncated or corrupt; download or restore it again") from None
+        raise CheckpointError(
+            f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}): the file "
+            "is truncated or corrupt; download or restore it again"
+        ) from None
 
 
 def load_hf_state_dict(hf_dir: str | Path) -> StateDict:
@@ -238,8 +277,15 @@ def load_hf_checkpoint(hf_dir: str | Path) -> tuple[PhiConfig, StateDict]:
     return config, source_to_megaphi(load_hf_state_dict(hf_dir), config, f"Hugging Face checkpoint {hf_dir}")
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "added_tokens.json", "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "tokenizer.model",
+)
 
 
 def has_tokenizer(path: str | Path) -> bool:
@@ -261,8 +307,9 @@ def save_hf_checkpoint(
                 shutil.copy2(Path(tokenizer_dir) / name, out / name)
         eos = load_tokenizer(tokenizer_dir).eod_id  # the end-of-text id generation and serving use
     dtype = next(iter(full.values())).dtype
-    hf_config = transformers.PhiConfig(**hf_config_kwargs(config), bos_token_id=eos, eos_token_id=eos,
-                                       architectures=["PhiForCausalLM"], dtype=dtype)
+    hf_config = transformers.PhiConfig(
+        **hf_config_kwargs(config), bos_token_id=eos, eos_token_id=eos, architectures=["PhiForCausalLM"], dtype=dtype
+    )
     hf_config.save_pretrained(str(out))
     tensors = {k: v.contiguous() for k, v in megaphi_to_hf_state_dict(full, config).items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})

@@ -5,6 +5,7 @@ A "full" state dict is the model with tensor parallel size 1 and the vocabulary 
 ``split_state_dict`` turns it into per-rank shards (vocabulary padded to a multiple of
 ``make_vocab_size_divisible_by * tp`` with zero rows) and ``merge_state_dicts`` undoes that.
 """
+
 from __future__ import annotations
 
 import functools
@@ -126,7 +127,9 @@ def check_state_dict(state_dict: StateDict, expected: dict[str, tuple[int, ...]]
     extra = [k for k in state_dict if k not in expected]
     if extra:
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
-        raise CheckpointError(f"{where} has unexpected key '{extra[0]}'{more}: the checkpoint does not match its config")
+        raise CheckpointError(
+            f"{where} has unexpected key '{extra[0]}'{more}: the checkpoint does not match its config"
+        )
     for key, shape in expected.items():
         actual = tuple(state_dict[key].shape)
         if actual != shape:

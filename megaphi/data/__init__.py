@@ -1,4 +1,5 @@
 """Training data: Megatron-compatible indexed datasets and the datasets built over them."""
+
 from megaphi.data.indexed import (
     IndexedDataset,
     IndexedDatasetError,

@@ -8,6 +8,7 @@ its ideal time ``(j + 1/2) / counts[d]``, so every prefix of the blend holds eac
 proportion to its weight, within a sample or two (Megatron's greedy blending has the same
 property; this one is a stable merge of presorted runs, linear-time in numpy).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -62,7 +63,9 @@ class BlendedDataset(torch.utils.data.Dataset):
 
     def __init__(self, datasets: Sequence[torch.utils.data.Dataset], weights: Sequence[float], num_samples: int):
         if len(datasets) != len(weights):
-            raise DatasetConfigError(f"{len(datasets)} datasets but {len(weights)} blend weights; give one weight per dataset")
+            raise DatasetConfigError(
+                f"{len(datasets)} datasets but {len(weights)} blend weights; give one weight per dataset"
+            )
         if num_samples < 0:
             raise DatasetConfigError(f"num_samples must be non-negative, got {num_samples}")
         self.datasets = list(datasets)
@@ -72,7 +75,8 @@ class BlendedDataset(torch.utils.data.Dataset):
             if len(dataset) < count:
                 raise DatasetConfigError(
                     f"blend dataset {d} ({dataset!r}) has {len(dataset)} samples but its weight needs {count}; "
-                    "build it with num_samples >= its share")
+                    "build it with num_samples >= its share"
+                )
         self.dataset_index, self.dataset_sample_index = build_blending_indices(self.counts)
 
     def __len__(self) -> int:
@@ -96,4 +100,3 @@ def max_prefix_deviation(dataset_index: np.ndarray, weights: Sequence[float]) ->
     for d, w in enumerate(weights):
         worst = max(worst, float(np.abs(np.cumsum(dataset_index == d) - n * w).max(initial=0.0)))
     return worst
-

@@ -10,6 +10,7 @@ Each dataset's documents are split into contiguous train/valid/test ranges (the 
 out and not built); each range is packed into a :class:`GPTDataset`, and several datasets are mixed
 by :class:`BlendedDataset` with exact per-dataset sample counts. Collective under torch.distributed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,9 @@ def parse_data_paths(data_paths: str | Sequence[str] | Sequence[tuple[float, str
         return [(None, os.fspath(data_paths))]
     items = list(data_paths)
     if not items:
-        raise DatasetConfigError("no data paths given; pass at least one indexed dataset prefix (path without .bin/.idx)")
+        raise DatasetConfigError(
+            "no data paths given; pass at least one indexed dataset prefix (path without .bin/.idx)"
+        )
     if all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items):
         if all(w is None for w, _ in items):  # this function's own output: unweighted prefixes
             return [(None, os.fspath(p)) for _, p in items]
@@ -49,7 +52,8 @@ def parse_data_paths(data_paths: str | Sequence[str] | Sequence[tuple[float, str
         return _checked([(float(w), p) for w, p in zip(items[0::2], items[1::2])])
     if any(_is_number(item) for item in items):
         raise DatasetConfigError(
-            f"cannot read data paths {items}: give prefixes only, or alternating weight and prefix (\"0.7 a 0.3 b\")")
+            f'cannot read data paths {items}: give prefixes only, or alternating weight and prefix ("0.7 a 0.3 b")'
+        )
     return [(None, item) for item in items]
 
 
@@ -75,19 +79,23 @@ def parse_split(split: str, num_documents: int) -> list[tuple[int, int]]:
     """
     parts = [p.strip() for p in re.split(r"[,/]", split) if p.strip()]
     if not parts or len(parts) > 3:
-        raise DatasetConfigError(f"split {split!r} must have one to three parts (train, valid, test), e.g. \"969,30,1\"")
+        raise DatasetConfigError(f'split {split!r} must have one to three parts (train, valid, test), e.g. "969,30,1"')
     if any(":" in p for p in parts):
         ranges = [_parse_range(p, num_documents, split) for p in parts]
         ranges += [(num_documents, num_documents)] * (3 - len(ranges))
         ordered = sorted(r for r in ranges if r[1] > r[0])
         for (_, end), (begin, _) in zip(ordered, ordered[1:]):
             if begin < end:
-                raise DatasetConfigError(f"split {split!r} has overlapping document ranges; train and validation must be disjoint")
+                raise DatasetConfigError(
+                    f"split {split!r} has overlapping document ranges; train and validation must be disjoint"
+                )
         return ranges
     try:
         weights = normalize_weights([float(p) for p in parts] + [0.0] * (3 - len(parts)))
     except ValueError:
-        raise DatasetConfigError(f"split {split!r} must be numbers like \"969,30,1\" or ranges like \"0:9000,9000:9900\"") from None
+        raise DatasetConfigError(
+            f'split {split!r} must be numbers like "969,30,1" or ranges like "0:9000,9000:9900"'
+        ) from None
     bounds = [0.0, weights[0], weights[0] + weights[1], 1.0]
     points = [int(round(b * num_documents)) for b in bounds]
     return [(points[i], points[i + 1]) for i in range(3)]
@@ -101,7 +109,9 @@ def _parse_range(text: str, num_documents: int, split: str) -> tuple[int, int]:
     except ValueError:
         raise DatasetConfigError(f"split range {text!r} in {split!r} must be BEGIN:END document numbers") from None
     if not sep or not 0 <= begin <= end <= num_documents:
-        raise DatasetConfigError(f"split range {text!r} in {split!r} is outside the dataset's {num_documents} documents")
+        raise DatasetConfigError(
+            f"split range {text!r} in {split!r} is outside the dataset's {num_documents} documents"
+        )
     return begin, end
 
 
@@ -130,26 +140,41 @@ def build_split_dataset(
         begin, end = parse_split(split, len(indexed))[SPLIT_NAMES.index(split_name)]
         if begin == end:
             if split_name == "train":
-                raise DatasetConfigError(f"split {split!r} leaves no train documents in {prefix} ({len(indexed)} documents)")
-            logger.warning("%s has no %s documents under split %r; it is skipped for %s", prefix, split_name, split, split_name)
+                raise DatasetConfigError(
+                    f"split {split!r} leaves no train documents in {prefix} ({len(indexed)} documents)"
+                )
+            logger.warning(
+                "%s has no %s documents under split %r; it is skipped for %s", prefix, split_name, split, split_name
+            )
             continue
         entries.append((weight, indexed, (begin, end)))
     if not entries:
         if num_samples:
-            raise DatasetConfigError(f"{num_samples} {split_name} samples requested but split {split!r} leaves no {split_name} documents")
+            raise DatasetConfigError(
+                f"{num_samples} {split_name} samples requested but split {split!r} leaves no {split_name} documents"
+            )
         return None
 
     def gpt(indexed: IndexedDataset, documents: tuple[int, int], samples: int | None) -> GPTDataset:
-        return GPTDataset(indexed, seq_len=seq_len, seed=seed, num_samples=samples, documents=documents,
-                          cache_dir=cache_dir, name=split_name)
+        return GPTDataset(
+            indexed,
+            seq_len=seq_len,
+            seed=seed,
+            num_samples=samples,
+            documents=documents,
+            cache_dir=cache_dir,
+            name=split_name,
+        )
 
     if len(entries) == 1:
         _, indexed, documents = entries[0]
         return gpt(indexed, documents, num_samples)
     if num_samples is None:
         if any(weight is not None for weight, _, _ in entries):
-            raise DatasetConfigError("blend weights need a sample count to apply to (--train-samples / "
-                                     "--valid-samples, or train.steps in training); give one, or drop the weights")
+            raise DatasetConfigError(
+                "blend weights need a sample count to apply to (--train-samples / "
+                "--valid-samples, or train.steps in training); give one, or drop the weights"
+            )
         datasets = [gpt(indexed, documents, None) for _, indexed, documents in entries]
         sizes = [len(d) for d in datasets]
         return BlendedDataset(datasets, sizes, sum(sizes))
@@ -192,8 +217,10 @@ def describe(dataset: GPTDataset | BlendedDataset | None) -> str:
         parts = "; ".join(f"{count} from {describe(d)}" for count, d in zip(dataset.counts, dataset.datasets))
         return f"{len(dataset)} samples blended ({parts})"
     begin, end = dataset.documents
-    return (f"{dataset.indexed.prefix} documents [{begin}, {end}): {dataset.tokens_per_epoch} tokens, "
-            f"{dataset.num_epochs} epoch(s), {len(dataset)} samples, index {dataset.cache_status}")
+    return (
+        f"{dataset.indexed.prefix} documents [{begin}, {end}): {dataset.tokens_per_epoch} tokens, "
+        f"{dataset.num_epochs} epoch(s), {len(dataset)} samples, index {dataset.cache_status}"
+    )
 
 
 @entry_point
@@ -201,20 +228,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m megaphi.data.builder",
         description="Build (or check) the cached train/valid sample indices for a training run ahead of time, "
-                    "so the job starts without building them, and report what each split holds.")
-    parser.add_argument("--data-path", nargs="+", required=True,
-                        help="indexed dataset prefixes, optionally weighted: PREFIX | W1 PREFIX1 W2 PREFIX2 ...")
+        "so the job starts without building them, and report what each split holds.",
+    )
+    parser.add_argument(
+        "--data-path",
+        nargs="+",
+        required=True,
+        help="indexed dataset prefixes, optionally weighted: PREFIX | W1 PREFIX1 W2 PREFIX2 ...",
+    )
     parser.add_argument("--seq-len", type=int, required=True, help="model context length")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--split", default="969,30,1", help="weights (969,30,1) or document ranges (0:9000,9000:9900)")
-    parser.add_argument("--train-samples", type=int, default=None, help="train steps x global batch (default: one epoch)")
+    parser.add_argument(
+        "--train-samples", type=int, default=None, help="train steps x global batch (default: one epoch)"
+    )
     parser.add_argument("--valid-samples", type=int, default=None, help="default: one pass over the validation data")
     parser.add_argument("--cache-dir", default=None, help="default: index-cache/ next to each dataset")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     train, valid = build_train_valid_datasets(
-        args.data_path, seq_len=args.seq_len, seed=args.seed, train_samples=args.train_samples,
-        valid_samples=args.valid_samples, split=args.split, cache_dir=args.cache_dir)
+        args.data_path,
+        seq_len=args.seq_len,
+        seed=args.seed,
+        train_samples=args.train_samples,
+        valid_samples=args.valid_samples,
+        split=args.split,
+        cache_dir=args.cache_dir,
+    )
     print(f"train: {describe(train)}")
     print(f"valid: {describe(valid)}")
     print(f"ready in {time.perf_counter() - start:.2f} s")

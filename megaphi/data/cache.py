@@ -13,6 +13,7 @@ torch.distributed rank 0 builds while the other ranks wait on a barrier, and an 
 keeps concurrent processes (other jobs, ranks on a disk rank 0 cannot see) from building the same
 entry twice. Files are written under temporary names and renamed, so readers never see half a file.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -20,6 +20,7 @@ They are built with vectorised numpy (cumulative sums and a histogram, no per-do
 loop), once, and cached on disk (see :mod:`megaphi.data.cache`), keyed by a hash of the document
 lengths, the document range, ``seq_len``, the number of epochs and the seed.
 """
+
 from __future__ import annotations
 
 import os
@@ -99,8 +100,9 @@ def build_sample_index(
     return sample_index
 
 
-def build_shuffle_index(num_samples: int, tokens_per_epoch: int, num_epochs: int, seq_len: int,
-                        rng: np.random.RandomState) -> np.ndarray:
+def build_shuffle_index(
+    num_samples: int, tokens_per_epoch: int, num_epochs: int, seq_len: int, rng: np.random.RandomState
+) -> np.ndarray:
     """Permutation of ``range(num_samples)`` that shuffles each epoch's samples among themselves.
 
     Sample ``k`` belongs to the epoch in which it starts; epoch ``e`` starts at sample
@@ -155,14 +157,16 @@ class GPTDataset(torch.utils.data.Dataset):
         begin, end = (0, num_docs) if documents is None else (int(documents[0]), int(documents[1]))
         if not 0 <= begin <= end <= num_docs:
             raise DatasetConfigError(
-                f"document range [{begin}, {end}) is outside {self.indexed.prefix}, which has {num_docs} documents")
+                f"document range [{begin}, {end}) is outside {self.indexed.prefix}, which has {num_docs} documents"
+            )
         self.documents = (begin, end)
         lengths = self.indexed.sequence_lengths[begin:end]
         self.tokens_per_epoch = int(lengths.sum(dtype=np.int64))
         if self.tokens_per_epoch <= seq_len:
             raise DatasetConfigError(
                 f"documents [{begin}, {end}) of {self.indexed.prefix} hold {self.tokens_per_epoch} tokens, fewer than "
-                f"one sample of seq_len + 1 = {seq_len + 1}; use more data, a larger split or a shorter seq_len")
+                f"one sample of seq_len + 1 = {seq_len + 1}; use more data, a larger split or a shorter seq_len"
+            )
         self.num_epochs = num_epochs_for(num_samples, self.tokens_per_epoch, self.seq_len)
 
         params = {
@@ -181,7 +185,8 @@ class GPTDataset(torch.utils.data.Dataset):
         except OSError as e:
             raise DatasetConfigError(
                 f"cannot write the dataset index cache in {cache_dir} ({e.strerror or e}); "
-                "point cache_dir (data.cache_dir) at a writable directory") from None
+                "point cache_dir (data.cache_dir) at a writable directory"
+            ) from None
         self.cache_status = self._cache.status
 
     def _build_indices(self) -> dict[str, np.ndarray]:
@@ -189,7 +194,9 @@ class GPTDataset(torch.utils.data.Dataset):
         documents = np.arange(*self.documents, dtype=np.int32)
         document_index = build_document_index(documents, self.num_epochs, rng)
         sample_index = build_sample_index(self.indexed.sequence_lengths, document_index, self.num_epochs, self.seq_len)
-        shuffle_index = build_shuffle_index(len(sample_index) - 1, self.tokens_per_epoch, self.num_epochs, self.seq_len, rng)
+        shuffle_index = build_shuffle_index(
+            len(sample_index) - 1, self.tokens_per_epoch, self.num_epochs, self.seq_len, rng
+        )
         return {"document_index": document_index, "sample_index": sample_index, "shuffle_index": shuffle_index}
 
     def _set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
@@ -230,9 +237,15 @@ class GPTDataset(torch.utils.data.Dataset):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._set_arrays({key: np.load(self._cache.array_path(key), mmap_mode="r")
-                          for key in ("document_index", "sample_index", "shuffle_index")})
+        self._set_arrays(
+            {
+                key: np.load(self._cache.array_path(key), mmap_mode="r")
+                for key in ("document_index", "sample_index", "shuffle_index")
+            }
+        )
 
     def __repr__(self) -> str:
-        return (f"GPTDataset({self.indexed.prefix!r}, name={self.name!r}, documents={self.documents}, "
-                f"seq_len={self.seq_len}, epochs={self.num_epochs}, samples={len(self)})")
+        return (
+            f"GPTDataset({self.indexed.prefix!r}, name={self.name!r}, documents={self.documents}, "
+            f"seq_len={self.seq_len}, epochs={self.num_epochs}, samples={len(self)})"
+        )

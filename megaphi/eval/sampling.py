@@ -1,4 +1,5 @@
 """Draw benchmark completions from a model: the ``samples.jsonl`` that ``score`` reads."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,10 @@ class SamplingConfig:
         if self.n_samples < 1:
             raise UserError(f"--n-samples must be at least 1, got {self.n_samples}")
         if self.n_samples > 1 and self.temperature == 0:
-            raise UserError(f"--n-samples {self.n_samples} with --temperature 0 draws {self.n_samples} identical "
-                             "greedy samples: set --temperature above 0 (e.g. 0.8 for pass@10/100)")
+            raise UserError(
+                f"--n-samples {self.n_samples} with --temperature 0 draws {self.n_samples} identical "
+                "greedy samples: set --temperature above 0 (e.g. 0.8 for pass@10/100)"
+            )
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be at least 1, got {self.limit}")
 
@@ -35,8 +38,14 @@ def context_budgets(prompt_lengths: list[int], context: int, max_new_tokens: int
     return [max(0, min(max_new_tokens, context - length)) for length in prompt_lengths]
 
 
-def generate_samples(benchmark: Benchmark, model_path: str, sampling: SamplingConfig, *,
-                     device: str = "cpu", tokenizer: str | None = None) -> list[dict]:
+def generate_samples(
+    benchmark: Benchmark,
+    model_path: str,
+    sampling: SamplingConfig,
+    *,
+    device: str = "cpu",
+    tokenizer: str | None = None,
+) -> list[dict]:
     """``n_samples`` completions per problem as [{task_id, completion}], problems in benchmark order.
 
     A prompt that leaves the model's context too little room gets the room there is; one that fills the
@@ -53,16 +62,27 @@ def generate_samples(benchmark: Benchmark, model_path: str, sampling: SamplingCo
     # One generate call per budget: most prompts share the full max_new_tokens.
     for budget in sorted(set(budgets) - {0}, reverse=True):
         group = [i for i, b in enumerate(budgets) if b == budget]
-        texts = generate(model, tok, [problems[i].prompt for i in group], max_new_tokens=budget,
-                         temperature=sampling.temperature, top_p=sampling.top_p, n=sampling.n_samples,
-                         stop=list(benchmark.stop), seed=sampling.seed, batch_size=sampling.batch_size,
-                         show_progress=True)
+        texts = generate(
+            model,
+            tok,
+            [problems[i].prompt for i in group],
+            max_new_tokens=budget,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            n=sampling.n_samples,
+            stop=list(benchmark.stop),
+            seed=sampling.seed,
+            batch_size=sampling.batch_size,
+            show_progress=True,
+        )
         completions.update(zip(group, texts))
     samples = []
     for i, problem in enumerate(problems):
         if budgets[i] == 0:
-            reason = (f"not generated: the prompt has {lengths[i]} tokens and the model's context is {context}, "
-                      f"leaving no room for a completion")
+            reason = (
+                f"not generated: the prompt has {lengths[i]} tokens and the model's context is {context}, "
+                f"leaving no room for a completion"
+            )
             samples += [{"task_id": problem.task_id, "completion": "", NOT_GENERATED: reason}] * sampling.n_samples
         else:
             samples += [{"task_id": problem.task_id, "completion": c} for c in completions[i]]
@@ -73,6 +93,15 @@ def not_generated_results(samples: list[dict], scored: list[dict]) -> list[dict]
     """All samples' results in order: ``scored`` for those that ran, a failure with its reason for the
     samples that ``generate_samples`` could not generate (nothing of theirs runs)."""
     scored_iter = iter(scored)
-    return [{"task_id": s["task_id"], "completion": s["completion"], "passed": False,
-             "result": f"failed: {s[NOT_GENERATED]}", "output": ""} if NOT_GENERATED in s else next(scored_iter)
-            for s in samples]
+    return [
+        {
+            "task_id": s["task_id"],
+            "completion": s["completion"],
+            "passed": False,
+            "result": f"failed: {s[NOT_GENERATED]}",
+            "output": "",
+        }
+        if NOT_GENERATED in s
+        else next(scored_iter)
+        for s in samples
+    ]

@@ -24,6 +24,7 @@ their cgroups, so that a busy machine costs no sample its verdict) or three time
 time; only a capped excerpt of what was printed is kept, and a process that prints more than
 ``output_limit_bytes`` is stopped.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,8 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from megaphi.eval.cgroup import (CgroupLimits, CgroupTree, CgroupUnavailable, cgroup_tree, memory_room,
-                                 protect_from_oom_killer)
+from megaphi.eval.cgroup import (
+    CgroupLimits,
+    CgroupTree,
+    CgroupUnavailable,
+    cgroup_tree,
+    memory_room,
+    protect_from_oom_killer,
+)
 from megaphi.eval.seccomp import SeccompUnavailable, filter_program
 
 from megaphi.common.errors import UserError
@@ -97,21 +104,37 @@ class SandboxLimits:
     message_limit_bytes: int = 64 << 20  # largest value one call may carry between the two sandboxes
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "wall_factor", "memory_mb", "max_processes", "max_file_mb", "max_open_files", "tmp_mb",
-                     "cpu_cores", "output_limit_bytes", "message_limit_bytes"):
+        for name in (
+            "timeout_s",
+            "wall_factor",
+            "memory_mb",
+            "max_processes",
+            "max_file_mb",
+            "max_open_files",
+            "tmp_mb",
+            "cpu_cores",
+            "output_limit_bytes",
+            "message_limit_bytes",
+        ):
             if getattr(self, name) <= 0:
                 raise UserError(f"sandbox limit {name} must be positive, got {getattr(self, name)}")
 
     def runner_job(self) -> dict:
         """The limits as the runner inside the sandbox sets them."""
-        return {"cpu_s": int(self.timeout_s) + 1, "address_space": self.memory_mb << 20,
-                "max_processes": self.max_processes, "max_file": self.max_file_mb << 20,
-                "max_open_files": self.max_open_files, "message_limit": self.message_limit_bytes}
+        return {
+            "cpu_s": int(self.timeout_s) + 1,
+            "address_space": self.memory_mb << 20,
+            "max_processes": self.max_processes,
+            "max_file": self.max_file_mb << 20,
+            "max_open_files": self.max_open_files,
+            "message_limit": self.message_limit_bytes,
+        }
 
 
 @dataclass(frozen=True)
 class JudgedProgram:
     """A candidate program and the tests that judge it, which run apart from it."""
+
     candidate: str  # untrusted: the prompt, the completion, and any setup code both sides share
     prompt: str  # trusted: defines the helpers the tests may call (the candidate's copies are not used)
     tests: str  # trusted: runs to its end when the candidate is right
@@ -136,14 +159,24 @@ _BOOTSTRAP = "import marshal,os,sys;f=int(sys.argv.pop(1));c=os.read(f,1<<24);os
 
 @functools.lru_cache(maxsize=None)
 def _runner_code(python: str) -> bytes:
-    compiler = ("import marshal,sys;"
-                "sys.stdout.buffer.write(marshal.dumps(compile(sys.stdin.buffer.read(),'<sandbox_runner>','exec')))")
-    done = subprocess.run([python, "-I", "-S", "-c", compiler], input=_RUNNER_SOURCE.encode("utf-8"),
-                          capture_output=True, env=dict(_SANDBOX_ENV), cwd="/", check=False)
+    compiler = (
+        "import marshal,sys;"
+        "sys.stdout.buffer.write(marshal.dumps(compile(sys.stdin.buffer.read(),'<sandbox_runner>','exec')))"
+    )
+    done = subprocess.run(
+        [python, "-I", "-S", "-c", compiler],
+        input=_RUNNER_SOURCE.encode("utf-8"),
+        capture_output=True,
+        env=dict(_SANDBOX_ENV),
+        cwd="/",
+        check=False,
+    )
     if done.returncode != 0 or not done.stdout:
-        raise SandboxUnavailable(f"the interpreter {python} could not compile the sandbox runner: "
-                                 f"{done.stderr.decode(errors='replace').strip()[-300:]} "
-                                 "(pick another with --sandbox-python)")
+        raise SandboxUnavailable(
+            f"the interpreter {python} could not compile the sandbox runner: "
+            f"{done.stderr.decode(errors='replace').strip()[-300:]} "
+            "(pick another with --sandbox-python)"
+        )
     return done.stdout
 
 
@@ -175,15 +208,44 @@ def _bwrap_root(python: str) -> tuple[str, ...]:
 
 
 def _bwrap_prefix(python: str, limits: SandboxLimits, seccomp_fd: int) -> list[str]:
-    return ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
-            "--cap-drop", "ALL", "--hostname", "sandbox", *_bwrap_root(python),
-            # An empty /dev/pts hides bwrap's devpts: a pty counts against the host-wide kernel.pty.max.
-            "--dev", "/dev", "--tmpfs", "/dev/pts", "--remount-ro", "/dev/pts",
-            "--proc", "/proc", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp",
-            # /proc read-only: a scorer without CAP_SYS_RESOURCE sets no floor under the oom_score_adj
-            # of 1000 that the sandbox starts with, so a writable /proc would let it lower it again.
-            "--remount-ro", "/dev", "--remount-ro", "/proc", "--remount-ro", "/", "--chdir", "/tmp",
-            "--seccomp", str(seccomp_fd)]
+    return [
+        "bwrap",
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        "sandbox",
+        *_bwrap_root(python),
+        # An empty /dev/pts hides bwrap's devpts: a pty counts against the host-wide kernel.pty.max.
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/dev/pts",
+        "--remount-ro",
+        "/dev/pts",
+        "--proc",
+        "/proc",
+        "--size",
+        str(limits.tmp_mb << 20),
+        "--tmpfs",
+        "/tmp",
+        # /proc read-only: a scorer without CAP_SYS_RESOURCE sets no floor under the oom_score_adj
+        # of 1000 that the sandbox starts with, so a writable /proc would let it lower it again.
+        "--remount-ro",
+        "/dev",
+        "--remount-ro",
+        "/proc",
+        "--remount-ro",
+        "/",
+        "--chdir",
+        "/tmp",
+        "--seccomp",
+        str(seccomp_fd),
+    ]
 
 
 def _memfd(name: str, data: bytes) -> int:
@@ -208,8 +270,7 @@ def _describe_exit(returncode: int, sandboxed: bool, who: str = "") -> tuple[str
 class _SandboxedProcess:
     """One runner process in its own bwrap and cgroup (or, unsafely, neither); its output on a pipe."""
 
-    def __init__(self, role: str, fds: Sequence[int], limits: SandboxLimits, python: str,
-                 tree: CgroupTree | None):
+    def __init__(self, role: str, fds: Sequence[int], limits: SandboxLimits, python: str, tree: CgroupTree | None):
         self.sandboxed = tree is not None
         self.cgroup, self.workdir = None, None
         self.excerpt, self.printed = bytearray(), 0
@@ -219,22 +280,40 @@ class _SandboxedProcess:
         inherited = [_memfd("megaphi-sandbox-runner", _runner_code(python)), job_r]
         own_fds = list(inherited)
         try:
-            command = [python, "-I", "-S", "-c", _BOOTSTRAP, str(inherited[0]), role,
-                       *map(str, inherited[1:] + list(fds))]
+            command = [
+                python,
+                "-I",
+                "-S",
+                "-c",
+                _BOOTSTRAP,
+                str(inherited[0]),
+                role,
+                *map(str, inherited[1:] + list(fds)),
+            ]
             if tree is not None:
                 seccomp_fd = _memfd("megaphi-seccomp", filter_program())
                 own_fds.append(seccomp_fd)
-                self.cgroup = tree.create(CgroupLimits(memory_bytes=limits.memory_mb << 20,
-                                                       max_pids=limits.max_processes, cpu_cores=limits.cpu_cores))
+                self.cgroup = tree.create(
+                    CgroupLimits(
+                        memory_bytes=limits.memory_mb << 20, max_pids=limits.max_processes, cpu_cores=limits.cpu_cores
+                    )
+                )
                 command = self.cgroup.join_command(_drop_root() + _bwrap_prefix(python, limits, seccomp_fd) + command)
             else:
                 self.workdir = tempfile.TemporaryDirectory(prefix="megaphi-unsafe-")
             self.output, output_w = os.pipe()
             own_fds.append(output_w)
             try:
-                self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output_w, stderr=output_w,
-                                             env=dict(_SANDBOX_ENV), pass_fds=[*own_fds[:-1], *fds],
-                                             start_new_session=True, cwd=self.workdir.name if self.workdir else "/")
+                self.proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output_w,
+                    stderr=output_w,
+                    env=dict(_SANDBOX_ENV),
+                    pass_fds=[*own_fds[:-1], *fds],
+                    start_new_session=True,
+                    cwd=self.workdir.name if self.workdir else "/",
+                )
             except BaseException:
                 os.close(self.output)
                 raise
@@ -251,7 +330,7 @@ class _SandboxedProcess:
         data = json.dumps(job).encode("utf-8", "surrogatepass")
         try:
             while data:
-                data = data[os.write(self.job_w, data):]
+                data = data[os.write(self.job_w, data) :]
         except BrokenPipeError:
             pass
         finally:
@@ -335,8 +414,13 @@ class _TimeBudget:
         return min(self.wall_left(), self._POLL_S) if self.cgroups else self.wall_left()
 
 
-def _drain(processes: Sequence[_SandboxedProcess], verdict_fd: int, budget: _TimeBudget, limits: SandboxLimits,
-           done: Callable[[set], bool]) -> tuple[bytes, str | None]:
+def _drain(
+    processes: Sequence[_SandboxedProcess],
+    verdict_fd: int,
+    budget: _TimeBudget,
+    limits: SandboxLimits,
+    done: Callable[[set], bool],
+) -> tuple[bytes, str | None]:
     """Read the processes' output and the verdict pipe until ``done(open fds)``; returns (verdict, abort)."""
     verdict = bytearray()
     with selectors.DefaultSelector() as selector:
@@ -390,8 +474,9 @@ def _finish(processes: Sequence[_SandboxedProcess], limits: SandboxLimits) -> bo
         if emptied:
             process.cleanup()
     if not emptied:
-        warnings.warn("a sandbox's cgroup still held processes after SIGKILL; it was left in place", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "a sandbox's cgroup still held processes after SIGKILL; it was left in place", RuntimeWarning, stacklevel=2
+        )
     return emptied
 
 
@@ -446,12 +531,16 @@ def _run_one(program: str, limits: SandboxLimits, python: str, tree: CgroupTree 
         emptied = _finish([process], limits)
         os.close(verdict_r)
     marker = verdict.rfind(token.encode() + b" ")
-    result = _limit_result(abort, limits, budget) or (_verdict_result(verdict[marker + len(token) + 1:], limits)
-                                              if marker >= 0 else None)
+    result = _limit_result(abort, limits, budget) or (
+        _verdict_result(verdict[marker + len(token) + 1 :], limits) if marker >= 0 else None
+    )
     if result is None or (oom and not result.passed):
         status, detail = _describe_exit(returncode, tree is not None)
-        result = (SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit") if oom
-                  else SandboxResult(status, detail))
+        result = (
+            SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit")
+            if oom
+            else SandboxResult(status, detail)
+        )
     return _with_output(result, bytes(process.excerpt).decode("utf-8", "replace"), emptied, peak)
 
 
@@ -485,12 +574,24 @@ class _JudgingPair:
         candidate, test = self.processes
         try:
             candidate.deliver({**limits.runner_job(), "candidate": job.candidate})
-            test.deliver({**limits.runner_job(), "prompt": job.prompt, "tests": job.tests,
-                          "entry_points": list(job.entry_points), "shared": list(job.shared)})
+            test.deliver(
+                {
+                    **limits.runner_job(),
+                    "prompt": job.prompt,
+                    "tests": job.tests,
+                    "entry_points": list(job.entry_points),
+                    "shared": list(job.shared),
+                }
+            )
             budget = _TimeBudget(self.processes, limits)
             # The sample ends when the test process has closed its output and its verdict pipe.
-            verdict, abort = _drain(self.processes, verdict_r, budget, limits,
-                                    done=lambda open_fds: test.output not in open_fds and verdict_r not in open_fds)
+            verdict, abort = _drain(
+                self.processes,
+                verdict_r,
+                budget,
+                limits,
+                done=lambda open_fds: test.output not in open_fds and verdict_r not in open_fds,
+            )
             if abort is None and not test.wait(budget.wall_left()):
                 abort = "wall"
             if abort is None and verdict == b"candidate-gone":
@@ -508,8 +609,9 @@ class _JudgingPair:
                 result = SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit")
             elif verdict == b"candidate-gone":
                 if candidate_code is None:
-                    result = SandboxResult("failed",
-                                           "the candidate program stopped answering before the end of the tests")
+                    result = SandboxResult(
+                        "failed", "the candidate program stopped answering before the end of the tests"
+                    )
                 else:
                     result = SandboxResult(*_describe_exit(candidate_code, self.sandboxed, "the candidate program "))
             else:
@@ -517,8 +619,9 @@ class _JudgingPair:
         return _with_output(result, _excerpt(self.processes, limits), emptied, peak)
 
 
-def _judge_all(jobs: Sequence[JudgedProgram], limits: SandboxLimits, python: str, tree: CgroupTree | None,
-               workers: int) -> list[SandboxResult]:
+def _judge_all(
+    jobs: Sequence[JudgedProgram], limits: SandboxLimits, python: str, tree: CgroupTree | None, workers: int
+) -> list[SandboxResult]:
     """Each worker judges one job while the sandboxes for its next one start: starting a sandbox is
     mostly waiting on the kernel, and this way no job waits for its own."""
     results: list[SandboxResult | None] = [None] * len(jobs)
@@ -553,8 +656,10 @@ def _sandbox_tree() -> CgroupTree:
         filter_program()
         tree = cgroup_tree()
     except (CgroupUnavailable, SeccompUnavailable) as error:
-        raise SandboxUnavailable(f"the sandbox cannot enforce its limits here: {error}; or pass "
-                                 "--unsafe-no-sandbox to run model-written code without isolation") from None
+        raise SandboxUnavailable(
+            f"the sandbox cannot enforce its limits here: {error}; or pass "
+            "--unsafe-no-sandbox to run model-written code without isolation"
+        ) from None
     protect_from_oom_killer()
     return tree
 
@@ -576,17 +681,21 @@ def _sandbox_problem(python: str) -> str | None:
         return None
     who = "every user" if os.geteuid() == 0 else "this user"
     said = " ".join(result.output.split())[-300:] or result.detail
-    return (f"bwrap could not run {python} ({said}): bubblewrap 0.8 or later is needed (--disable-userns, "
-            f"--seccomp), user namespaces must be allowed (sysctl kernel.unprivileged_userns_clone=1) and the "
-            f"interpreter readable by {who} (pick another with --sandbox-python)")
+    return (
+        f"bwrap could not run {python} ({said}): bubblewrap 0.8 or later is needed (--disable-userns, "
+        f"--seccomp), user namespaces must be allowed (sysctl kernel.unprivileged_userns_clone=1) and the "
+        f"interpreter readable by {who} (pick another with --sandbox-python)"
+    )
 
 
 def check_sandbox(python: str | None = None) -> None:
     """Raise SandboxUnavailable, saying why and what to do, when the sandbox cannot run programs here."""
     problem = _sandbox_problem(python or default_python())
     if problem is not None:
-        raise SandboxUnavailable(f"the sandbox cannot run here: {problem}; or pass --unsafe-no-sandbox to run "
-                                 "model-written code without isolation")
+        raise SandboxUnavailable(
+            f"the sandbox cannot run here: {problem}; or pass --unsafe-no-sandbox to run "
+            "model-written code without isolation"
+        )
 
 
 def _workers_that_fit_in_memory(workers: int, memory_mb: int, sandboxes_per_job: int) -> int:
@@ -598,23 +707,32 @@ def _workers_that_fit_in_memory(workers: int, memory_mb: int, sandboxes_per_job:
     per_job = sandboxes_per_job * memory_mb << 20
     fit = room // per_job
     if fit < 1:
-        raise SandboxUnavailable(f"one job needs {sandboxes_per_job} sandbox(es) x {memory_mb} MiB = "
-                                 f"{per_job >> 20} MiB, but {source} leaves the scorer {room >> 20} MiB: lower "
-                                 "--sandbox-memory-mb or give the scorer more memory")
+        raise SandboxUnavailable(
+            f"one job needs {sandboxes_per_job} sandbox(es) x {memory_mb} MiB = "
+            f"{per_job >> 20} MiB, but {source} leaves the scorer {room >> 20} MiB: lower "
+            "--sandbox-memory-mb or give the scorer more memory"
+        )
     if fit < workers:
-        print(f"megaphi: running {fit} job(s) at once instead of the {workers} requested: {source} leaves the "
-              f"scorer {room >> 20} MiB, and each job may use {sandboxes_per_job} x {memory_mb} MiB",
-              file=sys.stderr, flush=True)
+        print(
+            f"megaphi: running {fit} job(s) at once instead of the {workers} requested: {source} leaves the "
+            f"scorer {room >> 20} MiB, and each job may use {sandboxes_per_job} x {memory_mb} MiB",
+            file=sys.stderr,
+            flush=True,
+        )
     return min(workers, fit)
 
 
-def _prepare(python: str | None, unsafe_no_sandbox: bool, workers: int | None, limits: SandboxLimits,
-             sandboxes_per_job: int) -> tuple[str, CgroupTree | None, int]:
+def _prepare(
+    python: str | None, unsafe_no_sandbox: bool, workers: int | None, limits: SandboxLimits, sandboxes_per_job: int
+) -> tuple[str, CgroupTree | None, int]:
     """The interpreter, the cgroup tree (None when unsafe) and the worker count, or why not."""
     python = python or default_python()
     if unsafe_no_sandbox:
-        warnings.warn("running model-written code WITHOUT a sandbox: it can read, change and send anything "
-                      "this user can", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "running model-written code WITHOUT a sandbox: it can read, change and send anything this user can",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         tree = None
     else:
         check_sandbox(python)
@@ -629,9 +747,17 @@ def _prepare(python: str | None, unsafe_no_sandbox: bool, workers: int | None, l
     return python, tree, workers
 
 
-def run_programs(programs: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int = 1024,
-                 workers: int | None = None, max_processes: int = 16, output_limit_bytes: int = 1 << 20,
-                 python: str | None = None, unsafe_no_sandbox: bool = False) -> list[SandboxResult]:
+def run_programs(
+    programs: Sequence[str],
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    workers: int | None = None,
+    max_processes: int = 16,
+    output_limit_bytes: int = 1 << 20,
+    python: str | None = None,
+    unsafe_no_sandbox: bool = False,
+) -> list[SandboxResult]:
     """Run each program in its own sandbox, ``workers`` at a time (default: 2 per core); results in input order.
 
     A program passes only when it runs to its end; raising anything (``SystemExit`` included),
@@ -640,16 +766,25 @@ def run_programs(programs: Sequence[str], *, timeout_s: float = 10.0, memory_mb:
     sandbox cannot run, unless ``unsafe_no_sandbox`` (which keeps the rlimits, timeout and cleared
     environment but gives the program the whole machine).
     """
-    limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,
-                           output_limit_bytes=output_limit_bytes)
+    limits = SandboxLimits(
+        timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes, output_limit_bytes=output_limit_bytes
+    )
     python, tree, workers = _prepare(python, unsafe_no_sandbox, workers, limits, 1)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
         return list(pool.map(lambda program: _run_one(program, limits, python, tree), programs))
 
 
-def judge_programs(jobs: Sequence[JudgedProgram], *, timeout_s: float = 10.0, memory_mb: int = 1024,
-                   workers: int | None = None, max_processes: int = 16, output_limit_bytes: int = 1 << 20,
-                   python: str | None = None, unsafe_no_sandbox: bool = False) -> list[SandboxResult]:
+def judge_programs(
+    jobs: Sequence[JudgedProgram],
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    workers: int | None = None,
+    max_processes: int = 16,
+    output_limit_bytes: int = 1 << 20,
+    python: str | None = None,
+    unsafe_no_sandbox: bool = False,
+) -> list[SandboxResult]:
     """Judge each candidate by its tests, two sandboxes per job, ``workers`` jobs at a time; results in order.
 
     A job passes only when its tests run to their end in the test sandbox, which writes the verdict;
@@ -660,7 +795,8 @@ def judge_programs(jobs: Sequence[JudgedProgram], *, timeout_s: float = 10.0, me
     enforce its limits, or not even one job fits, unless ``unsafe_no_sandbox`` (where ``timeout_s`` is
     wall-clock time).
     """
-    limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,
-                           output_limit_bytes=output_limit_bytes)
+    limits = SandboxLimits(
+        timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes, output_limit_bytes=output_limit_bytes
+    )
     python, tree, workers = _prepare(python, unsafe_no_sandbox, workers, limits, 2)
     return _judge_all(jobs, limits, python, tree, workers)

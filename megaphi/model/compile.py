@@ -7,6 +7,7 @@ across blocks, longer compilation. ``nn.Module.compile`` compiles in place, so p
 state dicts and checkpoints are the same as without compilation, and a run can resume with another
 choice.
 """
+
 from __future__ import annotations
 
 from torch import nn

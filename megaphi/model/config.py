@@ -1,4 +1,5 @@
 """PhiConfig: transformers' PhiConfig field names plus megaphi's training switches, and named presets."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,17 +39,28 @@ class PhiConfig:
     make_vocab_size_divisible_by: int = 128
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "max_position_embeddings", "make_vocab_size_divisible_by"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "max_position_embeddings",
+            "make_vocab_size_divisible_by",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"PhiConfig.{name}={value!r} must be a positive integer")
         if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(f"PhiConfig.hidden_size={self.hidden_size} must be divisible by "
-                             f"num_attention_heads={self.num_attention_heads}")
+            raise ValueError(
+                f"PhiConfig.hidden_size={self.hidden_size} must be divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
         if not 0.0 < self.partial_rotary_factor <= 1.0 or self.rotary_dim % 2 != 0:
-            raise ValueError(f"PhiConfig.partial_rotary_factor={self.partial_rotary_factor} must be in (0, 1] and "
-                             f"give an even number of rotary dims per head (head_dim={self.head_dim})")
+            raise ValueError(
+                f"PhiConfig.partial_rotary_factor={self.partial_rotary_factor} must be in (0, 1] and "
+                f"give an even number of rotary dims per head (head_dim={self.head_dim})"
+            )
         for name in ("resid_pdrop", "embd_pdrop", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"PhiConfig.{name}={getattr(self, name)} must be in [0, 1)")
@@ -59,8 +71,9 @@ class PhiConfig:
         if self.cross_entropy not in CROSS_ENTROPY_IMPLS:
             raise ValueError(f"PhiConfig.cross_entropy={self.cross_entropy!r} must be one of {CROSS_ENTROPY_IMPLS}")
         if self.layer_norm_backend not in LAYER_NORM_BACKENDS:
-            raise ValueError(f"PhiConfig.layer_norm_backend={self.layer_norm_backend!r} must be one of "
-                             f"{LAYER_NORM_BACKENDS}")
+            raise ValueError(
+                f"PhiConfig.layer_norm_backend={self.layer_norm_backend!r} must be one of {LAYER_NORM_BACKENDS}"
+            )
         if self.tie_word_embeddings:
             raise ValueError("PhiConfig.tie_word_embeddings=True is not supported: phi has an untied lm_head")
 
@@ -86,14 +99,35 @@ class PhiConfig:
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # phi-1 as published (1,418,270,720 parameters); the paper trained with 0.1 attention and residual dropout.
-    "phi-1": dict(vocab_size=51200, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
-                  num_attention_heads=32, max_position_embeddings=2048, resid_pdrop=0.1, attention_dropout=0.1),
-    "phi-1-small": dict(vocab_size=51200, hidden_size=1024, intermediate_size=4096, num_hidden_layers=20,
-                        num_attention_heads=16, max_position_embeddings=2048, resid_pdrop=0.1,
-                        attention_dropout=0.1),
+    "phi-1": dict(
+        vocab_size=51200,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        max_position_embeddings=2048,
+        resid_pdrop=0.1,
+        attention_dropout=0.1,
+    ),
+    "phi-1-small": dict(
+        vocab_size=51200,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=20,
+        num_attention_heads=16,
+        max_position_embeddings=2048,
+        resid_pdrop=0.1,
+        attention_dropout=0.1,
+    ),
     # Trains on two CPU cores; set vocab_size to the tokenizer's before training a real tokenizer.
-    "phi-tiny": dict(vocab_size=2048, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-                     num_attention_heads=4, max_position_embeddings=512),
+    "phi-tiny": dict(
+        vocab_size=2048,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+    ),
 }
 
 

@@ -4,6 +4,7 @@ Both modules hold ``weight`` and ``bias`` under the same names, so checkpoints d
 choice. apex's kernel is opaque to torch.compile (a graph break per LayerNorm), so a compiled run
 is better served by "torch", which the compiler fuses with its neighbours.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,14 +19,16 @@ def apex_available() -> bool:
 
 
 def resolve_layer_norm(name: str) -> str:
-    """"auto" is "apex" when apex is importable, else "torch"; an explicit "apex" without it is an error."""
+    """ "auto" is "apex" when apex is importable, else "torch"; an explicit "apex" without it is an error."""
     if name not in LAYER_NORM_BACKENDS:
         raise ValueError(f"layer_norm_backend={name!r} must be one of {LAYER_NORM_BACKENDS}")
     if name == "auto":
         return "apex" if apex_available() else "torch"
     if name == "apex" and not apex_available():
-        raise ValueError("layer_norm_backend='apex' needs NVIDIA apex built with its CUDA extensions "
-                         "(github.com/NVIDIA/apex); use layer_norm_backend='auto' or 'torch'")
+        raise ValueError(
+            "layer_norm_backend='apex' needs NVIDIA apex built with its CUDA extensions "
+            "(github.com/NVIDIA/apex); use layer_norm_backend='auto' or 'torch'"
+        )
     return name
 
 

@@ -7,6 +7,7 @@ Three implementations (``PhiConfig.cross_entropy``):
 - "unfused": the lm_head's full logits, then the vocab-parallel loss over them (the reference).
 "auto" takes liger where it applies, else fused.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -38,18 +39,22 @@ def resolve_cross_entropy(name: str, device: torch.device) -> str:
         return "liger" if liger_available() and device.type == "cuda" and tp == 1 else "fused"
     if name == "liger":
         if not liger_available():
-            raise ValueError("cross_entropy='liger' needs the liger-kernel package (pip install liger-kernel on a "
-                             "CUDA machine); use cross_entropy='auto' or 'fused' elsewhere")
+            raise ValueError(
+                "cross_entropy='liger' needs the liger-kernel package (pip install liger-kernel on a "
+                "CUDA machine); use cross_entropy='auto' or 'fused' elsewhere"
+            )
         if device.type != "cuda":
             raise ValueError(f"cross_entropy='liger' runs on CUDA only, not on {device.type}; use 'auto' or 'fused'")
         if tp > 1:
-            raise ValueError(f"cross_entropy='liger' has no vocab-parallel form (tensor-parallel size {tp}); use "
-                             "'auto' or 'fused'")
+            raise ValueError(
+                f"cross_entropy='liger' has no vocab-parallel form (tensor-parallel size {tp}); use 'auto' or 'fused'"
+            )
     return name
 
 
-def _liger_sum(hidden: torch.Tensor, lm_head: ColumnParallelLinear, labels: torch.Tensor,
-               vocab_size: int) -> torch.Tensor:
+def _liger_sum(
+    hidden: torch.Tensor, lm_head: ColumnParallelLinear, labels: torch.Tensor, vocab_size: int
+) -> torch.Tensor:
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
     # Only the real vocabulary rows: padding rows would add exp(0) terms to the softmax.
@@ -58,18 +63,21 @@ def _liger_sum(hidden: torch.Tensor, lm_head: ColumnParallelLinear, labels: torc
     return loss(lm_head.weight[:vocab_size], hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1), bias)
 
 
-def causal_lm_loss(hidden: torch.Tensor, lm_head: ColumnParallelLinear, labels: torch.Tensor, *, vocab_size: int,
-                   impl: str) -> torch.Tensor:
+def causal_lm_loss(
+    hidden: torch.Tensor, lm_head: ColumnParallelLinear, labels: torch.Tensor, *, vocab_size: int, impl: str
+) -> torch.Tensor:
     """Mean cross-entropy of ``lm_head(hidden)`` over the labels that are not IGNORE_INDEX."""
     impl = resolve_cross_entropy(impl, hidden.device)
     if impl == "liger":
         total = _liger_sum(hidden, lm_head, labels, vocab_size)
     elif impl == "fused":
-        total = fused_linear_cross_entropy(hidden, lm_head.weight, lm_head.bias, labels, vocab_size=vocab_size,
-                                           ignore_index=IGNORE_INDEX).sum()
+        total = fused_linear_cross_entropy(
+            hidden, lm_head.weight, lm_head.bias, labels, vocab_size=vocab_size, ignore_index=IGNORE_INDEX
+        ).sum()
     else:
         # The logits are consumed only by the loss, so its backward may overwrite them with their gradient.
-        total = vocab_parallel_cross_entropy(lm_head(hidden), labels, vocab_size=vocab_size,
-                                             ignore_index=IGNORE_INDEX, inplace_backward=True).sum()
+        total = vocab_parallel_cross_entropy(
+            lm_head(hidden), labels, vocab_size=vocab_size, ignore_index=IGNORE_INDEX, inplace_backward=True
+        ).sum()
     # a tensor, not a Python int: no host synchronisation
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)

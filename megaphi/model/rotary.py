@@ -1,4 +1,5 @@
 """Partial rotary position embedding (GPT-NeoX rotate-half form, as transformers' Phi applies it)."""
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,9 @@ class RotaryEmbedding:
     def _table(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (device, dtype)
         if key not in self._tables:
-            inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.dim, 2, dtype=torch.int64, device=device)
-                                             .float() / self.dim))
+            inv_freq = 1.0 / (
+                self.theta ** (torch.arange(0, self.dim, 2, dtype=torch.int64, device=device).float() / self.dim)
+            )
             positions = torch.arange(self.max_positions, device=device).float()
             freqs = positions[:, None] * inv_freq[None, :]
             angles = torch.cat((freqs, freqs), dim=-1)
@@ -30,10 +32,12 @@ class RotaryEmbedding:
     def for_range(self, start: int, length: int, device: torch.device, dtype: torch.dtype):
         """cos, sin of shape [length, 1, dim] for positions start .. start+length-1."""
         if start + length > self.max_positions:
-            raise ValueError(f"positions up to {start + length - 1} exceed max_position_embeddings="
-                             f"{self.max_positions}; shorten the input or raise max_position_embeddings")
+            raise ValueError(
+                f"positions up to {start + length - 1} exceed max_position_embeddings="
+                f"{self.max_positions}; shorten the input or raise max_position_embeddings"
+            )
         cos, sin = self._table(device, dtype)
-        return cos[start:start + length, None, :], sin[start:start + length, None, :]
+        return cos[start : start + length, None, :], sin[start : start + length, None, :]
 
     def for_positions(self, position_ids: torch.Tensor, dtype: torch.dtype):
         """cos, sin of shape [batch, seq, 1, dim] for explicit position ids [batch, seq]."""
@@ -63,10 +67,10 @@ def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: tor
     """
     half = cos.shape[-1] // 2
     c, s = cos[..., :half], sin[..., :half]
-    x1, x2 = x[..., :half], x[..., half:2 * half]
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
     torch.mul(x1, c, out=out[..., :half]).addcmul_(x2, s, value=-sign)
-    torch.mul(x2, c, out=out[..., half:2 * half]).addcmul_(x1, s, value=sign)
-    out[..., 2 * half:].copy_(x[..., 2 * half:])
+    torch.mul(x2, c, out=out[..., half : 2 * half]).addcmul_(x1, s, value=sign)
+    out[..., 2 * half :].copy_(x[..., 2 * half :])
 
 
 class _RotaryQKV(torch.autograd.Function):
@@ -96,8 +100,9 @@ class _RotaryQKV(torch.autograd.Function):
         return grad, None, None
 
 
-def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor,
-               sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rotary_qkv(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q and k of ``qkv`` [batch, seq, 3, heads, head_dim] with rotary applied, and v; qkv is not modified.
 
     ``cos``/``sin`` as ``RotaryEmbedding`` returns them ([seq, 1, dim] or [batch, seq, 1, dim]).

@@ -3,13 +3,13 @@
 Each forward collective has its adjoint as the backward: copy <-> reduce, scatter <-> gather.
 All are the identity when the tensor-parallel size is 1, so the single-process model pays nothing.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-from megaphi.parallel.state import (get_tensor_parallel_group, get_tensor_parallel_rank,
-                                    get_tensor_parallel_world_size)
+from megaphi.parallel.state import get_tensor_parallel_group, get_tensor_parallel_rank, get_tensor_parallel_world_size
 
 
 def _all_reduce(x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ logit), and combined across ranks with two all-reduces of [tokens]-sized vectors
   loss. Logits exist one row chunk at a time in forward and again in backward (recomputed: one more
   lm_head GEMM instead of keeping [tokens x vocab] alive), so a larger micro batch fits.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from megaphi.parallel.collectives import copy_to_tensor_parallel_region
-from megaphi.parallel.state import (get_tensor_parallel_group, get_tensor_parallel_rank,
-                                    get_tensor_parallel_world_size)
+from megaphi.parallel.state import get_tensor_parallel_group, get_tensor_parallel_rank, get_tensor_parallel_world_size
 
 # fp32 elements materialised at once (256 MiB): bounds the temporary memory of every chunked pass.
 _CHUNK_ELEMENTS = 1 << 26
@@ -42,8 +42,9 @@ def _local_targets(target: torch.Tensor, vocab_start: int, valid: int) -> tuple[
     return local.masked_fill(~in_slice, 0), in_slice
 
 
-def _chunk_stats(logits: torch.Tensor, local_target: torch.Tensor, in_slice: torch.Tensor, stats: torch.Tensor,
-                 rows: slice) -> None:
+def _chunk_stats(
+    logits: torch.Tensor, local_target: torch.Tensor, in_slice: torch.Tensor, stats: torch.Tensor, rows: slice
+) -> None:
     """Fill stats[:, rows] = (max, sum exp(logit - max), target logit) of one chunk of fp32 logits."""
     row_max = logits.max(dim=-1).values
     stats[0, rows] = row_max
@@ -65,8 +66,13 @@ def _log_sum_exp(stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.log(sums[0]) + global_max, sums[1]
 
 
-def _logits_grad(logits: torch.Tensor, log_sum_exp: torch.Tensor, local_target: torch.Tensor,
-                 in_slice: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _logits_grad(
+    logits: torch.Tensor,
+    log_sum_exp: torch.Tensor,
+    local_target: torch.Tensor,
+    in_slice: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor:
     """(softmax - one_hot) * scale for one chunk of fp32 logits, in fp32 (overwrites ``logits``)."""
     probs = logits.sub_(log_sum_exp[:, None]).exp_()
     # scatter, not boolean indexing: no host sync
@@ -82,8 +88,9 @@ def _valid_columns(local_vocab: int, vocab_size: int) -> tuple[int, int]:
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, vocab_size: int, ignore_index: int,
-                inplace_backward: bool) -> torch.Tensor:
+    def forward(
+        ctx, logits: torch.Tensor, target: torch.Tensor, vocab_size: int, ignore_index: int, inplace_backward: bool
+    ) -> torch.Tensor:
         rows, local_vocab = logits.shape
         vocab_start, valid = _valid_columns(local_vocab, vocab_size)
         local_target, in_slice = _local_targets(target, vocab_start, valid)
@@ -102,16 +109,19 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         if ctx.used and ctx.inplace_backward:
-            raise RuntimeError("the vocab-parallel cross-entropy reuses its logits buffer for the gradient and can "
-                               "be backpropagated only once; do not use retain_graph through the loss")
+            raise RuntimeError(
+                "the vocab-parallel cross-entropy reuses its logits buffer for the gradient and can "
+                "be backpropagated only once; do not use retain_graph through the loss"
+            )
         ctx.used = True
         logits, local_target, in_slice, keep, log_sum_exp = ctx.saved_tensors
         grad = logits if ctx.inplace_backward else torch.empty_like(logits)
         scale = torch.where(keep, grad_loss, 0.0)
         valid = ctx.valid
         for c in _row_chunks(*logits.shape) if valid > 0 else []:
-            grad[c, :valid] = _logits_grad(logits[c, :valid].float(), log_sum_exp[c], local_target[c], in_slice[c],
-                                           scale[c]).to(grad.dtype)
+            grad[c, :valid] = _logits_grad(
+                logits[c, :valid].float(), log_sum_exp[c], local_target[c], in_slice[c], scale[c]
+            ).to(grad.dtype)
         if valid < logits.shape[1]:
             grad[:, valid:] = 0
         return grad, None, None, None, None
@@ -121,13 +131,21 @@ def _check_vocab(local_vocab: int, vocab_size: int | None) -> int:
     padded = local_vocab * get_tensor_parallel_world_size()
     vocab_size = padded if vocab_size is None else vocab_size
     if not 0 < vocab_size <= padded:
-        raise ValueError(f"vocab_size={vocab_size} must be in (0, {padded}] for logits with {local_vocab} "
-                         f"columns per tensor-parallel rank")
+        raise ValueError(
+            f"vocab_size={vocab_size} must be in (0, {padded}] for logits with {local_vocab} "
+            f"columns per tensor-parallel rank"
+        )
     return vocab_size
 
 
-def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, vocab_size: int | None = None,
-                                 ignore_index: int = -100, inplace_backward: bool = False) -> torch.Tensor:
+def vocab_parallel_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    vocab_size: int | None = None,
+    ignore_index: int = -100,
+    inplace_backward: bool = False,
+) -> torch.Tensor:
     """Per-token cross-entropy (fp32, shape of ``target``; 0 where target == ignore_index).
 
     ``logits``: [..., padded_vocab / tp], this rank's vocabulary slice, any float dtype.
@@ -139,8 +157,9 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, 
     vocab_size = _check_vocab(local_vocab, vocab_size)
     if logits.shape[:-1] != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} disagree on the token dims")
-    loss = _VocabParallelCrossEntropy.apply(logits.reshape(-1, local_vocab), target.reshape(-1), vocab_size,
-                                            ignore_index, inplace_backward)
+    loss = _VocabParallelCrossEntropy.apply(
+        logits.reshape(-1, local_vocab), target.reshape(-1), vocab_size, ignore_index, inplace_backward
+    )
     return loss.view(target.shape)
 
 
@@ -153,8 +172,15 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
-                vocab_size: int, ignore_index: int) -> torch.Tensor:
+    def forward(
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        target: torch.Tensor,
+        vocab_size: int,
+        ignore_index: int,
+    ) -> torch.Tensor:
         rows, local_vocab = hidden.shape[0], weight.shape[0]
         vocab_start, valid = _valid_columns(local_vocab, vocab_size)
         local_target, in_slice = _local_targets(target, vocab_start, valid)
@@ -185,8 +211,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
         grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if want_bias else None
         for c in _row_chunks(hidden.shape[0], valid) if valid > 0 else []:
-            grad_logits = _logits_grad(F.linear(hidden[c], w, b).float(), log_sum_exp[c], local_target[c],
-                                       in_slice[c], scale[c])
+            grad_logits = _logits_grad(
+                F.linear(hidden[c], w, b).float(), log_sum_exp[c], local_target[c], in_slice[c], scale[c]
+            )
             if want_bias:
                 grad_bias[:valid] += grad_logits.sum(dim=0)
             grad_logits = grad_logits.to(hidden.dtype)
@@ -201,9 +228,15 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
-def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                               target: torch.Tensor, *, vocab_size: int | None = None,
-                               ignore_index: int = -100) -> torch.Tensor:
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    *,
+    vocab_size: int | None = None,
+    ignore_index: int = -100,
+) -> torch.Tensor:
     """Per-token cross-entropy of ``hidden @ weight.T + bias`` against ``target``, logits never whole.
 
     ``hidden``: [..., H], replicated over the tensor-parallel group (its gradient is all-reduced).
@@ -215,7 +248,7 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias:
     if hidden.shape[:-1] != target.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and target {tuple(target.shape)} disagree on the token dims")
     hidden = copy_to_tensor_parallel_region(hidden)
-    loss = _FusedLinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias, target.reshape(-1),
-                                          vocab_size, ignore_index)
+    loss = _FusedLinearCrossEntropy.apply(
+        hidden.reshape(-1, hidden.shape[-1]), weight, bias, target.reshape(-1), vocab_size, ignore_index
+    )
     return loss.view(target.shape)
-

@@ -6,6 +6,7 @@ Sharded parameters carry ``tensor_model_parallel``, ``partition_dim`` and ``part
 over a padded vocabulary, ``partition_valid_size``): DeepSpeed counts them once per TP group in the
 gradient norm, and the checkpoint converters read their whole layout from these attributes.
 """
+
 from __future__ import annotations
 
 
@@ -14,8 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from megaphi.vocab import padded_vocab_size  # noqa: F401  (re-exported)
-from megaphi.parallel.collectives import (copy_to_tensor_parallel_region, gather_from_tensor_parallel_region,
-                                          reduce_from_tensor_parallel_region)
+from megaphi.parallel.collectives import (
+    copy_to_tensor_parallel_region,
+    gather_from_tensor_parallel_region,
+    reduce_from_tensor_parallel_region,
+)
 from megaphi.parallel.state import get_tensor_parallel_rank, get_tensor_parallel_world_size
 
 
@@ -40,13 +44,16 @@ def merge_shards(shards: list[torch.Tensor], dim: int, stride: int = 1) -> torch
 
 def divide(numerator: int, denominator: int, what: str) -> int:
     if numerator % denominator != 0:
-        raise ValueError(f"{what}={numerator} is not divisible by the tensor-parallel size {denominator}; "
-                         f"choose a tensor-parallel size that divides it")
+        raise ValueError(
+            f"{what}={numerator} is not divisible by the tensor-parallel size {denominator}; "
+            f"choose a tensor-parallel size that divides it"
+        )
     return numerator // denominator
 
 
-def mark_tensor_parallel(param: nn.Parameter, partition_dim: int, partition_stride: int = 1,
-                         valid_size: int | None = None) -> None:
+def mark_tensor_parallel(
+    param: nn.Parameter, partition_dim: int, partition_stride: int = 1, valid_size: int | None = None
+) -> None:
     """Declare how ``param`` is split over tensor-parallel ranks; ``valid_size``: entries of the full
     ``partition_dim`` past it are padding (the padded vocabulary)."""
     param.tensor_model_parallel = True
@@ -55,8 +62,9 @@ def mark_tensor_parallel(param: nn.Parameter, partition_dim: int, partition_stri
     param.partition_valid_size = valid_size
 
 
-def _sharded_normal(shape: tuple[int, int], std: float, partition_dim: int, stride: int,
-                    valid_rows: int | None = None) -> torch.Tensor:
+def _sharded_normal(
+    shape: tuple[int, int], std: float, partition_dim: int, stride: int, valid_rows: int | None = None
+) -> torch.Tensor:
     """Draw the full [out, in] matrix, zero rows past ``valid_rows`` (vocab padding), take this rank's shard."""
     rows = shape[0] if valid_rows is None else valid_rows
     full = torch.empty((rows, shape[1])).normal_(mean=0.0, std=std)
@@ -74,16 +82,26 @@ class ColumnParallelLinear(nn.Module):
     ``valid_out_features``: rows past it are padding (the padded vocabulary) and start at zero.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, gather_output: bool = False,
-                 input_is_copied: bool = False, init_std: float = 0.02, partition_stride: int = 1,
-                 valid_out_features: int | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool = True,
+        gather_output: bool = False,
+        input_is_copied: bool = False,
+        init_std: float = 0.02,
+        partition_stride: int = 1,
+        valid_out_features: int | None = None,
+    ) -> None:
         super().__init__()
         world_size = get_tensor_parallel_world_size()
         self.in_features, self.out_features = in_features, out_features
         self.out_features_per_partition = divide(out_features, world_size, "out_features")
         self.gather_output, self.input_is_copied = gather_output, input_is_copied
-        self.weight = nn.Parameter(_sharded_normal((out_features, in_features), init_std, 0, partition_stride,
-                                                   valid_out_features))
+        self.weight = nn.Parameter(
+            _sharded_normal((out_features, in_features), init_std, 0, partition_stride, valid_out_features)
+        )
         mark_tensor_parallel(self.weight, 0, partition_stride, valid_out_features)
         self.bias = None
         if bias:

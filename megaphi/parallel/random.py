@@ -7,6 +7,7 @@ Two streams matter for dropout under tensor parallelism:
   sharded activations (a rank's attention heads) so the shards are not dropped in lock-step.
 ``fork()`` swaps a named stream into the default generators for the duration of a block.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,8 +76,10 @@ class RNGStatesTracker:
             if get_tensor_parallel_world_size() == 1:
                 yield
                 return
-            raise RuntimeError(f"RNG stream {name!r} is not seeded; call megaphi.parallel.seed_everything(seed) "
-                               "after megaphi.parallel.initialize() and before running the model")
+            raise RuntimeError(
+                f"RNG stream {name!r} is not seeded; call megaphi.parallel.seed_everything(seed) "
+                "after megaphi.parallel.initialize() and before running the model"
+            )
         saved = _get_device_states()
         _set_device_states(self._states[name])
         try:

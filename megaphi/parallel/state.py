@@ -5,6 +5,7 @@ Ranks are laid out tensor-parallel-major: with TP=2 over 4 ranks the tensor-para
 (one node) as in Megatron-LM. Before ``initialize`` (a notebook, a single-process test) the model
 runs unsharded: the tensor-parallel size is 1 and the data-parallel size is torch.distributed's.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,10 @@ def initialize(tensor_parallel_size: int) -> None:
         raise RuntimeError("megaphi.parallel is already initialized; call megaphi.parallel.destroy() first")
     world_size, rank = dist.get_world_size(), dist.get_rank()
     if tensor_parallel_size < 1 or world_size % tensor_parallel_size != 0:
-        raise ValueError(f"tensor_parallel_size={tensor_parallel_size} must be >= 1 and divide the world size "
-                         f"{world_size}; choose a divisor of the number of processes")
+        raise ValueError(
+            f"tensor_parallel_size={tensor_parallel_size} must be >= 1 and divide the world size "
+            f"{world_size}; choose a divisor of the number of processes"
+        )
     data_parallel_size = world_size // tensor_parallel_size
     tp_group = dp_group = None
     tp_ranks = dp_ranks = ()
@@ -67,8 +70,10 @@ def is_initialized() -> bool:
 
 def _require_groups() -> _Groups:
     if _groups is None:
-        raise RuntimeError("megaphi.parallel is not initialized; call megaphi.parallel.initialize(tp_size) "
-                           "after torch.distributed.init_process_group()")
+        raise RuntimeError(
+            "megaphi.parallel is not initialized; call megaphi.parallel.initialize(tp_size) "
+            "after torch.distributed.init_process_group()"
+        )
     return _groups
 
 

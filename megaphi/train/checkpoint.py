@@ -13,6 +13,7 @@ Order of writing: every rank's DeepSpeed files, a barrier, ``megaphi.json``, the
 atomically (write a temporary file, fsync, rename). A kill before the rename leaves ``latest`` on
 the previous complete checkpoint, and the half-written tag is removed on the next save.
 """
+
 from __future__ import annotations
 
 import random
@@ -86,8 +87,15 @@ def prune(root: str | Path, keep_last: int) -> list[Path]:
     return removed
 
 
-def save_checkpoint(engine, root: str | Path, step: int, client_state: dict[str, Any], model_config: PhiConfig,
-                    tokenizer_dir: str | None, keep_last: int) -> Path:
+def save_checkpoint(
+    engine,
+    root: str | Path,
+    step: int,
+    client_state: dict[str, Any],
+    model_config: PhiConfig,
+    tokenizer_dir: str | None,
+    keep_last: int,
+) -> Path:
     """Collective: every rank calls it. Returns the tag directory, complete once this returns."""
     root = Path(root)
     tag = tag_for(step)
@@ -124,13 +132,16 @@ def load_checkpoint(engine, root: str | Path) -> dict[str, Any] | None:
     if tag is None:
         return None
     if not (root / tag).is_dir():
-        raise CheckpointError(f"{root / LATEST_FILE} names {tag}, which does not exist; restore it or point "
-                              "latest at an existing tag")
-    path, client_state = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=False,
-                                                load_lr_scheduler_states=False, load_module_strict=True)
+        raise CheckpointError(
+            f"{root / LATEST_FILE} names {tag}, which does not exist; restore it or point latest at an existing tag"
+        )
+    path, client_state = engine.load_checkpoint(
+        str(root), tag=tag, load_optimizer_states=False, load_lr_scheduler_states=False, load_module_strict=True
+    )
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {root / tag}; see its log above")
-    load_zero_optimizer_states(engine, str(root), tag,
-                               where=f"tensor-parallel rank {parallel.get_tensor_parallel_rank()}")
+    load_zero_optimizer_states(
+        engine, str(root), tag, where=f"tensor-parallel rank {parallel.get_tensor_parallel_rank()}"
+    )
     restore_rng_state(client_state["rng"])
     return client_state

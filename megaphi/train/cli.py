@@ -3,6 +3,7 @@
 Works the same under ``python -m megaphi.train`` (one process), ``torchrun -m megaphi.train``,
 ``deepspeed --module megaphi.train``, ``mpirun`` and ``srun``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,21 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m megaphi.train",
         description="Train a phi model with DeepSpeed ZeRO-2 and tensor parallelism.",
         epilog="Exit status: 0 done, 2 bad config or input, 3 stopped because training diverged "
-               "(the message names the last good checkpoint).")
+        "(the message names the last good checkpoint).",
+    )
     parser.add_argument("--config", required=True, help="YAML recipe, e.g. configs/phi_tiny_cpu.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="section.field=value",
-                        help="dotted overrides applied after the YAML, e.g. optim.lr=3e-4 train.steps=100")
-    parser.add_argument("--resume", choices=["auto", "never"], default="never",
-                        help="auto: continue from <checkpoint dir>/latest when it exists (default: never)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.field=value",
+        help="dotted overrides applied after the YAML, e.g. optim.lr=3e-4 train.steps=100",
+    )
+    parser.add_argument(
+        "--resume",
+        choices=["auto", "never"],
+        default="never",
+        help="auto: continue from <checkpoint dir>/latest when it exists (default: never)",
+    )
     # The deepspeed launcher appends --local_rank; the rank comes from the environment instead.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser
@@ -82,6 +92,9 @@ def main(argv: Sequence[str] | None = None, trainer_class: type | None = None) -
             dist.barrier()
         return EXIT_STOPPED
     if is_rank0:
-        print(f"megaphi.train: done at step {result.final_step} ({result.consumed_samples} samples); "
-              f"checkpoint {result.last_checkpoint}", flush=True)
+        print(
+            f"megaphi.train: done at step {result.final_step} ({result.consumed_samples} samples); "
+            f"checkpoint {result.last_checkpoint}",
+            flush=True,
+        )
     return 0

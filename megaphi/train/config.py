@@ -7,6 +7,7 @@ its fields are the model config's own), so a typo fails with one line naming the
 Checks that need the files or the launch (datasets, checkpoints, world size) are the trainer's
 preflight (:mod:`megaphi.train.preflight`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -108,9 +109,20 @@ class TrainSection:
     compile: Literal["none", "blocks", "model"] = "none"
 
     def check(self, prefix: str) -> None:
-        check_positive(prefix, self, "steps", "global_batch_size", "micro_batch_size", "gradient_accumulation_steps",
-                       "tensor_parallel_size", "loss_scale_window", "loss_scale_hysteresis", "min_loss_scale",
-                       "max_steps_at_min_loss_scale", "peak_tflops")
+        check_positive(
+            prefix,
+            self,
+            "steps",
+            "global_batch_size",
+            "micro_batch_size",
+            "gradient_accumulation_steps",
+            "tensor_parallel_size",
+            "loss_scale_window",
+            "loss_scale_hysteresis",
+            "min_loss_scale",
+            "max_steps_at_min_loss_scale",
+            "peak_tflops",
+        )
 
 
 @dataclass
@@ -162,9 +174,7 @@ class TrainConfig:
 
     def check(self, prefix: str) -> None:
         if self.optim.warmup_steps > self.train.steps:
-            raise ConfigError(
-                f"optim.warmup_steps: {self.optim.warmup_steps} exceeds train.steps {self.train.steps}"
-            )
+            raise ConfigError(f"optim.warmup_steps: {self.optim.warmup_steps} exceeds train.steps {self.train.steps}")
         if self.optim.decay_steps is not None and self.optim.warmup_steps > self.optim.decay_steps:
             raise ConfigError(
                 f"optim.warmup_steps: {self.optim.warmup_steps} exceeds optim.decay_steps {self.optim.decay_steps}"

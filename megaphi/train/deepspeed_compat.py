@@ -13,6 +13,7 @@ function here against DeepSpeed's source before trusting a run:
   with the elastic checkpoint layout (``deepspeed/runtime/zero/stage_1_and_2.py``,
   ``deepspeed/checkpoint/constants.py``), to resume on another data-parallel size.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,8 +32,10 @@ def unchecked_version_warning() -> str | None:
 
     if deepspeed.__version__ in CHECKED_DEEPSPEED_VERSIONS:
         return None
-    return (f"warning: DeepSpeed {deepspeed.__version__} is installed; megaphi.train.deepspeed_compat was checked "
-            f"against {', '.join(CHECKED_DEEPSPEED_VERSIONS)} (loss-scaler policy, elastic ZeRO resume)")
+    return (
+        f"warning: DeepSpeed {deepspeed.__version__} is installed; megaphi.train.deepspeed_compat was checked "
+        f"against {', '.join(CHECKED_DEEPSPEED_VERSIONS)} (loss-scaler policy, elastic ZeRO resume)"
+    )
 
 
 def apply_loss_scale_policy(engine, train: TrainSection) -> None:
@@ -70,14 +73,19 @@ def regroup_zero_partitions(saved: list[dict[str, Any]], new_size: int) -> list[
     number of ranks. Merging all slices into the first entry and adding empty entries for the other
     ranks gives it one entry per rank, with the same concatenation.
     """
-    from deepspeed.checkpoint.constants import (BASE_OPTIMIZER_STATE, BASE_OPTIMIZER_STATE_STEP,
-                                                SINGLE_PARTITION_OF_FP32_GROUPS as FP32)
+    from deepspeed.checkpoint.constants import (
+        BASE_OPTIMIZER_STATE,
+        BASE_OPTIMIZER_STATE_STEP,
+        SINGLE_PARTITION_OF_FP32_GROUPS as FP32,
+    )
 
     first = saved[0]
     if not isinstance(first[BASE_OPTIMIZER_STATE], list):
-        raise CheckpointError("the checkpoint's ZeRO optimizer state is not elastic (zero_optimization."
-                              "elastic_checkpoint was false when it was saved), so it cannot change data-parallel "
-                              "size; resume on the same number of data-parallel ranks")
+        raise CheckpointError(
+            "the checkpoint's ZeRO optimizer state is not elastic (zero_optimization."
+            "elastic_checkpoint was false when it was saved), so it cannot change data-parallel "
+            "size; resume on the same number of data-parallel ranks"
+        )
     merged_fp32 = [torch.cat([sd[FP32][g] for sd in saved]) for g in range(len(first[FP32]))]
     merged_state, empty_state = [], []
     for g, group_state in enumerate(first[BASE_OPTIMIZER_STATE]):
@@ -106,6 +114,9 @@ def load_zero_optimizer_states(engine, root: str, tag: str, where: str) -> None:
     saved = engine._get_all_zero_checkpoints(root, tag)
     if saved is None:
         raise CheckpointError(f"{root}/{tag} has no ZeRO optimizer states for {where}; the checkpoint is incomplete")
-    engine.optimizer.load_state_dict(state_dict_list=regroup_zero_partitions(saved, engine.dp_world_size),
-                                     load_optimizer_states=True, load_from_fp32_weights=True,
-                                     param_shapes=engine._get_zero_param_shapes())
+    engine.optimizer.load_state_dict(
+        state_dict_list=regroup_zero_partitions(saved, engine.dp_world_size),
+        load_optimizer_states=True,
+        load_from_fp32_weights=True,
+        param_shapes=engine._get_zero_param_shapes(),
+    )

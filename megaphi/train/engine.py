@@ -4,6 +4,7 @@ The DeepSpeed config is generated from the typed ``TrainConfig``: batch sizes, p
 scaling and clipping have a single source of truth. A JSON template (``ds_configs/*.json``) may
 add engine tuning (ZeRO bucket sizes, communication overlap) but may not set the keys we own.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,14 @@ from megaphi.train.optimizer import build_optimizer, param_groups  # noqa: F401 
 
 # Keys of the DeepSpeed config that the typed config owns; a template setting them would be a
 # second, silently ignored source of truth.
-_OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-               "gradient_clipping", "optimizer", "scheduler")
+_OWNED_KEYS = (
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "gradient_clipping",
+    "optimizer",
+    "scheduler",
+)
 
 
 def on_gpu() -> bool:
@@ -80,8 +87,10 @@ def deepspeed_config(cfg: TrainConfig, plan: BatchPlan) -> dict[str, Any]:
             raise ConfigError(f"train.deepspeed_config: {path} is not valid JSON ({e})") from None
         for key in _OWNED_KEYS:
             if key in config:
-                raise ConfigError(f"train.deepspeed_config: {path} sets {key!r}, which comes from the training "
-                                  "config (train.* / optim.*); remove it from the JSON")
+                raise ConfigError(
+                    f"train.deepspeed_config: {path} sets {key!r}, which comes from the training "
+                    "config (train.* / optim.*); remove it from the JSON"
+                )
     zero = dict(config.get("zero_optimization", {}))
     zero["stage"] = t.zero_stage
     # Elastic ZeRO checkpoints re-partition optimizer state, so a run can resume on another DP size.
@@ -91,9 +100,14 @@ def deepspeed_config(cfg: TrainConfig, plan: BatchPlan) -> dict[str, Any]:
         # the whole device at the end of every backward.
         zero["overlap_comm"] = False
     fp16 = dict(config.get("fp16", {}))
-    fp16.update(enabled=t.precision == "fp16", loss_scale=0, initial_scale_power=t.initial_loss_scale_power,
-                loss_scale_window=t.loss_scale_window, min_loss_scale=t.min_loss_scale,
-                hysteresis=t.loss_scale_hysteresis)
+    fp16.update(
+        enabled=t.precision == "fp16",
+        loss_scale=0,
+        initial_scale_power=t.initial_loss_scale_power,
+        loss_scale_window=t.loss_scale_window,
+        min_loss_scale=t.min_loss_scale,
+        hysteresis=t.loss_scale_hysteresis,
+    )
     bf16 = dict(config.get("bf16", {}), enabled=t.precision == "bf16")
     config.update(
         train_batch_size=plan.global_batch_size,
@@ -127,8 +141,9 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict[str, 
     if dist.get_rank() == 0:
         kernels = model.kernel_choices(training_device()) + ", " if isinstance(model, PhiForCausalLM) else ""
         print(f"megaphi.train: kernels: {kernels}optimizer {optimizer_name}, compile {cfg.train.compile}", flush=True)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
-                                           mpu=parallel.mpu, dist_init_required=False)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=ds_config, mpu=parallel.mpu, dist_init_required=False
+    )
     apply_loss_scale_policy(engine, cfg.train)
     return engine
 
@@ -152,8 +167,16 @@ def model_flops_per_token(model_config: PhiConfig, num_params: int, seq_len: int
 
 # Dense fp16/bf16 tensor-core peak per device, TFLOP/s; override with train.peak_tflops.
 # The first name contained in torch's device name wins: the PCIe and NVL H100s before the SXM part.
-_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "A10": 125.0,
-                "V100": 125.0, "L4": 121.0}
+_PEAK_TFLOPS = {
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,
+    "H200": 989.0,
+    "A100": 312.0,
+    "A10": 125.0,
+    "V100": 125.0,
+    "L4": 121.0,
+}
 
 
 def peak_tflops(configured: float | None) -> float | None:

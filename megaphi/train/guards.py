@@ -1,4 +1,5 @@
 """Divergence guards: when training cannot usefully continue, say why instead of burning compute."""
+
 from __future__ import annotations
 
 import math
@@ -26,9 +27,11 @@ class Guards:
             return None
         self.skips_at_min = self.skips_at_min + 1 if skipped and loss_scale <= self.min_scale else 0
         if self.skips_at_min >= self.patience:
-            return (f"fp16 loss scale stuck at its minimum {self.min_scale:g} with overflowing gradients for "
-                    f"{self.skips_at_min} steps (step {step}); the run diverged: lower optim.lr or use "
-                    "train.precision=bf16")
+            return (
+                f"fp16 loss scale stuck at its minimum {self.min_scale:g} with overflowing gradients for "
+                f"{self.skips_at_min} steps (step {step}); the run diverged: lower optim.lr or use "
+                "train.precision=bf16"
+            )
         return None
 
     def check_losses(self, records: list[dict[str, Any]]) -> str | None:
@@ -36,6 +39,8 @@ class Guards:
             return None  # a non-finite fp16 loss is an overflow: skipped and handled by after_step
         for rec in records:
             if not math.isfinite(rec["loss"]):
-                return (f"loss is {rec['loss']} at step {rec['step']} in {self.precision}; the run diverged: "
-                        "lower optim.lr or raise optim.warmup_steps")
+                return (
+                    f"loss is {rec['loss']} at step {rec['step']} in {self.precision}; the run diverged: "
+                    "lower optim.lr or raise optim.warmup_steps"
+                )
         return None

@@ -22,6 +22,7 @@ As a CLI: ``python -m megaphi.train.launch_env show|hostfile|check`` prints the 
 environment, writes a DeepSpeed hostfile for the current Slurm allocation, or checks the wiring
 with one all-reduce across all processes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,10 @@ class LaunchEnv:
         if not 0 <= self.rank < self.world_size:
             raise LaunchError(f"rank {self.rank} is outside world size {self.world_size} ({self.launcher} launch)")
         if not 0 <= self.local_rank < self.local_world_size:
-            raise LaunchError(f"local rank {self.local_rank} is outside local world size "
-                              f"{self.local_world_size} ({self.launcher} launch)")
+            raise LaunchError(
+                f"local rank {self.local_rank} is outside local world size "
+                f"{self.local_world_size} ({self.launcher} launch)"
+            )
         if not 0 < self.master_port < 65536:
             raise LaunchError(f"master port {self.master_port} is not a TCP port; set MASTER_PORT to 1-65535")
 
@@ -91,8 +94,10 @@ class LaunchEnv:
         return self
 
     def describe(self) -> str:
-        return (f"rank {self.rank}/{self.world_size} (local {self.local_rank}/{self.local_world_size}) "
-                f"on {host_name()}, rendezvous {self.master_addr}:{self.master_port} via {self.launcher}")
+        return (
+            f"rank {self.rank}/{self.world_size} (local {self.local_rank}/{self.local_world_size}) "
+            f"on {host_name()}, rendezvous {self.master_addr}:{self.master_port} via {self.launcher}"
+        )
 
 
 def discover(environ: Mapping[str, str] | None = None) -> LaunchEnv:
@@ -109,13 +114,23 @@ def discover(environ: Mapping[str, str] | None = None) -> LaunchEnv:
     # also exports PMI_RANK/PMI_SIZE, but then they agree with Slurm's.
     if "OMPI_COMM_WORLD_SIZE" in env:
         return _from_mpi(env)
-    if _in_srun_step(env) and env.get("PMI_SIZE", env["SLURM_STEP_NUM_TASKS"]) == env["SLURM_STEP_NUM_TASKS"] \
-            and env.get("PMI_RANK", env["SLURM_PROCID"]) == env["SLURM_PROCID"]:
+    if (
+        _in_srun_step(env)
+        and env.get("PMI_SIZE", env["SLURM_STEP_NUM_TASKS"]) == env["SLURM_STEP_NUM_TASKS"]
+        and env.get("PMI_RANK", env["SLURM_PROCID"]) == env["SLURM_PROCID"]
+    ):
         return _from_slurm(env)
     if "PMI_SIZE" in env:
         return _from_mpi(env)
-    return LaunchEnv(0, 1, 0, 1, env.get("MASTER_ADDR", "127.0.0.1"),
-                     _int(env, "MASTER_PORT") if "MASTER_PORT" in env else free_port(), "single")
+    return LaunchEnv(
+        0,
+        1,
+        0,
+        1,
+        env.get("MASTER_ADDR", "127.0.0.1"),
+        _int(env, "MASTER_PORT") if "MASTER_PORT" in env else free_port(),
+        "single",
+    )
 
 
 def apply_to_environ(environ: MutableMapping[str, str] | None = None) -> LaunchEnv:
@@ -130,11 +145,14 @@ def host_name() -> str:
 
 # --- RANK/WORLD_SIZE launchers ------------------------------------------------------------------
 
+
 def _from_rank_env(env: Mapping[str, str]) -> LaunchEnv:
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         if name not in env:
-            raise LaunchError(f"RANK/WORLD_SIZE are set but {name} is not; export {name} too "
-                              "(or start the job with torchrun, deepspeed, mpirun or srun)")
+            raise LaunchError(
+                f"RANK/WORLD_SIZE are set but {name} is not; export {name} too "
+                "(or start the job with torchrun, deepspeed, mpirun or srun)"
+            )
     if "TORCHELASTIC_RUN_ID" in env:
         launcher = "torchrun"
     elif "CROSS_RANK" in env and "LOCAL_SIZE" in env:
@@ -148,18 +166,22 @@ def _from_rank_env(env: Mapping[str, str]) -> LaunchEnv:
     local_world_size = _int(env, local_name) if local_name else world_size
     rank = _int(env, "RANK")
     local_rank = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else rank % local_world_size
-    return LaunchEnv(rank, world_size, local_rank, local_world_size, env["MASTER_ADDR"],
-                     _int(env, "MASTER_PORT"), launcher)
+    return LaunchEnv(
+        rank, world_size, local_rank, local_world_size, env["MASTER_ADDR"], _int(env, "MASTER_PORT"), launcher
+    )
 
 
 # --- mpirun ---------------------------------------------------------------------------------------
+
 
 def _from_mpi(env: Mapping[str, str]) -> LaunchEnv:
     try:
         from mpi4py import MPI
     except ImportError as e:
-        raise LaunchError("started by mpirun but mpi4py is not importable; `pip install mpi4py` "
-                          "(the megaphi[mpi] extra) or export RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT") from e
+        raise LaunchError(
+            "started by mpirun but mpi4py is not importable; `pip install mpi4py` "
+            "(the megaphi[mpi] extra) or export RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT"
+        ) from e
     comm = MPI.COMM_WORLD
     rank, world_size = comm.Get_rank(), comm.Get_size()
     hosts = comm.allgather(MPI.Get_processor_name())
@@ -184,6 +206,7 @@ def _from_mpi(env: Mapping[str, str]) -> LaunchEnv:
 
 # --- srun -----------------------------------------------------------------------------------------
 
+
 def _in_srun_step(env: Mapping[str, str]) -> bool:
     # The batch script itself also sees SLURM_PROCID=0 and the job's task count; only a step
     # started by srun has a numeric step id and its own task count.
@@ -197,8 +220,10 @@ def _from_slurm(env: Mapping[str, str]) -> LaunchEnv:
     per_node = expand_counts(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", ""))
     node_index = _int(env, "SLURM_NODEID")
     if node_index >= len(per_node):
-        raise LaunchError(f"SLURM_NODEID={node_index} but SLURM_STEP_TASKS_PER_NODE lists only "
-                          f"{len(per_node)} nodes; run the trainer under srun")
+        raise LaunchError(
+            f"SLURM_NODEID={node_index} but SLURM_STEP_TASKS_PER_NODE lists only "
+            f"{len(per_node)} nodes; run the trainer under srun"
+        )
     nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
     if not nodelist:
         raise LaunchError("SLURM_STEP_NODELIST and SLURM_JOB_NODELIST are unset; run the trainer under srun")
@@ -245,7 +270,7 @@ def _expand_item(item: str) -> list[str]:
     match = _BRACKET.search(item)
     if match is None:
         return [item]
-    head, tail = item[:match.start()], item[match.end():]
+    head, tail = item[: match.start()], item[match.end() :]
     out = []
     for part in match.group(1).split(","):
         lo, _, hi = part.partition("-")
@@ -271,12 +296,15 @@ def expand_counts(expr: str) -> list[int]:
 def node_address(node: str, scontrol: str = "scontrol") -> str:
     """The ``NodeAddr`` Slurm uses to reach ``node`` (names need not resolve in DNS)."""
     try:
-        out = subprocess.run([scontrol, "show", "node", node], capture_output=True, text=True,
-                             timeout=60, check=True).stdout
+        out = subprocess.run(
+            [scontrol, "show", "node", node], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", None) or str(e)
-        raise LaunchError(f"cannot read NodeAddr of Slurm node {node!r} with `{scontrol} show node`: "
-                          f"{detail.strip()}; set MASTER_ADDR to override") from e
+        raise LaunchError(
+            f"cannot read NodeAddr of Slurm node {node!r} with `{scontrol} show node`: "
+            f"{detail.strip()}; set MASTER_ADDR to override"
+        ) from e
     match = re.search(r"\bNodeAddr=(\S+)", out)
     if match is None:
         raise LaunchError(f"`{scontrol} show node {node}` printed no NodeAddr; set MASTER_ADDR to override")
@@ -291,8 +319,7 @@ def slurm_hostfile(environ: Mapping[str, str] | None = None, slots: int | None =
     env = os.environ if environ is None else environ
     nodelist = env.get("SLURM_JOB_NODELIST")
     if not nodelist:
-        raise LaunchError("SLURM_JOB_NODELIST is unset; write a hostfile inside a Slurm allocation "
-                          "(sbatch/salloc)")
+        raise LaunchError("SLURM_JOB_NODELIST is unset; write a hostfile inside a Slurm allocation (sbatch/salloc)")
     nodes = expand_hostlist(nodelist)
     if slots is not None:
         per_node = [slots] * len(nodes)
@@ -316,6 +343,7 @@ def _int(env: Mapping[str, str], name: str) -> int:
 
 
 # --- CLI ------------------------------------------------------------------------------------------
+
 
 def check_collectives(launch: LaunchEnv) -> float:
     """Join the process group through ``launch`` and all-reduce the ranks; returns the sum."""
@@ -342,12 +370,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("show", help="print this process's discovered launch environment")
-    show.add_argument("--format", choices=["json", "exports"], default="json",
-                      help="json (default) or `export NAME=value` lines for `eval` in a shell")
+    show.add_argument(
+        "--format",
+        choices=["json", "exports"],
+        default="json",
+        help="json (default) or `export NAME=value` lines for `eval` in a shell",
+    )
     hostfile = sub.add_parser("hostfile", help="write a DeepSpeed hostfile for the current Slurm job")
     hostfile.add_argument("--out", required=True, help="path of the hostfile to write")
-    hostfile.add_argument("--slots", type=int, default=None,
-                          help="processes per node (default: SLURM_GPUS_ON_NODE, else tasks per node)")
+    hostfile.add_argument(
+        "--slots", type=int, default=None, help="processes per node (default: SLURM_GPUS_ON_NODE, else tasks per node)"
+    )
     sub.add_parser("check", help="join the process group and all-reduce once (run it under the launcher)")
     args = parser.parse_args(argv)
     if args.command == "show":

@@ -4,6 +4,7 @@ Step values stay on the device until a log interval: ``flush`` does one host syn
 one data-parallel all-reduce of the losses) for the whole interval, then writes one JSON line per
 optimizer step. Only global rank 0 writes files.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,20 @@ PLOT_FILE = "loss_curve.png"
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str | Path, *, total_steps: int, tokens_per_step: int, flops_per_token: float,
-                 world_size: int, peak_tflops: float | None, tensorboard: bool, on_gpu: bool = False,
-                 dp_group=None, resume_step: int = 0) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        total_steps: int,
+        tokens_per_step: int,
+        flops_per_token: float,
+        world_size: int,
+        peak_tflops: float | None,
+        tensorboard: bool,
+        on_gpu: bool = False,
+        dp_group=None,
+        resume_step: int = 0,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps
         self.tokens_per_step = tokens_per_step
@@ -55,11 +67,29 @@ class MetricsLogger:
         kept = [record for record in iter_jsonl(path, on_error="skip") if record.get("step", math.inf) <= step]
         atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
-    def record(self, step: int, *, loss: torch.Tensor, lr: float, grad_norm: Any, loss_scale: float, skipped: bool,
-               consumed_samples: int) -> None:
+    def record(
+        self,
+        step: int,
+        *,
+        loss: torch.Tensor,
+        lr: float,
+        grad_norm: Any,
+        loss_scale: float,
+        skipped: bool,
+        consumed_samples: int,
+    ) -> None:
         """Queue one optimizer step; ``loss`` (this rank's mean) and ``grad_norm`` may be device tensors."""
-        self._pending.append(dict(step=step, loss=loss.detach(), lr=lr, grad_norm=grad_norm, loss_scale=loss_scale,
-                                  skipped=bool(skipped), consumed_samples=consumed_samples))
+        self._pending.append(
+            dict(
+                step=step,
+                loss=loss.detach(),
+                lr=lr,
+                grad_norm=grad_norm,
+                loss_scale=loss_scale,
+                skipped=bool(skipped),
+                consumed_samples=consumed_samples,
+            )
+        )
 
     def add_validation(self, step: int, loss: float) -> None:
         """Attach a validation loss to the queued record of ``step``."""
@@ -85,8 +115,12 @@ class MetricsLogger:
         for rec, loss in zip(self._pending, losses):
             g = rec["grad_norm"]
             grad_norm = None if g is None else float(g)
-            out = dict(rec, loss=loss, grad_norm=grad_norm if grad_norm is None or math.isfinite(grad_norm) else None,
-                       tokens_per_s=tokens_per_s)
+            out = dict(
+                rec,
+                loss=loss,
+                grad_norm=grad_norm if grad_norm is None or math.isfinite(grad_norm) else None,
+                tokens_per_s=tokens_per_s,
+            )
             if self.on_gpu:
                 out["tflops"] = tokens_per_s * self.flops_per_token / self.world_size / 1e12
                 if self.peak_tflops:

@@ -1,5 +1,6 @@
 """AdamW: NVIDIA apex's FusedAdam (multi-tensor, AdamW mode) where it is installed on a GPU machine,
 otherwise torch's AdamW (its fused multi-tensor kernel on GPU, the plain loop on CPU)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,7 +17,7 @@ def apex_optimizers_available() -> bool:
 
 
 def resolve_optimizer(name: str, on_gpu: bool) -> str:
-    """"auto" is apex's FusedAdam on a GPU when apex is importable, else torch's AdamW; an explicit
+    """ "auto" is apex's FusedAdam on a GPU when apex is importable, else torch's AdamW; an explicit
     "apex" that cannot run is an error, never a silent fallback."""
     if name not in OPTIMIZER_BACKENDS:
         raise ValueError(f"optim.backend={name!r} must be one of {OPTIMIZER_BACKENDS}")
@@ -24,8 +25,10 @@ def resolve_optimizer(name: str, on_gpu: bool) -> str:
         return "apex" if on_gpu and apex_optimizers_available() else "torch"
     if name == "apex":
         if not apex_optimizers_available():
-            raise ValueError("optim.backend=apex needs NVIDIA apex built with its CUDA extensions "
-                             "(github.com/NVIDIA/apex); use optim.backend=auto or torch")
+            raise ValueError(
+                "optim.backend=apex needs NVIDIA apex built with its CUDA extensions "
+                "(github.com/NVIDIA/apex); use optim.backend=auto or torch"
+            )
         if not on_gpu:
             raise ValueError("optim.backend=apex runs on CUDA only; use optim.backend=auto or torch on this machine")
     return name

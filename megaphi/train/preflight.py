@@ -9,6 +9,7 @@ tokens, so start-up takes as long for 6 billion tokens as for 6 thousand. A data
 
 Finally rank 0 locks the run directory (:mod:`megaphi.train.run_lock`) for the life of the job.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,15 @@ from megaphi.train.engine import deepspeed_config, resolve_model_config
 from megaphi.train.run_lock import RunDirLocked, RunLock
 
 # What a resumed run may change about its model: nothing that shapes a parameter.
-RESUMABLE_MODEL_CHANGES = {"resid_pdrop", "embd_pdrop", "attention_dropout", "attn_backend", "activation_checkpointing",
-                           "cross_entropy", "layer_norm_backend"}
+RESUMABLE_MODEL_CHANGES = {
+    "resid_pdrop",
+    "embd_pdrop",
+    "attention_dropout",
+    "attn_backend",
+    "activation_checkpointing",
+    "cross_entropy",
+    "layer_norm_backend",
+}
 
 
 class PreflightError(ConfigError):
@@ -84,23 +92,31 @@ def check(cfg: TrainConfig, world_size: int, resume: bool, say: Callable[[str], 
     root = cfg.checkpoint_dir
     latest = ckpt.read_latest(root) if root.is_dir() else None
     if latest is not None and not resume:
-        raise ConfigError(f"checkpoint.dir: {root} already holds checkpoints (latest: {latest}); pass "
-                          "--resume auto to continue that run, or choose another run_dir")
+        raise ConfigError(
+            f"checkpoint.dir: {root} already holds checkpoints (latest: {latest}); pass "
+            "--resume auto to continue that run, or choose another run_dir"
+        )
     if cfg.checkpoint.init_from is not None and not Path(cfg.checkpoint.init_from).is_dir():
-        raise ConfigError(f"checkpoint.init_from: {cfg.checkpoint.init_from!r} is not a directory; give a megaphi "
-                          "checkpoint (a tag directory, or a checkpoint root with a 'latest' file)")
+        raise ConfigError(
+            f"checkpoint.init_from: {cfg.checkpoint.init_from!r} is not a directory; give a megaphi "
+            "checkpoint (a tag directory, or a checkpoint root with a 'latest' file)"
+        )
     tp = cfg.train.tensor_parallel_size
     if world_size % tp:
-        raise ConfigError(f"train.tensor_parallel_size: {tp} does not divide the {world_size} processes of this "
-                          "job; launch a multiple of it or change it")
+        raise ConfigError(
+            f"train.tensor_parallel_size: {tp} does not divide the {world_size} processes of this "
+            "job; launch a multiple of it or change it"
+        )
     plan = plan_batches(cfg.train, world_size // tp)
     ds_config = deepspeed_config(cfg, plan)
     _check_precision(cfg.train.precision)
     model_config, tokenizer = _model_config(cfg, root if latest is not None else None)
     _check_token_ids(data_paths, model_config.vocab_size, say)
     if cfg.data.seq_len > model_config.max_position_embeddings:
-        raise ConfigError(f"data.seq_len: {cfg.data.seq_len} exceeds the model's max_position_embeddings "
-                          f"{model_config.max_position_embeddings}")
+        raise ConfigError(
+            f"data.seq_len: {cfg.data.seq_len} exceeds the model's max_position_embeddings "
+            f"{model_config.max_position_embeddings}"
+        )
     # a finetuned or resumed model keeps the tokenizer it was trained with, unless data.tokenizer names one
     return StartPlan(plan, ds_config, data_paths, model_config, latest, cfg.data.tokenizer or tokenizer)
 
@@ -115,8 +131,11 @@ def lock_run_dirs(cfg: TrainConfig) -> list[RunLock]:
         for directory in dirs:
             locks.append(RunLock(directory).acquire())
             if locks[-1].previous is not None:
-                print(f"megaphi.train: taking over the lock of {directory}: its holder, "
-                      f"{locks[-1].previous.describe()}, is gone", flush=True)
+                print(
+                    f"megaphi.train: taking over the lock of {directory}: its holder, "
+                    f"{locks[-1].previous.describe()}, is gone",
+                    flush=True,
+                )
     except RunDirLocked as e:
         for lock in locks:
             lock.release()
@@ -127,8 +146,9 @@ def lock_run_dirs(cfg: TrainConfig) -> list[RunLock]:
 def _data_paths(cfg: TrainConfig) -> list[tuple[float | None, str]]:
     """data.paths parsed, each prefix an indexed dataset whose index is intact; and data.tokenizer a directory."""
     if not cfg.data.paths:
-        raise ConfigError("data.paths: give at least one dataset prefix (the path of a .bin/.idx pair without "
-                          "the extension)")
+        raise ConfigError(
+            "data.paths: give at least one dataset prefix (the path of a .bin/.idx pair without the extension)"
+        )
     try:
         parsed = parse_data_paths(cfg.data.paths)
     except DatasetConfigError as e:
@@ -136,15 +156,18 @@ def _data_paths(cfg: TrainConfig) -> list[tuple[float | None, str]]:
     for _, prefix in parsed:
         missing = [path for path in (bin_path(prefix), idx_path(prefix)) if not Path(path).is_file()]
         if missing:
-            raise ConfigError(f"data.paths: no indexed dataset at {prefix!r} ({' and '.join(missing)} not found); "
-                              "build it with python -m data_tools.preprocess or fix the prefix")
+            raise ConfigError(
+                f"data.paths: no indexed dataset at {prefix!r} ({' and '.join(missing)} not found); "
+                "build it with python -m data_tools.preprocess or fix the prefix"
+            )
         try:
             IndexedDataset(prefix)  # reads and checks the index header and sizes, not the tokens
         except IndexedDatasetError as e:
             raise ConfigError(f"data.paths: {e}") from None
     if cfg.data.tokenizer is not None and not Path(cfg.data.tokenizer).is_dir():
-        raise ConfigError(f"data.tokenizer: {cfg.data.tokenizer!r} is not a directory; give a tokenizer directory "
-                          "or null")
+        raise ConfigError(
+            f"data.tokenizer: {cfg.data.tokenizer!r} is not a directory; give a tokenizer directory or null"
+        )
     return parsed
 
 
@@ -156,9 +179,10 @@ def _check_precision(precision: str) -> None:
     accelerator = get_accelerator()
     supported = {"fp16": accelerator.is_fp16_supported, "bf16": accelerator.is_bf16_supported}
     if not supported[precision]():
-        raise ConfigError(f"train.precision: DeepSpeed does not support {precision} on this "
-                          f"{accelerator.device_name()} device; use "
-                          + ("bf16 or fp32" if precision == "fp16" else "fp16 or fp32"))
+        raise ConfigError(
+            f"train.precision: DeepSpeed does not support {precision} on this "
+            f"{accelerator.device_name()} device; use " + ("bf16 or fp32" if precision == "fp16" else "fp16 or fp32")
+        )
 
 
 def _model_config(cfg: TrainConfig, resume_root: Path | None) -> tuple[PhiConfig, str | None]:
@@ -182,9 +206,11 @@ def _model_config(cfg: TrainConfig, resume_root: Path | None) -> tuple[PhiConfig
         ours, theirs = model_config.to_dict(), base.to_dict()
         for field, value in ours.items():
             if field not in RESUMABLE_MODEL_CHANGES and value != theirs.get(field):
-                raise ConfigError(f"model.overrides.{field}: {value!r} differs from the checkpoint being resumed "
-                                  f"({theirs.get(field)!r}); a resumed run keeps its architecture (start a new "
-                                  "run_dir, with checkpoint.init_from to start from these weights)")
+                raise ConfigError(
+                    f"model.overrides.{field}: {value!r} differs from the checkpoint being resumed "
+                    f"({theirs.get(field)!r}); a resumed run keeps its architecture (start a new "
+                    "run_dir, with checkpoint.init_from to start from these weights)"
+                )
     return model_config, tokenizer
 
 
@@ -196,9 +222,11 @@ def _check_token_ids(data_paths: list[tuple[float | None, str]], vocab_size: int
         try:
             stats = dataset.token_stats()
         except MissingTokenStats as why:
-            say(f"megaphi.train: {prefix} has no token statistics ({why}); reading its {dataset.num_tokens:,} "
+            say(
+                f"megaphi.train: {prefix} has no token statistics ({why}); reading its {dataset.num_tokens:,} "
                 f"tokens once to check their ids. `python -m data_tools.preprocess stats --input {prefix}` "
-                "records them so that later starts skip this")
+                "records them so that later starts skip this"
+            )
             stats = dataset.scan_token_stats()
         try:
             dataset.check_vocab(vocab_size, stats)

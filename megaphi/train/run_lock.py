@@ -30,6 +30,7 @@ the kernel ties the signal to the parent *thread*, which for them need not live 
 daemon. A process started by hand (``python -m megaphi.train``, or RANK/WORLD_SIZE exported by a
 script) has a shell for a parent and must outlive it (``nohup``).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -63,8 +64,7 @@ class Holder:
 
     @staticmethod
     def me() -> "Holder":
-        return Holder(host_name(), os.getpid(), _process_start(os.getpid()),
-                      time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+        return Holder(host_name(), os.getpid(), _process_start(os.getpid()), time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
     def describe(self) -> str:
         return f"pid {self.pid} on host {self.host} (since {self.since})"
@@ -117,8 +117,10 @@ class RunLock:
                     raise
                 # No POSIX locks here: the contents are all there is to go by.
                 if holder is not None and not holder.is_dead_here():
-                    raise RunDirLocked(self._in_use(holder) + f"; this file system has no POSIX locks, so if that "
-                                       f"job is gone, delete {self.path}") from None
+                    raise RunDirLocked(
+                        self._in_use(holder) + f"; this file system has no POSIX locks, so if that "
+                        f"job is gone, delete {self.path}"
+                    ) from None
             self.previous = holder
             me = json.dumps(asdict(Holder.me())).encode()
             os.ftruncate(fd, 0)
@@ -141,8 +143,10 @@ class RunLock:
 
     def _in_use(self, holder: Holder | None) -> str:
         who = holder.describe() if holder is not None else "a process that has not written its name yet"
-        return (f"{self.path.parent} is in use by a live training job: {who}; wait for it to end or stop it, "
-                "or choose another run_dir")
+        return (
+            f"{self.path.parent} is in use by a live training job: {who}; wait for it to end or stop it, "
+            "or choose another run_dir"
+        )
 
     def release(self) -> None:
         """Mark the lock free (an empty file) and drop it."""

@@ -7,6 +7,7 @@ A resumed run follows *this* run's schedule: raising ``train.steps`` stretches t
 at the resume step jumps up), which :func:`schedule_change` puts in one line at start.
 ``optim.decay_steps`` keeps the saved run's curve instead (decay to ``min_lr`` by then, then flat).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,12 +49,13 @@ def schedule_change(step: int, saved: dict[str, Any], optim: OptimSection, total
     """
     known = {name: saved["optim"][name] for name in OptimSection.__dataclass_fields__ if name in saved["optim"]}
     before, before_total = OptimSection(**known), saved["train"]["steps"]
-    curve = (OptimSection.__dataclass_fields__.keys() - {"weight_decay", "beta1", "beta2", "eps", "grad_clip"})
+    curve = OptimSection.__dataclass_fields__.keys() - {"weight_decay", "beta1", "beta2", "eps", "grad_clip"}
     same_shape = all(getattr(before, name) == getattr(optim, name) for name in curve if name != "decay_steps")
     if same_shape and decay_end(before, before_total) == decay_end(optim, total_steps):
         return None
     old, new = learning_rate(step, before, before_total), learning_rate(step, optim, total_steps)
-    keep = (f"; set optim.decay_steps={decay_end(before, before_total)} to keep the saved curve"
-            if same_shape else "")
-    return (f"megaphi.train: the learning-rate schedule differs from the checkpoint's: saved ({describe(before, before_total)}), "
-            f"now ({describe(optim, total_steps)}); step {step + 1} runs at lr {new:.3e} instead of {old:.3e}{keep}")
+    keep = f"; set optim.decay_steps={decay_end(before, before_total)} to keep the saved curve" if same_shape else ""
+    return (
+        f"megaphi.train: the learning-rate schedule differs from the checkpoint's: saved ({describe(before, before_total)}), "
+        f"now ({describe(optim, total_steps)}); step {step + 1} runs at lr {new:.3e} instead of {old:.3e}{keep}"
+    )

@@ -7,6 +7,7 @@ sampler positioned at the checkpoint's consumed-sample count and every RNG strea
     start, locks = preflight(cfg, world_size, resume)   # checks once on rank 0, shared with all
     result = Trainer(cfg, start).fit()
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,8 +28,17 @@ from megaphi.data.loader import build_data_loader
 from megaphi.train import checkpoint as ckpt
 from megaphi.train.config import TrainConfig
 from megaphi.train.deepspeed_compat import apply_loss_scale_policy, loss_scale, unchecked_version_warning
-from megaphi.train.engine import (build_engine, build_model, full_parameter_count, init_distributed,
-                                  model_flops_per_token, on_gpu, peak_tflops, set_learning_rate, training_device)
+from megaphi.train.engine import (
+    build_engine,
+    build_model,
+    full_parameter_count,
+    init_distributed,
+    model_flops_per_token,
+    on_gpu,
+    peak_tflops,
+    set_learning_rate,
+    training_device,
+)
 from megaphi.train.guards import Guards, TrainingStopped
 from megaphi.train.launch_env import LaunchEnv
 from megaphi.train.metrics import MetricsLogger
@@ -70,17 +80,29 @@ class Trainer:
             self._record_start()
         self.train_data, self.valid_data = self._datasets()
         self.loader = build_data_loader(
-            self.train_data, micro_batch_size=self.plan.micro_batch_size,
-            global_batch_size=self.plan.global_batch_size, data_parallel_rank=parallel.get_data_parallel_rank(),
-            data_parallel_size=self.plan.data_parallel_size, consumed_samples=self.consumed,
-            num_workers=cfg.data.num_workers, device=self.device)
+            self.train_data,
+            micro_batch_size=self.plan.micro_batch_size,
+            global_batch_size=self.plan.global_batch_size,
+            data_parallel_rank=parallel.get_data_parallel_rank(),
+            data_parallel_size=self.plan.data_parallel_size,
+            consumed_samples=self.consumed,
+            num_workers=cfg.data.num_workers,
+            device=self.device,
+        )
         self.metrics = MetricsLogger(
-            cfg.run_dir, total_steps=cfg.train.steps, tokens_per_step=self.plan.global_batch_size * cfg.data.seq_len,
-            flops_per_token=model_flops_per_token(start.model_config, full_parameter_count(self.model),
-                                                  cfg.data.seq_len),
-            world_size=dist.get_world_size(), peak_tflops=peak_tflops(cfg.train.peak_tflops),
-            tensorboard=cfg.logging.tensorboard, on_gpu=on_gpu(), dp_group=parallel.get_data_parallel_group(),
-            resume_step=self.step)
+            cfg.run_dir,
+            total_steps=cfg.train.steps,
+            tokens_per_step=self.plan.global_batch_size * cfg.data.seq_len,
+            flops_per_token=model_flops_per_token(
+                start.model_config, full_parameter_count(self.model), cfg.data.seq_len
+            ),
+            world_size=dist.get_world_size(),
+            peak_tflops=peak_tflops(cfg.train.peak_tflops),
+            tensorboard=cfg.logging.tensorboard,
+            on_gpu=on_gpu(),
+            dp_group=parallel.get_data_parallel_group(),
+            resume_step=self.step,
+        )
         self.guards = Guards(cfg.train)
         self.batches = iter(self.loader)
 
@@ -116,9 +138,15 @@ class Trainer:
         self.step += 1
         self.consumed += self.plan.global_batch_size
         skipped = self.engine.skipped_steps > skipped_before
-        self.metrics.record(self.step, loss=step_loss / self.plan.gradient_accumulation_steps, lr=lr,
-                            grad_norm=self.engine.get_global_grad_norm(), loss_scale=loss_scale(self.engine),
-                            skipped=skipped, consumed_samples=self.consumed)
+        self.metrics.record(
+            self.step,
+            loss=step_loss / self.plan.gradient_accumulation_steps,
+            lr=lr,
+            grad_norm=self.engine.get_global_grad_norm(),
+            loss_scale=loss_scale(self.engine),
+            skipped=skipped,
+            consumed_samples=self.consumed,
+        )
         return skipped, scale
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -150,19 +178,29 @@ class Trainer:
 
     def save(self) -> None:
         client_state = {"step": self.step, "consumed_samples": self.consumed, "config": config_to_dict(self.cfg)}
-        self.result.last_checkpoint = ckpt.save_checkpoint(self.engine, self.root, self.step, client_state,
-                                                           self.start.model_config, self.tokenizer,
-                                                           self.cfg.checkpoint.keep_last)
+        self.result.last_checkpoint = ckpt.save_checkpoint(
+            self.engine,
+            self.root,
+            self.step,
+            client_state,
+            self.start.model_config,
+            self.tokenizer,
+            self.cfg.checkpoint.keep_last,
+        )
         if self.tokenizer is not None:  # copy from the newest checkpoint next time: older ones may be pruned
             self.tokenizer = str(self.result.last_checkpoint / ckpt.TOKENIZER_DIR)
 
     def validation_loss(self) -> float:
         """Mean loss over the first ``eval.batches`` micro-batches per rank: the same samples every time."""
         plan = self.plan
-        loader = build_data_loader(self.valid_data, micro_batch_size=plan.micro_batch_size,
-                                   global_batch_size=plan.micro_batch_size * plan.data_parallel_size,
-                                   data_parallel_rank=parallel.get_data_parallel_rank(),
-                                   data_parallel_size=plan.data_parallel_size, device=self.device)
+        loader = build_data_loader(
+            self.valid_data,
+            micro_batch_size=plan.micro_batch_size,
+            global_batch_size=plan.micro_batch_size * plan.data_parallel_size,
+            data_parallel_rank=parallel.get_data_parallel_rank(),
+            data_parallel_size=plan.data_parallel_size,
+            device=self.device,
+        )
         total, batches = torch.zeros((), device=self.device), 0
         self.engine.eval()
         try:
@@ -202,30 +240,44 @@ class Trainer:
         Path(self.cfg.run_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.cfg.run_dir) / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
         plan = self.plan
-        print(f"megaphi.train: {full_parameter_count(self.model) / 1e6:.2f}M parameters, world "
-              f"{dist.get_world_size()} = TP {parallel.get_tensor_parallel_world_size()} x DP "
-              f"{plan.data_parallel_size}, global batch {plan.global_batch_size} = micro {plan.micro_batch_size} x "
-              f"accumulation {plan.gradient_accumulation_steps} x DP {plan.data_parallel_size}, "
-              f"{self.cfg.train.precision}, " + (f"resuming at step {self.step} ({self.consumed} samples)"
-                                                 if self.start.resume_tag else "starting at step 0"), flush=True)
+        print(
+            f"megaphi.train: {full_parameter_count(self.model) / 1e6:.2f}M parameters, world "
+            f"{dist.get_world_size()} = TP {parallel.get_tensor_parallel_world_size()} x DP "
+            f"{plan.data_parallel_size}, global batch {plan.global_batch_size} = micro {plan.micro_batch_size} x "
+            f"accumulation {plan.gradient_accumulation_steps} x DP {plan.data_parallel_size}, "
+            f"{self.cfg.train.precision}, "
+            + (
+                f"resuming at step {self.step} ({self.consumed} samples)"
+                if self.start.resume_tag
+                else "starting at step 0"
+            ),
+            flush=True,
+        )
 
     def _datasets(self):
         cfg, plan = self.cfg, self.plan
         try:
             return build_train_valid_datasets(
-                self.start.data_paths, seq_len=cfg.data.seq_len, seed=cfg.train.seed, split=cfg.data.split,
-                cache_dir=cfg.data.cache_dir, train_samples=cfg.train.steps * plan.global_batch_size,
+                self.start.data_paths,
+                seq_len=cfg.data.seq_len,
+                seed=cfg.train.seed,
+                split=cfg.data.split,
+                cache_dir=cfg.data.cache_dir,
+                train_samples=cfg.train.steps * plan.global_batch_size,
                 # no validation asked for: no validation split needed
-                valid_samples=(cfg.eval.batches * plan.micro_batch_size * plan.data_parallel_size
-                               if cfg.eval.interval > 0 else 0))
+                valid_samples=(
+                    cfg.eval.batches * plan.micro_batch_size * plan.data_parallel_size if cfg.eval.interval > 0 else 0
+                ),
+            )
         except DatasetConfigError as e:
             raise ConfigError(f"data: {e}") from None
         except IndexedDatasetError as e:  # a dataset that changed on disk after the preflight read it
             raise ConfigError(f"data.paths: {e}") from None
 
 
-def train(cfg: TrainConfig, launch: LaunchEnv, resume: bool = False,
-          trainer_class: type[Trainer] = Trainer) -> TrainResult:
+def train(
+    cfg: TrainConfig, launch: LaunchEnv, resume: bool = False, trainer_class: type[Trainer] = Trainer
+) -> TrainResult:
     """Run (or continue, with ``resume``) the training described by ``cfg``; collective over the job."""
     init_distributed(launch)
     start, locks = preflight(cfg, launch.world_size, resume)

@@ -1,4 +1,5 @@
 """Corpus gathering: directories, JSONL, parquet, saved HF datasets -> JSONL shards; stdlib by default."""
+
 import json
 from itertools import islice
 
@@ -58,8 +59,13 @@ def test_parquet_in_the_stack_layout_maps_content_and_path(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({"content": ["print(1)\n", "print(2)\n"], "max_stars_repo_path": ["a/x.py", "b/y.py"],
-                      "max_stars_count": [5, 7]})
+    table = pa.table(
+        {
+            "content": ["print(1)\n", "print(2)\n"],
+            "max_stars_repo_path": ["a/x.py", "b/y.py"],
+            "max_stars_count": [5, 7],
+        }
+    )
     pq.write_table(table, tmp_path / "stack.parquet")
     records = list(iter_corpus([tmp_path / "stack.parquet"]))
     source = tmp_path / "stack.parquet"
@@ -73,18 +79,25 @@ def test_every_record_gets_an_id_unique_across_inputs(tmp_path):
     for name in ("one", "two"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text(f"NAME = {name!r}\n")
-    (tmp_path / "rows.jsonl").write_text(json.dumps({"text": "a = 1\n", "id": "kept-id"}) + "\n"
-                                         + json.dumps({"text": "b = 2\n"}) + "\n")
+    (tmp_path / "rows.jsonl").write_text(
+        json.dumps({"text": "a = 1\n", "id": "kept-id"}) + "\n" + json.dumps({"text": "b = 2\n"}) + "\n"
+    )
     records = list(iter_corpus([tmp_path / "one", tmp_path / "two", tmp_path / "rows.jsonl"]))
     assert [r["path"] for r in records[:2]] == ["__init__.py", "__init__.py"]
-    assert [r["id"] for r in records] == [str(tmp_path / "one" / "__init__.py"), str(tmp_path / "two" / "__init__.py"),
-                                          "kept-id", f"{tmp_path / 'rows.jsonl'}:2"]
+    assert [r["id"] for r in records] == [
+        str(tmp_path / "one" / "__init__.py"),
+        str(tmp_path / "two" / "__init__.py"),
+        "kept-id",
+        f"{tmp_path / 'rows.jsonl'}:2",
+    ]
 
 
 def test_hugging_face_dataset_saved_on_disk_is_read(tmp_path):
     import datasets
 
-    datasets.Dataset.from_dict({"text": ["a = 1\n", "b = 2\n"], "path": ["a.py", "b.py"]}).save_to_disk(str(tmp_path / "hf"))
+    datasets.Dataset.from_dict({"text": ["a = 1\n", "b = 2\n"], "path": ["a.py", "b.py"]}).save_to_disk(
+        str(tmp_path / "hf")
+    )
     assert [r["text"] for r in iter_corpus([tmp_path / "hf"])] == ["a = 1\n", "b = 2\n"]
 
 
@@ -145,8 +158,17 @@ def test_a_second_run_into_the_same_prefix_is_refused_instead_of_mixing_shards(t
 def test_a_damaged_gzip_input_is_one_error_line_naming_the_file_and_leaves_no_shard(tmp_path, capsys, how):
     path = tmp_path / "rows.jsonl.gz"
     damaged_gzip(path, [{"text": f"x = {i}\n" * 20, "path": f"m{i}.py"} for i in range(3000)], how)
-    argv = ["--input", str(path), "--output-prefix", str(tmp_path / "out" / "code"), "--shard-bytes", "4096",
-            "--on-error", "skip", "--no-progress"]
+    argv = [
+        "--input",
+        str(path),
+        "--output-prefix",
+        str(tmp_path / "out" / "code"),
+        "--shard-bytes",
+        "4096",
+        "--on-error",
+        "skip",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {path}:") and "truncated or corrupt" in line

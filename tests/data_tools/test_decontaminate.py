@@ -4,8 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.decontaminate import (DecontaminationError, DecontaminationParams, ast_match_rate, ast_node_types, ast_units,
-                                      decontaminate, load_benchmark_items, word_ngrams)
+from data_tools.decontaminate import (
+    DecontaminationError,
+    DecontaminationParams,
+    ast_match_rate,
+    ast_node_types,
+    ast_units,
+    decontaminate,
+    load_benchmark_items,
+    word_ngrams,
+)
 from megaphi.eval.benchmarks import load_humaneval
 from tests.conftest import read_jsonl
 
@@ -14,7 +22,7 @@ MBPP = Path(__file__).resolve().parents[3] / "shared" / "data" / "mbpp" / "mbpp.
 
 # HumanEval/0's canonical solution with every name changed and the docstring gone: no 13-gram in
 # common with the problem, but the same program shape.
-RENAMED_HUMANEVAL_0 = '''
+RENAMED_HUMANEVAL_0 = """
 def close_pair_exists(values, limit):
     for a, first in enumerate(values):
         for b, second in enumerate(values):
@@ -24,14 +32,16 @@ def close_pair_exists(values, limit):
                     return True
 
     return False
-'''
+"""
 
 
 def test_ast_match_rate_ignores_names_and_finds_a_problem_inside_a_larger_file():
     problem = ast_node_types('def f(xs: list) -> int:\n    """Doc."""\n    return sorted(xs)[0]\n')
     renamed = ast_units("def smallest(items):\n    return sorted(items)[0]\n")
-    inside = ast_units("import os\n\nX = 1\n\ndef g(a):\n    return sorted(a)[0]\n\nprint(g([3, 1]))\n"
-                       "class B:\n    def h(self):\n        return [i * 2 for i in range(10) if i % 3]\n")
+    inside = ast_units(
+        "import os\n\nX = 1\n\ndef g(a):\n    return sorted(a)[0]\n\nprint(g([3, 1]))\n"
+        "class B:\n    def h(self):\n        return [i * 2 for i in range(10) if i % 3]\n"
+    )
     other = ast_units("class A:\n    pass\n")
     assert ast_match_rate(problem, renamed) == 1.0
     assert ast_match_rate(problem, inside) == 1.0
@@ -47,12 +57,16 @@ def test_word_ngrams_are_case_insensitive_word_windows():
 
 def test_contaminated_items_are_removed_and_every_problem_is_reported(tmp_path):
     humaneval = load_humaneval().problems
-    clean = [{"text": (STDLIB / name).read_text()[:4000], "path": name}
-             for name in ("textwrap.py", "colorsys.py", "bisect.py", "shlex.py", "fnmatch.py", "glob.py")]
+    clean = [
+        {"text": (STDLIB / name).read_text()[:4000], "path": name}
+        for name in ("textwrap.py", "colorsys.py", "bisect.py", "shlex.py", "fnmatch.py", "glob.py")
+    ]
     copied_prompt = {"text": "# a tutorial\n" + humaneval[2].prompt, "path": "copied-prompt"}
     renamed = {"text": RENAMED_HUMANEVAL_0, "path": "renamed-solution"}
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in clean + [copied_prompt, renamed]))
-    items = [i for i in load_benchmark_items(["humaneval"]) if i.task_id in {"HumanEval/0", "HumanEval/2", "HumanEval/10"}]
+    items = [
+        i for i in load_benchmark_items(["humaneval"]) if i.task_id in {"HumanEval/0", "HumanEval/2", "HumanEval/10"}
+    ]
 
     result = decontaminate([tmp_path / "in.jsonl"], tmp_path / "out", items, DecontaminationParams(top_k=3))
 

@@ -16,8 +16,6 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-
-
 @pytest.fixture
 def stdlib_records() -> list[dict]:
     files = sorted((STDLIB / "json").glob("*.py")) + sorted((STDLIB / "email").glob("*.py"))[:8]
@@ -45,7 +43,11 @@ def test_first_occurrence_is_kept_and_copies_are_removed_with_their_reason(tmp_p
     assert removed["copy-near"]["jaccard"] >= 0.8
     report = json.loads((tmp_path / "out.dedup.json").read_text())
     assert (report["documents"], report["kept"], report["exact_duplicates"], report["near_duplicates"]) == (
-        len(stdlib_records) + 2, len(stdlib_records), 1, 1)
+        len(stdlib_records) + 2,
+        len(stdlib_records),
+        1,
+        1,
+    )
 
 
 def test_parallel_signatures_give_the_same_output_as_one_process(tmp_path, stdlib_records):
@@ -72,15 +74,35 @@ def test_bad_inputs_give_one_clear_error(tmp_path, capsys):
     (tmp_path / "c.jsonl").write_text('{"text": "fine"}\n{broken\n')
     assert main(["--input", str(tmp_path / "c.jsonl"), "--output-prefix", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "c.jsonl:2" in capsys.readouterr().err
-    assert main(["--input", str(tmp_path / "c.jsonl"), "--output-prefix", str(tmp_path / "o"), "--no-progress",
-                 "--on-error", "skip"]) == 0
+    assert (
+        main(
+            [
+                "--input",
+                str(tmp_path / "c.jsonl"),
+                "--output-prefix",
+                str(tmp_path / "o"),
+                "--no-progress",
+                "--on-error",
+                "skip",
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize("how", ["truncated", "bitflip", "crc"])
 def test_a_damaged_gzip_input_is_one_error_line_naming_the_file_and_leaves_no_output(tmp_path, capsys, how):
     path = tmp_path / "in.jsonl.gz"
     damaged_gzip(path, [{"id": str(i), "text": f"def f{i}():\n    return {i} * {i % 97}\n"} for i in range(6000)], how)
-    argv = ["--input", str(path), "--output-prefix", str(tmp_path / "out" / "dd"), "--on-error", "skip", "--no-progress"]
+    argv = [
+        "--input",
+        str(path),
+        "--output-prefix",
+        str(tmp_path / "out" / "dd"),
+        "--on-error",
+        "skip",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {path}:") and "truncated or corrupt" in line

@@ -28,8 +28,15 @@ def scripted(plan: dict[str, list[str]]):
 
 
 def fast_config(server: FakeOpenAI, **overrides) -> ClientConfig:
-    values = dict(base_url=server.base_url, model="fake", timeout_s=0.5, backoff_initial_s=0.02,
-                  backoff_max_s=0.1, max_attempts=4, max_concurrency=4)
+    values = dict(
+        base_url=server.base_url,
+        model="fake",
+        timeout_s=0.5,
+        backoff_initial_s=0.02,
+        backoff_max_s=0.1,
+        max_attempts=4,
+        max_concurrency=4,
+    )
     values.update(overrides)
     return ClientConfig(**values)
 
@@ -52,15 +59,26 @@ def assert_each_id_filed_exactly_once(out: Path, failures: Path, ids: list[str])
     return done, failed
 
 
-@pytest.mark.parametrize("fault,category", [
-    ("500", "500"), ("timeout", "timeout"), ("malformed", "malformed"),
-    ("truncated", "connection"), ("no_choices", "malformed"),
-])
+@pytest.mark.parametrize(
+    "fault,category",
+    [
+        ("500", "500"),
+        ("timeout", "timeout"),
+        ("malformed", "malformed"),
+        ("truncated", "connection"),
+        ("no_choices", "malformed"),
+    ],
+)
 @pytest.mark.parametrize("chat", [True, False], ids=["chat", "completion"])
 def test_a_transient_fault_is_retried_and_the_answer_kept(tmp_path, fault, category, chat):
     with FakeOpenAI(scripted({"p": [fault, "ok"]}), hang_s=5) as server:
-        stats = run_requests(requests_for(["p"], chat), tmp_path / "out.jsonl", tmp_path / "fail.jsonl",
-                             fast_config(server, timeout_s=0.3), progress=False)
+        stats = run_requests(
+            requests_for(["p"], chat),
+            tmp_path / "out.jsonl",
+            tmp_path / "fail.jsonl",
+            fast_config(server, timeout_s=0.3),
+            progress=False,
+        )
         assert server.hits_by_prompt() == {"p": [fault, "ok"]}
     (record,) = read_jsonl(tmp_path / "out.jsonl")
     assert record["id"] == "id-p" and record["choices"][0]["text"] == "answer to: p"
@@ -70,8 +88,9 @@ def test_a_transient_fault_is_retried_and_the_answer_kept(tmp_path, fault, categ
 
 def test_429_waits_for_retry_after_before_the_next_attempt(tmp_path):
     with FakeOpenAI(scripted({"p": ["429", "ok"]}), retry_after="1") as server:
-        stats = run_requests(requests_for(["p"]), tmp_path / "out.jsonl", tmp_path / "fail.jsonl",
-                             fast_config(server), progress=False)
+        stats = run_requests(
+            requests_for(["p"]), tmp_path / "out.jsonl", tmp_path / "fail.jsonl", fast_config(server), progress=False
+        )
         first, second = server.hits
     assert second.time - first.time >= 0.95, "Retry-After: 1 must be honoured (backoff alone is 0.02 s)"
     assert stats.succeeded == 1 and stats.retry_reasons == {"429": 1}
@@ -79,8 +98,13 @@ def test_429_waits_for_retry_after_before_the_next_attempt(tmp_path):
 
 def test_a_client_error_is_final_and_logged_with_its_reason(tmp_path):
     with FakeOpenAI(scripted({"bad": ["400"]})) as server:
-        stats = run_requests(requests_for(["bad", "good"]), tmp_path / "out.jsonl", tmp_path / "fail.jsonl",
-                             fast_config(server), progress=False)
+        stats = run_requests(
+            requests_for(["bad", "good"]),
+            tmp_path / "out.jsonl",
+            tmp_path / "fail.jsonl",
+            fast_config(server),
+            progress=False,
+        )
         assert server.hits_by_prompt()["bad"] == ["400"], "a 400 is not retried"
     (failure,) = read_jsonl(tmp_path / "fail.jsonl")
     assert failure["id"] == "id-bad" and failure["attempts"] == 1
@@ -90,8 +114,13 @@ def test_a_client_error_is_final_and_logged_with_its_reason(tmp_path):
 
 def test_persistent_faults_give_up_after_max_attempts(tmp_path):
     with FakeOpenAI(scripted({"p": ["500"]})) as server:
-        run_requests(requests_for(["p"]), tmp_path / "out.jsonl", tmp_path / "fail.jsonl",
-                     fast_config(server, max_attempts=3), progress=False)
+        run_requests(
+            requests_for(["p"]),
+            tmp_path / "out.jsonl",
+            tmp_path / "fail.jsonl",
+            fast_config(server, max_attempts=3),
+            progress=False,
+        )
         assert len(server.hits) == 3
     (failure,) = read_jsonl(tmp_path / "fail.jsonl")
     assert failure["attempts"] == 3 and failure["reason"].startswith("HTTP 500")
@@ -103,11 +132,16 @@ def test_mixed_faults_file_every_item_exactly_once_and_count_usage(tmp_path):
     plan["p23"] = ["500"]  # never recovers
     prompts = list(plan)
     with FakeOpenAI(scripted(plan), retry_after="0", hang_s=5) as server:
-        stats = run_requests(requests_for(prompts), tmp_path / "out.jsonl", tmp_path / "fail.jsonl",
-                             fast_config(server, timeout_s=0.3, input_price_per_mtok=1e6,
-                                         output_price_per_mtok=2e6), progress=False)
-    done, failed = assert_each_id_filed_exactly_once(tmp_path / "out.jsonl", tmp_path / "fail.jsonl",
-                                                     [f"id-{p}" for p in prompts])
+        stats = run_requests(
+            requests_for(prompts),
+            tmp_path / "out.jsonl",
+            tmp_path / "fail.jsonl",
+            fast_config(server, timeout_s=0.3, input_price_per_mtok=1e6, output_price_per_mtok=2e6),
+            progress=False,
+        )
+    done, failed = assert_each_id_filed_exactly_once(
+        tmp_path / "out.jsonl", tmp_path / "fail.jsonl", [f"id-{p}" for p in prompts]
+    )
     assert {r["id"] for r in failed} == {f"id-{p}" for p in prompts if "400" in plan[p][:2]} | {"id-p23"}
     assert stats.succeeded == len(done) and stats.failed == len(failed)
     assert {"429", "500", "timeout", "malformed", "connection"} <= set(stats.retry_reasons)
@@ -131,8 +165,9 @@ def test_retry_failed_moves_recovered_items_out_of_the_failure_log(tmp_path):
     with FakeOpenAI(scripted({"a": ["400", "ok"], "b": ["400"]})) as server:
         run_requests(requests_for(["a", "b"]), out, fail, fast_config(server), progress=False)
         assert len(read_jsonl(fail)) == 2
-        stats = run_requests(requests_for(["a", "b"]), out, fail, fast_config(server), progress=False,
-                             retry_failed=True)
+        stats = run_requests(
+            requests_for(["a", "b"]), out, fail, fast_config(server), progress=False, retry_failed=True
+        )
     assert stats.succeeded == 1 and stats.failed == 1
     assert_each_id_filed_exactly_once(out, fail, ["id-a", "id-b"])
     assert [r["id"] for r in read_jsonl(fail)] == ["id-b"]
@@ -145,8 +180,14 @@ def test_a_rejected_answer_goes_to_the_failure_log_with_the_answer(tmp_path):
         return {"text": response.text}
 
     with FakeOpenAI() as server:
-        stats = run_requests(requests_for(["bad", "fine"]), tmp_path / "out.jsonl", tmp_path / "fail.jsonl",
-                             fast_config(server), process=process, progress=False)
+        stats = run_requests(
+            requests_for(["bad", "fine"]),
+            tmp_path / "out.jsonl",
+            tmp_path / "fail.jsonl",
+            fast_config(server),
+            process=process,
+            progress=False,
+        )
     (failure,) = read_jsonl(tmp_path / "fail.jsonl")
     assert failure["reason"] == "rejected: not what we wanted" and failure["texts"] == ["answer to: bad"]
     assert read_jsonl(tmp_path / "out.jsonl") == [{"id": "id-fine", "text": "answer to: fine"}]
@@ -165,8 +206,14 @@ def test_a_retryable_rejection_asks_again_and_files_a_failure_only_after_the_las
         return next(answers[prompt])
 
     with FakeOpenAI(answer=answer) as server:
-        stats = run_requests(requests_for(["fixed", "hopeless"]), tmp_path / "out.jsonl", tmp_path / "fail.jsonl",
-                             fast_config(server, max_attempts=3), process=process, progress=False)
+        stats = run_requests(
+            requests_for(["fixed", "hopeless"]),
+            tmp_path / "out.jsonl",
+            tmp_path / "fail.jsonl",
+            fast_config(server, max_attempts=3),
+            process=process,
+            progress=False,
+        )
         assert {p: len(h) for p, h in server.hits_by_prompt().items()} == {"fixed": 3, "hopeless": 3}
     assert read_jsonl(tmp_path / "out.jsonl") == [{"id": "id-fixed", "text": "good"}]
     (failure,) = read_jsonl(tmp_path / "fail.jsonl")
@@ -205,9 +252,13 @@ def test_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="max_concurrency must be at least 1"):
         ClientConfig(base_url="http://127.0.0.1:1/v1", max_concurrency=0).validate()
     with pytest.raises(ValueError, match="appears twice"):
-        run_requests(requests_for(["a", "a"]), tmp_path / "o.jsonl", tmp_path / "f.jsonl",
-                     ClientConfig(base_url="http://127.0.0.1:1/v1", max_attempts=1, timeout_s=0.2),
-                     progress=False)
+        run_requests(
+            requests_for(["a", "a"]),
+            tmp_path / "o.jsonl",
+            tmp_path / "f.jsonl",
+            ClientConfig(base_url="http://127.0.0.1:1/v1", max_attempts=1, timeout_s=0.2),
+            progress=False,
+        )
     (tmp_path / "broken.jsonl").write_text("not json\n")
     with pytest.raises(ValueError, match="broken.jsonl:1: malformed JSON"):
         ResultStore(tmp_path / "broken.jsonl", tmp_path / "f2.jsonl")
@@ -223,9 +274,29 @@ def test_sigkill_mid_run_then_restart_loses_and_duplicates_nothing(tmp_path):
 
     out, fail = tmp_path / "textbooks.jsonl", tmp_path / "textbooks.failures.jsonl"
     with FakeOpenAI(plan, delay_s=0.05, retry_after="0", hang_s=5) as server:
-        command = [sys.executable, "-m", "data_tools.synth", "textbooks", "--count", "40", "--out", str(out),
-                   "--base-url", server.base_url, "--model", "fake", "--max-concurrency", "2",
-                   "--timeout", "0.3", "--backoff-initial", "0.02", "--backoff-max", "0.1", "--no-progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "data_tools.synth",
+            "textbooks",
+            "--count",
+            "40",
+            "--out",
+            str(out),
+            "--base-url",
+            server.base_url,
+            "--model",
+            "fake",
+            "--max-concurrency",
+            "2",
+            "--timeout",
+            "0.3",
+            "--backoff-initial",
+            "0.02",
+            "--backoff-max",
+            "0.1",
+            "--no-progress",
+        ]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         generator = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60

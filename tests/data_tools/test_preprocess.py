@@ -1,4 +1,5 @@
 """Preprocessing writes exactly what Megatron's IndexedDatasetBuilder writes for the same tokens."""
+
 import json
 import sysconfig
 import warnings
@@ -68,14 +69,19 @@ def test_output_is_byte_identical_to_megatron_builder_on_the_same_tokens(corpus,
 
 def test_small_chunks_split_at_line_boundaries_give_the_same_dataset(corpus, tokenizer_dir, tmp_path):
     whole = preprocess([corpus], tmp_path / "whole", tokenizer_dir, progress=False).prefixes["text"]
-    chunked = preprocess([corpus], tmp_path / "chunked", tokenizer_dir, chunk_bytes=100, progress=False).prefixes["text"]
+    chunked = preprocess([corpus], tmp_path / "chunked", tokenizer_dir, chunk_bytes=100, progress=False).prefixes[
+        "text"
+    ]
     assert file_bytes(whole) == file_bytes(chunked)
 
 
 def test_two_worker_processes_give_the_same_bytes_as_one(corpus, tokenizer_dir, tmp_path):
-    one = preprocess([corpus, corpus], tmp_path / "one", tokenizer_dir, append_eod=True, chunk_bytes=5000, progress=False)
-    two = preprocess([corpus, corpus], tmp_path / "two", tokenizer_dir, append_eod=True, chunk_bytes=5000, workers=2,
-                     progress=False)
+    one = preprocess(
+        [corpus, corpus], tmp_path / "one", tokenizer_dir, append_eod=True, chunk_bytes=5000, progress=False
+    )
+    two = preprocess(
+        [corpus, corpus], tmp_path / "two", tokenizer_dir, append_eod=True, chunk_bytes=5000, workers=2, progress=False
+    )
     assert file_bytes(one.prefixes["text"]) == file_bytes(two.prefixes["text"])
 
 
@@ -141,7 +147,8 @@ def test_merge_subcommand_equals_preprocessing_everything_at_once(corpus, tokeni
 
 
 def test_outputs_carry_token_stats_and_the_stats_subcommand_writes_them_for_megatron_datasets(
-        corpus, tokenizer_dir, tmp_path, capsys):
+    corpus, tokenizer_dir, tmp_path, capsys
+):
     prefix = preprocess([corpus], tmp_path / "out", tokenizer_dir, append_eod=True, progress=False).prefixes["text"]
     ours = read_token_stats(prefix)
     assert ours == IndexedDataset(prefix).scan_token_stats() and ours.num_tokens > 1000
@@ -154,9 +161,24 @@ def test_outputs_carry_token_stats_and_the_stats_subcommand_writes_them_for_mega
 
 
 def test_cli_bad_input_is_one_error_line_and_exit_2(tokenizer_dir, tmp_path, capsys):
-    assert main(["--input", str(tmp_path / "none.jsonl"), "--output-prefix", str(tmp_path / "o"), "--tokenizer", str(tokenizer_dir)]) == 2
+    assert (
+        main(
+            [
+                "--input",
+                str(tmp_path / "none.jsonl"),
+                "--output-prefix",
+                str(tmp_path / "o"),
+                "--tokenizer",
+                str(tokenizer_dir),
+            ]
+        )
+        == 2
+    )
     (tmp_path / "in.jsonl").write_text('{"text": "a"}\n')
-    assert main(["--input", str(tmp_path), "--output-prefix", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "notok")]) == 2
+    assert (
+        main(["--input", str(tmp_path), "--output-prefix", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "notok")])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "matches no files" in err[0] and "tokenizer" in err[1]
     with pytest.raises(SystemExit) as exit_info:
@@ -165,13 +187,25 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(tokenizer_dir, tmp_path, cap
 
 
 @pytest.mark.parametrize("how", ["truncated", "bitflip", "crc"])
-def test_a_damaged_gzip_input_is_one_error_line_naming_the_file_and_leaves_no_dataset(tokenizer_dir, texts, tmp_path,
-                                                                                        capsys, how):
+def test_a_damaged_gzip_input_is_one_error_line_naming_the_file_and_leaves_no_dataset(
+    tokenizer_dir, texts, tmp_path, capsys, how
+):
     path = tmp_path / "in" / "shard.jsonl.gz"
     path.parent.mkdir()
     damaged_gzip(path, [{"text": t} for t in texts] * 40, how)
-    argv = ["--input", str(path), "--output-prefix", str(tmp_path / "out" / "code"), "--tokenizer", str(tokenizer_dir),
-            "--chunk-bytes", "4096", "--on-error", "skip", "--no-progress"]
+    argv = [
+        "--input",
+        str(path),
+        "--output-prefix",
+        str(tmp_path / "out" / "code"),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--chunk-bytes",
+        "4096",
+        "--on-error",
+        "skip",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {path}:") and "truncated or corrupt" in line

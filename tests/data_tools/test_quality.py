@@ -1,4 +1,5 @@
 """The educational-value filter: label parsing, LLM and offline annotation, classifier, corpus filter."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,7 @@ from data_tools.corpus import DEFAULT_EXCLUDE, SizeLimits, build_corpus
 from data_tools.llm import ClientConfig
 from data_tools.quality import heuristic
 from data_tools.quality.__main__ import main
-from data_tools.quality.annotate import (AnnotateOptions, annotate_with_heuristic, annotate_with_llm,
-                                         failures_path_for)
+from data_tools.quality.annotate import AnnotateOptions, annotate_with_heuristic, annotate_with_llm, failures_path_for
 from data_tools.quality.classifier import load_classifier
 from data_tools.quality.documents import text_sha1
 from data_tools.quality.labels import Label, UnparseableLabel, parse_label
@@ -29,8 +29,6 @@ STDLIB_EXCLUDE = DEFAULT_EXCLUDE + ("*/test/*", "*/tests/*", "*/idlelib/*")
 EMBED_MAX_CHARS = 256
 
 
-
-
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
@@ -40,23 +38,27 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 # Reading a label out of an answer
 
 
-@pytest.mark.parametrize("answer, expected", [
-    ("high", Label("high")),
-    ("The code is tidy.\n\nEducational value: **Medium**", Label("medium")),
-    ("It has few comments, so not high; the value is low.", Label("low")),
-    ("Rating: 4/5 - clear names and docstrings.", Label("high", 4)),
-    ("I would give this 2 out of 5.", Label("low", 2)),
-    ("  3  ", Label("medium", 3)),
-    ("Score: 5.", Label("high", 5)),
-    ("This is of moderate use to a beginner.", Label("medium")),
-    ("At first glance the value looks high, but on reflection...\nEducational value: low", Label("low")),
-])
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("high", Label("high")),
+        ("The code is tidy.\n\nEducational value: **Medium**", Label("medium")),
+        ("It has few comments, so not high; the value is low.", Label("low")),
+        ("Rating: 4/5 - clear names and docstrings.", Label("high", 4)),
+        ("I would give this 2 out of 5.", Label("low", 2)),
+        ("  3  ", Label("medium", 3)),
+        ("Score: 5.", Label("high", 5)),
+        ("This is of moderate use to a beginner.", Label("medium")),
+        ("At first glance the value looks high, but on reflection...\nEducational value: low", Label("low")),
+    ],
+)
 def test_parse_label_reads_levels_and_scores_from_chatty_answers(answer, expected):
     assert parse_label(answer) == expected
 
 
-@pytest.mark.parametrize("answer", ["It depends on the student.", "Parts are high quality, parts are low quality.",
-                                    "7", ""])
+@pytest.mark.parametrize(
+    "answer", ["It depends on the student.", "Parts are high quality, parts are low quality.", "7", ""]
+)
 def test_parse_label_refuses_to_guess(answer):
     with pytest.raises(UnparseableLabel, match="no educational-value level"):
         parse_label(answer)
@@ -67,8 +69,10 @@ def test_parse_label_refuses_to_guess(answer):
 
 
 def small_corpus(tmp_path: Path, texts: dict[str, str]) -> Path:
-    return write_jsonl(tmp_path / "corpus-00000.jsonl",
-                       [{"text": text, "path": path, "lang": "python", "meta": {}} for path, text in texts.items()])
+    return write_jsonl(
+        tmp_path / "corpus-00000.jsonl",
+        [{"text": text, "path": path, "lang": "python", "meta": {}} for path, text in texts.items()],
+    )
 
 
 def scripted_answer(prompt: str) -> str:
@@ -82,22 +86,43 @@ def scripted_answer(prompt: str) -> str:
 
 
 def test_llm_annotation_stores_labels_with_raw_answers_and_files_unparseable_ones_as_failures(tmp_path, capsys):
-    corpus = small_corpus(tmp_path, {"a.py": "# MARK_HIGH\n", "b.py": "X = 1  # MARK_SCORE\n",
-                                     "c.py": "# MARK_CHATTY\n", "d.py": "# MARK_NONE\n"})
+    corpus = small_corpus(
+        tmp_path,
+        {"a.py": "# MARK_HIGH\n", "b.py": "X = 1  # MARK_SCORE\n", "c.py": "# MARK_CHATTY\n", "d.py": "# MARK_NONE\n"},
+    )
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Rate {path} for learners:\n{code}\n")
     out = tmp_path / "annotations.jsonl"
     with FakeOpenAI(answer=scripted_answer) as server:
         config = ClientConfig(base_url=server.base_url, api_key="test", model="judge", max_attempts=1)
         stats = annotate_with_llm([corpus], out, config, prompt_path=prompt, progress=False)
-        rerun = main(["annotate", "--corpus", str(corpus), "--out", str(out), "--prompt", str(prompt), "--no-progress",
-                      "--base-url", server.base_url, "--api-key", "test", "--model", "judge"])
+        rerun = main(
+            [
+                "annotate",
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(out),
+                "--prompt",
+                str(prompt),
+                "--no-progress",
+                "--base-url",
+                server.base_url,
+                "--api-key",
+                "test",
+                "--model",
+                "judge",
+            ]
+        )
         asked = server.hits_by_prompt()
 
     assert (stats.succeeded, stats.failed) == (3, 1)
     annotations = {r["id"]: r for r in read_jsonl(out)}
     assert {i: (r["label"], r["score"]) for i, r in annotations.items()} == {
-        "a.py": ("high", None), "b.py": ("low", 2), "c.py": ("medium", None)}
+        "a.py": ("high", None),
+        "b.py": ("low", 2),
+        "c.py": ("medium", None),
+    }
     assert annotations["b.py"]["raw"] == scripted_answer("MARK_SCORE")
     assert annotations["a.py"]["annotator"] == "llm:judge"
     assert annotations["a.py"]["sha1"] == text_sha1("# MARK_HIGH\n")
@@ -127,8 +152,11 @@ def binary_search(items, target):
             high = middle - 1
     return -1
 '''
-    generated = "# Auto-generated by gen_tables.py. DO NOT EDIT.\nTABLE = {\n" + "".join(
-        f"    {i}: {i * i},\n" for i in range(200)) + "}\n"
+    generated = (
+        "# Auto-generated by gen_tables.py. DO NOT EDIT.\nTABLE = {\n"
+        + "".join(f"    {i}: {i * i},\n" for i in range(200))
+        + "}\n"
+    )
     assert heuristic.annotate_text(teaching)[0].level == "high"
     assert heuristic.annotate_text(generated)[0].level == "low"
     assert heuristic.annotate_text("def broken(:\n")[0].level == "low"
@@ -165,8 +193,9 @@ def run_cli(capsys, *argv) -> tuple[int, str]:
 
 
 def test_train_names_a_missing_annotation_file(tmp_path, tiny_corpus, capsys):
-    code, err = run_cli(capsys, "train", "--corpus", tiny_corpus, "--annotations", tmp_path / "nope.jsonl",
-                        "--out", tmp_path / "clf")
+    code, err = run_cli(
+        capsys, "train", "--corpus", tiny_corpus, "--annotations", tmp_path / "nope.jsonl", "--out", tmp_path / "clf"
+    )
     assert code == 2 and len(err.splitlines()) == 1
     assert "nope.jsonl does not exist" in err and "annotate" in err
 
@@ -200,24 +229,39 @@ def test_train_rejects_a_failure_log_given_as_annotations(tmp_path, tiny_corpus,
 
 def test_bad_positive_labels_and_missing_classifier_are_reported(tmp_path, tiny_corpus, capsys):
     ann = write_jsonl(tmp_path / "ann.jsonl", [annotation("a.py", "high")])
-    code, err = run_cli(capsys, "train", "--corpus", tiny_corpus, "--annotations", ann, "--out", tmp_path / "clf",
-                        "--positive-labels", "great")
+    code, err = run_cli(
+        capsys,
+        "train",
+        "--corpus",
+        tiny_corpus,
+        "--annotations",
+        ann,
+        "--out",
+        tmp_path / "clf",
+        "--positive-labels",
+        "great",
+    )
     assert code == 2 and "positive labels" in err
-    code, err = run_cli(capsys, "filter", "--corpus", tiny_corpus, "--classifier", tmp_path, "--output-prefix",
-                        tmp_path / "out")
+    code, err = run_cli(
+        capsys, "filter", "--corpus", tiny_corpus, "--classifier", tmp_path, "--output-prefix", tmp_path / "out"
+    )
     assert code == 2 and "is not a quality classifier" in err
 
 
 def test_annotate_needs_unique_document_ids(tmp_path, capsys):
-    corpus = write_jsonl(tmp_path / "dup.jsonl", [{"text": "A = 1\n", "path": "same.py"},
-                                                  {"text": "B = 2\n", "path": "same.py"}])
-    code, err = run_cli(capsys, "annotate", "--annotator", "heuristic", "--corpus", corpus, "--out", tmp_path / "a.jsonl")
+    corpus = write_jsonl(
+        tmp_path / "dup.jsonl", [{"text": "A = 1\n", "path": "same.py"}, {"text": "B = 2\n", "path": "same.py"}]
+    )
+    code, err = run_cli(
+        capsys, "annotate", "--annotator", "heuristic", "--corpus", corpus, "--out", tmp_path / "a.jsonl"
+    )
     assert code == 2 and "document id 'same.py' occurs twice" in err
 
 
 def test_cli_help_names_the_three_stages():
-    result = subprocess.run([sys.executable, "-m", "data_tools.quality", "--help"], cwd=ROOT, capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "data_tools.quality", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert all(stage in result.stdout for stage in ("annotate", "train", "filter", "heuristic"))
 
 
@@ -229,14 +273,53 @@ def test_cli_help_names_the_three_stages():
 def pipeline(tmp_path_factory):
     """corpus -> heuristic annotate -> train (MiniLM + random forest) -> filter with two workers, via the CLI."""
     tmp = tmp_path_factory.mktemp("quality")
-    build_corpus([], tmp / "stdlib", include=STDLIB_INCLUDE, exclude=STDLIB_EXCLUDE,
-                 limits=SizeLimits(200, 12_000), shard_bytes=150_000, progress=False)
+    build_corpus(
+        [],
+        tmp / "stdlib",
+        include=STDLIB_INCLUDE,
+        exclude=STDLIB_EXCLUDE,
+        limits=SizeLimits(200, 12_000),
+        shard_bytes=150_000,
+        progress=False,
+    )
     corpus = str(tmp / "stdlib-*.jsonl")
     assert main(["annotate", "--annotator", "heuristic", "--corpus", corpus, "--out", str(tmp / "ann.jsonl")]) == 0
-    assert main(["train", "--corpus", corpus, "--annotations", str(tmp / "ann.jsonl"), "--out", str(tmp / "clf"),
-                 "--embed-max-chars", str(EMBED_MAX_CHARS), "--n-estimators", "100", "--threshold", "0.6"]) == 0
-    assert main(["filter", "--corpus", corpus, "--classifier", str(tmp / "clf"), "--output-prefix",
-                 str(tmp / "edu"), "--workers", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--corpus",
+                corpus,
+                "--annotations",
+                str(tmp / "ann.jsonl"),
+                "--out",
+                str(tmp / "clf"),
+                "--embed-max-chars",
+                str(EMBED_MAX_CHARS),
+                "--n-estimators",
+                "100",
+                "--threshold",
+                "0.6",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "filter",
+                "--corpus",
+                corpus,
+                "--classifier",
+                str(tmp / "clf"),
+                "--output-prefix",
+                str(tmp / "edu"),
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
     return tmp
 
 

@@ -1,4 +1,5 @@
 """Tokenizers: a codegen-350M-mono style byte-level BPE, a sentencepiece alternative, one interface."""
+
 import json
 import sysconfig
 from pathlib import Path
@@ -7,8 +8,15 @@ import pytest
 from transformers import AutoTokenizer
 
 from megaphi.vocab import padded_vocab_size
-from data_tools.tokenizer import (EOD_TOKEN, WHITESPACE_RUNS, TokenizerError, load_tokenizer, main,
-                                  train_bpe, train_sentencepiece)
+from data_tools.tokenizer import (
+    EOD_TOKEN,
+    WHITESPACE_RUNS,
+    TokenizerError,
+    load_tokenizer,
+    main,
+    train_bpe,
+    train_sentencepiece,
+)
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 CODE = 'class Point:\n    """A point."""\n\n    def norm(self) -> float:\n\t\treturn (self.x ** 2 + self.y ** 2) ** 0.5  # é, 中文\n'
@@ -111,7 +119,9 @@ def test_tokenizer_without_an_end_of_document_token_is_refused(texts, tmp_path):
 def test_cli_trains_and_reports_vocab_and_padded_model_vocab(tmp_path, capsys):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.py").write_text(CODE * 3)
-    assert main(["train", "--input", str(tmp_path / "src"), "--output", str(tmp_path / "tok"), "--vocab-size", "300"]) == 0
+    assert (
+        main(["train", "--input", str(tmp_path / "src"), "--output", str(tmp_path / "tok"), "--vocab-size", "300"]) == 0
+    )
     assert main(["info", str(tmp_path / "tok"), "--tensor-parallel-size", "2"]) == 0
     out = capsys.readouterr().out
     assert "vocab size 338" in out and "model vocab padded to 512 (multiple of 256" in out

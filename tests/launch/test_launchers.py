@@ -3,6 +3,7 @@
 Each test starts real launchers and real processes; `launch_env check` joins a gloo group and
 all-reduces the ranks, the training tests run the phi-tiny recipe for two steps.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,9 @@ def require_mpirun() -> None:
 
 
 def run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, "DS_ACCELERATOR": "cpu"}
+    )
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -63,12 +65,19 @@ def test_plain_python_is_a_single_process_job():
 def test_inconsistent_environment_is_one_error_line_and_exit_2():
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2"}
     env.pop("MASTER_ADDR", None)
-    proc = subprocess.run([sys.executable, "-m", "megaphi.train.launch_env", "show"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "megaphi.train.launch_env", "show"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: RANK/WORLD_SIZE are set but MASTER_ADDR is not; export MASTER_ADDR too "
-        "(or start the job with torchrun, deepspeed, mpirun or srun)"]
+        "(or start the job with torchrun, deepspeed, mpirun or srun)"
+    ]
 
 
 @pytest.mark.slow
@@ -89,11 +98,26 @@ def test_deepspeed_hostfile_with_openmpi_launcher_trains_across_two_nodes(tmp_pa
     require_mpirun()
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("127.0.0.1 slots=1\n127.0.0.2 slots=1\n")
-    launcher_args = (f"--allow-run-as-root --display-map --mca plm_rsh_agent {REPO / 'launch' / 'local_ssh.sh'} "
-                     "--mca btl_tcp_if_include lo")
-    cmd = [str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--launcher", "openmpi", "--no_ssh_check",
-           "--master_addr", "127.0.0.1", "--launcher_args", launcher_args,
-           "--module", "megaphi.train", "--config", str(TINY_RECIPE)]
+    launcher_args = (
+        f"--allow-run-as-root --display-map --mca plm_rsh_agent {REPO / 'launch' / 'local_ssh.sh'} "
+        "--mca btl_tcp_if_include lo"
+    )
+    cmd = [
+        str(BIN / "deepspeed"),
+        "--hostfile",
+        str(hostfile),
+        "--launcher",
+        "openmpi",
+        "--no_ssh_check",
+        "--master_addr",
+        "127.0.0.1",
+        "--launcher_args",
+        launcher_args,
+        "--module",
+        "megaphi.train",
+        "--config",
+        str(TINY_RECIPE),
+    ]
     proc = run(cmd + tiny_run_overrides(tmp_path, steps=2))
     log = proc.stdout + proc.stderr
     assert f"cmd = mpirun -n 2 -hostfile {hostfile}" in log, log  # DeepSpeed's multi-node path

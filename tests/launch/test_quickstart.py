@@ -5,6 +5,7 @@ makes that stage run again, and the stages that read its outputs follow when wha
 --start-at forces a stage; only --fresh deletes the work directory. Every run writes REPORT.md and
 report.json with one row per stage and prints the report's path.
 """
+
 import json
 import subprocess
 import sys
@@ -17,8 +18,13 @@ SLICE = ["--corpus-include", "[b-c]*.py", "--stop-after", "dedup"]
 
 
 def quickstart(work, *args):
-    proc = subprocess.run([sys.executable, "launch/quickstart.py", "--work-dir", str(work), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "launch/quickstart.py", "--work-dir", str(work), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.rstrip().endswith(f"report: {work / 'REPORT.md'}")
     report = json.loads((work / "report.json").read_text())
@@ -64,8 +70,11 @@ def test_reruns_skip_what_is_unchanged_and_redo_what_changed(tmp_path):
 
     # --start-at reruns from that stage; the earlier ones are taken as they are.
     rows, _ = quickstart(work, "--corpus-include", "[bc]*.py", "--stop-after", "dedup", "--start-at", "dedup")
-    assert statuses(rows) == {"corpus": ("skipped", "before --start-at"), "quality": ("skipped", "before --start-at"),
-                              "dedup": ("ran", "--start-at dedup")}
+    assert statuses(rows) == {
+        "corpus": ("skipped", "before --start-at"),
+        "quality": ("skipped", "before --start-at"),
+        "dedup": ("ran", "--start-at dedup"),
+    }
 
     # Other files: every stage that reads what changed runs again.
     rows, _ = quickstart(work, "--corpus-include", "c*.py", "--stop-after", "dedup")
@@ -82,16 +91,42 @@ def test_reruns_skip_what_is_unchanged_and_redo_what_changed(tmp_path):
 
 
 def test_a_stage_name_that_does_not_exist_is_one_clear_error(tmp_path):
-    proc = subprocess.run([sys.executable, "launch/quickstart.py", "--work-dir", str(tmp_path), "--start-at", "trainn"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "launch/quickstart.py", "--work-dir", str(tmp_path), "--start-at", "trainn"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1].startswith("quickstart: --start-at 'trainn' is not a stage; give a "
-                                                           "number 1-12 or one of corpus, quality, dedup,")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "quickstart: --start-at 'trainn' is not a stage; give a number 1-12 or one of corpus, quality, dedup,"
+        )
+    )
 
 
 def test_start_at_refuses_when_an_earlier_stage_never_finished(tmp_path):
-    proc = subprocess.run([sys.executable, "launch/quickstart.py", "--work-dir", str(tmp_path), "--start-at", "dedup",
-                           "--stop-after", "dedup"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch/quickstart.py",
+            "--work-dir",
+            str(tmp_path),
+            "--start-at",
+            "dedup",
+            "--stop-after",
+            "dedup",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
-    assert ("quickstart: stage corpus has no complete outputs to start after; rerun from it (--start-at corpus) "
-            "or without --start-at") in proc.stderr
+    assert (
+        "quickstart: stage corpus has no complete outputs to start after; rerun from it (--start-at corpus) "
+        "or without --start-at"
+    ) in proc.stderr

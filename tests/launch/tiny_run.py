@@ -1,4 +1,5 @@
 """The smallest real training run a launcher test can start, and the checks that it really trained."""
+
 from __future__ import annotations
 
 import math
@@ -22,11 +23,24 @@ def tiny_run_overrides(tmp_path: Path, steps: int = 2, global_batch_size: int = 
     with IndexedDatasetWriter(prefix, np.uint16) as writer:
         for _ in range(64):
             writer.add_document(rng.integers(0, 2000, size=int(rng.integers(20, 80))))
-    return [f"run_dir={tmp_path / 'run'}", f"data.paths=[{prefix}]", "data.tokenizer=null",
-            "data.seq_len=32", f"train.steps={steps}", "optim.warmup_steps=1", f"train.global_batch_size={global_batch_size}",
-            "train.micro_batch_size=1", "train.gradient_accumulation_steps=null", "train.tensor_parallel_size=1",
-            f"checkpoint.interval={steps}", "checkpoint.init_from=null", "logging.interval=1",
-            "logging.tensorboard=false", "logging.plot=false", "eval.interval=0"]
+    return [
+        f"run_dir={tmp_path / 'run'}",
+        f"data.paths=[{prefix}]",
+        "data.tokenizer=null",
+        "data.seq_len=32",
+        f"train.steps={steps}",
+        "optim.warmup_steps=1",
+        f"train.global_batch_size={global_batch_size}",
+        "train.micro_batch_size=1",
+        "train.gradient_accumulation_steps=null",
+        "train.tensor_parallel_size=1",
+        f"checkpoint.interval={steps}",
+        "checkpoint.init_from=null",
+        "logging.interval=1",
+        "logging.tensorboard=false",
+        "logging.plot=false",
+        "eval.interval=0",
+    ]
 
 
 def assert_trained(run_dir: Path, steps: int, data_parallel_size: int, global_batch_size: int = 4) -> None:

@@ -1,4 +1,5 @@
 """Generation with the KV cache matches transformers' generate, batches left-padded prompts, samples reproducibly."""
+
 import json
 
 import pytest
@@ -39,16 +40,15 @@ def transformers_greedy(reference, prompts, max_new_tokens):
     model, tokenizer = reference
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    rows = out[:, batch.input_ids.shape[1]:].tolist()
+    rows = out[:, batch.input_ids.shape[1] :].tolist()
     eos = tokenizer.eos_token_id
-    return [row[:row.index(eos)] if eos in row else row for row in rows]
+    return [row[: row.index(eos)] if eos in row else row for row in rows]
 
 
 @pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["one prompt", "left-padded batch"])
 def test_greedy_tokens_equal_transformers_generate(reference, megaphi_tp2, prompts):
     model, tokenizer = megaphi_tp2
-    ours = generate_tokens(model, [tokenizer.encode(p) for p in prompts], max_new_tokens=24,
-                           eos_id=tokenizer.eod_id)
+    ours = generate_tokens(model, [tokenizer.encode(p) for p in prompts], max_new_tokens=24, eos_id=tokenizer.eod_id)
     theirs = transformers_greedy(reference, prompts, 24)
     assert len({len(tokenizer.encode(p)) for p in prompts}) == len(prompts)  # really different lengths
     assert ours == theirs
@@ -76,7 +76,7 @@ def test_stop_sequences_cut_the_completion_before_the_earliest_one(megaphi_tp2):
     ((full,),) = generate(model, tokenizer, PROMPTS[:1], max_new_tokens=24)
     stops = [full[12:15], full[6:8]]
     ((cut,),) = generate(model, tokenizer, PROMPTS[:1], max_new_tokens=24, stop=stops)
-    assert cut == full[:min(full.find(s) for s in stops)]
+    assert cut == full[: min(full.find(s) for s in stops)]
     assert not any(s in cut for s in stops) and len(cut) < len(full)
 
 
@@ -85,7 +85,7 @@ def test_end_of_text_ends_a_row_and_is_not_returned(megaphi_tp2):
     ids = tokenizer.encode(PROMPTS[1])
     (free,) = generate_tokens(model, [ids], max_new_tokens=12)
     (ended,) = generate_tokens(model, [ids], max_new_tokens=12, eos_id=free[4])
-    assert ended == free[:free.index(free[4])]
+    assert ended == free[: free.index(free[4])]
 
 
 def test_n_samples_with_a_seed_are_reproducible_and_differ_from_another_seed(megaphi_tp2):
@@ -116,22 +116,29 @@ def test_a_tiny_top_p_keeps_only_the_most_likely_token(megaphi_tp2):
     assert generate(model, tokenizer, PROMPTS, max_new_tokens=10, temperature=0.8, top_p=1e-6, seed=0) == greedy
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(prompts=["x"], temperature=-1.0), "temperature must be >= 0"),
-    (dict(prompts=["x"], top_p=0.0), r"top_p must be in \(0, 1\]"),
-    (dict(prompts=["x"], n=0), "n must be >= 1"),
-    (dict(prompts="x"), "prompts must be a list of strings"),
-    (dict(prompts=["x", ""], max_new_tokens=8), "prompt 1 is empty"),
-    (dict(prompts=["x" * 200], max_new_tokens=8), "prompt 0 has 200 tokens; with max_new_tokens 8 it exceeds "
-                                                   "max_position_embeddings 128"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompts=["x"], temperature=-1.0), "temperature must be >= 0"),
+        (dict(prompts=["x"], top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(prompts=["x"], n=0), "n must be >= 1"),
+        (dict(prompts="x"), "prompts must be a list of strings"),
+        (dict(prompts=["x", ""], max_new_tokens=8), "prompt 1 is empty"),
+        (
+            dict(prompts=["x" * 200], max_new_tokens=8),
+            "prompt 0 has 200 tokens; with max_new_tokens 8 it exceeds max_position_embeddings 128",
+        ),
+    ],
+)
 def test_bad_arguments_are_refused_with_one_clear_message(megaphi_tp2, kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate(*megaphi_tp2, **kwargs)
 
 
 def test_the_generate_cli_prints_completions_as_json_lines(hf_dir, capsys):
-    assert generate_main(["--model", str(hf_dir), "--prompt", "def add(", "--prompt", "x", "--max-new-tokens", "4"]) == 0
+    assert (
+        generate_main(["--model", str(hf_dir), "--prompt", "def add(", "--prompt", "x", "--max-new-tokens", "4"]) == 0
+    )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["prompt"] for line in lines] == ["def add(", "x"]
     assert all(len(line["completions"]) == 1 for line in lines)

@@ -1,4 +1,5 @@
 """Progress of long stages: a tqdm bar on a terminal, a plain line per interval (and one at the end) in logs."""
+
 import json
 import os
 import subprocess
@@ -62,8 +63,14 @@ def test_a_data_stage_under_a_non_terminal_logs_progress_lines(tmp_path):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"text": f"def f{i}():\n    return {i}\n"}) + "\n" for i in range(50)))
     env = {**os.environ, "PYTHONPATH": REPO, "MEGAPHI_PROGRESS_INTERVAL": "0"}
-    proc = subprocess.run([sys.executable, "-m", "data_tools.dedup", "--input", str(corpus), "--output-prefix",
-                           str(tmp_path / "out")], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "data_tools.dedup", "--input", str(corpus), "--output-prefix", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr  # no bar redrawn in a log
     progress_lines = [line for line in proc.stderr.splitlines() if line.startswith("[dedup] ")]

@@ -46,8 +46,9 @@ def make_hf_gpt2(out_dir: Path) -> Path:
 
     make_tokenizer(out_dir)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=300, n_positions=256,
-                                       bos_token_id=0, eos_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=300, n_positions=256, bos_token_id=0, eos_token_id=0)
+    )
     with torch.no_grad():  # larger than the default init, so that greedy text depends on the prompt
         for p in model.parameters():
             if p.dim() == 2:
@@ -63,9 +64,15 @@ def transformers_greedy(directory: Path, prompt: str, max_new_tokens: int) -> tu
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
     ids = torch.tensor([tokenizer.encode(prompt)])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    new = [t for t in out[0, ids.shape[1]:].tolist() if t != tokenizer.eos_token_id]
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    new = [t for t in out[0, ids.shape[1] :].tolist() if t != tokenizer.eos_token_id]
     return tokenizer.decode(new), len(new)
 
 
@@ -120,8 +127,9 @@ def test_greedy_completion_matches_transformers_greedy_generate(server, client, 
 
 def test_a_seed_reproduces_samples_and_n_gives_n_choices(client):
     def sample(seed: int) -> list[str]:
-        response = client.completions.create(model="tiny", prompt="for i in", max_tokens=10, temperature=1.0,
-                                             n=3, seed=seed)
+        response = client.completions.create(
+            model="tiny", prompt="for i in", max_tokens=10, temperature=1.0, n=3, seed=seed
+        )
         assert [c.index for c in response.choices] == [0, 1, 2]
         return [c.text for c in response.choices]
 
@@ -133,8 +141,9 @@ def test_a_seed_reproduces_samples_and_n_gives_n_choices(client):
 
 def test_a_seeded_request_gives_the_same_text_alone_or_batched_with_others(server, client):
     def texts(prompt, seed=7):
-        response = client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=1.0, n=2,
-                                             seed=seed)
+        response = client.completions.create(
+            model="tiny", prompt=prompt, max_tokens=10, temperature=1.0, n=2, seed=seed
+        )
         return [c.text for c in response.choices]
 
     alone = texts("for i in")
@@ -165,8 +174,8 @@ def test_a_stop_sequence_cuts_the_text_and_finishes_with_stop(client):
     greedy = client.completions.create(model="tiny", prompt="class Stack:", max_tokens=24, temperature=0)
     text = greedy.choices[0].text
     # A printable piece from the middle of the greedy text (the random model also emits odd bytes).
-    start = next(i for i in range(1, len(text) - 1) if text[i:i + 2].isprintable() and text[i:i + 2].isascii())
-    stop = text[start:start + 2]
+    start = next(i for i in range(1, len(text) - 1) if text[i : i + 2].isprintable() and text[i : i + 2].isascii())
+    stop = text[start : start + 2]
     cut = client.completions.create(model="tiny", prompt="class Stack:", max_tokens=24, temperature=0, stop=[stop])
     assert cut.choices[0].text == text[: text.find(stop)]
     assert cut.choices[0].finish_reason == "stop"
@@ -175,8 +184,13 @@ def test_a_stop_sequence_cuts_the_text_and_finishes_with_stop(client):
 def test_chat_without_a_template_continues_a_plain_transcript(client):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sort a list."}]
     chat = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0)
-    plain = client.completions.create(model="tiny", prompt="System: Be brief.\nUser: Sort a list.\nAssistant:",
-                                      max_tokens=10, temperature=0, stop=FALLBACK_STOP)
+    plain = client.completions.create(
+        model="tiny",
+        prompt="System: Be brief.\nUser: Sort a list.\nAssistant:",
+        max_tokens=10,
+        temperature=0,
+        stop=FALLBACK_STOP,
+    )
     assert chat.choices[0].message.role == "assistant"
     assert chat.choices[0].message.content == plain.choices[0].text
     assert chat.object == "chat.completion" and chat.usage.total_tokens > 0
@@ -184,39 +198,68 @@ def test_chat_without_a_template_continues_a_plain_transcript(client):
 
 def test_concurrent_requests_share_a_batch_and_answer_as_if_alone(server, client):
     prompts = ["def fib(n):", "import math", "x = [", "print(", "for i in range(10):", "# sorts"]
-    alone = [client.completions.create(model="tiny", prompt=p, max_tokens=8 + i, temperature=0).choices[0].text
-             for i, p in enumerate(prompts)]
+    alone = [
+        client.completions.create(model="tiny", prompt=p, max_tokens=8 + i, temperature=0).choices[0].text
+        for i, p in enumerate(prompts)
+    ]
     batches_before = server.batcher.stats.batches
 
     async def together() -> list[str]:
         async with openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0) as aclient:
-            responses = await asyncio.gather(*(
-                aclient.completions.create(model="tiny", prompt=p, max_tokens=8 + i, temperature=0)
-                for i, p in enumerate(prompts)))
+            responses = await asyncio.gather(
+                *(
+                    aclient.completions.create(model="tiny", prompt=p, max_tokens=8 + i, temperature=0)
+                    for i, p in enumerate(prompts)
+                )
+            )
         return [r.choices[0].text for r in responses]
 
     assert asyncio.run(together()) == alone
-    sizes = list(server.batcher.stats.requests_per_batch)[batches_before - server.batcher.stats.batches:]
+    sizes = list(server.batcher.stats.requests_per_batch)[batches_before - server.batcher.stats.batches :]
     assert sum(sizes) == len(prompts) and max(sizes) > 1, sizes
 
 
-@pytest.mark.parametrize("call,status,param,code", [
-    (lambda c: c.completions.create(model="gpt-4", prompt="x"), 404, "model", "model_not_found"),
-    (lambda c: c.completions.create(model="tiny", prompt="x", temperature=3), 400, "temperature", None),
-    (lambda c: c.completions.create(model="tiny", prompt="x", top_p=1.5), 400, "top_p", None),
-    (lambda c: c.completions.create(model="tiny", prompt="x", n=0), 400, "n", None),
-    (lambda c: c.completions.create(model="tiny", prompt="x", max_tokens=0), 400, "max_tokens", None),
-    (lambda c: c.completions.create(model="tiny", prompt="x", max_tokens=10_000), 400, "max_tokens",
-     "context_length_exceeded"),
-    (lambda c: c.completions.create(model="tiny", prompt="x", stop=["a", "b", "c", "d", "e"]), 400, "stop", None),
-    (lambda c: c.completions.create(model="tiny", prompt="x", stream=True), 400, "stream", None),
-    (lambda c: c.completions.create(model="tiny", prompt="", max_tokens=2), 400, "prompt", None),
-    (lambda c: c.completions.create(model="tiny", prompt="x", extra_body={"bogus": 1}), 400, "bogus", None),
-    (lambda c: c.chat.completions.create(model="tiny", messages=[]), 400, "messages", None),
-    (lambda c: c.chat.completions.create(model="tiny", messages=[{"role": "robot", "content": "hi"}]), 400,
-     "messages[0]", None),
-], ids=["unknown-model", "temperature", "top_p", "n", "max_tokens", "context", "stop", "stream", "empty-prompt",
-        "unknown-argument", "no-messages", "bad-role"])
+@pytest.mark.parametrize(
+    "call,status,param,code",
+    [
+        (lambda c: c.completions.create(model="gpt-4", prompt="x"), 404, "model", "model_not_found"),
+        (lambda c: c.completions.create(model="tiny", prompt="x", temperature=3), 400, "temperature", None),
+        (lambda c: c.completions.create(model="tiny", prompt="x", top_p=1.5), 400, "top_p", None),
+        (lambda c: c.completions.create(model="tiny", prompt="x", n=0), 400, "n", None),
+        (lambda c: c.completions.create(model="tiny", prompt="x", max_tokens=0), 400, "max_tokens", None),
+        (
+            lambda c: c.completions.create(model="tiny", prompt="x", max_tokens=10_000),
+            400,
+            "max_tokens",
+            "context_length_exceeded",
+        ),
+        (lambda c: c.completions.create(model="tiny", prompt="x", stop=["a", "b", "c", "d", "e"]), 400, "stop", None),
+        (lambda c: c.completions.create(model="tiny", prompt="x", stream=True), 400, "stream", None),
+        (lambda c: c.completions.create(model="tiny", prompt="", max_tokens=2), 400, "prompt", None),
+        (lambda c: c.completions.create(model="tiny", prompt="x", extra_body={"bogus": 1}), 400, "bogus", None),
+        (lambda c: c.chat.completions.create(model="tiny", messages=[]), 400, "messages", None),
+        (
+            lambda c: c.chat.completions.create(model="tiny", messages=[{"role": "robot", "content": "hi"}]),
+            400,
+            "messages[0]",
+            None,
+        ),
+    ],
+    ids=[
+        "unknown-model",
+        "temperature",
+        "top_p",
+        "n",
+        "max_tokens",
+        "context",
+        "stop",
+        "stream",
+        "empty-prompt",
+        "unknown-argument",
+        "no-messages",
+        "bad-role",
+    ],
+)
 def test_bad_requests_get_openai_shaped_errors(client, call, status, param, code):
     with pytest.raises(openai.APIStatusError) as caught:
         call(client)
@@ -225,12 +268,15 @@ def test_bad_requests_get_openai_shaped_errors(client, call, status, param, code
     assert error.type == "invalid_request_error" and param.split("[")[0] in error.message
 
 
-@pytest.mark.parametrize("path,data,status,message", [
-    ("/completions", b"{not json", 400, "could not parse the JSON body"),
-    ("/completions", json.dumps({"model": "tiny"}).encode(), 400, "Missing required parameter: 'prompt'"),
-    ("/chat/completions", json.dumps({"prompt": "x"}).encode(), 400, "you must provide a model"),
-    ("/embeddings", json.dumps({"model": "tiny"}).encode(), 404, "Not Found"),
-])
+@pytest.mark.parametrize(
+    "path,data,status,message",
+    [
+        ("/completions", b"{not json", 400, "could not parse the JSON body"),
+        ("/completions", json.dumps({"model": "tiny"}).encode(), 400, "Missing required parameter: 'prompt'"),
+        ("/chat/completions", json.dumps({"prompt": "x"}).encode(), 400, "you must provide a model"),
+        ("/embeddings", json.dumps({"model": "tiny"}).encode(), 404, "Not Found"),
+    ],
+)
 def test_raw_bad_requests_are_json_errors_too(server, path, data, status, message):
     request = urllib.request.Request(server.base_url + path, data=data, headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as caught:
@@ -242,8 +288,13 @@ def test_raw_bad_requests_are_json_errors_too(server, path, data, status, messag
 
 @pytest.mark.slow
 def test_cli_refuses_a_directory_that_is_no_model_with_one_error_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "megaphi.serve", "--model", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "megaphi.serve", "--model", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {tmp_path} is neither a megaphi checkpoint")
     assert result.stderr.count("\n") == 1
@@ -257,11 +308,15 @@ def test_cli_on_a_port_in_use_says_so_in_one_error_line(phi_dir):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "megaphi.serve", "--model", str(phi_dir), "--port", str(port)],
-                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "megaphi.serve", "--model", str(phi_dir), "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.splitlines()[-1] == (f"error: port {port} on 127.0.0.1 is already in use: pass another "
-                                              "--port")
+    assert result.stderr.splitlines()[-1] == (f"error: port {port} on 127.0.0.1 is already in use: pass another --port")
     assert "Traceback" not in result.stderr
 
 
@@ -302,8 +357,9 @@ def test_chat_uses_a_given_chat_template(server, client):
     templated = Server(server.backend, "tiny", chat_template=template)
     with running(templated.app()) as base_url:
         other = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
-        chat = other.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
-                                             max_tokens=8, temperature=0)
+        chat = other.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0
+        )
     plain = client.completions.create(model="tiny", prompt="<user>hi\n<assistant>", max_tokens=8, temperature=0)
     assert chat.choices[0].message.content == plain.choices[0].text
 
@@ -314,7 +370,9 @@ def test_chat_uses_the_tokenizer_directorys_own_template_with_its_special_tokens
     directory = tmp_path / "with-template"
     shutil.copytree(phi_dir, directory)
     config = json.loads((directory / "tokenizer_config.json").read_text())
-    config["chat_template"] = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{{ eos_token }}[assistant]"
+    config["chat_template"] = (
+        "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{{ eos_token }}[assistant]"
+    )
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
     server = build_server(directory, model_name="t")
     assert server.render_chat([{"role": "user", "content": "hi"}]) == ("[user] hi\n<|endoftext|>[assistant]", [])

@@ -5,6 +5,7 @@ holds only ``tokenizer.model``, and a Hugging Face directory of codegen's slow f
 ``merges.txt``) the ids preprocessing writes to the .bin/.idx are the ids every inference stage encodes,
 and they equal the reference library's own encoding (transformers' AutoTokenizer, sentencepiece).
 """
+
 import json
 import shutil
 import sysconfig
@@ -73,8 +74,14 @@ def checkpoint(tokenizer_kind, tmp_path_factory):
     """A random megaphi model (context CONTEXT) saved with this tokenizer as its own."""
     _, directory = tokenizer_kind
     vocab = padded_vocab_size(load_tokenizer(directory).vocab_size)
-    config = PhiConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                       num_attention_heads=4, max_position_embeddings=CONTEXT)
+    config = PhiConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        max_position_embeddings=CONTEXT,
+    )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "model"
     save_model_checkpoint(path, config, [PhiForCausalLM(config).state_dict()], tokenizer_dir=directory)

@@ -1,4 +1,5 @@
 """Tiny reference artefacts for tests: a byte-level BPE tokenizer and a random transformers Phi model."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,12 @@ def make_tokenizer(out_dir: Path, vocab_size: int = 300) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(TRAINING_TEXT, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS)
     fast.save_pretrained(str(out_dir))
@@ -34,15 +39,25 @@ def make_tokenizer(out_dir: Path, vocab_size: int = 300) -> Path:
 def tiny_hf_config(vocab_size: int = 300, **overrides):
     from transformers import PhiConfig
 
-    fields = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=128, partial_rotary_factor=0.5,
-                  rope_theta=10000.0, bos_token_id=0, eos_token_id=0)
+    fields = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        partial_rotary_factor=0.5,
+        rope_theta=10000.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     fields.update(overrides)
     return PhiConfig(**fields)
 
 
-def make_hf_phi(out_dir: Path, *, weights: str = "safetensors", seed: int = 0, tokenizer_dir: Path | None = None,
-                **config_overrides):
+def make_hf_phi(
+    out_dir: Path, *, weights: str = "safetensors", seed: int = 0, tokenizer_dir: Path | None = None, **config_overrides
+):
     """Save a randomly initialised transformers PhiForCausalLM (biases and LayerNorms randomised too).
 
     ``weights="bin"`` writes ``pytorch_model.bin`` instead of ``model.safetensors``, as transformers 4 did;

@@ -5,6 +5,7 @@ the pid in its pid file). The two-node cluster runs two slurmd daemons with Node
 127.0.0.3: loopback addresses that reach this host but differ from what the node names (which do
 not resolve) or the host name would give, so a test can tell where an address came from.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,12 @@ class SlurmCluster:
         self.root = root
         node_args = [f"{name}={addr}" for name, addr in nodes.items()]
         # Two CPUs per node: the smoke job's two tasks fit on one node, as on the 2-core test machine.
-        up = subprocess.run(["bash", str(LOCAL_SLURM), "up", str(root), *node_args, "--cpus", "2"],
-                            capture_output=True, text=True, timeout=120)
+        up = subprocess.run(
+            ["bash", str(LOCAL_SLURM), "up", str(root), *node_args, "--cpus", "2"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert up.returncode == 0, f"local Slurm did not start:\n{up.stderr}"
         self.env = {**os.environ, "SLURM_CONF": str(root / "slurm.conf")}
         assert up.stdout.strip() == f"export SLURM_CONF={self.env['SLURM_CONF']}"
@@ -33,17 +38,26 @@ class SlurmCluster:
     def stop(self) -> None:
         subprocess.run(["bash", str(LOCAL_SLURM), "down", str(self.root)], check=True, timeout=60)
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 120,
-            env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(cmd, env={**self.env, **(env or {})}, capture_output=True, text=True,
-                              check=check, timeout=timeout, cwd=REPO)
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 120, env: dict | None = None
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            cmd, env={**self.env, **(env or {})}, capture_output=True, text=True, check=check, timeout=timeout, cwd=REPO
+        )
 
-    def sbatch_wait(self, script: str, *script_args: str, options: tuple[str, ...] = (),
-                    env: dict | None = None, timeout: float = 300) -> tuple[int, str]:
+    def sbatch_wait(
+        self,
+        script: str,
+        *script_args: str,
+        options: tuple[str, ...] = (),
+        env: dict | None = None,
+        timeout: float = 300,
+    ) -> tuple[int, str]:
         """Submit ``script`` from the checkout and wait for it; returns (job exit code, job output)."""
         out = self.root / f"job-{time.monotonic_ns()}.out"
-        proc = self.run("sbatch", "--wait", f"--output={out}", *options, script, *script_args,
-                        check=False, timeout=timeout, env=env)
+        proc = self.run(
+            "sbatch", "--wait", f"--output={out}", *options, script, *script_args, check=False, timeout=timeout, env=env
+        )
         text = out.read_text() if out.exists() else ""
         return proc.returncode, f"{proc.stdout}{proc.stderr}{text}"
 

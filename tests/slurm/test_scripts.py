@@ -4,6 +4,7 @@ What a script does is observed by running it: with ``srun`` on PATH replaced by 
 script runs as the batch step would, and the test reads which commands it started, with which
 arguments and environment. The ``#SBATCH`` header is read the way sbatch reads it.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,9 @@ def sbatch_options(script: Path) -> dict[str, str]:
     return options
 
 
-def run_script(name: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None
-               ) -> tuple[subprocess.CompletedProcess, list[Step]]:
+def run_script(
+    name: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess, list[Step]]:
     """Run ``slurm/NAME`` as the batch step of a job submitted from the checkout, srun recorded."""
     bin_dir, log_dir = tmp_path / "bin", tmp_path / "srun"
     bin_dir.mkdir(exist_ok=True)
@@ -56,15 +58,24 @@ def run_script(name: str, tmp_path: Path, *args: str, env: dict[str, str] | None
     (bin_dir / "srun").write_text(FAKE_SRUN)
     (bin_dir / "srun").chmod(0o755)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CONFIG"))}
-    job_env = {**base, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SRUN_LOG_DIR": str(log_dir),
-               "SLURM_SUBMIT_DIR": str(REPO), "SLURM_JOB_ID": "42", "PYTHON": sys.executable,
-               "RANK": "3", "WORLD_SIZE": "1", **(env or {})}
+    job_env = {
+        **base,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SRUN_LOG_DIR": str(log_dir),
+        "SLURM_SUBMIT_DIR": str(REPO),
+        "SLURM_JOB_ID": "42",
+        "PYTHON": sys.executable,
+        "RANK": "3",
+        "WORLD_SIZE": "1",
+        **(env or {}),
+    }
     # sbatch runs a copy of the script from its spool directory, not from the checkout
     spool = tmp_path / "spool" / name
     spool.parent.mkdir(exist_ok=True)
     spool.write_text((SLURM / name).read_text())
-    proc = subprocess.run(["bash", str(spool), *args], env=job_env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        ["bash", str(spool), *args], env=job_env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     steps = []
     for n in range(len(list(log_dir.glob("*.args")))):
         argv = (log_dir / f"{n}.args").read_text().splitlines()
@@ -104,19 +115,26 @@ def test_gpu_script_runs_one_task_per_gpu_and_resumes(name, tmp_path):
         assert len(steps) == 1
 
 
-@pytest.mark.parametrize("name, recipe, steps, lr, global_batch", [
-    ("pretrain_8xA100.sh", "phi1_pretrain.yaml", 36000, 1e-3, 1024),
-    ("pretrain_multinode.sh", "phi1_pretrain.yaml", 36000, 1e-3, 1024),
-    ("finetune_8xA100.sh", "phi1_finetune.yaml", 6000, 1e-4, 256),
-])
+@pytest.mark.parametrize(
+    "name, recipe, steps, lr, global_batch",
+    [
+        ("pretrain_8xA100.sh", "phi1_pretrain.yaml", 36000, 1e-3, 1024),
+        ("pretrain_multinode.sh", "phi1_pretrain.yaml", 36000, 1e-3, 1024),
+        ("finetune_8xA100.sh", "phi1_finetune.yaml", 6000, 1e-4, 256),
+    ],
+)
 def test_gpu_script_trains_its_phi1_recipe_and_batches_divide(name, recipe, steps, lr, global_batch, tmp_path):
     proc, started = run_script(name, tmp_path)
     assert proc.returncode == 0, proc.stderr
     path = trained_config(started[-1])
     assert path.name == recipe
     cfg = load_config(TrainConfig, path)
-    assert (cfg.train.steps, cfg.optim.lr, cfg.train.global_batch_size, cfg.train.precision) == \
-        (steps, lr, global_batch, "fp16")
+    assert (cfg.train.steps, cfg.optim.lr, cfg.train.global_batch_size, cfg.train.precision) == (
+        steps,
+        lr,
+        global_batch,
+        "fp16",
+    )
     options = sbatch_options(SLURM / name)
     gpus = int(options["nodes"]) * int(options["gpus-per-node"])
     # Raises ConfigError if the recipe's global batch does not split over this many GPUs.
@@ -148,6 +166,6 @@ def test_config_chooses_another_recipe_and_a_missing_one_is_one_error_line(tmp_p
     (tmp_path / "again").mkdir()
     proc, steps = run_script("pretrain_8xA100.sh", tmp_path / "again", env={"CONFIG": "configs/missing.yaml"})
     assert proc.returncode == 2 and steps == []
-    assert proc.stderr.strip().splitlines()[-1] == ("error: config configs/missing.yaml not found; set CONFIG to a "
-                                                    "recipe under configs/")
-
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: config configs/missing.yaml not found; set CONFIG to a recipe under configs/"
+    )

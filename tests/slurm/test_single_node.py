@@ -1,5 +1,6 @@
 """`sbatch --wait slurm/smoke_cpu.sh` as its usage line says, on a real one-node Slurm started as README says:
 two tasks train on the quickstart's output, checkpoint, exit 0."""
+
 import json
 import socket
 import subprocess
@@ -33,8 +34,12 @@ def test_the_documented_smoke_line_trains_on_the_quickstarts_output(slurm_single
     # The script's usage line, with the run directory moved out of the checkout.
     # A free MASTER_PORT: the port derived from the job id (1 here) is the same in every throwaway cluster
     # that other jobs on this machine may be running at the same time.
-    code, out = slurm_single_node.sbatch_wait("slurm/smoke_cpu.sh", f"run_dir={tmp_path / 'smoke'}", "train.steps=4",
-                                              env={"QUICKSTART": str(quickstart), "MASTER_PORT": str(free_port())})
+    code, out = slurm_single_node.sbatch_wait(
+        "slurm/smoke_cpu.sh",
+        f"run_dir={tmp_path / 'smoke'}",
+        "train.steps=4",
+        env={"QUICKSTART": str(quickstart), "MASTER_PORT": str(free_port())},
+    )
     assert code == 0, out
     assert "megaphi.train: done at step 4" in out, out
     assert_trained(tmp_path / "smoke", steps=4, data_parallel_size=2, global_batch_size=16)
@@ -43,8 +48,10 @@ def test_the_documented_smoke_line_trains_on_the_quickstarts_output(slurm_single
 def test_the_smoke_job_without_the_quickstarts_output_says_what_to_run(slurm_single_node, tmp_path):
     code, out = slurm_single_node.sbatch_wait("slurm/smoke_cpu.sh", env={"QUICKSTART": str(tmp_path / "none")})
     assert code == 2, out
-    assert (f"error: no quickstart data at {tmp_path / 'none'}/data/code_text_document.bin; run "
-            "`bash launch/quickstart.sh` first") in out
+    assert (
+        f"error: no quickstart data at {tmp_path / 'none'}/data/code_text_document.bin; run "
+        "`bash launch/quickstart.sh` first"
+    ) in out
 
 
 def test_smoke_job_with_a_missing_recipe_fails_with_one_error_line(slurm_single_node):
@@ -55,11 +62,14 @@ def test_smoke_job_with_a_missing_recipe_fails_with_one_error_line(slurm_single_
 
 def test_local_slurm_up_inside_eval_as_documented_lets_the_next_sbatch_run(tmp_path):
     cluster = tmp_path / "cluster"
-    script = (f'eval "$(bash launch/local_slurm.sh up {cluster} --cpus 1)"\n'
-              f'sbatch --wait --output={tmp_path}/job.out --wrap "echo ran on \\$SLURMD_NODENAME"\n')
+    script = (
+        f'eval "$(bash launch/local_slurm.sh up {cluster} --cpus 1)"\n'
+        f'sbatch --wait --output={tmp_path}/job.out --wrap "echo ran on \\$SLURMD_NODENAME"\n'
+    )
     try:
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=REPO, capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
     finally:
         subprocess.run(["bash", "launch/local_slurm.sh", "down", str(cluster)], cwd=REPO, check=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

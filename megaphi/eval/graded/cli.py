@@ -1,10 +1,11 @@
 """``python -m megaphi.eval graded`` and ``graded-table``: the options and the run.
 
-    graded       samples (generated from --model, or read from --samples) -> hidden tests in the
-                 sandbox -> judge -> graded_report.md / .json in --out-dir. Rerunning the same
-                 command resumes: scored samples are reused and judged samples are not asked again.
-    graded-table two or more graded --out-dirs -> one table, models side by side.
+graded       samples (generated from --model, or read from --samples) -> hidden tests in the
+             sandbox -> judge -> graded_report.md / .json in --out-dir. Rerunning the same
+             command resumes: scored samples are reused and judged samples are not asked again.
+graded-table two or more graded --out-dirs -> one table, models side by side.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,14 @@ JUDGMENTS, JUDGE_FAILURES, JUDGE_RUNS = "judgments.jsonl", "judge_failures.jsonl
 
 
 def add_graded_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--samples", default=None,
-                        help='JSONL of {"task_id", "completion"} to grade instead of generating from --model')
-    parser.add_argument("--out-dir", required=True,
-                        help="gets samples.jsonl, results.jsonl, judgments.jsonl, judge_failures.jsonl, graded_report.*")
+    parser.add_argument(
+        "--samples", default=None, help='JSONL of {"task_id", "completion"} to grade instead of generating from --model'
+    )
+    parser.add_argument(
+        "--out-dir",
+        required=True,
+        help="gets samples.jsonl, results.jsonl, judgments.jsonl, judge_failures.jsonl, graded_report.*",
+    )
     judge = parser.add_argument_group("judge (any OpenAI-compatible chat endpoint, e.g. megaphi.serve)")
     judge.add_argument("--judge-model", required=True, help="model name the judge endpoint serves")
     judge.add_argument("--judge-base-url", default=None, help="e.g. http://127.0.0.1:8000/v1 (default: OpenAI)")
@@ -40,16 +45,24 @@ def add_graded_args(parser: argparse.ArgumentParser) -> None:
     judge.add_argument("--judge-max-concurrency", type=int, default=ClientConfig.max_concurrency)
     judge.add_argument("--judge-requests-per-minute", type=float, default=None, help="request budget")
     judge.add_argument("--judge-tokens-per-minute", type=float, default=None, help="token budget")
-    judge.add_argument("--judge-max-attempts", type=int, default=4,
-                       help="tries per sample (errors and malformed verdicts) before it is recorded as ungraded")
+    judge.add_argument(
+        "--judge-max-attempts",
+        type=int,
+        default=4,
+        help="tries per sample (errors and malformed verdicts) before it is recorded as ungraded",
+    )
     judge.add_argument("--judge-timeout", type=float, default=ClientConfig.timeout_s, help="seconds per attempt")
     judge.add_argument("--judge-backoff-initial", type=float, default=ClientConfig.backoff_initial_s)
     judge.add_argument("--judge-max-tokens", type=int, default=400, help="longest verdict")
     judge.add_argument("--judge-temperature", type=float, default=0.0)
     judge.add_argument("--judge-input-price", type=float, default=0.0, help="USD per million prompt tokens")
     judge.add_argument("--judge-output-price", type=float, default=0.0, help="USD per million completion tokens")
-    judge.add_argument("--judge-pass-score", type=int, default=7,
-                       help="a judge score counted as a pass when measuring agreement with the tests")
+    judge.add_argument(
+        "--judge-pass-score",
+        type=int,
+        default=7,
+        help="a judge score counted as a pass when measuring agreement with the tests",
+    )
     judge.add_argument("--judge-retry-failed", action="store_true", help="ask again for samples left ungraded")
     judge.add_argument("--no-progress", action="store_true")
 
@@ -61,15 +74,25 @@ def add_table_args(parser: argparse.ArgumentParser) -> None:
 
 
 def judge_config(args: argparse.Namespace) -> ClientConfig:
-    config = ClientConfig(base_url=args.judge_base_url, api_key=args.judge_api_key, model=args.judge_model,
-                          max_concurrency=args.judge_max_concurrency, requests_per_minute=args.judge_requests_per_minute,
-                          tokens_per_minute=args.judge_tokens_per_minute, max_attempts=args.judge_max_attempts,
-                          timeout_s=args.judge_timeout, backoff_initial_s=args.judge_backoff_initial,
-                          input_price_per_mtok=args.judge_input_price, output_price_per_mtok=args.judge_output_price)
+    config = ClientConfig(
+        base_url=args.judge_base_url,
+        api_key=args.judge_api_key,
+        model=args.judge_model,
+        max_concurrency=args.judge_max_concurrency,
+        requests_per_minute=args.judge_requests_per_minute,
+        tokens_per_minute=args.judge_tokens_per_minute,
+        max_attempts=args.judge_max_attempts,
+        timeout_s=args.judge_timeout,
+        backoff_initial_s=args.judge_backoff_initial,
+        input_price_per_mtok=args.judge_input_price,
+        output_price_per_mtok=args.judge_output_price,
+    )
     config.validate()
     if not (config.api_key or config.base_url or os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")):
-        raise UserError("no judge API key: set OPENAI_API_KEY or pass --judge-api-key "
-                         "(or --judge-base-url for a local server such as megaphi.serve)")
+        raise UserError(
+            "no judge API key: set OPENAI_API_KEY or pass --judge-api-key "
+            "(or --judge-base-url for a local server such as megaphi.serve)"
+        )
     if not 0 <= args.judge_pass_score <= 10:
         raise UserError(f"--judge-pass-score must be from 0 to 10, got {args.judge_pass_score}")
     if args.judge_max_tokens < 1:
@@ -86,17 +109,24 @@ def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def _scored_samples(args: argparse.Namespace, out_dir: Path, generate: Callable[[], list[dict]],
-                    score: Callable[[list[dict]], list[dict]]) -> list[dict]:
+def _scored_samples(
+    args: argparse.Namespace,
+    out_dir: Path,
+    generate: Callable[[], list[dict]],
+    score: Callable[[list[dict]], list[dict]],
+) -> list[dict]:
     """The scored samples of this --out-dir: reused when an earlier run scored them, else made now."""
     results_path = out_dir / "results.jsonl"
     given = read_samples(args.samples) if args.samples else None
     if results_path.exists():
         results = read_jsonl(results_path)
-        if given is not None and [(s["task_id"], s["completion"]) for s in given] != \
-                [(r["task_id"], r["completion"]) for r in results]:
-            raise UserError(f"{results_path} holds the results of other samples than {args.samples}: "
-                             "use a fresh --out-dir (or remove that file to score these samples there)")
+        if given is not None and [(s["task_id"], s["completion"]) for s in given] != [
+            (r["task_id"], r["completion"]) for r in results
+        ]:
+            raise UserError(
+                f"{results_path} holds the results of other samples than {args.samples}: "
+                "use a fresh --out-dir (or remove that file to score these samples there)"
+            )
         print(f"reusing {len(results)} scored samples from {results_path}", file=sys.stderr)
         return results
     samples = given if given is not None else generate()
@@ -106,8 +136,13 @@ def _scored_samples(args: argparse.Namespace, out_dir: Path, generate: Callable[
     return results
 
 
-def run_graded(args: argparse.Namespace, benchmark: Benchmark, *, generate: Callable[[], list[dict]],
-               score: Callable[[list[dict]], list[dict]]) -> dict:
+def run_graded(
+    args: argparse.Namespace,
+    benchmark: Benchmark,
+    *,
+    generate: Callable[[], list[dict]],
+    score: Callable[[list[dict]], list[dict]],
+) -> dict:
     """Score (``generate``, ``score``: the HumanEval machinery, bound to the command's options), judge
     and report; returns the summary that the command prints."""
     if (args.samples is None) == (args.model is None):
@@ -121,14 +156,23 @@ def run_graded(args: argparse.Namespace, benchmark: Benchmark, *, generate: Call
     ids = sample_ids(results)
     problems = problems_by_task_id()
     _check_one_judge(out_dir / JUDGMENTS, args.judge_model)
-    stats = run_requests(judge_requests(problems, results, ids, max_tokens=args.judge_max_tokens,
-                                        temperature=args.judge_temperature),
-                         out_dir / JUDGMENTS, out_dir / JUDGE_FAILURES, config,
-                         process=record_verdict(args.judge_model), retry_failed=args.judge_retry_failed,
-                         progress=not args.no_progress, total=len(results))
+    stats = run_requests(
+        judge_requests(problems, results, ids, max_tokens=args.judge_max_tokens, temperature=args.judge_temperature),
+        out_dir / JUDGMENTS,
+        out_dir / JUDGE_FAILURES,
+        config,
+        process=record_verdict(args.judge_model),
+        retry_failed=args.judge_retry_failed,
+        progress=not args.no_progress,
+        total=len(results),
+    )
     with open(out_dir / JUDGE_RUNS, "a", encoding="utf-8") as runs:  # every call's tokens, retries included
-        runs.write(json.dumps({"date": datetime.now(timezone.utc).isoformat(), "judge_model": args.judge_model,
-                               **stats.to_dict()}) + "\n")
+        runs.write(
+            json.dumps(
+                {"date": datetime.now(timezone.utc).isoformat(), "judge_model": args.judge_model, **stats.to_dict()}
+            )
+            + "\n"
+        )
     spent = [run for run in read_jsonl(out_dir / JUDGE_RUNS) if run.get("judge_model") == args.judge_model]
     spent_prompt, spent_completion = sum(r["prompt_tokens"] for r in spent), sum(r["completion_tokens"] for r in spent)
     judgments = _read_jsonl_by_id(out_dir / JUDGMENTS)
@@ -139,6 +183,7 @@ def run_graded(args: argparse.Namespace, benchmark: Benchmark, *, generate: Call
 
     def usd(prompt: int, completion: int) -> float:
         return (prompt * config.input_price_per_mtok + completion * config.output_price_per_mtok) / 1e6
+
     summary = {**summarize(benchmark, results), **aggregate(rows, args.judge_pass_score)}
     metadata = {
         "model": args.model or args.samples,
@@ -147,13 +192,13 @@ def run_graded(args: argparse.Namespace, benchmark: Benchmark, *, generate: Call
         "judge prompt": PROMPT_VERSION,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "judge tokens": f"{prompt_tokens} prompt + {completion_tokens} completion for the graded samples' verdicts; "
-                        f"{spent_prompt} + {spent_completion} in all calls of {len(spent)} finished run(s), retries included",
+        f"{spent_prompt} + {spent_completion} in all calls of {len(spent)} finished run(s), retries included",
         "judge cost (USD)": f"{usd(prompt_tokens, completion_tokens):.4f} for the verdicts, "
-                            f"{usd(spent_prompt, spent_completion):.4f} in all, at {config.input_price_per_mtok:g} / "
-                            f"{config.output_price_per_mtok:g} per million prompt / completion tokens",
+        f"{usd(spent_prompt, spent_completion):.4f} in all, at {config.input_price_per_mtok:g} / "
+        f"{config.output_price_per_mtok:g} per million prompt / completion tokens",
         "judge requests this run": f"{stats.succeeded} graded, {stats.failed} ungraded, {stats.retries} retries "
-                                   f"({dict(stats.retry_reasons)}), {stats.already_done + stats.failed_before} "
-                                   "settled by an earlier run",
+        f"({dict(stats.retry_reasons)}), {stats.already_done + stats.failed_before} "
+        "settled by an earlier run",
     }
     write_report(out_dir, {"summary": summary, "metadata": metadata, "samples": rows})
     return summary
@@ -162,11 +207,13 @@ def run_graded(args: argparse.Namespace, benchmark: Benchmark, *, generate: Call
 def _check_one_judge(judgments_path: Path, judge_model: str) -> None:
     """Judgments of another judge or rubric version in the same --out-dir would mix into one score."""
     # on_error="skip": a torn last line from a killed run (the client's store cuts it off)
-    for row in (iter_jsonl(judgments_path, on_error="skip") if judgments_path.exists() else []):
+    for row in iter_jsonl(judgments_path, on_error="skip") if judgments_path.exists() else []:
         if (row.get("judge_model"), row.get("prompt_version")) != (judge_model, PROMPT_VERSION):
-            raise UserError(f"{judgments_path} holds judgments by {row.get('judge_model')!r} with prompt "
-                             f"{row.get('prompt_version')!r}, not {judge_model!r} with {PROMPT_VERSION!r}: "
-                             "use a fresh --out-dir for another judge")
+            raise UserError(
+                f"{judgments_path} holds judgments by {row.get('judge_model')!r} with prompt "
+                f"{row.get('prompt_version')!r}, not {judge_model!r} with {PROMPT_VERSION!r}: "
+                "use a fresh --out-dir for another judge"
+            )
 
 
 def run_table(args: argparse.Namespace) -> None:

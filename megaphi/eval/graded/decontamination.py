@@ -8,6 +8,7 @@ each pair is measured). A problem that decontamination would remove is a problem
 
     python -m megaphi.eval.graded.decontamination --mbpp-path mbpp.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,12 +43,23 @@ def check_problems(mbpp_path: str | None, embedder=None) -> dict:
     cross = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * (humaneval @ mbpp.T).max(axis=1)))
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "graded.jsonl"
-        source.write_text("".join(json.dumps({"id": p.task_id, "text": p.prompt + p.reference}) + "\n" for p in problems))
+        source.write_text(
+            "".join(json.dumps({"id": p.task_id, "text": p.prompt + p.reference}) + "\n" for p in problems)
+        )
         result = decontaminate([source], Path(tmp) / "kept", items, params, embedder=embedder)
         report = json.loads(Path(f"{Path(tmp) / 'kept'}.decontamination.json").read_text())
         removed = read_jsonl(Path(f"{Path(tmp) / 'kept'}.removed.jsonl"))
-    rows = {p.task_id: {"task_id": p.task_id, "nearest": None, "l2_distance": 9.0, "ast_task": None,
-                        "ast_match_rate": 0.0, "ngram_overlaps": []} for p in problems}
+    rows = {
+        p.task_id: {
+            "task_id": p.task_id,
+            "nearest": None,
+            "l2_distance": 9.0,
+            "ast_task": None,
+            "ast_match_rate": 0.0,
+            "ngram_overlaps": [],
+        }
+        for p in problems
+    }
     for bench in report["problems"]:
         for close in bench["closest"]:
             row = rows[close["id"]]
@@ -57,16 +69,24 @@ def check_problems(mbpp_path: str | None, embedder=None) -> dict:
                 row["ast_task"], row["ast_match_rate"] = bench["task_id"], close["ast_match_rate"]
             if close["ngram_overlap"]:
                 row["ngram_overlaps"].append(bench["task_id"])
-    return {"problems": len(problems), "humaneval": sum(i.benchmark == "humaneval" for i in items),
-            "mbpp": sum(i.benchmark == "mbpp" for i in items), "params": report["params"], "embedder": report["embedder"],
-            "removed": removed, "kept": result.kept,
-            "humaneval_to_mbpp_l2": {"min": float(cross.min()), "median": float(np.median(cross))}, "rows": sorted(rows.values(), key=lambda r: r["l2_distance"])}
+    return {
+        "problems": len(problems),
+        "humaneval": sum(i.benchmark == "humaneval" for i in items),
+        "mbpp": sum(i.benchmark == "mbpp" for i in items),
+        "params": report["params"],
+        "embedder": report["embedder"],
+        "removed": removed,
+        "kept": result.kept,
+        "humaneval_to_mbpp_l2": {"min": float(cross.min()), "median": float(np.median(cross))},
+        "rows": sorted(rows.values(), key=lambda r: r["l2_distance"]),
+    }
 
 
 def render(check: dict) -> str:
     p = check["params"]
     lines = [
-        "# Decontamination of the graded problems", "",
+        "# Decontamination of the graded problems",
+        "",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d')}; command: "
         "`python -m megaphi.eval.graded.decontamination --mbpp-path mbpp.jsonl`",
         f"- compared: the {check['problems']} graded problems (prompt + reference) with {check['humaneval']} HumanEval "
@@ -80,20 +100,26 @@ def render(check: dict) -> str:
         "",
         "Problems nearest to a benchmark problem first. For scale, the same embedder puts each HumanEval problem "
         f"at L2 distance {check['humaneval_to_mbpp_l2']['median']:.3f} (median) from its nearest MBPP problem, "
-        f"{check['humaneval_to_mbpp_l2']['min']:.3f} at the closest.", "",
+        f"{check['humaneval_to_mbpp_l2']['min']:.3f} at the closest.",
+        "",
         "| graded problem | nearest benchmark problem (embedding) | L2 distance | highest AST match | rate | 13-gram overlaps |",
         "|---|---|---:|---|---:|---|",
     ]
     for row in check["rows"]:
-        lines.append(f"| {row['task_id']} | {row['nearest']} | {row['l2_distance']:.3f} | {row['ast_task'] or '-'} "
-                     f"| {row['ast_match_rate']:.3f} | {', '.join(row['ngram_overlaps']) or 'none'} |")
+        lines.append(
+            f"| {row['task_id']} | {row['nearest']} | {row['l2_distance']:.3f} | {row['ast_task'] or '-'} "
+            f"| {row['ast_match_rate']:.3f} | {', '.join(row['ngram_overlaps']) or 'none'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m megaphi.eval.graded.decontamination", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m megaphi.eval.graded.decontamination",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--mbpp-path", required=True, help="MBPP's mbpp.jsonl")
     parser.add_argument("--out", default=str(REPORT_PATH), help="where the Markdown report goes")
     args = parser.parse_args(argv)

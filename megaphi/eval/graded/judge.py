@@ -13,6 +13,7 @@ JSON object ``{"score": <int 0-10>, "reason": "<one paragraph>"}``; anything els
 asked again, and a sample still malformed after the last attempt is recorded as ungraded (in the
 failures file, with what the judge said), never given a guessed score.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -110,9 +111,19 @@ def build_messages(problem: GradedProblem, completion: str, sample: str) -> list
     start, end = quote_markers(candidate)
     return [
         {"role": "system", "content": SYSTEM_PROMPT.format(start=start, end=end)},
-        {"role": "user", "content": USER_PROMPT.format(
-            sample_id=sample, task_id=problem.task_id, prompt=problem.prompt, reference=problem.reference,
-            notes=problem.notes, start=start, candidate=candidate, end=end)},
+        {
+            "role": "user",
+            "content": USER_PROMPT.format(
+                sample_id=sample,
+                task_id=problem.task_id,
+                prompt=problem.prompt,
+                reference=problem.reference,
+                notes=problem.notes,
+                start=start,
+                candidate=candidate,
+                end=end,
+            ),
+        },
     ]
 
 
@@ -151,13 +162,24 @@ def parse_verdict(text: str) -> Verdict:
     return Verdict(score, reason)
 
 
-def judge_requests(problems: dict[str, GradedProblem], samples: Sequence[dict], ids: Sequence[str], *,
-                   max_tokens: int, temperature: float) -> Iterator[LLMRequest]:
+def judge_requests(
+    problems: dict[str, GradedProblem],
+    samples: Sequence[dict],
+    ids: Sequence[str],
+    *,
+    max_tokens: int,
+    temperature: float,
+) -> Iterator[LLMRequest]:
     """One chat request per sample, id = the sample's id; messages are built lazily (fresh tags)."""
     for sample, sid in zip(samples, ids, strict=True):
         problem = problems[sample["task_id"]]
-        yield LLMRequest(id=sid, messages=build_messages(problem, sample["completion"], sid), max_tokens=max_tokens,
-                         temperature=temperature, meta={"task_id": problem.task_id})
+        yield LLMRequest(
+            id=sid,
+            messages=build_messages(problem, sample["completion"], sid),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            meta={"task_id": problem.task_id},
+        )
 
 
 def record_verdict(judge_model: str):
@@ -170,8 +192,14 @@ def record_verdict(judge_model: str):
             verdict = parse_verdict(response.text)
         except MalformedVerdict as error:
             raise Rejected(f"malformed verdict: {error}", retryable=True) from None
-        return {"task_id": request.meta["task_id"], "score": verdict.score, "reason": verdict.reason,
-                "judge_model": judge_model, "served_by": response.model, "prompt_version": PROMPT_VERSION,
-                "usage": {"prompt_tokens": response.prompt_tokens, "completion_tokens": response.completion_tokens}}
+        return {
+            "task_id": request.meta["task_id"],
+            "score": verdict.score,
+            "reason": verdict.reason,
+            "judge_model": judge_model,
+            "served_by": response.model,
+            "prompt_version": PROMPT_VERSION,
+            "usage": {"prompt_tokens": response.prompt_tokens, "completion_tokens": response.completion_tokens},
+        }
 
     return process

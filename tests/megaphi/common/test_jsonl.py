@@ -75,7 +75,9 @@ def test_line_chunks_hold_whole_lines_and_name_damage(tmp_path):
     path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in RECORDS[:50]).encode()))
     chunks = list(iter_line_chunks(path, 100))
     assert all(data.endswith(b"\n") for _, data in chunks)
-    assert [first for first, _ in chunks] == [1 + sum(d.count(b"\n") for _, d in chunks[:i]) for i in range(len(chunks))]
+    assert [first for first, _ in chunks] == [
+        1 + sum(d.count(b"\n") for _, d in chunks[:i]) for i in range(len(chunks))
+    ]
     assert [json.loads(line) for _, d in chunks for line in d.splitlines()] == RECORDS[:50]
     damaged_gzip(path, RECORDS, "truncated")
     with pytest.raises(DamagedFileError, match=rf"{path}:\d+: cannot read past byte"):

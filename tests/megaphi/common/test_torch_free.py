@@ -1,8 +1,15 @@
 import subprocess
 import sys
 
-TORCH_FREE = ["megaphi.common.errors", "megaphi.common.cli", "megaphi.common.files", "megaphi.common.checkpoints",
-              "megaphi.common.jsonl", "megaphi.common.net", "data_tools.jsonl"]
+TORCH_FREE = [
+    "megaphi.common.errors",
+    "megaphi.common.cli",
+    "megaphi.common.files",
+    "megaphi.common.checkpoints",
+    "megaphi.common.jsonl",
+    "megaphi.common.net",
+    "data_tools.jsonl",
+]
 
 
 def test_the_shared_modules_import_without_torch():

@@ -1,11 +1,17 @@
 """megaphi checkpoints: DeepSpeed's file naming, resharding, and clear refusals of broken directories."""
+
 import json
 
 import pytest
 import torch
 
-from megaphi.convert import (CheckpointError, load_model_checkpoint, reshard_checkpoint, save_model_checkpoint,
-                             split_state_dict)
+from megaphi.convert import (
+    CheckpointError,
+    load_model_checkpoint,
+    reshard_checkpoint,
+    save_model_checkpoint,
+    split_state_dict,
+)
 from megaphi.convert.__main__ import main as convert_main
 from megaphi.convert.layout import param_specs
 from megaphi.model import PhiConfig
@@ -13,8 +19,14 @@ from megaphi.model import PhiConfig
 
 @pytest.fixture
 def config():
-    return PhiConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     max_position_embeddings=64)
+    return PhiConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+    )
 
 
 @pytest.fixture
@@ -79,8 +91,11 @@ def test_latest_naming_an_unfinished_tag_is_refused(tmp_path, checkpoint):
 def test_a_missing_rank_file_is_refused_naming_the_file(checkpoint):
     meta = json.loads((checkpoint / "megaphi.json").read_text())
     (checkpoint / "megaphi.json").write_text(json.dumps({**meta, "tensor_parallel_size": 2}))
-    with pytest.raises(CheckpointError, match=r"mp_rank_01_model_states.pt is missing: megaphi.json says "
-                                              r"tensor_parallel_size 2"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"mp_rank_01_model_states.pt is missing: megaphi.json says "
+        r"tensor_parallel_size 2",
+    ):
         load_model_checkpoint(checkpoint)
 
 
@@ -88,8 +103,11 @@ def test_a_config_whose_vocab_does_not_match_the_shards_is_refused_naming_the_ke
     meta = json.loads((checkpoint / "megaphi.json").read_text())
     meta["model"]["vocab_size"] = 51200
     (checkpoint / "megaphi.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=r"key 'model.embed_tokens.weight' has shape \[384, 32\], "
-                                              r"expected \[51200, 32\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"key 'model.embed_tokens.weight' has shape \[384, 32\], "
+        r"expected \[51200, 32\]",
+    ):
         load_model_checkpoint(checkpoint)
 
 
@@ -103,9 +121,11 @@ def test_an_unknown_config_field_is_refused_naming_it(checkpoint):
 
 def test_a_directory_that_is_no_checkpoint_is_refused_with_what_to_do(tmp_path, capsys):
     assert convert_main(["to-hf", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "hf")]) == 2
-    assert capsys.readouterr().err == (f"error: {tmp_path} has neither megaphi.json nor a 'latest' file: pass a "
-                                       f"megaphi checkpoint directory (convert a Hugging Face model with "
-                                       f"`python -m megaphi.convert from-hf`)\n")
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path} has neither megaphi.json nor a 'latest' file: pass a "
+        f"megaphi checkpoint directory (convert a Hugging Face model with "
+        f"`python -m megaphi.convert from-hf`)\n"
+    )
 
 
 def test_conversions_never_write_into_a_non_empty_directory(tmp_path, checkpoint):
@@ -120,12 +140,18 @@ def test_every_convert_command_reads_its_model_from_model_and_keeps_the_older_na
     from megaphi.convert.__main__ import build_parser
 
     for command, old in (("to-hf", "--checkpoint"), ("reshard", "--checkpoint"), ("from-hf", "--hf")):
-        new_args = build_parser().parse_args([command, "--model", "m", "--out", "o"]
-                                             + (["--tensor-parallel-size", "2"] if command != "to-hf" else []))
-        old_args = build_parser().parse_args([command, old, "m", "--out", "o"]
-                                             + (["--tp", "2"] if command != "to-hf" else []))
+        new_args = build_parser().parse_args(
+            [command, "--model", "m", "--out", "o"] + (["--tensor-parallel-size", "2"] if command != "to-hf" else [])
+        )
+        old_args = build_parser().parse_args(
+            [command, old, "m", "--out", "o"] + (["--tp", "2"] if command != "to-hf" else [])
+        )
         assert vars(new_args) == vars(old_args)
         assert new_args.model == "m" and getattr(new_args, "tp", 2) == 2
-    assert convert_main(["reshard", "--model", str(checkpoint), "--tensor-parallel-size", "2",
-                         "--out", str(tmp_path / "tp2")]) == 0
+    assert (
+        convert_main(
+            ["reshard", "--model", str(checkpoint), "--tensor-parallel-size", "2", "--out", str(tmp_path / "tp2")]
+        )
+        == 0
+    )
     assert load_model_checkpoint(tmp_path / "tp2")[2]["tensor_parallel_size"] == 2

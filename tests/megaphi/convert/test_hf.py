@@ -1,4 +1,5 @@
 """Hugging Face Phi checkpoints convert to megaphi and back without changing the network."""
+
 import json
 import subprocess
 import sys
@@ -8,8 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from megaphi import parallel
-from megaphi.convert import (CheckpointError, convert_from_hf, load_model_checkpoint,
-                             merge_state_dicts, split_state_dict)
+from megaphi.convert import CheckpointError, convert_from_hf, load_model_checkpoint, merge_state_dicts, split_state_dict
 from megaphi.convert.__main__ import main as convert_main
 from megaphi.generate import load_model
 from megaphi.model import PhiForCausalLM
@@ -46,8 +46,11 @@ def megaphi_logits(checkpoint, input_ids):
 INPUT_IDS = torch.tensor([[5, 17, 280, 3, 99, 42, 7, 0, 250, 11], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
 
 
-WEIGHT_FILES = {"safetensors": "model.safetensors", "bin": "pytorch_model.bin",
-                "sharded": "model.safetensors.index.json"}
+WEIGHT_FILES = {
+    "safetensors": "model.safetensors",
+    "bin": "pytorch_model.bin",
+    "sharded": "model.safetensors.index.json",
+}
 
 
 @pytest.mark.parametrize("weights", WEIGHT_FILES)
@@ -67,7 +70,10 @@ def test_to_hf_of_from_hf_reproduces_every_tensor_and_loads_as_phi_with_its_toke
 
     assert convert_main(["from-hf", "--hf", str(hf_dir), "--out", str(tmp_path / "m"), "--tp", "2"]) == 0
     assert convert_main(["to-hf", "--checkpoint", str(tmp_path / "m"), "--out", str(tmp_path / "back")]) == 0
-    original, restored = load_file(str(hf_dir / "model.safetensors")), load_file(str(tmp_path / "back/model.safetensors"))
+    original, restored = (
+        load_file(str(hf_dir / "model.safetensors")),
+        load_file(str(tmp_path / "back/model.safetensors")),
+    )
     assert original.keys() == restored.keys()
     for name, tensor in original.items():
         assert restored[name].dtype == tensor.dtype and torch.equal(restored[name], tensor), name
@@ -76,8 +82,9 @@ def test_to_hf_of_from_hf_reproduces_every_tensor_and_loads_as_phi_with_its_toke
     with torch.no_grad():
         assert torch.equal(model(INPUT_IDS).logits, hf_reference(hf_dir)(INPUT_IDS).logits)
     text = "def add(a, b):\n    return a + b"
-    assert AutoTokenizer.from_pretrained(str(tmp_path / "back")).encode(text) == \
-        AutoTokenizer.from_pretrained(str(hf_dir)).encode(text)
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "back")).encode(text) == AutoTokenizer.from_pretrained(
+        str(hf_dir)
+    ).encode(text)
 
 
 def _legacy_checkpoint(hf_dir, out, sequential: bool):
@@ -86,9 +93,13 @@ def _legacy_checkpoint(hf_dir, out, sequential: bool):
     config = json.loads((hf_dir / "config.json").read_text())
     n = config["num_hidden_layers"]
     embd, head = ("layers.0.", f"layers.{n + 1}.") if sequential else ("transformer.embd.", "lm_head.")
-    legacy = {embd + "wte.weight": hf["model.embed_tokens.weight"],
-              head + "ln.weight": hf["model.final_layernorm.weight"], head + "ln.bias": hf["model.final_layernorm.bias"],
-              head + "linear.weight": hf["lm_head.weight"], head + "linear.bias": hf["lm_head.bias"]}
+    legacy = {
+        embd + "wte.weight": hf["model.embed_tokens.weight"],
+        head + "ln.weight": hf["model.final_layernorm.weight"],
+        head + "ln.bias": hf["model.final_layernorm.bias"],
+        head + "linear.weight": hf["lm_head.weight"],
+        head + "linear.bias": hf["lm_head.bias"],
+    }
     for i in range(n):
         block = f"layers.{i + 1}." if sequential else f"transformer.h.{i}."
         ours = f"model.layers.{i}."
@@ -102,13 +113,22 @@ def _legacy_checkpoint(hf_dir, out, sequential: bool):
     out.mkdir()
     torch.save(legacy, out / "pytorch_model.bin")
     head_dim = config["hidden_size"] // config["num_attention_heads"]
-    (out / "config.json").write_text(json.dumps({
-        "model_type": "mixformer-sequential" if sequential else "phi-msft", "vocab_size": config["vocab_size"],
-        "n_embd": config["hidden_size"], "n_layer": n, "n_head": config["num_attention_heads"],
-        "n_inner": config["intermediate_size"], "n_positions": config["max_position_embeddings"],
-        "rotary_dim": int(head_dim * config["rope_parameters"]["partial_rotary_factor"]),
-        "layer_norm_epsilon": config["layer_norm_eps"], "activation_function": "gelu_new",
-    }))
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "mixformer-sequential" if sequential else "phi-msft",
+                "vocab_size": config["vocab_size"],
+                "n_embd": config["hidden_size"],
+                "n_layer": n,
+                "n_head": config["num_attention_heads"],
+                "n_inner": config["intermediate_size"],
+                "n_positions": config["max_position_embeddings"],
+                "rotary_dim": int(head_dim * config["rope_parameters"]["partial_rotary_factor"]),
+                "layer_norm_epsilon": config["layer_norm_eps"],
+                "activation_function": "gelu_new",
+            }
+        )
+    )
 
 
 @pytest.mark.parametrize("sequential", [False, True], ids=["transformer.h", "layers.N"])
@@ -155,16 +175,26 @@ def _rewrite_weights(hf_dir, out, edit):
     save_file(tensors, str(out / "model.safetensors"))
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: t.pop("model.layers.1.self_attn.k_proj.bias"),
-     r"is missing key 'model.layers.1.self_attn.k_proj.bias'"),
-    (lambda t: t.update({"model.layers.0.mlp.gate.weight": torch.zeros(2)}),
-     r"has unexpected key 'model.layers.0.mlp.gate.weight'"),
-    (lambda t: t.update({"model.layers.0.mlp.fc1.weight": torch.zeros(65, 32)}),
-     r"key 'model.layers.0.mlp.fc1.weight' has shape \[65, 32\], expected \[64, 32\]"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda t: t.pop("model.layers.1.self_attn.k_proj.bias"),
+            r"is missing key 'model.layers.1.self_attn.k_proj.bias'",
+        ),
+        (
+            lambda t: t.update({"model.layers.0.mlp.gate.weight": torch.zeros(2)}),
+            r"has unexpected key 'model.layers.0.mlp.gate.weight'",
+        ),
+        (
+            lambda t: t.update({"model.layers.0.mlp.fc1.weight": torch.zeros(65, 32)}),
+            r"key 'model.layers.0.mlp.fc1.weight' has shape \[65, 32\], expected \[64, 32\]",
+        ),
+    ],
+)
 def test_a_checkpoint_with_missing_extra_or_misshapen_tensors_is_refused_naming_the_key(
-        tmp_path, hf_dir, capsys, edit, message):
+    tmp_path, hf_dir, capsys, edit, message
+):
     _rewrite_weights(hf_dir, tmp_path / "bad", edit)
     with pytest.raises(CheckpointError, match=message):
         convert_from_hf(tmp_path / "bad", tmp_path / "out")
@@ -176,17 +206,22 @@ def test_a_checkpoint_with_missing_extra_or_misshapen_tensors_is_refused_naming_
 
 def test_heads_that_do_not_divide_by_tp_are_refused_before_anything_is_written(tmp_path, hf_dir, capsys):
     assert convert_main(["from-hf", "--hf", str(hf_dir), "--out", str(tmp_path / "out"), "--tp", "3"]) == 2
-    assert capsys.readouterr().err == ("error: num_attention_heads 4 is not divisible by tensor_parallel_size 3: "
-                                       "choose a tensor parallel size that divides it\n")
+    assert capsys.readouterr().err == (
+        "error: num_attention_heads 4 is not divisible by tensor_parallel_size 3: "
+        "choose a tensor parallel size that divides it\n"
+    )
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("edit, message", [
-    ({"num_key_value_heads": 2}, "num_key_value_heads 2 differs from num_attention_heads 4"),
-    ({"tie_word_embeddings": True}, "tie_word_embeddings=True is not supported"),
-    ({"hidden_act": "relu"}, "hidden_act='relu' is not supported"),
-    ({"model_type": "llama"}, "model_type 'llama' is not a Phi architecture"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"num_key_value_heads": 2}, "num_key_value_heads 2 differs from num_attention_heads 4"),
+        ({"tie_word_embeddings": True}, "tie_word_embeddings=True is not supported"),
+        ({"hidden_act": "relu"}, "hidden_act='relu' is not supported"),
+        ({"model_type": "llama"}, "model_type 'llama' is not a Phi architecture"),
+    ],
+)
 def test_configs_that_are_not_phi_1_networks_are_refused_naming_the_field(tmp_path, hf_dir, edit, message):
     import shutil
 
@@ -214,8 +249,11 @@ def test_truncated_weights_are_refused_naming_the_file(tmp_path, hf_dir):
 
 @pytest.mark.slow
 def test_the_convert_cli_runs_as_a_module(tmp_path, hf_dir):
-    run = subprocess.run([sys.executable, "-m", "megaphi.convert", "from-hf", "--hf", str(hf_dir),
-                          "--out", str(tmp_path / "m")], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "megaphi.convert", "from-hf", "--hf", str(hf_dir), "--out", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == f"wrote {tmp_path / 'm'}"
     assert (tmp_path / "m/megaphi.json").is_file() and (tmp_path / "m/mp_rank_00_model_states.pt").is_file()

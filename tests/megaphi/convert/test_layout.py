@@ -1,4 +1,5 @@
 """Splitting a full state dict over tensor-parallel ranks, and merging it back, matches the model's own shards."""
+
 import pytest
 import torch
 
@@ -14,8 +15,15 @@ from megaphi.model import PhiConfig, PhiForCausalLM
 
 
 def tiny_config(**overrides) -> PhiConfig:
-    fields = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=64, make_vocab_size_divisible_by=8)
+    fields = dict(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        make_vocab_size_divisible_by=8,
+    )
     return PhiConfig(**{**fields, **overrides})
 
 
@@ -74,10 +82,13 @@ def test_the_layout_is_the_models_own_state_dict_at_tensor_parallel_size_one():
     model.load_state_dict(ours, strict=True)
 
 
-@pytest.mark.parametrize("field, overrides, tp", [
-    ("num_attention_heads", dict(num_attention_heads=4), 3),
-    ("intermediate_size", dict(intermediate_size=66), 4),
-])
+@pytest.mark.parametrize(
+    "field, overrides, tp",
+    [
+        ("num_attention_heads", dict(num_attention_heads=4), 3),
+        ("intermediate_size", dict(intermediate_size=66), 4),
+    ],
+)
 def test_a_config_that_does_not_divide_by_tp_is_refused_naming_the_field(field, overrides, tp):
     config = tiny_config(**overrides)
     with pytest.raises(CheckpointError, match=rf"^{field} \d+ is not divisible by tensor_parallel_size {tp}"):
@@ -90,6 +101,9 @@ def test_merging_shards_with_a_wrong_shape_names_the_key_and_rank():
     config = tiny_config()
     shards = split_state_dict(random_full_state_dict(config), config, 2)
     shards[1]["model.layers.1.mlp.fc2.weight"] = torch.zeros(32, 64)
-    with pytest.raises(CheckpointError, match=r"rank 1 of 2\): key 'model.layers.1.mlp.fc2.weight' has shape "
-                                              r"\[32, 64\], expected \[32, 32\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"rank 1 of 2\): key 'model.layers.1.mlp.fc2.weight' has shape "
+        r"\[32, 64\], expected \[32, 32\]",
+    ):
         merge_state_dicts(shards, config)

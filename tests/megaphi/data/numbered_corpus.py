@@ -1,5 +1,6 @@
 """Indexed datasets whose every token is its own position in the file, so tests can trace a token
 back to exactly one place in the data."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Blending takes exact per-dataset sample counts, evenly interleaved, each dataset read in order."""
+
 import numpy as np
 import pytest
 
@@ -39,6 +40,7 @@ def test_every_prefix_of_the_blend_holds_each_dataset_in_its_weight(weights):
 @pytest.mark.slow
 def test_blend_is_as_even_as_megatron_greedy_blending():
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from megatron.core.datasets import helpers

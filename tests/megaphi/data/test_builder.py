@@ -1,4 +1,5 @@
 """Train/validation datasets: Megatron's split rounding, document-range splits, weighted blends."""
+
 import warnings
 
 import numpy as np
@@ -20,8 +21,9 @@ def test_fraction_split_matches_megatron_core(split, num_documents):
             parse_and_normalize_split,
         )
     matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
-    expected = [(0, 0) if m is None else (int(round(m[0] * num_documents)), int(round(m[1] * num_documents)))
-                for m in matrix]
+    expected = [
+        (0, 0) if m is None else (int(round(m[0] * num_documents)), int(round(m[1] * num_documents))) for m in matrix
+    ]
     ours = parse_split(split, num_documents)
     for (begin, end), (want_begin, want_end) in zip(ours, expected, strict=True):
         assert end - begin == want_end - want_begin
@@ -67,8 +69,9 @@ def test_weighted_blend_draws_each_datasets_share(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     write_numbered_corpus(a, random_lengths(100, seed=1))
     write_numbered_corpus(b, random_lengths(100, seed=2))
-    train, valid = build_train_valid_datasets(["0.8", a, "0.2", b], seq_len=8, train_samples=1000,
-                                              valid_samples=50, split="95,5,0")
+    train, valid = build_train_valid_datasets(
+        ["0.8", a, "0.2", b], seq_len=8, train_samples=1000, valid_samples=50, split="95,5,0"
+    )
     assert isinstance(train, BlendedDataset) and len(train) == 1000
     assert list(train.counts) == [800, 200]
     assert list(valid.counts) == [40, 10]

@@ -1,4 +1,5 @@
 """The GPT dataset packs documents into seq_len+1 windows, shuffles them by seed, and caches its indices."""
+
 import json
 import os
 import pickle
@@ -108,14 +109,22 @@ def test_one_epoch_is_identical_to_megatron_core_gpt_dataset(corpus, tmp_path):
         unique_identifiers = {"class": "Tokenizer"}
 
     prefix, documents = corpus
-    config = GPTDatasetConfig(random_seed=9, sequence_length=SEQ, tokenizer=Tokenizer(), split="1,0,0",
-                              reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
-                              path_to_cache=str(tmp_path / "megatron-cache"))
+    config = GPTDatasetConfig(
+        random_seed=9,
+        sequence_length=SEQ,
+        tokenizer=Tokenizer(),
+        split="1,0,0",
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        path_to_cache=str(tmp_path / "megatron-cache"),
+    )
     begin, end = 10, 110
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        reference = MegatronGPTDataset(MegatronIndexedDataset(prefix), prefix, np.arange(begin, end, dtype=np.int32),
-                                       None, Split.train, config)
+        reference = MegatronGPTDataset(
+            MegatronIndexedDataset(prefix), prefix, np.arange(begin, end, dtype=np.int32), None, Split.train, config
+        )
     ours = GPTDataset(prefix, seq_len=SEQ, seed=9, documents=(begin, end))
     np.testing.assert_array_equal(ours.document_index, reference.document_index)
     np.testing.assert_array_equal(ours.sample_index, reference.sample_index)
@@ -153,7 +162,9 @@ def test_second_build_loads_the_cache_instead_of_rebuilding(corpus):
     second = GPTDataset(prefix, seq_len=SEQ, seed=2)
     assert (first.cache_status, second.cache_status) == ("built", "loaded")
     assert sorted(os.listdir(os.path.join(os.path.dirname(prefix), "index-cache"))) == cache_files
-    assert mtimes == {f: os.stat(os.path.join(os.path.dirname(prefix), "index-cache", f)).st_mtime_ns for f in cache_files}
+    assert mtimes == {
+        f: os.stat(os.path.join(os.path.dirname(prefix), "index-cache", f)).st_mtime_ns for f in cache_files
+    }
     assert isinstance(second.shuffle_index, np.memmap)
     np.testing.assert_array_equal(first.shuffle_index, second.shuffle_index)
 

@@ -1,4 +1,5 @@
 """The indexed dataset is Megatron-LM's MMIDIDX format, byte for byte, and refuses bad files."""
+
 import os
 import pickle
 import struct
@@ -154,6 +155,7 @@ def test_check_vocab_names_the_offending_token_and_sequence(tmp_path):
 
 # --- the token-stats sidecar -------------------------------------------------------------------------
 
+
 def test_writer_records_the_token_id_range_next_to_the_index(tmp_path):
     documents = random_documents(200, 50295, seed=3)
     write_megaphi(tmp_path / "ds", documents, np.uint16)
@@ -195,6 +197,7 @@ def test_merge_records_the_token_stats_of_all_shards_with_or_without_their_own(t
 
 
 # --- foreign, truncated and mismatched files ---------------------------------------------------
+
 
 @pytest.fixture
 def good(tmp_path):

@@ -1,4 +1,5 @@
 """The loader yields int64 [micro_batch, seq_len + 1] batches, prepared ahead in the background."""
+
 import threading
 import time
 
@@ -29,9 +30,12 @@ def test_collate_stacks_windows_into_int64_tokens():
 
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_loader_yields_this_ranks_samples_in_order(dataset, num_workers):
-    kwargs = dict(micro_batch_size=2, global_batch_size=8, data_parallel_rank=1, data_parallel_size=2, consumed_samples=16)
-    expected = [torch.from_numpy(np.stack([dataset[i] for i in batch]))
-                for batch in DataParallelSampler(len(dataset), **kwargs)]
+    kwargs = dict(
+        micro_batch_size=2, global_batch_size=8, data_parallel_rank=1, data_parallel_size=2, consumed_samples=16
+    )
+    expected = [
+        torch.from_numpy(np.stack([dataset[i] for i in batch])) for batch in DataParallelSampler(len(dataset), **kwargs)
+    ]
     with build_data_loader(dataset, num_workers=num_workers, **kwargs) as loader:
         batches = list(loader)
         assert len(loader) == len(expected)
@@ -88,7 +92,9 @@ def test_errors_in_loading_reach_the_trainer_and_close_stops_the_thread():
     endless = Prefetcher(iter(lambda: torch.zeros(1), None), depth=2)
     next(endless)
     endless.close()
-    assert not any(t.name == "megaphi-prefetch" and t is endless._thread and t.is_alive() for t in threading.enumerate())
+    assert not any(
+        t.name == "megaphi-prefetch" and t is endless._thread and t.is_alive() for t in threading.enumerate()
+    )
     with pytest.raises(StopIteration):
         next(endless)
 

@@ -1,4 +1,5 @@
 """The data-parallel sampler walks one fixed global order and resumes anywhere, at any DP size."""
+
 import numpy as np
 import pytest
 
@@ -11,15 +12,23 @@ GLOBAL = 24
 
 def steps(total, *, micro, dp, consumed=0, global_batch=GLOBAL):
     """Global sample indices of each optimizer step, as the ranks together see them (rank order kept)."""
-    samplers = [DataParallelSampler(total, micro_batch_size=micro, global_batch_size=global_batch,
-                                    data_parallel_rank=r, data_parallel_size=dp, consumed_samples=consumed)
-                for r in range(dp)]
+    samplers = [
+        DataParallelSampler(
+            total,
+            micro_batch_size=micro,
+            global_batch_size=global_batch,
+            data_parallel_rank=r,
+            data_parallel_size=dp,
+            consumed_samples=consumed,
+        )
+        for r in range(dp)
+    ]
     per_rank = [list(s) for s in samplers]
     assert len({len(batches) for batches in per_rank}) == 1 and len(per_rank[0]) == len(samplers[0])
     accumulation = samplers[0].gradient_accumulation_steps
     result = []
     for start in range(0, len(per_rank[0]), accumulation):
-        result.append([i for r in range(dp) for batch in per_rank[r][start:start + accumulation] for i in batch])
+        result.append([i for r in range(dp) for batch in per_rank[r][start : start + accumulation] for i in batch])
     return result
 
 
@@ -28,13 +37,18 @@ def test_each_step_takes_the_next_global_batch_split_over_the_ranks():
     assert len(run) == 100 // GLOBAL
     for s, step in enumerate(run):
         assert sorted(step) == list(range(s * GLOBAL, (s + 1) * GLOBAL))
-    rank1 = list(DataParallelSampler(100, micro_batch_size=2, global_batch_size=GLOBAL,
-                                     data_parallel_rank=1, data_parallel_size=3))
+    rank1 = list(
+        DataParallelSampler(
+            100, micro_batch_size=2, global_batch_size=GLOBAL, data_parallel_rank=1, data_parallel_size=3
+        )
+    )
     # micro-step m hands rank r the r-th block of micro_batch samples among the next micro x dp
     assert rank1[:3] == [[2, 3], [8, 9], [14, 15]]
 
 
-@pytest.mark.parametrize("dp_before,dp_after,micro_after", [(1, 1, 4), (2, 2, 3), (4, 2, 2), (2, 4, 1), (3, 1, 8), (1, 6, 2)])
+@pytest.mark.parametrize(
+    "dp_before,dp_after,micro_after", [(1, 1, 4), (2, 2, 3), (4, 2, 2), (2, 4, 1), (3, 1, 8), (1, 6, 2)]
+)
 def test_resume_at_any_step_continues_the_identical_sequence(dp_before, dp_after, micro_after):
     total = 30 * GLOBAL + 5
     reference = steps(total, micro=1, dp=1)
@@ -63,8 +77,9 @@ def test_resumed_loader_sees_the_same_tokens_as_an_uninterrupted_run(tmp_path):
 
 
 def test_only_whole_steps_are_yielded():
-    sampler = DataParallelSampler(GLOBAL * 3 - 1, micro_batch_size=4, global_batch_size=GLOBAL,
-                                  data_parallel_rank=0, data_parallel_size=2)
+    sampler = DataParallelSampler(
+        GLOBAL * 3 - 1, micro_batch_size=4, global_batch_size=GLOBAL, data_parallel_rank=0, data_parallel_size=2
+    )
     assert len(sampler) == 2 * sampler.gradient_accumulation_steps == len(list(sampler))
     assert max(i for batch in sampler for i in batch) < 2 * GLOBAL
 

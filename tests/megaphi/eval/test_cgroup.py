@@ -1,4 +1,5 @@
 """Per-sandbox cgroups: limits written where the kernel reads them, every process inside, emptied on kill."""
+
 import os
 import subprocess
 
@@ -75,7 +76,11 @@ def test_a_cgroup_v2_group_gets_v2_limits_below_the_scorer_s_group(monkeypatch, 
     directory = made.directories[""]
     assert os.path.dirname(directory) == str(tmp_path / "job")
     assert [read(directory, name) for name in ("memory.max", "memory.oom.group", "pids.max", "cpu.max")] == [
-        [str(1 << 30)], ["1"], ["16"], ["100000", "100000"]]
+        [str(1 << 30)],
+        ["1"],
+        ["16"],
+        ["100000", "100000"],
+    ]
     assert f"echo $$ > {directory}/cgroup.procs" in made.join_command(["true"])[2]
 
 
@@ -90,8 +95,11 @@ def test_a_real_cgroup_v2_group_is_joined_accounted_and_killed_with_cgroup_kill(
     group = cgroup.SandboxCgroup(2, {"": directory})
     try:
         spin = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"
-        proc = subprocess.Popen(group.join_command(["/bin/sh", "-c", f"{spin}; sleep 60 & sleep 60 & echo ok; wait"]),
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            group.join_command(["/bin/sh", "-c", f"{spin}; sleep 60 & sleep 60 & echo ok; wait"]),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout.readline().strip() == "ok"
         assert len(group.processes()) == 3 and group.cpu_seconds() > 0
         assert group.kill() and group.processes() == []

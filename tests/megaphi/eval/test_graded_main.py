@@ -1,4 +1,5 @@
 """`python -m megaphi.eval graded` end to end: hidden tests in the sandbox, a fake judge server, reports."""
+
 import json
 import os
 import signal
@@ -23,16 +24,35 @@ TASKS = ["Graded/elevator_route", "Graded/fold_creases", "Graded/knitting_row"]
 
 def write_samples(path: Path, tasks=TASKS) -> list[dict]:
     """Per problem: its reference (passes), a `pass` body (fails), and the attack (fails)."""
-    samples = [{"task_id": t, "completion": c} for t in tasks
-               for c in (PROBLEMS[t].reference, "    pass\n", ATTACK)]
+    samples = [{"task_id": t, "completion": c} for t in tasks for c in (PROBLEMS[t].reference, "    pass\n", ATTACK)]
     path.write_text("".join(json.dumps(s) + "\n" for s in samples))
     return samples
 
 
 def graded_args(samples: Path, out_dir: Path, server: FakeOpenAI, *extra: str) -> list[str]:
-    return ["graded", "--samples", str(samples), "--out-dir", str(out_dir), "--judge-base-url", server.base_url,
-            "--judge-model", "fake-judge", "--judge-max-attempts", "3", "--judge-backoff-initial", "0.01",
-            "--judge-input-price", "1", "--judge-output-price", "2", "--timeout", "5", "--no-progress", *extra]
+    return [
+        "graded",
+        "--samples",
+        str(samples),
+        "--out-dir",
+        str(out_dir),
+        "--judge-base-url",
+        server.base_url,
+        "--judge-model",
+        "fake-judge",
+        "--judge-max-attempts",
+        "3",
+        "--judge-backoff-initial",
+        "0.01",
+        "--judge-input-price",
+        "1",
+        "--judge-output-price",
+        "2",
+        "--timeout",
+        "5",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -64,7 +84,9 @@ def test_graded_scores_judges_retries_malformed_verdicts_and_counts_the_ungraded
         assert summary["pass@1"] == pytest.approx(1 / 3) and summary["outcomes"]["passed"] == 3
         assert summary["judge_score"] == pytest.approx((2 * HONEST_PASS + 4 * HONEST_FAIL) / 6)
         assert summary["agreement"] == 1.0 and summary["score_pass_correlation"] == pytest.approx(1.0)
-        assert report["metadata"]["judge model"] == "fake-judge" and report["metadata"]["judge prompt"] == PROMPT_VERSION
+        assert (
+            report["metadata"]["judge model"] == "fake-judge" and report["metadata"]["judge prompt"] == PROMPT_VERSION
+        )
         assert report["metadata"]["date"].endswith("UTC")
         judged = read_jsonl(out_dir / "judgments.jsonl")
         tokens = sum(j["usage"]["prompt_tokens"] for j in judged), sum(j["usage"]["completion_tokens"] for j in judged)
@@ -73,8 +95,10 @@ def test_graded_scores_judges_retries_malformed_verdicts_and_counts_the_ungraded
         (run,) = read_jsonl(out_dir / "judge_runs.jsonl")
         assert run["prompt_tokens"] > tokens[0], "the malformed answers' tokens count in what was spent"
         assert (run["succeeded"], run["failed"], run["retries"]) == (6, 3, 3 * 1 + 3 * 2)
-        assert f"{run['prompt_tokens']} + {run['completion_tokens']} in all calls of 1 finished run(s)" in \
-            report["metadata"]["judge tokens"]
+        assert (
+            f"{run['prompt_tokens']} + {run['completion_tokens']} in all calls of 1 finished run(s)"
+            in report["metadata"]["judge tokens"]
+        )
         markdown = (out_dir / "graded_report.md").read_text()
         assert "**ungraded: 3**" in markdown and f"| {sample_ids(samples)[0]} | passed | 9 |" in markdown
         assert "| ungraded | rejected: malformed verdict" in markdown
@@ -99,7 +123,10 @@ def test_a_judge_that_never_answers_leaves_every_sample_ungraded_with_the_reason
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (summary["graded"], summary["ungraded"], summary["judge_score"], summary["agreement"]) == (0, 3, None, None)
     assert summary["pass@1"] == pytest.approx(1 / 3), "the tests still count"
-    assert all(r["ungraded"].startswith("HTTP 500") for r in json.loads((tmp_path / "out" / "graded_report.json").read_text())["samples"])
+    assert all(
+        r["ungraded"].startswith("HTTP 500")
+        for r in json.loads((tmp_path / "out" / "graded_report.json").read_text())["samples"]
+    )
 
 
 def test_another_judge_other_samples_or_no_judge_key_are_refused(tmp_path, capsys, monkeypatch):
@@ -111,27 +138,59 @@ def test_another_judge_other_samples_or_no_judge_key_are_refused(tmp_path, capsy
         write_samples(tmp_path / "samples.jsonl", TASKS[1:2])
         assert main(graded_args(tmp_path / "samples.jsonl", tmp_path / "out", server)) == 2
         assert "holds the results of other samples" in capsys.readouterr().err
-        assert main(["graded", "--out-dir", str(tmp_path / "x"), "--judge-model", "m", "--judge-base-url",
-                     server.base_url]) == 2
+        assert (
+            main(
+                ["graded", "--out-dir", str(tmp_path / "x"), "--judge-model", "m", "--judge-base-url", server.base_url]
+            )
+            == 2
+        )
         assert "exactly one of --model" in capsys.readouterr().err
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    assert main(["graded", "--samples", str(tmp_path / "samples.jsonl"), "--out-dir", str(tmp_path / "y"),
-                 "--judge-model", "gpt-4"]) == 2
-    assert capsys.readouterr().err == ("error: no judge API key: set OPENAI_API_KEY or pass --judge-api-key "
-                                       "(or --judge-base-url for a local server such as megaphi.serve)\n")
+    assert (
+        main(
+            [
+                "graded",
+                "--samples",
+                str(tmp_path / "samples.jsonl"),
+                "--out-dir",
+                str(tmp_path / "y"),
+                "--judge-model",
+                "gpt-4",
+            ]
+        )
+        == 2
+    )
+    assert capsys.readouterr().err == (
+        "error: no judge API key: set OPENAI_API_KEY or pass --judge-api-key "
+        "(or --judge-base-url for a local server such as megaphi.serve)\n"
+    )
 
 
 def test_graded_table_puts_two_models_side_by_side(tmp_path, capsys):
     write_samples(tmp_path / "a.jsonl", TASKS[:2])
-    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"task_id": t, "completion": PROBLEMS[t].reference}) + "\n"
-                                               for t in TASKS[:2]))
+    (tmp_path / "b.jsonl").write_text(
+        "".join(json.dumps({"task_id": t, "completion": PROBLEMS[t].reference}) + "\n" for t in TASKS[:2])
+    )
     with FakeOpenAI(answer_chat=ObedientJudge()) as server:
         for name in ("a", "b"):
             assert main(graded_args(tmp_path / f"{name}.jsonl", tmp_path / name, server)) == 0
     capsys.readouterr()
-    assert main(["graded-table", str(tmp_path / "a"), str(tmp_path / "b" / "graded_report.json"),
-                 "--names", "model-a", "model-b", "--out", str(tmp_path / "table.md")]) == 0
+    assert (
+        main(
+            [
+                "graded-table",
+                str(tmp_path / "a"),
+                str(tmp_path / "b" / "graded_report.json"),
+                "--names",
+                "model-a",
+                "model-b",
+                "--out",
+                str(tmp_path / "table.md"),
+            ]
+        )
+        == 0
+    )
     table = (tmp_path / "table.md").read_text()
     assert capsys.readouterr().out == table
     assert "| model-a | 4.33 | 33.33% | 100.00% | 6 / 6 |" in table
@@ -146,8 +205,12 @@ def test_sigkill_while_judging_then_rerun_grades_every_sample_once(tmp_path):
     out_dir = tmp_path / "out"
     judgments = out_dir / "judgments.jsonl"
     with FakeOpenAI(answer_chat=ObedientJudge(), delay_s=0.25) as server:
-        command = [sys.executable, "-m", "megaphi.eval", *graded_args(tmp_path / "samples.jsonl", out_dir, server,
-                                                                      "--judge-max-concurrency", "2")]
+        command = [
+            sys.executable,
+            "-m",
+            "megaphi.eval",
+            *graded_args(tmp_path / "samples.jsonl", out_dir, server, "--judge-max-concurrency", "2"),
+        ]
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while not (judgments.exists() and len(judgments.read_text().splitlines()) >= 4):
@@ -181,14 +244,36 @@ def test_megaphi_serve_over_a_checkpoint_can_be_the_judge(tmp_path, capsys):
     make_hf_phi(model, tokenizer_dir=make_tokenizer(tmp_path / "tok"), max_position_embeddings=8192)
     (tmp_path / "samples.jsonl").write_text(json.dumps({"task_id": TASKS[0], "completion": "    return []\n"}) + "\n")
     with running(build_server(model, model_name="tiny-judge").app()) as base_url:
-        assert main(["graded", "--samples", str(tmp_path / "samples.jsonl"), "--out-dir", str(tmp_path / "out"),
-                     "--judge-base-url", base_url, "--judge-model", "tiny-judge", "--judge-max-attempts", "2",
-                     "--judge-max-tokens", "6", "--judge-backoff-initial", "0.01", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "graded",
+                    "--samples",
+                    str(tmp_path / "samples.jsonl"),
+                    "--out-dir",
+                    str(tmp_path / "out"),
+                    "--judge-base-url",
+                    base_url,
+                    "--judge-model",
+                    "tiny-judge",
+                    "--judge-max-attempts",
+                    "2",
+                    "--judge-max-tokens",
+                    "6",
+                    "--judge-backoff-initial",
+                    "0.01",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (summary["graded"], summary["ungraded"]) == (0, 1)
     failures = read_jsonl(tmp_path / "out" / "judge_failures.jsonl")
     assert len(failures) == 1 and all(f["attempts"] == 2 for f in failures)
-    assert all(f["reason"].startswith(("rejected: malformed verdict", "rejected: answer cut at max_tokens")) for f in failures)
+    assert all(
+        f["reason"].startswith(("rejected: malformed verdict", "rejected: answer cut at max_tokens")) for f in failures
+    )
     assert all(isinstance(f["texts"][0], str) for f in failures)
 
 
@@ -200,8 +285,22 @@ def test_graded_generates_from_a_model_like_humaneval_then_resumes_without_gener
     model = tmp_path / "model"
     make_hf_phi(model, tokenizer_dir=make_tokenizer(tmp_path / "tok"), seed=1, max_position_embeddings=2048)
     with FakeOpenAI(answer_chat=ObedientJudge()) as server:
-        args = ["graded", "--model", str(model), "--limit", "2", "--max-new-tokens", "12", "--out-dir",
-                str(tmp_path / "out"), "--judge-base-url", server.base_url, "--judge-model", "fake-judge", "--no-progress"]
+        args = [
+            "graded",
+            "--model",
+            str(model),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "12",
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--judge-base-url",
+            server.base_url,
+            "--judge-model",
+            "fake-judge",
+            "--no-progress",
+        ]
         assert main(args) == 0
         samples = read_jsonl(tmp_path / "out" / "samples.jsonl")
         assert [s["task_id"] for s in samples] == list(PROBLEMS)[:2]

@@ -1,5 +1,6 @@
 """The graded problem set: well formed, each reference passes its hidden tests in the sandbox, each
 `pass` body fails them, and no problem shares a 13-gram with HumanEval or MBPP."""
+
 import ast
 import doctest
 
@@ -31,7 +32,9 @@ def test_the_benchmark_continues_prompts_like_humaneval_and_runs_the_check_on_th
     assert benchmark.stop == load_benchmark("humaneval").stop
     first = benchmark.problems[0]
     assert first.task_id == "Graded/" + PROBLEMS[0].entry_point
-    assert first.program("X") == PROBLEMS[0].prompt + "X\n" + PROBLEMS[0].tests + f"\ncheck({PROBLEMS[0].entry_point})\n"
+    assert (
+        first.program("X") == PROBLEMS[0].prompt + "X\n" + PROBLEMS[0].tests + f"\ncheck({PROBLEMS[0].entry_point})\n"
+    )
 
 
 def test_every_reference_passes_its_hidden_tests_and_every_pass_body_fails_them():
@@ -60,18 +63,28 @@ def test_no_problem_shares_a_13_gram_with_humaneval_or_mbpp():
     for item in load_benchmark_items(benchmarks, str(MBPP_PATH)):
         for gram in word_ngrams(item.text, 13):
             grams.setdefault(gram, item.task_id)
-    overlaps = {p.task_id: sorted({grams[g] for g in word_ngrams(p.prompt + p.reference, 13) if g in grams})
-                for p in PROBLEMS}
+    overlaps = {
+        p.task_id: sorted({grams[g] for g in word_ngrams(p.prompt + p.reference, 13) if g in grams}) for p in PROBLEMS
+    }
     assert {task: hits for task, hits in overlaps.items() if hits} == {}
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda t: t.replace("# elevator_route", "# lift"), "the first line must be '# elevator_route'"),
-    (lambda t: t.replace("## Grading notes", "## Notes"), "sections must be Prompt, Reference, Tests, Grading notes"),
-    (lambda t: t.replace("## Tests\n```python", "## Tests\n```"), "section Tests must hold exactly one ```python block"),
-    (lambda t: t.split("## Grading notes")[0] + "## Grading notes\n\n", "the grading notes are empty"),
-    (lambda t: t.replace("def check(candidate):", "def check(f):"), r"must start with `def check\(candidate\):`"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda t: t.replace("# elevator_route", "# lift"), "the first line must be '# elevator_route'"),
+        (
+            lambda t: t.replace("## Grading notes", "## Notes"),
+            "sections must be Prompt, Reference, Tests, Grading notes",
+        ),
+        (
+            lambda t: t.replace("## Tests\n```python", "## Tests\n```"),
+            "section Tests must hold exactly one ```python block",
+        ),
+        (lambda t: t.split("## Grading notes")[0] + "## Grading notes\n\n", "the grading notes are empty"),
+        (lambda t: t.replace("def check(candidate):", "def check(f):"), r"must start with `def check\(candidate\):`"),
+    ],
+)
 def test_a_malformed_problem_file_is_refused_naming_the_file_and_the_fault(tmp_path, edit, message):
     path = tmp_path / "elevator_route.md"
     path.write_text(edit((PROBLEMS_DIR / "elevator_route.md").read_text()))

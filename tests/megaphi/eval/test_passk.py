@@ -35,8 +35,10 @@ def test_counts_by_task_counts_samples_and_correct_ones_in_first_seen_order():
     assert list(counts.items()) == [("b", (3, 2)), ("a", (1, 0))]
 
 
-@pytest.mark.parametrize("n,c,k,message", [(5, 6, 1, "num_correct"), (5, -1, 1, "num_correct"),
-                                           (5, 1, 0, "k must be"), (5, 1, 6, "k must be")])
+@pytest.mark.parametrize(
+    "n,c,k,message",
+    [(5, 6, 1, "num_correct"), (5, -1, 1, "num_correct"), (5, 1, 0, "k must be"), (5, 1, 6, "k must be")],
+)
 def test_impossible_counts_are_rejected_with_the_offending_value(n, c, k, message):
     with pytest.raises(ValueError, match=message):
         estimate_pass_at_k(n, c, k)

@@ -6,6 +6,7 @@ them, and nothing may be left running afterwards. Then: replies forged on the re
 the codec and the test process, two samples judged at once that share a per-user kernel count, and
 a neighbour that fills the scorer's own memory group.
 """
+
 import os
 import platform
 
@@ -22,8 +23,12 @@ MARKER = "megaphi-red-team-" + os.urandom(4).hex()
 
 
 def _judged(attack: str) -> JudgedProgram:
-    return JudgedProgram(candidate=attack + "\ndef answer():\n    return 42\n", prompt="",
-                         tests="assert answer() == 42\n", entry_points=("answer",))
+    return JudgedProgram(
+        candidate=attack + "\ndef answer():\n    return 42\n",
+        prompt="",
+        tests="assert answer() == 42\n",
+        entry_points=("answer",),
+    )
 
 
 # Kernel buffers that a socket holds for data nobody reads: what the cgroup must count (or refuse).
@@ -69,10 +74,12 @@ print("oom_score_adj", open("/proc/self/oom_score_adj").read().strip(), flush=Tr
 """,
     # Loopback TCP buffers: cgroup v1 does not charge them to the memory limit.
     "queues three times its memory limit in loopback TCP buffers": _SOCKET_FILL.format(
-        name="tcp", target=3 * MEMORY_MB << 20, make_pair=_TCP_PAIR),
+        name="tcp", target=3 * MEMORY_MB << 20, make_pair=_TCP_PAIR
+    ),
     # AF_UNIX buffers are charged to the memory cgroup: the limit holds (or the kernel refuses).
     "queues three times its memory limit in unix socket buffers": _SOCKET_FILL.format(
-        name="unix", target=3 * MEMORY_MB << 20, make_pair="pair = list(socket.socketpair())"),
+        name="unix", target=3 * MEMORY_MB << 20, make_pair="pair = list(socket.socketpair())"
+    ),
     # Netlink replies the sandbox asks for and never reads: cgroup v1 does not charge them either.
     "queues twice its memory limit in netlink replies": f"""
 import socket, struct
@@ -102,9 +109,10 @@ except OSError as error:
 print("ptys opened", len(held), flush=True)
 """,
     # Linux AIO events are counted host-wide (fs.aio-max-nr, 65536): one io_setup can take them all.
-    "takes the host's whole Linux AIO event budget": _LIBC + f"""
+    "takes the host's whole Linux AIO event budget": _LIBC
+    + f"""
 context = ctypes.c_ulong(0)
-print("aio io_setup", libc.syscall({NUMBERS['io_setup']}, 65536, ctypes.byref(context)), ctypes.get_errno(), flush=True)
+print("aio io_setup", libc.syscall({NUMBERS["io_setup"]}, 65536, ctypes.byref(context)), ctypes.get_errno(), flush=True)
 """,
     "takes a real-time scheduling class or a higher priority": """
 import os
@@ -150,15 +158,28 @@ for name in ("RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CPU", "RLIMIT
         print("kept", name, flush=True)
 """,
     # Calls the filter names, and the ways around it: clone3 (flags in memory), CLONE_NEWTIME, setns.
-    "system calls past the seccomp filter": _LIBC + "".join(
+    "system calls past the seccomp filter": _LIBC
+    + "".join(
         f"print('syscall {name}', libc.syscall({NUMBERS[name]}, {args}), ctypes.get_errno(), flush=True)\n"
-        for name, args in [("clone3", "None, 0"), ("unshare", "0x80"), ("setns", "0, 0"),
-                           ("io_uring_setup", "8, None"), ("userfaultfd", "0"), ("bpf", "0, None, 0"),
-                           ("perf_event_open", "None, 0, -1, -1, 0"), ("keyctl", "0, 0"),
-                           ("add_key", "None, None, None, 0, 0"), ("pidfd_getfd", "0, 0, 0"),
-                           ("open_tree", "-100, None, 0"), ("fsopen", "None, 0"),
-                           ("memfd_secret", "0"), ("kcmp", "0, 0, 0, 0, 0")]),
-    "a core dump after making itself dumpable": _LIBC + """
+        for name, args in [
+            ("clone3", "None, 0"),
+            ("unshare", "0x80"),
+            ("setns", "0, 0"),
+            ("io_uring_setup", "8, None"),
+            ("userfaultfd", "0"),
+            ("bpf", "0, None, 0"),
+            ("perf_event_open", "None, 0, -1, -1, 0"),
+            ("keyctl", "0, 0"),
+            ("add_key", "None, None, None, 0, 0"),
+            ("pidfd_getfd", "0, 0, 0"),
+            ("open_tree", "-100, None, 0"),
+            ("fsopen", "None, 0"),
+            ("memfd_secret", "0"),
+            ("kcmp", "0, 0, 0, 0, 0"),
+        ]
+    ),
+    "a core dump after making itself dumpable": _LIBC
+    + """
 libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
 os.kill(os.getpid(), 11)
 """,
@@ -184,11 +205,21 @@ PROBES = {
 
 @pytest.fixture(scope="module")
 def red_team_run():
-    honest = [_judged(""), JudgedProgram(candidate="def answer():\n    return 41\n", prompt="",
-                                         tests="assert answer() == 42\n", entry_points=("answer",))]
+    honest = [
+        _judged(""),
+        JudgedProgram(
+            candidate="def answer():\n    return 41\n",
+            prompt="",
+            tests="assert answer() == 42\n",
+            entry_points=("answer",),
+        ),
+    ]
     jobs = [_judged(attack) for attack in ATTACKS.values()] + [_judged(p) for p in PROBES.values()] + honest
     results = judge_programs(jobs, timeout_s=3.0, memory_mb=MEMORY_MB, workers=2)
-    return {"attacks": dict(zip([*ATTACKS, *PROBES], results[:len(ATTACKS) + len(PROBES)], strict=True)), "honest": results[len(ATTACKS) + len(PROBES):]}
+    return {
+        "attacks": dict(zip([*ATTACKS, *PROBES], results[: len(ATTACKS) + len(PROBES)], strict=True)),
+        "honest": results[len(ATTACKS) + len(PROBES) :],
+    }
 
 
 def _lines(result, prefix):
@@ -197,7 +228,8 @@ def _lines(result, prefix):
 
 def test_a_sandbox_cannot_lower_its_oom_score_adjustment(red_team_run):
     assert _lines(red_team_run["attacks"]["lowers its own OOM score adjustment"], "oom_score_adj") == [
-        ["oom_score_adj", "1000"]]
+        ["oom_score_adj", "1000"]
+    ]
 
 
 def test_loopback_tcp_buffers_cannot_hold_memory_past_the_limit(red_team_run):
@@ -291,38 +323,58 @@ def answer():
 CODEC_JOBS = {
     "a reply nested a million levels deep": JudgedProgram(
         candidate=_FORGE.format(frame="b'[\"return\",' + b'[' * 1_000_000 + b']' * 1_000_000 + b',[]]'"),
-        prompt="", tests="assert answer() == 42\n", entry_points=("answer",)),
+        prompt="",
+        tests="assert answer() == 42\n",
+        entry_points=("answer",),
+    ),
     # 10 million one-item lists in 60 MiB: over a gigabyte once parsed, in a 128 MiB test sandbox.
     "a wide reply that the test process cannot hold": JudgedProgram(
         candidate=_FORGE.format(frame="b'[\"return\",[\"l\"' + b',[\"l\"]' * 10_000_000 + b'],[]]'"),
-        prompt="", tests="assert answer() == 42\n", entry_points=("answer",)),
+        prompt="",
+        tests="assert answer() == 42\n",
+        entry_points=("answer",),
+    ),
     # Ints equal modulo 2**61 - 1 share one hash: decoding this set costs the test process n**2 steps
     # (the candidate writes it in linear time).
     "a set of colliding hashes": JudgedProgram(
-        candidate=_FORGE.format(frame="b'[\"return\",[\"s\",' + b','.join(b'[\"i\",\"%x\"]' % (k * (2**61 - 1)) "
-                                      "for k in range(1, 100_000)) + b'],[]]'"),
-        prompt="", tests="assert answer() == 42\n", entry_points=("answer",)),
+        candidate=_FORGE.format(
+            frame='b\'["return",["s",\' + b\',\'.join(b\'["i","%x"]\' % (k * (2**61 - 1)) '
+            "for k in range(1, 100_000)) + b'],[]]'"
+        ),
+        prompt="",
+        tests="assert answer() == 42\n",
+        entry_points=("answer",),
+    ),
     # The exact numbers of the standard library: a signaling NaN, and a fraction over zero.
     "a signaling-NaN Decimal": JudgedProgram(
-        candidate=_FORGE.format(frame="b'[\"return\",[\"e\",\"sNaN\"],[]]'"),
-        prompt="", tests="assert answer() == 42\n", entry_points=("answer",)),
+        candidate=_FORGE.format(frame='b\'["return",["e","sNaN"],[]]\''),
+        prompt="",
+        tests="assert answer() == 42\n",
+        entry_points=("answer",),
+    ),
     "a Fraction over zero": JudgedProgram(
-        candidate=_FORGE.format(frame="b'[\"return\",[\"q\",42,0],[]]'"),
-        prompt="", tests="assert answer() == 42\n", entry_points=("answer",)),
+        candidate=_FORGE.format(frame='b\'["return",["q",42,0],[]]\''),
+        prompt="",
+        tests="assert answer() == 42\n",
+        entry_points=("answer",),
+    ),
     "NaN, -0.0, infinity, a lone surrogate and a big int cross exactly": JudgedProgram(
-        candidate=("def answer():\n"
-                   "    return [float('nan'), -0.0, float('inf'), '\\ud800', 2**200, 1+2j, {'b': 1, 'a': 2}]\n"),
+        candidate=(
+            "def answer():\n    return [float('nan'), -0.0, float('inf'), '\\ud800', 2**200, 1+2j, {'b': 1, 'a': 2}]\n"
+        ),
         prompt="import math\n",
-        tests=("v = answer()\nassert math.isnan(v[0]) and math.copysign(1, v[1]) == -1 and v[2] == math.inf\n"
-               "assert v[3] == '\\ud800' and v[4] == 2**200 and v[5] == 1+2j and list(v[6]) == ['b', 'a']\n"),
-        entry_points=("answer",)),
+        tests=(
+            "v = answer()\nassert math.isnan(v[0]) and math.copysign(1, v[1]) == -1 and v[2] == math.inf\n"
+            "assert v[3] == '\\ud800' and v[4] == 2**200 and v[5] == 1+2j and list(v[6]) == ['b', 'a']\n"
+        ),
+        entry_points=("answer",),
+    ),
 }
 
 
 @pytest.fixture(scope="module")
 def codec_run():
-    results = judge_programs(list(CODEC_JOBS.values()) + [_judged("")], timeout_s=3.0, memory_mb=MEMORY_MB,
-                             workers=2)
+    results = judge_programs(list(CODEC_JOBS.values()) + [_judged("")], timeout_s=3.0, memory_mb=MEMORY_MB, workers=2)
     return dict(zip([*CODEC_JOBS, "honest"], results, strict=True))
 
 
@@ -377,8 +429,9 @@ print("inotify failures", failures, flush=True)
 
 
 def test_a_per_user_kernel_count_one_sample_exhausts_stays_available_to_another():
-    hog, victim = judge_programs([_judged(_HOG_INOTIFY), _judged(_NEEDS_INOTIFY)], timeout_s=6.0,
-                                 memory_mb=MEMORY_MB, workers=2)
+    hog, victim = judge_programs(
+        [_judged(_HOG_INOTIFY), _judged(_NEEDS_INOTIFY)], timeout_s=6.0, memory_mb=MEMORY_MB, workers=2
+    )
     assert _lines(hog, "hog holds") == [["hog", "holds", "128"]], hog.output
     assert _lines(victim, "inotify failures") == [["inotify", "failures", "0"]], victim.output
 
@@ -426,9 +479,14 @@ def _score_in_a_memory_group(limit_mb: int, samples: list[tuple[str, str]]):
         with open(os.path.join(group, "memory.limit_in_bytes"), "w") as f:
             f.write(str(limit_mb << 20))
         command = f'echo $$ > {group}/cgroup.procs && exec "$@"'
-        return subprocess.run(["/bin/sh", "-c", command, "sh", sys.executable, "-c", _SCORER,
-                               json.dumps(samples)],
-                              check=False, capture_output=True, text=True, timeout=120, cwd=os.getcwd())
+        return subprocess.run(
+            ["/bin/sh", "-c", command, "sh", sys.executable, "-c", _SCORER, json.dumps(samples)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=os.getcwd(),
+        )
     finally:
         for _ in range(50):  # the scorer has left; its emptied group goes
             try:

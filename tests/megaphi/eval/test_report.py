@@ -8,16 +8,27 @@ RESULTS = [
     {"task_id": "HumanEval/1", "completion": "c", "passed": False, "result": "timed out"},
     {"task_id": "HumanEval/0", "completion": "d", "passed": False, "result": "killed for memory"},
 ]
-SUMMARY = {"benchmark": "humaneval", "problems_scored": 2, "problems_in_benchmark": 164, "samples": 4,
-           "pass@1": 0.25, "outcomes": {"passed": 1, "failed": 1, "timed out": 1, "killed for memory": 1}}
+SUMMARY = {
+    "benchmark": "humaneval",
+    "problems_scored": 2,
+    "problems_in_benchmark": 164,
+    "samples": 4,
+    "pass@1": 0.25,
+    "outcomes": {"passed": 1, "failed": 1, "timed out": 1, "killed for memory": 1},
+}
 
 
 def test_per_problem_rows_count_samples_and_keep_the_first_failure():
     rows = per_problem(RESULTS)
     assert rows == [
         {"task_id": "HumanEval/1", "samples": 2, "correct": 1, "first_failure": "timed out", "pass@1": 0.5},
-        {"task_id": "HumanEval/0", "samples": 2, "correct": 0,
-         "first_failure": "failed: AssertionError: | pipes", "pass@1": 0.0},
+        {
+            "task_id": "HumanEval/0",
+            "samples": 2,
+            "correct": 0,
+            "first_failure": "failed: AssertionError: | pipes",
+            "pass@1": 0.0,
+        },
     ]
 
 

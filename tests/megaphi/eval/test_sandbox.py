@@ -1,4 +1,5 @@
 """The sandbox holds hostile programs: each attack below would make its program pass if it worked."""
+
 import os
 import re
 import socket
@@ -37,7 +38,7 @@ def hostile_programs(host_dir, port, secret_name):
         "writes outside /tmp": f"""
 import os
 written = []
-for path in [{str(host_dir / 'pwned')!r}, {os.path.join(CHECKOUT, 'PWNED')!r}, "/usr/pwned", "/etc/pwned", "/pwned",
+for path in [{str(host_dir / "pwned")!r}, {os.path.join(CHECKOUT, "PWNED")!r}, "/usr/pwned", "/etc/pwned", "/pwned",
              "/dev/shm/pwned", "/proc/pwned"]:
     try:
         with open(path, "w") as f:
@@ -108,7 +109,8 @@ for _ in range(600):  # the daemon: a minute of heartbeats, should it survive
 """,
         "closes its output and verdict descriptors and spins": (
             "import os\nfor fd in range(1, 256):\n    try:\n        os.close(fd)\n    except OSError:\n        pass\n"
-            "while True:\n    pass\n"),
+            "while True:\n    pass\n"
+        ),
         "floods its output": "while True:\n    print('x' * 10000)\n",
         "floods its error stream": "import sys\nwhile True:\n    sys.stderr.write('y' * 10000)\n",
         "kills its parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(os.getpid(), signal.SIGKILL)\n",
@@ -139,8 +141,12 @@ def hostile_run(tmp_path_factory):
     except BlockingIOError:
         connected = False
     listener.close()
-    return {"results": dict(zip(programs, results, strict=True)), "host_dir": host_dir,
-            "connected": connected, "secret": secret_value}
+    return {
+        "results": dict(zip(programs, results, strict=True)),
+        "host_dir": host_dir,
+        "connected": connected,
+        "secret": secret_value,
+    }
 
 
 @pytest.mark.slow
@@ -200,13 +206,15 @@ EARLY_EXITS = {
     "os.abort()": "import os\nos.abort()",
     "KeyboardInterrupt": "raise KeyboardInterrupt",
     "exec of another program": "import os, sys\nos.execv(sys.executable, [sys.executable, '-c', 'pass'])",
-    "prints fake results": "print('passed')\nprint('{\"passed\": true, \"result\": \"passed\"}')\nimport os\nos._exit(0)",
+    "prints fake results": 'print(\'passed\')\nprint(\'{"passed": true, "result": "passed"}\')\nimport os\nos._exit(0)',
     "writes 'passed' to every descriptor": (
         "import os\nfor fd in range(3, 256):\n    try:\n        os.write(fd, b'passed')\n    except OSError:\n"
-        "        pass\nos._exit(0)"),
+        "        pass\nos._exit(0)"
+    ),
     "a forked copy finishes the program": "import os, time\nif os.fork():\n    os._exit(0)\ntime.sleep(0.2)",
     "a thread exits the process": (
-        "import os, threading, time\nthreading.Thread(target=lambda: os._exit(0)).start()\ntime.sleep(5)"),
+        "import os, threading, time\nthreading.Thread(target=lambda: os._exit(0)).start()\ntime.sleep(5)"
+    ),
 }
 
 
@@ -302,56 +310,97 @@ def judged(candidate: str, tests: str, entry_points=("f",), prompt: str = "", sh
 
 JUDGED = {
     "in-place changes reach the test's arguments": (
-        judged("def f(items, table):\n    items.sort()\n    table['seen'] = True\n",
-               "xs, t = [3, 1, 2], {}\nassert f(xs, t) is None\nassert xs == [1, 2, 3] and t == {'seen': True}\n"),
-        "passed"),
+        judged(
+            "def f(items, table):\n    items.sort()\n    table['seen'] = True\n",
+            "xs, t = [3, 1, 2], {}\nassert f(xs, t) is None\nassert xs == [1, 2, 3] and t == {'seen': True}\n",
+        ),
+        "passed",
+    ),
     "a copy sorted instead of the argument fails a mutation test": (
-        judged("def f(items, table):\n    items = sorted(items)\n",
-               "xs = [3, 1, 2]\nf(xs, {})\nassert xs == [1, 2, 3]\n"),
-        "failed"),
+        judged(
+            "def f(items, table):\n    items = sorted(items)\n", "xs = [3, 1, 2]\nf(xs, {})\nassert xs == [1, 2, 3]\n"
+        ),
+        "failed",
+    ),
     "a generator is consumed by the test as an iterator": (
-        judged("def f(n):\n    return (i * i for i in range(n))\n",
-               "it = f(3)\nassert next(it) == 0 and list(it) == [1, 4]\nassert f(2) != [0, 1]\n"), "passed"),
+        judged(
+            "def f(n):\n    return (i * i for i in range(n))\n",
+            "it = f(3)\nassert next(it) == 0 and list(it) == [1, 4]\nassert f(2) != [0, 1]\n",
+        ),
+        "passed",
+    ),
     "a built-in exception arrives as itself": (
-        judged("def f(x):\n    raise KeyError(x)\n",
-               "try:\n    f('k')\nexcept KeyError as e:\n    assert e.args == ('k',)\n"
-               "else:\n    raise AssertionError\n"),
-        "passed"),
+        judged(
+            "def f(x):\n    raise KeyError(x)\n",
+            "try:\n    f('k')\nexcept KeyError as e:\n    assert e.args == ('k',)\nelse:\n    raise AssertionError\n",
+        ),
+        "passed",
+    ),
     "an exception of the candidate's own class arrives as an Exception": (
-        judged("class Oops(Exception):\n    pass\ndef f():\n    raise Oops('no')\n",
-               "try:\n    f()\nexcept Exception as e:\n    assert str(e) == 'Oops: no'\n"), "passed"),
+        judged(
+            "class Oops(Exception):\n    pass\ndef f():\n    raise Oops('no')\n",
+            "try:\n    f()\nexcept Exception as e:\n    assert str(e) == 'Oops: no'\n",
+        ),
+        "passed",
+    ),
     "keyword arguments and several entry points": (
-        judged("def f(a, *, b=1):\n    return a - b\ndef g():\n    return 'g'\n",
-               "assert f(5, b=2) == 3 and g() == 'g'\n", entry_points=("f", "g")), "passed"),
+        judged(
+            "def f(a, *, b=1):\n    return a - b\ndef g():\n    return 'g'\n",
+            "assert f(5, b=2) == 3 and g() == 'g'\n",
+            entry_points=("f", "g"),
+        ),
+        "passed",
+    ),
     "coercions that == accepts still pass": (
-        judged("def f():\n    return 1.0, True, 2\n", "assert f() == (1, 1, 2.0)\n"), "passed"),
+        judged("def f():\n    return 1.0, True, 2\n", "assert f() == (1, 1, 2.0)\n"),
+        "passed",
+    ),
     "objects built by shared setup code stay in the candidate's process": (
-        judged("class Node:\n    def __init__(self, v, kids=()):\n        self.v, self.kids = v, list(kids)\n"
-               "def f(node):\n    return node.v + sum(f(k) for k in node.kids)\n"
-               "root = Node(1, [Node(2), Node(3)])\n", "assert f(root) == 6\n", shared=("root",)), "passed"),
+        judged(
+            "class Node:\n    def __init__(self, v, kids=()):\n        self.v, self.kids = v, list(kids)\n"
+            "def f(node):\n    return node.v + sum(f(k) for k in node.kids)\n"
+            "root = Node(1, [Node(2), Node(3)])\n",
+            "assert f(root) == 6\n",
+            shared=("root",),
+        ),
+        "passed",
+    ),
     "objects of the candidate's own classes stay there, as handles that equal only themselves": (
-        judged("class Pair:\n    def __init__(self, a, b):\n        self.a, self.b = a, b\n"
-               "    def __eq__(self, other):\n        return True\n"
-               "def longest(pairs):\n    return sum(p.b - p.a for p in pairs)\n",
-               "pairs = [Pair(1, 4), Pair(2, 3)]\nassert longest(pairs) == 4\n"
-               "assert pairs[0] != pairs[1] and pairs[0] != 1 and not pairs[0] == True\n",
-               entry_points=("Pair", "longest")), "passed"),
+        judged(
+            "class Pair:\n    def __init__(self, a, b):\n        self.a, self.b = a, b\n"
+            "    def __eq__(self, other):\n        return True\n"
+            "def longest(pairs):\n    return sum(p.b - p.a for p in pairs)\n",
+            "pairs = [Pair(1, 4), Pair(2, 3)]\nassert longest(pairs) == 4\n"
+            "assert pairs[0] != pairs[1] and pairs[0] != 1 and not pairs[0] == True\n",
+            entry_points=("Pair", "longest"),
+        ),
+        "passed",
+    ),
     "a missing entry point fails": (judged("def g():\n    pass\n", "f()\n"), "failed"),
     "deep recursion in the candidate is its own failure": (
-        judged("def f(n):\n    return f(n + 1)\n", "f(0)\n"), "failed"),
+        judged("def f(n):\n    return f(n + 1)\n", "f(0)\n"),
+        "failed",
+    ),
     "a candidate that never answers times out": (
-        judged("def f():\n    while True:\n        pass\n", "f()\n"), "timed out"),
+        judged("def f():\n    while True:\n        pass\n", "f()\n"),
+        "timed out",
+    ),
     "the prompt's helpers are the test's, whatever the completion defines": (
-        judged("def helper():\n    return 'prompt'\ndef helper():\n    return 'forged'\n"
-               "def f():\n    return helper()\n",
-               "assert helper() == 'prompt' and f() == 'forged'\n", prompt="def helper():\n    return 'prompt'\n"),
-        "passed"),
+        judged(
+            "def helper():\n    return 'prompt'\ndef helper():\n    return 'forged'\ndef f():\n    return helper()\n",
+            "assert helper() == 'prompt' and f() == 'forged'\n",
+            prompt="def helper():\n    return 'prompt'\n",
+        ),
+        "passed",
+    ),
 }
 
 
 @pytest.fixture(scope="module")
 def judged_results():
-    return dict(zip(JUDGED, judge_programs([job for job, _ in JUDGED.values()], timeout_s=TIMEOUT_S, workers=4), strict=True))
+    return dict(
+        zip(JUDGED, judge_programs([job for job, _ in JUDGED.values()], timeout_s=TIMEOUT_S, workers=4), strict=True)
+    )
 
 
 @pytest.mark.parametrize("name", list(JUDGED))
@@ -368,9 +417,10 @@ def test_the_candidate_s_output_and_the_test_s_traceback_both_come_back():
 
 def test_unsafe_judging_still_runs_the_candidate_and_the_tests_apart(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    jobs = [judged("def f():\n    return 1\n", "assert f() == 1\n"),
-            judged("def f():\n    return 1\nimport builtins\nbuiltins.abs = lambda x: 0\n",
-                   "assert abs(f() - 2) < 1\n")]
+    jobs = [
+        judged("def f():\n    return 1\n", "assert f() == 1\n"),
+        judged("def f():\n    return 1\nimport builtins\nbuiltins.abs = lambda x: 0\n", "assert abs(f() - 2) < 1\n"),
+    ]
     with pytest.warns(RuntimeWarning, match="WITHOUT a sandbox"):
         assert [r.status for r in judge_programs(jobs, unsafe_no_sandbox=True)] == ["passed", "failed"]
 
@@ -380,8 +430,10 @@ def test_without_cgroups_the_sandbox_refuses_rather_than_run_with_fewer_limits(m
     monkeypatch.setattr(cgroup, "_tree", None)
     sandbox._sandbox_problem.cache_clear()
     try:
-        with pytest.raises(SandboxUnavailable, match=f"cannot enforce its limits here: no cgroup hierarchy is mounted "
-                                                     f"at {tmp_path}.*--unsafe-no-sandbox"):
+        with pytest.raises(
+            SandboxUnavailable,
+            match=f"cannot enforce its limits here: no cgroup hierarchy is mounted at {tmp_path}.*--unsafe-no-sandbox",
+        ):
             judge_programs([judged("def f():\n    return 1\n", "assert f() == 1\n")])
     finally:
         sandbox._sandbox_problem.cache_clear()

@@ -1,4 +1,5 @@
 """The wire between a candidate and its tests carries plain data only, and its decoder accepts nothing else."""
+
 import collections
 import decimal
 import enum
@@ -8,8 +9,17 @@ import os
 
 import pytest
 
-from megaphi.eval.sandbox_runner import (MAX_DEPTH, ProtocolError, Unsendable, decode, dump_json, encode, parse_json,
-                                        receive, send)
+from megaphi.eval.sandbox_runner import (
+    MAX_DEPTH,
+    ProtocolError,
+    Unsendable,
+    decode,
+    dump_json,
+    encode,
+    parse_json,
+    receive,
+    send,
+)
 
 
 def round_trip(value):
@@ -20,10 +30,33 @@ class Colour(enum.IntEnum):
     RED = 1
 
 
-PLAIN = [None, True, False, 0, -7, 2 ** 63, -(2 ** 200), 1.5, -0.0, float("inf"), "", "tab\tnul\x00 é \ud800",
-         b"\x00\xff", bytearray(b"ab"), [1, [2, [3]]], (1, (2,)), (), {1: "a", (1, 2): [3], None: {"k": 1.0}},
-         {1, (2, 3), frozenset({4})}, frozenset(), 3 - 4j, range(1, 10, 3), fractions.Fraction(-2 ** 70, 3),
-         decimal.Decimal("-1.50E+3"), decimal.Decimal("Infinity")]
+PLAIN = [
+    None,
+    True,
+    False,
+    0,
+    -7,
+    2**63,
+    -(2**200),
+    1.5,
+    -0.0,
+    float("inf"),
+    "",
+    "tab\tnul\x00 é \ud800",
+    b"\x00\xff",
+    bytearray(b"ab"),
+    [1, [2, [3]]],
+    (1, (2,)),
+    (),
+    {1: "a", (1, 2): [3], None: {"k": 1.0}},
+    {1, (2, 3), frozenset({4})},
+    frozenset(),
+    3 - 4j,
+    range(1, 10, 3),
+    fractions.Fraction(-(2**70), 3),
+    decimal.Decimal("-1.50E+3"),
+    decimal.Decimal("Infinity"),
+]
 
 
 @pytest.mark.parametrize("value", PLAIN, ids=[type(v).__name__ + str(i) for i, v in enumerate(PLAIN)])
@@ -48,9 +81,12 @@ def test_nan_crosses_as_nan():
 
 def test_subclasses_of_plain_types_cross_as_their_base_type():
     Point = collections.namedtuple("Point", "x y")
-    assert [(type(v), v) for v in map(round_trip, [Point(1, 2), collections.Counter("aab"),
-                                                  collections.OrderedDict(b=1, a=2), Colour.RED])] == [
-        (tuple, (1, 2)), (dict, {"a": 2, "b": 1}), (dict, {"b": 1, "a": 2}), (int, 1)]
+    assert [
+        (type(v), v)
+        for v in map(
+            round_trip, [Point(1, 2), collections.Counter("aab"), collections.OrderedDict(b=1, a=2), Colour.RED]
+        )
+    ] == [(tuple, (1, 2)), (dict, {"a": 2, "b": 1}), (dict, {"b": 1, "a": 2}), (int, 1)]
 
 
 def test_iterators_are_materialised_and_arrive_as_iterators():
@@ -60,8 +96,9 @@ def test_iterators_are_materialised_and_arrive_as_iterators():
     assert sorted(round_trip({"a": 1, "b": 2}.keys())) == ["a", "b"]
 
 
-@pytest.mark.parametrize("value", [object(), lambda: 1, type("AlwaysEqual", (), {"__eq__": lambda s, o: True})(),
-                                   [[[object()]]]])
+@pytest.mark.parametrize(
+    "value", [object(), lambda: 1, type("AlwaysEqual", (), {"__eq__": lambda s, o: True})(), [[[object()]]]]
+)
 def test_objects_with_behaviour_of_their_own_are_refused(value):
     with pytest.raises(Unsendable):
         encode(value)
@@ -92,11 +129,34 @@ def test_nesting_is_bounded_both_ways():
         decode(wire)
 
 
-@pytest.mark.parametrize("text", [
-    '{"a": 1}', '["x", 1]', "[]", '["d", 1]', '["s", ["l"]]', '["d", ["l"], 1]', '["i", "zz"]', '["r", 1, 2, 0]',
-    '["r", 1.5, 2, 1]', '["q", 1, 0]', '["q", 1.5, 2]', '["e", "one"]', '["e", 1]', '["@", "root"]', '["b", "xyz"]', '["c", "1", 2]', '[1, 2]', "[true", "1 2", "1" * 5000,
-    "[" * 100000, '"\\ud800', "nul",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1}',
+        '["x", 1]',
+        "[]",
+        '["d", 1]',
+        '["s", ["l"]]',
+        '["d", ["l"], 1]',
+        '["i", "zz"]',
+        '["r", 1, 2, 0]',
+        '["r", 1.5, 2, 1]',
+        '["q", 1, 0]',
+        '["q", 1.5, 2]',
+        '["e", "one"]',
+        '["e", 1]',
+        '["@", "root"]',
+        '["b", "xyz"]',
+        '["c", "1", 2]',
+        "[1, 2]",
+        "[true",
+        "1 2",
+        "1" * 5000,
+        "[" * 100000,
+        '"\\ud800',
+        "nul",
+    ],
+)
 def test_the_decoder_refuses_anything_but_the_format(text):
     with pytest.raises(ProtocolError):
         decode(parse_json(text))

@@ -33,8 +33,9 @@ def test_scoring_gives_one_result_per_sample_in_order_with_the_error_line(humane
 
 def test_an_unknown_task_id_is_rejected_before_anything_runs(humaneval):
     with pytest.raises(ValueError, match="'HumanEval/999' is not a humaneval problem"):
-        score_samples(humaneval, [{"task_id": "HumanEval/0", "completion": "x"},
-                                  {"task_id": "HumanEval/999", "completion": "x"}])
+        score_samples(
+            humaneval, [{"task_id": "HumanEval/0", "completion": "x"}, {"task_id": "HumanEval/999", "completion": "x"}]
+        )
 
 
 def test_samples_round_trip_through_jsonl(tmp_path):
@@ -43,12 +44,15 @@ def test_samples_round_trip_through_jsonl(tmp_path):
     assert read_samples(tmp_path / "deep" / "samples.jsonl") == rows
 
 
-@pytest.mark.parametrize("content,message", [
-    ('{"task_id": "HumanEval/0", "completion": "x"}\nnot json\n', r"samples.jsonl:2: malformed JSON"),
-    ('{"task_id": "HumanEval/0"}\n', r"samples.jsonl:1 needs a \"task_id\" and a string \"completion\""),
-    ('{"completion": "x"}\n', r"samples.jsonl:1 needs"),
-    ("\n", "holds no samples"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('{"task_id": "HumanEval/0", "completion": "x"}\nnot json\n', r"samples.jsonl:2: malformed JSON"),
+        ('{"task_id": "HumanEval/0"}\n', r"samples.jsonl:1 needs a \"task_id\" and a string \"completion\""),
+        ('{"completion": "x"}\n', r"samples.jsonl:1 needs"),
+        ("\n", "holds no samples"),
+    ],
+)
 def test_malformed_samples_are_named_by_file_and_line(tmp_path, content, message):
     path = tmp_path / "samples.jsonl"
     path.write_text(content)

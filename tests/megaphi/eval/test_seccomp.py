@@ -1,4 +1,5 @@
 """The seccomp filter: a well-formed BPF program for each known architecture, harmless to ordinary programs."""
+
 import struct
 
 import pytest
@@ -10,13 +11,16 @@ from megaphi.eval.seccomp import _SYSCALLS, SeccompUnavailable, filter_program
 @pytest.mark.parametrize("machine", list(_SYSCALLS))
 def test_the_filter_checks_the_architecture_first_and_ends_in_returns(machine):
     program = filter_program(machine)
-    instructions = [struct.unpack("=HBBI", program[i:i + 8]) for i in range(0, len(program), 8)]
+    instructions = [struct.unpack("=HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
     assert len(program) % 8 == 0 and len(instructions) < 4096  # the kernel's BPF_MAXINSNS
     assert instructions[0] == (0x20, 0, 0, 4)  # load seccomp_data.arch
     assert instructions[1][0] == 0x15 and instructions[1][3] == _SYSCALLS[machine]["audit_arch"]
     assert instructions[-1] == (0x06, 0, 0, 0x80000000)  # anything else: kill the process
-    assert all(i + 1 + jt < len(instructions) and i + 1 + jf < len(instructions)
-               for i, (code, jt, jf, _) in enumerate(instructions) if code & 0x07 == 0x05)
+    assert all(
+        i + 1 + jt < len(instructions) and i + 1 + jf < len(instructions)
+        for i, (code, jt, jf, _) in enumerate(instructions)
+        if code & 0x07 == 0x05
+    )
 
 
 def test_an_unknown_architecture_is_named():

@@ -1,4 +1,5 @@
 """The attention backends agree with each other, and rotary matches transformers' Phi."""
+
 import pytest
 import torch
 from transformers.models.phi import modeling_phi
@@ -47,8 +48,11 @@ def test_causality_holds():
 
 @pytest.mark.skipif(not (flash_attn_available() and torch.cuda.is_available()), reason="needs flash-attn and CUDA")
 def test_flash_agrees_with_sdpa_on_gpu():
-    for flash, sdpa in zip(run("flash", 64, 64, device="cuda", dtype=torch.bfloat16),
-                           run("sdpa", 64, 64, device="cuda", dtype=torch.bfloat16), strict=True):
+    for flash, sdpa in zip(
+        run("flash", 64, 64, device="cuda", dtype=torch.bfloat16),
+        run("sdpa", 64, 64, device="cuda", dtype=torch.bfloat16),
+        strict=True,
+    ):
         torch.testing.assert_close(flash.float(), sdpa.float(), rtol=2e-2, atol=2e-2)
 
 

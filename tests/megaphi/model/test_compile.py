@@ -4,6 +4,7 @@ Inductor draws dropout masks from its own generator unless ``fallback_random`` i
 compiled and eager runs draw the same masks, so even with dropout and activation checkpointing the
 losses and gradients must agree to fp32 rounding.
 """
+
 import pytest
 import torch
 import torch._inductor.config
@@ -16,9 +17,18 @@ from tests.distributed import spawn
 
 pytestmark = pytest.mark.slow
 
-CONFIG = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-              max_position_embeddings=16, attn_backend="sdpa", resid_pdrop=0.3, attention_dropout=0.3,
-              embd_pdrop=0.3)
+CONFIG = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_position_embeddings=16,
+    attn_backend="sdpa",
+    resid_pdrop=0.3,
+    attention_dropout=0.3,
+    embd_pdrop=0.3,
+)
 TOLERANCE = 1e-5
 
 

@@ -1,4 +1,5 @@
 """Which loss implementation runs: liger-kernel's only where it can (CUDA, one TP rank), ours elsewhere."""
+
 import pytest
 import torch
 
@@ -54,8 +55,17 @@ def test_explicit_choices_are_kept_or_refused_with_the_reason(monkeypatch, liger
 def test_a_model_asking_for_liger_on_cpu_fails_at_the_loss_with_the_reason(liger_importable):
     from megaphi.model import PhiConfig, PhiForCausalLM
 
-    model = PhiForCausalLM(PhiConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, max_position_embeddings=16, cross_entropy="liger"))
+    model = PhiForCausalLM(
+        PhiConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            cross_entropy="liger",
+        )
+    )
     ids = torch.zeros(1, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="runs on CUDA only"):
         model(ids, labels=ids)

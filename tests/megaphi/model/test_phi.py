@@ -1,4 +1,5 @@
 """PhiForCausalLM is the same network as transformers' PhiForCausalLM, and its own contracts hold."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,18 +11,34 @@ VOCAB = 300  # pads to 384: exercises the padded vocabulary rows
 
 
 def tiny_config(**overrides) -> PhiConfig:
-    values = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=128)
+    values = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+    )
     return PhiConfig(**{**values, **overrides})
 
 
 def hf_reference(config: PhiConfig, attn_implementation: str = "eager") -> transformers.PhiForCausalLM:
     hf_config = transformers.PhiConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
-        max_position_embeddings=config.max_position_embeddings, partial_rotary_factor=config.partial_rotary_factor,
-        rope_theta=config.rope_theta, layer_norm_eps=config.layer_norm_eps, hidden_act=config.hidden_act,
-        resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, attn_implementation=attn_implementation)
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        partial_rotary_factor=config.partial_rotary_factor,
+        rope_theta=config.rope_theta,
+        layer_norm_eps=config.layer_norm_eps,
+        hidden_act=config.hidden_act,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attention_dropout=0.0,
+        attn_implementation=attn_implementation,
+    )
     torch.manual_seed(1)
     model = transformers.PhiForCausalLM(hf_config).eval()
     with torch.no_grad():  # larger weights, random biases and LayerNorms: every parameter shows in the logits
@@ -76,7 +93,7 @@ def test_kv_cache_decode_equals_full_forward_and_transformers():
         cache = model.new_kv_cache(batch_size=2, max_seq_len=32)
         steps = [model(input_ids[:, :12], kv_cache=cache)]  # prefill
         steps.append(model(input_ids[:, 12:15], kv_cache=cache))  # a multi-token chunk onto a filled cache
-        steps += [model(input_ids[:, t:t + 1], kv_cache=cache) for t in range(15, 20)]
+        steps += [model(input_ids[:, t : t + 1], kv_cache=cache) for t in range(15, 20)]
         incremental = torch.cat(steps, dim=1)
         expected = hf(input_ids).logits
     assert cache.length == 20
@@ -98,9 +115,9 @@ def test_left_padded_batch_decodes_like_each_sequence_alone(backend):
         batched = [model(batch, kv_cache=cache, attention_mask=mask)[:, -1]]
         for t in range(3):
             mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
-            batched.append(model(next_tokens[:, t:t + 1], kv_cache=cache, attention_mask=mask)[:, -1])
+            batched.append(model(next_tokens[:, t : t + 1], kv_cache=cache, attention_mask=mask)[:, -1])
         for row, seq in enumerate([long, short]):
-            alone = model(torch.cat([seq, next_tokens[row:row + 1]], dim=1))[0, -4:]
+            alone = model(torch.cat([seq, next_tokens[row : row + 1]], dim=1))[0, -4:]
             got = torch.stack([step[row] for step in batched])
             assert torch.isfinite(got).all()
             assert (got - alone).abs().max() < 1e-4
@@ -132,8 +149,12 @@ def test_phi1_preset_has_exactly_1418270720_parameters():
 
 def test_presets_have_the_published_shapes():
     small = get_preset("phi-1-small")
-    assert (small.num_hidden_layers, small.hidden_size, small.intermediate_size, small.num_attention_heads) == \
-        (20, 1024, 4096, 16)
+    assert (small.num_hidden_layers, small.hidden_size, small.intermediate_size, small.num_attention_heads) == (
+        20,
+        1024,
+        4096,
+        16,
+    )
     assert get_preset("phi-tiny", vocab_size=512).vocab_size == 512
     with pytest.raises(ValueError, match="unknown model preset 'phi-2'"):
         get_preset("phi-2")
@@ -185,8 +206,9 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     results = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = PhiForCausalLM(tiny_config(activation_checkpointing=checkpointing, attention_dropout=0.1,
-                                           resid_pdrop=0.1))
+        model = PhiForCausalLM(
+            tiny_config(activation_checkpointing=checkpointing, attention_dropout=0.1, resid_pdrop=0.1)
+        )
         loss = model(input_ids, labels=input_ids)
         loss.backward()
         results.append((loss.detach(), [p.grad for p in model.parameters()]))

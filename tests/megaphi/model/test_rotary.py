@@ -1,4 +1,5 @@
 """Rotary on a fused qkv projection equals the composite form, in values and gradients, and writes nothing in place."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Vocab-parallel cross-entropy equals the plain cross-entropy over the real vocabulary."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -64,8 +65,9 @@ def _sharded_equals_unsharded(rank: int, world_size: int) -> None:
         loss = parallel.vocab_parallel_cross_entropy(local, target, vocab_size=vocab_size)
         (loss * weights).sum().backward()
         torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(local.grad, parallel.shard_tensor(expected_grad, 1, rank, world_size),
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            local.grad, parallel.shard_tensor(expected_grad, 1, rank, world_size), rtol=1e-5, atol=1e-6
+        )
     # The gather/scatter pair is its own adjoint: gather(scatter(x)) == x, gradients flow back whole.
     x = torch.randn(3, 8, generator=gen, requires_grad=True)
     y = parallel.gather_from_tensor_parallel_region(parallel.scatter_to_tensor_parallel_region(x))
@@ -106,8 +108,9 @@ def test_fused_linear_loss_and_gradients_equal_the_unfused_reference_across_chun
     monkeypatch.setattr(cross_entropy, "_CHUNK_ELEMENTS", 4 * 100)  # 4 rows per chunk: 4 uneven chunks
     hidden, weight, bias, target = _linear_inputs(torch.Generator().manual_seed(0))
     hidden, weight, bias = (t.to(dtype) for t in (hidden, weight, bias))
-    expected_loss, expected_grads, weights = _linear_reference(*(t.float() for t in (hidden, weight, bias)), target,
-                                                               vocab_size=100)
+    expected_loss, expected_grads, weights = _linear_reference(
+        *(t.float() for t in (hidden, weight, bias)), target, vocab_size=100
+    )
     leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
     loss = parallel.fused_linear_cross_entropy(*leaves, target, vocab_size=100)
     (loss * weights).sum().backward()
@@ -152,20 +155,24 @@ def _fused_sharded_equals_unsharded(rank: int, world_size: int) -> None:
     # vocab 100 over 2 x 64 rows: rank 1 holds mostly padding; 64 and 128 fill one or both slices.
     for vocab_size in (100, 64, 128):
         hidden, weight, bias, target = _linear_inputs(gen, vocab_size=vocab_size)
-        expected_loss, (grad_hidden, grad_weight, grad_bias), weights = _linear_reference(hidden, weight, bias,
-                                                                                          target, vocab_size)
+        expected_loss, (grad_hidden, grad_weight, grad_bias), weights = _linear_reference(
+            hidden, weight, bias, target, vocab_size
+        )
         local_hidden = hidden.clone().requires_grad_()
         local_weight = parallel.shard_tensor(weight, 0, rank, world_size).requires_grad_()
         local_bias = parallel.shard_tensor(bias, 0, rank, world_size).requires_grad_()
-        loss = parallel.fused_linear_cross_entropy(local_hidden, local_weight, local_bias, target,
-                                                   vocab_size=vocab_size)
+        loss = parallel.fused_linear_cross_entropy(
+            local_hidden, local_weight, local_bias, target, vocab_size=vocab_size
+        )
         (loss * weights).sum().backward()
         torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(local_hidden.grad, grad_hidden, rtol=1e-5, atol=1e-5)  # all-reduced over TP
-        torch.testing.assert_close(local_weight.grad, parallel.shard_tensor(grad_weight, 0, rank, world_size),
-                                   rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(local_bias.grad, parallel.shard_tensor(grad_bias, 0, rank, world_size),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            local_weight.grad, parallel.shard_tensor(grad_weight, 0, rank, world_size), rtol=1e-5, atol=1e-5
+        )
+        torch.testing.assert_close(
+            local_bias.grad, parallel.shard_tensor(grad_bias, 0, rank, world_size), rtol=1e-5, atol=1e-5
+        )
     parallel.destroy()
 
 

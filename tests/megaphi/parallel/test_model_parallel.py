@@ -1,4 +1,5 @@
 """The tensor-parallel phi model is the same network as the unsharded one (real gloo processes)."""
+
 import pytest
 import torch
 
@@ -7,8 +8,15 @@ from megaphi.model import PhiConfig, PhiForCausalLM
 from tests.distributed import spawn
 
 # vocab 1100 pads to 1152 at TP=1, 1280 at TP=2, 1536 at TP=4: every padding path is exercised.
-CONFIG = dict(vocab_size=1100, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-              max_position_embeddings=64, attn_backend="sdpa")
+CONFIG = dict(
+    vocab_size=1100,
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+    attn_backend="sdpa",
+)
 
 
 def _forward_backward(model: PhiForCausalLM) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

@@ -1,4 +1,5 @@
 """Dropout randomness is shared where activations are replicated and distinct where they are sharded."""
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -52,9 +53,18 @@ def _streams_and_dropout(rank: int, world_size: int) -> None:
     a, b = _both_ranks(sharded)
     assert not torch.equal(a, b)
 
-    config = PhiConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, max_position_embeddings=32, attn_backend="sdpa",
-                       resid_pdrop=0.1, embd_pdrop=0.1, attention_dropout=0.1)
+    config = PhiConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        attn_backend="sdpa",
+        resid_pdrop=0.1,
+        embd_pdrop=0.1,
+        attention_dropout=0.1,
+    )
     input_ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
     losses, grads = [], []
     for checkpointing in (False, True):

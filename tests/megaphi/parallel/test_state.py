@@ -1,4 +1,5 @@
 """Tensor x data parallel groups and the mpu interface DeepSpeed reads."""
+
 import pytest
 import torch
 import torch.distributed as dist

@@ -1,4 +1,5 @@
 """Shared fixtures for trainer tests: a small learnable token corpus and a way to launch the trainer."""
+
 from __future__ import annotations
 
 import os
@@ -40,7 +41,14 @@ def trainer_env() -> dict[str, str]:
     return env
 
 
-def run_trainer(args: list[str], nproc: int = 1, timeout: float = 300,
-                module: str = "megaphi.train") -> subprocess.CompletedProcess:
-    return subprocess.run(trainer_command(nproc, module) + args, cwd=REPO, env=trainer_env(), capture_output=True,
-                          text=True, timeout=timeout)
+def run_trainer(
+    args: list[str], nproc: int = 1, timeout: float = 300, module: str = "megaphi.train"
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        trainer_command(nproc, module) + args,
+        cwd=REPO,
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

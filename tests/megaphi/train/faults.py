@@ -14,6 +14,7 @@ fp16 machinery: ZeRO-2's fp16 optimizer, its fp32 master weights, the dynamic lo
 overflow check. The trainer keeps refusing fp16 with a ConfigError where the accelerator says no;
 only this launcher overrides the answer, in each process it starts, before the trainer runs.
 """
+
 import argparse
 import sys
 

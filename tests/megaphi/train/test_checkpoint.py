@@ -1,4 +1,5 @@
 """Checkpoint bookkeeping: retention, half-written tags, RNG capture."""
+
 import random
 
 import numpy as np

@@ -1,4 +1,5 @@
 """``python -m megaphi.train`` refuses bad input with one line naming the field, before starting anything."""
+
 import os
 import shutil
 
@@ -30,9 +31,11 @@ def run_main(capsys, *argv):
 
 def recipe(tmp_path, corpus, extra=""):
     path = tmp_path / "recipe.yaml"
-    path.write_text(f"run_dir: {tmp_path / 'run'}\nmodel:\n  preset: phi-tiny\ndata:\n  paths: [{corpus}]\n"
-                    f"  seq_len: 64\ntrain:\n  steps: 4\n  global_batch_size: 8\n  micro_batch_size: 2\n"
-                    f"  precision: fp32\n{extra}")
+    path.write_text(
+        f"run_dir: {tmp_path / 'run'}\nmodel:\n  preset: phi-tiny\ndata:\n  paths: [{corpus}]\n"
+        f"  seq_len: 64\ntrain:\n  steps: 4\n  global_batch_size: 8\n  micro_batch_size: 2\n"
+        f"  precision: fp32\n{extra}"
+    )
     return str(path)
 
 
@@ -44,15 +47,18 @@ def test_help_describes_the_command(capsys):
     assert "--config" in out and "--resume" in out and "section.field=value" in out
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["train.stepz=3"], "error: train.stepz: unknown field; train accepts"),
-    (["train.steps=many"], "error: train.steps: expected int, got 'many'"),
-    (["train.global_batch_size=7"], "error: train.global_batch_size: 7 is not divisible by micro_batch_size 2"),
-    (["data.paths=[/nonexistent/corpus]"], "error: data.paths: no indexed dataset at '/nonexistent/corpus'"),
-    (["data.paths=[]"], "error: data.paths: give at least one dataset prefix"),
-    (["train.tensor_parallel_size=2"], "error: train.tensor_parallel_size: 2 does not divide the 1 processes"),
-    (["data.tokenizer=/nonexistent/tok"], "error: data.tokenizer: '/nonexistent/tok' is not a directory"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.stepz=3"], "error: train.stepz: unknown field; train accepts"),
+        (["train.steps=many"], "error: train.steps: expected int, got 'many'"),
+        (["train.global_batch_size=7"], "error: train.global_batch_size: 7 is not divisible by micro_batch_size 2"),
+        (["data.paths=[/nonexistent/corpus]"], "error: data.paths: no indexed dataset at '/nonexistent/corpus'"),
+        (["data.paths=[]"], "error: data.paths: give at least one dataset prefix"),
+        (["train.tensor_parallel_size=2"], "error: train.tensor_parallel_size: 2 does not divide the 1 processes"),
+        (["data.tokenizer=/nonexistent/tok"], "error: data.tokenizer: '/nonexistent/tok' is not a directory"),
+    ],
+)
 def test_bad_config_exits_2_with_one_line_naming_the_field(tmp_path, capsys, tiny_corpus, overrides, message):
     code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus), *overrides)
     assert code == 2
@@ -80,8 +86,10 @@ def test_existing_checkpoints_need_resume_auto(tmp_path, capsys, tiny_corpus):
     (tmp_path / "run" / "checkpoints" / "latest").write_text("step10")
     code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus))
     assert code == 2
-    assert err.startswith(f"error: checkpoint.dir: {tmp_path / 'run' / 'checkpoints'} already holds checkpoints "
-                          "(latest: step10); pass --resume auto")
+    assert err.startswith(
+        f"error: checkpoint.dir: {tmp_path / 'run' / 'checkpoints'} already holds checkpoints "
+        "(latest: step10); pass --resume auto"
+    )
 
 
 def test_missing_init_from_checkpoint_is_named(tmp_path, capsys, tiny_corpus):
@@ -89,10 +97,13 @@ def test_missing_init_from_checkpoint_is_named(tmp_path, capsys, tiny_corpus):
     assert code == 2 and err.startswith(f"error: checkpoint.init_from: '{tmp_path}/none' is not a directory")
 
 
-@pytest.mark.parametrize("damage, named", [
-    ("idx_truncated", ".idx is truncated"),
-    ("bin_truncated", ".bin is"),
-])
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        ("idx_truncated", ".idx is truncated"),
+        ("bin_truncated", ".bin is"),
+    ],
+)
 def test_corrupt_dataset_exits_2_with_one_line_naming_the_file(tmp_path, capsys, tiny_corpus, damage, named):
     prefix = tmp_path / "damaged"
     for suffix in (".bin", ".idx"):
@@ -135,17 +146,27 @@ def test_resume_from_a_latest_that_names_a_missing_checkpoint_is_one_error_line(
 
 def test_resume_refuses_an_override_that_changes_the_architecture(tmp_path, capsys, tiny_corpus):
     fake_checkpoint_root(tmp_path / "run", "step2", get_preset("phi-tiny"))
-    code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus), "--resume", "auto",
-                         "model.overrides.hidden_size=64")
+    code, err = run_main(
+        capsys, "--config", recipe(tmp_path, tiny_corpus), "--resume", "auto", "model.overrides.hidden_size=64"
+    )
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("error: model.overrides.hidden_size: 64 differs from the checkpoint being resumed (128)")
 
 
 def srun_task(rank: int) -> dict[str, str]:
     """What srun exports to task ``rank`` of a two-task step on one node (no RANK: srun does not set it)."""
-    return {"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_STEP_ID": "0",
-            "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_STEP_NODELIST": "localhost",
-            "SLURM_JOB_ID": "7", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}
+    return {
+        "SLURM_PROCID": str(rank),
+        "SLURM_LOCALID": str(rank),
+        "SLURM_NODEID": "0",
+        "SLURM_STEP_ID": "0",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_STEP_TASKS_PER_NODE": "2",
+        "SLURM_STEP_NODELIST": "localhost",
+        "SLURM_JOB_ID": "7",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29555",
+    }
 
 
 @pytest.mark.parametrize("rank", [0, 1])
@@ -165,5 +186,8 @@ def test_inconsistent_launch_environment_is_one_error_line(tmp_path, capsys, tin
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     code, err = run_main(capsys, "--config", recipe(tmp_path, tiny_corpus))
-    assert (code, err) == (2, "error: RANK/WORLD_SIZE are set but MASTER_ADDR is not; export MASTER_ADDR too "
-                              "(or start the job with torchrun, deepspeed, mpirun or srun)")
+    assert (code, err) == (
+        2,
+        "error: RANK/WORLD_SIZE are set but MASTER_ADDR is not; export MASTER_ADDR too "
+        "(or start the job with torchrun, deepspeed, mpirun or srun)",
+    )

@@ -1,4 +1,5 @@
 """A compiled training run (train.compile) resumes from its checkpoint exactly, dropout included."""
+
 from __future__ import annotations
 
 import shutil
@@ -13,13 +14,33 @@ pytestmark = pytest.mark.slow
 
 
 def train(corpus, run_dir, *overrides):
-    result = run_trainer([
-        "--config", str(REPO / "configs" / "phi_tiny_cpu.yaml"), f"run_dir={run_dir}", "model.preset=phi-tiny", f"data.paths=[{corpus}]", "data.split=100,0,0",
-        "data.seq_len=32", "train.steps=4", "train.global_batch_size=4", "train.micro_batch_size=2",
-        "train.precision=fp32", f"train.deepspeed_config={REPO / 'ds_configs' / 'cpu.json'}", "train.compile=blocks",
-        "model.overrides.resid_pdrop=0.1", "model.overrides.attention_dropout=0.1", "checkpoint.interval=2",
-        "checkpoint.keep_last=0", "logging.interval=1", "logging.tensorboard=false", "logging.plot=false",
-        "eval.interval=0", "optim.warmup_steps=1", *overrides])
+    result = run_trainer(
+        [
+            "--config",
+            str(REPO / "configs" / "phi_tiny_cpu.yaml"),
+            f"run_dir={run_dir}",
+            "model.preset=phi-tiny",
+            f"data.paths=[{corpus}]",
+            "data.split=100,0,0",
+            "data.seq_len=32",
+            "train.steps=4",
+            "train.global_batch_size=4",
+            "train.micro_batch_size=2",
+            "train.precision=fp32",
+            f"train.deepspeed_config={REPO / 'ds_configs' / 'cpu.json'}",
+            "train.compile=blocks",
+            "model.overrides.resid_pdrop=0.1",
+            "model.overrides.attention_dropout=0.1",
+            "checkpoint.interval=2",
+            "checkpoint.keep_last=0",
+            "logging.interval=1",
+            "logging.tensorboard=false",
+            "logging.plot=false",
+            "eval.interval=0",
+            "optim.warmup_steps=1",
+            *overrides,
+        ]
+    )
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 

@@ -1,5 +1,6 @@
 """The training schema (megaphi.train.config) loaded by megaphi.config: YAML + dotted overrides into typed
 dataclasses, with one precise error per mistake."""
+
 from dataclasses import dataclass, field
 
 import pytest
@@ -16,8 +17,17 @@ def write(tmp_path, text: str):
 
 def test_yaml_values_and_overrides_land_in_typed_fields(tmp_path):
     path = write(tmp_path, "run_dir: runs/x\noptim:\n  lr: 1e-3\n  decay: cosine\ntrain:\n  steps: 10\n")
-    cfg = load_config(TrainConfig, path, ["train.steps=20", "optim.warmup_steps=5", "data.paths=[a, b]",
-                                          "model.overrides.resid_pdrop=0.1", "checkpoint.init_from=null"])
+    cfg = load_config(
+        TrainConfig,
+        path,
+        [
+            "train.steps=20",
+            "optim.warmup_steps=5",
+            "data.paths=[a, b]",
+            "model.overrides.resid_pdrop=0.1",
+            "checkpoint.init_from=null",
+        ],
+    )
     assert cfg.run_dir == "runs/x"
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)  # PyYAML reads "1e-3" as a string
     assert cfg.optim.decay == "cosine"
@@ -34,24 +44,29 @@ def test_config_round_trips_through_a_plain_dict(tmp_path):
     assert config_from_dict(TrainConfig, config_to_dict(cfg)) == cfg
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["optim.learning_rate=1"], "optim.learning_rate: unknown field"),
-    (["trian.steps=1"], "trian: unknown field"),
-    (["train.steps=ten"], "train.steps: expected int, got 'ten'"),
-    (["train.steps=1.5"], "train.steps: expected int"),
-    (["train.precision=fp8"], "train.precision: must be one of 'fp16', 'bf16', 'fp32'"),
-    (["logging.tensorboard=maybe"], "logging.tensorboard: expected bool"),
-    (["data.paths=prefix"], "data.paths: expected a list of str | float"),
-    (["train.micro_batch_size=0"], "train.micro_batch_size: must be > 0"),
-    (["optim.warmup_steps=500", "train.steps=100"], "optim.warmup_steps: 500 exceeds train.steps 100"),
-    (["optim.min_lr=1", "optim.lr=0.1"], "optim.min_lr: 1.0 exceeds optim.lr 0.1"),
-    (["train.steps.max=3"], "train.steps: expected int"),
-    (["optim.lr"], "optim.lr: overrides look like section.field=value"),
-    (["model.overrides.hidden=3"], "model.overrides.hidden: unknown field; model.overrides accepts "),
-    (["model.overrides.hidden_size=wide"], "model.overrides.hidden_size: expected int | null, got 'wide'"),
-    (["optim.decay_steps=1", "optim.warmup_steps=2", "train.steps=10"],
-     "optim.warmup_steps: 2 exceeds optim.decay_steps 1"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optim.learning_rate=1"], "optim.learning_rate: unknown field"),
+        (["trian.steps=1"], "trian: unknown field"),
+        (["train.steps=ten"], "train.steps: expected int, got 'ten'"),
+        (["train.steps=1.5"], "train.steps: expected int"),
+        (["train.precision=fp8"], "train.precision: must be one of 'fp16', 'bf16', 'fp32'"),
+        (["logging.tensorboard=maybe"], "logging.tensorboard: expected bool"),
+        (["data.paths=prefix"], "data.paths: expected a list of str | float"),
+        (["train.micro_batch_size=0"], "train.micro_batch_size: must be > 0"),
+        (["optim.warmup_steps=500", "train.steps=100"], "optim.warmup_steps: 500 exceeds train.steps 100"),
+        (["optim.min_lr=1", "optim.lr=0.1"], "optim.min_lr: 1.0 exceeds optim.lr 0.1"),
+        (["train.steps.max=3"], "train.steps: expected int"),
+        (["optim.lr"], "optim.lr: overrides look like section.field=value"),
+        (["model.overrides.hidden=3"], "model.overrides.hidden: unknown field; model.overrides accepts "),
+        (["model.overrides.hidden_size=wide"], "model.overrides.hidden_size: expected int | null, got 'wide'"),
+        (
+            ["optim.decay_steps=1", "optim.warmup_steps=2", "train.steps=10"],
+            "optim.warmup_steps: 2 exceeds optim.decay_steps 1",
+        ),
+    ],
+)
 def test_each_mistake_is_one_error_naming_the_dotted_field(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(TrainConfig, None, overrides)
@@ -105,11 +120,17 @@ def test_batch_plan_derives_accumulation_from_global_micro_and_data_parallel_siz
 
 
 def test_batch_plan_that_does_not_divide_names_global_batch_size():
-    with pytest.raises(ConfigError, match=r"^train\.global_batch_size: 10 is not divisible by micro_batch_size 4 x "
-                                          r"data-parallel size 1 = 4"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^train\.global_batch_size: 10 is not divisible by micro_batch_size 4 x "
+        r"data-parallel size 1 = 4",
+    ):
         plan_batches(TrainSection(global_batch_size=10, micro_batch_size=4), 1)
-    with pytest.raises(ConfigError, match=r"^train\.global_batch_size: 64 != micro_batch_size 4 x "
-                                          r"gradient_accumulation_steps 4 x data-parallel size 2 = 32"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^train\.global_batch_size: 64 != micro_batch_size 4 x "
+        r"gradient_accumulation_steps 4 x data-parallel size 2 = 32",
+    ):
         plan_batches(TrainSection(global_batch_size=64, micro_batch_size=4, gradient_accumulation_steps=4), 2)
 
 
@@ -123,11 +144,22 @@ def test_shipped_recipes_load(tmp_path):
         load_config(TrainConfig, root / "configs" / name)
     pretrain = load_config(TrainConfig, root / "configs" / "phi1_pretrain.yaml")
     # The paper's recipe: effective batch 1024 x 2048 tokens, lr 1e-3, 750 warmup steps, wd 0.1, 36k steps, fp16.
-    assert (pretrain.train.global_batch_size, pretrain.data.seq_len, pretrain.optim.lr, pretrain.optim.warmup_steps,
-            pretrain.optim.weight_decay, pretrain.train.steps, pretrain.train.precision) == \
-        (1024, 2048, 1e-3, 750, 0.1, 36000, "fp16")
+    assert (
+        pretrain.train.global_batch_size,
+        pretrain.data.seq_len,
+        pretrain.optim.lr,
+        pretrain.optim.warmup_steps,
+        pretrain.optim.weight_decay,
+        pretrain.train.steps,
+        pretrain.train.precision,
+    ) == (1024, 2048, 1e-3, 750, 0.1, 36000, "fp16")
     assert plan_batches(pretrain.train, 8).gradient_accumulation_steps == 8
     finetune = load_config(TrainConfig, root / "configs" / "phi1_finetune.yaml")
-    assert (finetune.train.global_batch_size, finetune.optim.lr, finetune.optim.warmup_steps,
-            finetune.optim.weight_decay, finetune.train.steps) == (256, 1e-4, 50, 0.01, 6000)
+    assert (
+        finetune.train.global_batch_size,
+        finetune.optim.lr,
+        finetune.optim.warmup_steps,
+        finetune.optim.weight_decay,
+        finetune.train.steps,
+    ) == (256, 1e-4, 50, 0.01, 6000)
     assert finetune.checkpoint.init_from

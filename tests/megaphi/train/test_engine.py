@@ -1,4 +1,5 @@
 """Engine set-up pieces that need no process group: optimizer groups, the DeepSpeed config, FLOP counting."""
+
 import json
 
 import pytest
@@ -9,8 +10,14 @@ from megaphi.config import ConfigError, load_config
 from megaphi.train.config import TrainConfig, plan_batches
 from megaphi.model import PhiForCausalLM, get_preset
 from tests.megaphi.train.conftest import REPO
-from megaphi.train.engine import (deepspeed_config, full_parameter_count, model_flops_per_token, param_groups,
-                                  peak_tflops_of, resolve_model_config)
+from megaphi.train.engine import (
+    deepspeed_config,
+    full_parameter_count,
+    model_flops_per_token,
+    param_groups,
+    peak_tflops_of,
+    resolve_model_config,
+)
 
 
 def tiny_model():
@@ -34,9 +41,19 @@ def test_weight_decay_skips_biases_and_layernorm():
 
 def test_deepspeed_config_takes_batch_precision_and_clipping_from_the_typed_config(tmp_path):
     template = REPO / "ds_configs" / "zero2_fp16.json"
-    cfg = load_config(TrainConfig, None, ["train.global_batch_size=64", "train.micro_batch_size=4",
-                                          "train.precision=fp16", "optim.grad_clip=0.5", "train.loss_scale_window=50",
-                                          "train.initial_loss_scale_power=12", f"train.deepspeed_config={template}"])
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [
+            "train.global_batch_size=64",
+            "train.micro_batch_size=4",
+            "train.precision=fp16",
+            "optim.grad_clip=0.5",
+            "train.loss_scale_window=50",
+            "train.initial_loss_scale_power=12",
+            f"train.deepspeed_config={template}",
+        ],
+    )
     ds = deepspeed_config(cfg, plan_batches(cfg.train, 2))
     batch = (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"])
     assert batch == (64, 4, 8)
@@ -62,8 +79,11 @@ def test_model_overrides_apply_to_the_preset_and_unknown_ones_are_named():
     assert resolve_model_config(cfg).resid_pdrop == 0.1
     assert resolve_model_config(cfg).hidden_size == get_preset("phi-tiny").hidden_size  # unset: the preset's
     # checked when the recipe loads, like every other field: the overrides are PhiConfig's own fields
-    with pytest.raises(ConfigError, match=r"^model\.overrides\.hidden: unknown field; model\.overrides accepts "
-                                          r".*hidden_size"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^model\.overrides\.hidden: unknown field; model\.overrides accepts "
+        r".*hidden_size",
+    ):
         load_config(TrainConfig, None, ["model.overrides.hidden=3"])
     with pytest.raises(ConfigError, match=r"^model\.preset: .*unknown model preset"):
         resolve_model_config(load_config(TrainConfig, None, ["model.preset=phi-9"]))
@@ -74,9 +94,22 @@ def test_parameter_count_matches_transformers_phi():
     from transformers import PhiConfig as HFPhiConfig, PhiForCausalLM as HFPhi
 
     config = get_preset("phi-tiny")
-    hf = HFPhi(HFPhiConfig(**{k: getattr(config, k) for k in (
-        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-        "max_position_embeddings", "partial_rotary_factor")}))
+    hf = HFPhi(
+        HFPhiConfig(
+            **{
+                k: getattr(config, k)
+                for k in (
+                    "vocab_size",
+                    "hidden_size",
+                    "intermediate_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "max_position_embeddings",
+                    "partial_rotary_factor",
+                )
+            }
+        )
+    )
     assert full_parameter_count(tiny_model()) == sum(p.numel() for p in hf.parameters())
 
 

@@ -1,12 +1,14 @@
 """The divergence guards decide from what a step reports: overflow skips at the minimum fp16 scale, non-finite losses."""
+
 from megaphi.config import load_config
 from megaphi.train.config import TrainConfig
 from megaphi.train.guards import Guards
 
 
 def test_fp16_guard_stops_after_the_configured_overflows_at_the_minimum_scale():
-    cfg = load_config(TrainConfig, None, ["train.precision=fp16", "train.min_loss_scale=1",
-                                          "train.max_steps_at_min_loss_scale=3"])
+    cfg = load_config(
+        TrainConfig, None, ["train.precision=fp16", "train.min_loss_scale=1", "train.max_steps_at_min_loss_scale=3"]
+    )
     guard = Guards(cfg.train)
     assert guard.after_step(1, skipped=True, loss_scale=4) is None  # overflow above the minimum: normal
     assert guard.after_step(2, skipped=True, loss_scale=1) is None

@@ -4,6 +4,7 @@ A device-to-host read (``.item()``, ``float(t)``, ``bool(t)``, ``if t:``) stalls
 device has finished all queued work. All of these go through ``aten._local_scalar_dense``, which a
 dispatch mode sees on the CPU as well, so the count made here is the count a GPU step would make.
 """
+
 from __future__ import annotations
 
 import traceback
@@ -54,9 +55,20 @@ class HostSyncs(TorchDispatchMode):
 
 def test_forward_and_backward_with_fused_loss_dropout_and_checkpointing_never_sync():
     parallel.seed_everything(0)
-    model = PhiForCausalLM(PhiConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=2, max_position_embeddings=32, resid_pdrop=0.1,
-                                     attention_dropout=0.1, embd_pdrop=0.1, activation_checkpointing=True))
+    model = PhiForCausalLM(
+        PhiConfig(
+            vocab_size=300,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            resid_pdrop=0.1,
+            attention_dropout=0.1,
+            embd_pdrop=0.1,
+            activation_checkpointing=True,
+        )
+    )
     tokens = torch.randint(0, 300, (2, 17))
     labels = tokens[:, 1:].clone()
     labels[0, :4] = -100
@@ -77,12 +89,22 @@ def _engine_step_syncs(rank: int, world_size: int, precision: str, out: str) -> 
     init_distributed()
     parallel.initialize(1)
     template = {"fp32": "cpu.json", "bf16": "zero2_bf16.json"}[precision]
-    cfg = config_from_dict(TrainConfig, {
-        "model": {"preset": "phi-tiny", "overrides": {"resid_pdrop": 0.1, "attention_dropout": 0.1}},
-        "data": {"seq_len": 32},
-        "train": {"micro_batch_size": 2, "global_batch_size": 4, "precision": precision,
-                  "deepspeed_config": str(REPO / "ds_configs" / template)}})
-    engine = build_engine(cfg, build_model(resolve_model_config(cfg), 0), deepspeed_config(cfg, plan_batches(cfg.train, 1)))
+    cfg = config_from_dict(
+        TrainConfig,
+        {
+            "model": {"preset": "phi-tiny", "overrides": {"resid_pdrop": 0.1, "attention_dropout": 0.1}},
+            "data": {"seq_len": 32},
+            "train": {
+                "micro_batch_size": 2,
+                "global_batch_size": 4,
+                "precision": precision,
+                "deepspeed_config": str(REPO / "ds_configs" / template),
+            },
+        },
+    )
+    engine = build_engine(
+        cfg, build_model(resolve_model_config(cfg), 0), deepspeed_config(cfg, plan_batches(cfg.train, 1))
+    )
     tokens = torch.randint(0, 2048, (2, 33))
     for _ in range(2):  # the second step runs on warm state (optimizer moments exist)
         with HostSyncs() as syncs:

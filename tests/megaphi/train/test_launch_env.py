@@ -1,27 +1,59 @@
 """Rank and rendezvous discovery from each launcher's environment (no processes started here)."""
+
 import pytest
 
-from megaphi.train.launch_env import (LaunchEnv, LaunchError, apply_to_environ, discover, expand_counts,
-                                      expand_hostlist, slurm_port)
+from megaphi.train.launch_env import (
+    LaunchEnv,
+    LaunchError,
+    apply_to_environ,
+    discover,
+    expand_counts,
+    expand_hostlist,
+    slurm_port,
+)
 
 
 def test_torchrun_environment_is_taken_as_given():
-    env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-           "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "29400", "TORCHELASTIC_RUN_ID": "abc"}
+    env = {
+        "RANK": "3",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "10.0.0.5",
+        "MASTER_PORT": "29400",
+        "TORCHELASTIC_RUN_ID": "abc",
+    }
     assert discover(env) == LaunchEnv(3, 8, 1, 2, "10.0.0.5", 29400, "torchrun")
 
 
 def test_deepspeed_launcher_environment_reads_local_size():
-    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_SIZE": "2", "CROSS_RANK": "0",
-           "CROSS_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    env = {
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "1",
+        "LOCAL_SIZE": "2",
+        "CROSS_RANK": "0",
+        "CROSS_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
+    }
     assert discover(env) == LaunchEnv(1, 2, 1, 2, "127.0.0.1", 29500, "deepspeed")
 
 
 def test_rank_variables_win_over_slurm_and_mpi():
     # torchrun started by srun (one task per node) exports RANK; Slurm's own ranks are per node then.
-    env = {"RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "5", "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "h",
-           "MASTER_PORT": "1234", "SLURM_PROCID": "0", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2",
-           "OMPI_COMM_WORLD_SIZE": "2"}
+    env = {
+        "RANK": "5",
+        "WORLD_SIZE": "16",
+        "LOCAL_RANK": "5",
+        "LOCAL_WORLD_SIZE": "8",
+        "MASTER_ADDR": "h",
+        "MASTER_PORT": "1234",
+        "SLURM_PROCID": "0",
+        "SLURM_STEP_ID": "0",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "OMPI_COMM_WORLD_SIZE": "2",
+    }
     assert discover(env).rank == 5 and discover(env).launcher == "env"
 
 
@@ -41,9 +73,18 @@ def test_rank_outside_world_is_rejected():
 
 
 def _srun_env(**extra):
-    env = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "1", "SLURM_PROCID": "9", "SLURM_STEP_NUM_TASKS": "16",
-           "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_STEP_TASKS_PER_NODE": "8(x2)",
-           "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_JOB_NODELIST": "gpu[07-08]", "MASTER_ADDR": "10.1.0.7"}
+    env = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_STEP_ID": "1",
+        "SLURM_PROCID": "9",
+        "SLURM_STEP_NUM_TASKS": "16",
+        "SLURM_LOCALID": "1",
+        "SLURM_NODEID": "1",
+        "SLURM_STEP_TASKS_PER_NODE": "8(x2)",
+        "SLURM_STEP_NODELIST": "gpu[07-08]",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+        "MASTER_ADDR": "10.1.0.7",
+    }
     return {**env, **extra}
 
 
@@ -81,19 +122,27 @@ def test_nothing_set_means_one_local_process_on_a_free_port():
 def test_apply_to_environ_exports_the_env_rendezvous_variables():
     env = _srun_env()
     launch = apply_to_environ(env)
-    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR")} == \
-        {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "10.1.0.7"}
+    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR")} == {
+        "RANK": "9",
+        "WORLD_SIZE": "16",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "8",
+        "MASTER_ADDR": "10.1.0.7",
+    }
     assert env["MASTER_PORT"] == str(launch.master_port)
     # Exported variables are read back as a plain RANK/WORLD_SIZE launch with the same values.
     assert discover(env).rank == 9 and discover(env).master_port == launch.master_port
 
 
-@pytest.mark.parametrize("expr, names", [
-    ("n1", ["n1"]),
-    ("n[1-3]", ["n1", "n2", "n3"]),
-    ("gpu[07-09,11],login", ["gpu07", "gpu08", "gpu09", "gpu11", "login"]),
-    ("a[1-2]-b[1-2]", ["a1-b1", "a1-b2", "a2-b1", "a2-b2"]),
-])
+@pytest.mark.parametrize(
+    "expr, names",
+    [
+        ("n1", ["n1"]),
+        ("n[1-3]", ["n1", "n2", "n3"]),
+        ("gpu[07-09,11],login", ["gpu07", "gpu08", "gpu09", "gpu11", "login"]),
+        ("a[1-2]-b[1-2]", ["a1-b1", "a1-b2", "a2-b1", "a2-b2"]),
+    ],
+)
 def test_hostlist_expansion(expr, names):
     assert expand_hostlist(expr) == names
 

@@ -1,4 +1,5 @@
 """Optimizer choice: apex's FusedAdam only on a GPU with apex importable, torch's AdamW otherwise."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """The start-up checks read headers, not data: time to the first step does not grow with the dataset."""
+
 import json
 import os
 
@@ -6,8 +7,15 @@ import numpy as np
 import pytest
 
 from megaphi.config import ConfigError, load_config
-from megaphi.data.indexed import (IndexedDataset, IndexedDatasetWriter, TokenStats, _write_index, bin_path,
-                                  stats_path, write_token_stats)
+from megaphi.data.indexed import (
+    IndexedDataset,
+    IndexedDatasetWriter,
+    TokenStats,
+    _write_index,
+    bin_path,
+    stats_path,
+    write_token_stats,
+)
 from megaphi.train.config import TrainConfig
 from megaphi.train.preflight import PreflightError, check, preflight
 from tests.distributed import spawn
@@ -16,9 +24,19 @@ BIG_SEQUENCE = 2**31 - 1  # the longest sequence an .idx can describe
 
 
 def recipe(tmp_path, *paths, extra=()):
-    return load_config(TrainConfig, None, [f"run_dir={tmp_path / 'run'}", f"data.paths=[{', '.join(paths)}]",
-                                           "data.seq_len=64", "train.global_batch_size=8", "train.micro_batch_size=2",
-                                           "train.precision=fp32", *extra])
+    return load_config(
+        TrainConfig,
+        None,
+        [
+            f"run_dir={tmp_path / 'run'}",
+            f"data.paths=[{', '.join(paths)}]",
+            "data.seq_len=64",
+            "train.global_batch_size=8",
+            "train.micro_batch_size=2",
+            "train.precision=fp32",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture
@@ -59,9 +77,11 @@ def test_a_whole_start_and_first_steps_never_read_a_token_stream_end_to_end(tmp_
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)  # main() exports the launch it discovers, as a launcher would
     recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(f"data: {{paths: [{tiny_corpus}], seq_len: 64}}\n"
-                           "train: {steps: 2, global_batch_size: 4, micro_batch_size: 2, precision: fp32}\n"
-                           "logging: {interval: 1, tensorboard: false, plot: false}\neval: {interval: 2, batches: 1}\n")
+    recipe_file.write_text(
+        f"data: {{paths: [{tiny_corpus}], seq_len: 64}}\n"
+        "train: {steps: 2, global_batch_size: 4, micro_batch_size: 2, precision: fp32}\n"
+        "logging: {interval: 1, tensorboard: false, plot: false}\neval: {interval: 2, batches: 1}\n"
+    )
     assert main(["--config", str(recipe_file), f"run_dir={tmp_path / 'run'}"]) == 0
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step2"
 
@@ -82,12 +102,18 @@ def test_a_dataset_without_token_stats_is_scanned_once_with_a_notice_naming_the_
     said = []
     check(recipe(tmp_path, prefix), world_size=1, resume=False, say=said.append)
     assert len(said) == 1, said
-    assert said[0].startswith(f"megaphi.train: {prefix} has no token statistics ({prefix}.stats.json does not "
-                              "exist); reading its 100 tokens once")
+    assert said[0].startswith(
+        f"megaphi.train: {prefix} has no token statistics ({prefix}.stats.json does not "
+        "exist); reading its 100 tokens once"
+    )
     assert f"`python -m data_tools.preprocess stats --input {prefix}` records them" in said[0]
     with pytest.raises(ConfigError, match="holds token id 99 .*64 entries"):  # and the scan still decides
-        check(recipe(tmp_path, prefix, extra=["model.overrides.vocab_size=64"]), world_size=1, resume=False,
-              say=said.append)
+        check(
+            recipe(tmp_path, prefix, extra=["model.overrides.vocab_size=64"]),
+            world_size=1,
+            resume=False,
+            say=said.append,
+        )
 
 
 def preflight_on_each_rank(rank, world_size, tmp_path, prefix):
@@ -106,9 +132,18 @@ def preflight_on_each_rank(rank, world_size, tmp_path, prefix):
     finally:
         for lock in locks:
             lock.release()
-    (tmp_path / f"rank{rank}.json").write_text(json.dumps({
-        "data_paths": start.data_paths, "accumulation": start.plan.gradient_accumulation_steps,
-        "vocab_size": start.model_config.vocab_size, "scanned": scanned, "locks": len(locks), "error": str(bad.value)}))
+    (tmp_path / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "data_paths": start.data_paths,
+                "accumulation": start.plan.gradient_accumulation_steps,
+                "vocab_size": start.model_config.vocab_size,
+                "scanned": scanned,
+                "locks": len(locks),
+                "error": str(bad.value),
+            }
+        )
+    )
 
 
 def test_rank_zero_checks_once_and_every_rank_gets_the_same_plan_or_the_same_error(tmp_path):
@@ -120,8 +155,10 @@ def test_rank_zero_checks_once_and_every_rank_gets_the_same_plan_or_the_same_err
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0["scanned"] == [prefix] and rank1["scanned"] == []  # the token stream is read once per job
     assert (rank0["locks"], rank1["locks"]) == (1, 0)  # global rank 0 holds the run directory
-    assert {k: v for k, v in rank0.items() if k not in ("scanned", "locks")} == \
-        {k: v for k, v in rank1.items() if k not in ("scanned", "locks")}
+    assert {k: v for k, v in rank0.items() if k not in ("scanned", "locks")} == {
+        k: v for k, v in rank1.items() if k not in ("scanned", "locks")
+    }
     assert rank0["accumulation"] == 2 and rank0["data_paths"] == [[None, prefix]]
-    assert rank0["error"].startswith("train.global_batch_size: 7 is not divisible by micro_batch_size 2 x "
-                                     "data-parallel size 2")
+    assert rank0["error"].startswith(
+        "train.global_batch_size: 7 is not divisible by micro_batch_size 2 x data-parallel size 2"
+    )

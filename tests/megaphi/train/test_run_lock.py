@@ -2,6 +2,7 @@
 
 Real processes throughout: a lock holder in another process, real training runs, a real torchrun.
 """
+
 import contextlib
 import json
 import os
@@ -19,13 +20,16 @@ from megaphi.train.run_lock import LOCK_FILE, Holder, RunDirLocked, RunLock
 from tests.launch.tiny_run import TINY_RECIPE, tiny_run_overrides
 from tests.megaphi.train.conftest import REPO, run_trainer, trainer_command, trainer_env
 
-HOLD = "import sys, time; from megaphi.train.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); " \
-       "print('held', flush=True); time.sleep(600)"
+HOLD = (
+    "import sys, time; from megaphi.train.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+    "print('held', flush=True); time.sleep(600)"
+)
 
 
 def hold_in_another_process(directory):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(directory)], env=trainer_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(directory)], env=trainer_env(), cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -42,8 +46,9 @@ def test_a_live_holder_is_named_and_a_dead_one_is_taken_over(tmp_path):
     try:
         with pytest.raises(RunDirLocked) as refused:
             RunLock(tmp_path).acquire()
-        assert str(refused.value).startswith(f"{tmp_path} is in use by a live training job: pid {holder.pid} on "
-                                             f"host {host_name()} (since ")
+        assert str(refused.value).startswith(
+            f"{tmp_path} is in use by a live training job: pid {holder.pid} on host {host_name()} (since "
+        )
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
@@ -71,8 +76,9 @@ def test_only_a_holder_on_this_host_can_be_declared_dead():
 def start_training(tmp_path, run_dir, overrides, nproc=1):
     args = ["--config", str(TINY_RECIPE), *overrides, f"run_dir={run_dir}"]
     log = open(tmp_path / f"{run_dir.name}-{time.monotonic_ns()}.log", "w")
-    return subprocess.Popen(trainer_command(nproc) + args, cwd=REPO, env=trainer_env(), stdout=log, stderr=log,
-                            start_new_session=True)
+    return subprocess.Popen(
+        trainer_command(nproc) + args, cwd=REPO, env=trainer_env(), stdout=log, stderr=log, start_new_session=True
+    )
 
 
 @pytest.fixture
@@ -93,17 +99,30 @@ def test_a_second_job_on_a_live_run_refuses_and_a_killed_jobs_run_is_taken_over(
     first = start_training(tmp_path, run_dir, endless_run)
     try:
         wait_until(lambda: (run_dir / "checkpoints" / "latest").exists(), "the first job's first checkpoint")
-        second = run_trainer(["--config", str(TINY_RECIPE), *endless_run, f"run_dir={run_dir}", "--resume",
-                              "auto"])
+        second = run_trainer(["--config", str(TINY_RECIPE), *endless_run, f"run_dir={run_dir}", "--resume", "auto"])
         assert second.returncode == 2, second.stderr[-3000:]
-        assert second.stderr.strip().splitlines()[-1].startswith(
-            f"error: run_dir: {run_dir} is in use by a live training job: pid {first.pid} on host {host_name()}")
+        assert (
+            second.stderr.strip()
+            .splitlines()[-1]
+            .startswith(
+                f"error: run_dir: {run_dir} is in use by a live training job: pid {first.pid} on host {host_name()}"
+            )
+        )
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     steps_done = int((run_dir / "checkpoints" / "latest").read_text().removeprefix("step"))
-    third = run_trainer(["--config", str(TINY_RECIPE), *endless_run, f"run_dir={run_dir}", f"train.steps={steps_done + 1}",
-                         "--resume", "auto"])
+    third = run_trainer(
+        [
+            "--config",
+            str(TINY_RECIPE),
+            *endless_run,
+            f"run_dir={run_dir}",
+            f"train.steps={steps_done + 1}",
+            "--resume",
+            "auto",
+        ]
+    )
     assert third.returncode == 0, third.stderr[-3000:]
     assert f"taking over the lock of {run_dir}: its holder, pid {first.pid} on host {host_name()}" in third.stdout
     assert f"resuming at step {steps_done}" in third.stdout

@@ -1,4 +1,5 @@
 """Learning-rate schedule: linear warmup, then linear or cosine decay to min_lr; what a resumed run changes."""
+
 import math
 
 import pytest
@@ -36,9 +37,9 @@ def test_constant_holds_the_peak_after_warmup():
 
 def test_decay_steps_end_the_decay_before_the_last_step_and_hold_min_lr():
     optim = OptimSection(lr=1e-3, min_lr=1e-4, warmup_steps=10, decay="linear", decay_steps=110)
-    assert [learning_rate(s, optim, 300) for s in (60, 110, 250)] == \
-        pytest.approx([learning_rate(s, OptimSection(**{**config_to_dict(optim), "decay_steps": None}), 110)
-                       for s in (60, 110, 110)])
+    assert [learning_rate(s, optim, 300) for s in (60, 110, 250)] == pytest.approx(
+        [learning_rate(s, OptimSection(**{**config_to_dict(optim), "decay_steps": None}), 110) for s in (60, 110, 110)]
+    )
 
 
 def saved_run(optim: OptimSection, steps: int) -> dict:
@@ -49,10 +50,12 @@ def saved_run(optim: OptimSection, steps: int) -> dict:
 def test_a_longer_run_resumed_from_a_checkpoint_says_how_its_schedule_changes():
     optim = OptimSection(lr=1e-3, min_lr=1e-4, warmup_steps=10, decay="linear")
     line = schedule_change(60, saved_run(optim, 110), optim, 210)
-    assert line == ("megaphi.train: the learning-rate schedule differs from the checkpoint's: saved (warmup 10, "
-                    "linear 0.001 -> 0.0001 by step 110), now (warmup 10, linear 0.001 -> 0.0001 by step 210); "
-                    f"step 61 runs at lr {learning_rate(60, optim, 210):.3e} instead of "
-                    f"{learning_rate(60, optim, 110):.3e}; set optim.decay_steps=110 to keep the saved curve")
+    assert line == (
+        "megaphi.train: the learning-rate schedule differs from the checkpoint's: saved (warmup 10, "
+        "linear 0.001 -> 0.0001 by step 110), now (warmup 10, linear 0.001 -> 0.0001 by step 210); "
+        f"step 61 runs at lr {learning_rate(60, optim, 210):.3e} instead of "
+        f"{learning_rate(60, optim, 110):.3e}; set optim.decay_steps=110 to keep the saved curve"
+    )
 
 
 def test_the_saved_curve_kept_with_decay_steps_or_unchanged_is_not_reported():

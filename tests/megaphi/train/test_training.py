@@ -7,6 +7,7 @@ all-reduce instead of four accumulated micro-batches; tensor-parallel partial ma
 all-reduce), which moves the last one or two bits of each step; one different sample, or a gradient
 scaled wrongly, moves the loss by more than 1e-3 here.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,7 @@ from tests.megaphi.train.conftest import REPO, run_trainer, trainer_command, tra
 pytestmark = pytest.mark.slow
 
 STEPS = 8
-DROPOUT = ["model.overrides.resid_pdrop=0.1", "model.overrides.embd_pdrop=0.1",
-           "model.overrides.attention_dropout=0.1"]
+DROPOUT = ["model.overrides.resid_pdrop=0.1", "model.overrides.embd_pdrop=0.1", "model.overrides.attention_dropout=0.1"]
 TOLERANCE = 2e-5
 FAULTS = "tests.megaphi.train.faults"  # the trainer with faults injected on demand (and fp16 on CPU)
 
@@ -40,7 +40,7 @@ model: {{preset: phi-tiny}}
 data: {{paths: [{corpus}], split: "90,10,0", seq_len: 64}}
 optim: {{lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 2, decay: linear, weight_decay: 0.1, grad_clip: 1.0}}
 train: {{steps: {STEPS}, global_batch_size: 8, micro_batch_size: 2, precision: fp32,
-        deepspeed_config: {REPO / 'ds_configs' / 'cpu.json'}}}
+        deepspeed_config: {REPO / "ds_configs" / "cpu.json"}}}
 checkpoint: {{interval: 2, keep_last: 3}}
 logging: {{interval: 1}}
 eval: {{interval: 4, batches: 2}}
@@ -49,8 +49,9 @@ eval: {{interval: 4, batches: 2}}
 
 
 def train(tmp_path, corpus, run_dir, *overrides, nproc=1, expect_rc=0, module="megaphi.train"):
-    result = run_trainer(["--config", recipe(tmp_path, corpus), f"run_dir={run_dir}", *overrides], nproc=nproc,
-                         module=module)
+    result = run_trainer(
+        ["--config", recipe(tmp_path, corpus), f"run_dir={run_dir}", *overrides], nproc=nproc, module=module
+    )
     assert result.returncode == expect_rc, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 
@@ -71,8 +72,9 @@ def test_one_process_run_logs_every_step_and_keeps_the_last_checkpoints(referenc
     records = read_metrics(reference / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     for r in records:
-        assert {"step", "loss", "lr", "grad_norm", "loss_scale", "skipped", "tokens_per_s",
-                "consumed_samples"} <= set(r)
+        assert {"step", "loss", "lr", "grad_norm", "loss_scale", "skipped", "tokens_per_s", "consumed_samples"} <= set(
+            r
+        )
         assert r["consumed_samples"] == 8 * r["step"] and r["skipped"] is False and r["loss_scale"] == 1.0
         assert r["tokens_per_s"] > 0 and r["grad_norm"] > 0
     optim = OptimSection(lr=3e-3, min_lr=3e-4, warmup_steps=2, decay="linear")
@@ -145,10 +147,12 @@ def test_resume_with_more_steps_follows_the_longer_schedule_and_says_so(tmp_path
     result = train(tmp_path, tiny_corpus, tmp_path / "run", "train.steps=12", "--resume", "auto")
     optim = OptimSection(lr=3e-3, min_lr=3e-4, warmup_steps=2, decay="linear")
     notice = [line for line in result.stdout.splitlines() if "learning-rate schedule differs" in line]
-    assert notice == [f"megaphi.train: the learning-rate schedule differs from the checkpoint's: saved (warmup 2, "
-                      f"linear 0.003 -> 0.0003 by step 8), now (warmup 2, linear 0.003 -> 0.0003 by step 12); step 5 "
-                      f"runs at lr {learning_rate(4, optim, 12):.3e} instead of {learning_rate(4, optim, 8):.3e}; "
-                      "set optim.decay_steps=8 to keep the saved curve"], result.stdout
+    assert notice == [
+        f"megaphi.train: the learning-rate schedule differs from the checkpoint's: saved (warmup 2, "
+        f"linear 0.003 -> 0.0003 by step 8), now (warmup 2, linear 0.003 -> 0.0003 by step 12); step 5 "
+        f"runs at lr {learning_rate(4, optim, 12):.3e} instead of {learning_rate(4, optim, 8):.3e}; "
+        "set optim.decay_steps=8 to keep the saved curve"
+    ], result.stdout
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(5, 13))
     assert [r["lr"] for r in records] == pytest.approx([learning_rate(s, optim, 12) for s in range(4, 12)])
@@ -166,8 +170,9 @@ def test_sigkill_at_a_random_step_then_resume_auto_reproduces_every_loss_bit_for
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
             metrics = run_dir / "metrics.jsonl"
-            if metrics.exists() and any(json.loads(line)["step"] >= kill_at for line in metrics.read_text().splitlines()
-                                        if line.endswith("}")):
+            if metrics.exists() and any(
+                json.loads(line)["step"] >= kill_at for line in metrics.read_text().splitlines() if line.endswith("}")
+            ):
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.02)
@@ -186,8 +191,16 @@ def test_sigkill_at_a_random_step_then_resume_auto_reproduces_every_loss_bit_for
 
 def test_bf16_skips_an_inf_gradient_and_a_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_corpus):
     run_dir = tmp_path / "run"
-    result = train(tmp_path, tiny_corpus, run_dir, "train.precision=bf16", "--inf-grad-at=2", "--nan-loss-at=3",
-                   expect_rc=3, module=FAULTS)
+    result = train(
+        tmp_path,
+        tiny_corpus,
+        run_dir,
+        "train.precision=bf16",
+        "--inf-grad-at=2",
+        "--nan-loss-at=3",
+        expect_rc=3,
+        module=FAULTS,
+    )
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("training stopped: loss is nan at step 3 in bf16"), last
     assert last.endswith(f"last good checkpoint: {run_dir / 'checkpoints' / 'step2'}"), last
@@ -199,15 +212,25 @@ def test_bf16_skips_an_inf_gradient_and_a_nan_loss_stops_with_the_last_good_chec
     assert records[1]["loss"] == records[1]["loss"]  # its loss was finite: only the gradient was poisoned
 
 
-def test_finetuning_starts_from_a_checkpoint_resharded_to_another_tensor_parallel_size(tmp_path, tiny_corpus,
-                                                                                       reference):
+def test_finetuning_starts_from_a_checkpoint_resharded_to_another_tensor_parallel_size(
+    tmp_path, tiny_corpus, reference
+):
     tokenizer = tmp_path / "tokenizer"
     tokenizer.mkdir()
     (tokenizer / "tokenizer.json").write_text("{}")
     run_dir = tmp_path / "finetune"
-    train(tmp_path, tiny_corpus, run_dir, f"checkpoint.init_from={reference / 'checkpoints'}",
-          "train.tensor_parallel_size=2", "train.steps=2", "optim.warmup_steps=1", f"data.tokenizer={tokenizer}",
-          "model.preset=phi-1", nproc=2)  # the architecture comes from the checkpoint, not the preset
+    train(
+        tmp_path,
+        tiny_corpus,
+        run_dir,
+        f"checkpoint.init_from={reference / 'checkpoints'}",
+        "train.tensor_parallel_size=2",
+        "train.steps=2",
+        "optim.warmup_steps=1",
+        f"data.tokenizer={tokenizer}",
+        "model.preset=phi-1",
+        nproc=2,
+    )  # the architecture comes from the checkpoint, not the preset
     first = read_metrics(run_dir / "metrics.jsonl")[0]["loss"]
     # A fresh phi-tiny starts near ln(2048) = 7.62; the pretrained weights already predict the progressions.
     assert first < read_metrics(reference / "metrics.jsonl")[-1]["loss"] + 0.1 < 7.0
@@ -219,8 +242,13 @@ def test_finetuning_starts_from_a_checkpoint_resharded_to_another_tensor_paralle
 # fp16 runs go through the test launcher with --fp16-on-cpu, which lets DeepSpeed's CPU accelerator
 # run fp16 (see its docstring); everything else is the real trainer with DeepSpeed's ZeRO-2 fp16
 # optimizer and dynamic loss scaler. The scale starts at 16 and halves at every overflow (hysteresis 1).
-FP16 = ["--fp16-on-cpu", "train.precision=fp16", "train.initial_loss_scale_power=4", "train.loss_scale_hysteresis=1",
-        "checkpoint.keep_last=0"]
+FP16 = [
+    "--fp16-on-cpu",
+    "train.precision=fp16",
+    "train.initial_loss_scale_power=4",
+    "train.loss_scale_hysteresis=1",
+    "checkpoint.keep_last=0",
+]
 
 
 def module_weights(tag_dir) -> dict[str, torch.Tensor]:
@@ -253,9 +281,20 @@ def test_fp16_resume_keeps_the_loss_scale_and_a_scale_stuck_at_its_minimum_stops
     (run_dir / "checkpoints").mkdir(parents=True)
     shutil.copytree(fp16_run / "checkpoints" / "step2", run_dir / "checkpoints" / "step2")
     (run_dir / "checkpoints" / "latest").write_text("step2")
-    result = train(tmp_path, tiny_corpus, run_dir, *FP16, "train.min_loss_scale=4",
-                   "train.max_steps_at_min_loss_scale=2", "--inf-grad-at=5,6,7", "--resume", "auto",
-                   nproc=2, module=FAULTS, expect_rc=1)
+    result = train(
+        tmp_path,
+        tiny_corpus,
+        run_dir,
+        *FP16,
+        "train.min_loss_scale=4",
+        "train.max_steps_at_min_loss_scale=2",
+        "--inf-grad-at=5,6,7",
+        "--resume",
+        "auto",
+        nproc=2,
+        module=FAULTS,
+        expect_rc=1,
+    )
     assert "exitcode  : 3" in result.stderr  # torchrun exits 1 when a rank fails and shows the rank's own status
     ours, ref = read_metrics(run_dir / "metrics.jsonl"), read_metrics(fp16_run / "metrics.jsonl")
     assert [r["step"] for r in ours] == [3, 4, 5, 6, 7]
@@ -266,8 +305,9 @@ def test_fp16_resume_keeps_the_loss_scale_and_a_scale_stuck_at_its_minimum_stops
     # Step 5 overflowed at scale 8 and could still lower it; steps 6 and 7 overflowed at the minimum.
     stops = [line for line in result.stderr.splitlines() if line.startswith("training stopped")]
     assert len(stops) == 1, result.stderr[-3000:]  # a job-wide decision: rank 0 reports it
-    assert stops[0].startswith("training stopped: fp16 loss scale stuck at its minimum 4 with overflowing "
-                               "gradients for 2 steps (step 7)"), stops[0]
+    assert stops[0].startswith(
+        "training stopped: fp16 loss scale stuck at its minimum 4 with overflowing gradients for 2 steps (step 7)"
+    ), stops[0]
     assert stops[0].endswith(f"last good checkpoint: {run_dir / 'checkpoints' / 'step7'}"), stops[0]
     root = run_dir / "checkpoints"
     assert (root / "latest").read_text() == "step7"
