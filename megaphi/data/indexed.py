@@ -41,6 +41,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from megaphi.common.errors import UserError
+from megaphi.common.files import atomic_write_text
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -127,11 +128,7 @@ def write_token_stats(prefix: str | os.PathLike, stats: TokenStats) -> None:
     """Write ``{prefix}.stats.json`` for the finished pair at ``prefix`` (atomically: a reader sees all or nothing)."""
     prefix = os.fspath(prefix)
     record = {"format": _STATS_FORMAT, "version": _STATS_VERSION, **asdict(stats), **_files_fingerprint(prefix)}
-    tmp = stats_path(prefix) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, stats_path(prefix))
+    atomic_write_text(stats_path(prefix), json.dumps(record, indent=1) + "\n")
 
 
 def read_token_stats(prefix: str | os.PathLike) -> TokenStats:
