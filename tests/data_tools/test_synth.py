@@ -448,4 +448,6 @@ def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tm
     assert (tmp_path / "ex.jsonl").read_text() == ""
     failures = read_jsonl(tmp_path / "ex.failures.jsonl")
     assert len(failures) == 3 and all(f["reason"].startswith("rejected: ") and f["texts"] for f in failures)
-    assert textbooks.succeeded == 2 and textbooks.completion_tokens == 2 * 16
+    # Sampling may end a text at the end-of-text token before the cap; none runs past it.
+    assert textbooks.succeeded == 2 and 2 <= textbooks.completion_tokens <= 2 * 16
+    assert len(read_jsonl(tmp_path / "tb.jsonl")) == 2
