@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from megaphi.common.errors import UserError
 
@@ -186,29 +186,56 @@ def build_executor(
     )
 
 
-def run_stage(
-    pipeline: Sequence[Any],
-    options: ExecutorOptions,
-    logging_dir: str | os.PathLike,
-    *,
-    tasks: int | None = None,
-    job_name: str | None = None,
-    after: Callable[[], None] | None = None,
-) -> Any:
-    """Build and run one stage. Locally and on Ray it returns when every task has finished (and raises
-    naming the tasks that did not); on Slurm it returns once the job array is submitted."""
-    executor = build_executor(pipeline, options, logging_dir, tasks=tasks, job_name=job_name)
-    executor.run()
-    if options.executor != "slurm":
-        missing = incomplete_tasks(logging_dir, executor.world_size)
-        if missing:
-            raise ExecutorError(
-                f"tasks {_ranges(missing)} of {executor.world_size} did not finish; their logs are in "
-                f"{Path(logging_dir) / 'logs'}; rerun the same command to run only those"
+@dataclass
+class Stage:
+    """One step of a data command: a pipeline, its own logging directory (completion markers, stats,
+    logs) and, for steps that must run whole (a merge, a report, training a classifier), one task."""
+
+    name: str
+    pipeline: list[Any]
+    logging_dir: str
+    tasks: int | None = None  # None: the command's --tasks
+
+
+def run_stages(stages: Sequence[Stage], options: ExecutorOptions) -> list[Any]:
+    """Run stages in order, each after the previous one finished.
+
+    Locally each stage runs to its end before the next starts, and a stage with unfinished tasks
+    stops the command naming them (a rerun runs only those). On Slurm the stages are submitted at
+    once as jobs that each wait for the previous one (``afterok``), and this returns after
+    submitting; on Ray the last stage runs its dependencies first."""
+    options.check()
+    executors: list[Any] = []
+    for stage in stages:
+        depends = executors[-1] if executors and options.executor != "local" else None
+        executors.append(
+            build_executor(
+                stage.pipeline,
+                options,
+                stage.logging_dir,
+                depends=depends,
+                tasks=stage.tasks,
+                job_name=f"{options.slurm.job_name}-{stage.name}",
             )
-        if after is not None:
-            after()
-    return executor
+        )
+        if options.executor == "local":
+            executors[-1].run()
+            check_stage_finished(stage, executors[-1].world_size)
+    if options.executor != "local" and executors:
+        executors[-1].run()
+        if options.executor == "ray":
+            for stage, executor in zip(stages, executors):
+                check_stage_finished(stage, executor.world_size)
+    return executors
+
+
+def check_stage_finished(stage: Stage, tasks: int) -> None:
+    missing = incomplete_tasks(stage.logging_dir, tasks)
+    if missing:
+        raise ExecutorError(
+            f"{stage.name}: tasks {_ranges(missing)} of {tasks} did not finish; their logs are in "
+            f"{Path(stage.logging_dir) / 'logs'}; rerun the same command to run only those"
+        )
 
 
 def incomplete_tasks(logging_dir: str | os.PathLike, tasks: int) -> list[int]:

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from data_tools.jsonl import JsonlShardWriter, OnError, ReadStats, iter_records, record_id, record_text
+from data_tools.jsonl import JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records, record_id, record_text
 
 
 def document_from_record(record: dict[str, Any], index: int, text_key: str = "text") -> Document:
@@ -39,14 +39,17 @@ def task_files(paths: Sequence[str | os.PathLike], rank: int, world_size: int) -
 
 
 class RecordReader(PipelineStep):
-    """Reads the records of JSONL/parquet files (see :mod:`data_tools.jsonl`) as documents."""
+    """Reads the records of JSONL/parquet files (see :mod:`data_tools.jsonl`) as documents.
+
+    ``inputs`` (paths, globs, directories) are expanded when the task runs, not when the pipeline is
+    built: on Slurm every stage is built before the stage writing its inputs has run."""
 
     name = "records"
     type = "📖 - READER"
 
-    def __init__(self, paths: Sequence[str | os.PathLike], *, text_key: str = "text", on_error: OnError = "stop"):
+    def __init__(self, inputs: Sequence[str | os.PathLike], *, text_key: str = "text", on_error: OnError = "stop"):
         super().__init__()
-        self.paths = [os.fspath(p) for p in paths]
+        self.inputs = [os.fspath(p) for p in inputs]
         self.text_key = text_key
         self.on_error = on_error
 
@@ -55,7 +58,7 @@ class RecordReader(PipelineStep):
             yield from data
         read = ReadStats()
         for index, record in enumerate(
-            iter_records(task_files(self.paths, rank, world_size), on_error=self.on_error, stats=read)
+            iter_records(task_files(expand_inputs(self.inputs), rank, world_size), on_error=self.on_error, stats=read)
         ):
             self.stat_update("documents")
             yield document_from_record(record, index, self.text_key)
