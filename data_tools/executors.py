@@ -197,6 +197,11 @@ class Stage:
     tasks: int | None = None  # None: the command's --tasks
 
 
+def logging_dir_for(output_prefix: str | os.PathLike, stage: str) -> str:
+    """Where a stage writing ``output_prefix`` keeps its completion markers, stats and task logs."""
+    return f"{os.fspath(output_prefix)}.datatrove/{stage}"
+
+
 def run_stages(stages: Sequence[Stage], options: ExecutorOptions) -> list[Any]:
     """Run stages in order, each after the previous one finished.
 
