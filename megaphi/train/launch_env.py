@@ -271,7 +271,7 @@ def _expand_item(item: str) -> list[str]:
     if match is None:
         return [item]
     head, tail = item[: match.start()], item[match.end() :]
-    out = []
+    out: list[str] = []
     for part in match.group(1).split(","):
         lo, _, hi = part.partition("-")
         if not lo.isdigit() or (hi and not hi.isdigit()):

@@ -81,8 +81,8 @@ def preflight(cfg: TrainConfig, world_size: int, resume: bool) -> tuple[StartPla
         box = [payload]
         dist.broadcast_object_list(box, src=0)
         payload = box[0]
-    if isinstance(payload, str):
-        raise PreflightError(payload)
+    if not isinstance(payload, StartPlan):
+        raise PreflightError(payload or "rank 0 sent no start-up plan")
     return payload, locks
 
 
@@ -202,7 +202,7 @@ def _model_config(cfg: TrainConfig, resume_root: Path | None) -> tuple[PhiConfig
             raise ConfigError(f"{field}: {e}") from None
         tokenizer = meta["tokenizer_path"]
     model_config = resolve_model_config(cfg, base)
-    if resume_root is not None:
+    if resume_root is not None and base is not None:
         ours, theirs = model_config.to_dict(), base.to_dict()
         for field, value in ours.items():
             if field not in RESUMABLE_MODEL_CHANGES and value != theirs.get(field):
