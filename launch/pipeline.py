@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from megaphi.common.files import atomic_write_text
+
 HASH_LIMIT = 8 << 20
 MANIFEST_VERSION = 1
 
@@ -65,9 +67,7 @@ def remove(paths: list[Path]) -> None:
 
 
 def write_json_atomically(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
 
 
 @dataclass
