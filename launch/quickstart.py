@@ -21,6 +21,9 @@ through megaphi.serve: they are not good text, and the exercise validator reject
 So the finetuning set is the small hand-written exercise set of launch/quickstart_exercises.jsonl (MBPP's
 format) plus whatever synthetic exercise passed, and the model is evaluated on HumanEval and on those
 exercises themselves: a toy model can learn them by heart, not solve anything new.
+
+(Over 400 lines on purpose: it is the recipe's walk-through, every stage's commands in the order
+they run, read top to bottom; the machinery that runs them is launch/pipeline.py.)
 """
 
 from __future__ import annotations
