@@ -27,12 +27,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable, overload
 
 from aiohttp import web
 
 from megaphi.backends import Backend, load_backend
-from megaphi.batcher import Batcher, Sampling
+from megaphi.batcher import Batcher, Completion, Sampling
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
 
@@ -41,7 +41,7 @@ log = logging.getLogger("megaphi.serve")
 MAX_N = 128
 MAX_STOP_SEQUENCES = 4
 # Parameters OpenAI defines that this server cannot honour: accepted only at their no-op value.
-NO_OP_PARAMETERS = {
+NO_OP_PARAMETERS: dict[str, tuple[Any, ...]] = {
     "stream": (False, None),
     "echo": (False, None),
     "logprobs": (False, None),
@@ -92,6 +92,14 @@ def _number(body: dict, name: str, default: float, low: float, high: float) -> f
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise RequestError(f"{value!r} is not valid for '{name}': expected a number from {low:g} to {high:g}", name)
     return float(value)
+
+
+@overload
+def _integer(body: dict, name: str, default: int, low: int, high: int) -> int: ...
+
+
+@overload
+def _integer(body: dict, name: str, default: None, low: int, high: int) -> int | None: ...
 
 
 def _integer(body: dict, name: str, default: int | None, low: int, high: int) -> int | None:
@@ -184,7 +192,9 @@ class Server:
         await self.batcher.stop()
 
     @web.middleware
-    async def _errors(self, request: web.Request, handler) -> web.StreamResponse:
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         try:
             return await handler(request)
         except RequestError as exc:
@@ -289,7 +299,8 @@ class Server:
             # text is then encoded like any prompt, through the one tokenizer.
             from transformers.utils.chat_template_utils import render_jinja_template
 
-            (text,), _ = render_jinja_template(
+            # transformers annotates the (texts, generation indices) pair it returns as a str
+            (text,), _ = render_jinja_template(  # type: ignore[str-unpack]
                 conversations=[messages],
                 chat_template=self.chat_template,
                 add_generation_prompt=True,
@@ -300,7 +311,9 @@ class Server:
         turns = "".join(f"{FALLBACK_ROLES[m['role']]}: {m['content']}\n" for m in messages)
         return f"{turns}Assistant:", FALLBACK_STOP
 
-    def _envelope(self, prefix: str, kind: str, choices: list, encoded: list[list[int]], results) -> dict:
+    def _envelope(
+        self, prefix: str, kind: str, choices: list, encoded: list[list[int]], results: list[list[Completion]]
+    ) -> dict:
         completion_tokens = sum(c.tokens for per_prompt in results for c in per_prompt)
         prompt_tokens = sum(len(ids) for ids in encoded)
         return {
