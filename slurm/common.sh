@@ -1,6 +1,7 @@
-# Sourced by the sbatch scripts in this directory from the checkout's root (each script finds the
-# checkout first: sbatch runs a copy of it from Slurm's spool directory, away from the checkout):
-# picks the Python, sets the environment every megaphi job wants, and defines the steps the scripts run.
+# Sourced by the sbatch scripts in this directory from the checkout's root: picks the Python, sets the
+# environment every megaphi job wants, and defines the steps the scripts run. Each script finds the
+# checkout first (sbatch runs a copy of it from Slurm's spool directory, away from the checkout); those
+# few lines repeat in every script because nothing shared can be read before the checkout is found.
 
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
