@@ -39,6 +39,7 @@ import argparse
 import ast
 import difflib
 import heapq
+import itertools
 import json
 import os
 import re
@@ -266,6 +267,7 @@ class _TaskChecks:
         for p, item in enumerate(self.items):
             for gram in word_ngrams(item.text, config.ngram):
                 self.ngram_owner.setdefault(gram, p)
+        self.vocabulary = {word for gram in self.ngram_owner for word in gram}
         self.problem_nodes = [ast_node_types(item.code) for item in self.items]
         self.judged = np.array([n is not None and len(n) >= config.min_ast_nodes for n in self.problem_nodes])
         self.embedder: Any = None
@@ -273,7 +275,14 @@ class _TaskChecks:
 
     def ngram_hits(self, text: str) -> list[int]:
         """Problems sharing an n-gram with ``text`` (each n-gram counted for the first problem holding it)."""
-        return sorted({self.ngram_owner[g] for g in word_ngrams(text, self.config.ngram) if g in self.ngram_owner})
+        n, owner, hits = self.config.ngram, self.ngram_owner, set()
+        # A benchmark n-gram lies inside a run of words that all occur in the benchmarks: only such runs
+        # are cut into n-grams (most of a file's windows hold some word no problem uses).
+        for in_benchmarks, run in itertools.groupby(WORD.findall(text.lower()), key=self.vocabulary.__contains__):
+            words = list(run)
+            if in_benchmarks and len(words) >= n:
+                hits.update(owner[g] for g in zip(*(words[k:] for k in range(n))) if g in owner)
+        return sorted(hits)
 
     def similarity(self, texts: list[str]) -> np.ndarray:
         """Cosine similarity [documents x problems]; for unit vectors ||a - b||^2 = 2 - 2 a.b."""
