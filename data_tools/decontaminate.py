@@ -53,6 +53,7 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
+from data_tools.embed import DEVICES, add_device_argument
 from data_tools.executors import (
     ExecutorOptions,
     Stage,
@@ -206,6 +207,7 @@ class DecontaminateConfig:
     min_ast_nodes: int = 20
     report_taus: list[float] = field(default_factory=lambda: list(PAPER_TAUS))
     embedder: str = "minilm"
+    device: str = "auto"  # where --deep-input items are embedded: auto, cpu or cuda (data_tools.embed)
     on_error: OnError = "stop"
 
     def validate(self) -> None:
@@ -228,6 +230,8 @@ class DecontaminateConfig:
         for tau in (self.ast_threshold, *self.report_taus):
             if not 0.0 < tau <= 1.0:
                 raise DecontaminationError(f"AST match thresholds must be in (0, 1], got {tau}")
+        if self.device not in DEVICES:
+            raise DecontaminationError(f"--device {self.device!r}: choose one of {', '.join(DEVICES)}")
         check_on_error(self.on_error)
 
     @property
@@ -289,7 +293,7 @@ class _TaskChecks:
         if self.embedder is None:
             from data_tools.embed import load_embedder
 
-            self.embedder = load_embedder(self.config.embedder)
+            self.embedder = load_embedder(self.config.embedder, self.config.device)
             self.problem_vectors = self.embedder.encode([item.text for item in self.items])
         assert self.problem_vectors is not None
         return self.embedder.encode(texts) @ self.problem_vectors.T
@@ -425,6 +429,7 @@ class DecontaminationFilter(BaseFilter):
             "kept": self._seen - len(self._removed),
             "removed": removed,
             "embedder": getattr(self._checks.embedder, "name", None),
+            "device": getattr(self._checks.embedder, "device", None),
             "problems": [
                 [entry for _, _, entry in sorted(heap, reverse=True)] + hits
                 for heap, hits in zip(self._nearest, self._hits, strict=True)
@@ -641,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--report-taus", type=float, nargs="+", default=defaults.report_taus)
     parser.add_argument("--embedder", default=defaults.embedder, help="'minilm' or a megaphi/HF model directory")
+    add_device_argument(parser)
     parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default=defaults.on_error)
     add_executor_arguments(parser)
     args = parser.parse_args(argv)
