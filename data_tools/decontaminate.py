@@ -194,15 +194,19 @@ class _TaskChecks:
 
 
 class _AstRates:
-    """A document's AST match rate with each problem, parsed once and computed on first use."""
+    """A document's AST match rate with each problem, computed on first use (the document is parsed
+    once, and only if some rate is asked for)."""
 
     def __init__(self, checks: _TaskChecks, text: str):
         self.checks = checks
-        self.units = ast_units(text)
+        self.text = text
+        self.units: list[list[str]] | None = None
         self.rates: dict[int, float] = {}
 
     def __getitem__(self, p: int) -> float:
         if p not in self.rates:
+            if self.units is None and not self.rates:
+                self.units = ast_units(self.text)
             self.rates[p] = self.checks.ast_rate(p, self.units)
         return self.rates[p]
 
