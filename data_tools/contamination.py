@@ -123,10 +123,15 @@ def ast_match_rate(problem_nodes: list[str] | None, candidate_units: list[list[s
     best = 0.0
     matcher = difflib.SequenceMatcher(None, autojunk=False)
     matcher.set_seq2(problem_nodes)  # difflib caches the second sequence
-    for unit in candidate_units:
+    size = len(problem_nodes)
+    # Units closest in size first: a high best early lets the cheap upper bounds below skip the rest.
+    for unit in sorted(candidate_units, key=lambda u: abs(len(u) - size)):
         # The ratio cannot exceed 2*min/(sum): skip units too different in size to beat the best.
-        if 2 * min(len(unit), len(problem_nodes)) / (len(unit) + len(problem_nodes)) <= best:
+        if 2 * min(len(unit), size) / (len(unit) + size) <= best:
             continue
         matcher.set_seq1(unit)
+        # quick_ratio (shared node types, order ignored) bounds ratio from above at a fraction of its cost.
+        if matcher.quick_ratio() <= best:
+            continue
         best = max(best, matcher.ratio())
     return best

@@ -232,7 +232,7 @@ class DecontaminationFilter(BaseFilter):
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         self._checks = _TaskChecks(self.config)
         problems = len(self._checks.items)
-        self._nearest: list[list[tuple[float, int, dict[str, Any]]]] = [[] for _ in range(problems)]
+        self._nearest: list[list[tuple[float, int, Document]]] = [[] for _ in range(problems)]
         self._floor = np.full(problems, -np.inf)  # per problem: the similarity a document must beat to be noted
         self._hits: list[list[dict[str, Any]]] = [[] for _ in range(problems)]
         self._removed: list[dict[str, Any]] = []
@@ -269,7 +269,7 @@ class DecontaminationFilter(BaseFilter):
                 best = max(nearest, key=lambda p: (rates[p], -p))
                 if rates[best] >= config.ast_threshold:
                     results[i] = self._remove(batch[i], checks.items[best], AST_MATCH, rates[best])
-            self._note_nearest(batch[i].id, similarity[row], rates, hits)
+            self._note_nearest(batch[i], similarity[row], rates, hits)
             self._deep += 1
         return results
 
@@ -281,14 +281,15 @@ class DecontaminationFilter(BaseFilter):
         self.stat_update(f"removed_{item.benchmark}_{reason.replace(' ', '_')}")
         return False, reason
 
-    def _note_nearest(self, doc_id: str, similarity: np.ndarray, rates: _AstRates, hits: list[int]) -> None:
-        """Keep, per problem, the ``top_k`` most similar documents this task has seen (a min-heap), and
-        every n-gram hit, each with its AST match rate: the report's closest training items."""
+    def _note_nearest(self, doc: Document, similarity: np.ndarray, rates: _AstRates, hits: list[int]) -> None:
+        """Keep, per problem, the ``top_k`` most similar documents this task has seen (a min-heap of
+        ``(similarity, -order, document)``; their AST match rates are computed once the task's documents
+        are done, for those still there), and every n-gram hit with its scores: the report's closest items."""
         k = self.config.top_k
         for p in hits:
             self._hits[p].append(
                 {
-                    "id": doc_id,
+                    "id": doc.id,
                     "similarity": float(similarity[p]),
                     "ast_match_rate": round(rates[p], 4),
                     "ngram_overlap": True,
@@ -297,16 +298,29 @@ class DecontaminationFilter(BaseFilter):
         for p in np.flatnonzero(similarity > self._floor).tolist():
             if p in hits:
                 continue
-            s = float(similarity[p])
-            entry = {"id": doc_id, "similarity": s, "ast_match_rate": round(rates[p], 4), "ngram_overlap": False}
             heap = self._nearest[p]
             # -self._deep: among equal similarities the document seen first stays
+            entry = (float(similarity[p]), -self._deep, doc)
             if len(heap) < k:
-                heapq.heappush(heap, (s, -self._deep, entry))
+                heapq.heappush(heap, entry)
             else:
-                heapq.heapreplace(heap, (s, -self._deep, entry))
+                heapq.heapreplace(heap, entry)
             if len(heap) == k:
                 self._floor[p] = heap[0][0]
+
+    def _closest(self) -> list[list[dict[str, Any]]]:
+        """Per problem: its nearest documents, most similar first, then its n-gram hits."""
+        rates: dict[int, _AstRates] = {}  # by -order: each document parsed once
+        closest = []
+        for p, (heap, hits) in enumerate(zip(self._nearest, self._hits, strict=True)):
+            nearest = []
+            for s, order, doc in sorted(heap, key=lambda e: (e[0], e[1]), reverse=True):
+                rate = rates.setdefault(order, _AstRates(self._checks, doc.text))[p]
+                nearest.append(
+                    {"id": doc.id, "similarity": s, "ast_match_rate": round(rate, 4), "ngram_overlap": False}
+                )
+            closest.append(nearest + hits)
+        return closest
 
     def _write_task_files(self, rank: int) -> None:
         out = task_files_dir(self.config.output_prefix)
@@ -325,10 +339,7 @@ class DecontaminationFilter(BaseFilter):
             "removed": removed,
             "embedder": getattr(self._checks.embedder, "name", None),
             "device": getattr(self._checks.embedder, "device", None),
-            "problems": [
-                [entry for _, _, entry in sorted(heap, reverse=True)] + hits
-                for heap, hits in zip(self._nearest, self._hits, strict=True)
-            ],
+            "problems": self._closest(),
         }
         # Written last: the report stage reads a task's share only once both files are complete.
         atomic_write_text(out / f"report-{rank:05d}.json", json.dumps(share) + "\n")
