@@ -17,8 +17,11 @@ Three signals, as in the paper:
 
 Which dataset gets which checks: ``--input`` datasets get the 13-gram check alone (cheap enough for
 the whole corpus); ``--deep-input`` datasets get all three (the paper ran the embedding and AST
-analysis on its synthetic exercises; on a CPU the embedding pass is the cost, ~10 items/s per core).
-Every decision is made per item, so the kept items do not depend on how the input is split into tasks.
+analysis on its synthetic exercises; on a CPU the embedding pass is the cost, ~10 items/s per core,
+hence ``--device auto``: fp16 on the task's GPU where it has one). In a recipe YAML the same split is
+``input: [...]`` and ``deep_input: [...]``. Every decision is made per item (an item's own nearest
+problems, not each problem's nearest items across the corpus), so the kept items do not depend on how
+the input is split into tasks.
 
 The run is a datatrove stage of ``--tasks`` tasks (``data_tools.executors``), each loading the
 benchmark problems once, then a one-task report stage. Outputs:
