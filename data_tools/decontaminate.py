@@ -173,7 +173,8 @@ class _TaskChecks:
 
     def ngram_hits(self, text: str) -> list[int]:
         """Problems sharing an n-gram with ``text`` (each n-gram counted for the first problem holding it)."""
-        n, owner, hits = self.config.ngram, self.ngram_owner, set()
+        n, owner = self.config.ngram, self.ngram_owner
+        hits: set[int] = set()
         # A benchmark n-gram lies inside a run of words that all occur in the benchmarks: only such runs
         # are cut into n-grams (most of a file's windows hold some word no problem uses).
         for in_benchmarks, run in itertools.groupby(WORD.findall(text.lower()), key=self.vocabulary.__contains__):
