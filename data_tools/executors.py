@@ -12,13 +12,23 @@ rank, never by which machine or worker runs them.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import logging
 import os
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.utils.stats import PipelineStats
 
 from megaphi.common.errors import UserError
+
+log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "slurm", "ray")
 
@@ -40,6 +50,7 @@ class SlurmOptions:
     # shell lines run before each task (module loads, exports); this Python's environment is activated after
     prefix: str = ""
     sbatch_args: dict[str, str] = field(default_factory=dict)  # further sbatch options, e.g. account, qos
+    wait: bool = False  # stay until the jobs leave the queue, then check every task finished
 
 
 @dataclass
@@ -80,6 +91,11 @@ def add_executor_arguments(parser: argparse.ArgumentParser, *, default_tasks: in
     group.add_argument("--slurm-job-name", default="megaphi-data", help="job name (default: megaphi-data)")
     group.add_argument("--slurm-prefix", default="", help="shell lines run before each task, e.g. 'module load ...'")
     group.add_argument(
+        "--slurm-wait",
+        action="store_true",
+        help="wait for the jobs and check them, instead of returning once submitted",
+    )
+    group.add_argument(
         "--slurm-arg",
         action="append",
         default=[],
@@ -108,6 +124,7 @@ def executor_options_from_args(args: argparse.Namespace) -> ExecutorOptions:
             job_name=args.slurm_job_name,
             prefix=args.slurm_prefix,
             sbatch_args=sbatch_args,
+            wait=args.slurm_wait,
         ),
     )
     options.check()
@@ -125,6 +142,28 @@ def _environment_command(prefix: str) -> str:
     return "\n".join(lines)
 
 
+class RecordingLocalExecutor(LocalPipelineExecutor):
+    """datatrove's local executor, changed in one way: a task that raises is recorded as failed (its
+    error in ``errors/NNNNN`` of the logging directory) and the other tasks go on, so that the command
+    can name every failed task instead of stopping at the first exception with a worker traceback."""
+
+    def _launch_run_for_rank(self, rank: int, ranks_q: Any, completed: Any = None, completed_lock: Any = None) -> Any:
+        errors = Path(self.logging_dir.path) / "errors"
+        (errors / f"{rank:05d}").unlink(missing_ok=True)
+        try:
+            return super()._launch_run_for_rank(rank, ranks_q, completed, completed_lock)
+        except Exception as error:  # the traceback is in the task's log file
+            errors.mkdir(parents=True, exist_ok=True)
+            (errors / f"{rank:05d}").write_text(_one_line(error) + "\n")
+            return PipelineStats()
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one line: a user error's own message, anything else with its type."""
+    text = " ".join(str(error).split())
+    return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}"
+
+
 def build_executor(
     pipeline: Sequence[Any],
     options: ExecutorOptions,
@@ -140,13 +179,11 @@ def build_executor(
     options.check()
     n_tasks = options.tasks if tasks is None else tasks
     if options.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
         workers = options.workers if options.workers != -1 else min(n_tasks, os.cpu_count() or 1)
-        return LocalPipelineExecutor(
+        return RecordingLocalExecutor(
             list(pipeline),
             tasks=n_tasks,
-            workers=workers,
+            workers=min(workers, n_tasks),
             logging_dir=os.fspath(logging_dir),
             depends=depends,
             start_method="fork",
@@ -166,9 +203,19 @@ def build_executor(
             gpus_per_task=slurm.gpus_per_task,
             job_name=job_name or slurm.job_name,
             env_command=_environment_command(slurm.prefix),
-            sbatch_args=dict(slurm.sbatch_args),
+            # A stage whose dependency failed (a killed task) can never start: Slurm cancels it instead
+            # of leaving it pending, and a rerun submits it again after the missing tasks.
+            sbatch_args={"kill-on-invalid-dep": "yes", **slurm.sbatch_args},
             logging_dir=os.fspath(logging_dir),
             depends=depends,
+            # datatrove's defaults assume a site configuration: a QOS named "normal" (clusters without
+            # accounting, or with other QOS names, reject it), mail on every event, and requeueing a
+            # task on failure (a deterministic failure would run again and again). A QOS, or mail, is
+            # one --slurm-arg away (qos=..., mail-type=..., mail-user=...).
+            qos="",
+            mail_type="NONE",
+            requeue=False,
+            requeue_signals=None,
         )
     try:
         from datatrove.executor import RayPipelineExecutor
@@ -205,40 +252,148 @@ def logging_dir_for(output_prefix: str | os.PathLike, stage: str) -> str:
 def run_stages(stages: Sequence[Stage], options: ExecutorOptions) -> list[Any]:
     """Run stages in order, each after the previous one finished.
 
-    Locally each stage runs to its end before the next starts, and a stage with unfinished tasks
-    stops the command naming them (a rerun runs only those). On Slurm the stages are submitted at
-    once as jobs that each wait for the previous one (``afterok``), and this returns after
-    submitting; on Ray the last stage runs its dependencies first."""
+    Locally and on Ray each stage runs to its end before the next starts, and a stage with unfinished
+    tasks stops the command naming them (a rerun runs only those). On Slurm the stages are submitted
+    at once as job arrays that each wait for the previous one (``afterok``); this returns after
+    submitting, or with ``options.slurm.wait`` when every job has left the queue, checked like a
+    local run."""
     options.check()
     executors: list[Any] = []
     for stage in stages:
-        depends = executors[-1] if executors and options.executor != "local" else None
-        executors.append(
-            build_executor(
-                stage.pipeline,
-                options,
-                stage.logging_dir,
-                depends=depends,
-                tasks=stage.tasks,
-                job_name=f"{options.slurm.job_name}-{stage.name}",
-            )
+        tasks = options.tasks if stage.tasks is None else stage.tasks
+        _claim_logging_dir(stage, tasks)
+        depends = executors[-1] if executors and options.executor == "slurm" else None
+        executor = build_executor(
+            stage.pipeline,
+            options,
+            stage.logging_dir,
+            depends=depends,
+            tasks=stage.tasks,
+            job_name=f"{options.slurm.job_name}-{stage.name}",
         )
-        if options.executor == "local":
-            executors[-1].run()
-            check_stage_finished(stage, executors[-1].world_size)
-    if options.executor != "local" and executors:
-        executors[-1].run()
-        if options.executor == "ray":
+        executors.append(executor)
+        if options.executor != "slurm":
+            started, before = time.monotonic(), tasks - len(incomplete_tasks(stage.logging_dir, tasks))
+            with _quiet_datatrove():
+                executor.run()
+            check_stage_finished(stage, tasks)
+            log.info(
+                f"{stage.name}: {tasks} task(s) done"
+                + (f" ({before} done before)" if before else "")
+                + f" in {time.monotonic() - started:.1f}s; logs in {stage.logging_dir}"
+            )
+    if options.executor == "slurm" and executors:
+        with _quiet_datatrove():
+            executors[-1].run()  # submits every stage, each depending on the one before
+        for stage, executor in zip(stages, executors):
+            job = "nothing left to run" if executor.job_id == -1 else f"job {executor.job_id}"
+            log.info(f"{stage.name}: {job}; logs in {stage.logging_dir}")
+        if options.slurm.wait:
+            wait_for_slurm_jobs([e.job_id for e in executors])
             for stage, executor in zip(stages, executors):
                 check_stage_finished(stage, executor.world_size)
     return executors
 
 
+def wait_for_slurm_jobs(job_ids: Sequence[Any], poll_seconds: float = 2.0) -> None:
+    """Return when none of ``job_ids`` (``-1``: nothing was submitted) is pending or running."""
+    waiting = ",".join(str(j) for j in job_ids if j not in (None, -1, "-1"))
+    while waiting:
+        queue = subprocess.run(
+            ["squeue", "--noheader", "--format=%i", f"--jobs={waiting}"], capture_output=True, text=True
+        )
+        if queue.returncode != 0 or not queue.stdout.strip():  # an id Slurm forgot has long finished
+            return
+        time.sleep(poll_seconds)
+
+
+@contextlib.contextmanager
+def _quiet_datatrove() -> Iterator[None]:
+    """datatrove logs every task's progress and statistics to the terminal, and has no setting for it.
+    While a stage runs here its tasks log to their files only (``logs/task_NNNNN.log``) and this
+    process's console shows datatrove's errors only; a failed task comes back as one line in the
+    :class:`ExecutorError` that names it."""
+    import datatrove.executor.base as executor_base
+    from datatrove.utils import logging as datatrove_logging
+    from loguru import logger
+
+    add_task_logger, setup_default_logger = executor_base.add_task_logger, datatrove_logging.setup_default_logger
+
+    def task_logger_to_file_only(*args: Any, **kwargs: Any) -> Any:
+        real_stderr, sys.stderr = sys.stderr, _Discard()  # the console sink it adds writes nowhere
+        try:
+            return add_task_logger(*args, **kwargs)
+        finally:
+            sys.stderr = real_stderr
+
+    def errors_only() -> None:
+        logger.remove()
+        logger.add(sys.stderr, level="ERROR")
+
+    executor_base.add_task_logger, datatrove_logging.setup_default_logger = task_logger_to_file_only, errors_only
+    errors_only()
+    try:
+        yield
+    finally:
+        executor_base.add_task_logger, datatrove_logging.setup_default_logger = add_task_logger, setup_default_logger
+        setup_default_logger()
+
+
+class _Discard:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _step_settings(step: Any) -> Any:
+    """What a pipeline step was built with, as JSON: its public attributes (objects by type name)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        return type(value).__name__
+
+    attributes = getattr(step, "__dict__", {})
+    return {
+        "step": type(step).__name__,
+        **{k: plain(v) for k, v in sorted(attributes.items()) if not k.startswith("_") and k != "stats"},
+    }
+
+
+def _claim_logging_dir(stage: Stage, tasks: int) -> None:
+    """Record what a stage's logging directory holds the completion markers of, or refuse a run with
+    other settings: its markers would skip tasks whose outputs were made another way."""
+    record = {"stage": stage.name, "tasks": tasks, "pipeline": [_step_settings(step) for step in stage.pipeline]}
+    path = Path(stage.logging_dir) / "stage.json"
+    if path.is_file():
+        earlier = json.loads(path.read_text())
+        if earlier != record:
+            what = "task count" if earlier.get("tasks") != tasks else "settings or inputs"
+            raise ExecutorError(
+                f"{stage.logging_dir} holds a run of stage {stage.name} with another {what}; rerun it as it "
+                "was to finish it, or remove its outputs and that directory (or choose another output prefix)"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
 def check_stage_finished(stage: Stage, tasks: int) -> None:
     missing = incomplete_tasks(stage.logging_dir, tasks)
     if missing:
+        errors = Path(stage.logging_dir) / "errors"
+        first = next((errors / f"{r:05d}" for r in missing if (errors / f"{r:05d}").is_file()), None)
+        cause = f"{first.read_text().strip()} (task {int(first.name)}); " if first else ""
         raise ExecutorError(
-            f"{stage.name}: tasks {_ranges(missing)} of {tasks} did not finish; their logs are in "
+            f"{cause}{stage.name}: task(s) {_ranges(missing)} of {tasks} did not finish; their logs are in "
             f"{Path(stage.logging_dir) / 'logs'}; rerun the same command to run only those"
         )
 
