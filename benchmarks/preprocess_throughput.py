@@ -95,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    corpus = args.workdir / "stdlib-00000.jsonl"
+    corpus = args.workdir / "stdlib-00000-00000.jsonl"  # one task's first shard
     if not corpus.exists():
         build_corpus([], args.workdir / "stdlib", progress=False)
     texts = [json.loads(line)["text"] for line in corpus.open(encoding="utf-8")]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from datatrove.executor import LocalPipelineExecutor
+from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 from datatrove.utils.stats import PipelineStats
 
 from megaphi.common.errors import UserError
@@ -158,6 +159,15 @@ class RecordingLocalExecutor(LocalPipelineExecutor):
             return PipelineStats()
 
 
+class StagedSlurmExecutor(SlurmPipelineExecutor):
+    """datatrove's Slurm executor without the extra job it submits after each stage to merge the task
+    statistics: that job asks for a fixed 1 GB per CPU (more than some nodes offer) and nothing here
+    reads the merged file; each task's statistics stay in ``stats/NNNNN.json``."""
+
+    def launch_merge_stats(self) -> None:
+        pass
+
+
 def _one_line(error: BaseException) -> str:
     """An error as one line: a user error's own message, anything else with its type."""
     text = " ".join(str(error).split())
@@ -189,10 +199,8 @@ def build_executor(
             start_method="fork",
         )
     if options.executor == "slurm":
-        from datatrove.executor import SlurmPipelineExecutor
-
         slurm = options.slurm
-        return SlurmPipelineExecutor(
+        return StagedSlurmExecutor(
             list(pipeline),
             tasks=n_tasks,
             workers=options.workers,
@@ -205,7 +213,12 @@ def build_executor(
             env_command=_environment_command(slurm.prefix),
             # A stage whose dependency failed (a killed task) can never start: Slurm cancels it instead
             # of leaving it pending, and a rerun submits it again after the missing tasks.
-            sbatch_args={"kill-on-invalid-dep": "yes", **slurm.sbatch_args},
+            # Memory in whole megabytes: sbatch rejects datatrove's "2.0G" for a fractional --slurm-mem-per-cpu-gb.
+            sbatch_args={
+                "kill-on-invalid-dep": "yes",
+                "mem-per-cpu": f"{max(1, round(slurm.mem_per_cpu_gb * 1024))}M",
+                **slurm.sbatch_args,
+            },
             logging_dir=os.fspath(logging_dir),
             depends=depends,
             # datatrove's defaults assume a site configuration: a QOS named "normal" (clusters without
@@ -284,7 +297,14 @@ def run_stages(stages: Sequence[Stage], options: ExecutorOptions) -> list[Any]:
             )
     if options.executor == "slurm" and executors:
         with _quiet_datatrove():
-            executors[-1].run()  # submits every stage, each depending on the one before
+            try:
+                executors[-1].run()  # submits every stage, each depending on the one before
+            except subprocess.CalledProcessError:
+                stage = next(s for s, e in zip(stages, executors) if e.job_id is None)
+                raise ExecutorError(
+                    f"sbatch refused the job of stage {stage.name} (its message is above); the script is "
+                    f"{Path(stage.logging_dir) / 'launch_script.slurm'}"
+                ) from None
         for stage, executor in zip(stages, executors):
             job = "nothing left to run" if executor.job_id == -1 else f"job {executor.job_id}"
             log.info(f"{stage.name}: {job}; logs in {stage.logging_dir}")
@@ -357,6 +377,8 @@ def _step_settings(step: Any) -> Any:
             return [plain(v) for v in value]
         if isinstance(value, dict):
             return {str(k): plain(v) for k, v in value.items()}
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return plain(dataclasses.asdict(value))
         if isinstance(value, os.PathLike):
             return os.fspath(value)
         return type(value).__name__

@@ -242,7 +242,8 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                 ]
             ],
             lambda: [],
-            [data / "corpus-00000.jsonl"],
+            # the first task's shard, the corpus report and the task markers (removed with it on a rerun)
+            [data / "corpus-00000-00000.jsonl", data / "corpus.corpus.json", data / "corpus.datatrove"],
             lambda: {"documents kept": jsonl_lines(*shards(data, "corpus"))},
         ),
         Stage(

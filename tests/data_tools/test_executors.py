@@ -103,6 +103,7 @@ def test_the_slurm_job_asks_only_for_what_the_flags_say(tmp_path):
         "megaphi-data-x",
     )
     assert args["kill-on-invalid-dep"] == "yes"
+    assert args["mem-per-cpu"] == "2048M", "whole megabytes: sbatch rejects 2.0G"
     # the task runs with this interpreter's environment and import path
     script = executor.get_launch_file_contents(args, "launch_pickled_pipeline x")
     assert f"source {sys.prefix}/bin/activate" in script
