@@ -63,15 +63,22 @@ class ExecutorOptions:
     workers: int = -1  # tasks running at once; -1: local runs one per CPU, clusters run all
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
 
-    def check(self) -> None:
+    def check(self, prefix: str = "") -> None:
+        """Raise naming the flag (or, in a recipe, the dotted field under ``prefix``) that is wrong."""
+
+        def name(dotted: str) -> str:
+            return f"{prefix}.{dotted}" if prefix else "--" + dotted.replace(".", "-").replace("_", "-")
+
         if self.executor not in EXECUTORS:
-            raise ExecutorError(f"--executor {self.executor!r}: choose one of {', '.join(EXECUTORS)}")
+            raise ExecutorError(f"{name('executor')} {self.executor!r}: choose one of {', '.join(EXECUTORS)}")
         if self.tasks < 1:
-            raise ExecutorError(f"--tasks {self.tasks}: give at least 1 task")
+            raise ExecutorError(f"{name('tasks')} {self.tasks}: give at least 1 task")
         if self.workers == 0 or self.workers < -1:
-            raise ExecutorError(f"--workers {self.workers}: give a positive number, or -1 for no limit")
+            raise ExecutorError(f"{name('workers')} {self.workers}: give a positive number, or -1 for no limit")
         if self.executor == "slurm" and not self.slurm.partition:
-            raise ExecutorError("--executor slurm needs --slurm-partition (sinfo lists the partitions)")
+            raise ExecutorError(
+                f"{name('executor')} slurm needs {name('slurm.partition')} (sinfo lists the partitions)"
+            )
 
 
 def add_executor_arguments(parser: argparse.ArgumentParser, *, default_tasks: int = 1) -> None:

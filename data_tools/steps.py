@@ -13,12 +13,14 @@ count, never on the executor, so local, Slurm and Ray runs write the same files.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from data_tools.jsonl import JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records, record_id, record_text
+from megaphi.common.files import remove_quietly
 
 
 def document_from_record(record: dict[str, Any], index: int, text_key: str = "text") -> Document:
@@ -82,7 +84,12 @@ class RecordWriter(PipelineStep):
         self.shard_bytes = shard_bytes
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
-        with JsonlShardWriter(f"{self.output_prefix}-{rank:05d}", max_bytes=self.shard_bytes) as writer:
+        prefix = Path(f"{self.output_prefix}-{rank:05d}")
+        # A task runs again only when it did not finish: what a killed earlier try left half-written
+        # (hidden temporary shards, see megaphi.common.files.temp_path) is this task's to remove.
+        for stale in prefix.parent.glob(f".{prefix.name}-[0-9][0-9][0-9][0-9][0-9].jsonl.*.tmp"):
+            remove_quietly(stale)
+        with JsonlShardWriter(prefix, max_bytes=self.shard_bytes) as writer:
             for document in data or ():
                 writer.write(record_from_document(document, self.text_key))
                 self.stat_update("written")

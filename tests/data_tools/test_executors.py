@@ -209,10 +209,12 @@ def test_a_killed_run_leaves_no_shard_of_its_unfinished_task_and_a_rerun_finishe
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert sorted(p.name for p in tmp_path.glob("out-*.jsonl")) == ["out-00000-00000.jsonl"]
+    assert len(list(tmp_path.glob(".out-00001-00000.jsonl.*.tmp"))) == 1, "task 1's half-written shard, hidden"
     assert incomplete_tasks(logging_dir_for(out, "copy"), 3) == [1, 2]
     flag.unlink()
     subprocess.run([sys.executable, "-c", KILLABLE, *argv], env=env, check=True, timeout=120)
     assert _runs(journal) == [0, 1, 1, 2]
+    assert not list(tmp_path.glob(".out-*")), "the rerun of task 1 removed what its killed try left"
     assert sorted(r["id"] for r in read_jsonl(*sorted(tmp_path.glob("out-*.jsonl")))) == ["0", "1", "2"]
 
 

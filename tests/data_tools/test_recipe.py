@@ -1,0 +1,116 @@
+"""The data recipe: one YAML with a section per stage, dotted overrides, stages wired output -> input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from data_tools.recipe import CommandStep, RecipeConfig, main, recipe_stages
+from megaphi.common.errors import UserError
+from megaphi.config import load_config
+from tests.conftest import read_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
+STDLIB_RECIPE = REPO / "data_tools" / "recipes" / "stdlib.yaml"
+
+
+def test_the_stdlib_recipe_loads_with_overrides_into_typed_sections():
+    config = load_config(
+        RecipeConfig,
+        STDLIB_RECIPE,
+        ["output_dir=/tmp/elsewhere", "executor.tasks=8", "executor.slurm.partition=cpu", "dedup.threshold=0.7"],
+    )
+    assert (config.output_dir, config.executor.tasks, config.executor.slurm.partition) == ("/tmp/elsewhere", 8, "cpu")
+    assert config.dedup.threshold == 0.7 and config.corpus.min_bytes == 400
+    assert config.decontaminate.benchmarks == ["humaneval"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("dedup.treshold=0.7", "dedup.treshold: unknown field; dedup accepts enabled, ngram, num_perm"),
+        ("executor.tasks=0", "executor.tasks 0: give at least 1 task"),
+        ("executor.executor=slurm", "executor.executor slurm needs executor.slurm.partition"),
+        ("corpus.lang=[cobol]", "corpus.lang: unknown language 'cobol'"),
+        ("corpus.output_prefix=x", "corpus.output_prefix: set by the recipe"),
+        ("tokenize.vocab_size=0", "tokenize.vocab_size: must be > 0"),
+    ],
+)
+def test_a_wrong_field_is_one_line_naming_it(override, message, capsys, tmp_path):
+    assert main(["--config", str(STDLIB_RECIPE), f"output_dir={tmp_path}", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    with pytest.raises(UserError):
+        load_config(RecipeConfig, STDLIB_RECIPE, [override])
+
+
+def _argv(stage):
+    (step,) = stage.pipeline
+    assert isinstance(step, CommandStep)
+    return step.argv
+
+
+def test_each_stage_reads_what_the_one_before_wrote_under_the_output_dir(tmp_path):
+    config = load_config(RecipeConfig, STDLIB_RECIPE, [f"output_dir={tmp_path}"])
+    stages = recipe_stages(config)
+    assert [s.name for s in stages] == [
+        "corpus",
+        "corpus-report",
+        "quality-annotate",
+        "quality-train",
+        "quality",
+        "dedup",
+        "decontaminate",
+        "tokenizer",
+        "tokenize",
+    ]
+    assert stages[0].tasks is None and all(s.tasks == 1 for s in stages[1:]), "only the corpus is split"
+    by_name = {s.name: s for s in stages}
+
+    def after(stage, flag):
+        argv = _argv(by_name[stage])
+        return argv[argv.index(flag) + 1]
+
+    assert after("quality", "--input") == f"{tmp_path}/corpus-*.jsonl"
+    assert after("quality", "--classifier") == after("quality-train", "--out") == f"{tmp_path}/quality.classifier"
+    assert after("dedup", "--input") == f"{tmp_path}/quality-*.jsonl"
+    assert after("decontaminate", "--input") == f"{tmp_path}/dedup-*.jsonl"
+    assert after("tokenize", "--input") == after("tokenizer", "--input") == f"{tmp_path}/clean-*.jsonl"
+    assert after("tokenize", "--tokenizer") == f"{tmp_path}/tokenizer"
+    assert by_name["dedup"].logging_dir == f"{tmp_path}/dedup.datatrove/dedup"
+
+    config = load_config(
+        RecipeConfig,
+        STDLIB_RECIPE,
+        [f"output_dir={tmp_path}", "quality.enabled=false", "decontaminate.enabled=false", "tokenize.tokenizer=tok"],
+    )
+    stages = {s.name: s for s in recipe_stages(config)}
+    assert list(stages) == ["corpus", "corpus-report", "dedup", "tokenize"]
+    assert _argv(stages["dedup"])[1] == f"{tmp_path}/corpus-*.jsonl"
+    assert _argv(stages["tokenize"])[1] == f"{tmp_path}/dedup-*.jsonl"
+
+
+def test_a_small_recipe_runs_end_to_end_and_a_rerun_runs_nothing_again(tmp_path, capsys):
+    overrides = [
+        f"output_dir={tmp_path / 'out'}",
+        "corpus.include=['[b-c]*.py']",
+        "corpus.max_bytes=4000",
+        "executor.tasks=2",
+        "quality.enabled=false",
+        "decontaminate.enabled=false",
+        "tokenize.vocab_size=400",
+    ]
+    assert main(["--config", str(STDLIB_RECIPE), *overrides]) == 0
+    out = tmp_path / "out"
+    assert capsys.readouterr().out.splitlines()[-1] == f"dataset: {out}/code_text_document.bin/.idx"
+    corpus_ids = sorted(r["id"] for r in read_jsonl(*sorted(out.glob("corpus-*.jsonl"))))
+    kept = read_jsonl(*sorted(out.glob("dedup-*.jsonl")))
+    report = json.loads((out / "dedup.dedup.json").read_text())
+    assert report["documents"] == len(corpus_ids) and report["kept"] == len(kept) > 0
+    assert set(r["id"] for r in kept) <= set(corpus_ids)
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    assert len(IndexedDataset(str(out / "code_text_document"))) == len(kept)
+    written = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
+    assert main(["--config", str(STDLIB_RECIPE), *overrides]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == written
