@@ -532,4 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sys.exit(main())
+    # Slurm and Ray tasks unpickle the pipeline steps by module: they must be data_tools.corpus's, not __main__'s
+    from data_tools.corpus import main as module_main
+
+    sys.exit(module_main())

@@ -140,8 +140,9 @@ def executor_options_from_args(args: argparse.Namespace) -> ExecutorOptions:
 
 
 def _environment_command(prefix: str) -> str:
-    """Shell lines that give a Slurm task the interpreter and import path of the submitting process."""
-    lines = [prefix] if prefix else []
+    """Shell lines that give a Slurm task the interpreter and import path of the submitting process
+    (and put the node in the task's Slurm log, where a node's trouble shows first)."""
+    lines = ['echo "node: ${SLURMD_NODENAME:-$(hostname)}"', *([prefix] if prefix else [])]
     venv = Path(sys.prefix)
     if (venv / "bin" / "activate").exists():
         lines.append(f"source {venv / 'bin' / 'activate'}")
@@ -195,6 +196,14 @@ def build_executor(
     stage that must finish first (on Slurm: a job dependency)."""
     options.check()
     n_tasks = options.tasks if tasks is None else tasks
+    if options.executor != "local":
+        scripted = [type(step).__name__ for step in pipeline if type(step).__module__ == "__main__"]
+        if scripted:
+            raise ExecutorError(
+                f"pipeline step {scripted[0]} is defined in the script being run (__main__), which a "
+                f"{options.executor} task cannot import: run the command as `python -m` with its "
+                "__main__ block importing main from the module itself"
+            )
     if options.executor == "local":
         workers = options.workers if options.workers != -1 else min(n_tasks, os.cpu_count() or 1)
         return RecordingLocalExecutor(
