@@ -292,14 +292,15 @@ def run_stages(stages: Sequence[Stage], options: ExecutorOptions) -> list[Any]:
         tasks = options.tasks if stage.tasks is None else stage.tasks
         _claim_logging_dir(stage, tasks)
         depends = executors[-1] if executors and options.executor == "slurm" else None
-        executor = build_executor(
-            stage.pipeline,
-            options,
-            stage.logging_dir,
-            depends=depends,
-            tasks=stage.tasks,
-            job_name=f"{options.slurm.job_name}-{stage.name}",
-        )
+        with _quiet_datatrove():  # Ray's executor warns on every stage that its logging directory is local
+            executor = build_executor(
+                stage.pipeline,
+                options,
+                stage.logging_dir,
+                depends=depends,
+                tasks=stage.tasks,
+                job_name=f"{options.slurm.job_name}-{stage.name}",
+            )
         executors.append(executor)
         if options.executor != "slurm":
             started, before = time.monotonic(), tasks - len(incomplete_tasks(stage.logging_dir, tasks))

@@ -9,6 +9,7 @@ from data_tools.recipe import CommandStep, RecipeConfig, main, recipe_stages
 from megaphi.common.errors import UserError
 from megaphi.config import load_config
 from tests.conftest import read_jsonl
+from tests.data_tools.recipe_runs import outputs, small_recipe, train_tokenizer, write_extra
 
 REPO = Path(__file__).resolve().parents[2]
 STDLIB_RECIPE = REPO / "data_tools" / "recipes" / "stdlib.yaml"
@@ -114,3 +115,21 @@ def test_a_small_recipe_runs_end_to_end_and_a_rerun_runs_nothing_again(tmp_path,
     written = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
     assert main(["--config", str(STDLIB_RECIPE), *overrides]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == written
+
+
+def test_a_ray_run_writes_what_a_local_run_writes(tmp_path):
+    import ray
+    extra = write_extra(tmp_path / "extra.jsonl")
+    overrides = small_recipe(extra, train_tokenizer(tmp_path / "tokenizer"), tasks=2)
+    assert main(["--config", str(STDLIB_RECIPE), f"output_dir={tmp_path / 'local'}", *overrides]) == 0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ray_run = [f"output_dir={tmp_path / 'ray'}", "executor.executor=ray", "executor.slurm.mem_per_cpu_gb=0.5"]
+        assert main(["--config", str(STDLIB_RECIPE), *overrides, *ray_run]) == 0
+    finally:
+        ray.shutdown()
+    assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
+    assert [p for p in outputs(tmp_path / "local") if p.startswith("corpus-")] == [
+        "corpus-00000-00000.jsonl",
+        "corpus-00001-00000.jsonl",
+    ]

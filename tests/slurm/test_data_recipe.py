@@ -9,42 +9,13 @@ named pipe: the corpus task that reads it waits until it is killed, as a task on
 
 import json
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-from data_tools.corpus import stdlib_dir
 from data_tools.executors import incomplete_tasks
 from data_tools.recipe import main
 from tests.conftest import read_jsonl
-
-REPO = Path(__file__).resolve().parents[2]
-RECIPE = REPO / "data_tools" / "recipes" / "stdlib.yaml"
-# within the recipe's size limits (400 B to 4 kB)
-EXTRA = {
-    "id": "extra-1",
-    "text": "".join(f"def extra_{i}():\n    return {i}\n\n" for i in range(20)),
-    "path": "extra.py",
-}
-
-
-def _overrides(inputs: Path, tokenizer: Path) -> list[str]:
-    return [
-        f"corpus.input=[{stdlib_dir()}, {inputs}]",
-        "corpus.include=['[b-c]*.py']",
-        "corpus.max_bytes=4000",
-        "executor.tasks=3",
-        "quality.enabled=false",
-        "decontaminate.enabled=false",
-        f"tokenize.tokenizer={tokenizer}",
-    ]
-
-
-def _outputs(out: Path) -> dict[str, bytes]:
-    names = [*(p.name for p in out.glob("corpus-*.jsonl")), *(p.name for p in out.glob("dedup-*.jsonl"))]
-    names += ["code_text_document.bin", "code_text_document.idx"]
-    return {name: (out / name).read_bytes() for name in sorted(names)}
+from tests.data_tools.recipe_runs import REPO, RECIPE, outputs, small_recipe, train_tokenizer, write_extra
 
 
 def _wait(condition, what: str, timeout: float = 120) -> None:
@@ -55,17 +26,8 @@ def _wait(condition, what: str, timeout: float = 120) -> None:
 
 
 def test_the_recipe_on_slurm_matches_the_local_run_and_a_killed_task_is_all_a_rerun_runs(slurm_two_nodes, tmp_path):
-    tokenizer = tmp_path / "tokenizer"
-    subprocess.run(
-        [sys.executable, "-m", "data_tools.tokenizer", "train", "--input", str(stdlib_dir() / "json")]
-        + ["--out", str(tokenizer), "--vocab-size", "400"],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    extra = tmp_path / "extra.jsonl"
-    extra.write_text(json.dumps(EXTRA) + "\n")
-    overrides = _overrides(extra, tokenizer)
+    extra = write_extra(tmp_path / "extra.jsonl")
+    overrides = small_recipe(extra, train_tokenizer(tmp_path / "tokenizer"), tasks=3)
     local = tmp_path / "local"
     assert main(["--config", str(RECIPE), f"output_dir={local}", *overrides]) == 0
 
@@ -92,7 +54,7 @@ def test_the_recipe_on_slurm_matches_the_local_run_and_a_killed_task_is_all_a_re
 
     # Rerun the same command once the input is readable: only the killed task runs, then the rest.
     extra.unlink()
-    extra.write_text(json.dumps(EXTRA) + "\n")
+    write_extra(extra)
     rerun = slurm_two_nodes.run(*argv, "executor.slurm.wait=true", env=env, timeout=300, check=False)
     assert rerun.stdout.strip().endswith(f"dataset: {slurm}/code_text_document.bin/.idx"), rerun.stdout + rerun.stderr
     assert json.loads((corpus_logs / "ranks_to_run.json").read_text()) == [hung]
@@ -106,8 +68,8 @@ def test_the_recipe_on_slurm_matches_the_local_run_and_a_killed_task_is_all_a_re
         r["id"] for r in read_jsonl(*sorted(local.glob("dedup-*.jsonl")))
     ]
     assert "extra-1" in {r["id"] for r in read_jsonl(*local.glob("corpus-*.jsonl"))}
-    assert _outputs(slurm) == _outputs(local)
-    assert len(_outputs(local)) == 3 + 1 + 2  # a shard per corpus task, one dedup shard, .bin and .idx
+    assert outputs(slurm) == outputs(local)
+    assert len(outputs(local)) == 3 + 1 + 2  # a shard per corpus task, one dedup shard, .bin and .idx
     # the tasks ran on both nodes
     logs = [log.read_text() for log in slurm.glob("*.datatrove/*/slurm_logs/*.out")]
     assert {line.split()[1] for text in logs for line in text.splitlines() if line.startswith("node: ")} == {"n1", "n2"}
