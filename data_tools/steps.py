@@ -5,9 +5,10 @@ corpus stage writes ``{"id", "text", "path", "lang", "meta"}``. Inside a pipelin
 datatrove ``Document``: the text and id, every other field in ``metadata``, so that a stage that only
 filters writes each kept record back unchanged.
 
-Task ``rank`` of ``world_size`` reads input files ``rank, rank + world_size, ...`` of the sorted input
-list and writes ``{prefix}-{rank:05d}-NNNNN.jsonl``: the split depends only on the inputs and the task
-count, never on the executor, so local, Slurm and Ray runs write the same files.
+Task ``rank`` of ``world_size`` reads the ``rank``-th contiguous block of the sorted input list and
+writes ``{prefix}-{rank:05d}-NNNNN.jsonl``: the split depends only on the inputs and the task count,
+never on the executor, so local, Slurm and Ray runs write the same files; and the tasks' outputs read
+in rank order hold the records in input order, whatever the task count.
 """
 
 from __future__ import annotations
@@ -19,13 +20,24 @@ from typing import Any, Iterator, Sequence
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from data_tools.jsonl import JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records, record_id, record_text
+from data_tools.jsonl import (
+    JsonlShardWriter,
+    MalformedRecordError,
+    OnError,
+    ReadStats,
+    expand_inputs,
+    iter_records,
+    record_id,
+    record_text,
+)
 from megaphi.common.files import remove_quietly
 
 
-def document_from_record(record: dict[str, Any], index: int, text_key: str = "text") -> Document:
+def document_from_record(
+    record: dict[str, Any], index: int, text_key: str = "text", text_option: str = "--text-key"
+) -> Document:
     """The document of a record: its text and id, every other field kept in ``metadata``."""
-    text = record_text(record, text_key, index)
+    text = record_text(record, text_key, index, text_option)
     metadata = {key: value for key, value in record.items() if key not in ("id", text_key)}
     return Document(text=text, id=record_id(record, index), metadata=metadata)
 
@@ -36,34 +48,53 @@ def record_from_document(document: Document, text_key: str = "text") -> dict[str
 
 
 def task_files(paths: Sequence[str | os.PathLike], rank: int, world_size: int) -> list[str]:
-    """The input files task ``rank`` reads: every ``world_size``-th of the sorted list."""
-    return sorted(os.fspath(p) for p in paths)[rank::world_size]
+    """The input files task ``rank`` reads: its contiguous block of the sorted list (blocks differ by at
+    most one file), so that concatenating the tasks' outputs in rank order keeps the input order."""
+    files = sorted(os.fspath(p) for p in paths)
+    return files[rank * len(files) // world_size : (rank + 1) * len(files) // world_size]
 
 
 class RecordReader(PipelineStep):
     """Reads the records of JSONL/parquet files (see :mod:`data_tools.jsonl`) as documents.
 
     ``inputs`` (paths, globs, directories) are expanded when the task runs, not when the pipeline is
-    built: on Slurm every stage is built before the stage writing its inputs has run."""
+    built: on Slurm every stage is built before the stage writing its inputs has run. A record without
+    a string ``text_key`` is malformed like an unparsable line: ``on_error`` stops (naming the file and
+    ``text_option``, the command's flag that chooses the field) or skips and counts it."""
 
     name = "records"
     type = "📖 - READER"
 
-    def __init__(self, inputs: Sequence[str | os.PathLike], *, text_key: str = "text", on_error: OnError = "stop"):
+    def __init__(
+        self,
+        inputs: Sequence[str | os.PathLike],
+        *,
+        text_key: str = "text",
+        on_error: OnError = "stop",
+        text_option: str = "--text-key",
+    ):
         super().__init__()
         self.inputs = [os.fspath(p) for p in inputs]
         self.text_key = text_key
         self.on_error = on_error
+        self.text_option = text_option
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         if data:
             yield from data
-        read = ReadStats()
-        for index, record in enumerate(
-            iter_records(task_files(expand_inputs(self.inputs), rank, world_size), on_error=self.on_error, stats=read)
-        ):
-            self.stat_update("documents")
-            yield document_from_record(record, index, self.text_key)
+        read, index = ReadStats(), 0
+        for path in task_files(expand_inputs(self.inputs), rank, world_size):
+            for record in iter_records([path], on_error=self.on_error, stats=read):
+                index += 1
+                try:
+                    document = document_from_record(record, index - 1, self.text_key, self.text_option)
+                except MalformedRecordError as exc:
+                    if self.on_error == "stop":
+                        raise MalformedRecordError(f"{path}: {exc}") from None
+                    read.skip(f"{path}: {exc}")
+                    continue
+                self.stat_update("documents")
+                yield document
         if read.skipped:
             self.stat_update("skipped_lines", value=read.skipped)
 

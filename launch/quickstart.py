@@ -384,13 +384,12 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                     "--tokenizer",
                     str(tokenizer),
                     "--append-eod",
-                    "--workers",
-                    "2",
                     "--no-progress",
                 ]
             ],
             lambda: [*shards(data, "clean"), tokenizer],
-            [data / "code_text_document.bin", data / "code_text_document.idx"],
+            # the task markers too: a rerun over changed inputs must not find its tasks already done
+            [data / "code_text_document.bin", data / "code_text_document.idx", data / "code.datatrove"],
             lambda: token_counts(data / "code_text_document"),
         ),
         Stage(
