@@ -12,11 +12,14 @@ count, never on the executor, so local, Slurm and Ray runs write the same files.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Iterator, Sequence
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
+
+from megaphi.progress import progress
 
 from data_tools.jsonl import JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records, record_id, record_text
 
@@ -33,35 +36,58 @@ def record_from_document(document: Document, text_key: str = "text") -> dict[str
     return {"id": document.id, text_key: document.text, **document.metadata}
 
 
+def numbered_task_files(paths: Sequence[str | os.PathLike], rank: int, world_size: int) -> list[tuple[int, str]]:
+    """The input files task ``rank`` reads, every ``world_size``-th of the sorted list, each with its
+    number in that list (its place in the whole input, whichever task reads it)."""
+    return list(enumerate(sorted(os.fspath(p) for p in paths)))[rank::world_size]
+
+
 def task_files(paths: Sequence[str | os.PathLike], rank: int, world_size: int) -> list[str]:
     """The input files task ``rank`` reads: every ``world_size``-th of the sorted list."""
-    return sorted(os.fspath(p) for p in paths)[rank::world_size]
+    return [path for _, path in numbered_task_files(paths, rank, world_size)]
 
 
 class RecordReader(PipelineStep):
     """Reads the records of JSONL/parquet files (see :mod:`data_tools.jsonl`) as documents.
 
     ``inputs`` (paths, globs, directories) are expanded when the task runs, not when the pipeline is
-    built: on Slurm every stage is built before the stage writing its inputs has run."""
+    built: on Slurm every stage is built before the stage writing its inputs has run.
+
+    With ``position_key``, each document also carries its place in the whole input, ``(file number in
+    the sorted input list, record number in that file)``, in ``metadata[position_key]``: the same for
+    every task count, for steps that must know input order across tasks (the step that uses it pops
+    it, so that it is not written out)."""
 
     name = "records"
     type = "📖 - READER"
 
-    def __init__(self, inputs: Sequence[str | os.PathLike], *, text_key: str = "text", on_error: OnError = "stop"):
+    def __init__(
+        self,
+        inputs: Sequence[str | os.PathLike],
+        *,
+        text_key: str = "text",
+        on_error: OnError = "stop",
+        position_key: str | None = None,
+    ):
         super().__init__()
         self.inputs = [os.fspath(p) for p in inputs]
         self.text_key = text_key
         self.on_error = on_error
+        self.position_key = position_key
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         if data:
             yield from data
         read = ReadStats()
-        for index, record in enumerate(
-            iter_records(task_files(expand_inputs(self.inputs), rank, world_size), on_error=self.on_error, stats=read)
-        ):
-            self.stat_update("documents")
-            yield document_from_record(record, index, self.text_key)
+        index = 0
+        for file_number, path in numbered_task_files(expand_inputs(self.inputs), rank, world_size):
+            for record_number, record in enumerate(iter_records([path], on_error=self.on_error, stats=read)):
+                self.stat_update("documents")
+                document = document_from_record(record, index, self.text_key)
+                if self.position_key:
+                    document.metadata[self.position_key] = (file_number, record_number)
+                index += 1
+                yield document
         if read.skipped:
             self.stat_update("skipped_lines", value=read.skipped)
 
@@ -87,3 +113,35 @@ class RecordWriter(PipelineStep):
                 writer.write(record_from_document(document, self.text_key))
                 self.stat_update("written")
                 yield document
+
+
+class Progress(PipelineStep):
+    """Passes documents on unchanged while showing how many went by (:mod:`megaphi.progress`: a bar on a
+    terminal, a line now and then in a log), one display per task."""
+
+    name = "progress"
+    type = "📊 - STATS"
+
+    def __init__(self, desc: str, *, unit: str = "docs", disable: bool = False):
+        super().__init__()
+        self.desc, self.unit, self.disable = desc, unit, disable
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        desc = self.desc if world_size == 1 else f"{self.desc} {rank + 1}/{world_size}"
+        with progress(disable=self.disable, desc=desc, unit=self.unit) as bar:
+            for document in data or ():
+                yield document
+                bar.update(1)
+
+
+def task_stats(logging_dir: str | os.PathLike, rank: int) -> dict[str, dict[str, float]]:
+    """What the steps of a finished task counted (datatrove's ``stats/NNNNN.json``): step name ->
+    label -> total, e.g. ``task_stats(dir, 0)["records"]["skipped_lines"]``."""
+    with open(os.path.join(os.fspath(logging_dir), "stats", f"{rank:05d}.json"), encoding="utf-8") as f:
+        steps = json.load(f)
+    return {
+        step["name"].rpartition(": ")[2]: {
+            label: value["total"] if isinstance(value, dict) else value for label, value in step["stats"].items()
+        }
+        for step in steps
+    }
