@@ -208,7 +208,10 @@ class DedupSignatures(MinhashDedupSignature):
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> None:
         self.table.folder.mkdir(parents=True, exist_ok=True)
         rows: list[tuple[int, int, bytes, np.ndarray]] = []
-        with open(self.table.rows_path(rank), "wb") as row_file, open(self.table.ids_path(rank), "w") as id_file:
+        with (
+            open(self.table.rows_path(rank), "wb") as row_file,
+            open(self.table.ids_path(rank), "w", encoding="utf-8") as id_file,
+        ):
 
             def flush() -> None:
                 np.array(rows, dtype=self.table.dtype).tofile(row_file)
@@ -222,7 +225,8 @@ class DedupSignatures(MinhashDedupSignature):
                     yield document
                     assert self._signature is not None, "every text has at least one shingle"
                     rows.append((file_number, record_number, exact_key(document.text), self._signature))
-                    id_file.write(json.dumps(document.id, ensure_ascii=False) + "\n")
+                    self._signature = None
+                    id_file.write(json.dumps(document.id) + "\n")
                     if len(rows) == 4096:
                         flush()
 
@@ -337,7 +341,7 @@ class DedupClusters(PipelineStep):
                 reason, k, jaccard = decisions[d]
                 (t, r), (kt, kr) = documents[d], documents[k]
                 line = {"id": ids[t][r], "reason": reason, "duplicate_of": ids[kt][kr], "jaccard": round(jaccard, 4)}
-                removed.write(json.dumps(line, ensure_ascii=False) + "\n")
+                removed.write(json.dumps(line) + "\n")
                 removed_rows[t].append(r)
                 counts[t][reason] += 1
                 self.stat_update(f"removed_{reason}")

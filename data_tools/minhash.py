@@ -16,7 +16,7 @@ candidates when all hashes of at least one band agree, with probability (the S-c
 :func:`lsh_bands` picks the largest ``rows`` (the fewest dissimilar candidates) whose S-curve still
 misses at most ``MAX_MISS_AT_THRESHOLD`` of the pairs exactly at the threshold, with
 ``bands = hashes // rows`` (the LSH uses the first ``bands * rows`` hashes, the estimate all of them). Above the threshold misses fall fast (threshold 0.8, 128 hashes: 18 bands of
-7 rows; P(candidate) = 0.986 at J = 0.8, 0.99992 at 0.9, 1 - 1e-9 at 0.95), and every candidate is then
+7 rows; P(candidate) = 0.986 at J = 0.8, 0.99999 at 0.9, 1 - 4e-10 at 0.95), and every candidate is then
 confirmed by its estimated Jaccard, so that dissimilar candidates cost time, never a kept document.
 
 The same functions serve the on-disk datatrove stages (:mod:`data_tools.dedup`) and the in-memory

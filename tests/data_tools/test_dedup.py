@@ -3,7 +3,7 @@ kept, the same result for any task count, resumable after a killed task.
 
 The method's stated error (data_tools/minhash.py): the estimated Jaccard similarity has a standard
 deviation of sqrt(J (1 - J) / 128), at most 0.035 near the threshold 0.8, and the LSH bands miss a pair
-of similarity J with probability (1 - J^7)^18 (8e-5 at J = 0.9). So against exact Jaccard similarity a
+of similarity J with probability (1 - J^7)^18 (8e-6 at J = 0.9). So against exact Jaccard similarity a
 decision may go either way only for pairs within MARGIN of the threshold (about 3 standard deviations).
 """
 
