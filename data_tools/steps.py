@@ -13,6 +13,7 @@ in rank order hold the records in input order, whatever the task count.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -31,6 +32,7 @@ from data_tools.jsonl import (
     record_text,
 )
 from megaphi.common.files import remove_quietly
+from megaphi.progress import progress
 
 
 def document_from_record(
@@ -47,11 +49,17 @@ def record_from_document(document: Document, text_key: str = "text") -> dict[str
     return {"id": document.id, text_key: document.text, **document.metadata}
 
 
-def task_files(paths: Sequence[str | os.PathLike], rank: int, world_size: int) -> list[str]:
-    """The input files task ``rank`` reads: its contiguous block of the sorted list (blocks differ by at
-    most one file), so that concatenating the tasks' outputs in rank order keeps the input order."""
-    files = sorted(os.fspath(p) for p in paths)
+def numbered_task_files(paths: Sequence[str | os.PathLike], rank: int, world_size: int) -> list[tuple[int, str]]:
+    """The input files task ``rank`` reads, its contiguous block of the sorted list (blocks differ by at
+    most one file), each with its number in that list (its place in the whole input, whichever task
+    reads it). Concatenating the tasks' outputs in rank order keeps the input order."""
+    files = list(enumerate(sorted(os.fspath(p) for p in paths)))
     return files[rank * len(files) // world_size : (rank + 1) * len(files) // world_size]
+
+
+def task_files(paths: Sequence[str | os.PathLike], rank: int, world_size: int) -> list[str]:
+    """The input files task ``rank`` reads (see :func:`numbered_task_files`)."""
+    return [path for _, path in numbered_task_files(paths, rank, world_size)]
 
 
 class RecordReader(PipelineStep):
@@ -60,7 +68,12 @@ class RecordReader(PipelineStep):
     ``inputs`` (paths, globs, directories) are expanded when the task runs, not when the pipeline is
     built: on Slurm every stage is built before the stage writing its inputs has run. A record without
     a string ``text_key`` is malformed like an unparsable line: ``on_error`` stops (naming the file and
-    ``text_option``, the command's flag that chooses the field) or skips and counts it."""
+    ``text_option``, the command's flag that chooses the field) or skips and counts it.
+
+    With ``position_key``, each document also carries its place in the whole input, ``(file number in
+    the sorted input list, record number in that file)``, in ``metadata[position_key]``: the same for
+    every task count, for steps that must know input order across tasks (the step that uses it pops
+    it, so that it is not written out)."""
 
     name = "records"
     type = "📖 - READER"
@@ -72,19 +85,21 @@ class RecordReader(PipelineStep):
         text_key: str = "text",
         on_error: OnError = "stop",
         text_option: str = "--text-key",
+        position_key: str | None = None,
     ):
         super().__init__()
         self.inputs = [os.fspath(p) for p in inputs]
         self.text_key = text_key
         self.on_error = on_error
         self.text_option = text_option
+        self.position_key = position_key
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         if data:
             yield from data
         read, index = ReadStats(), 0
-        for path in task_files(expand_inputs(self.inputs), rank, world_size):
-            for record in iter_records([path], on_error=self.on_error, stats=read):
+        for file_number, path in numbered_task_files(expand_inputs(self.inputs), rank, world_size):
+            for record_number, record in enumerate(iter_records([path], on_error=self.on_error, stats=read)):
                 index += 1
                 try:
                     document = document_from_record(record, index - 1, self.text_key, self.text_option)
@@ -94,6 +109,8 @@ class RecordReader(PipelineStep):
                     read.skip(f"{path}: {exc}")
                     continue
                 self.stat_update("documents")
+                if self.position_key:
+                    document.metadata[self.position_key] = (file_number, record_number)
                 yield document
         if read.skipped:
             self.stat_update("skipped_lines", value=read.skipped)
@@ -125,3 +142,35 @@ class RecordWriter(PipelineStep):
                 writer.write(record_from_document(document, self.text_key))
                 self.stat_update("written")
                 yield document
+
+
+class Progress(PipelineStep):
+    """Passes documents on unchanged while showing how many went by (:mod:`megaphi.progress`: a bar on a
+    terminal, a line now and then in a log), one display per task."""
+
+    name = "progress"
+    type = "📊 - STATS"
+
+    def __init__(self, desc: str, *, unit: str = "docs", disable: bool = False):
+        super().__init__()
+        self.desc, self.unit, self.disable = desc, unit, disable
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        desc = self.desc if world_size == 1 else f"{self.desc} {rank + 1}/{world_size}"
+        with progress(disable=self.disable, desc=desc, unit=self.unit) as bar:
+            for document in data or ():
+                yield document
+                bar.update(1)
+
+
+def task_stats(logging_dir: str | os.PathLike, rank: int) -> dict[str, dict[str, float]]:
+    """What the steps of a finished task counted (datatrove's ``stats/NNNNN.json``): step name ->
+    label -> total, e.g. ``task_stats(dir, 0)["records"]["skipped_lines"]``."""
+    with open(os.path.join(os.fspath(logging_dir), "stats", f"{rank:05d}.json"), encoding="utf-8") as f:
+        steps = json.load(f)
+    return {
+        step["name"].rpartition(": ")[2]: {
+            label: value["total"] if isinstance(value, dict) else value for label, value in step["stats"].items()
+        }
+        for step in steps
+    }

@@ -319,7 +319,13 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                 ]
             ],
             lambda: shards(data, "filtered"),
-            [data / "dedup-00000.jsonl", data / "dedup.removed.jsonl", data / "dedup.dedup.json"],
+            # the work directory too: its completion markers would make a rerun skip every task
+            [
+                data / "dedup-00000-00000.jsonl",
+                data / "dedup.removed.jsonl",
+                data / "dedup.dedup.json",
+                data / "dedup.datatrove",
+            ],
             lambda: {
                 k: read_json(data / "dedup.dedup.json").get(k)
                 for k in ("documents", "kept", "exact_duplicates", "near_duplicates")
