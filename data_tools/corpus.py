@@ -5,9 +5,10 @@ files, parquet files in The Stack's layout (a ``content`` column) and Hugging Fa
 with ``save_to_disk``. With no input, the corpus is the standard library of the running Python:
 real code on every machine.
 
-The corpus is a datatrove stage (:mod:`data_tools.executors`): task ``rank`` of ``--tasks`` reads every
-``tasks``-th unit of the inputs, a unit being one file of a directory (in sorted order) or one
-JSONL/parquet file or saved dataset, and writes ``PREFIX-{rank:05d}-NNNNN.jsonl``. A last one-task
+The corpus is a datatrove stage (:mod:`data_tools.executors`): task ``rank`` of ``--tasks`` reads its
+contiguous block of the inputs' units, a unit being one file of a directory (in sorted order) or one
+JSONL/parquet file or saved dataset, and writes ``PREFIX-{rank:05d}-NNNNN.jsonl``: the shards in task
+order hold the same records in the same order for any task count. A last one-task
 stage sums the tasks' counts into ``PREFIX.corpus.json`` (totals and one row per task).
 
     python -m data_tools.corpus --output-prefix data/stdlib                  # the standard library
@@ -142,20 +143,12 @@ def _is_hf_dataset_dir(path: Path) -> bool:
     )
 
 
-def iter_directory(
-    root: Path,
-    *,
-    include: Sequence[str],
-    exclude: Sequence[str],
-    languages: Sequence[str] | None,
-    limits: SizeLimits,
-    stats: CorpusStats,
-    take: Callable[[], bool] = lambda: True,
-) -> Iterator[dict[str, Any]]:
-    """Records of the files under ``root`` (walked lazily in sorted order) whose path relative to
-    ``root`` matches an ``include`` pattern, no ``exclude`` pattern (fnmatch: ``*`` crosses
-    directories), and whose language by extension is in ``languages`` (None: any known language).
-    ``take`` is asked once per such file, in order: a task reads only the files it says yes to."""
+def walk_directory(
+    root: Path, *, include: Sequence[str], exclude: Sequence[str], languages: Sequence[str] | None
+) -> Iterator[tuple[Path, str, str]]:
+    """``(path, path relative to root, language)`` of the files under ``root`` (walked lazily in sorted
+    order) whose relative path matches an ``include`` pattern, no ``exclude`` pattern (fnmatch: ``*``
+    crosses directories), and whose language by extension is in ``languages`` (None: any known)."""
     for directory, subdirs, files in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if not _matches(os.path.join(directory, d, ""), exclude))
         for name in sorted(files):
@@ -168,19 +161,36 @@ def iter_directory(
                 or not _matches(relative, include)
                 or _matches(str(path), exclude)
                 or not path.is_file()
-                or not take()
             ):
                 continue
-            stats.files += 1
-            if not limits.check(path.stat().st_size, stats):
-                continue
-            try:
-                text = path.read_bytes().decode("utf-8")
-            except UnicodeDecodeError:
-                stats.undecodable += 1
-                continue
-            # the path under its input is what training reports show; the full path is unique across inputs
-            yield {"id": str(path), "text": text, "path": relative, "lang": lang, "meta": {"root": str(root)}}
+            yield path, relative, lang
+
+
+def iter_directory(
+    root: Path,
+    *,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    languages: Sequence[str] | None,
+    limits: SizeLimits,
+    stats: CorpusStats,
+    take: Callable[[], bool] = lambda: True,
+) -> Iterator[dict[str, Any]]:
+    """Records of the files :func:`walk_directory` finds under ``root``. ``take`` is asked once per such
+    file, in order: a task reads only the files it says yes to."""
+    for path, relative, lang in walk_directory(root, include=include, exclude=exclude, languages=languages):
+        if not take():
+            continue
+        stats.files += 1
+        if not limits.check(path.stat().st_size, stats):
+            continue
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            stats.undecodable += 1
+            continue
+        # the path under its input is what training reports show; the full path is unique across inputs
+        yield {"id": str(path), "text": text, "path": relative, "lang": lang, "meta": {"root": str(root)}}
 
 
 def _matches(path: str, patterns: Sequence[str]) -> bool:
@@ -258,16 +268,33 @@ def iter_corpus(
 ) -> Iterator[dict[str, Any]]:
     """Corpus records from every input in order; the standard library when ``inputs`` is empty.
 
-    Task ``rank`` of ``world_size`` reads units ``rank, rank + world_size, ...`` of the inputs, a unit
-    being a file found in a directory or a JSONL/parquet file or saved dataset, counted in input order."""
+    A unit is a file found in a directory, or a JSONL/parquet file or saved dataset given as input.
+    Task ``rank`` of ``world_size`` reads its contiguous block of the units in input order (blocks
+    differ by at most one unit; with several tasks the directories are walked once more first, to
+    count them), so the tasks' records in rank order are the one-task records in the same order."""
     stats = stats if stats is not None else CorpusStats()
-    units = itertools.count()
+    paths = check_inputs(inputs)
+
+    def is_directory(path: Path) -> bool:
+        return path.is_dir() and not _is_hf_dataset_dir(path)
+
+    first, end = 0, None
+    if world_size > 1:
+        units = sum(
+            sum(1 for _ in walk_directory(path, include=include, exclude=exclude, languages=languages))
+            if is_directory(path)
+            else 1
+            for path in paths
+        )
+        first, end = rank * units // world_size, (rank + 1) * units // world_size
+    numbers = itertools.count()
 
     def take() -> bool:
-        return next(units) % world_size == rank
+        number = next(numbers)
+        return first <= number and (end is None or number < end)
 
-    for path in check_inputs(inputs):
-        if path.is_dir() and not _is_hf_dataset_dir(path):
+    for path in paths:
+        if is_directory(path):
             yield from iter_directory(
                 path, include=include, exclude=exclude, languages=languages, limits=limits, stats=stats, take=take
             )

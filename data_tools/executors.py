@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -153,17 +154,21 @@ def _environment_command(prefix: str) -> str:
 
 class RecordingLocalExecutor(LocalPipelineExecutor):
     """datatrove's local executor, changed in one way: a task that raises is recorded as failed (its
-    error in ``errors/NNNNN`` of the logging directory) and the other tasks go on, so that the command
-    can name every failed task instead of stopping at the first exception with a worker traceback."""
+    error in ``errors/NNNNN``, and pickled in ``errors/NNNNN.pickle``, under the logging directory) and
+    the other tasks go on, so that the command can name every failed task and raise the first one's
+    error (see :func:`check_stage_finished`) instead of stopping at the first exception."""
 
     def _launch_run_for_rank(self, rank: int, ranks_q: Any, completed: Any = None, completed_lock: Any = None) -> Any:
         errors = Path(self.logging_dir.path) / "errors"
-        (errors / f"{rank:05d}").unlink(missing_ok=True)
+        for old in (errors / f"{rank:05d}", errors / f"{rank:05d}.pickle"):
+            old.unlink(missing_ok=True)
         try:
             return super()._launch_run_for_rank(rank, ranks_q, completed, completed_lock)
         except Exception as error:  # the traceback is in the task's log file
             errors.mkdir(parents=True, exist_ok=True)
             (errors / f"{rank:05d}").write_text(_one_line(error) + "\n")
+            with contextlib.suppress(Exception):  # an error that does not pickle is known by its line
+                (errors / f"{rank:05d}.pickle").write_bytes(pickle.dumps(error))
             return PipelineStats()
 
 
@@ -409,32 +414,54 @@ def _step_settings(step: Any) -> Any:
 
 def _claim_logging_dir(stage: Stage, tasks: int) -> None:
     """Record what a stage's logging directory holds the completion markers of, or refuse a run with
-    other settings: its markers would skip tasks whose outputs were made another way."""
+    other settings while any task of the earlier run is marked done: those markers would skip tasks
+    whose outputs were made another way. With no task done (a first try that failed) the new
+    settings take over, e.g. the ``--on-error skip`` a failed run's error suggested."""
     record = {"stage": stage.name, "tasks": tasks, "pipeline": [_step_settings(step) for step in stage.pipeline]}
     path = Path(stage.logging_dir) / "stage.json"
     if path.is_file():
         earlier = json.loads(path.read_text())
-        if earlier != record:
+        if earlier == record:
+            return
+        done = Path(stage.logging_dir) / "completions"
+        if done.is_dir() and any(done.iterdir()):
             what = "task count" if earlier.get("tasks") != tasks else "settings or inputs"
             raise ExecutorError(
                 f"{stage.logging_dir} holds a run of stage {stage.name} with another {what}; rerun it as it "
                 "was to finish it, or remove its outputs and that directory (or choose another output prefix)"
             )
-        return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def check_stage_finished(stage: Stage, tasks: int) -> None:
+    """Raise when a task of ``stage`` left no completion marker. A task that failed here with an error
+    the user can fix (a :class:`UserError`, e.g. a malformed input) raises that error, of its own type,
+    with the stage's task and logs appended; any other cause is an :class:`ExecutorError`."""
     missing = incomplete_tasks(stage.logging_dir, tasks)
-    if missing:
-        errors = Path(stage.logging_dir) / "errors"
-        first = next((errors / f"{r:05d}" for r in missing if (errors / f"{r:05d}").is_file()), None)
-        cause = f"{first.read_text().strip()} (task {int(first.name)}); " if first else ""
-        raise ExecutorError(
-            f"{cause}{stage.name}: task(s) {_ranges(missing)} of {tasks} did not finish; their logs are in "
-            f"{Path(stage.logging_dir) / 'logs'}; rerun the same command to run only those"
-        )
+    if not missing:
+        return
+    where = (
+        f"{stage.name}: task(s) {_ranges(missing)} of {tasks} did not finish; their logs are in "
+        f"{Path(stage.logging_dir) / 'logs'}; rerun the same command to run only those"
+    )
+    errors = Path(stage.logging_dir) / "errors"
+    first = next((rank for rank in missing if (errors / f"{rank:05d}").is_file()), None)
+    if first is None:
+        raise ExecutorError(where)
+    error = _unpickled_error(errors / f"{first:05d}.pickle")
+    if isinstance(error, UserError):
+        error.args = (f"{error} (task {first}); {where}",)
+        raise error
+    raise ExecutorError(f"{(errors / f'{first:05d}').read_text().strip()} (task {first}); {where}")
+
+
+def _unpickled_error(path: Path) -> BaseException | None:
+    try:
+        error = pickle.loads(path.read_bytes())
+    except Exception:  # none written, or a class this process cannot import: the line will do
+        return None
+    return error if isinstance(error, BaseException) else None
 
 
 def incomplete_tasks(logging_dir: str | os.PathLike, tasks: int) -> list[int]:

@@ -10,6 +10,8 @@ from typing import Iterator
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from megaphi.common.errors import InputNotFoundError
+
 
 class RecordRuns(PipelineStep):
     """Passes documents on, then appends ``rank`` to ``journal``: one line each time a task got past it."""
@@ -27,17 +29,21 @@ class RecordRuns(PipelineStep):
 
 
 class FailWhile(PipelineStep):
-    """Task ``rank`` raises while the file ``flag`` exists (a bug that a rerun after the fix gets past)."""
+    """Task ``rank`` raises while the file ``flag`` exists: a bug (RuntimeError), or with ``user_error``
+    a fault of the input (a UserError); either way a rerun after the fix gets past it."""
 
     name = "fail while flagged"
 
-    def __init__(self, rank: int, flag: str | os.PathLike):
+    def __init__(self, rank: int, flag: str | os.PathLike, *, user_error: bool = False):
         super().__init__()
         self.rank = rank
         self.flag = os.fspath(flag)
+        self.user_error = user_error
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         if rank == self.rank and Path(self.flag).exists():
+            if self.user_error:
+                raise InputNotFoundError(f"{self.flag}: task {rank} found a bad input")
             raise RuntimeError(f"task {rank} was told to fail")
         yield from data or ()
 

@@ -6,7 +6,7 @@ from itertools import islice
 import pytest
 
 from data_tools.corpus import CorpusError, SizeLimits, build_corpus, iter_corpus, main, stdlib_dir
-from data_tools.executors import ExecutorError, ExecutorOptions
+from data_tools.executors import ExecutorOptions
 from data_tools.jsonl import MalformedRecordError
 from tests.conftest import damaged_gzip, read_jsonl
 
@@ -121,18 +121,16 @@ def test_record_without_text_names_the_record_or_is_skipped(tmp_path):
 
 
 def test_empty_corpus_is_an_error(source_tree, tmp_path):
-    with pytest.raises(ExecutorError, match="^the corpus is empty"):
+    with pytest.raises(CorpusError, match="^the corpus is empty"):
         build_corpus([source_tree], tmp_path / "out", languages=["rust"])
 
 
-def test_tasks_split_directory_files_and_record_files_and_together_write_the_one_task_corpus(source_tree, tmp_path):
+def test_tasks_read_contiguous_blocks_of_files_and_together_write_the_one_task_corpus_in_order(source_tree, tmp_path):
     for name in ("r1", "r2"):
         (tmp_path / f"{name}.jsonl").write_text(json.dumps({"text": f"{name} = 1\n", "id": name}) + "\n")
     inputs = [source_tree, tmp_path / "r1.jsonl", tmp_path / "r2.jsonl"]
     one = build_corpus(inputs, tmp_path / "one" / "c", languages=None)
     three = build_corpus(inputs, tmp_path / "three" / "c", languages=None, options=ExecutorOptions(tasks=3))
-    # units in order, dealt to tasks 0, 1, 2, 0, ...: empty.py (too small), pkg/a.py, pkg/b.py,
-    # pkg/latin1.py (undecodable), pkg/notes.md, r1.jsonl, r2.jsonl
     assert [r["id"] for r in read_jsonl(*one.shards)] == [
         str(source_tree / "pkg" / "a.py"),
         str(source_tree / "pkg" / "b.py"),
@@ -140,16 +138,17 @@ def test_tasks_split_directory_files_and_record_files_and_together_write_the_one
         "r1",
         "r2",
     ]
-    assert sorted(r["id"] for r in read_jsonl(*three.shards)) == sorted(r["id"] for r in read_jsonl(*one.shards))
-    assert sorted(read_jsonl(*three.shards), key=lambda r: r["id"]) == sorted(
-        read_jsonl(*one.shards), key=lambda r: r["id"]
-    )
+    assert read_jsonl(*three.shards) == read_jsonl(*one.shards)
     assert (three.written, three.files, three.undecodable, three.too_small) == (5, 7, 1, 1)
+    # the 7 units in order: empty.py (too small), pkg/a.py, pkg/b.py, pkg/latin1.py (undecodable),
+    # pkg/notes.md, r1.jsonl, r2.jsonl; blocks of 2, 2 and 3
     report = json.loads((tmp_path / "three" / "c.corpus.json").read_text())
     assert report["summary"] == three.summary()
-    assert [t["written"] for t in report["tasks"]] == [1, 2, 2]
-    assert [t["undecodable"] for t in report["tasks"]] == [1, 0, 0]
-    assert sum(t["files"] for t in report["tasks"]) == 7
+    assert [(t["files"], t["written"], t["too_small"], t["undecodable"]) for t in report["tasks"]] == [
+        (2, 1, 1, 0),
+        (2, 1, 0, 1),
+        (3, 3, 0, 0),
+    ]
 
 
 def test_cli_writes_shards_and_reports_bad_input_in_one_line(source_tree, tmp_path, capsys):

@@ -23,6 +23,7 @@ from data_tools.executors import (
     run_stages,
 )
 from megaphi.common.cli import entry_point
+from megaphi.common.errors import InputNotFoundError
 from tests.conftest import read_jsonl
 from tests.data_tools.probe_steps import FailWhile, RecordRuns
 
@@ -144,6 +145,18 @@ def test_a_failed_task_is_named_with_its_error_and_logs_and_a_rerun_runs_only_it
     assert _runs(journal) == [0, 1, 2, 3]
 
 
+def test_a_task_that_failed_on_its_input_raises_that_error_with_the_task_and_logs_appended(tmp_path):
+    flag = tmp_path / "fail"
+    flag.touch()
+    stage = _stage(tmp_path, FailWhile(1, flag, user_error=True))
+    with pytest.raises(InputNotFoundError) as raised:
+        run_stages([stage], ExecutorOptions(tasks=2, workers=2))
+    assert str(raised.value) == (
+        f"{flag}: task 1 found a bad input (task 1); probe: task(s) 1 of 2 did not finish; their logs are in "
+        f"{stage.logging_dir}/logs; rerun the same command to run only those"
+    )
+
+
 def test_a_failed_stage_stops_the_stages_after_it(tmp_path):
     flag, journal = tmp_path / "fail", tmp_path / "runs.txt"
     flag.touch()
@@ -172,6 +185,16 @@ def test_a_rerun_with_another_task_count_or_other_settings_is_refused(tmp_path):
     with pytest.raises(ExecutorError, match="with another settings or inputs; rerun it as it was"):
         run_stages([_stage(tmp_path, RecordRuns(tmp_path / "elsewhere.txt"))], ExecutorOptions(tasks=2))
     assert _runs(journal) == [0, 1]
+
+
+def test_after_a_try_where_no_task_finished_a_rerun_may_change_its_settings(tmp_path):
+    flag = tmp_path / "fail"
+    flag.touch()
+    with pytest.raises(ExecutorError):
+        run_stages([_stage(tmp_path, FailWhile(0, flag))], ExecutorOptions(tasks=1))
+    journal = tmp_path / "runs.txt"
+    run_stages([_stage(tmp_path, RecordRuns(journal))], ExecutorOptions(tasks=1))
+    assert _runs(journal) == [0]
 
 
 KILLABLE = """

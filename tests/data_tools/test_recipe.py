@@ -119,6 +119,7 @@ def test_a_small_recipe_runs_end_to_end_and_a_rerun_runs_nothing_again(tmp_path,
 
 def test_a_ray_run_writes_what_a_local_run_writes(tmp_path):
     import ray
+
     extra = write_extra(tmp_path / "extra.jsonl")
     overrides = small_recipe(extra, train_tokenizer(tmp_path / "tokenizer"), tasks=2)
     assert main(["--config", str(STDLIB_RECIPE), f"output_dir={tmp_path / 'local'}", *overrides]) == 0
