@@ -292,7 +292,8 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             [
                 data / "annotations.jsonl",
                 work / "quality_classifier",
-                data / "filtered-00000.jsonl",
+                data / "filtered-00000-00000.jsonl",
+                data / "filtered.datatrove",  # the filter's task markers: a rerun after removal runs every task
                 quality,
                 data / "filtered.quality.png",
             ],
