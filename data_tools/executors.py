@@ -133,10 +133,12 @@ def build_executor(
     depends: Any = None,
     tasks: int | None = None,
     job_name: str | None = None,
+    skip_completed: bool = True,
 ) -> Any:
     """A datatrove executor running ``pipeline`` as ``options`` say; ``tasks`` overrides the task count for
     stages that must run as one task (a merge, a model training). ``depends`` is the executor of the
-    stage that must finish first (on Slurm: a job dependency)."""
+    stage that must finish first (on Slurm: a job dependency). ``skip_completed=False`` runs tasks
+    that left a completion marker again (see :attr:`Stage.rerun_completed`)."""
     options.check()
     n_tasks = options.tasks if tasks is None else tasks
     if options.executor == "local":
@@ -149,6 +151,7 @@ def build_executor(
             workers=workers,
             logging_dir=os.fspath(logging_dir),
             depends=depends,
+            skip_completed=skip_completed,
             start_method="fork",
         )
     if options.executor == "slurm":
@@ -169,6 +172,7 @@ def build_executor(
             sbatch_args=dict(slurm.sbatch_args),
             logging_dir=os.fspath(logging_dir),
             depends=depends,
+            skip_completed=skip_completed,
         )
     try:
         from datatrove.executor import RayPipelineExecutor
@@ -180,6 +184,7 @@ def build_executor(
         workers=options.workers,
         logging_dir=os.fspath(logging_dir),
         depends=depends,
+        skip_completed=skip_completed,
         cpus_per_task=options.slurm.cpus_per_task,
         mem_per_cpu_gb=options.slurm.mem_per_cpu_gb,
         gpus_per_task=options.slurm.gpus_per_task,
@@ -195,6 +200,10 @@ class Stage:
     pipeline: list[Any]
     logging_dir: str
     tasks: int | None = None  # None: the command's --tasks
+    # Tasks that resume on their own at a finer grain (synthesis skips the ids it already filed) run
+    # again despite their completion marker, so that a rerun with a larger count or --retry-failed
+    # reaches them; a task with nothing left to do then finishes at once.
+    rerun_completed: bool = False
 
 
 def logging_dir_for(output_prefix: str | os.PathLike, stage: str) -> str:
@@ -221,6 +230,7 @@ def run_stages(stages: Sequence[Stage], options: ExecutorOptions) -> list[Any]:
                 depends=depends,
                 tasks=stage.tasks,
                 job_name=f"{options.slurm.job_name}-{stage.name}",
+                skip_completed=not stage.rerun_completed,
             )
         )
         if options.executor == "local":
