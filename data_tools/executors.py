@@ -169,7 +169,8 @@ def build_executor(
             gpus_per_task=slurm.gpus_per_task,
             job_name=job_name or slurm.job_name,
             env_command=_environment_command(slurm.prefix),
-            sbatch_args=dict(slurm.sbatch_args),
+            # datatrove writes the memory as f"{gb}G", and sbatch refuses a float such as "2.0G": megabytes
+            sbatch_args={"mem-per-cpu": f"{round(slurm.mem_per_cpu_gb * 1024)}M", **slurm.sbatch_args},
             logging_dir=os.fspath(logging_dir),
             depends=depends,
             skip_completed=skip_completed,

@@ -20,9 +20,13 @@ exceeds it by more than ``--warn-repeats``. ``report`` measures how diverse the 
 
 Exercises are HumanEval-shaped (signature + docstring, solution, `check(candidate)` tests) and are
 kept only if they parse, their solution passes its own tests in the evaluation sandbox, and their
-solution and tests do not nearly repeat an exercise already kept (MinHash at the dedup stage's
+solution and tests do not nearly repeat an exercise with an earlier id (MinHash at the dedup stage's
 settings); everything else goes to the failure log with the reason. Requests go through
 data_tools.llm: a killed run resumes when rerun.
+
+A run is split into ``--tasks`` tasks on the data stages' executors (``--executor local|slurm|ray``),
+each asking for its own share of the ids, and merged into ``--out`` by a last one-task stage with a
+per-task summary: data_tools.synth_run (which also holds ``stages()`` for the data recipe).
 """
 
 from __future__ import annotations

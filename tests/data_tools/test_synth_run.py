@@ -105,13 +105,14 @@ def test_the_summary_counts_each_task_and_the_total_from_the_files(tmp_path):
 def test_a_larger_count_on_rerun_asks_only_the_new_ids_also_of_finished_tasks(tmp_path):
     with FakeOpenAI() as server:
         client = ClientConfig(base_url=server.base_url, model="fake")
-        config = SynthConfig("textbooks", count=6, out=str(tmp_path / "t.jsonl"), client=client, no_progress=True)
-        synthesize(config, ExecutorOptions(tasks=3, workers=1))
+        config = SynthConfig("textbooks", count=2, out=str(tmp_path / "t.jsonl"), client=client, no_progress=True)
+        first = synthesize(config, ExecutorOptions(tasks=3, workers=1))  # fewer ids than tasks: task 2 has none
         summary = synthesize(replace(config, count=11), ExecutorOptions(tasks=3, workers=1))
         asked = Counter(hit.prompt for hit in server.hits)
+    assert [t["requested"] for t in first["per_task"]] == [1, 1, 0] and first["succeeded"] == 2
     assert len(asked) == 11 and set(asked.values()) == {1}
-    assert summary["succeeded"] == 11 and summary["already_done"] == 6
-    assert [t["last_run"]["already_done"] for t in summary["per_task"]] == [2, 2, 2]
+    assert summary["succeeded"] == 11 and summary["already_done"] == 2
+    assert [t["last_run"]["already_done"] for t in summary["per_task"]] == [1, 1, 0]
     assert [r["id"] for r in read_jsonl(tmp_path / "t.jsonl")] == [p.id for p in textbook_prompts(11)]
 
 
