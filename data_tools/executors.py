@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,12 +134,10 @@ def build_executor(
     depends: Any = None,
     tasks: int | None = None,
     job_name: str | None = None,
-    skip_completed: bool = True,
 ) -> Any:
     """A datatrove executor running ``pipeline`` as ``options`` say; ``tasks`` overrides the task count for
     stages that must run as one task (a merge, a model training). ``depends`` is the executor of the
-    stage that must finish first (on Slurm: a job dependency). ``skip_completed=False`` runs tasks
-    that left a completion marker again (see :attr:`Stage.rerun_completed`)."""
+    stage that must finish first (on Slurm: a job dependency)."""
     options.check()
     n_tasks = options.tasks if tasks is None else tasks
     if options.executor == "local":
@@ -151,7 +150,6 @@ def build_executor(
             workers=workers,
             logging_dir=os.fspath(logging_dir),
             depends=depends,
-            skip_completed=skip_completed,
             start_method="fork",
         )
     if options.executor == "slurm":
@@ -169,11 +167,9 @@ def build_executor(
             gpus_per_task=slurm.gpus_per_task,
             job_name=job_name or slurm.job_name,
             env_command=_environment_command(slurm.prefix),
-            # datatrove writes the memory as f"{gb}G", and sbatch refuses a float such as "2.0G": megabytes
-            sbatch_args={"mem-per-cpu": f"{round(slurm.mem_per_cpu_gb * 1024)}M", **slurm.sbatch_args},
+            sbatch_args=dict(slurm.sbatch_args),
             logging_dir=os.fspath(logging_dir),
             depends=depends,
-            skip_completed=skip_completed,
         )
     try:
         from datatrove.executor import RayPipelineExecutor
@@ -185,7 +181,6 @@ def build_executor(
         workers=options.workers,
         logging_dir=os.fspath(logging_dir),
         depends=depends,
-        skip_completed=skip_completed,
         cpus_per_task=options.slurm.cpus_per_task,
         mem_per_cpu_gb=options.slurm.mem_per_cpu_gb,
         gpus_per_task=options.slurm.gpus_per_task,
@@ -201,9 +196,10 @@ class Stage:
     pipeline: list[Any]
     logging_dir: str
     tasks: int | None = None  # None: the command's --tasks
-    # Tasks that resume on their own at a finer grain (synthesis skips the ids it already filed) run
-    # again despite their completion marker, so that a rerun with a larger count or --retry-failed
-    # reaches them; a task with nothing left to do then finishes at once.
+    # Tasks that resume on their own at a finer grain (synthesis skips the ids its files settle) run on
+    # every run: a rerun with a larger count or --retry-failed reaches them, and one with nothing left
+    # to do finishes at once. Their completion markers are cleared first, so that the markers the
+    # stage ends with are this run's.
     rerun_completed: bool = False
 
 
@@ -222,6 +218,8 @@ def run_stages(stages: Sequence[Stage], options: ExecutorOptions) -> list[Any]:
     options.check()
     executors: list[Any] = []
     for stage in stages:
+        if stage.rerun_completed:
+            shutil.rmtree(Path(stage.logging_dir) / "completions", ignore_errors=True)
         depends = executors[-1] if executors and options.executor != "local" else None
         executors.append(
             build_executor(
@@ -231,7 +229,6 @@ def run_stages(stages: Sequence[Stage], options: ExecutorOptions) -> list[Any]:
                 depends=depends,
                 tasks=stage.tasks,
                 job_name=f"{options.slurm.job_name}-{stage.name}",
-                skip_completed=not stage.rerun_completed,
             )
         )
         if options.executor == "local":

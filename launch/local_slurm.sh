@@ -51,8 +51,8 @@ up() {
   dir="$(cd "$dir" && pwd)"
   local user nodes="" i
   user="$(id -un)"
-  # RealMemory: enough for the 2 GB per CPU of a data stage's tasks and the 1 GB its stats job asks for
-  # (datatrove's defaults); nothing enforces it here (no cgroups).
+  # RealMemory: room for the data stages' 2 GB per CPU (datatrove's default); nothing enforces it here
+  # (no cgroups).
   for i in "${!names[@]}"; do
     mkdir -p "$dir/spool${names[$i]}"
     nodes+="NodeName=${names[$i]} NodeHostname=localhost NodeAddr=${addrs[$i]} Port=$(free_port) CPUs=$cpus RealMemory=4096 State=UNKNOWN"$'\n'

@@ -234,3 +234,17 @@ def test_help_says_the_endpoint_budgets_apply_per_task(capsys):
     for flag in ("--max-concurrency", "--requests-per-minute", "--tokens-per-minute"):
         assert re.search(re.escape(flag) + r" \S+ .*?per task: N tasks ask up to N times this", help_text), flag
     assert "--tasks" in help_text and "--executor" in help_text
+
+
+def test_a_task_failing_on_a_rerun_stops_the_run_before_the_merge_despite_its_earlier_completion(tmp_path, capsys):
+    with FakeOpenAI() as server:
+        argv = ["textbooks", "--count", "6", "--out", str(tmp_path / "t.jsonl"), "--base-url", server.base_url]
+        argv += ["--tasks", "2", "--workers", "1", "--no-progress"]
+        assert main(argv) == 0
+        summary = (tmp_path / "t.summary.json").read_bytes()
+        shard = RunFiles(tmp_path / "t.jsonl", tmp_path / "t.failures.jsonl").task_out(1, 2)
+        lines = shard.read_text().splitlines(keepends=True)
+        shard.write_text(lines[0] + "{not json\n" + "".join(lines[1:]))  # damaged in the middle: task 1 stops
+        assert main(argv) == 2
+    assert f"{shard}:2" in capsys.readouterr().err
+    assert (tmp_path / "t.summary.json").read_bytes() == summary  # no summary of half the files

@@ -23,7 +23,7 @@ def test_a_job_array_of_three_tasks_files_what_three_local_tasks_file(slurm_two_
         local = replace(local, no_progress=True)
         expected = synthesize(local, ExecutorOptions(tasks=3, workers=3))
         on_slurm = replace(local, out=str(tmp_path / "slurm" / "t.jsonl"))
-        slurm = SlurmOptions(partition="debug", time="00:10:00", job_name="synth-test")
+        slurm = SlurmOptions(partition="debug", time="00:10:00", mem_per_cpu_gb=1, job_name="synth-test")
         assert synthesize(on_slurm, ExecutorOptions(executor="slurm", tasks=3, slurm=slurm)) is None
         summary_path = RunFiles.of(on_slurm).summary
         deadline = time.monotonic() + 300
