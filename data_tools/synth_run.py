@@ -142,11 +142,15 @@ class SummaryStep(PipelineStep):
 
 
 def stages(config: SynthConfig, options: ExecutorOptions) -> list[Stage]:
-    """The run's datatrove stages: ``generate`` (``options.tasks`` tasks) and ``summary`` (one task)."""
+    """The run's datatrove stages: ``generate`` (``options.tasks`` tasks) and ``summary`` (one task).
+    Checks what can be checked before any task runs, and prints the size of the prompt space."""
     config.check()
     options.check()
     files = RunFiles.of(config)
     files.check_layout(options.tasks)
+    announce(config)
+    if config.kind == "exercises" and not config.unsafe_no_sandbox and options.executor == "local":
+        check_sandbox()  # here, once, before any task asks for anything (a task on a cluster checks its node)
     if config.client.api_key:
         # The key travels to the tasks in the environment (forked locally, exported by sbatch), never in
         # the pickled pipeline or the executor's JSON that datatrove writes beside its logs.
@@ -174,9 +178,6 @@ def synthesize(config: SynthConfig, options: ExecutorOptions | None = None) -> d
     when the stages were submitted to Slurm (the summary appears in OUT.summary.json when they ran)."""
     options = options or ExecutorOptions()
     run = stages(config, options)
-    announce(config)
-    if config.kind == "exercises" and not config.unsafe_no_sandbox and options.executor == "local":
-        check_sandbox()  # here, once, before any task asks for anything (each task checks its own node too)
     executors = run_stages(run, options)
     if options.executor == "slurm":
         jobs = {stage.name: executor.job_id for stage, executor in zip(run, executors)}
