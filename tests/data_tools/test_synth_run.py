@@ -149,12 +149,12 @@ def holder_of(path: Path, session: int) -> int | None:
 
 @pytest.mark.slow
 def test_sigkill_of_one_task_then_rerun_asks_each_id_once(tmp_path):
-    count, tasks, concurrency = 36, 3, 2
+    count, tasks, concurrency = 45, 3, 2
     prompts = textbook_prompts(count)
     out = tmp_path / "t.jsonl"
     files = RunFiles(out, tmp_path / "t.failures.jsonl")
     victim_out, victim_failures = files.task_out(1, tasks), files.task_failures(1, tasks)
-    with FakeOpenAI(fault, delay_s=0.15) as server:
+    with FakeOpenAI(fault, delay_s=0.2) as server:  # a task takes 15 x 0.2 s / 2 at least: time to kill it
         command = [
             sys.executable,
             "-m",
@@ -219,9 +219,9 @@ def test_sigkill_of_one_task_then_rerun_asks_each_id_once(tmp_path):
     assert sum(asked.values()) == count + len(asked_twice)
     # the rerun asked nothing of the tasks that had finished
     assert [t["last_run"]["already_done"] + t["last_run"]["failed_before"] for t in summary["per_task"]] == [
-        12,
+        15,
         len(filed_before_kill),
-        12,
+        15,
     ]
     assert summary["succeeded"] + summary["failed"] == count
     assert summary["succeeded"] == sum(fault(p.user, 0) == "ok" for p in prompts)
