@@ -438,7 +438,12 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             "synthesize textbooks and exercises through an OpenAI-compatible server over the toy model",
             synth_commands,
             lambda: [latest_checkpoint(pretrain)],
-            [data / f"{kind}{suffix}.jsonl" for kind in ("textbooks", "exercises") for suffix in ("", ".failures")],
+            # the merged files, and the per-task files and logs a rerun would otherwise resume from
+            [
+                data / f"{kind}{suffix}"
+                for kind in ("textbooks", "exercises")
+                for suffix in (".jsonl", ".failures.jsonl", ".summary.json", ".tasks", ".datatrove")
+            ],
             lambda: {
                 "textbooks": jsonl_lines(data / "textbooks.jsonl"),
                 "exercises that passed validation": jsonl_lines(data / "exercises.jsonl"),
