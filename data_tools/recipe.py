@@ -21,24 +21,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import io
 import logging
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from loguru import logger
 
-from data_tools import corpus
+from data_tools import corpus, decontaminate, dedup, preprocess
 from data_tools.executors import ExecutorOptions, Stage, logging_dir_for, run_stages
+from data_tools.quality import filter as quality_filter
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
-from megaphi.config import ConfigError, check_positive, load_config
+from megaphi.config import ConfigError, load_config
 
 log = logging.getLogger(__name__)
 
@@ -47,93 +50,72 @@ class RecipeError(UserError):
     """A recipe that cannot run as written."""
 
 
-@dataclass
-class QualitySection:
-    """``python -m data_tools.quality filter`` (and, without a classifier, ``annotate`` + ``train`` first)."""
-
-    enabled: bool = True
-    # directory written by `python -m data_tools.quality train`; empty: label the corpus with the offline
-    # heuristic annotator and train one here (a toy: real recipes train on LLM annotations)
-    classifier: str = ""
-    threshold: float | None = None  # override the classifier's threshold
-    batch_size: int = 64
-    text_key: str = "text"
-    on_error: str = "stop"
-
-
-@dataclass
-class DedupSection:
-    """``python -m data_tools.dedup``: exact and MinHash near duplicates."""
-
-    enabled: bool = True
-    threshold: float = 0.8
-    num_perm: int = 128
-    ngram: int = 5
-    text_key: str = "text"
-    on_error: str = "stop"
+def _section(name: str, config: type, wired: Sequence[str], *, optional: bool = True, **extra: Any) -> type:
+    """The recipe section of a stage: the fields of its command's config (the command's flags) that the
+    recipe does not set itself, ``enabled`` (for a stage that can be left out) and ``extra`` fields
+    (name -> (type, default)). Generated, so that each command's config stays the one list of its options."""
+    hints = typing.get_type_hints(config)
+    fields: list[tuple[str, Any, Any]] = [("enabled", bool, field(default=True))] if optional else []
+    for f in dataclasses.fields(config):
+        if f.name in wired:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = field(default=f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = field(default_factory=f.default_factory)
+        else:  # a required flag of the command: empty until the YAML sets it
+            default = field(default_factory=typing.get_origin(hints[f.name]) or hints[f.name])
+        fields.append((f.name, hints[f.name], default))
+    fields += [(key, tp, field(default=value)) for key, (tp, value) in extra.items()]
+    cls = dataclasses.make_dataclass(name, fields)
+    cls.__module__ = __name__
+    cls.__doc__ = f"The options of {config.__name__} that a recipe sets (see its command's flags)."
+    return cls
 
 
-@dataclass
-class DecontaminateSection:
-    """``python -m data_tools.decontaminate`` against HumanEval and MBPP."""
-
-    enabled: bool = True
-    benchmarks: list[str] = field(default_factory=lambda: ["humaneval", "mbpp"])
-    mbpp_path: str | None = None  # MBPP's mbpp.jsonl; without it MBPP comes from the Hugging Face hub
-    ngram: int = 13
-    top_k: int = 10
-    ast_threshold: float = 0.95
-    min_ast_nodes: int = 20
-    embedder: str = "minilm"
-    text_key: str = "text"
-    on_error: str = "stop"
-
-
-@dataclass
-class TokenizeSection:
-    """``python -m data_tools.preprocess`` into Megatron ``.bin/.idx``."""
-
-    # Hugging Face tokenizer directory or sentencepiece model; empty: train a byte-level BPE of
-    # `vocab_size` on the recipe's own decontaminated data first (python -m data_tools.tokenizer train)
-    tokenizer: str = ""
-    vocab_size: int = 50257
-    json_keys: list[str] = field(default_factory=lambda: ["text"])
-    append_eod: bool = True
-    chunk_bytes: int = 1 << 20
-    on_error: str = "stop"
-
-    def check(self, prefix: str) -> None:
-        check_positive(prefix, self, "vocab_size", "chunk_bytes")
+CorpusSection = _section("CorpusSection", corpus.CorpusConfig, ["output_prefix"], optional=False)
+# classifier empty: label the corpus with the offline heuristic annotator and train one here (a toy:
+# real recipes train on LLM annotations, see data_tools.quality)
+QualitySection = _section("QualitySection", quality_filter.QualityFilterConfig, ["input", "output_prefix"])
+DedupSection = _section("DedupSection", dedup.DedupConfig, ["input", "output_prefix"])
+# deep_input: further datasets that also get the embedding and AST checks (the paper's exercises)
+DecontaminateSection = _section("DecontaminateSection", decontaminate.DecontaminateConfig, ["input", "output_prefix"])
+# tokenizer empty: train a byte-level BPE of vocab_size on the recipe's own clean data first
+TokenizeSection = _section(
+    "TokenizeSection", preprocess.PreprocessConfig, ["input", "output_prefix"], optional=False, vocab_size=(int, 50257)
+)
 
 
 @dataclass
 class RecipeConfig:
     output_dir: str = "data/recipe"  # every stage writes under it (see the module's docstring)
     executor: ExecutorOptions = field(default_factory=ExecutorOptions)
-    corpus: corpus.CorpusConfig = field(default_factory=corpus.CorpusConfig)
-    quality: QualitySection = field(default_factory=QualitySection)
-    dedup: DedupSection = field(default_factory=DedupSection)
-    decontaminate: DecontaminateSection = field(default_factory=DecontaminateSection)
-    tokenize: TokenizeSection = field(default_factory=TokenizeSection)
+    corpus: CorpusSection = field(default_factory=CorpusSection)  # type: ignore[valid-type]
+    quality: QualitySection = field(default_factory=QualitySection)  # type: ignore[valid-type]
+    dedup: DedupSection = field(default_factory=DedupSection)  # type: ignore[valid-type]
+    decontaminate: DecontaminateSection = field(default_factory=DecontaminateSection)  # type: ignore[valid-type]
+    tokenize: TokenizeSection = field(default_factory=TokenizeSection)  # type: ignore[valid-type]
 
     def check(self, prefix: str) -> None:
-        if self.corpus.output_prefix:
-            raise ConfigError("corpus.output_prefix: set by the recipe (OUTPUT_DIR/corpus); set output_dir instead")
         if not self.output_dir:
             raise ConfigError("output_dir: give the directory every stage writes under")
+        corpus.CorpusConfig(**vars(self.corpus)).check("corpus")
+        if self.tokenize.vocab_size < 1:
+            raise ConfigError(f"tokenize.vocab_size: must be > 0, got {self.tokenize.vocab_size}")
 
     def prefix(self, name: str) -> str:
         return os.path.join(self.output_dir, name)
 
     @property
     def dataset(self) -> str:
-        """The Megatron dataset the recipe ends with (PREFIX of PREFIX.bin/.idx), one per json key."""
-        return f"{self.prefix('code')}_{self.tokenize.json_keys[0]}_document"
+        """The Megatron dataset the recipe ends with (PREFIX of PREFIX.bin/.idx), for the first json key."""
+        return preprocess.output_prefix_for(self.prefix("code"), self.tokenize.json_keys[0])
 
 
 class CommandStep(PipelineStep):
-    """Runs a data command (``module.main(argv)``) inside a task: the recipe's way to chain a stage that
-    is one command. Its output goes to the task's log; a failure raises the command's own error line."""
+    """Runs a data command (``module.main(argv)``) inside a task: the recipe's way to chain a step that
+    is one command (labelling and training the quality classifier, training the tokenizer). Its output
+    goes to the task's log; a failure raises the command's own error line."""
 
     name = "command"
     type = "🔧 - COMMAND"
@@ -146,9 +128,9 @@ class CommandStep(PipelineStep):
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         yield from data or ()
         main = importlib.import_module(self.module).main
-        out, err = io.StringIO(), io.StringIO()
         command = f"python -m {self.module.removesuffix('.__main__')}"
         logger.info(f"{command} {' '.join(self.argv)}")
+        out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             status = main(self.argv)
         logger.info(out.getvalue() + err.getvalue())
@@ -162,62 +144,66 @@ def _command_stage(config: RecipeConfig, name: str, module: str, argv: list[str]
     return Stage(name, [CommandStep(module, argv)], logging_dir_for(config.prefix(writes), name), tasks=1)
 
 
-def _flag(name: str, value: object) -> list[str]:
-    return [] if value is None else [f"--{name}", str(value)]
+def _stage_config(config_type: Callable[..., Any], section: Any, **wired: Any) -> Any:
+    """The command config of a section, with what the recipe wires (inputs, output prefix)."""
+    fields = {f.name for f in dataclasses.fields(config_type)}  # type: ignore[arg-type]
+    return config_type(**{k: v for k, v in vars(section).items() if k in fields}, **wired)
+
+
+def _named(section_name: str, build: Callable[[], list[Stage]]) -> list[Stage]:
+    """A stage command's own check, with the section that holds the option it names."""
+    try:
+        return build()
+    except ConfigError:
+        raise
+    except UserError as error:
+        raise RecipeError(f"{section_name}: {error}") from None
 
 
 def recipe_stages(config: RecipeConfig) -> list[Stage]:
     """Every stage of the recipe in order, each reading what the one before wrote."""
-    corpus_config = corpus.CorpusConfig(**{**vars(config.corpus), "output_prefix": config.prefix("corpus")})
-    stages = corpus.stages(corpus_config, config.executor)
+    options = config.executor
+    corpus_config = _stage_config(corpus.CorpusConfig, config.corpus, output_prefix=config.prefix("corpus"))
+    stages = corpus.stages(corpus_config, options)
     shards = config.prefix("corpus") + "-*.jsonl"
 
     quality = config.quality
     if quality.enabled:
         classifier = quality.classifier
-        common = ["--input", shards, "--text-key", quality.text_key, "--on-error", quality.on_error]
         if not classifier:
             annotations, classifier = config.prefix("quality.annotations.jsonl"), config.prefix("quality.classifier")
+            common = ["--input", shards, "--text-key", quality.text_key, "--on-error", quality.on_error]
+            annotate = ["annotate", *common, "--annotator", "heuristic", "--out", annotations, "--no-progress"]
+            train = ["train", *common, "--annotations", annotations, "--out", classifier]
             stages.append(
-                _command_stage(
-                    config,
-                    "quality-annotate",
-                    "data_tools.quality.__main__",
-                    ["annotate", *common, "--annotator", "heuristic", "--out", annotations, "--no-progress"],
-                    "quality",
-                )
+                _command_stage(config, "quality-annotate", "data_tools.quality.__main__", annotate, "quality")
             )
-            stages.append(
-                _command_stage(
-                    config,
-                    "quality-train",
-                    "data_tools.quality.__main__",
-                    ["train", *common, "--annotations", annotations, "--out", classifier],
-                    "quality",
-                )
-            )
-        argv = ["filter", *common, "--classifier", classifier, "--output-prefix", config.prefix("quality")]
-        argv += ["--batch-size", str(quality.batch_size), *_flag("threshold", quality.threshold)]
-        stages.append(_command_stage(config, "quality", "data_tools.quality.__main__", argv, "quality"))
+            stages.append(_command_stage(config, "quality-train", "data_tools.quality.__main__", train, "quality"))
+        quality_config = _stage_config(
+            quality_filter.QualityFilterConfig,
+            quality,
+            input=[shards],
+            output_prefix=config.prefix("quality"),
+        )
+        quality_config.classifier = classifier
+        stages += _named("quality", lambda: quality_filter.stages(quality_config, options))
         shards = config.prefix("quality") + "-*.jsonl"
 
-    dedup = config.dedup
-    if dedup.enabled:
-        argv = ["--input", shards, "--output-prefix", config.prefix("dedup"), "--text-key", dedup.text_key]
-        argv += ["--threshold", str(dedup.threshold), "--num-perm", str(dedup.num_perm), "--ngram", str(dedup.ngram)]
-        argv += ["--on-error", dedup.on_error, "--no-progress"]
-        stages.append(_command_stage(config, "dedup", "data_tools.dedup", argv, "dedup"))
+    if config.dedup.enabled:
+        dedup_config = _stage_config(
+            dedup.DedupConfig, config.dedup, input=[shards], output_prefix=config.prefix("dedup")
+        )
+        stages += _named("dedup", lambda: dedup.stages(dedup_config, options))
         shards = config.prefix("dedup") + "-*.jsonl"
 
-    decontaminate = config.decontaminate
-    if decontaminate.enabled:
-        argv = ["--input", shards, "--output-prefix", config.prefix("clean"), "--benchmarks", *decontaminate.benchmarks]
-        argv += [*_flag("mbpp-path", decontaminate.mbpp_path), "--text-key", decontaminate.text_key]
-        argv += ["--ngram", str(decontaminate.ngram), "--top-k", str(decontaminate.top_k)]
-        argv += ["--ast-threshold", str(decontaminate.ast_threshold)]
-        argv += ["--min-ast-nodes", str(decontaminate.min_ast_nodes), "--embedder", decontaminate.embedder]
-        argv += ["--on-error", decontaminate.on_error]
-        stages.append(_command_stage(config, "decontaminate", "data_tools.decontaminate", argv, "clean"))
+    if config.decontaminate.enabled:
+        decontaminate_config = _stage_config(
+            decontaminate.DecontaminateConfig,
+            config.decontaminate,
+            input=[shards],
+            output_prefix=config.prefix("clean"),
+        )
+        stages += _named("decontaminate", lambda: decontaminate.stages(decontaminate_config, options))
         shards = config.prefix("clean") + "-*.jsonl"
 
     tokenize = config.tokenize
@@ -226,10 +212,11 @@ def recipe_stages(config: RecipeConfig) -> list[Stage]:
         tokenizer = config.prefix("tokenizer")
         argv = ["train", "--input", shards, "--out", tokenizer, "--vocab-size", str(tokenize.vocab_size)]
         stages.append(_command_stage(config, "tokenizer", "data_tools.tokenizer", argv, "tokenizer"))
-    argv = ["--input", shards, "--output-prefix", config.prefix("code"), "--tokenizer", tokenizer]
-    argv += ["--json-keys", *tokenize.json_keys, "--chunk-bytes", str(tokenize.chunk_bytes)]
-    argv += ["--on-error", tokenize.on_error, "--no-progress", *(["--append-eod"] if tokenize.append_eod else [])]
-    stages.append(_command_stage(config, "tokenize", "data_tools.preprocess", argv, "code"))
+    preprocess_config = _stage_config(
+        preprocess.PreprocessConfig, tokenize, input=[shards], output_prefix=config.prefix("code")
+    )
+    preprocess_config.tokenizer = tokenizer
+    stages += _named("tokenize", lambda: preprocess.stages(preprocess_config, options))
     return stages
 
 

@@ -38,21 +38,20 @@ def train_tokenizer(out: Path) -> Path:
 
 def small_recipe(extra: Path, tokenizer: Path, tasks: int) -> list[str]:
     """Overrides of the stdlib recipe: the standard library's b* and c* files up to 4 kB plus ``extra``,
-    in ``tasks`` corpus tasks, without the two embedding stages (quality filter, decontamination)."""
+    in ``tasks`` tasks, without the quality filter (its classifier needs embeddings and training)."""
     return [
         f"corpus.input=[{stdlib_dir()}, {extra}]",
         "corpus.include=['[b-c]*.py']",
         "corpus.max_bytes=4000",
         f"executor.tasks={tasks}",
         "quality.enabled=false",
-        "decontaminate.enabled=false",
         f"tokenize.tokenizer={tokenizer}",
     ]
 
 
 def outputs(out: Path) -> dict[str, bytes]:
-    """What a run of :func:`small_recipe` leaves for training and inspection: the corpus and dedup
-    shards and the Megatron dataset."""
-    names = [p.name for pattern in ("corpus-*.jsonl", "dedup-*.jsonl") for p in out.glob(pattern)]
+    """What a run of :func:`small_recipe` leaves for training and inspection: the corpus, dedup and
+    decontaminated shards and the Megatron dataset."""
+    names = [p.name for pattern in ("corpus-*.jsonl", "dedup-*.jsonl", "clean-*.jsonl") for p in out.glob(pattern)]
     names += ["code_text_document.bin", "code_text_document.idx"]
     return {name: (out / name).read_bytes() for name in sorted(names)}
