@@ -433,11 +433,13 @@ def stages(config: CorpusConfig, options: ExecutorOptions) -> list[Stage]:
         raise CorpusError("corpus: give an output prefix (--output-prefix)")
     read = logging_dir_for(config.output_prefix, "corpus")
     stats_dir = f"{read}/corpus_stats"
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "no_progress"}
     return [
         Stage(
             "corpus",
             [CorpusReader(config, stats_dir), RecordWriter(config.output_prefix, shard_bytes=config.shard_bytes)],
             read,
+            settings=settings,
         ),
         Stage(
             "corpus-report",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -282,6 +281,10 @@ class Stage:
     # to do finishes at once. Their completion markers are cleared first, so that the markers the
     # stage ends with are this run's.
     rerun_completed: bool = False
+    # What decides the stage's outputs (its inputs, options), as JSON values: a rerun with other settings
+    # is refused while a task of the earlier run is marked done (its markers would skip tasks whose
+    # outputs were made another way). None: only the task count is held to.
+    settings: dict[str, Any] | None = None
 
 
 def logging_dir_for(output_prefix: str | os.PathLike, stage: str) -> str:
@@ -361,8 +364,8 @@ def wait_for_slurm_jobs(job_ids: Sequence[Any], poll_seconds: float = 2.0) -> No
 def _quiet_datatrove() -> Iterator[None]:
     """datatrove logs every task's progress and statistics to the terminal, and has no setting for it.
     While a stage runs here its tasks log to their files only (``logs/task_NNNNN.log``) and this
-    process's console shows datatrove's errors only; a failed task comes back as one line in the
-    :class:`ExecutorError` that names it."""
+    process's console shows datatrove's errors only; a failed task comes back as the one error that
+    :func:`check_stage_finished` raises, naming it and its log."""
     import datatrove.executor.base as executor_base
     from datatrove.utils import logging as datatrove_logging
     from loguru import logger
@@ -397,35 +400,12 @@ class _Discard:
         pass
 
 
-def _step_settings(step: Any) -> Any:
-    """What a pipeline step was built with, as JSON: its public attributes (objects by type name)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, (str, int, float, bool)) or value is None:
-            return value
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return plain(dataclasses.asdict(value))
-        if isinstance(value, os.PathLike):
-            return os.fspath(value)
-        return type(value).__name__
-
-    attributes = getattr(step, "__dict__", {})
-    return {
-        "step": type(step).__name__,
-        **{k: plain(v) for k, v in sorted(attributes.items()) if not k.startswith("_") and k != "stats"},
-    }
-
-
 def _claim_logging_dir(stage: Stage, tasks: int) -> None:
-    """Record what a stage's logging directory holds the completion markers of, or refuse a run with
-    other settings while any task of the earlier run is marked done: those markers would skip tasks
-    whose outputs were made another way. With no task done (a first try that failed) the new
-    settings take over, e.g. the ``--on-error skip`` a failed run's error suggested."""
-    record = {"stage": stage.name, "tasks": tasks, "pipeline": [_step_settings(step) for step in stage.pipeline]}
+    """Record the task count and settings a stage's completion markers belong to, or refuse a run with
+    another task count or other settings while any task of the earlier run is marked done. With no task
+    done (a first try that failed) the new run takes over, e.g. with the ``--on-error skip`` that the
+    failed run's error suggested."""
+    record = {"stage": stage.name, "tasks": tasks, "settings": stage.settings}
     path = Path(stage.logging_dir) / "stage.json"
     if path.is_file():
         earlier = json.loads(path.read_text())

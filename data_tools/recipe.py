@@ -236,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"submitted Slurm jobs {jobs}; the dataset will be {config.dataset}.bin/.idx")
         return 0
     print(f"corpus: {corpus.read_report(corpus.CorpusConfig(output_prefix=config.prefix('corpus'))).summary()}")
+    # each stage's report (totals, per reason and per task) is PREFIX.NAME.json next to its outputs
+    print(f"reports: {', '.join(str(p) for p in sorted(Path(config.output_dir).glob('*.*.json')))}")
     print(f"dataset: {config.dataset}.bin/.idx")
     return 0
 

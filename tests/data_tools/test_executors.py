@@ -110,8 +110,8 @@ def test_the_slurm_job_asks_only_for_what_the_flags_say(tmp_path):
     assert f"source {sys.prefix}/bin/activate" in script
 
 
-def _stage(tmp_path, *steps, tasks=None, name="probe"):
-    return Stage(name, list(steps), logging_dir=logging_dir_for(tmp_path / "out", name), tasks=tasks)
+def _stage(tmp_path, *steps, tasks=None, name="probe", settings=None):
+    return Stage(name, list(steps), logging_dir_for(tmp_path / "out", name), tasks=tasks, settings=settings)
 
 
 def _runs(journal) -> list[int]:
@@ -178,13 +178,18 @@ def test_a_one_task_stage_runs_once_whatever_the_task_count(tmp_path):
 
 def test_a_rerun_with_another_task_count_or_other_settings_is_refused(tmp_path):
     journal = tmp_path / "runs.txt"
-    run_stages([_stage(tmp_path, RecordRuns(journal))], ExecutorOptions(tasks=2))
+    run_stages([_stage(tmp_path, RecordRuns(journal), settings={"journal": str(journal)})], ExecutorOptions(tasks=2))
     logging_dir = logging_dir_for(tmp_path / "out", "probe")
     with pytest.raises(ExecutorError, match=f"{logging_dir} holds a run of stage probe with another task count"):
-        run_stages([_stage(tmp_path, RecordRuns(journal))], ExecutorOptions(tasks=3))
+        run_stages(
+            [_stage(tmp_path, RecordRuns(journal), settings={"journal": str(journal)})], ExecutorOptions(tasks=3)
+        )
+    elsewhere = tmp_path / "elsewhere.txt"
     with pytest.raises(ExecutorError, match="with another settings or inputs; rerun it as it was"):
-        run_stages([_stage(tmp_path, RecordRuns(tmp_path / "elsewhere.txt"))], ExecutorOptions(tasks=2))
-    assert _runs(journal) == [0, 1]
+        run_stages(
+            [_stage(tmp_path, RecordRuns(elsewhere), settings={"journal": str(elsewhere)})], ExecutorOptions(tasks=2)
+        )
+    assert _runs(journal) == [0, 1] and not elsewhere.exists()
 
 
 def test_after_a_try_where_no_task_finished_a_rerun_may_change_its_settings(tmp_path):

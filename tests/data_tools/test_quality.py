@@ -24,6 +24,7 @@ from data_tools.quality.annotate import AnnotateOptions, annotate_with_heuristic
 from data_tools.quality.classifier import load_classifier
 from data_tools.quality.documents import text_sha1
 from data_tools.quality.labels import Label, UnparseableLabel, parse_label
+from data_tools.steps import task_files
 from tests.conftest import read_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI
 
@@ -415,12 +416,12 @@ def test_three_tasks_keep_the_same_documents_as_one_and_report_each_task(pipelin
     assert {r["filter_reason"] for r in removed} == {"score_below_threshold"}
     assert all(r["quality_score"] < 0.6 for r in removed) and all(r["quality_score"] >= 0.6 for r in three)
 
-    # The per-task view: task r read every third input file from r and wrote its own shards; the
+    # The per-task view: task r read its block of the input files and wrote its own shards; the
     # tasks add up to the totals, and the histogram is the one task's histogram of the single run.
     report = json.loads((three_tasks.parent / "edu.quality.json").read_text())
     inputs = [str(p) for p in sorted(pipeline.glob("stdlib-*.jsonl"))]
     assert [t["rank"] for t in report["tasks"]] == [0, 1, 2]
-    assert [t["inputs"] for t in report["tasks"]] == [inputs[0::3], inputs[1::3], inputs[2::3]]
+    assert [t["inputs"] for t in report["tasks"]] == [task_files(inputs, rank, 3) for rank in range(3)]
     for task in report["tasks"]:
         task_ids = {r["id"] for path in task["inputs"] for r in read_jsonl(path)}
         kept_ids = {r["id"] for path in task["outputs"] for r in read_jsonl(path)}
@@ -480,7 +481,7 @@ def test_a_killed_filter_task_is_the_only_one_a_rerun_runs(pipeline, tmp_path):
     written = first_scores.stat().st_mtime_ns
 
     rerun = subprocess.run([*argv, "--workers", "2"], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert "Skipping 1 already completed tasks" in rerun.stderr
+    assert "quality-filter: 3 task(s) done (1 done before)" in rerun.stderr
     assert first_scores.stat().st_mtime_ns == written
     assert sorted(p.name for p in done.iterdir()) == ["00000", "00001", "00002"]
     kept = sorted(r["id"] for r in read_jsonl(*shards_of(prefix)))
