@@ -216,7 +216,7 @@ class TaskCounts:
         self.near_duplicates_dropped += 1
 
 
-@dataclass
+@dataclass(slots=True)
 class _Line:
     """Where a record of a task file is, so the merge can write records in id order without holding them."""
 
