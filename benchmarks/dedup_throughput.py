@@ -66,7 +66,7 @@ def site_packages_corpus(folder: Path, root: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [sys.executable, "-m", "data_tools.corpus", "--input", str(root), "--output-prefix", str(folder / "code")]
-        + ["--shard-bytes", str(32 << 20), "--no-progress"],
+        + ["--exclude", "*/__pycache__/*", "--shard-bytes", str(32 << 20), "--no-progress"],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         check=True,
