@@ -2,7 +2,7 @@
 datasketch implementation they replaced (``git show <ref>:data_tools/dedup.py``).
 
 Each run is a fresh process; its peak memory is the largest sum of the resident set sizes of the
-process and all its descendants (datatrove's task pool, its manager), sampled every 0.1 s with psutil.
+process and all its descendants (datatrove's task pool, its manager), sampled every 0.5 s with psutil.
 The load average (``uptime``) is printed next to each row: the machine may be shared.
 
 Corpora:
@@ -66,7 +66,7 @@ def site_packages_corpus(folder: Path, root: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [sys.executable, "-m", "data_tools.corpus", "--input", str(root), "--output-prefix", str(folder / "code")]
-        + ["--shard-bytes", str(32 << 20), "--no-progress"],
+        + ["--exclude", "*/__pycache__/*", "--shard-bytes", str(32 << 20), "--no-progress"],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         check=True,
@@ -98,7 +98,7 @@ def measure(argv: list[str], log: Path) -> tuple[float, float, int, str]:
                     peak = max(peak, total)
                 except psutil.Error:
                     pass
-                time.sleep(0.1)
+                time.sleep(0.5)
 
         sampler = threading.Thread(target=sample, daemon=True)
         start = time.monotonic()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -192,6 +193,7 @@ class DedupSignatures(MinhashDedupSignature):
     def __init__(self, folder: Path, params: DedupParams):
         config = minhash_config(params)
         super().__init__(output_folder=os.fspath(folder / "signatures"), config=config, language=_Words())
+        self.params = params
         self.bands, self.rows = config.num_buckets, config.hashes_per_bucket
         self.hasher = MinHasher(params.num_perm, params.ngram)
         self.table = DocumentTable(folder / "documents", params.num_perm)
@@ -540,4 +542,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Slurm and Ray tasks unpickle the pipeline steps by module: they must be data_tools.dedup's, not __main__'s
+    from data_tools.dedup import main as module_main
+
+    sys.exit(module_main())

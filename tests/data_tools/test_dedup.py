@@ -31,8 +31,8 @@ from data_tools.dedup import (
     signature,
 )
 from data_tools.executors import ExecutorOptions
-from data_tools.jsonl import MalformedRecordError
 from data_tools.minhash import MAX_MISS_AT_THRESHOLD, candidate_probability, lsh_bands
+from megaphi.common.errors import UserError
 from tests.conftest import damaged_gzip, read_jsonl
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -277,7 +277,7 @@ def test_another_run_on_the_same_output_prefix_is_refused(tmp_path, stdlib_recor
 def test_bad_inputs_give_one_clear_error(tmp_path, capsys):
     with pytest.raises(DedupError, match="threshold"):
         run(tmp_path, "o", [write_jsonl(tmp_path / "a.jsonl", [{"text": "x"}])], threshold=1.5)
-    with pytest.raises(MalformedRecordError, match="no string field .text."):
+    with pytest.raises(UserError, match="no string field .text."):
         run(tmp_path, "o", [write_jsonl(tmp_path / "b.jsonl", [{"content": "x"}])])
     (tmp_path / "c.jsonl").write_text('{"text": "fine"}\n{broken\n')
     argv = ["--input", str(tmp_path / "c.jsonl"), "--no-progress"]
