@@ -11,15 +11,16 @@ the output names: each JSON key becomes ``{output_prefix}_{key}_document.bin/.id
     python -m data_tools.preprocess stats --input data/megatron_made_text_document
 
 Three stages (see ``data_tools.executors`` for ``--executor``, ``--tasks``, ``--workers`` and Slurm):
-``tokenize`` splits the sorted input files into ``--tasks`` contiguous blocks; each task reads its
-records (``data_tools.steps.RecordReader``), tokenizes them in batches of about ``--chunk-bytes`` of
-text with the tokenizer's batch encoding, and writes its own ``.bin/.idx`` under
-``PREFIX.datatrove/tokenize-N-tasks/parts/``. ``merge`` (one task) concatenates the parts in rank
-order, i.e. in input order, so the final files are byte-identical to megatron-core's
-``IndexedDatasetBuilder`` fed the same documents, whatever the task count. ``report`` (one task)
-writes ``PREFIX.preprocess.json``: the counts, and the same per task. A task that finished leaves a
+``tokenize`` deals the sorted input files to ``--tasks`` tasks; each task reads its records
+(``data_tools.steps.RecordReader``), tokenizes them in batches of about ``--chunk-bytes`` of text with
+the tokenizer's batch encoding, and writes one ``.bin/.idx`` part per input file under
+``PREFIX.datatrove/tokenize/parts/``. ``merge`` (one task) concatenates the parts in input-file order,
+so the final files are byte-identical to megatron-core's ``IndexedDatasetBuilder`` fed the same
+documents in the same order, whatever the task count. ``report`` (one task) writes
+``PREFIX.preprocess.json``: the counts, in total and per task. A task that finished leaves a
 completion marker: rerunning a killed or failed command runs only what is missing (remove
-``PREFIX.datatrove`` to start over).
+``PREFIX.datatrove`` to start over). The files are split between tasks, not lines: a single input file
+is one task (its tokenizer still uses every core through its own threads).
 
 Every dataset written here gets ``{prefix}.stats.json`` next to its ``.bin/.idx`` (the token-id
 range, so that the trainer checks ids without reading the tokens); ``stats`` writes it for a
@@ -30,6 +31,7 @@ skipped (and counted), as Megatron-LM does.
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import os
 import sys
@@ -100,34 +102,22 @@ def output_prefix_for(output_prefix: str | os.PathLike, key: str) -> str:
     return f"{os.fspath(output_prefix)}_{key}_document"
 
 
-def part_prefix(parts_dir: str, rank: int, key: str) -> str:
-    """Where tokenize task ``rank`` writes the documents of ``key``."""
-    return f"{parts_dir}/{rank:05d}_{key}_document"
+def tokenize_dir(output_prefix: str | os.PathLike) -> str:
+    """The tokenize stage's logging directory; its tasks' parts are in ``parts/`` under it."""
+    return logging_dir_for(output_prefix, "tokenize")
 
 
-@dataclass
-class _Dirs:
-    """The stages' logging directories; the tokenize one depends on the task count, so that a rerun
-    with another ``--tasks`` tokenizes again instead of trusting markers of another split."""
-
-    tokenize: str
-    merge: str
-    report: str
-
-    @property
-    def parts(self) -> str:
-        return f"{self.tokenize}/parts"
-
-    @staticmethod
-    def of(output_prefix: str, tasks: int) -> "_Dirs":
-        return _Dirs(
-            logging_dir_for(output_prefix, f"tokenize-{tasks}-tasks"),
-            logging_dir_for(output_prefix, "merge"),
-            logging_dir_for(output_prefix, "report"),
-        )
+def part_prefix(parts_dir: str, rank: int, file: int, key: str) -> str:
+    """Where tokenize task ``rank`` writes the documents of ``key`` from its ``file``-th input file."""
+    return f"{parts_dir}/{rank:05d}-{file:05d}_{key}_document"
 
 
-# --- tokenize: one task's documents into its own .bin/.idx ----------------------------------------
+def manifest_path(parts_dir: str, rank: int) -> str:
+    """Written last by a tokenize task: the input files its parts hold, in order."""
+    return f"{parts_dir}/{rank:05d}.json"
+
+
+# --- tokenize: one part per input file of the task ------------------------------------------------
 
 
 def _batches(documents: Iterable[Document], batch_bytes: int) -> Iterator[list[Document]]:
@@ -155,34 +145,37 @@ def _flatten(ids: list[list[int]], eod_id: int | None) -> tuple[np.ndarray, np.n
     return flat, lengths
 
 
-class TokenizeDocuments(PipelineStep):
-    """Tokenizes a task's documents into ``{parts_dir}/{rank:05d}_{key}_document.bin/.idx`` per JSON key.
+class TokenizeRecords(PipelineStep):
+    """Reads a task's input files with ``reader`` and tokenizes each into its own part,
+    ``{parts_dir}/{rank:05d}-{file:05d}_{key}_document.bin/.idx`` per JSON key, then writes the task's
+    manifest. One part per input file lets the merge put every document back in input-file order
+    whichever task read it.
 
     The first key is the document's text (the reader's ``text_key``); the others come from its
-    metadata (the record's other fields). A killed task leaves a ``.bin`` without ``.idx`` and no
-    completion marker; its rerun writes the part again from the start."""
+    metadata (the record's other fields). A killed task leaves no manifest and no completion marker;
+    its rerun writes its parts again from the start."""
 
     name = "tokenize"
     type = "🔢 - TOKENIZER"
 
     def __init__(
         self,
+        reader: RecordReader,
         parts_dir: str,
         tokenizer: str,
         *,
         json_keys: Sequence[str],
         append_eod: bool,
         batch_bytes: int,
-        on_error: OnError,
         progress: bool,
     ):
         super().__init__()
+        self.reader = reader
         self.parts_dir = parts_dir
         self.tokenizer = tokenizer
         self.json_keys = list(json_keys)
         self.append_eod = append_eod
         self.batch_bytes = batch_bytes
-        self.on_error = on_error
         self.progress = progress
 
     def _texts(self, batch: list[Document], read: ReadStats) -> dict[str, list[str]]:
@@ -195,7 +188,7 @@ class TokenizeDocuments(PipelineStep):
                 value = document.metadata.get(bad)
                 found = "is missing" if value is None else f"is a {type(value).__name__}, not a string"
                 message = f"record {document.id}: field {bad!r} {found}"
-                if self.on_error == "stop":
+                if self.reader.on_error == "stop":
                     raise MalformedRecordError(f"{message} (pass --on-error skip to skip such records)")
                 read.skip(message)
                 continue
@@ -213,32 +206,42 @@ class TokenizeDocuments(PipelineStep):
             )
         return flat, lengths
 
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        tokenizer = load_tokenizer(self.tokenizer)
+    def _tokenize_file(
+        self, documents: Iterator[Document], prefix: dict[str, str], tokenizer: Tokenizer, read: ReadStats, bar: Any
+    ) -> None:
         dtype = best_dtype(tokenizer.vocab_size)
-        writers = {key: IndexedDatasetWriter(part_prefix(self.parts_dir, rank, key), dtype) for key in self.json_keys}
-        read = ReadStats()
+        writers = {key: IndexedDatasetWriter(prefix[key], dtype) for key in self.json_keys}
         try:
-            with progress_display(
-                desc=f"tokenize {rank + 1}/{world_size}", unit="tokens", unit_scale=True, disable=not self.progress
-            ) as bar:
-                for batch in _batches(data or (), self.batch_bytes):
-                    with self.track_time(unit="batch"):
-                        texts = self._texts(batch, read)
-                        for key, writer in writers.items():
-                            flat, lengths = self._encode(tokenizer, texts[key])
-                            writer.add_documents(flat.astype(dtype), lengths)
-                            self.stat_update(f"empty_{key}", value=len(texts[key]) - len(lengths))
-                            self.stat_update(f"documents_{key}", value=len(lengths))
-                            self.stat_update(f"tokens_{key}", value=len(flat))
-                            bar.update(len(flat))
+            for batch in _batches(documents, self.batch_bytes):
+                with self.track_time(unit="batch"):
+                    texts = self._texts(batch, read)
+                    for key, writer in writers.items():
+                        flat, lengths = self._encode(tokenizer, texts[key])
+                        writer.add_documents(flat.astype(dtype), lengths)
+                        self.stat_update(f"empty_{key}", value=len(texts[key]) - len(lengths))
+                        self.stat_update(f"documents_{key}", value=len(lengths))
+                        self.stat_update(f"tokens_{key}", value=len(flat))
+                        bar.update(len(flat))
         except BaseException:
             for writer in writers.values():
                 writer.close_without_index()
             raise
         for writer in writers.values():
             writer.finalize()
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        tokenizer = load_tokenizer(self.tokenizer)
+        files = self.reader.files(rank, world_size)
+        read = ReadStats()
+        with progress_display(
+            desc=f"tokenize {rank + 1}/{world_size}", unit="tokens", unit_scale=True, disable=not self.progress
+        ) as bar:
+            for file, path in enumerate(files):
+                prefix = {key: part_prefix(self.parts_dir, rank, file, key) for key in self.json_keys}
+                self._tokenize_file(self.reader.read(path, read), prefix, tokenizer, read, bar)
         self.stat_update("skipped_records", value=read.skipped)
+        manifest = {"rank": rank, "tasks": world_size, "files": files}
+        atomic_write_text(manifest_path(self.parts_dir, rank), json.dumps(manifest, indent=1) + "\n")
         return None
 
 
@@ -255,19 +258,28 @@ class TaskCounts:
     skipped: int = 0  # malformed lines and records without the text fields
 
     def add(self, other: "TaskCounts") -> "TaskCounts":
-        return TaskCounts(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
+        return TaskCounts(
+            self.documents + other.documents,
+            self.tokens + other.tokens,
+            self.empty + other.empty,
+            self.skipped + other.skipped,
+        )
 
 
-def task_counts(tokenize_dir: str, rank: int, key: str) -> TaskCounts:
-    """The counts a finished tokenize task left in ``{tokenize_dir}/stats/{rank:05d}.json``."""
+def _unfinished(tokenize: str, rank: int, what: str) -> UserError:
+    return UserError(
+        f"tokenize task {rank} did not finish ({what}); rerun the same command to run the missing tasks, "
+        f"or remove {Path(tokenize).parent} to start over"
+    )
+
+
+def task_counts(tokenize: str, rank: int, key: str) -> TaskCounts:
+    """The counts a finished tokenize task left in ``{tokenize}/stats/{rank:05d}.json``."""
     from datatrove.utils.stats import MetricStats
 
-    path = Path(tokenize_dir) / "stats" / f"{rank:05d}.json"
+    path = Path(tokenize) / "stats" / f"{rank:05d}.json"
     if not path.is_file():
-        raise UserError(
-            f"tokenize task {rank} left no statistics ({path} does not exist); rerun the same command to "
-            "run the missing tasks"
-        )
+        raise _unfinished(tokenize, rank, f"{path} does not exist")
     totals: dict[str, int] = {}
     for step in json.loads(path.read_text(encoding="utf-8")):
         for label, value in step["stats"].items():
@@ -276,26 +288,46 @@ def task_counts(tokenize_dir: str, rank: int, key: str) -> TaskCounts:
         documents=totals.get(f"documents_{key}", 0),
         tokens=totals.get(f"tokens_{key}", 0),
         empty=totals.get(f"empty_{key}", 0),
-        skipped=totals.get("skipped_lines", 0) + totals.get("skipped_records", 0),
+        skipped=totals.get("skipped_records", 0),
     )
 
 
+def parts_in_input_order(tokenize: str, tasks: int) -> list[tuple[int, int]]:
+    """``(rank, file)`` of every part, in the sorted order of the input files they were read from
+    (each task reads its files in sorted order: merging the tasks' lists restores the whole order;
+    a file given twice is read twice, and either copy may come first: their documents are the same)."""
+    parts_dir = f"{tokenize}/parts"
+    listed = []
+    for rank in range(tasks):
+        path = Path(manifest_path(parts_dir, rank))
+        if not path.is_file():
+            raise _unfinished(tokenize, rank, f"{path} does not exist")
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if manifest["tasks"] != tasks:
+            raise UserError(
+                f"{path} is from a run with {manifest['tasks']} tasks, not {tasks}; rerun with "
+                f"--tasks {manifest['tasks']}, or remove {Path(tokenize).parent} to start over"
+            )
+        listed.append([(name, rank, file) for file, name in enumerate(manifest["files"])])
+    return [(rank, file) for _, rank, file in heapq.merge(*listed)]
+
+
 class MergeParts(PipelineStep):
-    """Concatenates the tokenize tasks' parts in rank order into ``{output_prefix}_{key}_document``."""
+    """Concatenates the tokenize tasks' parts in input order into ``{output_prefix}_{key}_document``."""
 
     name = "merge"
     type = "💽 - WRITER"
 
-    def __init__(self, dirs: _Dirs, tasks: int, output_prefix: str, json_keys: Sequence[str], inputs: Sequence[str]):
+    def __init__(self, tokenize: str, tasks: int, output_prefix: str, json_keys: Sequence[str], inputs: Sequence[str]):
         super().__init__()
-        self.dirs, self.tasks, self.output_prefix = dirs, tasks, output_prefix
+        self.tokenize, self.tasks, self.output_prefix = tokenize, tasks, output_prefix
         self.json_keys, self.inputs = list(json_keys), list(inputs)
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        key = self.json_keys[0]
+        parts = parts_in_input_order(self.tokenize, self.tasks)
         total = TaskCounts()
         for task in range(self.tasks):
-            total = total.add(task_counts(self.dirs.tokenize, task, key))
+            total = total.add(task_counts(self.tokenize, task, self.json_keys[0]))
         if total.documents == 0:
             raise EmptyCorpusError(
                 f"no text to tokenize in {', '.join(self.inputs)} ({total.empty} empty and {total.skipped} "
@@ -303,7 +335,7 @@ class MergeParts(PipelineStep):
             )
         for key in self.json_keys:
             merge_datasets(
-                [part_prefix(self.dirs.parts, task, key) for task in range(self.tasks)],
+                [part_prefix(f"{self.tokenize}/parts", task, file, key) for task, file in parts],
                 output_prefix_for(self.output_prefix, key),
             )
             self.stat_update("datasets")
@@ -320,12 +352,12 @@ class WriteReport(PipelineStep):
     name = "report"
     type = "📊 - REPORT"
 
-    def __init__(self, dirs: _Dirs, tasks: int, output_prefix: str, json_keys: Sequence[str]):
+    def __init__(self, tokenize: str, tasks: int, output_prefix: str, json_keys: Sequence[str]):
         super().__init__()
-        self.dirs, self.tasks, self.output_prefix, self.json_keys = dirs, tasks, output_prefix, list(json_keys)
+        self.tokenize, self.tasks, self.output_prefix, self.json_keys = tokenize, tasks, output_prefix, list(json_keys)
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        per_task = [task_counts(self.dirs.tokenize, task, self.json_keys[0]) for task in range(self.tasks)]
+        per_task = [task_counts(self.tokenize, task, self.json_keys[0]) for task in range(self.tasks)]
         total = TaskCounts()
         for counts in per_task:
             total = total.add(counts)
@@ -344,25 +376,28 @@ class WriteReport(PipelineStep):
 def stages(config: PreprocessConfig, options: ExecutorOptions) -> list[Stage]:
     """tokenize (``--tasks`` tasks) -> merge (1 task) -> report (1 task)."""
     config.check()
-    dirs = _Dirs.of(config.output_prefix, options.tasks)
+    tokenize = tokenize_dir(config.output_prefix)
     reader = RecordReader(
-        config.input, text_key=config.json_keys[0], on_error=config.on_error, text_option="--json-keys"
+        config.input,
+        text_key=config.json_keys[0],
+        on_error=config.on_error,  # type: ignore[arg-type]
+        text_option="--json-keys",
     )
-    tokenize = TokenizeDocuments(
-        dirs.parts,
+    step = TokenizeRecords(
+        reader,
+        f"{tokenize}/parts",
         config.tokenizer,
         json_keys=config.json_keys,
         append_eod=config.append_eod,
         batch_bytes=config.chunk_bytes,
-        on_error=config.on_error,  # type: ignore[arg-type]
         progress=not config.no_progress,
     )
-    merge = MergeParts(dirs, options.tasks, config.output_prefix, config.json_keys, config.input)
-    report = WriteReport(dirs, options.tasks, config.output_prefix, config.json_keys)
+    merge = MergeParts(tokenize, options.tasks, config.output_prefix, config.json_keys, config.input)
+    report = WriteReport(tokenize, options.tasks, config.output_prefix, config.json_keys)
     return [
-        Stage("tokenize", [reader, tokenize], dirs.tokenize),
-        Stage("merge", [merge], dirs.merge, tasks=1),
-        Stage("report", [report], dirs.report, tasks=1),
+        Stage("tokenize", [step], tokenize),
+        Stage("merge", [merge], logging_dir_for(config.output_prefix, "merge"), tasks=1),
+        Stage("report", [report], logging_dir_for(config.output_prefix, "report"), tasks=1),
     ]
 
 

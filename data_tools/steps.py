@@ -5,10 +5,9 @@ corpus stage writes ``{"id", "text", "path", "lang", "meta"}``. Inside a pipelin
 datatrove ``Document``: the text and id, every other field in ``metadata``, so that a stage that only
 filters writes each kept record back unchanged.
 
-Task ``rank`` of ``world_size`` reads the ``rank``-th contiguous block of the sorted input list and
-writes ``{prefix}-{rank:05d}-NNNNN.jsonl``: the split depends only on the inputs and the task count,
-never on the executor, so local, Slurm and Ray runs write the same files; and the tasks' outputs read
-in rank order hold the records in input order, whatever the task count.
+Task ``rank`` of ``world_size`` reads input files ``rank, rank + world_size, ...`` of the sorted input
+list and writes ``{prefix}-{rank:05d}-NNNNN.jsonl``: the split depends only on the inputs and the task
+count, never on the executor, so local, Slurm and Ray runs write the same files.
 """
 
 from __future__ import annotations
@@ -50,11 +49,9 @@ def record_from_document(document: Document, text_key: str = "text") -> dict[str
 
 
 def numbered_task_files(paths: Sequence[str | os.PathLike], rank: int, world_size: int) -> list[tuple[int, str]]:
-    """The input files task ``rank`` reads, its contiguous block of the sorted list (blocks differ by at
-    most one file), each with its number in that list (its place in the whole input, whichever task
-    reads it). Concatenating the tasks' outputs in rank order keeps the input order."""
-    files = list(enumerate(sorted(os.fspath(p) for p in paths)))
-    return files[rank * len(files) // world_size : (rank + 1) * len(files) // world_size]
+    """The input files task ``rank`` reads, every ``world_size``-th of the sorted list, each with its
+    number in that list (its place in the whole input, whichever task reads it)."""
+    return list(enumerate(sorted(os.fspath(p) for p in paths)))[rank::world_size]
 
 
 def task_files(paths: Sequence[str | os.PathLike], rank: int, world_size: int) -> list[str]:
@@ -94,24 +91,32 @@ class RecordReader(PipelineStep):
         self.text_option = text_option
         self.position_key = position_key
 
+    def files(self, rank: int, world_size: int) -> list[str]:
+        """The input files of task ``rank``, in the order it reads them."""
+        return task_files(expand_inputs(self.inputs), rank, world_size)
+
+    def read(self, path: str, read: ReadStats, file_number: int | None = None) -> Iterator[Document]:
+        """The documents of one input file (ids of records without one: their position in the file);
+        with ``position_key``, ``file_number`` is the file's place in the sorted input list."""
+        for index, record in enumerate(iter_records([path], on_error=self.on_error, stats=read)):
+            try:
+                document = document_from_record(record, index, self.text_key, self.text_option)
+            except MalformedRecordError as exc:
+                if self.on_error == "stop":
+                    raise MalformedRecordError(f"{path}: {exc}") from None
+                read.skip(f"{path}: {exc}")
+                continue
+            self.stat_update("documents")
+            if self.position_key:
+                document.metadata[self.position_key] = (file_number, index)
+            yield document
+
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         if data:
             yield from data
-        read, index = ReadStats(), 0
+        read = ReadStats()
         for file_number, path in numbered_task_files(expand_inputs(self.inputs), rank, world_size):
-            for record_number, record in enumerate(iter_records([path], on_error=self.on_error, stats=read)):
-                index += 1
-                try:
-                    document = document_from_record(record, index - 1, self.text_key, self.text_option)
-                except MalformedRecordError as exc:
-                    if self.on_error == "stop":
-                        raise MalformedRecordError(f"{path}: {exc}") from None
-                    read.skip(f"{path}: {exc}")
-                    continue
-                self.stat_update("documents")
-                if self.position_key:
-                    document.metadata[self.position_key] = (file_number, record_number)
-                yield document
+            yield from self.read(path, read, file_number)
         if read.skipped:
             self.stat_update("skipped_lines", value=read.skipped)
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from data_tools.executors import ExecutorOptions
-from data_tools.jsonl import MalformedRecordError
-from data_tools.preprocess import EmptyCorpusError, main, preprocess, report_path
+from data_tools.preprocess import main, preprocess, report_path
 from data_tools.tokenizer import load_tokenizer, train_bpe
 from megaphi.data import IndexedDataset
+from megaphi.common.errors import UserError
 from megaphi.data.indexed import MissingTokenStats, read_token_stats
 from tests.conftest import damaged_gzip
 
@@ -155,7 +155,7 @@ def test_malformed_line_stops_with_file_and_line_and_a_rerun_with_skip_counts_it
     lines = corpus.read_text().splitlines()
     lines.insert(6, '{"text": "unterminated')
     corpus.write_text("\n".join(lines) + "\n")
-    with pytest.raises(MalformedRecordError, match=rf"{corpus}:7: malformed JSON .*--on-error skip"):
+    with pytest.raises(UserError, match=rf"{corpus}:7: malformed JSON .*--on-error skip"):
         preprocess([corpus], tmp_path / "out", tokenizer_dir, chunk_bytes=64, progress=False)
     assert not final_files(tmp_path), "a failed run leaves no dataset"
     result = preprocess([corpus], tmp_path / "out", tokenizer_dir, chunk_bytes=64, on_error="skip", progress=False)
@@ -164,10 +164,10 @@ def test_malformed_line_stops_with_file_and_line_and_a_rerun_with_skip_counts_it
 
 def test_missing_or_non_string_field_names_file_field_and_flag(tokenizer_dir, tmp_path):
     (tmp_path / "in.jsonl").write_text('{"text": "a"}\n{"body": "b"}\n')
-    with pytest.raises(MalformedRecordError, match=r"in.jsonl: record 1 has no string field 'text'.*--json-keys"):
+    with pytest.raises(UserError, match=r"in.jsonl: record 1 has no string field 'text'.*--json-keys"):
         preprocess([tmp_path / "in.jsonl"], tmp_path / "out", tokenizer_dir, progress=False)
     (tmp_path / "two.jsonl").write_text('{"text": "a", "title": 3}\n')
-    with pytest.raises(MalformedRecordError, match=r"field 'title' is a int, not a string"):
+    with pytest.raises(UserError, match=r"field 'title' is a int, not a string"):
         preprocess(
             [tmp_path / "two.jsonl"], tmp_path / "o2", tokenizer_dir, json_keys=["text", "title"], progress=False
         )
@@ -177,7 +177,7 @@ def test_missing_or_non_string_field_names_file_field_and_flag(tokenizer_dir, tm
 
 def test_empty_corpus_is_an_error_and_leaves_no_dataset(tokenizer_dir, tmp_path):
     (tmp_path / "in.jsonl").write_text('{"text": ""}\n')
-    with pytest.raises(EmptyCorpusError, match="no text to tokenize"):
+    with pytest.raises(UserError, match="no text to tokenize"):
         preprocess([tmp_path / "in.jsonl"], tmp_path / "out", tokenizer_dir, progress=False)
     assert not final_files(tmp_path)
 
@@ -220,7 +220,7 @@ class KilledMidway(preprocess.IndexedDatasetWriter):
     # inside task 2, after 2 documents
     def add_documents(self, tokens, lengths):
         super().add_documents(tokens, lengths)
-        if os.path.basename(self.prefix).startswith("00002_") and self.num_documents >= 2:
+        if os.path.basename(self.prefix).startswith("00002-") and self.num_documents >= 2:
             os.killpg(os.getpgid(0), signal.SIGKILL)
 
 preprocess.IndexedDatasetWriter = KilledMidway
@@ -237,19 +237,19 @@ def test_a_killed_run_reruns_only_the_unfinished_tasks(shards, tokenizer_dir, tm
         [sys.executable, "-c", KILLING_LAUNCHER, *argv], capture_output=True, text=True, start_new_session=True
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
-    tokenize_dir = Path(f"{out}.datatrove/tokenize-3-tasks")
+    tokenize_dir = Path(f"{out}.datatrove/tokenize")
     assert sorted(p.name for p in (tokenize_dir / "completions").iterdir()) == ["00000", "00001"]
     assert not final_files(tmp_path), "no final dataset before every task finished"
-    assert (tokenize_dir / "parts" / "00002_text_document.bin").stat().st_size > 0, "killed while writing"
-    assert not (tokenize_dir / "parts" / "00002_text_document.idx").exists(), "the killed part has no index"
+    assert (tokenize_dir / "parts" / "00002-00000_text_document.bin").stat().st_size > 0, "killed while writing"
+    assert not (tokenize_dir / "parts" / "00002-00000_text_document.idx").exists(), "the killed part has no index"
     finished = {
         p: (p.stat().st_ino, p.stat().st_mtime_ns)
-        for p in [*(tokenize_dir / "parts").glob("0000[01]_*"), *(tokenize_dir / "logs").glob("task_0000[01].log")]
+        for p in [*(tokenize_dir / "parts").glob("0000[01]*"), *(tokenize_dir / "logs").glob("task_0000[01].log")]
     }
 
     rerun = subprocess.run([sys.executable, "-m", "data_tools.preprocess", *argv], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert len(finished) == 8  # .bin, .idx, .stats.json and the log of tasks 0 and 1
+    assert len(finished) == 13  # 2 + 1 parts (.bin, .idx, .stats.json), 2 manifests, 2 logs
     for path, identity in finished.items():
         assert (path.stat().st_ino, path.stat().st_mtime_ns) == identity, f"{path} was written again"
     one = preprocess([directory], tmp_path / "whole", tokenizer_dir, append_eod=True, progress=False)
