@@ -415,12 +415,13 @@ def test_three_tasks_keep_the_same_documents_as_one_and_report_each_task(pipelin
     assert {r["filter_reason"] for r in removed} == {"score_below_threshold"}
     assert all(r["quality_score"] < 0.6 for r in removed) and all(r["quality_score"] >= 0.6 for r in three)
 
-    # The per-task view: task r read every third input file from r and wrote its own shards; the
-    # tasks add up to the totals, and the histogram is the one task's histogram of the single run.
+    # The per-task view: each task read its share of the input files and wrote its own shards; the
+    # tasks add up to the totals, and the histogram is the one of the single-task run.
     report = json.loads((three_tasks.parent / "edu.quality.json").read_text())
     inputs = [str(p) for p in sorted(pipeline.glob("stdlib-*.jsonl"))]
     assert [t["rank"] for t in report["tasks"]] == [0, 1, 2]
-    assert [t["inputs"] for t in report["tasks"]] == [inputs[0::3], inputs[1::3], inputs[2::3]]
+    assert sorted(path for t in report["tasks"] for path in t["inputs"]) == inputs  # each file by one task
+    assert all(t["inputs"] for t in report["tasks"])
     for task in report["tasks"]:
         task_ids = {r["id"] for path in task["inputs"] for r in read_jsonl(path)}
         kept_ids = {r["id"] for path in task["outputs"] for r in read_jsonl(path)}
