@@ -150,7 +150,9 @@ class QualityFilter(BaseFilter):
         self.scores_dir = scores_dir
         self.threshold = threshold
         self.device = device
-        self.torch_threads = torch_threads  # 0: torch's default (the CPUs this task may use)
+        # 0: torch's default (the CPUs this task may use). Private: how the task runs, not what it
+        # keeps, so it is no part of the settings a rerun must share with the run it continues.
+        self._torch_threads = torch_threads
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         return self.filter_batch([doc])[0]
@@ -171,10 +173,10 @@ class QualityFilter(BaseFilter):
         return results
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        if self.torch_threads:
+        if self._torch_threads:
             import torch
 
-            torch.set_num_threads(self.torch_threads)
+            torch.set_num_threads(self._torch_threads)
         self._classifier = _load_classifier_for_task(self.classifier_dir, self.device)
         self._threshold = self._classifier.threshold if self.threshold is None else self.threshold
         self._histogram = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
