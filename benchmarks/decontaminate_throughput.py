@@ -1,13 +1,16 @@
 """Decontamination throughput: documents/s before datatrove (one process, every check on every item) and
 now (13-gram alone on ``--input``, all checks on ``--deep-input``), on real Python files.
 
-The corpus is every ``step``-th ``.py`` file of the virtual environment's site-packages (sorted paths),
-``--files`` of them, written as JSONL in four files. The implementation before datatrove is taken from
+The corpus is ``--files`` ``.py`` files of the virtual environment's site-packages, evenly spaced in the
+sorted path list, written as JSONL in four files; the deep runs (and the old one, which embeds every item)
+read the first ``--deep-files`` of them. Besides wall time, each run's CPU time (this process and its
+finished children) is reported: on a shared machine it says more than wall time about the work done. The implementation before datatrove is taken from
 the repository's history (``git show COMMIT:data_tools/decontaminate.py``) and run on the same inputs and
 problems (HumanEval and, with ``--mbpp-path``, MBPP); both load the embedder inside the timed span. The
 kept ids of the old run and the new deep run are compared.
 
-    python benchmarks/decontaminate_throughput.py --workdir /tmp/dcbench --files 2000 --mbpp-path mbpp.jsonl
+    python benchmarks/decontaminate_throughput.py --workdir /tmp/dcbench --files 4000 --deep-files 1000 \
+        --mbpp-path mbpp.jsonl
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -46,11 +50,9 @@ def module_at_commit(commit: str, relpath: str, workdir: Path):
     return module
 
 
-def write_corpus(workdir: Path, files: int) -> tuple[list[str], int]:
-    site = Path(sysconfig.get_paths()["purelib"])
-    paths = sorted(site.rglob("*.py"))
-    chosen = paths[:: max(1, len(paths) // files)][:files]
-    shards = [workdir / f"corpus-{k}.jsonl" for k in range(4)]
+def write_corpus(directory: Path, chosen: list[Path], site: Path) -> tuple[list[str], int]:
+    directory.mkdir(parents=True)
+    shards = [directory / f"corpus-{k}.jsonl" for k in range(4)]
     size = 0
     handles = [p.open("w") for p in shards]
     for i, path in enumerate(chosen):
@@ -62,16 +64,29 @@ def write_corpus(workdir: Path, files: int) -> tuple[list[str], int]:
     return [str(p) for p in shards], size
 
 
+def cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def kept(prefix: Path, pattern: str) -> list[str]:
     return sorted(r["id"] for r in read_jsonl(*sorted(prefix.parent.glob(pattern))))
 
 
 def timed(label: str, fn, documents: int) -> dict:
     load = os.getloadavg()[0]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     fn()
-    seconds = time.perf_counter() - start
-    row = {"run": label, "seconds": round(seconds, 1), "docs_per_s": round(documents / seconds, 1), "load1": load}
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    row = {
+        "run": label,
+        "documents": documents,
+        "wall_s": round(seconds, 1),
+        "docs_per_wall_s": round(documents / seconds, 1),
+        "cpu_s": round(cpu, 1),
+        "docs_per_cpu_s": round(documents / cpu, 1),
+        "load1_before": load,
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -79,14 +94,19 @@ def timed(label: str, fn, documents: int) -> dict:
 def main_benchmark() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="/tmp/decontaminate-bench")
-    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--files", type=int, default=4000, help="files for the 13-gram-only runs")
+    parser.add_argument("--deep-files", type=int, default=1000, help="files for the runs with every check")
     parser.add_argument("--mbpp-path", help="add MBPP's 500 test problems (default: HumanEval only)")
     parser.add_argument("--skip-old", action="store_true", help="time only the current implementation")
     args = parser.parse_args()
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    inputs, size = write_corpus(work, args.files)
+    site = Path(sysconfig.get_paths()["purelib"])
+    paths = sorted(site.rglob("*.py"))
+    chosen = paths[:: max(1, len(paths) // args.files)][: args.files]
+    inputs, size = write_corpus(work / "all", chosen, site)
+    deep_inputs, deep_size = write_corpus(work / "deep", chosen[: args.deep_files], site)
     benchmarks = ["humaneval", "mbpp"] if args.mbpp_path else ["humaneval"]
     extra = ["--benchmarks", *benchmarks] + (["--mbpp-path", args.mbpp_path] if args.mbpp_path else [])
     print(
@@ -94,6 +114,9 @@ def main_benchmark() -> None:
             {
                 "files": args.files,
                 "mbytes": round(size / 1e6, 1),
+                "deep_files": args.deep_files,
+                "deep_mbytes": round(deep_size / 1e6, 1),
+                "load1": os.getloadavg()[0],
                 "benchmarks": benchmarks,
                 "machine": f"{platform.node()}, {os.cpu_count()} CPUs",
                 "python": platform.python_version(),
@@ -105,20 +128,30 @@ def main_benchmark() -> None:
 
     def new(name: str, flag: str, tasks: int) -> None:
         prefix = work / name / "clean"
-        argv = [flag, *inputs, "--output-prefix", str(prefix), *extra, "--tasks", str(tasks), "--workers", str(tasks)]
+        argv = [
+            flag,
+            *(deep_inputs if flag == "--deep-input" else inputs),
+            "--output-prefix",
+            str(prefix),
+            *extra,
+            "--tasks",
+            str(tasks),
+            "--workers",
+            str(tasks),
+        ]
         assert main(argv) == 0
 
     rows.append(timed("new, 13-gram only, 1 task", lambda: new("ngram1", "--input", 1), args.files))
     rows.append(timed("new, 13-gram only, 2 tasks", lambda: new("ngram2", "--input", 2), args.files))
-    rows.append(timed("new, all checks, 1 task", lambda: new("deep1", "--deep-input", 1), args.files))
+    rows.append(timed("new, all checks, 1 task", lambda: new("deep1", "--deep-input", 1), args.deep_files))
     if not args.skip_old:
         old = module_at_commit(BEFORE_DATATROVE, "data_tools/decontaminate.py", work)
         items = load_benchmark_items(benchmarks, args.mbpp_path)
         rows.append(
             timed(
                 "before datatrove (all checks, one process)",
-                lambda: old.decontaminate(inputs, work / "old" / "clean", items, old.DecontaminationParams()),
-                args.files,
+                lambda: old.decontaminate(deep_inputs, work / "old" / "clean", items, old.DecontaminationParams()),
+                args.deep_files,
             )
         )
         old_kept = kept(work / "old" / "clean", "clean-[0-9]*.jsonl")

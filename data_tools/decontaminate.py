@@ -17,8 +17,11 @@ Three signals, as in the paper:
 
 Which dataset gets which checks: ``--input`` datasets get the 13-gram check alone (cheap enough for
 the whole corpus); ``--deep-input`` datasets get all three (the paper ran the embedding and AST
-analysis on its synthetic exercises; on a CPU the embedding pass is the cost, ~10 items/s per core).
-Every decision is made per item, so the kept items do not depend on how the input is split into tasks.
+analysis on its synthetic exercises; on a CPU the embedding pass is the cost, ~10 items/s per core,
+hence ``--device auto``: fp16 on the task's GPU where it has one). In a recipe YAML the same split is
+``input: [...]`` and ``deep_input: [...]``. Every decision is made per item (an item's own nearest
+problems, not each problem's nearest items across the corpus), so the kept items do not depend on how
+the input is split into tasks.
 
 The run is a datatrove stage of ``--tasks`` tasks (``data_tools.executors``), each loading the
 benchmark problems once, then a one-task report stage. Outputs:
@@ -36,23 +39,31 @@ benchmark problems once, then a one-task report stage. Outputs:
 from __future__ import annotations
 
 import argparse
-import ast
-import difflib
 import heapq
 import itertools
 import json
 import os
-import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
+from data_tools.contamination import (
+    BENCHMARKS,
+    WORD,
+    BenchmarkItem,
+    DecontaminationError,
+    ast_match_rate,
+    ast_node_types,
+    ast_units,
+    load_benchmark_items,
+    word_ngrams,
+)
 from data_tools.embed import DEVICES, add_device_argument
 from data_tools.executors import (
     ExecutorOptions,
@@ -65,129 +76,12 @@ from data_tools.executors import (
 from data_tools.jsonl import ON_ERROR_CHOICES, OnError, check_on_error, iter_jsonl
 from data_tools.steps import RecordReader, RecordWriter
 from megaphi.common.cli import entry_point
-from megaphi.common.errors import UserError
 from megaphi.common.files import atomic_open, atomic_write_text
 
-WORD = re.compile(r"\w+")
 PAPER_TAUS = (0.95, 0.9, 0.85, 0.8)
-BENCHMARKS = ("humaneval", "mbpp")
 AST_MATCH = "ast match"
 DEEP_KEY = "_decontaminate_deep"  # marks a --deep-input document between the reader and the filter
 EMBED_BATCH = 256  # documents embedded together (one matrix product against the problems per batch)
-
-
-class DecontaminationError(UserError):
-    """Inputs or parameters that decontamination cannot work with."""
-
-
-@dataclass(frozen=True)
-class BenchmarkItem:
-    benchmark: str
-    task_id: str
-    text: str  # what n-grams and embeddings see: the prompt and the reference solution
-    code: str  # what the AST is parsed from
-
-
-def load_benchmark_items(
-    benchmarks: Sequence[str], mbpp_path: str | None = None, problems: Sequence[str] = ()
-) -> list[BenchmarkItem]:
-    """The problems of ``benchmarks`` (MBPP's test split), or only those named in ``problems``."""
-    from megaphi.eval.benchmarks import load_humaneval, load_mbpp
-
-    items: list[BenchmarkItem] = []
-    for name in benchmarks:
-        if name == "humaneval":
-            loaded = load_humaneval().problems
-        elif name == "mbpp":
-            loaded = load_mbpp(mbpp_path, split="test").problems
-        else:
-            raise DecontaminationError(f"unknown benchmark {name!r}: choose humaneval and/or mbpp")
-        for p in loaded:
-            # HumanEval's reference continues its prompt; MBPP's is a whole program on its own.
-            code = p.prompt + p.reference if name == "humaneval" else p.reference
-            items.append(BenchmarkItem(name, p.task_id, p.prompt + p.reference, code))
-    if problems:
-        unknown = sorted(set(problems) - {item.task_id for item in items})
-        if unknown:
-            raise DecontaminationError(
-                f"--problems {unknown[0]!r} is not a problem of {' '.join(benchmarks)} (ids look like HumanEval/0, Mbpp/11)"
-            )
-        items = [item for item in items if item.task_id in set(problems)]
-    return items
-
-
-def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = WORD.findall(text.lower())
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-_CONTEXT_NODES = (ast.Load, ast.Store, ast.Del)
-_ANNOTATION_FIELDS = {"annotation", "returns", "type_comment"}
-
-
-def _is_docstring(node: ast.AST) -> bool:
-    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
-
-
-def _parse(code: str) -> ast.Module | None:
-    try:
-        return ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-
-
-def _node_types(root: ast.AST) -> list[str]:
-    """Pre-order node-type names below ``root``. What does not change what a program does is left
-    out, so that it cannot hide a copy: imports, docstrings, type annotations, load/store contexts."""
-    out: list[str] = []
-    stack: list[ast.AST] = [root]
-    while stack:
-        node = stack.pop()
-        out.append(type(node).__name__)
-        children = [
-            child
-            for name, value in ast.iter_fields(node)
-            if name not in _ANNOTATION_FIELDS
-            for child in (value if isinstance(value, list) else [value])
-            if isinstance(child, ast.AST)
-            and not isinstance(child, (*_CONTEXT_NODES, ast.Import, ast.ImportFrom))
-            and not _is_docstring(child)
-        ]
-        stack.extend(reversed(children))
-    return out
-
-
-def ast_node_types(code: str) -> list[str] | None:
-    """Node-type sequence of a whole program, or None when it does not parse."""
-    tree = _parse(code)
-    return None if tree is None else _node_types(tree)
-
-
-def ast_units(code: str) -> list[list[str]] | None:
-    """Node-type sequences of the whole program and of each function in it: a copied solution
-    inside a long file is then compared with the copy alone, not diluted by the rest of the file."""
-    tree = _parse(code)
-    if tree is None:
-        return None
-    functions = [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    return [_node_types(tree)] + [[type(tree).__name__, *_node_types(fn)] for fn in functions]
-
-
-def ast_match_rate(problem_nodes: list[str] | None, candidate_units: list[list[str]] | None) -> float:
-    """Best similarity 2*M/T (difflib's ratio: M nodes matched in order, T nodes in both) between the
-    problem's node sequence and any unit of the candidate (the whole program or one function)."""
-    if not problem_nodes or not candidate_units:
-        return 0.0
-    best = 0.0
-    matcher = difflib.SequenceMatcher(None, autojunk=False)
-    matcher.set_seq2(problem_nodes)  # difflib caches the second sequence
-    for unit in candidate_units:
-        # The ratio cannot exceed 2*min/(sum): skip units too different in size to beat the best.
-        if 2 * min(len(unit), len(problem_nodes)) / (len(unit) + len(problem_nodes)) <= best:
-            continue
-        matcher.set_seq1(unit)
-        best = max(best, matcher.ratio())
-    return best
 
 
 @dataclass
@@ -303,15 +197,19 @@ class _TaskChecks:
 
 
 class _AstRates:
-    """A document's AST match rate with each problem, parsed once and computed on first use."""
+    """A document's AST match rate with each problem, computed on first use (the document is parsed
+    once, and only if some rate is asked for)."""
 
     def __init__(self, checks: _TaskChecks, text: str):
         self.checks = checks
-        self.units = ast_units(text)
+        self.text = text
+        self.units: list[list[str]] | None = None
         self.rates: dict[int, float] = {}
 
     def __getitem__(self, p: int) -> float:
         if p not in self.rates:
+            if self.units is None and not self.rates:
+                self.units = ast_units(self.text)
             self.rates[p] = self.checks.ast_rate(p, self.units)
         return self.rates[p]
 
@@ -337,7 +235,7 @@ class DecontaminationFilter(BaseFilter):
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         self._checks = _TaskChecks(self.config)
         problems = len(self._checks.items)
-        self._nearest: list[list[tuple[float, int, dict[str, Any]]]] = [[] for _ in range(problems)]
+        self._nearest: list[list[tuple[float, int, Document]]] = [[] for _ in range(problems)]
         self._floor = np.full(problems, -np.inf)  # per problem: the similarity a document must beat to be noted
         self._hits: list[list[dict[str, Any]]] = [[] for _ in range(problems)]
         self._removed: list[dict[str, Any]] = []
@@ -374,7 +272,7 @@ class DecontaminationFilter(BaseFilter):
                 best = max(nearest, key=lambda p: (rates[p], -p))
                 if rates[best] >= config.ast_threshold:
                     results[i] = self._remove(batch[i], checks.items[best], AST_MATCH, rates[best])
-            self._note_nearest(batch[i].id, similarity[row], rates, hits)
+            self._note_nearest(batch[i], similarity[row], rates, hits)
             self._deep += 1
         return results
 
@@ -386,14 +284,15 @@ class DecontaminationFilter(BaseFilter):
         self.stat_update(f"removed_{item.benchmark}_{reason.replace(' ', '_')}")
         return False, reason
 
-    def _note_nearest(self, doc_id: str, similarity: np.ndarray, rates: _AstRates, hits: list[int]) -> None:
-        """Keep, per problem, the ``top_k`` most similar documents this task has seen (a min-heap), and
-        every n-gram hit, each with its AST match rate: the report's closest training items."""
+    def _note_nearest(self, doc: Document, similarity: np.ndarray, rates: _AstRates, hits: list[int]) -> None:
+        """Keep, per problem, the ``top_k`` most similar documents this task has seen (a min-heap of
+        ``(similarity, -order, document)``; their AST match rates are computed once the task's documents
+        are done, for those still there), and every n-gram hit with its scores: the report's closest items."""
         k = self.config.top_k
         for p in hits:
             self._hits[p].append(
                 {
-                    "id": doc_id,
+                    "id": doc.id,
                     "similarity": float(similarity[p]),
                     "ast_match_rate": round(rates[p], 4),
                     "ngram_overlap": True,
@@ -402,16 +301,29 @@ class DecontaminationFilter(BaseFilter):
         for p in np.flatnonzero(similarity > self._floor).tolist():
             if p in hits:
                 continue
-            s = float(similarity[p])
-            entry = {"id": doc_id, "similarity": s, "ast_match_rate": round(rates[p], 4), "ngram_overlap": False}
             heap = self._nearest[p]
             # -self._deep: among equal similarities the document seen first stays
+            entry = (float(similarity[p]), -self._deep, doc)
             if len(heap) < k:
-                heapq.heappush(heap, (s, -self._deep, entry))
+                heapq.heappush(heap, entry)
             else:
-                heapq.heapreplace(heap, (s, -self._deep, entry))
+                heapq.heapreplace(heap, entry)
             if len(heap) == k:
                 self._floor[p] = heap[0][0]
+
+    def _closest(self) -> list[list[dict[str, Any]]]:
+        """Per problem: its nearest documents, most similar first, then its n-gram hits."""
+        rates: dict[int, _AstRates] = {}  # by -order: each document parsed once
+        closest = []
+        for p, (heap, hits) in enumerate(zip(self._nearest, self._hits, strict=True)):
+            nearest = []
+            for s, order, doc in sorted(heap, key=lambda e: (e[0], e[1]), reverse=True):
+                rate = rates.setdefault(order, _AstRates(self._checks, doc.text))[p]
+                nearest.append(
+                    {"id": doc.id, "similarity": s, "ast_match_rate": round(rate, 4), "ngram_overlap": False}
+                )
+            closest.append(nearest + hits)
+        return closest
 
     def _write_task_files(self, rank: int) -> None:
         out = task_files_dir(self.config.output_prefix)
@@ -430,10 +342,7 @@ class DecontaminationFilter(BaseFilter):
             "removed": removed,
             "embedder": getattr(self._checks.embedder, "name", None),
             "device": getattr(self._checks.embedder, "device", None),
-            "problems": [
-                [entry for _, _, entry in sorted(heap, reverse=True)] + hits
-                for heap, hits in zip(self._nearest, self._hits, strict=True)
-            ],
+            "problems": self._closest(),
         }
         # Written last: the report stage reads a task's share only once both files are complete.
         atomic_write_text(out / f"report-{rank:05d}.json", json.dumps(share) + "\n")
