@@ -69,7 +69,7 @@ def test_each_stage_reads_what_the_one_before_wrote_under_the_output_dir(tmp_pat
         "clean.datatrove/decontaminate",
         "clean.datatrove/decontaminate-report",
         "tokenizer.datatrove/tokenizer",
-        "code.datatrove/tokenize-2-tasks",
+        "code.datatrove/tokenize",
         "code.datatrove/merge",
         "code.datatrove/report",
     ]

@@ -33,12 +33,12 @@ def test_a_record_without_an_id_is_named_by_its_path_or_position_and_another_tex
         document_from_record({"body": "z"}, 2)
 
 
-def test_task_files_split_the_sorted_inputs_into_contiguous_blocks_that_cover_each_file_once():
+def test_task_files_deal_the_sorted_inputs_round_robin_and_cover_each_once():
     files = [f"in/{name}.jsonl" for name in "edcba"]
     split = [task_files(files, rank, 3) for rank in range(3)]
-    assert split == [["in/a.jsonl"], ["in/b.jsonl", "in/c.jsonl"], ["in/d.jsonl", "in/e.jsonl"]]
+    assert split == [["in/a.jsonl", "in/d.jsonl"], ["in/b.jsonl", "in/e.jsonl"], ["in/c.jsonl"]]
     assert task_files(files, 0, 1) == sorted(files)
-    assert [task_files(files[:2], rank, 3) for rank in range(3)] == [[], ["in/d.jsonl"], ["in/e.jsonl"]]
+    assert [task_files(files[:2], rank, 3) for rank in range(3)] == [["in/d.jsonl"], ["in/e.jsonl"], []]
 
 
 def _inputs(tmp_path, files=5, per_file=4):
@@ -70,9 +70,10 @@ def test_each_task_writes_its_own_shards_and_together_they_hold_every_record_unc
     assert [p.name for p in one] == ["out-00000-00000.jsonl"]
     assert [p.name for p in three] == ["out-00000-00000.jsonl", "out-00001-00000.jsonl", "out-00002-00000.jsonl"]
     assert read_jsonl(*one) == records  # one task reads the sorted files in order
-    assert read_jsonl(*three) == records  # and the tasks' shards in rank order hold the same, in the same order
-    # task 1 of 3 read files 1 and 2 of the sorted five
-    assert {r["meta"]["file"] for r in read_jsonl(three[1])} == {1, 2}
+    by_id = sorted(read_jsonl(*three), key=lambda r: r["id"])
+    assert by_id == sorted(records, key=lambda r: r["id"])
+    # task 1 of 3 read files 1 and 4 of the sorted five
+    assert {r["meta"]["file"] for r in read_jsonl(three[1])} == {1, 4}
 
 
 def test_the_same_inputs_and_task_count_give_byte_identical_shards(tmp_path):
@@ -93,5 +94,5 @@ def test_inputs_are_expanded_when_a_task_runs_not_when_the_pipeline_is_built(tmp
 def test_a_task_with_more_tasks_than_files_writes_no_shard(tmp_path):
     inputs, records = _inputs(tmp_path, files=2)
     _copy(inputs, tmp_path / "out", tasks=3)
-    assert sorted(p.name for p in tmp_path.glob("out-*.jsonl")) == ["out-00001-00000.jsonl", "out-00002-00000.jsonl"]
+    assert sorted(p.name for p in tmp_path.glob("out-*.jsonl")) == ["out-00000-00000.jsonl", "out-00001-00000.jsonl"]
     assert sorted(r["id"] for r in read_jsonl(*tmp_path.glob("out-*.jsonl"))) == sorted(r["id"] for r in records)
