@@ -76,7 +76,7 @@ def test_each_stage_reads_what_the_one_before_wrote_under_the_output_dir(tmp_pat
     assert _first_step(stages, "quality-filter").inputs == [f"{tmp_path}/corpus-*.jsonl"]
     assert _first_step(stages, "signatures").inputs == [f"{tmp_path}/quality-*.jsonl"]
     assert _first_step(stages, "decontaminate").inputs == [f"{tmp_path}/dedup-*.jsonl"]
-    assert _first_step(stages, "tokenize").inputs == [f"{tmp_path}/clean-*.jsonl"]
+    assert _first_step(stages, "tokenize").reader.inputs == [f"{tmp_path}/clean-*.jsonl"]
     train = _first_step(stages, "quality-train")
     assert (
         isinstance(train, CommandStep) and train.argv[train.argv.index("--out") + 1] == f"{tmp_path}/quality.classifier"
@@ -94,7 +94,7 @@ def test_each_stage_reads_what_the_one_before_wrote_under_the_output_dir(tmp_pat
     stages = recipe_stages(config)
     assert [s.name for s in stages][:3] == ["corpus", "corpus-report", "signatures"]
     assert _first_step(stages, "signatures").inputs == [f"{short}/corpus-*.jsonl"]
-    assert _first_step(stages, "tokenize").inputs == [f"{short}/dedup-*.jsonl"]
+    assert _first_step(stages, "tokenize").reader.inputs == [f"{short}/dedup-*.jsonl"]
     assert "tokenizer" not in [s.name for s in stages]
 
 
