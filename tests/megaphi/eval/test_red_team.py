@@ -461,8 +461,20 @@ print(json.dumps([r.status for r in judge_programs(jobs, timeout_s=8.0, memory_m
 """
 
 
-def _score_in_a_memory_group(limit_mb: int, samples: list[tuple[str, str]]):
-    """Run a scorer judging ``samples`` (candidate, tests) inside a cgroup v1 memory group of ``limit_mb`` MiB."""
+_PROGRAM_RUNNER = """
+import json, sys
+from concurrent.futures import ThreadPoolExecutor
+from megaphi.eval.sandbox import run_programs
+programs = json.loads(sys.argv[1])
+with ThreadPoolExecutor(len(programs)) as pool:  # one program per call and thread, as synthetic data is validated
+    results = list(pool.map(lambda p: run_programs([p], timeout_s=8.0, memory_mb=128, workers=2)[0], programs))
+print(json.dumps([r.status for r in results]))
+"""
+
+
+def _score_in_a_memory_group(limit_mb: int, samples: list, scorer: str = _SCORER):
+    """Run ``scorer`` on ``samples`` ((candidate, tests) pairs for the default one) inside a cgroup v1
+    memory group of ``limit_mb`` MiB."""
     import json
     import subprocess
     import sys
@@ -480,7 +492,7 @@ def _score_in_a_memory_group(limit_mb: int, samples: list[tuple[str, str]]):
             f.write(str(limit_mb << 20))
         command = f'echo $$ > {group}/cgroup.procs && exec "$@"'
         return subprocess.run(
-            ["/bin/sh", "-c", command, "sh", sys.executable, "-c", _SCORER, json.dumps(samples)],
+            ["/bin/sh", "-c", command, "sh", sys.executable, "-c", scorer, json.dumps(samples)],
             check=False,
             capture_output=True,
             text=True,
@@ -501,6 +513,19 @@ def test_an_honest_sample_keeps_its_verdict_when_its_neighbour_fills_the_scorer_
 
     # 320 MiB holds one sample's two 128 MiB sandboxes beside the scorer, not two samples'.
     done = _score_in_a_memory_group(320, [(_MANY_SMALL, _MANY_SMALL + _HOLDING), (_ONE_LARGER, "")])
+    statuses = json.loads(done.stdout.strip().splitlines()[-1])
+    assert statuses == ["passed", "passed"], (statuses, done.stderr[-2000:])
+    assert "running 1 job(s) at once instead of the 2 requested" in done.stderr, done.stderr[-2000:]
+
+
+def test_programs_run_from_many_threads_are_admitted_together_against_the_scorer_s_memory():
+    import json
+
+    # 200 MiB holds one 128 MiB sandbox beside the scorer, not two: the second call's program must
+    # wait for the first one's, though each call alone would fit.
+    done = _score_in_a_memory_group(
+        200, [_MANY_SMALL + "import time\ntime.sleep(4)\n", _ONE_LARGER], scorer=_PROGRAM_RUNNER
+    )
     statuses = json.loads(done.stdout.strip().splitlines()[-1])
     assert statuses == ["passed", "passed"], (statuses, done.stderr[-2000:])
     assert "running 1 job(s) at once instead of the 2 requested" in done.stderr, done.stderr[-2000:]
