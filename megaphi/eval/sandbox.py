@@ -799,11 +799,7 @@ def _workers_that_fit_in_memory(workers: int, memory_mb: int, sandboxes_per_job:
 
 
 def _prepare(
-    python: str | None,
-    unsafe_no_sandbox: bool,
-    workers: int | None,
-    limits: SandboxLimits,
-    sandboxes_per_job: int,
+    python: str | None, unsafe_no_sandbox: bool, workers: int | None, limits: SandboxLimits, sandboxes_per_job: int
 ) -> tuple[str, CgroupTree | None, int]:
     """The interpreter, the cgroup tree (None when unsafe) and the worker count, or why not."""
     python = python or default_python()
