@@ -108,3 +108,33 @@ def test_a_real_cgroup_v2_group_is_joined_accounted_and_killed_with_cgroup_kill(
         group.kill()
         group.remove()
     assert not os.path.exists(directory)
+
+
+def _stand_in_group(directory, limit, usage, inactive_file, v2):
+    directory.mkdir(parents=True, exist_ok=True)
+    names = ("memory.max", "memory.current") if v2 else ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    (directory / names[0]).write_text(f"{limit}\n")
+    (directory / names[1]).write_text(f"{usage}\n")
+    key = "inactive_file" if v2 else "total_inactive_file"
+    (directory / "memory.stat").write_text(f"anon 1\n{key} {inactive_file}\n")
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["cgroup v2", "cgroup v1"])
+def test_the_scorer_s_memory_room_is_the_tightest_group_above_it(monkeypatch, tmp_path, v2):
+    # Stand-ins for the groups from the scorer's own up to the root: the job's limit is the tightest;
+    # what the kernel reclaims before it kills (inactive file pages) counts as free.
+    monkeypatch.setattr(cgroup, "CGROUP_ROOT", str(tmp_path))
+    base = tmp_path if v2 else tmp_path / "memory"
+    if v2:
+        (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+        monkeypatch.setattr(cgroup, "_own_paths", lambda: {"": "/job/scorer"})
+    else:
+        monkeypatch.setattr(cgroup, "_own_paths", lambda: {"memory": "/job/scorer"})
+        monkeypatch.setattr(cgroup, "_v1_mounts", lambda: {"memory": str(base)})
+    unlimited = "max" if v2 else str(1 << 62)
+    _stand_in_group(base / "job" / "scorer", unlimited, 50 << 20, 0, v2)
+    _stand_in_group(base / "job", 1 << 30, 300 << 20, 100 << 20, v2)
+    _stand_in_group(base, 8 << 30, 2 << 30, 0, v2)
+    room, source = cgroup.memory_room()
+    assert room == (1 << 30) - (300 << 20) + (100 << 20)
+    assert source == f"the memory cgroup {base / 'job'} (limit 1024 MiB)"
