@@ -294,7 +294,7 @@ def test_calls_from_many_threads_share_one_bound_on_jobs_at_once(monkeypatch):
                 running[0] -= 1
 
     monkeypatch.setattr(sandbox._ProgramSandbox, "judge", counted)
-    programs = [f"import time\ntime.sleep(0.5)\nassert {i} % 3 != 0" for i in range(6)]
+    programs = [f"import time\ntime.sleep(1)\nassert {i} % 3 != 0" for i in range(6)]
     with ThreadPoolExecutor(len(programs)) as pool:
         results = list(pool.map(lambda program: run_programs([program], workers=2)[0], programs))
     assert [r.passed for r in results] == [i % 3 != 0 for i in range(6)]
