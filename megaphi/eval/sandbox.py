@@ -760,9 +760,13 @@ def _sandbox_problem(python: str) -> str | None:
     )
 
 
+_probing = threading.Lock()  # the first callers, from many threads at once, wait for one probe
+
+
 def check_sandbox(python: str | None = None) -> None:
     """Raise SandboxUnavailable, saying why and what to do, when the sandbox cannot run programs here."""
-    problem = _sandbox_problem(python or default_python())
+    with _probing:
+        problem = _sandbox_problem(python or default_python())
     if problem is not None:
         raise SandboxUnavailable(
             f"the sandbox cannot run here: {problem}; or pass --unsafe-no-sandbox to run "
