@@ -43,6 +43,34 @@ def test_a_joined_command_and_its_children_live_in_the_group_until_killed(group)
     assert not any(os.path.exists(d) for d in group.directories.values())
 
 
+def test_groups_left_by_a_killed_scorer_are_emptied_and_removed_and_live_ones_kept():
+    tree = cgroup.cgroup_tree()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a scorer pid that no longer runs
+    alive = subprocess.Popen(["sleep", "60"])  # one that still does
+    leftover = cgroup.SandboxCgroup(
+        tree.version, {c: os.path.join(p, f"megaphi-sandbox-{gone.pid}-0") for c, p in tree.parents.items()}
+    )
+    kept = cgroup.SandboxCgroup(
+        tree.version, {c: os.path.join(p, f"megaphi-sandbox-{alive.pid}-0") for c, p in tree.parents.items()}
+    )
+    try:
+        for directory in [*set(leftover.directories.values()), *set(kept.directories.values())]:
+            os.mkdir(directory)
+        survivor = subprocess.Popen(leftover.join_command(["sleep", "60"]))  # a sandbox process that outlived it
+        while not leftover.processes():
+            pass
+        assert tree.remove_stale() == 1
+        assert survivor.wait(10) == -9
+        assert not any(os.path.exists(d) for d in leftover.directories.values())
+        assert all(os.path.exists(d) for d in kept.directories.values())
+    finally:
+        alive.kill()
+        for group in (leftover, kept):
+            group.kill()
+            group.remove()
+
+
 def test_a_machine_without_cgroups_is_refused_with_the_remedy(monkeypatch, tmp_path):
     monkeypatch.setattr(cgroup, "CGROUP_ROOT", str(tmp_path))
     monkeypatch.setattr(cgroup, "_tree", None)
