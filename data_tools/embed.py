@@ -149,7 +149,7 @@ class CausalLMEmbedder:
 
         ids, mask = pad_sequences(batch_ids, side="right")
         with torch.no_grad():
-            hidden = self._last_hidden_states(ids.to(self.device))
+            hidden = self._last_hidden_states(ids.to(self.device)).float()  # pool in fp32 (fp16 on CUDA)
         mask = mask.to(hidden.device).unsqueeze(-1).to(hidden.dtype)
         return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu().numpy()
 

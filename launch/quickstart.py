@@ -257,7 +257,8 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                 ]
             ],
             lambda: [],
-            [data / "corpus-00000.jsonl"],
+            # the first task's shard, the corpus report and the task markers (removed with it on a rerun)
+            [data / "corpus-00000-00000.jsonl", data / "corpus.corpus.json", data / "corpus.datatrove"],
             lambda: {"documents kept": jsonl_lines(*shards(data, "corpus"))},
         ),
         Stage(
@@ -334,7 +335,13 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                 ]
             ],
             lambda: shards(data, "filtered"),
-            [data / "dedup-00000.jsonl", data / "dedup.removed.jsonl", data / "dedup.dedup.json"],
+            # the work directory too: its completion markers would make a rerun skip every task
+            [
+                data / "dedup-00000-00000.jsonl",
+                data / "dedup.removed.jsonl",
+                data / "dedup.dedup.json",
+                data / "dedup.datatrove",
+            ],
             lambda: {
                 k: read_json(data / "dedup.dedup.json").get(k)
                 for k in ("documents", "kept", "exact_duplicates", "near_duplicates")
@@ -402,13 +409,12 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                     "--tokenizer",
                     str(tokenizer),
                     "--append-eod",
-                    "--workers",
-                    "2",
                     "--no-progress",
                 ]
             ],
             lambda: [*shards(data, "clean"), tokenizer],
-            [data / "code_text_document.bin", data / "code_text_document.idx"],
+            # the task markers too: a rerun over changed inputs must not find its tasks already done
+            [data / "code_text_document.bin", data / "code_text_document.idx", data / "code.datatrove"],
             lambda: token_counts(data / "code_text_document"),
         ),
         Stage(
@@ -436,7 +442,12 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             "synthesize textbooks and exercises through an OpenAI-compatible server over the toy model",
             synth_commands,
             lambda: [latest_checkpoint(pretrain)],
-            [data / f"{kind}{suffix}.jsonl" for kind in ("textbooks", "exercises") for suffix in ("", ".failures")],
+            # the merged files, and the per-task files and logs a rerun would otherwise resume from
+            [
+                data / f"{kind}{suffix}"
+                for kind in ("textbooks", "exercises")
+                for suffix in (".jsonl", ".failures.jsonl", ".summary.json", ".tasks", ".datatrove")
+            ],
             lambda: {
                 "textbooks": jsonl_lines(data / "textbooks.jsonl"),
                 "exercises that passed validation": jsonl_lines(data / "exercises.jsonl"),

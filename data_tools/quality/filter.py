@@ -41,6 +41,7 @@ from data_tools.quality.classifier import Classifier, load_classifier
 from data_tools.quality.documents import QualityError, corpus_files
 from data_tools.steps import RecordReader, RecordWriter, record_from_document, task_files
 from megaphi.common.files import atomic_write_text
+from megaphi.progress import progress
 
 HISTOGRAM_BINS = 50  # over [0, 1], the range of the forest's probabilities
 BELOW_THRESHOLD = "score_below_threshold"  # the reason a removed document carries
@@ -113,18 +114,18 @@ class RemovedRecords:
             writer.abort() if exc_type is not None else writer.close()
 
 
+# The classifier of this process, loaded by its first task: tasks that run one after another in one
+# process (--workers 1) share it instead of loading the embedder again.
+_loaded: dict[str, Any] = {}
+
+
 def _load_classifier_for_task(classifier_dir: str, device: str) -> Classifier:
-    """The classifier with its embedder loaded, once per process: tasks run one after another in one
-    process (``--workers 1``) share it."""
     key = (os.path.abspath(classifier_dir), device)
     if _loaded.get("key") != key:
         classifier = load_classifier(classifier_dir)
         classifier.load_embedder(device)
         _loaded.update(key=key, classifier=classifier)
     return _loaded["classifier"]
-
-
-_loaded: dict[str, Any] = {}
 
 
 class QualityFilter(BaseFilter):
@@ -149,7 +150,9 @@ class QualityFilter(BaseFilter):
         self.scores_dir = scores_dir
         self.threshold = threshold
         self.device = device
-        self.torch_threads = torch_threads  # 0: torch's default (the CPUs this task may use)
+        # 0: torch's default (the CPUs this task may use). Private: how the task runs, not what it
+        # keeps, so it is no part of the settings a rerun must share with the run it continues.
+        self._torch_threads = torch_threads
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         return self.filter_batch([doc])[0]
@@ -160,33 +163,37 @@ class QualityFilter(BaseFilter):
         results: list[bool | tuple[bool, str]] = []
         for doc, score in zip(batch, scores, strict=True):
             doc.metadata["quality_score"] = round(float(score), 6)
-            keep = bool(score >= self._threshold)
-            self._counts["kept" if keep else BELOW_THRESHOLD] += 1
-            results.append(True if keep else (False, BELOW_THRESHOLD))
+            if score >= self._threshold:
+                self._kept += 1
+                results.append(True)
+            else:
+                self._removed[BELOW_THRESHOLD] += 1
+                results.append((False, BELOW_THRESHOLD))
+        self._bar.update(len(batch))
         return results
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        if self.torch_threads:
+        if self._torch_threads:
             import torch
 
-            torch.set_num_threads(self.torch_threads)
+            torch.set_num_threads(self._torch_threads)
         self._classifier = _load_classifier_for_task(self.classifier_dir, self.device)
         self._threshold = self._classifier.threshold if self.threshold is None else self.threshold
         self._histogram = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
-        self._counts: Counter[str] = Counter()
+        self._kept, self._removed = 0, Counter[str]()
         if self.exclusion_writer is not None:
             self.exclusion_writer.open(rank)
         start = time.monotonic()
-        yield from super().run(data, rank, world_size)
-        kept = self._counts.pop("kept", 0)
+        with progress(desc=f"quality filter task {rank}", unit="docs") as self._bar:
+            yield from super().run(data, rank, world_size)
         elapsed = time.monotonic() - start
-        documents = kept + sum(self._counts.values())
+        documents = self._kept + sum(self._removed.values())
         task = {
             "rank": rank,
             "documents": documents,
-            "kept": kept,
-            "removed": documents - kept,
-            "removed_by_reason": dict(sorted(self._counts.items())),
+            "kept": self._kept,
+            "removed": documents - self._kept,
+            "removed_by_reason": dict(sorted(self._removed.items())),
             "threshold": self._threshold,
             "device": self._classifier.embedder.device,
             "batch_size": self.batch_size,
@@ -368,11 +375,39 @@ def stages(config: QualityFilterConfig, options: ExecutorOptions) -> list[Stage]
     ]
 
 
+# What a rerun into the same output prefix must share with the run it continues: everything that
+# decides which documents are kept and where they go (batch size and device do not).
+RESULT_SETTINGS = ("input", "classifier", "threshold", "removed_prefix", "text_key", "on_error")
+
+
+def check_same_run(config: QualityFilterConfig, options: ExecutorOptions) -> None:
+    """A rerun continues the run it finds under its output prefix (finished tasks are not run again):
+    with other settings it would mix two runs' outputs, so it is refused; the first run records its
+    settings."""
+    path = Path(logging_dir_for(config.output_prefix, FILTER_STAGE)) / "settings.json"
+    settings = {**{name: getattr(config, name) for name in RESULT_SETTINGS}, "tasks": options.tasks}
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+        return
+    before = json.loads(path.read_text())
+    changed = [
+        f"{name} {before.get(name)!r} -> {value!r}" for name, value in settings.items() if before.get(name) != value
+    ]
+    if changed:
+        prefix = config.output_prefix
+        raise QualityError(
+            f"--output-prefix {prefix} holds a filter run with other settings ({'; '.join(changed)}): "
+            f"choose another prefix, or remove {prefix}-*.jsonl, {prefix}.quality.* and {prefix}.datatrove"
+        )
+
+
 def filter_corpus(config: QualityFilterConfig, options: ExecutorOptions | None = None) -> FilterReport | None:
     """Run the filter and its report; locally returns the report, on a cluster None once submitted.
 
     Inputs that exist before anything runs are checked here, so a local run with a wrong path or a
-    missing classifier fails in a second with one line."""
+    missing classifier fails in a second with one line. Rerunning the same command after a crash or a
+    killed task runs only the unfinished tasks; rerunning it with other settings is refused."""
     options = options or ExecutorOptions()
     config.check()
     corpus_files(config.input)
@@ -381,7 +416,7 @@ def filter_corpus(config: QualityFilterConfig, options: ExecutorOptions | None =
 
         resolve_device(config.device)  # a --device cuda without a GPU fails before any task starts
     load_classifier(config.classifier)
-    Path(config.output_prefix).parent.mkdir(parents=True, exist_ok=True)
+    check_same_run(config, options)
     run_stages(stages(config, options), options)
     if options.executor != "local":
         return None

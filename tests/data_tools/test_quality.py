@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -274,8 +275,8 @@ def test_cli_help_names_the_three_stages():
 # End to end on the standard library with the offline annotator
 
 
-def filter_args(corpus: str, classifier: Path, prefix: Path, *extra: str) -> list[str]:
-    return ["filter", "--corpus", corpus, "--classifier", str(classifier), "--output-prefix", str(prefix), *extra]
+def filter_args(corpus: list[str], classifier: Path, prefix: Path, *extra: str) -> list[str]:
+    return ["filter", "--corpus", *corpus, "--classifier", str(classifier), "--output-prefix", str(prefix), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -313,7 +314,7 @@ def pipeline(tmp_path_factory):
         )
         == 0
     )
-    assert main(filter_args(corpus, tmp / "clf", tmp / "edu")) == 0
+    assert main(filter_args([corpus], tmp / "clf", tmp / "edu")) == 0
     return tmp
 
 
@@ -327,7 +328,7 @@ def three_tasks(pipeline):
     """The same filter split into three tasks (run one after another in this process), smaller batches,
     and the removed documents written too."""
     prefix = pipeline / "three" / "edu"
-    argv = filter_args(str(pipeline / "stdlib-*.jsonl"), pipeline / "clf", prefix, "--tasks", "3", "--workers", "1")
+    argv = filter_args([str(pipeline / "stdlib-*.jsonl")], pipeline / "clf", prefix, "--tasks", "3", "--workers", "1")
     assert main([*argv, "--batch-size", "16", "--removed-prefix", str(pipeline / "three" / "removed")]) == 0
     return prefix
 
@@ -414,12 +415,13 @@ def test_three_tasks_keep_the_same_documents_as_one_and_report_each_task(pipelin
     assert {r["filter_reason"] for r in removed} == {"score_below_threshold"}
     assert all(r["quality_score"] < 0.6 for r in removed) and all(r["quality_score"] >= 0.6 for r in three)
 
-    # The per-task view: task r read every third input file from r and wrote its own shards; the
-    # tasks add up to the totals, and the histogram is the one task's histogram of the single run.
+    # The per-task view: each task read its share of the input files and wrote its own shards; the
+    # tasks add up to the totals, and the histogram is the one of the single-task run.
     report = json.loads((three_tasks.parent / "edu.quality.json").read_text())
     inputs = [str(p) for p in sorted(pipeline.glob("stdlib-*.jsonl"))]
     assert [t["rank"] for t in report["tasks"]] == [0, 1, 2]
-    assert [t["inputs"] for t in report["tasks"]] == [inputs[0::3], inputs[1::3], inputs[2::3]]
+    assert sorted(path for t in report["tasks"] for path in t["inputs"]) == inputs  # each file by one task
+    assert all(t["inputs"] for t in report["tasks"])
     for task in report["tasks"]:
         task_ids = {r["id"] for path in task["inputs"] for r in read_jsonl(path)}
         kept_ids = {r["id"] for path in task["outputs"] for r in read_jsonl(path)}
@@ -435,21 +437,43 @@ def test_three_tasks_keep_the_same_documents_as_one_and_report_each_task(pipelin
 
 
 @pytest.mark.slow
+def test_a_rerun_continues_the_run_it_finds_and_refuses_other_settings(pipeline, three_tasks, capsys):
+    report = three_tasks.parent / "edu.quality.json"
+    written = report.stat().st_mtime_ns
+    argv = filter_args([str(pipeline / "stdlib-*.jsonl")], pipeline / "clf", three_tasks, "--tasks", "3")
+    argv += ["--workers", "1", "--batch-size", "16", "--removed-prefix", str(pipeline / "three" / "removed")]
+    # Every task finished: nothing runs again, and the summary is the finished run's.
+    assert main(argv) == 0
+    assert report.stat().st_mtime_ns == written
+    assert capsys.readouterr().out.startswith(f"kept {json.loads(report.read_text())['kept']} of ")
+    # Another threshold would keep other documents under the same prefix: refused, nothing touched.
+    code, err = run_cli(capsys, *argv, "--threshold", "0.7")
+    assert code == 2 and len(err.splitlines()) == 1 and "holds a" in err and "run" in err
+    assert report.stat().st_mtime_ns == written
+
+
+@pytest.mark.slow
 def test_a_killed_filter_task_is_the_only_one_a_rerun_runs(pipeline, tmp_path):
     """Kill the command while its second task runs; the rerun runs only the two unfinished tasks (two at
-    a time) and the result is the one-task run's."""
+    a time) and keeps what the one-task run kept of the same files."""
+    inputs = sorted(pipeline.glob("stdlib-*.jsonl"))[:3]
     prefix = tmp_path / "edu"
     argv = [sys.executable, "-m", "data_tools.quality"]
-    argv += filter_args(str(pipeline / "stdlib-*.jsonl"), pipeline / "clf", prefix, "--tasks", "3")
+    argv += filter_args([str(p) for p in inputs], pipeline / "clf", prefix, "--tasks", "3")
     done = Path(f"{prefix}.datatrove/quality-filter/completions")
-    proc = subprocess.Popen([*argv, "--workers", "1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*argv, "--workers", "1"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         while not (done / "00000").exists():
             assert proc.poll() is None, "the filter ended before its first task finished"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
+    finally:  # as a scheduler ends a job: the command and every process it started
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert sorted(p.name for p in done.iterdir()) == ["00000"]
     assert [p.name for p in shards_of(prefix)] == ["edu-00000-00000.jsonl"]  # nothing of the killed task
@@ -457,11 +481,12 @@ def test_a_killed_filter_task_is_the_only_one_a_rerun_runs(pipeline, tmp_path):
     written = first_scores.stat().st_mtime_ns
 
     rerun = subprocess.run([*argv, "--workers", "2"], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert "Skipping 1 already completed tasks" in rerun.stderr
+    assert "quality-filter: 3 task(s) done (1 done before)" in rerun.stderr
     assert first_scores.stat().st_mtime_ns == written
     assert sorted(p.name for p in done.iterdir()) == ["00000", "00001", "00002"]
-    kept = read_jsonl(*shards_of(prefix))
-    assert sorted(r["id"] for r in kept) == sorted(r["id"] for r in read_jsonl(*shards_of(pipeline / "edu")))
+    kept = sorted(r["id"] for r in read_jsonl(*shards_of(prefix)))
+    ids = {r["id"] for r in read_jsonl(*inputs)}
+    assert kept == sorted(r["id"] for r in read_jsonl(*shards_of(pipeline / "edu")) if r["id"] in ids)
     assert json.loads(Path(f"{prefix}.quality.json").read_text())["kept"] == len(kept)
 
 
@@ -488,7 +513,7 @@ def test_embedding_device_is_chosen_explicitly(monkeypatch, caplog):
 
 @pytest.mark.skipif(embed.cuda_visible(), reason="needs a machine without a CUDA device")
 def test_filter_on_cuda_without_a_gpu_is_one_clear_error_before_anything_runs(tmp_path, tiny_corpus, capsys):
-    code, err = run_cli(capsys, *filter_args(str(tiny_corpus), tmp_path, tmp_path / "out"), "--device", "cuda")
+    code, err = run_cli(capsys, *filter_args([str(tiny_corpus)], tmp_path, tmp_path / "out"), "--device", "cuda")
     assert code == 2 and len(err.splitlines()) == 1
     assert "--device cuda but this process sees no CUDA device" in err and "--device cpu" in err
     assert list(tmp_path.iterdir()) == [tiny_corpus]
