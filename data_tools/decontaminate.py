@@ -487,6 +487,7 @@ def stages(config: DecontaminateConfig, options: ExecutorOptions) -> list[Stage]
         readers.append(RecordReader(config.input, text_key=config.text_key, on_error=config.on_error))
     if config.deep_input:
         readers.append(DeepInputReader(config.deep_input, text_key=config.text_key, on_error=config.on_error))
+    settings = asdict(config)  # a rerun with other inputs or options must not take the earlier tasks as done
     return [
         Stage(
             "decontaminate",
@@ -496,12 +497,14 @@ def stages(config: DecontaminateConfig, options: ExecutorOptions) -> list[Stage]
                 RecordWriter(config.output_prefix, text_key=config.text_key),
             ],
             logging_dir_for(config.output_prefix, "decontaminate"),
+            settings=settings,
         ),
         Stage(
             "decontaminate-report",
             [DecontaminationReport(config, options.tasks)],
             logging_dir_for(config.output_prefix, "decontaminate-report"),
             tasks=1,
+            settings=settings,
         ),
     ]
 
