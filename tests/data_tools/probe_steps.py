@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Iterator
@@ -66,3 +67,19 @@ class HangWhile(PipelineStep):
             Path(self.started).touch()
             while Path(self.flag).exists():
                 time.sleep(0.1)
+
+
+class KillSelfWhile(PipelineStep):
+    """Task ``rank``'s process kills itself with SIGKILL while ``flag`` exists (what the OOM killer does)."""
+
+    name = "kill itself while flagged"
+
+    def __init__(self, rank: int, flag: str | os.PathLike):
+        super().__init__()
+        self.rank = rank
+        self.flag = os.fspath(flag)
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        if rank == self.rank and Path(self.flag).exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield from data or ()

@@ -25,7 +25,7 @@ from data_tools.executors import (
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import InputNotFoundError
 from tests.conftest import read_jsonl
-from tests.data_tools.probe_steps import FailWhile, RecordRuns
+from tests.data_tools.probe_steps import FailWhile, KillSelfWhile, RecordRuns
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -143,6 +143,21 @@ def test_a_failed_task_is_named_with_its_error_and_logs_and_a_rerun_runs_only_it
     flag.unlink()
     run_stages([stage], ExecutorOptions(tasks=4, workers=2))
     assert _runs(journal) == [0, 1, 2, 3]
+
+
+def test_a_task_whose_process_is_killed_fails_the_stage_instead_of_hanging_it(tmp_path):
+    journal, flag = tmp_path / "runs.txt", tmp_path / "kill"
+    flag.touch()
+    stage = _stage(tmp_path, KillSelfWhile(1, flag), RecordRuns(journal))
+    with pytest.raises(
+        ExecutorError,
+        match=r"was killed by signal 9, e\.g\. by the kernel.s OOM killer.* \(task 1\); probe: task\(s\) 1 of 3",
+    ):
+        run_stages([stage], ExecutorOptions(tasks=3, workers=2))
+    assert 1 in incomplete_tasks(stage.logging_dir, 3)
+    flag.unlink()
+    run_stages([stage], ExecutorOptions(tasks=3, workers=2))
+    assert sorted(set(_runs(journal))) == [0, 1, 2] and incomplete_tasks(stage.logging_dir, 3) == []
 
 
 def test_a_task_that_failed_on_its_input_raises_that_error_with_the_task_and_logs_appended(tmp_path):
