@@ -481,7 +481,7 @@ def test_a_killed_filter_task_is_the_only_one_a_rerun_runs(pipeline, tmp_path):
     written = first_scores.stat().st_mtime_ns
 
     rerun = subprocess.run([*argv, "--workers", "2"], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert "Skipping 1 already completed tasks" in rerun.stderr
+    assert "quality-filter: 3 task(s) done (1 done before)" in rerun.stderr
     assert first_scores.stat().st_mtime_ns == written
     assert sorted(p.name for p in done.iterdir()) == ["00000", "00001", "00002"]
     kept = sorted(r["id"] for r in read_jsonl(*shards_of(prefix)))
