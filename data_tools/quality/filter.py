@@ -343,9 +343,17 @@ def _torch_threads(options: ExecutorOptions) -> int:
     return max(1, cpus // at_once)
 
 
+# What a rerun into the same output prefix must share with the run it continues (the stages'
+# settings, see data_tools.executors.Stage): everything that decides which documents are kept and where
+# they go. Batch size and device do not, so a rerun may change them (e.g. a smaller batch after a GPU
+# ran out of memory).
+RESULT_SETTINGS = ("input", "classifier", "threshold", "removed_prefix", "text_key", "on_error")
+
+
 def stages(config: QualityFilterConfig, options: ExecutorOptions) -> list[Stage]:
     """The filter (``options.tasks`` tasks) and its report (one task)."""
     config.check()
+    settings = {name: getattr(config, name) for name in RESULT_SETTINGS}
     filter_dir = logging_dir_for(config.output_prefix, FILTER_STAGE)
     removed = RemovedRecords(config.removed_prefix, config.text_key) if config.removed_prefix else None
     return [
@@ -365,41 +373,16 @@ def stages(config: QualityFilterConfig, options: ExecutorOptions) -> list[Stage]
                 RecordWriter(config.output_prefix, text_key=config.text_key),
             ],
             filter_dir,
+            settings=settings,
         ),
         Stage(
             REPORT_STAGE,
             [QualityReport(config, filter_dir, options.tasks)],
             logging_dir_for(config.output_prefix, REPORT_STAGE),
             tasks=1,
+            settings=settings,
         ),
     ]
-
-
-# What a rerun into the same output prefix must share with the run it continues: everything that
-# decides which documents are kept and where they go (batch size and device do not).
-RESULT_SETTINGS = ("input", "classifier", "threshold", "removed_prefix", "text_key", "on_error")
-
-
-def check_same_run(config: QualityFilterConfig, options: ExecutorOptions) -> None:
-    """A rerun continues the run it finds under its output prefix (finished tasks are not run again):
-    with other settings it would mix two runs' outputs, so it is refused; the first run records its
-    settings."""
-    path = Path(logging_dir_for(config.output_prefix, FILTER_STAGE)) / "settings.json"
-    settings = {**{name: getattr(config, name) for name in RESULT_SETTINGS}, "tasks": options.tasks}
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
-        return
-    before = json.loads(path.read_text())
-    changed = [
-        f"{name} {before.get(name)!r} -> {value!r}" for name, value in settings.items() if before.get(name) != value
-    ]
-    if changed:
-        prefix = config.output_prefix
-        raise QualityError(
-            f"--output-prefix {prefix} holds a filter run with other settings ({'; '.join(changed)}): "
-            f"choose another prefix, or remove {prefix}-*.jsonl, {prefix}.quality.* and {prefix}.datatrove"
-        )
 
 
 def filter_corpus(config: QualityFilterConfig, options: ExecutorOptions | None = None) -> FilterReport | None:
@@ -416,7 +399,6 @@ def filter_corpus(config: QualityFilterConfig, options: ExecutorOptions | None =
 
         resolve_device(config.device)  # a --device cuda without a GPU fails before any task starts
     load_classifier(config.classifier)
-    check_same_run(config, options)
     run_stages(stages(config, options), options)
     if options.executor != "local":
         return None
