@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import logging
 import multiprocessing
@@ -173,15 +172,10 @@ class RecordingLocalExecutor(LocalPipelineExecutor):
         if not ranks:
             return
         self.save_executor_as_json()
-        if self.workers == 1:
-            pipeline = self.pipeline
-            for rank in ranks:
-                self.pipeline = copy.deepcopy(pipeline)  # a step's state must not leak into the next task
-                self._run_recorded(rank, 0)
-            self.pipeline = pipeline
-            return
-        # One forked process per task, at most `workers` at once: a process that dies takes only its
-        # own task with it (each task's statistics are in stats/NNNNN.json; nothing is sent back).
+        # One forked process per task, at most `workers` at once, even for one task: a process that dies
+        # takes only its own task with it, and this process never runs a step itself, so it holds no
+        # thread pool of torch or a tokenizer that a later fork would copy in a locked state. Each
+        # task's statistics are in stats/NNNNN.json; nothing is sent back.
         global _running_executor
         _running_executor = self  # forked children find the pipeline here: it need not pickle
         context = multiprocessing.get_context(self.start_method)
