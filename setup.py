@@ -25,7 +25,8 @@ EXTRAS = {
     "ray": ["ray>=2.9"],  # --executor ray for the data stages
     # everything, plus what the test suite and CI use (reference implementations, linters)
     "dev": sorted(
-        set(_TRAIN + _DATA + _EVAL + _SERVE) | {"pytest", "pytest-timeout", "megatron-core", "mpi4py", "ray>=2.9", "ruff", "mypy"}
+        set(_TRAIN + _DATA + _EVAL + _SERVE)
+        | {"pytest", "pytest-timeout", "megatron-core", "mpi4py", "ray>=2.9", "ruff", "mypy"}
     ),
 }
 

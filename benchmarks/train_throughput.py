@@ -37,6 +37,9 @@ out of memory is measured (``micro_batch`` in the row, ``tried`` the ones that d
 is how each implementation's largest fitting micro batch is found. One JSON line per implementation
 goes to stdout (an ``error`` field instead of numbers when it failed). Weights of the in-process
 implementations are drawn directly on the device (benchmark start-up only).
+
+(Over 400 lines on purpose: one script holds every implementation's setup side by side, so that what
+differs between them can be read and compared in one place; each still runs in its own process.)
 """
 
 from __future__ import annotations

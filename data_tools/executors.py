@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +196,11 @@ class Stage:
     pipeline: list[Any]
     logging_dir: str
     tasks: int | None = None  # None: the command's --tasks
+    # Tasks that resume on their own at a finer grain (synthesis skips the ids its files settle) run on
+    # every run: a rerun with a larger count or --retry-failed reaches them, and one with nothing left
+    # to do finishes at once. Their completion markers are cleared first, so that the markers the
+    # stage ends with are this run's.
+    rerun_completed: bool = False
 
 
 def logging_dir_for(output_prefix: str | os.PathLike, stage: str) -> str:
@@ -212,6 +218,8 @@ def run_stages(stages: Sequence[Stage], options: ExecutorOptions) -> list[Any]:
     options.check()
     executors: list[Any] = []
     for stage in stages:
+        if stage.rerun_completed:
+            shutil.rmtree(Path(stage.logging_dir) / "completions", ignore_errors=True)
         depends = executors[-1] if executors and options.executor != "local" else None
         executors.append(
             build_executor(

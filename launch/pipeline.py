@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from megaphi.common.errors import UserError
+from megaphi.common.files import atomic_write_text
+
 HASH_LIMIT = 8 << 20
 MANIFEST_VERSION = 1
 
@@ -65,9 +68,7 @@ def remove(paths: list[Path]) -> None:
 
 
 def write_json_atomically(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
 
 
 @dataclass
@@ -147,8 +148,8 @@ class Pipeline:
         manifest = self.read_manifest(stage)
         if keep:
             if manifest is None or fingerprint(stage.outputs, self.work) != manifest["outputs"]:
-                raise SystemExit(
-                    f"quickstart: stage {stage.name} has no complete outputs to start after; "
+                raise UserError(
+                    f"stage {stage.name} has no complete outputs to start after; "
                     f"rerun from it (--start-at {stage.name}) or without --start-at"
                 )
             print("skipped: before --start-at, its outputs are taken as they are", flush=True)

@@ -21,6 +21,9 @@ through megaphi.serve: they are not good text, and the exercise validator reject
 So the finetuning set is the small hand-written exercise set of launch/quickstart_exercises.jsonl (MBPP's
 format) plus whatever synthetic exercise passed, and the model is evaluated on HumanEval and on those
 exercises themselves: a toy model can learn them by heart, not solve anything new.
+
+(Over 400 lines on purpose: it is the recipe's walk-through, every stage's commands in the order
+they run, read top to bottom; the machinery that runs them is launch/pipeline.py.)
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from megaphi.common.checkpoints import read_latest
+from megaphi.common.cli import entry_point
+from megaphi.common.errors import UserError
+from megaphi.common.jsonl import read_jsonl
 from megaphi.common.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,8 +129,7 @@ def training_counts(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    steps = [r for r in rows if "loss" in r and "step" in r]
+    steps = [r for r in read_jsonl(path) if "loss" in r and "step" in r]
     if not steps:
         return {}
     return {
@@ -152,9 +157,8 @@ def render_exercises(source: Path, out: Path) -> None:
     """The seed exercises as finetuning documents: the prompt the evaluation shows, then the solution."""
     from megaphi.eval.benchmarks import mbpp_prompt
 
-    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
     with out.open("w", encoding="utf-8") as f:
-        for row in rows:
+        for row in read_jsonl(source):
             text = mbpp_prompt(row["text"], row["test_list"][0]) + row["code"] + "\n"
             f.write(json.dumps({"text": text, "id": f"seed-exercise-{row['task_id']}"}) + "\n")
 
@@ -423,7 +427,12 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             "synthesize textbooks and exercises through an OpenAI-compatible server over the toy model",
             synth_commands,
             lambda: [latest_checkpoint(pretrain)],
-            [data / f"{kind}{suffix}.jsonl" for kind in ("textbooks", "exercises") for suffix in ("", ".failures")],
+            # the merged files, and the per-task files and logs a rerun would otherwise resume from
+            [
+                data / f"{kind}{suffix}"
+                for kind in ("textbooks", "exercises")
+                for suffix in (".jsonl", ".failures.jsonl", ".summary.json", ".tasks", ".datatrove")
+            ],
             lambda: {
                 "textbooks": jsonl_lines(data / "textbooks.jsonl"),
                 "exercises that passed validation": jsonl_lines(data / "exercises.jsonl"),
@@ -744,11 +753,10 @@ def stage_index(stages: list[Stage], value: str | None, flag: str) -> int | None
         return int(value) - 1
     if value in names:
         return names.index(value)
-    raise SystemExit(
-        f"quickstart: {flag} {value!r} is not a stage; give a number 1-{len(stages)} or one of {', '.join(names)}"
-    )
+    raise UserError(f"{flag} {value!r} is not a stage; give a number 1-{len(stages)} or one of {', '.join(names)}")
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render_exercises:
@@ -759,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     start = stage_index(stages, args.start_at, "--start-at")
     stop = stage_index(stages, args.stop_after, "--stop-after")
     if args.fresh and start:
-        raise SystemExit("quickstart: --fresh deletes every stage's outputs; it cannot start after stage 1")
+        raise UserError("--fresh deletes every stage's outputs; it cannot start after stage 1")
     if args.fresh and work.exists():
         print(f"--fresh: deleting {work}", flush=True)
         shutil.rmtree(work)

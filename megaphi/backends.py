@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from megaphi.common.checkpoints import check_model_path
 from megaphi.common.padding import pad_sequences
 from megaphi.convert.hf import PHI_MODEL_TYPES, has_tokenizer
-from megaphi.tokenizer import load_tokenizer
+from megaphi.model import PhiForCausalLM
+from megaphi.tokenizer import Tokenizer, load_tokenizer
 from megaphi.generate import (
+    IsDone,
     check_device,
     eos_token_id,
     generate_tokens,
@@ -34,7 +36,9 @@ from megaphi.generate import (
 )
 from megaphi.common.errors import UserError
 
-IsDone = Callable[[int, list[int]], bool]
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 # OpenAI's parameters are the whole decoding rule: switch off the other logits processors that a
 # model's generation_config.json may turn on (transformers fills unset fields from it).
 NEUTRAL_GENERATION = dict(
@@ -75,7 +79,7 @@ class Backend(Protocol):
 class MegaphiBackend:
     """megaphi's PhiForCausalLM with its KV cache (``megaphi.generate.generate_tokens``)."""
 
-    def __init__(self, model, tokenizer, context: int | None = None):
+    def __init__(self, model: PhiForCausalLM, tokenizer: Tokenizer, context: int | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.context = serving_context(model.config.max_position_embeddings, context)
         self.eos_id = eos_token_id(tokenizer)
@@ -106,11 +110,11 @@ class MegaphiBackend:
 class _RowStopper:
     """A transformers stopping criterion that ends rows one by one and records each row's length."""
 
-    def __init__(self, prompt_len: int, eos_ids: set[int], is_done: IsDone | None):
+    def __init__(self, prompt_len: int, eos_ids: set[int], is_done: IsDone | None) -> None:
         self.prompt_len, self.eos_ids, self.is_done = prompt_len, eos_ids, is_done
         self.lengths: dict[int, int] = {}
 
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         for row in range(input_ids.shape[0]):
             if row in self.lengths:
                 continue
@@ -132,10 +136,10 @@ class _Sampler:
 
     def __init__(
         self, temperature: float, top_p: float, generators: list[torch.Generator | None] | None, vocab_size: int
-    ):
+    ) -> None:
         self.temperature, self.top_p, self.generators, self.vocab_size = temperature, top_p, generators, vocab_size
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         chosen = sample_next_token(scores[:, : self.vocab_size], self.temperature, self.top_p, self.generators)
         only = torch.full_like(scores, float("-inf"))
         return only.scatter_(-1, chosen.unsqueeze(-1), 0.0)
@@ -144,7 +148,7 @@ class _Sampler:
 class HFBackend:
     """Any transformers causal LM through ``model.generate`` (left padding with an attention mask)."""
 
-    def __init__(self, model, tokenizer, context: int | None = None):
+    def __init__(self, model: PreTrainedModel, tokenizer: Tokenizer, context: int | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.context = serving_context(model_context_length(model.config), context)
         # A row ends at the tokenizer's EOS or at any end-of-turn id the model's generation config adds.
@@ -181,7 +185,8 @@ class HFBackend:
         stopper = _RowStopper(longest, set(self.eos_ids), is_done)
         generators = sequence_generators(seeds, device) if seeds is not None and temperature > 0 else None
         processors = LogitsProcessorList([_Sampler(temperature, top_p, generators, self.tokenizer.vocab_size)])
-        output = self.model.generate(
+        # generate comes from GenerationMixin, which transformers' PreTrainedModel type leaves out
+        output = self.model.generate(  # type: ignore[operator]
             input_ids=input_ids.to(device),
             attention_mask=mask.to(device),
             generation_config=config,
@@ -243,10 +248,12 @@ def load_hf_backend(
     tokenizer = tokenizer if tokenizer is not None else (path if has_tokenizer(path) else None)
     if tokenizer is None:
         raise UserError(f"{path} has no tokenizer: pass --tokenizer <Hugging Face tokenizer directory>")
-    device = check_device(device)
-    if dtype is None:  # half-precision matmuls are slow or missing on the CPU
-        dtype = torch.float32 if device.type == "cpu" else "auto"
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+    target = check_device(device)
+    # half-precision matmuls are slow or missing on the CPU; elsewhere the checkpoint's own dtype
+    load_dtype = dtype if dtype is not None else torch.float32 if target.type == "cpu" else "auto"
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=load_dtype)
+    # transformers wraps PreTrainedModel.to with functools.wraps, whose type wants ``self`` passed again
+    model = model.to(target).eval()  # type: ignore[arg-type]
     return HFBackend(model, load_tokenizer(tokenizer), max_model_len)
 
 

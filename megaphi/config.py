@@ -58,7 +58,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if value in args:
             return value
         raise ConfigError(f"{name}: must be one of {', '.join(repr(a) for a in args)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, name)
     if origin is list:
         if not isinstance(value, (list, tuple)):
@@ -98,6 +98,8 @@ def _from_dict(cls: type[T], data: Any, prefix: str) -> T:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of fields, got {data!r}")
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{where}: {cls!r} is not a dataclass")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:

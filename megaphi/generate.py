@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -29,6 +29,9 @@ from megaphi.eval.benchmarks import HUMANEVAL_STOP
 from megaphi.model import PhiForCausalLM
 from megaphi.progress import progress
 from megaphi.tokenizer import Tokenizer, load_tokenizer
+
+# is_done(row, new_tokens): whether a row's text is complete (it reached a stop sequence).
+IsDone = Callable[[int, list[int]], bool]
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -144,7 +147,7 @@ def generate_tokens(
     top_p: float = 1.0,
     eos_id: int | None = None,
     seeds: Sequence[int | None] | None = None,
-    is_done=None,
+    is_done: IsDone | None = None,
     vocab_size: int | None = None,
 ) -> list[list[int]]:
     """One batch: left-pad the token prompts, decode with the KV cache, return each row's new tokens.
@@ -181,7 +184,9 @@ def generate_tokens(
     return new_tokens
 
 
-def _check_arguments(prompts, max_new_tokens, temperature, top_p, n, batch_size) -> None:
+def _check_arguments(
+    prompts: Sequence[str] | str, max_new_tokens: int, temperature: float, top_p: float, n: int, batch_size: int
+) -> None:
     if isinstance(prompts, str):
         raise UserError("prompts must be a list of strings, got a single string: wrap it in a list")
     if max_new_tokens < 1:

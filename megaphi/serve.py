@@ -8,11 +8,9 @@ Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (and 
 Parameters: max_tokens, temperature, top_p, n, stop, seed; errors come back in OpenAI's JSON shape
 ({"error": {"message", "type", "param", "code"}}) with the status OpenAI would use.
 
-Concurrent requests are batched: one model worker takes every queued request that can share a
-decoding pass (same temperature and top_p; greedy requests always can) and runs them as one
-left-padded batch, each row with its own max_tokens and stop sequences. A seeded request's rows each
-draw from their own random stream (seeded from the seed and the choice's index), so the same seed gives
-the same text whatever else is in flight.
+Concurrent requests are batched (megaphi.batcher): requests that can share a decoding pass run as
+one batch, and a seeded request gives the same text whatever else is in flight. This module is the
+HTTP and OpenAI-protocol layer: routes, request validation, response envelopes, the command.
 
 megaphi checkpoints and Hugging Face Phi directories run on megaphi's own model (KV cache, tensor
 parallelism); any other causal LM (GPT-2, Llama, Qwen, CodeGen, ...) runs on transformers' ``generate``.
@@ -22,32 +20,28 @@ The batching is the same for both: see megaphi.backends.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
 import json
 import logging
 import sys
 import time
 import uuid
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable, overload
 
 from aiohttp import web
 
 from megaphi.backends import Backend, load_backend
+from megaphi.batcher import Batcher, Completion, Sampling
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
-from megaphi.generate import cut_at_stop, sequence_seed
 
 log = logging.getLogger("megaphi.serve")
 
 MAX_N = 128
 MAX_STOP_SEQUENCES = 4
 # Parameters OpenAI defines that this server cannot honour: accepted only at their no-op value.
-NO_OP_PARAMETERS = {
+NO_OP_PARAMETERS: dict[str, tuple[Any, ...]] = {
     "stream": (False, None),
     "echo": (False, None),
     "logprobs": (False, None),
@@ -88,158 +82,6 @@ class RequestError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# Sampling parameters and the batching worker
-
-
-@dataclass
-class Sampling:
-    max_tokens: int
-    temperature: float
-    top_p: float
-    n: int
-    stop: list[str]
-    seed: int | None
-
-    def batch_key(self) -> tuple:
-        if self.temperature == 0:
-            return ("greedy",)
-        return ("sample", self.temperature, self.top_p)
-
-
-@dataclass
-class Job:
-    prompts: list[list[int]]  # token ids, one list per prompt of the request
-    sampling: Sampling
-    future: asyncio.Future
-    rows: int = 0
-
-    def __post_init__(self) -> None:
-        self.rows = len(self.prompts) * self.sampling.n
-
-
-@dataclass
-class Completion:
-    text: str
-    finish_reason: str
-    tokens: int
-
-
-@dataclass
-class BatchStats:
-    batches: int = 0
-    requests_per_batch: deque = field(default_factory=lambda: deque(maxlen=1000))
-
-
-class Batcher:
-    """Queues requests and runs compatible ones together on a single model thread."""
-
-    def __init__(self, backend: Backend, *, max_batch_rows: int = 16, window_s: float = 0.005):
-        self.backend, self.tokenizer = backend, backend.tokenizer
-        self.max_batch_rows, self.window_s = max_batch_rows, window_s
-        self.context = backend.context
-        self.pending: deque[Job] = deque()
-        self.wakeup = asyncio.Event()
-        self.stats = BatchStats()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="megaphi-model")
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._executor.shutdown(wait=True)
-
-    async def submit(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
-        job = Job(prompts, sampling, asyncio.get_running_loop().create_future())
-        self.pending.append(job)
-        self.wakeup.set()
-        return await job.future
-
-    def _take_batch(self) -> list[Job]:
-        """The oldest job plus every queued job that fits its pass (key, rows, context length)."""
-        first = self.pending.popleft()
-        batch, rows = [first], first.rows
-        longest = max(len(p) for p in first.prompts)
-        steps = first.sampling.max_tokens
-        for job in list(self.pending):
-            if job.sampling.batch_key() != first.sampling.batch_key() or rows + job.rows > self.max_batch_rows:
-                continue
-            job_longest = max(longest, *(len(p) for p in job.prompts))
-            job_steps = max(steps, job.sampling.max_tokens)
-            if job_longest + job_steps > self.context:  # every row's positions must stay in range
-                continue
-            self.pending.remove(job)
-            batch.append(job)
-            rows, longest, steps = rows + job.rows, job_longest, job_steps
-        return batch
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self.wakeup.wait()
-            await asyncio.sleep(self.window_s)  # let requests that arrive together share the pass
-            while self.pending:
-                batch = self._take_batch()
-                self.stats.batches += 1
-                self.stats.requests_per_batch.append(len(batch))
-                try:
-                    results = await loop.run_in_executor(self._executor, self._run, batch)
-                except Exception as exc:  # noqa: BLE001 - reported to each waiting request as a 500
-                    log.exception("generation failed")
-                    for job in batch:
-                        if not job.future.done():
-                            job.future.set_exception(exc)
-                    continue
-                for job, result in zip(batch, results):
-                    if not job.future.done():  # the client may have gone away
-                        job.future.set_result(result)
-            self.wakeup.clear()
-
-    def _run(self, batch: list[Job]) -> list[list[list[Completion]]]:
-        rows = [(job, ids) for job in batch for ids in job.prompts for _ in range(job.sampling.n)]
-        row_max = [job.sampling.max_tokens for job, _ in rows]
-        row_stop = [job.sampling.stop for job, _ in rows]
-
-        def is_done(row: int, ids: list[int]) -> bool:
-            return len(ids) >= row_max[row] or (
-                bool(row_stop[row]) and cut_at_stop(self.tokenizer.decode(ids), row_stop[row])[1]
-            )
-
-        # Choice j of a prompt draws from the stream of (seed, j), as megaphi.generate.generate does.
-        seeds = [
-            None if job.sampling.seed is None else sequence_seed(job.sampling.seed, j)
-            for job in batch
-            for _ in job.prompts
-            for j in range(job.sampling.n)
-        ]
-        first = batch[0].sampling
-        tokens = self.backend.generate(
-            [ids for _, ids in rows],
-            max_new_tokens=max(row_max),
-            temperature=first.temperature,
-            top_p=first.top_p,
-            seeds=seeds if any(s is not None for s in seeds) else None,
-            is_done=is_done,
-        )
-        completions = []
-        for row, ids in enumerate(tokens):
-            text, stopped = cut_at_stop(self.tokenizer.decode(ids), row_stop[row])
-            # Fewer tokens than allowed means the model ended the text itself (EOS) or hit a stop.
-            reason = "stop" if stopped or len(ids) < row_max[row] else "length"
-            completions.append(Completion(text, reason, len(ids)))
-        # Regroup rows per job and per prompt: n completions for each prompt.
-        results, at = [], 0
-        for job in batch:
-            n = job.sampling.n
-            results.append([completions[at + i * n : at + (i + 1) * n] for i in range(len(job.prompts))])
-            at += job.rows
-        return results
-
-
-# ---------------------------------------------------------------------------------------------
 # Request parsing
 
 
@@ -250,6 +92,14 @@ def _number(body: dict, name: str, default: float, low: float, high: float) -> f
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise RequestError(f"{value!r} is not valid for '{name}': expected a number from {low:g} to {high:g}", name)
     return float(value)
+
+
+@overload
+def _integer(body: dict, name: str, default: int, low: int, high: int) -> int: ...
+
+
+@overload
+def _integer(body: dict, name: str, default: None, low: int, high: int) -> int | None: ...
 
 
 def _integer(body: dict, name: str, default: int | None, low: int, high: int) -> int | None:
@@ -342,7 +192,9 @@ class Server:
         await self.batcher.stop()
 
     @web.middleware
-    async def _errors(self, request: web.Request, handler) -> web.StreamResponse:
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         try:
             return await handler(request)
         except RequestError as exc:
@@ -447,7 +299,8 @@ class Server:
             # text is then encoded like any prompt, through the one tokenizer.
             from transformers.utils.chat_template_utils import render_jinja_template
 
-            (text,), _ = render_jinja_template(
+            # transformers annotates the (texts, generation indices) pair it returns as a str
+            (text,), _ = render_jinja_template(  # type: ignore[str-unpack]
                 conversations=[messages],
                 chat_template=self.chat_template,
                 add_generation_prompt=True,
@@ -458,7 +311,9 @@ class Server:
         turns = "".join(f"{FALLBACK_ROLES[m['role']]}: {m['content']}\n" for m in messages)
         return f"{turns}Assistant:", FALLBACK_STOP
 
-    def _envelope(self, prefix: str, kind: str, choices: list, encoded: list[list[int]], results) -> dict:
+    def _envelope(
+        self, prefix: str, kind: str, choices: list, encoded: list[list[int]], results: list[list[Completion]]
+    ) -> dict:
         completion_tokens = sum(c.tokens for per_prompt in results for c in per_prompt)
         prompt_tokens = sum(len(ids) for ids in encoded)
         return {

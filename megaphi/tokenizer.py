@@ -15,9 +15,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from megaphi.common.errors import UserError
+
+if TYPE_CHECKING:
+    import tokenizers
 
 EOD_TOKEN = "<|endoftext|>"
 SENTENCEPIECE_FILE = "tokenizer.model"
@@ -34,8 +37,9 @@ class Tokenizer:
 
     chat_template: str | None = None  # the directory's Jinja chat template, if it has one
     special_tokens: dict[str, str] = {}  # bos_token, eos_token, ... as a chat template sees them
+    _backend: Any  # a tokenizers.Tokenizer; SentencePieceTokenizer's is a SentencePieceProcessor
 
-    def __init__(self, backend, eod_id: int, path: str):
+    def __init__(self, backend: tokenizers.Tokenizer, eod_id: int, path: str) -> None:
         self._backend = backend
         self.eod_id = eod_id
         self.path = path
@@ -59,7 +63,7 @@ class Tokenizer:
 class SentencePieceTokenizer(Tokenizer):
     """Same interface over a SentencePiece model file; its end-of-sentence piece is the EOD."""
 
-    def __init__(self, model_file: str):
+    def __init__(self, model_file: str) -> None:
         import sentencepiece as spm
 
         self._backend = spm.SentencePieceProcessor(model_file=model_file)
@@ -95,7 +99,7 @@ def _read_config(directory: Path) -> dict:
     return config
 
 
-def _token_text(value) -> str | None:
+def _token_text(value: object) -> str | None:
     return value.get("content") if isinstance(value, dict) else value if isinstance(value, str) else None
 
 

@@ -1,12 +1,8 @@
-# Sourced by the sbatch scripts in this directory once they are in the checkout: picks the Python,
-# sets the environment every megaphi job wants, and defines the two steps the scripts run.
-# (sbatch runs a copy of the script from Slurm's spool directory, so the scripts find the checkout
-# through SLURM_SUBMIT_DIR or MEGAPHI_ROOT rather than their own path.)
+# Sourced by the sbatch scripts in this directory from the checkout's root: picks the Python, sets the
+# environment every megaphi job wants, and defines the steps the scripts run. Each script finds the
+# checkout first (sbatch runs a copy of it from Slurm's spool directory, away from the checkout); those
+# few lines repeat in every script because nothing shared can be read before the checkout is found.
 
-if [ ! -d megaphi ] || [ ! -d slurm ]; then
-  echo "error: $(pwd) is not a megaphi checkout; submit from the checkout or set MEGAPHI_ROOT=/path/to/megaphi" >&2
-  exit 2
-fi
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi

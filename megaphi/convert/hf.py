@@ -60,7 +60,10 @@ def _legacy_name(name: str, config: PhiConfig, sequential: bool) -> str:
         return head + "ln." + name.rsplit(".", 1)[1]
     if name.startswith("lm_head."):
         return head + "linear." + name.rsplit(".", 1)[1]
-    layer, rest = _LAYER.match(name).groups()
+    match = _LAYER.match(name)
+    if match is None:
+        raise AssertionError(f"no legacy name for {name}")
+    layer, rest = match.groups()
     index = int(layer) + 1 if sequential else int(layer)
     for ours, theirs in _LEGACY_LAYER_PARTS.items():
         if rest.startswith(ours):

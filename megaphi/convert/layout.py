@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 
 from megaphi.common.checkpoints import CheckpointError
-from megaphi.parallel.layers import merge_shards, shard_tensor
+from megaphi.parallel.layers import merge_shards, partition_of, shard_tensor
 from megaphi.vocab import padded_vocab_size
 
 if TYPE_CHECKING:
@@ -86,10 +86,11 @@ def _param_specs(config_json: str) -> tuple[ParamSpec, ...]:
     specs = []
     for name, param in model.named_parameters():
         shape = list(param.shape)
-        if not getattr(param, "tensor_model_parallel", False):
+        partition = partition_of(param)
+        if partition is None:
             specs.append(ParamSpec(name, tuple(shape), REPLICATED, dim=-1))
             continue
-        dim, stride, valid = param.partition_dim, param.partition_stride, getattr(param, "partition_valid_size", None)
+        dim, stride, valid = partition.dim, partition.stride, partition.valid_size
         shape[dim] *= tp
         if valid is not None:
             if (dim, stride) != (0, 1):
@@ -114,7 +115,7 @@ def shard_shape(spec: ParamSpec, config: "PhiConfig", tp: int) -> tuple[int, ...
     return tuple(shape)
 
 
-def _fmt(shape) -> str:
+def _fmt(shape: Iterable[int]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 

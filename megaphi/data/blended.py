@@ -11,15 +11,25 @@ property; this one is a stable merge of presorted runs, linear-time in numpy).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Protocol, Sequence, Union
 
 import numpy as np
 import torch.utils.data
 
 from megaphi.data.gpt_dataset import DatasetConfigError
 
+Numbers = Union[Sequence[float], np.ndarray]  # one number per dataset
 
-def normalize_weights(weights: Sequence[float]) -> np.ndarray:
+
+class Samples(Protocol):
+    """What a blend draws from: a map-style dataset that knows its length."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> Any: ...
+
+
+def normalize_weights(weights: Numbers) -> np.ndarray:
     """Weights as fractions summing to one; they must be finite, non-negative, not all zero."""
     array = np.asarray(weights, dtype=np.float64)
     if array.ndim != 1 or array.size == 0:
@@ -29,7 +39,7 @@ def normalize_weights(weights: Sequence[float]) -> np.ndarray:
     return array / array.sum()
 
 
-def blend_counts(weights: Sequence[float], num_samples: int) -> np.ndarray:
+def blend_counts(weights: Numbers, num_samples: int) -> np.ndarray:
     """Samples per dataset: ``weights * num_samples`` rounded by largest remainder (exact total)."""
     shares = normalize_weights(weights) * num_samples
     counts = np.floor(shares).astype(np.int64)
@@ -39,12 +49,12 @@ def blend_counts(weights: Sequence[float], num_samples: int) -> np.ndarray:
     return counts
 
 
-def build_blending_indices(counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def build_blending_indices(samples_per_dataset: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(dataset_index, dataset_sample_index) for a blend with exactly ``counts[d]`` samples of ``d``.
 
     Sample ``i`` of the blend is sample ``dataset_sample_index[i]`` of dataset ``dataset_index[i]``.
     """
-    counts = np.asarray(counts, dtype=np.int64)
+    counts = np.asarray(samples_per_dataset, dtype=np.int64)
     dataset_sample_index = np.concatenate([np.arange(c, dtype=np.int64) for c in counts])
     owners = np.repeat(np.arange(len(counts), dtype=np.int16 if len(counts) < 2**15 else np.int64), counts)
     ideal_time = (dataset_sample_index + 0.5) / np.repeat(np.maximum(counts, 1), counts)
@@ -61,7 +71,7 @@ class BlendedDataset(torch.utils.data.Dataset):
     ``dataset[i]`` is whatever the chosen dataset returns (an int64 token window for GPT datasets).
     """
 
-    def __init__(self, datasets: Sequence[torch.utils.data.Dataset], weights: Sequence[float], num_samples: int):
+    def __init__(self, datasets: Sequence[Samples], weights: Numbers, num_samples: int) -> None:
         if len(datasets) != len(weights):
             raise DatasetConfigError(
                 f"{len(datasets)} datasets but {len(weights)} blend weights; give one weight per dataset"
@@ -82,7 +92,7 @@ class BlendedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset_index)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> Any:
         if not 0 <= i < len(self):
             raise IndexError(f"sample {i} out of range for a blend of {len(self)} samples")
         return self.datasets[self.dataset_index[i]][int(self.dataset_sample_index[i])]
@@ -92,11 +102,10 @@ class BlendedDataset(torch.utils.data.Dataset):
         return f"BlendedDataset({len(self)} samples; {parts})"
 
 
-def max_prefix_deviation(dataset_index: np.ndarray, weights: Sequence[float]) -> float:
+def max_prefix_deviation(dataset_index: np.ndarray, weights: Numbers) -> float:
     """Largest ``|count_d(first n samples) - n * weight_d|`` over all prefixes and datasets."""
-    weights = normalize_weights(weights)
     n = np.arange(1, len(dataset_index) + 1)
     worst = 0.0
-    for d, w in enumerate(weights):
+    for d, w in enumerate(normalize_weights(weights)):
         worst = max(worst, float(np.abs(np.cumsum(dataset_index == d) - n * w).max(initial=0.0)))
     return worst

@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import time
-from typing import Sequence
+from typing import Optional, Sequence, Union
 
 from megaphi.common.cli import entry_point
 from megaphi.data.blended import BlendedDataset, blend_counts, normalize_weights
@@ -30,11 +30,18 @@ logger = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "valid", "test")
 
 
-def parse_data_paths(data_paths: str | Sequence[str] | Sequence[tuple[float, str]]) -> list[tuple[float | None, str]]:
+# Megatron's --data-path forms, as parse_data_paths reads them.
+DataPaths = Union[
+    str, "os.PathLike[str]", Sequence[Union[str, float, "os.PathLike[str]"]], Sequence[tuple[Optional[float], str]]
+]
+
+
+def parse_data_paths(data_paths: DataPaths) -> list[tuple[float | None, str]]:
     """Normalise Megatron's ``--data-path`` forms to ``[(weight or None, prefix), ...]``.
 
     Accepted: ``"prefix"``; ``["p1", "p2"]`` (weights None: blended by size);
-    ``["0.7", "p1", "0.3", "p2"]``; ``[(0.7, "p1"), (0.3, "p2")]``; and this function's output.
+    ``["0.7", "p1", "0.3", "p2"]`` (a weight may be a number); ``[(0.7, "p1"), (0.3, "p2")]``; and
+    this function's output.
     """
     if isinstance(data_paths, (str, os.PathLike)):
         return [(None, os.fspath(data_paths))]
@@ -43,23 +50,31 @@ def parse_data_paths(data_paths: str | Sequence[str] | Sequence[tuple[float, str
         raise DatasetConfigError(
             "no data paths given; pass at least one indexed dataset prefix (path without .bin/.idx)"
         )
-    if all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items):
-        if all(w is None for w, _ in items):  # this function's own output: unweighted prefixes
-            return [(None, os.fspath(p)) for _, p in items]
-        return _checked([(float(w), os.fspath(p)) for w, p in items])
-    items = [os.fspath(item) for item in items]
-    if len(items) % 2 == 0 and all(_is_number(w) for w in items[0::2]):
-        return _checked([(float(w), p) for w, p in zip(items[0::2], items[1::2])])
-    if any(_is_number(item) for item in items):
+    pairs = [item for item in items if isinstance(item, (tuple, list))]
+    if pairs:
+        if len(pairs) != len(items) or any(len(pair) != 2 for pair in pairs):
+            raise DatasetConfigError(
+                f"cannot read data paths {items}: give (weight, prefix) pairs only, or a flat list of them"
+            )
+        weights = [w for w, _ in pairs if w is not None]
+        if not weights:  # this function's own output: unweighted prefixes
+            return [(None, os.fspath(p)) for _, p in pairs]
+        if len(weights) != len(pairs):
+            raise DatasetConfigError(f"cannot read data paths {items}: give every prefix a weight, or none")
+        return _checked([(float(w), os.fspath(p)) for w, (_, p) in zip(weights, pairs)])
+    flat = [os.fspath(item) if isinstance(item, os.PathLike) else str(item) for item in items]
+    if len(flat) % 2 == 0 and all(_is_number(w) for w in flat[0::2]):
+        return _checked([(float(w), p) for w, p in zip(flat[0::2], flat[1::2])])
+    if any(_is_number(item) for item in flat):
         raise DatasetConfigError(
-            f'cannot read data paths {items}: give prefixes only, or alternating weight and prefix ("0.7 a 0.3 b")'
+            f'cannot read data paths {flat}: give prefixes only, or alternating weight and prefix ("0.7 a 0.3 b")'
         )
-    return [(None, item) for item in items]
+    return [(None, item) for item in flat]
 
 
-def _checked(weighted: list[tuple[float, str]]) -> list[tuple[float, str]]:
+def _checked(weighted: list[tuple[float, str]]) -> list[tuple[float | None, str]]:
     normalize_weights([w for w, _ in weighted])  # raises for negative, infinite or all-zero weights
-    return weighted
+    return [(w, p) for w, p in weighted]
 
 
 def _is_number(text: str) -> bool:
@@ -116,7 +131,7 @@ def _parse_range(text: str, num_documents: int, split: str) -> tuple[int, int]:
 
 
 def build_split_dataset(
-    data_paths: str | Sequence,
+    data_paths: DataPaths,
     split_name: str,
     *,
     seq_len: int,
@@ -134,7 +149,7 @@ def build_split_dataset(
         raise DatasetConfigError(f"unknown split {split_name!r}; use one of {SPLIT_NAMES}")
     if num_samples == 0:
         return None  # nothing asked of this split (e.g. validation turned off)
-    entries = []  # (weight, indexed, documents)
+    entries: list[tuple[float | None, IndexedDataset, tuple[int, int]]] = []  # (weight, indexed, documents)
     for weight, prefix in parse_data_paths(data_paths):
         indexed = IndexedDataset(prefix)
         begin, end = parse_split(split, len(indexed))[SPLIT_NAMES.index(split_name)]
@@ -178,18 +193,16 @@ def build_split_dataset(
         datasets = [gpt(indexed, documents, None) for _, indexed, documents in entries]
         sizes = [len(d) for d in datasets]
         return BlendedDataset(datasets, sizes, sum(sizes))
-    if any(weight is None for weight, _, _ in entries):
-        sizes = [int(ix.sequence_lengths[b:e].sum(dtype="int64")) for _, ix, (b, e) in entries]
-        weights = sizes  # unweighted prefixes blend in proportion to their tokens
-    else:
-        weights = [weight for weight, _, _ in entries]
+    weights = [weight for weight, _, _ in entries if weight is not None]
+    if len(weights) < len(entries):  # unweighted prefixes blend in proportion to their tokens
+        weights = [int(ix.sequence_lengths[b:e].sum(dtype="int64")) for _, ix, (b, e) in entries]
     counts = blend_counts(weights, num_samples)
     datasets = [gpt(indexed, documents, int(count)) for (_, indexed, documents), count in zip(entries, counts)]
     return BlendedDataset(datasets, weights, num_samples)
 
 
 def build_train_valid_datasets(
-    data_paths: str | Sequence,
+    data_paths: DataPaths,
     *,
     seq_len: int,
     seed: int = 1234,
@@ -204,18 +217,27 @@ def build_train_valid_datasets(
     ``valid_samples`` the samples all evaluations draw (None: one pass over the validation data).
     Collective under torch.distributed: call it on every rank with the same arguments.
     """
-    kwargs = dict(seq_len=seq_len, seed=seed, split=split, cache_dir=cache_dir)
-    train = build_split_dataset(data_paths, "train", num_samples=train_samples, **kwargs)
-    valid = build_split_dataset(data_paths, "valid", num_samples=valid_samples, **kwargs)
-    return train, valid
+
+    def split_dataset(name: str, num_samples: int | None) -> GPTDataset | BlendedDataset | None:
+        return build_split_dataset(
+            data_paths, name, seq_len=seq_len, seed=seed, num_samples=num_samples, split=split, cache_dir=cache_dir
+        )
+
+    train = split_dataset("train", train_samples)
+    if train is None:
+        raise DatasetConfigError("train_samples=0: ask for at least one train sample (or None for one epoch)")
+    return train, split_dataset("valid", valid_samples)
 
 
-def describe(dataset: GPTDataset | BlendedDataset | None) -> str:
+def describe(dataset: object) -> str:
+    """One line saying what a dataset of this module holds."""
     if dataset is None:
         return "none"
     if isinstance(dataset, BlendedDataset):
         parts = "; ".join(f"{count} from {describe(d)}" for count, d in zip(dataset.counts, dataset.datasets))
         return f"{len(dataset)} samples blended ({parts})"
+    if not isinstance(dataset, GPTDataset):
+        return repr(dataset)
     begin, end = dataset.documents
     return (
         f"{dataset.indexed.prefix} documents [{begin}, {end}): {dataset.tokens_per_epoch} tokens, "

@@ -45,7 +45,7 @@ def checksum(array: np.ndarray) -> str:
     """CRC-32 of an array's dtype and bytes: detects corruption at GB/s (the cache is not a trust boundary)."""
     array = np.ascontiguousarray(array)
     crc = zlib.crc32(array.dtype.str.encode())
-    return f"{zlib.crc32(memoryview(array).cast('B'), crc):08x}"
+    return f"{zlib.crc32(array.data.cast('B'), crc):08x}"
 
 
 class IndexCache:

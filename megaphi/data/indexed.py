@@ -193,7 +193,7 @@ class _GrowableArray:
     """Append-only int64 buffer that doubles its capacity: O(1) amortised appends without Python lists."""
 
     def __init__(self, dtype: type, initial: Sequence[int] = ()):
-        self._data = np.empty(max(1024, len(initial)), dtype=dtype)
+        self._data: np.ndarray = np.empty(max(1024, len(initial)), dtype=dtype)
         self._size = 0
         self.extend(np.asarray(initial, dtype=dtype))
 
@@ -261,7 +261,7 @@ class IndexedDatasetWriter:
         lengths = [array.size] if lengths is None else list(lengths)
         if sum(lengths) != array.size:
             raise IndexedDatasetError(f"sequence lengths {lengths} do not add up to the document's {array.size} tokens")
-        self._bin.write(memoryview(array).cast("B"))
+        self._bin.write(array.data.cast("B"))
         self._lengths.extend(np.asarray(lengths, dtype=np.int32))
         self._document_indices.append(len(self._lengths))
         self.stats = self.stats.merged(TokenStats.of(array))
@@ -277,7 +277,7 @@ class IndexedDatasetWriter:
             raise IndexedDatasetError(
                 f"document lengths add up to {int(lengths.sum())} tokens but {array.size} were given"
             )
-        self._bin.write(memoryview(array).cast("B"))
+        self._bin.write(array.data.cast("B"))
         start = len(self._lengths)
         self._lengths.extend(lengths.astype(np.int32))
         self._document_indices.extend(np.arange(start + 1, start + 1 + lengths.size, dtype=np.int64))
@@ -322,7 +322,7 @@ class IndexedDatasetWriter:
     def __enter__(self) -> "IndexedDatasetWriter":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if exc_type is None:
             self.finalize()
         else:
@@ -465,9 +465,10 @@ class IndexedDataset:
         fails is read, to name the first offending sequence.
         """
         stats = stats or self.scan_token_stats()
-        if stats.num_tokens == 0 or (stats.min_token_id >= 0 and stats.max_token_id < vocab_size):
+        low, high = stats.min_token_id, stats.max_token_id
+        if low is None or high is None or (low >= 0 and high < vocab_size):  # None: no tokens
             return
-        bad = stats.max_token_id if stats.max_token_id >= vocab_size else stats.min_token_id
+        bad = high if high >= vocab_size else low
         stream = self.tokens()
         position = int(np.argmax(stream == bad))
         sequence = int(np.searchsorted(self.sequence_pointers, position * self.dtype.itemsize, side="right")) - 1

@@ -21,13 +21,17 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, Sized
 
 import numpy as np
 import torch
 import torch.utils.data
 
 from megaphi.data.sampler import DataParallelSampler
+
+if TYPE_CHECKING:
+    from megaphi.data.blended import BlendedDataset
+    from megaphi.data.gpt_dataset import GPTDataset
 
 _END = object()
 
@@ -89,6 +93,8 @@ class Prefetcher:
 
     def __len__(self) -> int:
         """Batches the source yields in total (when it has a length)."""
+        if not isinstance(self._source, Sized):
+            raise TypeError(f"{self._source!r} has no length, so neither has its prefetcher")
         return len(self._source)
 
     def __next__(self) -> Any:
@@ -119,7 +125,7 @@ class Prefetcher:
         self.close()
 
 
-def _map_tensors(batch: Any, fn) -> Any:
+def _map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     if isinstance(batch, torch.Tensor):
         return fn(batch)
     if isinstance(batch, dict):
@@ -130,7 +136,7 @@ def _map_tensors(batch: Any, fn) -> Any:
 
 
 def build_data_loader(
-    dataset: torch.utils.data.Dataset,
+    dataset: GPTDataset | BlendedDataset,
     *,
     micro_batch_size: int,
     global_batch_size: int,

@@ -91,7 +91,7 @@ def _bottom_right_causal_mask(q_len: int, k_len: int, device: torch.device) -> t
     return torch.arange(k_len, device=device)[None, :] <= query_pos
 
 
-def _flash(q, k, v, dropout_p: float) -> torch.Tensor:
+def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
     from flash_attn import flash_attn_func
 
     if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
@@ -103,7 +103,9 @@ def _flash(q, k, v, dropout_p: float) -> torch.Tensor:
     return flash_attn_func(q, k, v, dropout_p=dropout_p, causal=True)
 
 
-def _sdpa(q, k, v, mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
     q_len, k_len = q.shape[1], k.shape[1]
     is_causal = mask is None and q_len == k_len and q_len > 1
     if mask is None and 1 < q_len < k_len:
@@ -119,7 +121,9 @@ def _sdpa(q, k, v, mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
-def _eager(q, k, v, mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
+def _eager(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
     q_len, k_len = q.shape[1], k.shape[1]
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])

@@ -10,13 +10,16 @@ choice.
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from megaphi.model.phi import PhiForCausalLM
 
 COMPILE_MODES = ("none", "blocks", "model")
 
 
-def compile_model(model: nn.Module, mode: str) -> nn.Module:
-    """Compile ``model`` (a PhiForCausalLM) in place as ``mode`` says; returns it."""
+def compile_model(model: PhiForCausalLM, mode: str) -> PhiForCausalLM:
+    """Compile ``model`` in place as ``mode`` says; returns it."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile={mode!r} must be one of {COMPILE_MODES}")
     if mode == "blocks":

@@ -111,7 +111,7 @@ class PhiDecoderLayer(nn.Module):
         return attn_out + mlp_out + x
 
 
-def _checkpointed(layer: PhiDecoderLayer, *args: torch.Tensor | None) -> torch.Tensor:
+def _checkpointed(layer: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
     """Run ``layer`` under activation checkpointing, replaying the same model-parallel dropout masks.
 
     torch.utils.checkpoint restores the default generators for the recomputation; the model-parallel
@@ -121,7 +121,7 @@ def _checkpointed(layer: PhiDecoderLayer, *args: torch.Tensor | None) -> torch.T
     forward_states = tracker.get_states()
     calls = 0
 
-    def run(*inputs):
+    def run(*inputs: torch.Tensor | None) -> torch.Tensor:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -149,6 +149,13 @@ class PhiModel(nn.Module):
         self.final_layernorm = layer_norm(config.hidden_size, config.layer_norm_eps, config.layer_norm_backend)
         self.rotary = RotaryEmbedding(config.rotary_dim, config.max_position_embeddings, config.rope_theta)
         self.activation_checkpointing = config.activation_checkpointing
+
+    @property
+    def attention(self) -> PhiAttention:
+        """The first layer's attention; every layer has the same heads and backend."""
+        layer = self.layers[0]
+        assert isinstance(layer, PhiDecoderLayer)
+        return layer.self_attn
 
     def forward(
         self,
@@ -232,7 +239,7 @@ class PhiForCausalLM(nn.Module):
             "flash": "flash-attn",
             "sdpa": "SDPA",
             "eager": "eager",
-        }[self.model.layers[0].self_attn.backend]
+        }[self.model.attention.backend]
         norm = type(self.model.final_layernorm)
         loss = resolve_cross_entropy(self.config.cross_entropy, device)
         return (
@@ -252,7 +259,7 @@ class PhiForCausalLM(nn.Module):
                 f"max_seq_len={max_seq_len} exceeds max_position_embeddings={self.config.max_position_embeddings}"
             )
         weight = self.lm_head.weight
-        attn = self.model.layers[0].self_attn
+        attn = self.model.attention
         return KVCache(
             len(self.model.layers),
             batch_size,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -29,7 +31,9 @@ class RotaryEmbedding:
             self._tables[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
         return self._tables[key]
 
-    def for_range(self, start: int, length: int, device: torch.device, dtype: torch.dtype):
+    def for_range(
+        self, start: int, length: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape [length, 1, dim] for positions start .. start+length-1."""
         if start + length > self.max_positions:
             raise ValueError(
@@ -39,7 +43,7 @@ class RotaryEmbedding:
         cos, sin = self._table(device, dtype)
         return cos[start : start + length, None, :], sin[start : start + length, None, :]
 
-    def for_positions(self, position_ids: torch.Tensor, dtype: torch.dtype):
+    def for_positions(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape [batch, seq, 1, dim] for explicit position ids [batch, seq]."""
         cos, sin = self._table(position_ids.device, dtype)
         return cos[position_ids].unsqueeze(-2), sin[position_ids].unsqueeze(-2)
@@ -82,7 +86,9 @@ class _RotaryQKV(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def forward(
+        ctx: Any, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k = torch.empty_like(qkv[:, :, 0]), torch.empty_like(qkv[:, :, 1])
         _rotate_into(q, qkv[:, :, 0], cos, sin, 1.0)
         _rotate_into(k, qkv[:, :, 1], cos, sin, 1.0)
@@ -90,7 +96,9 @@ class _RotaryQKV(torch.autograd.Function):
         return q, k, qkv[:, :, 2]
 
     @staticmethod
-    def backward(ctx, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor):
+    def backward(
+        ctx: Any, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None]:
         cos, sin = ctx.saved_tensors
         shape = grad_q.shape[:2] + (3,) + grad_q.shape[2:]
         grad = torch.empty(shape, dtype=grad_q.dtype, device=grad_q.device)

@@ -6,6 +6,8 @@ All are the identity when the tensor-parallel size is 1, so the single-process m
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -39,11 +41,11 @@ def _gather_last_dim(x: torch.Tensor) -> torch.Tensor:
 
 class _CopyToRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         return x
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         # Autograd may hand the same gradient buffer to several branches (x + attn + mlp), so
         # reduce a copy rather than the buffer in place.
         return _all_reduce(grad.clone())
@@ -51,7 +53,7 @@ class _CopyToRegion(torch.autograd.Function):
 
 class _ReduceFromRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         if not x.is_contiguous():
             return _all_reduce(x.contiguous())
         # The partial sums are a fresh GEMM output nobody else holds: reduce them in place.
@@ -59,27 +61,27 @@ class _ReduceFromRegion(torch.autograd.Function):
         return _all_reduce(x)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         return grad
 
 
 class _ScatterToRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         return _split_last_dim(x)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         return _gather_last_dim(grad)
 
 
 class _GatherFromRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         return _gather_last_dim(x)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         return _split_last_dim(grad)
 
 

@@ -14,6 +14,8 @@ logit), and combined across ranks with two all-reduces of [tokens]-sized vectors
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -30,7 +32,7 @@ def _row_chunks(rows: int, cols: int) -> list[slice]:
     return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
-def _all_reduce(x: torch.Tensor, op: dist.ReduceOp) -> None:
+def _all_reduce(x: torch.Tensor, op: dist.ReduceOp.RedOpType) -> None:
     if get_tensor_parallel_world_size() > 1:
         dist.all_reduce(x, op=op, group=get_tensor_parallel_group())
 
@@ -89,7 +91,7 @@ def _valid_columns(local_vocab: int, vocab_size: int) -> tuple[int, int]:
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, logits: torch.Tensor, target: torch.Tensor, vocab_size: int, ignore_index: int, inplace_backward: bool
+        ctx: Any, logits: torch.Tensor, target: torch.Tensor, vocab_size: int, ignore_index: int, inplace_backward: bool
     ) -> torch.Tensor:
         rows, local_vocab = logits.shape
         vocab_start, valid = _valid_columns(local_vocab, vocab_size)
@@ -107,7 +109,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor):
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if ctx.used and ctx.inplace_backward:
             raise RuntimeError(
                 "the vocab-parallel cross-entropy reuses its logits buffer for the gradient and can "
@@ -173,7 +175,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
+        ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
@@ -199,7 +201,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor):
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, bias, local_target, in_slice, keep, log_sum_exp = ctx.saved_tensors
         valid = ctx.valid
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
@@ -214,14 +216,14 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             grad_logits = _logits_grad(
                 F.linear(hidden[c], w, b).float(), log_sum_exp[c], local_target[c], in_slice[c], scale[c]
             )
-            if want_bias:
+            if grad_bias is not None:
                 grad_bias[:valid] += grad_logits.sum(dim=0)
             grad_logits = grad_logits.to(hidden.dtype)
-            if want_hidden:
+            if grad_hidden is not None:
                 torch.mm(grad_logits, w, out=grad_hidden[c])
-            if want_weight and grad_weight.dtype == hidden.dtype:
+            if grad_weight is not None and grad_weight.dtype == hidden.dtype:
                 grad_weight[:valid].addmm_(grad_logits.t(), hidden[c])
-            elif want_weight:  # the product in the input dtype (tensor cores), the running sum in fp32
+            elif grad_weight is not None:  # the product in the input dtype (tensor cores), the running sum in fp32
                 grad_weight[:valid] += torch.mm(grad_logits.t(), hidden[c])
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)

@@ -9,6 +9,7 @@ gradient norm, and the checkpoint converters read their whole layout from these 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -51,15 +52,32 @@ def divide(numerator: int, denominator: int, what: str) -> int:
     return numerator // denominator
 
 
+@dataclass(frozen=True)
+class Partition:
+    """How a sharded parameter is split over the tensor-parallel ranks (as ``mark_tensor_parallel`` declared it)."""
+
+    dim: int
+    stride: int = 1
+    valid_size: int | None = None  # entries of the full ``dim`` past it are padding (the padded vocabulary)
+
+
 def mark_tensor_parallel(
     param: nn.Parameter, partition_dim: int, partition_stride: int = 1, valid_size: int | None = None
 ) -> None:
     """Declare how ``param`` is split over tensor-parallel ranks; ``valid_size``: entries of the full
     ``partition_dim`` past it are padding (the padded vocabulary)."""
-    param.tensor_model_parallel = True
-    param.partition_dim = partition_dim
-    param.partition_stride = partition_stride
-    param.partition_valid_size = valid_size
+    # Plain attributes under Megatron's names, because DeepSpeed reads ``tensor_model_parallel`` itself.
+    setattr(param, "tensor_model_parallel", True)  # noqa: B010
+    setattr(param, "partition_dim", partition_dim)  # noqa: B010
+    setattr(param, "partition_stride", partition_stride)  # noqa: B010
+    setattr(param, "partition_valid_size", valid_size)  # noqa: B010
+
+
+def partition_of(param: torch.Tensor) -> Partition | None:
+    """The split ``mark_tensor_parallel`` declared for ``param``; None for a replicated parameter."""
+    if not getattr(param, "tensor_model_parallel", False):
+        return None
+    return Partition(param.partition_dim, param.partition_stride, getattr(param, "partition_valid_size", None))  # type: ignore[attr-defined]  # set by mark_tensor_parallel
 
 
 def _sharded_normal(

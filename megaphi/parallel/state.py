@@ -38,8 +38,10 @@ def initialize(tensor_parallel_size: int) -> None:
             f"{world_size}; choose a divisor of the number of processes"
         )
     data_parallel_size = world_size // tensor_parallel_size
-    tp_group = dp_group = None
-    tp_ranks = dp_ranks = ()
+    tp_group: dist.ProcessGroup | None = None
+    dp_group: dist.ProcessGroup | None = None
+    tp_ranks: tuple[int, ...] = ()
+    dp_ranks: tuple[int, ...] = ()
     # new_group is collective over the whole world: every rank creates every group, in the same order.
     for start in range(0, world_size, tensor_parallel_size):
         ranks = tuple(range(start, start + tensor_parallel_size))
@@ -51,7 +53,7 @@ def initialize(tensor_parallel_size: int) -> None:
         group = dist.new_group(list(ranks))
         if rank in ranks:
             dp_group, dp_ranks = group, ranks
-    assert len(dp_ranks) == data_parallel_size
+    assert tp_group is not None and dp_group is not None and len(dp_ranks) == data_parallel_size
     _groups = _Groups(tp_group, tp_ranks, dp_group, dp_ranks)
 
 

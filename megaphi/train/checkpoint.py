@@ -20,7 +20,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from megaphi.convert.checkpoint import TOKENIZER_DIR, write_meta
 from megaphi.convert.layout import CheckpointError
 from megaphi.model import PhiConfig
 from megaphi.train.deepspeed_compat import load_zero_optimizer_states
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 _TAG = re.compile(r"^step(\d+)$")
 
@@ -88,7 +91,7 @@ def prune(root: str | Path, keep_last: int) -> list[Path]:
 
 
 def save_checkpoint(
-    engine,
+    engine: DeepSpeedEngine,
     root: str | Path,
     step: int,
     client_state: dict[str, Any],
@@ -120,7 +123,7 @@ def save_checkpoint(
     return root / tag
 
 
-def load_checkpoint(engine, root: str | Path) -> dict[str, Any] | None:
+def load_checkpoint(engine: DeepSpeedEngine, root: str | Path) -> dict[str, Any] | None:
     """Restore engine, optimizer and RNG state from ``latest``; returns the client state, or None if none.
 
     The data-parallel size may differ from the saving run's. DeepSpeed's ``load_checkpoint`` loads

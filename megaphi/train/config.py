@@ -20,25 +20,31 @@ from megaphi.config import ConfigError, check_positive
 from megaphi.model.config import PhiConfig
 
 
-def _model_overrides_class() -> type:
+class _Overrides:
+    """What every generated ``ModelOverrides`` does besides holding its fields."""
+
+    def changes(self) -> dict[str, Any]:
+        """The fields that are set, by name."""
+        return {name: value for name, value in vars(self).items() if value is not None}
+
+
+def _model_overrides_class() -> type[_Overrides]:
     """A dataclass with every PhiConfig field, typed as in PhiConfig but optional: None keeps the base's value.
 
     Generated from PhiConfig, so the model config stays the one place that lists the model's fields.
     """
     hints = typing.get_type_hints(PhiConfig)
     fields = [(f.name, hints[f.name] | None, dataclasses.field(default=None)) for f in dataclasses.fields(PhiConfig)]
-
-    def changes(self) -> dict[str, Any]:
-        """The fields that are set, by name."""
-        return {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
-
-    cls = dataclasses.make_dataclass("ModelOverrides", fields, namespace={"changes": changes})
+    cls = dataclasses.make_dataclass("ModelOverrides", fields, bases=(_Overrides,))
     cls.__module__ = __name__  # so that pickles (a broadcast config) find it
     cls.__doc__ = "PhiConfig fields that differ from the preset (or the init_from checkpoint); unset fields are None."
     return cls
 
 
-ModelOverrides = _model_overrides_class()
+if typing.TYPE_CHECKING:  # a class built at run time has no static fields; the checker sees what it offers
+    ModelOverrides = _Overrides
+else:
+    ModelOverrides = _model_overrides_class()
 
 
 @dataclass

@@ -16,12 +16,15 @@ function here against DeepSpeed's source before trusting a run:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from megaphi.convert.layout import CheckpointError
 from megaphi.train.config import TrainSection
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 CHECKED_DEEPSPEED_VERSIONS = ("0.19.8",)
 
@@ -38,7 +41,7 @@ def unchecked_version_warning() -> str | None:
     )
 
 
-def apply_loss_scale_policy(engine, train: TrainSection) -> None:
+def apply_loss_scale_policy(engine: DeepSpeedEngine, train: TrainSection) -> None:
     """Give fp16's dynamic loss scaler this run's policy, keeping its state (current scale, overflow history).
 
     Called after building the engine and again after loading a checkpoint: DeepSpeed pickles the
@@ -58,7 +61,7 @@ def apply_loss_scale_policy(engine, train: TrainSection) -> None:
     scaler.raise_error_at_min_scale = False
 
 
-def loss_scale(engine) -> float:
+def loss_scale(engine: DeepSpeedEngine) -> float:
     """The fp16 loss scale the next step will use; 1 for bf16 and fp32."""
     return float(getattr(engine.optimizer, "loss_scale", 1.0))
 
@@ -105,7 +108,7 @@ def regroup_zero_partitions(saved: list[dict[str, Any]], new_size: int) -> list[
     return [whole] + [nothing] * (new_size - 1)
 
 
-def load_zero_optimizer_states(engine, root: str, tag: str, where: str) -> None:
+def load_zero_optimizer_states(engine: DeepSpeedEngine, root: str, tag: str, where: str) -> None:
     """Load the ZeRO optimizer partitions of checkpoint ``root/tag``, regrouped for this run's data-parallel size.
 
     DeepSpeed's own path refuses a new data-parallel size for ZeRO stages 1 and 2, and cannot read

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -18,10 +18,14 @@ from megaphi import parallel
 from megaphi.config import ConfigError
 from megaphi.model import PhiConfig, PhiForCausalLM, get_preset
 from megaphi.model.compile import compile_model
+from megaphi.parallel.layers import partition_of
 from megaphi.train.config import BatchPlan, TrainConfig
 from megaphi.train.deepspeed_compat import apply_loss_scale_policy
 from megaphi.train.launch_env import LaunchEnv, discover
 from megaphi.train.optimizer import build_optimizer, param_groups  # noqa: F401  (param_groups re-exported)
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 # Keys of the DeepSpeed config that the typed config owns; a template setting them would be a
 # second, silently ignored source of truth.
@@ -131,7 +135,7 @@ def build_model(model_config: PhiConfig, seed: int) -> PhiForCausalLM:
     return PhiForCausalLM(model_config)
 
 
-def build_engine(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict[str, Any]):
+def build_engine(cfg: TrainConfig, model: PhiForCausalLM, ds_config: dict[str, Any]) -> DeepSpeedEngine:
     """``deepspeed.initialize`` with AdamW (megaphi.train.optimizer), the TP mpu and the generated ``ds_config``;
     the model compiled first as ``train.compile`` says."""
     import deepspeed
@@ -139,8 +143,8 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict[str, 
     compile_model(model, cfg.train.compile)
     optimizer, optimizer_name = build_optimizer(model, cfg.optim, on_gpu())
     if dist.get_rank() == 0:
-        kernels = model.kernel_choices(training_device()) + ", " if isinstance(model, PhiForCausalLM) else ""
-        print(f"megaphi.train: kernels: {kernels}optimizer {optimizer_name}, compile {cfg.train.compile}", flush=True)
+        kernels = model.kernel_choices(training_device())
+        print(f"megaphi.train: kernels: {kernels}, optimizer {optimizer_name}, compile {cfg.train.compile}", flush=True)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=ds_config, mpu=parallel.mpu, dist_init_required=False
     )
@@ -148,7 +152,7 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict[str, 
     return engine
 
 
-def set_learning_rate(engine, lr: float) -> None:
+def set_learning_rate(engine: DeepSpeedEngine, lr: float) -> None:
     for group in engine.optimizer.param_groups:
         group["lr"] = lr
 
@@ -195,4 +199,4 @@ def peak_tflops_of(device_name: str) -> float | None:
 def full_parameter_count(model: torch.nn.Module) -> int:
     """Parameters of the whole model (all tensor-parallel shards), counted from this rank's shards."""
     tp = parallel.get_tensor_parallel_world_size()
-    return sum(p.numel() * (tp if getattr(p, "tensor_model_parallel", False) else 1) for p in model.parameters())
+    return sum(p.numel() * (tp if partition_of(p) is not None else 1) for p in model.parameters())

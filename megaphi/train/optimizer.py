@@ -36,7 +36,8 @@ def resolve_optimizer(name: str, on_gpu: bool) -> str:
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: decay on weight matrices only; biases and LayerNorm (all 1-D tensors) are exempt."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
@@ -46,9 +47,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(model: torch.nn.Module, optim: OptimSection, on_gpu: bool) -> tuple[torch.optim.Optimizer, str]:
     """The optimizer and a few words naming it, for the start-up line."""
     groups = param_groups(model, optim.weight_decay)
-    kwargs = dict(lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+    lr, betas, eps = optim.lr, (optim.beta1, optim.beta2), optim.eps
     if resolve_optimizer(optim.backend, on_gpu) == "apex":
         from apex.optimizers import FusedAdam
 
-        return FusedAdam(groups, adam_w_mode=True, **kwargs), "apex FusedAdam (AdamW mode)"
-    return torch.optim.AdamW(groups, fused=on_gpu, **kwargs), "torch AdamW" + (" (fused)" if on_gpu else "")
+        return FusedAdam(groups, lr=lr, betas=betas, eps=eps, adam_w_mode=True), "apex FusedAdam (AdamW mode)"
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=on_gpu)
+    return optimizer, "torch AdamW" + (" (fused)" if on_gpu else "")

@@ -81,14 +81,14 @@ def preflight(cfg: TrainConfig, world_size: int, resume: bool) -> tuple[StartPla
         box = [payload]
         dist.broadcast_object_list(box, src=0)
         payload = box[0]
-    if isinstance(payload, str):
-        raise PreflightError(payload)
+    if not isinstance(payload, StartPlan):
+        raise PreflightError(payload or "rank 0 sent no start-up plan")
     return payload, locks
 
 
 def check(cfg: TrainConfig, world_size: int, resume: bool, say: Callable[[str], None] = print) -> StartPlan:
     """Every start-up check, without a process group; raises ConfigError naming the field to fix."""
-    data_paths = _data_paths(cfg)
+    data_paths, datasets = _data_paths(cfg)
     root = cfg.checkpoint_dir
     latest = ckpt.read_latest(root) if root.is_dir() else None
     if latest is not None and not resume:
@@ -111,7 +111,7 @@ def check(cfg: TrainConfig, world_size: int, resume: bool, say: Callable[[str], 
     ds_config = deepspeed_config(cfg, plan)
     _check_precision(cfg.train.precision)
     model_config, tokenizer = _model_config(cfg, root if latest is not None else None)
-    _check_token_ids(data_paths, model_config.vocab_size, say)
+    _check_token_ids(datasets, model_config.vocab_size, say)
     if cfg.data.seq_len > model_config.max_position_embeddings:
         raise ConfigError(
             f"data.seq_len: {cfg.data.seq_len} exceeds the model's max_position_embeddings "
@@ -143,8 +143,9 @@ def lock_run_dirs(cfg: TrainConfig) -> list[RunLock]:
     return locks
 
 
-def _data_paths(cfg: TrainConfig) -> list[tuple[float | None, str]]:
-    """data.paths parsed, each prefix an indexed dataset whose index is intact; and data.tokenizer a directory."""
+def _data_paths(cfg: TrainConfig) -> tuple[list[tuple[float | None, str]], list[IndexedDataset]]:
+    """data.paths parsed, and each prefix opened: an indexed dataset whose index is intact; and
+    data.tokenizer a directory."""
     if not cfg.data.paths:
         raise ConfigError(
             "data.paths: give at least one dataset prefix (the path of a .bin/.idx pair without the extension)"
@@ -153,6 +154,7 @@ def _data_paths(cfg: TrainConfig) -> list[tuple[float | None, str]]:
         parsed = parse_data_paths(cfg.data.paths)
     except DatasetConfigError as e:
         raise ConfigError(f"data.paths: {e}") from None
+    datasets = []
     for _, prefix in parsed:
         missing = [path for path in (bin_path(prefix), idx_path(prefix)) if not Path(path).is_file()]
         if missing:
@@ -161,14 +163,14 @@ def _data_paths(cfg: TrainConfig) -> list[tuple[float | None, str]]:
                 "build it with python -m data_tools.preprocess or fix the prefix"
             )
         try:
-            IndexedDataset(prefix)  # reads and checks the index header and sizes, not the tokens
+            datasets.append(IndexedDataset(prefix))  # reads and checks the index header and sizes, not the tokens
         except IndexedDatasetError as e:
             raise ConfigError(f"data.paths: {e}") from None
     if cfg.data.tokenizer is not None and not Path(cfg.data.tokenizer).is_dir():
         raise ConfigError(
             f"data.tokenizer: {cfg.data.tokenizer!r} is not a directory; give a tokenizer directory or null"
         )
-    return parsed
+    return parsed, datasets
 
 
 def _check_precision(precision: str) -> None:
@@ -202,7 +204,7 @@ def _model_config(cfg: TrainConfig, resume_root: Path | None) -> tuple[PhiConfig
             raise ConfigError(f"{field}: {e}") from None
         tokenizer = meta["tokenizer_path"]
     model_config = resolve_model_config(cfg, base)
-    if resume_root is not None:
+    if resume_root is not None and base is not None:
         ours, theirs = model_config.to_dict(), base.to_dict()
         for field, value in ours.items():
             if field not in RESUMABLE_MODEL_CHANGES and value != theirs.get(field):
@@ -214,11 +216,11 @@ def _model_config(cfg: TrainConfig, resume_root: Path | None) -> tuple[PhiConfig
     return model_config, tokenizer
 
 
-def _check_token_ids(data_paths: list[tuple[float | None, str]], vocab_size: int, say: Callable[[str], None]) -> None:
+def _check_token_ids(datasets: list[IndexedDataset], vocab_size: int, say: Callable[[str], None]) -> None:
     """Every token id below the model's vocab_size: an id past the embedding table would crash a step
     (or, on some kernels, read garbage). Reads each dataset's sidecar; scans only a dataset without one."""
-    for _, prefix in data_paths:
-        dataset = IndexedDataset(prefix)
+    for dataset in datasets:
+        prefix = dataset.prefix
         try:
             stats = dataset.token_stats()
         except MissingTokenStats as why:

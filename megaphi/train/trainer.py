@@ -21,8 +21,9 @@ from megaphi import parallel
 from megaphi.config import ConfigError, config_to_dict
 from megaphi.convert.checkpoint import load_model_checkpoint
 from megaphi.convert.layout import CheckpointError, reshard
+from megaphi.data.blended import BlendedDataset
 from megaphi.data.builder import build_train_valid_datasets
-from megaphi.data.gpt_dataset import DatasetConfigError
+from megaphi.data.gpt_dataset import DatasetConfigError, GPTDataset
 from megaphi.data.indexed import IndexedDatasetError
 from megaphi.data.loader import build_data_loader
 from megaphi.train import checkpoint as ckpt
@@ -70,7 +71,7 @@ class Trainer:
             parallel.initialize(cfg.train.tensor_parallel_size)
         self.model = build_model(start.model_config, cfg.train.seed)
         if start.resume_tag is None and cfg.checkpoint.init_from is not None:
-            self._load_initial_weights()
+            self._load_initial_weights(cfg.checkpoint.init_from)
         self.engine = build_engine(cfg, self.model, start.ds_config)
         self.step, self.consumed, self.tokenizer = 0, 0, start.tokenizer
         self.result = TrainResult(0, 0, last_checkpoint=self.root / start.resume_tag if start.resume_tag else None)
@@ -193,6 +194,7 @@ class Trainer:
     def validation_loss(self) -> float:
         """Mean loss over the first ``eval.batches`` micro-batches per rank: the same samples every time."""
         plan = self.plan
+        assert self.valid_data is not None, "maybe_validate asks only when there is a validation split"
         loader = build_data_loader(
             self.valid_data,
             micro_batch_size=plan.micro_batch_size,
@@ -219,10 +221,10 @@ class Trainer:
         dist.all_reduce(total, group=parallel.get_data_parallel_group())
         return total.item() / plan.data_parallel_size
 
-    def _load_initial_weights(self) -> None:
+    def _load_initial_weights(self, source: str) -> None:
         """``checkpoint.init_from``'s weights, resharded to this run's tensor-parallel size."""
         try:
-            base_config, shards, _ = load_model_checkpoint(self.cfg.checkpoint.init_from)
+            base_config, shards, _ = load_model_checkpoint(source)
         except CheckpointError as e:
             raise ConfigError(f"checkpoint.init_from: {e}") from None
         shards = reshard(shards, base_config, parallel.get_tensor_parallel_world_size())
@@ -230,6 +232,8 @@ class Trainer:
 
     def _resume(self) -> None:
         client = ckpt.load_checkpoint(self.engine, self.root)
+        if client is None:  # the start-up checks found one: it was removed since
+            raise CheckpointError(f"{self.root}: the checkpoint {self.start.resume_tag} to resume from is gone")
         apply_loss_scale_policy(self.engine, self.cfg.train)  # the checkpoint's scaler brings the saving run's policy
         self.step, self.consumed = client["step"], client["consumed_samples"]
         change = schedule_change(self.step, client["config"], self.cfg.optim, self.cfg.train.steps)
@@ -254,7 +258,7 @@ class Trainer:
             flush=True,
         )
 
-    def _datasets(self):
+    def _datasets(self) -> tuple[GPTDataset | BlendedDataset, GPTDataset | BlendedDataset | None]:
         cfg, plan = self.cfg, self.plan
         try:
             return build_train_valid_datasets(

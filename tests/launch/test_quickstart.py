@@ -103,14 +103,9 @@ def test_a_stage_name_that_does_not_exist_is_one_clear_error(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0
-    assert (
-        proc.stderr.strip()
-        .splitlines()[-1]
-        .startswith(
-            "quickstart: --start-at 'trainn' is not a stage; give a number 1-12 or one of corpus, quality, dedup,"
-        )
-    )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: --start-at 'trainn' is not a stage; give a number 1-12 or one of corpus, quality,")
 
 
 def test_start_at_refuses_when_an_earlier_stage_never_finished(tmp_path):
@@ -130,8 +125,8 @@ def test_start_at_refuses_when_an_earlier_stage_never_finished(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0
-    assert (
-        "quickstart: stage corpus has no complete outputs to start after; rerun from it (--start-at corpus) "
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: stage corpus has no complete outputs to start after; rerun from it (--start-at corpus) "
         "or without --start-at"
-    ) in proc.stderr
+    )

@@ -36,6 +36,22 @@ def make_tokenizer(out_dir: Path, vocab_size: int = 300) -> Path:
     return out_dir
 
 
+def tiny_config(**overrides):
+    """A megaphi PhiConfig small enough for any test (vocabulary 300, hidden 32, 2 layers of 4 heads,
+    context 64); ``overrides`` are PhiConfig fields."""
+    from megaphi.model import PhiConfig
+
+    fields = dict(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+    )
+    return PhiConfig(**{**fields, **overrides})
+
+
 def tiny_hf_config(vocab_size: int = 300, **overrides):
     from transformers import PhiConfig
 

@@ -39,10 +39,10 @@ class SlurmCluster:
         subprocess.run(["bash", str(LOCAL_SLURM), "down", str(self.root)], check=True, timeout=60)
 
     def run(
-        self, *cmd: str, check: bool = True, timeout: float = 120, env: dict | None = None
+        self, *cmd: str, check: bool = True, timeout: float = 120, env: dict | None = None, cwd: Path = REPO
     ) -> subprocess.CompletedProcess:
         return subprocess.run(
-            cmd, env={**self.env, **(env or {})}, capture_output=True, text=True, check=check, timeout=timeout, cwd=REPO
+            cmd, env={**self.env, **(env or {})}, capture_output=True, text=True, check=check, timeout=timeout, cwd=cwd
         )
 
     def sbatch_wait(
@@ -52,11 +52,21 @@ class SlurmCluster:
         options: tuple[str, ...] = (),
         env: dict | None = None,
         timeout: float = 300,
+        cwd: Path = REPO,
     ) -> tuple[int, str]:
-        """Submit ``script`` from the checkout and wait for it; returns (job exit code, job output)."""
+        """Submit ``script`` from ``cwd`` (the checkout) and wait for it; returns (job exit code, job output)."""
         out = self.root / f"job-{time.monotonic_ns()}.out"
         proc = self.run(
-            "sbatch", "--wait", f"--output={out}", *options, script, *script_args, check=False, timeout=timeout, env=env
+            "sbatch",
+            "--wait",
+            f"--output={out}",
+            *options,
+            script,
+            *script_args,
+            check=False,
+            timeout=timeout,
+            env=env,
+            cwd=cwd,
         )
         text = out.read_text() if out.exists() else ""
         return proc.returncode, f"{proc.stdout}{proc.stderr}{text}"

@@ -28,6 +28,14 @@ n=$(ls "$SRUN_LOG_DIR" | grep -c '\\.args$' || true)
 printf '%s\\n' "$@" > "$SRUN_LOG_DIR/$n.args"
 env > "$SRUN_LOG_DIR/$n.env"
 """
+# `scontrol show job ID` as Slurm answers it (the submitted script's path and arguments in Command=),
+# or refused (a cluster that does not let jobs query the controller) when SUBMITTED_SCRIPT is unset.
+FAKE_SCONTROL = """#!/usr/bin/env bash
+[ -n "${SUBMITTED_SCRIPT:-}" ] || { echo "scontrol: error: access denied" >&2; exit 1; }
+echo "JobId=$3 JobName=job"
+echo "   Command=$SUBMITTED_SCRIPT run_dir=runs/x"
+echo "   WorkDir=$SLURM_SUBMIT_DIR"
+"""
 
 
 @dataclass
@@ -55,9 +63,10 @@ def run_script(
     bin_dir, log_dir = tmp_path / "bin", tmp_path / "srun"
     bin_dir.mkdir(exist_ok=True)
     log_dir.mkdir(exist_ok=True)
-    (bin_dir / "srun").write_text(FAKE_SRUN)
-    (bin_dir / "srun").chmod(0o755)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CONFIG"))}
+    for tool, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / tool).write_text(text)
+        (bin_dir / tool).chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CONFIG", "MEGAPHI_ROOT"))}
     job_env = {
         **base,
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
@@ -169,3 +178,40 @@ def test_config_chooses_another_recipe_and_a_missing_one_is_one_error_line(tmp_p
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: config configs/missing.yaml not found; set CONFIG to a recipe under configs/"
     )
+
+
+def test_a_job_submitted_from_outside_the_checkout_runs_in_the_checkout_of_its_script(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"SLURM_SUBMIT_DIR": str(elsewhere), "SUBMITTED_SCRIPT": str(SLURM / "pretrain_8xA100.sh")}
+    proc, steps = run_script("pretrain_8xA100.sh", tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"in {REPO}" in proc.stdout
+    assert trained_config(steps[-1]).name == "phi1_pretrain.yaml"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SLURM.glob("*.sh") if p.name != "common.sh"))
+def test_a_job_that_cannot_find_the_checkout_says_where_it_looked_and_what_to_do(name, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # Slurm does not answer, and the job was submitted from a directory that is no checkout.
+    proc, steps = run_script(name, tmp_path, env={"SLURM_SUBMIT_DIR": str(elsewhere)})
+    assert proc.returncode == 2 and steps == [], proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: {elsewhere} is not a megaphi checkout (no slurm/common.sh); submit from the checkout "
+        "(cd /path/to/megaphi && sbatch slurm/...) or set MEGAPHI_ROOT=/path/to/megaphi"
+    ]
+
+
+def test_megaphi_root_when_set_is_the_checkout_even_where_another_would_be_found(tmp_path):
+    wrong = tmp_path / "not-megaphi"
+    wrong.mkdir()
+    proc, steps = run_script("smoke_cpu.sh", tmp_path, env={"MEGAPHI_ROOT": str(wrong)})
+    assert proc.returncode == 2 and steps == []
+    assert proc.stderr.strip() == (
+        f"error: {wrong} is not a megaphi checkout (no slurm/common.sh); submit from the checkout "
+        "(cd /path/to/megaphi && sbatch slurm/...) or set MEGAPHI_ROOT=/path/to/megaphi"
+    )
+    (tmp_path / "again").mkdir()
+    proc, steps = run_script("smoke_cpu.sh", tmp_path / "again", "data.paths=[d]", env={"MEGAPHI_ROOT": str(REPO)})
+    assert proc.returncode == 0, proc.stderr

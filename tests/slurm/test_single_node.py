@@ -2,20 +2,14 @@
 two tasks train on the quickstart's output, checkpoint, exit 0."""
 
 import json
-import socket
 import subprocess
 
 import pytest
 
 from data_tools.preprocess import preprocess
+from megaphi.common.net import free_port
 from tests.launch.tiny_run import REPO, assert_trained
 from tests.megaphi.tiny_phi import TRAINING_TEXT, make_tokenizer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def quickstart_layout(root):
@@ -38,7 +32,7 @@ def test_the_documented_smoke_line_trains_on_the_quickstarts_output(slurm_single
         "slurm/smoke_cpu.sh",
         f"run_dir={tmp_path / 'smoke'}",
         "train.steps=4",
-        env={"QUICKSTART": str(quickstart), "MASTER_PORT": str(free_port())},
+        env={"QUICKSTART": str(quickstart), "MASTER_PORT": str(free_port("127.0.0.1"))},
     )
     assert code == 0, out
     assert "megaphi.train: done at step 4" in out, out
@@ -52,6 +46,28 @@ def test_the_smoke_job_without_the_quickstarts_output_says_what_to_run(slurm_sin
         f"error: no quickstart data at {tmp_path / 'none'}/data/code_text_document.bin; run "
         "`bash launch/quickstart.sh` first"
     ) in out
+
+
+def test_a_job_submitted_from_outside_the_checkout_runs_in_it_or_says_what_to_do(slurm_single_node, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # The checkout's script, from another directory: it finds the checkout and gets as far as its own
+    # checks (here: no quickstart output), in the checkout.
+    none = tmp_path / "none"
+    code, out = slurm_single_node.sbatch_wait(
+        str(REPO / "slurm" / "smoke_cpu.sh"), env={"QUICKSTART": str(none)}, cwd=elsewhere
+    )
+    assert code == 2, out
+    assert f"in {REPO}" in out and f"error: no quickstart data at {none}/data/code_text_document.bin" in out
+    # A copy outside any checkout, submitted outside one: one line naming where it looked and what to do.
+    copy = elsewhere / "smoke_cpu.sh"
+    copy.write_text((REPO / "slurm" / "smoke_cpu.sh").read_text())
+    code, out = slurm_single_node.sbatch_wait(str(copy), cwd=elsewhere)
+    assert code == 2, out
+    assert out.strip().splitlines()[-1] == (
+        f"error: {elsewhere} is not a megaphi checkout (no slurm/common.sh); submit from the checkout "
+        "(cd /path/to/megaphi && sbatch slurm/...) or set MEGAPHI_ROOT=/path/to/megaphi"
+    )
 
 
 def test_smoke_job_with_a_missing_recipe_fails_with_one_error_line(slurm_single_node):

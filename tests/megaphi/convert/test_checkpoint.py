@@ -14,19 +14,12 @@ from megaphi.convert import (
 )
 from megaphi.convert.__main__ import main as convert_main
 from megaphi.convert.layout import param_specs
-from megaphi.model import PhiConfig
+from tests.megaphi.tiny_phi import tiny_config
 
 
 @pytest.fixture
 def config():
-    return PhiConfig(
-        vocab_size=300,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=64,
-    )
+    return tiny_config()
 
 
 @pytest.fixture

@@ -12,19 +12,11 @@ from megaphi.convert import (
 )
 from megaphi.convert.layout import COLUMN, QKV, REPLICATED, ROW, VOCAB, param_specs
 from megaphi.model import PhiConfig, PhiForCausalLM
+from tests.megaphi import tiny_phi
 
 
 def tiny_config(**overrides) -> PhiConfig:
-    fields = dict(
-        vocab_size=300,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=64,
-        make_vocab_size_divisible_by=8,
-    )
-    return PhiConfig(**{**fields, **overrides})
+    return tiny_phi.tiny_config(**{"make_vocab_size_divisible_by": 8, **overrides})
 
 
 def random_full_state_dict(config: PhiConfig, seed: int = 0) -> dict[str, torch.Tensor]:

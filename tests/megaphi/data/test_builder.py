@@ -53,6 +53,24 @@ def test_data_paths_accept_megatrons_forms():
         parse_data_paths(["0.7", "a", "b"])
 
 
+def test_data_path_weights_may_be_numbers_as_yaml_reads_them():
+    assert parse_data_paths([0.7, "a", 0.3, "b"]) == [(0.7, "a"), (0.3, "b")]
+    assert parse_data_paths(parse_data_paths(["a", "b"])) == [(None, "a"), (None, "b")]
+
+
+@pytest.mark.parametrize(
+    "paths, message",
+    [
+        ([(0.7, "a"), "b"], "give \\(weight, prefix\\) pairs only"),
+        ([(0.7, "a", "extra")], "give \\(weight, prefix\\) pairs only"),
+        ([(0.7, "a"), (None, "b")], "give every prefix a weight, or none"),
+    ],
+)
+def test_data_path_pairs_that_do_not_fit_one_form_are_one_clear_error(paths, message):
+    with pytest.raises(DatasetConfigError, match=message):
+        parse_data_paths(paths)
+
+
 def test_train_and_valid_come_from_disjoint_documents(tmp_path):
     prefix = str(tmp_path / "corpus")
     documents = write_numbered_corpus(prefix, random_lengths(200, seed=4))

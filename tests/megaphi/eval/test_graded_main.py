@@ -13,6 +13,7 @@ import pytest
 from megaphi.eval.__main__ import main
 from megaphi.eval.graded.judge import PROMPT_VERSION, sample_ids
 from megaphi.eval.graded.problems import problems_by_task_id
+from tests.conftest import read_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI
 from tests.megaphi.eval.fake_judge import HONEST_FAIL, HONEST_PASS, ObedientJudge, sample_of
 from tests.megaphi.eval.test_graded_judge import ATTACK
@@ -53,10 +54,6 @@ def graded_args(samples: Path, out_dir: Path, server: FakeOpenAI, *extra: str) -
         "--no-progress",
         *extra,
     ]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_graded_scores_judges_retries_malformed_verdicts_and_counts_the_ungraded(tmp_path, capsys):

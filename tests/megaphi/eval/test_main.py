@@ -35,27 +35,18 @@ def last_json_line(text):
     return json.loads(text.strip().splitlines()[-1])
 
 
+def args(command: str, **options: object) -> list[str]:
+    """The arguments of ``python -m megaphi.eval COMMAND``: an option ``n_samples=2`` is ``--n-samples 2``."""
+    argv = [command]
+    for name, value in options.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv
+
+
 @pytest.mark.slow
 def test_generate_writes_one_sample_per_problem_cut_at_the_stop_sequences(hf_model, tmp_path):
     out = tmp_path / "samples.jsonl"
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                str(hf_model),
-                "--benchmark",
-                "humaneval",
-                "--limit",
-                "2",
-                "--max-new-tokens",
-                "24",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(args("generate", model=hf_model, benchmark="humaneval", limit=2, max_new_tokens=24, out=out)) == 0
     samples = read_jsonl(out)
     assert [s["task_id"] for s in samples] == ["HumanEval/0", "HumanEval/1"]
     for sample in samples:
@@ -66,29 +57,9 @@ def test_generate_writes_one_sample_per_problem_cut_at_the_stop_sequences(hf_mod
 @pytest.mark.slow
 def test_run_generates_scores_and_reports_from_a_tensor_parallel_checkpoint(megaphi_checkpoint, tmp_path, capsys):
     out_dir = tmp_path / "eval"
-    code = main(
-        [
-            "run",
-            "--model",
-            str(megaphi_checkpoint),
-            "--benchmark",
-            "humaneval",
-            "--limit",
-            "2",
-            "--n-samples",
-            "2",
-            "--temperature",
-            "0.8",
-            "--top-p",
-            "0.95",
-            "--max-new-tokens",
-            "16",
-            "--timeout",
-            "5",
-            "--out-dir",
-            str(out_dir),
-        ]
-    )
+    sampling = dict(n_samples=2, temperature=0.8, top_p=0.95, max_new_tokens=16)
+    options = dict(benchmark="humaneval", limit=2, **sampling, sandbox_timeout=5, out_dir=out_dir)
+    code = main(args("run", model=megaphi_checkpoint, **options))
     captured = capsys.readouterr()
     assert code == 0, captured.err
     summary = last_json_line(captured.out)
@@ -110,21 +81,7 @@ def test_problems_longer_than_the_context_score_as_failed_with_the_reason(tmp_pa
     make_hf_phi(model, tokenizer_dir=make_tokenizer(tmp_path / "tok"), seed=1, max_position_embeddings=300)
     out_dir = tmp_path / "eval"
     code = main(
-        [
-            "run",
-            "--model",
-            str(model),
-            "--benchmark",
-            "humaneval",
-            "--limit",
-            "3",
-            "--max-new-tokens",
-            "16",
-            "--timeout",
-            "5",
-            "--out-dir",
-            str(out_dir),
-        ]
+        args("run", model=model, benchmark="humaneval", limit=3, max_new_tokens=16, sandbox_timeout=5, out_dir=out_dir)
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -149,26 +106,8 @@ def test_problems_longer_than_the_context_score_as_failed_with_the_reason(tmp_pa
 @pytest.mark.slow
 def test_generate_reads_mbpp_from_the_given_file(hf_model, tmp_path):
     out = tmp_path / "samples.jsonl"
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                str(hf_model),
-                "--benchmark",
-                "mbpp",
-                "--mbpp-path",
-                str(MBPP_PATH),
-                "--limit",
-                "1",
-                "--max-new-tokens",
-                "8",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    options = dict(benchmark="mbpp", mbpp_path=MBPP_PATH, limit=1, max_new_tokens=8, out=out)
+    assert main(args("generate", model=hf_model, **options)) == 0
     assert [s["task_id"] for s in read_jsonl(out)] == ["Mbpp/11"]
 
 
@@ -183,7 +122,7 @@ def test_score_prints_the_summary_and_writes_one_result_per_sample(tmp_path, cap
         )
     )
     results_path = tmp_path / "results.jsonl"
-    assert main(["score", "--benchmark", "humaneval", "--samples", str(samples), "--out", str(results_path)]) == 0
+    assert main(args("score", benchmark="humaneval", samples=samples, out=results_path)) == 0
     summary = last_json_line(capsys.readouterr().out)
     assert summary["pass@1"] == pytest.approx(0.5) and "pass@10" not in summary
     results = read_jsonl(results_path)
@@ -198,7 +137,7 @@ def test_score_refuses_without_a_sandbox_unless_told_to_run_unsafely(tmp_path, c
     monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on it
     sandbox._sandbox_problem.cache_clear()
     try:
-        argv = ["score", "--benchmark", "humaneval", "--samples", str(samples), "--out", str(tmp_path / "r.jsonl")]
+        argv = args("score", benchmark="humaneval", samples=samples, out=tmp_path / "r.jsonl")
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "bubblewrap" in err and "--unsafe-no-sandbox" in err
@@ -212,21 +151,15 @@ def test_score_refuses_without_a_sandbox_unless_told_to_run_unsafely(tmp_path, c
 @pytest.mark.parametrize(
     "argv,message",
     [
+        (args("generate", model="m", benchmark="humaneval", n_samples=3, out="s.jsonl"), "identical greedy samples"),
+        (args("run", model="m", benchmark="humaneval", limit=0, out_dir="d"), "--limit must be"),
+        (args("score", benchmark="humaneval", samples="missing.jsonl", out="r.jsonl"), "missing.jsonl does not exist"),
         (
-            ["generate", "--model", "m", "--benchmark", "humaneval", "--n-samples", "3", "--out", "s.jsonl"],
-            "identical greedy samples",
-        ),
-        (["run", "--model", "m", "--benchmark", "humaneval", "--limit", "0", "--out-dir", "d"], "--limit must be"),
-        (
-            ["score", "--benchmark", "humaneval", "--samples", "missing.jsonl", "--out", "r.jsonl"],
-            "missing.jsonl does not exist",
-        ),
-        (
-            ["score", "--benchmark", "humaneval", "--samples", "s.jsonl", "--out", "r.jsonl", "--workers", "0"],
+            args("score", benchmark="humaneval", samples="s.jsonl", out="r.jsonl", workers=0),
             "--workers must be at least 1",
         ),
-        (["generate", "--model", "no/such/model", "--benchmark", "humaneval", "--out", "s.jsonl"], "no/such/model"),
-        (["run", "--model", "m", "--benchmark", "humaneval", "--out-dir", "afile"], "--out-dir afile is a file"),
+        (args("generate", model="no/such/model", benchmark="humaneval", out="s.jsonl"), "no/such/model"),
+        (args("run", model="m", benchmark="humaneval", out_dir="afile"), "--out-dir afile is a file"),
     ],
 )
 def test_bad_input_gets_one_error_line_and_exit_status_2(argv, message, capsys, tmp_path, monkeypatch):
@@ -238,17 +171,7 @@ def test_bad_input_gets_one_error_line_and_exit_status_2(argv, message, capsys, 
 
 
 def test_a_missing_tokenizer_or_device_is_one_error_line(hf_model, tmp_path, capsys):
-    base = [
-        "generate",
-        "--model",
-        str(hf_model),
-        "--benchmark",
-        "humaneval",
-        "--limit",
-        "1",
-        "--out",
-        str(tmp_path / "s.jsonl"),
-    ]
+    base = args("generate", model=hf_model, benchmark="humaneval", limit=1, out=tmp_path / "s.jsonl")
     assert main(base + ["--tokenizer", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.startswith(f"error: tokenizer {tmp_path / 'nope'} does not exist")
     if not torch.cuda.is_available():
@@ -267,7 +190,7 @@ def test_every_subcommand_documents_itself():
 def test_sandbox_limits_are_named_as_in_synth_and_the_older_names_still_work():
     from megaphi.eval.__main__ import build_parser
 
-    common = ["score", "--benchmark", "humaneval", "--samples", "s.jsonl", "--out", "r.jsonl"]
+    common = args("score", benchmark="humaneval", samples="s.jsonl", out="r.jsonl")
     new = build_parser().parse_args(common + ["--sandbox-timeout", "3", "--sandbox-memory-mb", "512"])
     old = build_parser().parse_args(common + ["--timeout", "3", "--memory-mb", "512"])
     assert (new.timeout, new.memory_mb) == (old.timeout, old.memory_mb) == (3.0, 512)
@@ -278,22 +201,7 @@ def test_a_model_that_is_no_model_is_refused_saying_both_kinds_work(tmp_path, ca
     model = tmp_path / "model"
     if kind == "empty":
         model.mkdir()
-    assert (
-        main(
-            [
-                "run",
-                "--benchmark",
-                "humaneval",
-                "--model",
-                str(model),
-                "--out-dir",
-                str(tmp_path / "out"),
-                "--limit",
-                "1",
-            ]
-        )
-        == 2
-    )
+    assert main(args("run", benchmark="humaneval", model=model, out_dir=tmp_path / "out", limit=1)) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {'model ' if kind == 'missing' else ''}{model} is ")
     assert "megaphi checkpoint" in line and "Hugging Face model directory" in line
@@ -303,22 +211,7 @@ def test_a_model_that_is_no_model_is_refused_saying_both_kinds_work(tmp_path, ca
 def test_a_sandbox_limit_that_is_not_positive_is_one_error_line_naming_the_flag(tmp_path, capsys, flag, value):
     samples = tmp_path / "samples.jsonl"
     samples.write_text('{"task_id": "HumanEval/0", "completion": "    return []\\n"}\n')
-    assert (
-        main(
-            [
-                "score",
-                "--benchmark",
-                "humaneval",
-                "--samples",
-                str(samples),
-                "--out",
-                str(tmp_path / "r.jsonl"),
-                flag,
-                value,
-            ]
-        )
-        == 2
-    )
+    assert main(args("score", benchmark="humaneval", samples=samples, out=tmp_path / "r.jsonl") + [flag, value]) == 2
     assert (
         capsys.readouterr().err
         == f"error: {flag} must be positive, got {float(value) if 'timeout' in flag else value}\n"

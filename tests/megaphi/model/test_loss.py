@@ -5,6 +5,7 @@ import torch
 
 from megaphi.model import loss
 from megaphi.model.loss import resolve_cross_entropy
+from tests.megaphi.tiny_phi import tiny_config
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -53,20 +54,10 @@ def test_explicit_choices_are_kept_or_refused_with_the_reason(monkeypatch, liger
 
 
 def test_a_model_asking_for_liger_on_cpu_fails_at_the_loss_with_the_reason(liger_importable):
-    from megaphi.model import PhiConfig, PhiForCausalLM
+    from megaphi.model import PhiForCausalLM
 
-    model = PhiForCausalLM(
-        PhiConfig(
-            vocab_size=64,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            cross_entropy="liger",
-        )
-    )
+    model = PhiForCausalLM(tiny_config(cross_entropy="liger"))
     ids = torch.zeros(1, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="runs on CUDA only"):
         model(ids, labels=ids)
-    assert model(ids).shape == (1, 4, 64)  # logits need no loss implementation
+    assert model(ids).shape == (1, 4, 300)  # logits need no loss implementation
