@@ -1,163 +1,156 @@
-"""Preprocessing throughput against the raw tokenizer limit, on the standard-library corpus.
+"""Preprocessing throughput (documents/s, tokens/s) against the tokenizer's own batch encoding.
 
-The raw limit is ``tokenizers``' ``encode_batch`` over the same texts already in memory, with its
-own thread pool on every core and the token ids read out (nothing can preprocess faster without a
-faster tokenizer). ``data_tools.preprocess`` is timed end to end: reading JSONL, parsing, tokenizing
-in worker processes, writing ``.bin/.idx``. Runs alternate and the best of ``--repeats`` counts, so
-that other load on a shared machine distorts the comparison as little as possible.
+The ceiling is the tokenizer alone: ``tokenizers``' ``encode_batch_fast`` (what preprocessing calls)
+over the same texts already in memory, in batches of about 1 MiB of text (all at once would hold every
+encoding in memory: many GB), in a fresh process with its thread pool on every core, the ids read
+out; nothing can preprocess faster without a faster tokenizer. ``data_tools.preprocess`` is
+timed end to end (read JSONL, tokenize, write per-task ``.bin/.idx``, merge, report) at each
+``--tasks``; with ``--old-module`` an earlier implementation of the module (a file, e.g. saved with
+``git show REV:data_tools/preprocess.py``) is timed too, at each ``--old-workers``. Every run writes
+the same documents: the script checks that the outputs are byte-identical.
 
-    python benchmarks/preprocess_throughput.py --workdir /tmp/ppbench --repeats 3
-    python benchmarks/preprocess_throughput.py --megatron-lm /path/to/Megatron-LM   # also time its tool
+    python -m data_tools.corpus --input .venv/lib/python3.11/site-packages --exclude '*/__pycache__/*' \\
+        --output-prefix /tmp/bench/sitepkgs --shard-bytes 64000000
+    python -m data_tools.tokenizer train --out /tmp/bench/tok --vocab-size 50257
+    python benchmarks/preprocess_throughput.py --corpus '/tmp/bench/sitepkgs-*.jsonl' --tokenizer /tmp/bench/tok \\
+        --workdir /tmp/bench --tasks 1 2 --old-module /tmp/bench/old_preprocess.py --old-workers 1 2
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import importlib.util
 import json
 import os
 import platform
-import statistics
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_tools.corpus import build_corpus  # noqa: E402
+from data_tools.executors import ExecutorOptions  # noqa: E402
 from data_tools.preprocess import preprocess  # noqa: E402
-from data_tools.tokenizer import load_tokenizer, train_bpe  # noqa: E402
-from megaphi.data import IndexedDataset  # noqa: E402
 
-
-def raw_limit(tokenizer_dir: Path, texts_file: Path, method: str) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds and tokens for the tokenizer alone (in a fresh process, so that its
-    thread pool is on)."""
-    code = f"""
+CEILING = """
 import json, sys, time
 from tokenizers import Tokenizer
-tok = Tokenizer.from_file({str(tokenizer_dir / "tokenizer.json")!r})
-texts = json.load(open(sys.argv[1]))
-start, cpu = time.perf_counter(), time.process_time()
-tokens = sum(len(e.ids) for e in tok.{method}(texts, add_special_tokens=False))
-print(json.dumps([time.perf_counter() - start, time.process_time() - cpu, tokens]))
+tok = Tokenizer.from_file(sys.argv[1] + "/tokenizer.json")
+texts = [json.loads(line)["text"] for path in sys.argv[2:] for line in open(path, encoding="utf-8")]
+batches, batch, size = [], [], 0
+for text in texts:  # about 1 MiB of text per call, as preprocessing batches: bounded memory, every thread busy
+    batch.append(text)
+    size += len(text)
+    if size >= 1 << 20:
+        batches.append(batch)
+        batch, size = [], 0
+batches.append(batch)
+start = time.perf_counter()
+tokens = sum(len(e.ids) for batch in batches for e in tok.encode_batch_fast(batch, add_special_tokens=False))
+print(json.dumps([time.perf_counter() - start, len(texts), tokens]))
 """
+
+
+def ceiling(tokenizer: Path, corpus: list[str]) -> tuple[float, int, int]:
+    """Seconds, documents and tokens of the tokenizer alone (its thread pool on: a fresh process)."""
     env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
     out = subprocess.run(
-        [sys.executable, "-c", code, str(texts_file)], env=env, check=True, capture_output=True, text=True
-    ).stdout
-    return tuple(json.loads(out))
+        [sys.executable, "-c", CEILING, str(tokenizer), *corpus], env=env, check=True, capture_output=True, text=True
+    )
+    seconds, documents, tokens = json.loads(out.stdout)
+    return seconds, documents, tokens
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and its reaped children (the preprocessing workers)."""
+    """CPU time of this process and its reaped children (worker processes, datatrove's forked tasks)."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 
 
-def megatron_lm(repo: Path, corpus: Path, tokenizer_dir: Path, output: Path, workers: int) -> float:
-    """Wall seconds of Megatron-LM's tools/preprocess_data.py with the same tokenizer and flags."""
-    cmd = [
-        sys.executable,
-        str(repo / "tools" / "preprocess_data.py"),
-        "--input",
-        str(corpus),
-        "--output-prefix",
-        str(output),
-        "--tokenizer-type",
-        "HuggingFaceTokenizer",
-        "--tokenizer-model",
-        str(tokenizer_dir),
-        "--append-eod",
-        "--workers",
-        str(workers),
-        "--log-interval",
-        "1000000",
-    ]
-    # the checkout first, then whatever the caller adds (Megatron-LM's own dependencies, e.g. triton, six)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])))
-    start = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
-    return time.perf_counter() - start
+def load_old(path: Path):
+    spec = importlib.util.spec_from_file_location("old_preprocess", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def same_files(a: str, b: str) -> bool:
+    return all(Path(f"{a}.{s}").read_bytes() == Path(f"{b}.{s}").read_bytes() for s in ("bin", "idx"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", required=True, help="glob of the JSONL files to tokenize")
+    parser.add_argument("--tokenizer", type=Path, required=True, help="a tokenizer directory with tokenizer.json")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/megaphi-preprocess-bench"))
-    parser.add_argument(
-        "--tokenizer", type=Path, default=None, help="tokenizer dir (default: train a 50257+38 BPE on the corpus)"
-    )
-    parser.add_argument("--workers", type=int, nargs="+", default=[2, 1])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--megatron-lm", type=Path, default=None, help="a Megatron-LM checkout to time tools/preprocess_data.py"
-    )
+    parser.add_argument("--tasks", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--old-module", type=Path, default=None, help="an earlier data_tools/preprocess.py to time")
+    parser.add_argument("--old-workers", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--no-ceiling", action="store_true", help="do not time the tokenizer alone")
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
+    corpus = sorted(glob.glob(args.corpus))
     args.workdir.mkdir(parents=True, exist_ok=True)
-
-    corpus = args.workdir / "stdlib-00000.jsonl"
-    if not corpus.exists():
-        build_corpus([], args.workdir / "stdlib", progress=False)
-    texts = [json.loads(line)["text"] for line in corpus.open(encoding="utf-8")]
-    texts_file = args.workdir / "texts.json"
-    texts_file.write_text(json.dumps(texts))
-    tokenizer_dir = args.tokenizer or args.workdir / "tokenizer"
-    if not (tokenizer_dir / "tokenizer.json").exists():
-        train_bpe(texts, tokenizer_dir, vocab_size=50257, show_progress=False)
-    tok = load_tokenizer(tokenizer_dir)
+    size = sum(os.path.getsize(p) for p in corpus)
     print(
-        f"corpus: {len(texts)} files, {corpus.stat().st_size / 1e6:.1f} MB; tokenizer vocab {tok.vocab_size}; "
-        f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
+        f"corpus: {len(corpus)} files, {size / 1e6:.1f} MB JSONL; {os.cpu_count()} CPUs, "
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}; "
+        f"load average before: {os.getloadavg()[0]:.1f}",
+        flush=True,
     )
-
-    runs: dict[str, list[float]] = {}  # wall seconds
-    cpu: dict[str, list[float]] = {}  # CPU seconds, robust to other load on a shared machine
-    tokens: dict[str, int] = {}
-    print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
+    rows: dict[str, list[tuple[float, int, int]]] = {}  # name -> (seconds, documents, tokens without EODs)
+    cpu: dict[str, list[float]] = {}  # name -> CPU seconds of this process and its workers (robust to load)
+    outputs: dict[str, str] = {}
+    old = load_old(args.old_module) if args.old_module else None
     for _ in range(args.repeats):
-        for method in ("encode_batch", "encode_batch_fast"):
-            seconds, cpu_s, tokens[f"raw {method}"] = raw_limit(tokenizer_dir, texts_file, method)
-            runs.setdefault(f"raw {method}", []).append(seconds)
-            cpu.setdefault(f"raw {method}", []).append(cpu_s)
-            print(f"raw {method}: {seconds:.2f}s wall, {cpu_s:.2f}s CPU", flush=True)
-        for workers in args.workers:
-            name = f"data_tools.preprocess --workers {workers}"
+        if not args.no_ceiling:
+            rows.setdefault("tokenizer encode_batch_fast (ceiling)", []).append(ceiling(args.tokenizer, corpus))
+            print("ceiling", rows["tokenizer encode_batch_fast (ceiling)"][-1], flush=True)
+        for tasks in args.tasks:
+            name = f"data_tools.preprocess --tasks {tasks}"
+            out = args.workdir / f"new-{tasks}"
+            shutil.rmtree(f"{out}.datatrove", ignore_errors=True)
             before = cpu_seconds()
             result = preprocess(
-                [corpus],
-                args.workdir / f"out-w{workers}",
-                tokenizer_dir,
+                corpus, out, args.tokenizer, append_eod=True, progress=False, options=ExecutorOptions(tasks=tasks)
+            )
+            cpu.setdefault(name, []).append(cpu_seconds() - before)
+            rows.setdefault(name, []).append((result.seconds, result.documents, result.tokens - result.documents))
+            outputs[name] = result.prefixes["text"]
+            print(name, rows[name][-1], f"{cpu[name][-1]:.1f} CPU s", flush=True)
+        for workers in args.old_workers if old else []:
+            name = f"previous preprocess --workers {workers}"
+            before = cpu_seconds()
+            result = old.preprocess(
+                corpus,
+                args.workdir / f"old-{workers}",
+                args.tokenizer,
                 append_eod=True,
                 workers=workers,
                 progress=False,
             )
-            runs.setdefault(name, []).append(result.seconds)
             cpu.setdefault(name, []).append(cpu_seconds() - before)
-            print(f"{name}: {result.seconds:.2f}s wall, {cpu[name][-1]:.2f}s CPU", flush=True)
-            tokens[name] = result.tokens - result.documents  # without the appended EODs, as the raw runs
-        if args.megatron_lm:
-            name = f"Megatron-LM preprocess_data.py --workers {args.workers[0]}"
-            runs.setdefault(name, []).append(
-                megatron_lm(args.megatron_lm, corpus, tokenizer_dir, args.workdir / "megatron", args.workers[0])
-            )
-            tokens[name] = tokens[f"data_tools.preprocess --workers {args.workers[0]}"]
-    if args.megatron_lm:
-        ours = IndexedDataset(args.workdir / f"out-w{args.workers[0]}_text_document")
-        theirs = IndexedDataset(args.workdir / "megatron_text_document")
-        same = (ours.tokens() == theirs.tokens()).all() and (ours.sequence_lengths == theirs.sequence_lengths).all()
-        print(f"Megatron-LM output identical to ours: {bool(same)}")
-
+            rows.setdefault(name, []).append((result.seconds, result.documents, result.tokens - result.documents))
+            outputs[name] = result.prefixes["text"]
+            print(name, rows[name][-1], f"{cpu[name][-1]:.1f} CPU s", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
-    limit = max(tokens["raw encode_batch"] / min(runs["raw encode_batch"]), 1e-9)
-    cpu_limit = tokens["raw encode_batch"] / min(cpu["raw encode_batch"])
-    print("\n| run | best wall s | median wall s | tokens/s (best wall) | vs raw | tokens per CPU-s (best) | vs raw |")
-    print("|---|---|---|---|---|---|---|")
-    for name, seconds in runs.items():
-        rate = tokens[name] / min(seconds)
-        cpu_rate = tokens[name] / min(cpu[name]) if name in cpu else float("nan")
+    if outputs:
+        first = next(iter(outputs.values()))
+        print("outputs byte-identical:", all(same_files(first, other) for other in outputs.values()))
+    ceiling_runs = rows.get("tokenizer encode_batch_fast (ceiling)", [])
+    limit = max((t / s for s, _, t in ceiling_runs), default=float("nan"))
+    print("\n| run | best s | documents/s | tokens/s | vs ceiling | CPU s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, runs in rows.items():
+        seconds, documents, tokens = min(runs)
+        cpu_s = f"{min(cpu[name]):.1f}" if name in cpu else ""
         print(
-            f"| {name} | {min(seconds):.2f} | {statistics.median(seconds):.2f} | {rate:,.0f} | {100 * rate / limit:.0f}% "
-            f"| {cpu_rate:,.0f} | {100 * cpu_rate / cpu_limit:.0f}% |"
+            f"| {name} | {seconds:.1f} | {documents / seconds:,.0f} | {tokens / seconds:,.0f} "
+            f"| {100 * tokens / seconds / limit:.0f}% | {cpu_s} |"
         )
 
 

@@ -206,11 +206,11 @@ def record_id(record: dict[str, Any], index: int) -> str:
     return f"#{index}"
 
 
-def record_text(record: dict[str, Any], key: str, index: int) -> str:
-    """The text field of a record, or :class:`MalformedRecordError` naming the field to pass."""
+def record_text(record: dict[str, Any], key: str, index: int, option: str = "--text-key") -> str:
+    """The text field of a record, or :class:`MalformedRecordError` naming the ``option`` that chooses it."""
     text = record.get(key)
     if not isinstance(text, str):
         raise MalformedRecordError(
-            f"record {index} has no string field {key!r} (fields: {sorted(record)}); pass --text-key"
+            f"record {index} has no string field {key!r} (fields: {sorted(record)}); pass {option}"
         )
     return text

@@ -14,19 +14,31 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from data_tools.jsonl import (
+    JsonlShardWriter,
+    MalformedRecordError,
+    OnError,
+    ReadStats,
+    expand_inputs,
+    iter_records,
+    record_id,
+    record_text,
+)
+from megaphi.common.files import remove_quietly
 from megaphi.progress import progress
 
-from data_tools.jsonl import JsonlShardWriter, OnError, ReadStats, expand_inputs, iter_records, record_id, record_text
 
-
-def document_from_record(record: dict[str, Any], index: int, text_key: str = "text") -> Document:
+def document_from_record(
+    record: dict[str, Any], index: int, text_key: str = "text", text_option: str = "--text-key"
+) -> Document:
     """The document of a record: its text and id, every other field kept in ``metadata``."""
-    text = record_text(record, text_key, index)
+    text = record_text(record, text_key, index, text_option)
     metadata = {key: value for key, value in record.items() if key not in ("id", text_key)}
     return Document(text=text, id=record_id(record, index), metadata=metadata)
 
@@ -43,7 +55,7 @@ def numbered_task_files(paths: Sequence[str | os.PathLike], rank: int, world_siz
 
 
 def task_files(paths: Sequence[str | os.PathLike], rank: int, world_size: int) -> list[str]:
-    """The input files task ``rank`` reads: every ``world_size``-th of the sorted list."""
+    """The input files task ``rank`` reads (see :func:`numbered_task_files`)."""
     return [path for _, path in numbered_task_files(paths, rank, world_size)]
 
 
@@ -51,7 +63,9 @@ class RecordReader(PipelineStep):
     """Reads the records of JSONL/parquet files (see :mod:`data_tools.jsonl`) as documents.
 
     ``inputs`` (paths, globs, directories) are expanded when the task runs, not when the pipeline is
-    built: on Slurm every stage is built before the stage writing its inputs has run.
+    built: on Slurm every stage is built before the stage writing its inputs has run. A record without
+    a string ``text_key`` is malformed like an unparsable line: ``on_error`` stops (naming the file and
+    ``text_option``, the command's flag that chooses the field) or skips and counts it.
 
     With ``position_key``, each document also carries its place in the whole input, ``(file number in
     the sorted input list, record number in that file)``, in ``metadata[position_key]``: the same for
@@ -67,27 +81,42 @@ class RecordReader(PipelineStep):
         *,
         text_key: str = "text",
         on_error: OnError = "stop",
+        text_option: str = "--text-key",
         position_key: str | None = None,
     ):
         super().__init__()
         self.inputs = [os.fspath(p) for p in inputs]
         self.text_key = text_key
         self.on_error = on_error
+        self.text_option = text_option
         self.position_key = position_key
+
+    def files(self, rank: int, world_size: int) -> list[str]:
+        """The input files of task ``rank``, in the order it reads them."""
+        return task_files(expand_inputs(self.inputs), rank, world_size)
+
+    def read(self, path: str, read: ReadStats, file_number: int | None = None) -> Iterator[Document]:
+        """The documents of one input file (ids of records without one: their position in the file);
+        with ``position_key``, ``file_number`` is the file's place in the sorted input list."""
+        for index, record in enumerate(iter_records([path], on_error=self.on_error, stats=read)):
+            try:
+                document = document_from_record(record, index, self.text_key, self.text_option)
+            except MalformedRecordError as exc:
+                if self.on_error == "stop":
+                    raise MalformedRecordError(f"{path}: {exc}") from None
+                read.skip(f"{path}: {exc}")
+                continue
+            self.stat_update("documents")
+            if self.position_key:
+                document.metadata[self.position_key] = (file_number, index)
+            yield document
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         if data:
             yield from data
         read = ReadStats()
-        index = 0
         for file_number, path in numbered_task_files(expand_inputs(self.inputs), rank, world_size):
-            for record_number, record in enumerate(iter_records([path], on_error=self.on_error, stats=read)):
-                self.stat_update("documents")
-                document = document_from_record(record, index, self.text_key)
-                if self.position_key:
-                    document.metadata[self.position_key] = (file_number, record_number)
-                index += 1
-                yield document
+            yield from self.read(path, read, file_number)
         if read.skipped:
             self.stat_update("skipped_lines", value=read.skipped)
 
@@ -108,7 +137,12 @@ class RecordWriter(PipelineStep):
         self.shard_bytes = shard_bytes
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
-        with JsonlShardWriter(f"{self.output_prefix}-{rank:05d}", max_bytes=self.shard_bytes) as writer:
+        prefix = Path(f"{self.output_prefix}-{rank:05d}")
+        # A task runs again only when it did not finish: what a killed earlier try left half-written
+        # (hidden temporary shards, see megaphi.common.files.temp_path) is this task's to remove.
+        for stale in prefix.parent.glob(f".{prefix.name}-[0-9][0-9][0-9][0-9][0-9].jsonl.*.tmp"):
+            remove_quietly(stale)
+        with JsonlShardWriter(prefix, max_bytes=self.shard_bytes) as writer:
             for document in data or ():
                 writer.write(record_from_document(document, self.text_key))
                 self.stat_update("written")

@@ -97,6 +97,17 @@ def served(checkpoint: Path, port: int) -> Iterator[None]:
         server.wait(timeout=30)
 
 
+# What data_tools.decontaminate writes beside its PREFIX-RRRRR-NNNNN.jsonl shards (removed with them on a rerun).
+DECONTAMINATION_SIDE_OUTPUTS = (
+    ".removed.jsonl",
+    ".decontamination.json",
+    ".decontamination.md",
+    ".decontamination-tasks",
+    ".datatrove/decontaminate",
+    ".datatrove/decontaminate-report",
+)
+
+
 def shards(data: Path, prefix: str) -> list[Path]:
     """The JSONL shards a stage wrote, as a shell would expand ``PREFIX-*.jsonl``."""
     return sorted(data.glob(f"{prefix}-*.jsonl"))
@@ -246,7 +257,8 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                 ]
             ],
             lambda: [],
-            [data / "corpus-00000.jsonl"],
+            # the first task's shard, the corpus report and the task markers (removed with it on a rerun)
+            [data / "corpus-00000-00000.jsonl", data / "corpus.corpus.json", data / "corpus.datatrove"],
             lambda: {"documents kept": jsonl_lines(*shards(data, "corpus"))},
         ),
         Stage(
@@ -295,7 +307,8 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             [
                 data / "annotations.jsonl",
                 work / "quality_classifier",
-                data / "filtered-00000.jsonl",
+                data / "filtered-00000-00000.jsonl",
+                data / "filtered.datatrove",  # the filter's task markers: a rerun after removal runs every task
                 quality,
                 data / "filtered.quality.png",
             ],
@@ -336,7 +349,7 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
         ),
         Stage(
             "decontaminate",
-            "decontaminate the code against HumanEval (13-gram overlap, embedding + AST similarity)",
+            "decontaminate the code against HumanEval (13-gram overlap)",
             lambda: [
                 [
                     PY,
@@ -351,7 +364,10 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                 ]
             ],
             lambda: shards(data, "dedup"),
-            [data / "clean-00000.jsonl", data / "clean.removed.jsonl", data / "clean.decontamination.json"],
+            [
+                data / "clean-00000-00000.jsonl",
+                *(data / f"clean{suffix}" for suffix in DECONTAMINATION_SIDE_OUTPUTS),
+            ],
             lambda: {
                 k: read_json(data / "clean.decontamination.json").get(k)
                 for k in ("documents", "kept", "removed_ngram", "removed_ast")
@@ -393,13 +409,12 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                     "--tokenizer",
                     str(tokenizer),
                     "--append-eod",
-                    "--workers",
-                    "2",
                     "--no-progress",
                 ]
             ],
             lambda: [*shards(data, "clean"), tokenizer],
-            [data / "code_text_document.bin", data / "code_text_document.idx"],
+            # the task markers too: a rerun over changed inputs must not find its tasks already done
+            [data / "code_text_document.bin", data / "code_text_document.idx", data / "code.datatrove"],
             lambda: token_counts(data / "code_text_document"),
         ),
         Stage(
@@ -484,7 +499,8 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                     PY,
                     "-m",
                     "data_tools.decontaminate",
-                    "--input",
+                    # the exercises get the embedding and AST checks too, as in the paper
+                    "--deep-input",
                     str(data / "seed_exercises.jsonl"),
                     *([str(data / "exercises.jsonl")] if jsonl_lines(data / "exercises.jsonl") else []),
                     "--output-prefix",
@@ -516,9 +532,8 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                 *(
                     data / f"code_exercises{suffix}"
                     for suffix in (
-                        "-00000.jsonl",
-                        ".removed.jsonl",
-                        ".decontamination.json",
+                        "-00000-00000.jsonl",
+                        *DECONTAMINATION_SIDE_OUTPUTS,
                         "_text_document.bin",
                         "_text_document.idx",
                     )

@@ -51,7 +51,7 @@ def test_reruns_skip_what_is_unchanged_and_redo_what_changed(tmp_path):
     markdown = (work / "REPORT.md").read_text()
     assert "| 2 | quality | ran (no record of a finished run) |" in markdown
     assert "![quality scores](data/filtered.quality.png)" in markdown and (work / "data/filtered.quality.png").is_file()
-    shard = work / "data" / "filtered-00000.jsonl"
+    shard = work / "data" / "filtered-00000-00000.jsonl"
     written = shard.stat().st_mtime_ns
 
     # Unchanged: nothing runs, and the report says why.
