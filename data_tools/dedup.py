@@ -35,6 +35,7 @@ remove that directory once the run is done.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -419,38 +420,10 @@ class DedupReport(PipelineStep):
         atomic_write_text(f"{config.output_prefix}.dedup.json", json.dumps(report, indent=2) + "\n")
 
 
-def check_same_run(config: DedupConfig, options: ExecutorOptions) -> None:
-    """Completion markers under PREFIX.datatrove/ make a rerun skip finished tasks: only right when the
-    rerun is the same run. Refuse another one on the same prefix rather than mix the two."""
-    settings = {
-        "input": list(config.input),
-        "text_key": config.text_key,
-        "threshold": config.threshold,
-        "num_perm": config.num_perm,
-        "ngram": config.ngram,
-        "on_error": config.on_error,
-        "tasks": options.tasks,
-    }
-    path = work_dir(config) / "settings.json"
-    if path.exists():
-        earlier = json.loads(path.read_text())
-        changed = sorted(key for key in settings if earlier.get(key) != settings[key])
-        if changed:
-            raise DedupError(
-                f"{path.parent} holds an unfinished or finished run with other settings "
-                f"({', '.join(f'{k}: {earlier.get(k)!r} then {settings[k]!r}' for k in changed)}); "
-                f"remove it and PREFIX's outputs, or choose another --output-prefix"
-            )
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(os.fspath(path), json.dumps(settings, indent=2) + "\n")
-
-
 def stages(config: DedupConfig, options: ExecutorOptions) -> list[Stage]:
     """The five stages of the command (see the module's docstring), the report last."""
     config.check()
     options.check()
-    check_same_run(config, options)
     params = config.params
     folder = work_dir(config) / "data"
     bands, _ = lsh_bands(params.threshold, params.num_perm)
@@ -458,8 +431,11 @@ def stages(config: DedupConfig, options: ExecutorOptions) -> list[Stage]:
     def reader(**extra: Any) -> RecordReader:
         return RecordReader(config.input, text_key=config.text_key, on_error=config.on_error, **extra)  # type: ignore[arg-type]
 
+    # what every stage's outputs depend on: a rerun with other settings is refused (data_tools.executors)
+    settings = {**{k: v for k, v in dataclasses.asdict(config).items() if k != "no_progress"}, "tasks": options.tasks}
+
     def stage(name: str, pipeline: list[Any], tasks: int | None = None) -> Stage:
-        return Stage(name, pipeline, logging_dir_for(config.output_prefix, name), tasks)
+        return Stage(name, pipeline, logging_dir_for(config.output_prefix, name), tasks, settings=settings)
 
     return [
         stage(
