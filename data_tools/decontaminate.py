@@ -173,7 +173,8 @@ class _TaskChecks:
 
     def ngram_hits(self, text: str) -> list[int]:
         """Problems sharing an n-gram with ``text`` (each n-gram counted for the first problem holding it)."""
-        n, owner, hits = self.config.ngram, self.ngram_owner, set()
+        n, owner = self.config.ngram, self.ngram_owner
+        hits: set[int] = set()
         # A benchmark n-gram lies inside a run of words that all occur in the benchmarks: only such runs
         # are cut into n-grams (most of a file's windows hold some word no problem uses).
         for in_benchmarks, run in itertools.groupby(WORD.findall(text.lower()), key=self.vocabulary.__contains__):
@@ -486,6 +487,7 @@ def stages(config: DecontaminateConfig, options: ExecutorOptions) -> list[Stage]
         readers.append(RecordReader(config.input, text_key=config.text_key, on_error=config.on_error))
     if config.deep_input:
         readers.append(DeepInputReader(config.deep_input, text_key=config.text_key, on_error=config.on_error))
+    settings = asdict(config)  # a rerun with other inputs or options must not take the earlier tasks as done
     return [
         Stage(
             "decontaminate",
@@ -495,12 +497,14 @@ def stages(config: DecontaminateConfig, options: ExecutorOptions) -> list[Stage]
                 RecordWriter(config.output_prefix, text_key=config.text_key),
             ],
             logging_dir_for(config.output_prefix, "decontaminate"),
+            settings=settings,
         ),
         Stage(
             "decontaminate-report",
             [DecontaminationReport(config, options.tasks)],
             logging_dir_for(config.output_prefix, "decontaminate-report"),
             tasks=1,
+            settings=settings,
         ),
     ]
 
