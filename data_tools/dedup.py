@@ -35,13 +35,14 @@ remove that directory once the run is done.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
@@ -146,11 +147,23 @@ class DocumentTable:
     def ids_path(self, rank: int) -> Path:
         return self.folder / f"{rank:05d}.ids"
 
-    def rows(self, rank: int) -> np.ndarray:
-        """A task's rows, mapped from disk (read only where used)."""
-        if self.rows_path(rank).stat().st_size == 0:
-            return np.zeros(0, dtype=self.dtype)
-        return np.memmap(self.rows_path(rank), dtype=self.dtype, mode="r")
+    def read(self, rank: int, wanted: np.ndarray, block: int = 1 << 16) -> np.ndarray:
+        """Rows ``wanted`` (ascending row numbers) of a task, read block by block, so that memory holds
+        those rows and one block, never the whole table."""
+        found = np.empty(len(wanted), dtype=self.dtype)
+        with open(self.rows_path(rank), "rb") as f:
+            done = 0
+            while done < len(wanted):
+                start = int(wanted[done])
+                f.seek(start * self.dtype.itemsize)
+                chunk = np.fromfile(f, dtype=self.dtype, count=block)
+                rest = wanted[done:]
+                take = rest[rest < start + len(chunk)]
+                if not len(take):
+                    raise DedupError(f"{self.rows_path(rank)} has no row {start}: rerun the dedup command")
+                found[done : done + len(take)] = chunk[take - start]
+                done += len(take)
+        return found
 
     def ids(self, rank: int, wanted: set[int]) -> dict[int, str]:
         """The ids of documents ``wanted`` (row numbers) of a task, read in one pass."""
@@ -252,9 +265,8 @@ class DedupClusters(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> None:
         with self.track_time():
-            rows = [self.table.rows(task) for task in range(self.tasks)]
-            documents, decisions = self._decide(*self._band_groups(), rows)
-            self._write(documents, decisions, rows)
+            documents, decisions = self._decide(*self._band_groups())
+            self._write(documents, decisions)
 
     def _band_groups(self) -> tuple[np.ndarray, np.ndarray]:
         """(document, group) pairs: the documents that agree on one band form a group. Datatrove writes
@@ -279,7 +291,7 @@ class DedupClusters(PipelineStep):
         return np.concatenate(documents), np.concatenate(groups)
 
     def _decide(
-        self, members: np.ndarray, groups: np.ndarray, rows: Sequence[np.ndarray]
+        self, members: np.ndarray, groups: np.ndarray
     ) -> tuple[list[tuple[int, int]], dict[int, tuple[str, int, float]]]:
         """The documents with candidates as (task, row), in input order, and the decisions: removed
         document -> (reason, the kept document it duplicates, estimated Jaccard), documents by their
@@ -287,39 +299,42 @@ class DedupClusters(PipelineStep):
         keys, member_index = np.unique(members, return_inverse=True)
         task = (keys >> np.uint64(32)).astype(np.int64)
         row = (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        place_file = np.empty(len(keys), np.uint64)
-        place_record = np.empty(len(keys), np.uint64)
+        table = np.empty(len(keys), dtype=self.table.dtype)  # the rows of these documents only
         for t in np.unique(task):
-            mine = task == t
-            place_file[mine] = rows[t]["file"][row[mine]]
-            place_record[mine] = rows[t]["record"][row[mine]]
-        order = np.lexsort((place_record, place_file))
+            table[task == t] = self.table.read(int(t), row[task == t])  # keys are sorted: rows ascend
+        order = np.lexsort((table["record"], table["file"]))
         number = np.empty(len(keys), np.int64)
         number[order] = np.arange(len(keys))
         # each document's groups, as slices of one array sorted by document number
         by_document = np.argsort(number[member_index], kind="stable")
-        group_of = groups[by_document].tolist()
+        group_of = groups[by_document]
         bounds = np.searchsorted(number[member_index][by_document], np.arange(len(keys) + 1)).tolist()
         documents = list(zip(task[order].tolist(), row[order].tolist()))
+        exact, signatures = table["exact"], table["sig"]  # by key: document d is key at[d]
+        at = order.tolist()
 
-        kept_in_group: dict[int, list[int]] = {}
+        # the kept members of each group: most groups have one at most, so the first one in a list
+        first_kept: list[int] = [-1] * (int(groups.max()) + 1 if len(groups) else 0)
+        more_kept: dict[int, list[int]] = {}
         decisions: dict[int, tuple[str, int, float]] = {}
         threshold = self.params.threshold
-        for d, (t, r) in enumerate(documents):
-            mine = rows[t][r]
-            mine_groups = group_of[bounds[d] : bounds[d + 1]]
+        for d in range(len(documents)):
+            mine_groups = group_of[bounds[d] : bounds[d + 1]].tolist()
             best: tuple[str, int, float] | None = None
-            for k in sorted({k for g in mine_groups for k in kept_in_group.get(g, ())}):
-                other = rows[documents[k][0]][documents[k][1]]
-                if other["exact"] == mine["exact"]:
+            candidates = {k for g in mine_groups if first_kept[g] >= 0 for k in (first_kept[g], *more_kept.get(g, ()))}
+            for k in sorted(candidates):
+                if exact[at[k]] == exact[at[d]]:
                     best = ("exact", k, 1.0)  # a normalised text has one kept copy at most
                     break
-                jaccard = estimated_jaccard(mine["sig"], other["sig"])
+                jaccard = estimated_jaccard(signatures[at[d]], signatures[at[k]])
                 if jaccard >= threshold and (best is None or jaccard > best[2]):
                     best = ("near", k, jaccard)  # the most similar; of equals, the first
             if best is None:
                 for g in mine_groups:
-                    kept_in_group.setdefault(g, []).append(d)
+                    if first_kept[g] < 0:
+                        first_kept[g] = d
+                    else:
+                        more_kept.setdefault(g, []).append(d)
             else:
                 decisions[d] = best
         self.stat_update("documents_with_candidates", value=len(documents))
@@ -329,7 +344,6 @@ class DedupClusters(PipelineStep):
         self,
         documents: list[tuple[int, int]],
         decisions: dict[int, tuple[str, int, float]],
-        rows: Sequence[np.ndarray],
     ) -> None:
         wanted: dict[int, set[int]] = {t: set() for t in range(self.tasks)}
         for d, (_, k, _) in decisions.items():
@@ -406,38 +420,10 @@ class DedupReport(PipelineStep):
         atomic_write_text(f"{config.output_prefix}.dedup.json", json.dumps(report, indent=2) + "\n")
 
 
-def check_same_run(config: DedupConfig, options: ExecutorOptions) -> None:
-    """Completion markers under PREFIX.datatrove/ make a rerun skip finished tasks: only right when the
-    rerun is the same run. Refuse another one on the same prefix rather than mix the two."""
-    settings = {
-        "input": list(config.input),
-        "text_key": config.text_key,
-        "threshold": config.threshold,
-        "num_perm": config.num_perm,
-        "ngram": config.ngram,
-        "on_error": config.on_error,
-        "tasks": options.tasks,
-    }
-    path = work_dir(config) / "settings.json"
-    if path.exists():
-        earlier = json.loads(path.read_text())
-        changed = sorted(key for key in settings if earlier.get(key) != settings[key])
-        if changed:
-            raise DedupError(
-                f"{path.parent} holds an unfinished or finished run with other settings "
-                f"({', '.join(f'{k}: {earlier.get(k)!r} then {settings[k]!r}' for k in changed)}); "
-                f"remove it and PREFIX's outputs, or choose another --output-prefix"
-            )
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(os.fspath(path), json.dumps(settings, indent=2) + "\n")
-
-
 def stages(config: DedupConfig, options: ExecutorOptions) -> list[Stage]:
     """The five stages of the command (see the module's docstring), the report last."""
     config.check()
     options.check()
-    check_same_run(config, options)
     params = config.params
     folder = work_dir(config) / "data"
     bands, _ = lsh_bands(params.threshold, params.num_perm)
@@ -445,8 +431,11 @@ def stages(config: DedupConfig, options: ExecutorOptions) -> list[Stage]:
     def reader(**extra: Any) -> RecordReader:
         return RecordReader(config.input, text_key=config.text_key, on_error=config.on_error, **extra)  # type: ignore[arg-type]
 
+    # what every stage's outputs depend on: a rerun with other settings is refused (data_tools.executors)
+    settings = {**{k: v for k, v in dataclasses.asdict(config).items() if k != "no_progress"}, "tasks": options.tasks}
+
     def stage(name: str, pipeline: list[Any], tasks: int | None = None) -> Stage:
-        return Stage(name, pipeline, logging_dir_for(config.output_prefix, name), tasks)
+        return Stage(name, pipeline, logging_dir_for(config.output_prefix, name), tasks, settings=settings)
 
     return [
         stage(

@@ -270,8 +270,10 @@ def test_another_run_on_the_same_output_prefix_is_refused(tmp_path, stdlib_recor
     inputs = write_jsonl(tmp_path / "in.jsonl", stdlib_records)
     run(tmp_path, "out", [inputs])
     assert run(tmp_path, "out", [inputs])["kept"] == len(stdlib_records)  # the same run: already done
-    with pytest.raises(DedupError, match=r"threshold: 0.8 then 0.9.*choose another --output-prefix"):
+    with pytest.raises(UserError, match=r"with another settings or inputs.*choose another output prefix"):
         run(tmp_path, "out", [inputs], threshold=0.9)
+    with pytest.raises(UserError, match=r"with another task count"):
+        run(tmp_path, "out", [inputs], tasks=2)
 
 
 def test_bad_inputs_give_one_clear_error(tmp_path, capsys):
