@@ -31,6 +31,7 @@ from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 from datatrove.utils.stats import PipelineStats
 
 from megaphi.common.errors import UserError
+from megaphi.common.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,7 @@ _running_executor: RecordingLocalExecutor | None = None
 
 def _run_task_of_running_executor(rank: int, local_rank: int) -> None:
     assert _running_executor is not None
+    die_with_parent()  # a command killed with SIGKILL takes its tasks along: a rerun must not race them
     _running_executor._run_recorded(rank, local_rank)
 
 
