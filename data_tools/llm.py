@@ -393,11 +393,16 @@ async def _attempt(client: openai.AsyncOpenAI, config: ClientConfig, request: LL
 Process = Callable[[LLMRequest, LLMResponse], "dict[str, Any] | Awaitable[dict[str, Any]]"]
 
 
+def usage_of(response: LLMResponse) -> dict[str, int]:
+    """The ``usage`` field of a filed record: the tokens of the answer it holds."""
+    return {"prompt_tokens": response.prompt_tokens, "completion_tokens": response.completion_tokens}
+
+
 def default_record(request: LLMRequest, response: LLMResponse) -> dict[str, Any]:
     return {
         "model": response.model,
         "choices": [{"text": t, "finish_reason": r} for t, r in zip(response.texts, response.finish_reasons)],
-        "usage": {"prompt_tokens": response.prompt_tokens, "completion_tokens": response.completion_tokens},
+        "usage": usage_of(response),
         "meta": request.meta,
     }
 
@@ -444,7 +449,7 @@ class _Runner:
                     await asyncio.sleep(self.backoff(attempt, None))
                     continue
                 self.stats.rejected += 1
-                self.fail(request, f"rejected: {rejected.reason}", attempt, response.texts)
+                self.fail(request, f"rejected: {rejected.reason}", attempt, response)
                 return
             self.store.write_result({"id": request.id, **fields})
             self.stats.succeeded += 1
@@ -466,10 +471,12 @@ class _Runner:
         # Validation may block (a sandbox run): keep the event loop serving the others.
         return await asyncio.to_thread(self.process, request, response)
 
-    def fail(self, request: LLMRequest, reason: str, attempts: int, texts: list[str] | None = None) -> None:
-        record = {"id": request.id, "reason": reason, "attempts": attempts, "meta": request.meta}
-        if texts is not None:
-            record["texts"] = texts  # what the model said, so rejections can be audited
+    def fail(self, request: LLMRequest, reason: str, attempts: int, response: LLMResponse | None = None) -> None:
+        record: dict[str, Any] = {"id": request.id, "reason": reason, "attempts": attempts, "meta": request.meta}
+        if response is not None:
+            record["texts"] = response.texts  # what the model said, so rejections can be audited
+            # what the filed answer cost, so a summary read from the files counts rejected answers too
+            record["usage"] = usage_of(response)
         self.store.write_failure(record)
         self.stats.failed += 1
         self.tick()
@@ -556,14 +563,22 @@ def run_requests(
 # Shared command-line arguments
 
 
-def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+def add_client_arguments(parser: argparse.ArgumentParser, *, per_task: bool = False) -> None:
+    """The endpoint flags. ``per_task``: the command runs as several tasks, each with its own client,
+    so the concurrency and budgets apply to each task (the help says so)."""
     group = parser.add_argument_group("endpoint (any OpenAI-compatible server)")
+    each = "; per task: N tasks ask up to N times this" if per_task else ""
     group.add_argument("--base-url", help="e.g. http://127.0.0.1:8000/v1 for megaphi.serve (default: OpenAI)")
     group.add_argument("--api-key", help="default: $OPENAI_API_KEY")
     group.add_argument("--model", default=ClientConfig.model, help="model name the endpoint serves")
-    group.add_argument("--max-concurrency", type=int, default=ClientConfig.max_concurrency)
-    group.add_argument("--requests-per-minute", type=float, help="request budget (default: unlimited)")
-    group.add_argument("--tokens-per-minute", type=float, help="token budget (default: unlimited)")
+    group.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=ClientConfig.max_concurrency,
+        help=f"requests in flight at once (default: {ClientConfig.max_concurrency}{each})",
+    )
+    group.add_argument("--requests-per-minute", type=float, help=f"request budget (default: unlimited{each})")
+    group.add_argument("--tokens-per-minute", type=float, help=f"token budget (default: unlimited{each})")
     group.add_argument("--max-attempts", type=int, default=ClientConfig.max_attempts)
     group.add_argument("--timeout", type=float, default=ClientConfig.timeout_s, help="seconds per attempt")
     group.add_argument("--backoff-initial", type=float, default=ClientConfig.backoff_initial_s)
@@ -572,7 +587,9 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--output-price", type=float, default=0.0, help="USD per million completion tokens")
 
 
-def client_config_from_args(args: argparse.Namespace) -> ClientConfig:
+def client_config_from_args(args: argparse.Namespace, *, check: bool = True) -> ClientConfig:
+    """The client the flags describe; ``check=False`` leaves validating it to a caller that checks its
+    own flags first."""
     config = ClientConfig(
         base_url=args.base_url,
         api_key=args.api_key,
@@ -587,6 +604,7 @@ def client_config_from_args(args: argparse.Namespace) -> ClientConfig:
         input_price_per_mtok=args.input_price,
         output_price_per_mtok=args.output_price,
     )
-    config.validate()
-    config.resolved_api_key()
+    if check:
+        config.validate()
+        config.resolved_api_key()
     return config

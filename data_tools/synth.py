@@ -20,15 +20,20 @@ exceeds it by more than ``--warn-repeats``. ``report`` measures how diverse the 
 
 Exercises are HumanEval-shaped (signature + docstring, solution, `check(candidate)` tests) and are
 kept only if they parse, their solution passes its own tests in the evaluation sandbox, and their
-solution and tests do not nearly repeat an exercise already kept (MinHash at the dedup stage's
+solution and tests do not nearly repeat an exercise with an earlier id (MinHash at the dedup stage's
 settings); everything else goes to the failure log with the reason. Requests go through
 data_tools.llm: a killed run resumes when rerun.
+
+A run is split into ``--tasks`` tasks on the data stages' executors (``--executor local|slurm|ray``),
+each asking for its own share of the ids, and merged into ``--out`` by a last one-task stage with a
+per-task summary: data_tools.synth_run (which also holds ``stages()`` for the data recipe).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import hashlib
 import json
 import math
@@ -36,15 +41,14 @@ import random
 import re
 import string
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 
 from data_tools.dedup import Deduplicator, DedupParams, exact_key, signature
-from data_tools.jsonl import iter_jsonl
+from data_tools.executors import add_executor_arguments, executor_options_from_args
 from data_tools.llm import (
     ClientConfig,
     LLMRequest,
@@ -54,6 +58,7 @@ from data_tools.llm import (
     add_client_arguments,
     client_config_from_args,
     run_requests,
+    usage_of,
 )
 from data_tools.synth_seeds import DEFAULT_SEED_CORPUS, SEED_KINDS, Seed, SeedOptions, load_seeds
 from megaphi.common.cli import entry_point
@@ -299,17 +304,36 @@ def prompt_numbers(capacity: int, count: int, seed: int) -> Iterator[int]:
         produced += min(capacity, count - produced)
 
 
-def sample_prompts(plan: PromptPlan, count: int, seed: int) -> Iterator[SynthPrompt]:
-    """The same (plan, count, seed) always yields the same prompts with the same ids."""
+def sample_prompts(plan: PromptPlan, count: int, seed: int, *, rank: int = 0, tasks: int = 1) -> Iterator[SynthPrompt]:
+    """The same (plan, count, seed) always yields the same prompts with the same ids.
+
+    Task ``rank`` of ``tasks`` gets the prompts whose index i has ``i % tasks == rank``: every task
+    draws the whole sequence (cheap next to one request) and formats only its own. Striding rather
+    than contiguous ranges keeps an id in the same task when a rerun asks for a larger ``count``, so
+    the task's files that already settle it are the ones it reads."""
     if count < 1:
         raise UserError(f"count must be at least 1, got {count}")
+    if not 0 <= rank < tasks:
+        raise UserError(f"task {rank} of {tasks} does not exist: give 0 <= rank < tasks")
     for index, number in enumerate(prompt_numbers(plan.capacity, count, seed)):
+        if index % tasks != rank:
+            continue
         user, meta = plan.prompt(number)
         # The index keeps equal prompts apart; the hash keeps a changed prompt file from reusing ids
         # and tells the diversity report which records share a prompt.
         digest = hashlib.sha1(f"{plan.system}\n{user}".encode()).hexdigest()[:10]
         meta["prompt_sha1"] = digest
         yield SynthPrompt(id=f"{plan.kind}-{index:08d}-{digest}", system=plan.system, user=user, meta=meta)
+
+
+def prompt_index(prompt_id: str) -> int:
+    """The index in the sampled sequence of an id ``sample_prompts`` made (``KIND-INDEX-HASH``)."""
+    try:
+        return int(prompt_id.split("-")[1])
+    except (IndexError, ValueError):
+        raise UserError(
+            f"{prompt_id!r} is no synthesis id (KIND-INDEX-HASH): was the file written by another tool?"
+        ) from None
 
 
 def repeat_warning(plan: PromptPlan, count: int, factor: float) -> str | None:
@@ -351,7 +375,7 @@ def textbook_record(request: LLMRequest, response: LLMResponse, *, keep_truncate
         "text": text,
         "meta": request.meta,
         "model": response.model,
-        "usage": {"prompt_tokens": response.prompt_tokens, "completion_tokens": response.completion_tokens},
+        "usage": usage_of(response),
     }
 
 
@@ -453,12 +477,11 @@ def check_exercises(
 class SolutionDeduplicator:
     """Remembers the kept exercises' solution and tests and refuses one that nearly repeats them:
     MinHash at the dedup stage's settings, so "near duplicate" means the same thing in both places.
-    Thread-safe: validations run in worker threads, and the first to finish is the one kept."""
+    The first exercise checked is the one kept: the merge checks them in id order."""
 
     def __init__(self, params: DedupParams = DedupParams()):
         self.params = params
         self._dedup = Deduplicator(params)
-        self._lock = threading.Lock()
 
     @staticmethod
     def text(solution: str, test: str) -> str:
@@ -468,33 +491,23 @@ class SolutionDeduplicator:
         """None when the exercise is new (and now remembered), else the dedup stage's verdict."""
         text = self.text(solution, test)
         key, sig = exact_key(text), signature(text, self.params.num_perm, self.params.ngram)
-        with self._lock:
-            return self._dedup.check(exercise_id, key, sig)
+        return self._dedup.check(exercise_id, key, sig)
 
-    def remember(self, records: Iterator[dict[str, Any]]) -> int:
-        """Loads the exercises an earlier run kept, so that a resumed run compares against them too."""
-        count = 0
-        for record in records:
-            if isinstance(record.get("canonical_solution"), str) and isinstance(record.get("test"), str):
-                self.check(record["id"], record["canonical_solution"], record["test"])
-                count += 1
-        return count
+    def reason(self, verdict: dict[str, Any]) -> str:
+        """The failure log's reason for an exercise :meth:`check` found a near duplicate of another."""
+        return (
+            f"rejected: {NEAR_DUPLICATE}: solution and tests repeat {verdict['duplicate_of']} "
+            f"({verdict['reason']}, Jaccard {verdict['jaccard']})"
+        )
 
 
 class ExerciseValidator:
-    """The `process` hook for exercises: parse, run in the sandbox, then drop near-duplicates of a kept
-    exercise; keep only passing, new ones."""
+    """The `process` hook for exercises: parse and run in the sandbox; keep only passing ones. Near
+    duplicates are dropped when the tasks' files are merged (data_tools.synth_run), in id order, so
+    that which one is kept does not depend on the task count or on which answer came first."""
 
-    def __init__(
-        self,
-        *,
-        timeout_s: float = 10.0,
-        memory_mb: int = 1024,
-        unsafe_no_sandbox: bool = False,
-        duplicates: SolutionDeduplicator | None = None,
-    ):
+    def __init__(self, *, timeout_s: float = 10.0, memory_mb: int = 1024, unsafe_no_sandbox: bool = False):
         self.timeout_s, self.memory_mb, self.unsafe_no_sandbox = timeout_s, memory_mb, unsafe_no_sandbox
-        self.duplicates = duplicates
 
     def __call__(self, request: LLMRequest, response: LLMResponse) -> dict[str, Any]:
         if response.truncated:
@@ -506,14 +519,7 @@ class ExerciseValidator:
         if not result.passed:
             detail = f": {result.detail.strip()[-300:]}" if result.detail.strip() else ""
             raise Rejected(f"solution fails its own tests ({result.status}){detail}")
-        if self.duplicates is not None:
-            verdict = self.duplicates.check(request.id, exercise.canonical_solution, exercise.test)
-            if verdict is not None:
-                raise Rejected(
-                    f"{NEAR_DUPLICATE}: solution and tests repeat {verdict['duplicate_of']} "
-                    f"({verdict['reason']}, Jaccard {verdict['jaccard']})"
-                )
-        return {**exercise.to_dict(), "meta": request.meta, "model": response.model}
+        return {**exercise.to_dict(), "meta": request.meta, "model": response.model, "usage": usage_of(response)}
 
 
 NEAR_DUPLICATE = "near-duplicate exercise"
@@ -532,7 +538,7 @@ def plan_for(
     seed_options: SeedOptions = SeedOptions(),
     seed: int = 0,
 ) -> PromptPlan:
-    """The prompt plan a run's options describe (what ``synthesize`` samples from)."""
+    """The prompt plan a run's options describe (what :func:`generate_task` samples from)."""
     space = load_prompt_space(prompts_path or PROMPTS_DIR / f"{kind}.yaml", kind)
     outline = seeds = None
     if outline_path is not None:
@@ -550,84 +556,114 @@ def plan_for(
     return prompt_plan(space, kind, outline=outline, seeds=seeds)
 
 
-def synthesize(
-    kind: str,
-    *,
-    count: int,
-    out_path: str | Path,
-    failures_path: str | Path,
-    client: ClientConfig,
-    prompts_path: str | Path | None = None,
-    outline_path: str | Path | None = None,
-    seed_corpus: list[str] | None = None,
-    seed_options: SeedOptions = SeedOptions(),
-    seed: int = 0,
-    warn_repeats: float = 1.0,
-    api: str = "chat",
-    max_tokens: int = 1024,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    keep_truncated: bool = False,
-    sandbox_timeout_s: float = 10.0,
-    sandbox_memory_mb: int = 1024,
-    unsafe_no_sandbox: bool = False,
-    drop_near_duplicates: bool = True,
-    retry_failed: bool = False,
-    progress: bool = True,
-) -> RunStats:
-    """Samples ``count`` prompts and files every answer (see the module doc). ``seed_corpus`` switches
-    to seed-conditioned prompts (an empty list: the default corpus), ``outline_path`` to a generated
-    outline. The size of the prompt space is printed to stderr before any request, with a warning
-    when ``count`` exceeds it by more than ``warn_repeats``."""
-    if count < 1:
-        raise UserError(f"count must be at least 1, got {count}")
-    if api not in ("chat", "completion"):
-        raise UserError(f"api must be 'chat' or 'completion', got {api!r}")
-    if warn_repeats <= 0:
-        raise UserError(f"--warn-repeats must be positive, got {warn_repeats}")
-    plan = plan_for(
-        kind,
-        prompts_path=prompts_path,
-        outline_path=outline_path,
-        seed_corpus=seed_corpus,
-        seed_options=seed_options,
-        seed=seed,
-    )
-    print(f"prompt space: {plan.describe()}; {count:,} requested", file=sys.stderr)
-    if (warning := repeat_warning(plan, count, warn_repeats)) is not None:
+@dataclass
+class SynthConfig:
+    """One ``python -m data_tools.synth textbooks|exercises`` run: a field per flag (``--foo-bar`` is
+    ``foo_bar``, same defaults), the endpoint's flags in ``client``. How it is split into tasks and
+    merged: data_tools.synth_run."""
+
+    kind: str = "textbooks"
+    count: int = 0  # prompts to sample; required
+    out: str = ""  # the merged output JSONL; required
+    failures: str | None = None  # the merged failure log; None: OUT.failures.jsonl
+    prompts: str | None = None  # prompt YAML; None: data_tools/prompts/KIND.yaml
+    seed: int = 0
+    outline: str | None = None
+    seed_corpus: list[str] | None = None  # [] : the default corpus (DEFAULT_SEED_CORPUS)
+    seed_pool: int = SeedOptions.pool
+    seed_kinds: list[str] = field(default_factory=lambda: list(SEED_KINDS))
+    warn_repeats: float = 1.0
+    keep_truncated: bool = False
+    sandbox_timeout: float = 10.0
+    sandbox_memory_mb: int = 1024
+    unsafe_no_sandbox: bool = False
+    keep_near_duplicates: bool = False
+    api: str = "chat"
+    max_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    retry_failed: bool = False
+    no_progress: bool = False
+    client: ClientConfig = field(default_factory=ClientConfig)
+
+    @property
+    def failures_path(self) -> Path:
+        return Path(self.failures) if self.failures else failures_path_for(Path(self.out))
+
+    def check(self) -> None:
+        if self.kind not in KINDS:
+            raise UserError(f"unknown kind {self.kind!r}: choose one of {', '.join(KINDS)}")
+        if self.count < 1:
+            raise UserError(f"count must be at least 1, got {self.count}")
+        if not self.out:
+            raise UserError("no output: give --out, e.g. synth/textbooks.jsonl")
+        if self.api not in ("chat", "completion"):
+            raise UserError(f"api must be 'chat' or 'completion', got {self.api!r}")
+        if self.warn_repeats <= 0:
+            raise UserError(f"--warn-repeats must be positive, got {self.warn_repeats}")
+        if self.seed_corpus is None and (self.seed_pool != SeedOptions.pool or tuple(self.seed_kinds) != SEED_KINDS):
+            raise UserError("--seed-pool and --seed-kinds shape seed-conditioned prompts: add --seed-corpus")
+        if Path(self.out).resolve() == self.failures_path.resolve():
+            raise UserError(f"output and failure log are the same file ({self.out}): give two paths")
+        self.client.validate()
+        self.client.resolved_api_key()
+
+    def plan(self) -> PromptPlan:
+        return plan_for(
+            self.kind,
+            prompts_path=self.prompts,
+            outline_path=self.outline,
+            seed_corpus=self.seed_corpus,
+            seed_options=SeedOptions(pool=self.seed_pool, kinds=tuple(self.seed_kinds)),
+            seed=self.seed,
+        )
+
+
+def announce(config: SynthConfig) -> PromptPlan:
+    """Prints the size of the prompt space to stderr, with a warning when ``count`` exceeds it by more
+    than ``warn_repeats``: once per run, before any request."""
+    plan = config.plan()
+    print(f"prompt space: {plan.describe()}; {config.count:,} requested", file=sys.stderr)
+    if (warning := repeat_warning(plan, config.count, config.warn_repeats)) is not None:
         print(warning, file=sys.stderr)
-    # A generator: a run of millions of prompts never holds them all in memory.
+    return plan
+
+
+def generate_task(
+    config: SynthConfig, rank: int, tasks: int, out_path: str | Path, failures_path: str | Path
+) -> RunStats:
+    """Files an answer for every prompt of task ``rank`` of ``tasks`` (see :func:`sample_prompts`) in
+    ``out_path`` or ``failures_path``, through data_tools.llm: a rerun skips the ids these files
+    already settle, so a killed task resumes and no id is asked twice. A single run is task 0 of 1."""
+    plan = config.plan()
+    # A generator: a task of millions of prompts never holds them all in memory.
     requests = build_requests(
-        sample_prompts(plan, count, seed), api=api, max_tokens=max_tokens, temperature=temperature, top_p=top_p
+        sample_prompts(plan, config.count, config.seed, rank=rank, tasks=tasks),
+        api=config.api,
+        max_tokens=config.max_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
     )
-    if kind == "exercises":
-        if not unsafe_no_sandbox:
+    process: Callable[[LLMRequest, LLMResponse], dict[str, Any]]
+    if config.kind == "exercises":
+        if not config.unsafe_no_sandbox:
             check_sandbox()  # fail before any request is paid for
-        duplicates = None
-        if drop_near_duplicates:
-            duplicates = SolutionDeduplicator()
-            if Path(out_path).exists():
-                duplicates.remember(iter_jsonl(out_path))
         process = ExerciseValidator(
-            timeout_s=sandbox_timeout_s,
-            memory_mb=sandbox_memory_mb,
-            unsafe_no_sandbox=unsafe_no_sandbox,
-            duplicates=duplicates,
+            timeout_s=config.sandbox_timeout,
+            memory_mb=config.sandbox_memory_mb,
+            unsafe_no_sandbox=config.unsafe_no_sandbox,
         )
     else:
-
-        def process(request: LLMRequest, response: LLMResponse) -> dict[str, Any]:
-            return textbook_record(request, response, keep_truncated=keep_truncated)
-
+        process = functools.partial(textbook_record, keep_truncated=config.keep_truncated)
     return run_requests(
         requests,
         out_path,
         failures_path,
-        client,
+        config.client,
         process=process,
-        retry_failed=retry_failed,
-        progress=progress,
-        total=count,
+        retry_failed=config.retry_failed,
+        progress=not config.no_progress,
+        total=len(range(rank, config.count, tasks)),
     )
 
 
@@ -636,14 +672,14 @@ def failures_path_for(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".jsonl") + ".failures.jsonl")
 
 
-def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+def add_generation_arguments(parser: argparse.ArgumentParser, *, per_task: bool = False) -> None:
     parser.add_argument("--api", choices=("chat", "completion"), default="chat")
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--retry-failed", action="store_true", help="retry the ids in the failure log")
     parser.add_argument("--no-progress", action="store_true")
-    add_client_arguments(parser)
+    add_client_arguments(parser, per_task=per_task)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -654,8 +690,12 @@ def build_parser() -> argparse.ArgumentParser:
     for kind in KINDS:
         sub = commands.add_parser(kind, help=f"generate {kind}")
         sub.add_argument("--count", type=int, required=True, help="number of prompts to sample")
-        sub.add_argument("--out", required=True, help="output JSONL (appended to; a rerun resumes)")
-        sub.add_argument("--failures", help="failure log JSONL (default: OUT with .failures.jsonl)")
+        sub.add_argument(
+            "--out",
+            required=True,
+            help="output JSONL, merged from the tasks' files in OUT.tasks/ (kept: a rerun resumes from them)",
+        )
+        sub.add_argument("--failures", help="merged failure log JSONL (default: OUT with .failures.jsonl)")
         sub.add_argument("--prompts", help="prompt YAML (default: data_tools/prompts/KIND.yaml)")
         sub.add_argument("--seed", type=int, default=0, help="seed of the prompt sampling (and of the seed pool)")
         source = sub.add_mutually_exclusive_group()
@@ -692,7 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="keep exercises whose solution and tests nearly repeat a kept one's",
         )
-        add_generation_arguments(sub)
+        add_generation_arguments(sub, per_task=True)
+        add_executor_arguments(sub)
     # Imported here because both modules build on this one.
     from data_tools.synth_outline import add_outline_arguments
     from data_tools.synth_report import add_report_arguments
@@ -713,39 +754,43 @@ def main(argv: list[str] | None = None) -> int:
         from data_tools.synth_report import run_report_command
 
         return run_report_command(args)
-    out = Path(args.out)
-    failures = Path(args.failures) if args.failures else failures_path_for(out)
-    if args.seed_corpus is None and (args.seed_pool != SeedOptions.pool or tuple(args.seed_kinds) != SEED_KINDS):
-        raise UserError("--seed-pool and --seed-kinds shape seed-conditioned prompts: add --seed-corpus")
-    stats = synthesize(
-        args.kind,
+    from data_tools.synth_run import synthesize
+
+    config = SynthConfig(
+        kind=args.kind,
         count=args.count,
-        out_path=out,
-        failures_path=failures,
-        client=client_config_from_args(args),
-        prompts_path=args.prompts,
-        outline_path=args.outline,
-        seed_corpus=args.seed_corpus,
-        seed_options=SeedOptions(pool=args.seed_pool, kinds=tuple(args.seed_kinds)),
+        out=args.out,
+        failures=args.failures,
+        prompts=args.prompts,
         seed=args.seed,
+        outline=args.outline,
+        seed_corpus=args.seed_corpus,
+        seed_pool=args.seed_pool,
+        seed_kinds=list(args.seed_kinds),
         warn_repeats=args.warn_repeats,
+        keep_truncated=args.keep_truncated,
+        sandbox_timeout=args.sandbox_timeout,
+        sandbox_memory_mb=args.sandbox_memory_mb,
+        unsafe_no_sandbox=args.unsafe_no_sandbox,
+        keep_near_duplicates=args.keep_near_duplicates,
         api=args.api,
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
-        keep_truncated=args.keep_truncated,
-        sandbox_timeout_s=args.sandbox_timeout,
-        sandbox_memory_mb=args.sandbox_memory_mb,
-        unsafe_no_sandbox=args.unsafe_no_sandbox,
-        drop_near_duplicates=not args.keep_near_duplicates,
         retry_failed=args.retry_failed,
-        progress=not args.no_progress,
+        no_progress=args.no_progress,
+        client=client_config_from_args(args, check=False),  # checked with the rest by config.check()
     )
-    print(json.dumps({"kind": args.kind, "out": str(out), "failures": str(failures), **stats.to_dict()}))
-    if stats.failed and not stats.succeeded and not stats.rejected:
+    options = executor_options_from_args(args)
+    summary = synthesize(config, options)
+    if summary is None:  # submitted to Slurm: the summary appears when its job has run
+        return 0
+    print(json.dumps(summary))
+    if summary["failed"] and not summary["succeeded"] and not summary["rejected"]:
         # no answer at all (rejected answers are the validator doing its job)
         print(
-            f"error: every request failed (reasons in {failures}); check the endpoint, model and key", file=sys.stderr
+            f"error: every request failed (reasons in {config.failures_path}); check the endpoint, model and key",
+            file=sys.stderr,
         )
         return 1
     return 0

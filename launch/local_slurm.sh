@@ -51,9 +51,11 @@ up() {
   dir="$(cd "$dir" && pwd)"
   local user nodes="" i
   user="$(id -un)"
+  # RealMemory: room for the data stages' 2 GB per CPU (datatrove's default); nothing enforces it here
+  # (no cgroups).
   for i in "${!names[@]}"; do
     mkdir -p "$dir/spool${names[$i]}"
-    nodes+="NodeName=${names[$i]} NodeHostname=localhost NodeAddr=${addrs[$i]} Port=$(free_port) CPUs=$cpus RealMemory=1000 State=UNKNOWN"$'\n'
+    nodes+="NodeName=${names[$i]} NodeHostname=localhost NodeAddr=${addrs[$i]} Port=$(free_port) CPUs=$cpus RealMemory=4096 State=UNKNOWN"$'\n'
   done
   cat > "$dir/slurm.conf" <<EOF
 ClusterName=megaphi-local

@@ -97,6 +97,17 @@ def served(checkpoint: Path, port: int) -> Iterator[None]:
         server.wait(timeout=30)
 
 
+# What data_tools.decontaminate writes beside its PREFIX-RRRRR-NNNNN.jsonl shards (removed with them on a rerun).
+DECONTAMINATION_SIDE_OUTPUTS = (
+    ".removed.jsonl",
+    ".decontamination.json",
+    ".decontamination.md",
+    ".decontamination-tasks",
+    ".datatrove/decontaminate",
+    ".datatrove/decontaminate-report",
+)
+
+
 def shards(data: Path, prefix: str) -> list[Path]:
     """The JSONL shards a stage wrote, as a shell would expand ``PREFIX-*.jsonl``."""
     return sorted(data.glob(f"{prefix}-*.jsonl"))
@@ -246,7 +257,8 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                 ]
             ],
             lambda: [],
-            [data / "corpus-00000.jsonl"],
+            # the first task's shard, the corpus report and the task markers (removed with it on a rerun)
+            [data / "corpus-00000-00000.jsonl", data / "corpus.corpus.json", data / "corpus.datatrove"],
             lambda: {"documents kept": jsonl_lines(*shards(data, "corpus"))},
         ),
         Stage(
@@ -295,7 +307,8 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             [
                 data / "annotations.jsonl",
                 work / "quality_classifier",
-                data / "filtered-00000.jsonl",
+                data / "filtered-00000-00000.jsonl",
+                data / "filtered.datatrove",  # the filter's task markers: a rerun after removal runs every task
                 quality,
                 data / "filtered.quality.png",
             ],
@@ -322,7 +335,13 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                 ]
             ],
             lambda: shards(data, "filtered"),
-            [data / "dedup-00000.jsonl", data / "dedup.removed.jsonl", data / "dedup.dedup.json"],
+            # the work directory too: its completion markers would make a rerun skip every task
+            [
+                data / "dedup-00000-00000.jsonl",
+                data / "dedup.removed.jsonl",
+                data / "dedup.dedup.json",
+                data / "dedup.datatrove",
+            ],
             lambda: {
                 k: read_json(data / "dedup.dedup.json").get(k)
                 for k in ("documents", "kept", "exact_duplicates", "near_duplicates")
@@ -330,7 +349,7 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
         ),
         Stage(
             "decontaminate",
-            "decontaminate the code against HumanEval (13-gram overlap, embedding + AST similarity)",
+            "decontaminate the code against HumanEval (13-gram overlap)",
             lambda: [
                 [
                     PY,
@@ -345,7 +364,10 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                 ]
             ],
             lambda: shards(data, "dedup"),
-            [data / "clean-00000.jsonl", data / "clean.removed.jsonl", data / "clean.decontamination.json"],
+            [
+                data / "clean-00000-00000.jsonl",
+                *(data / f"clean{suffix}" for suffix in DECONTAMINATION_SIDE_OUTPUTS),
+            ],
             lambda: {
                 k: read_json(data / "clean.decontamination.json").get(k)
                 for k in ("documents", "kept", "removed_ngram", "removed_ast")
@@ -420,7 +442,12 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             "synthesize textbooks and exercises through an OpenAI-compatible server over the toy model",
             synth_commands,
             lambda: [latest_checkpoint(pretrain)],
-            [data / f"{kind}{suffix}.jsonl" for kind in ("textbooks", "exercises") for suffix in ("", ".failures")],
+            # the merged files, and the per-task files and logs a rerun would otherwise resume from
+            [
+                data / f"{kind}{suffix}"
+                for kind in ("textbooks", "exercises")
+                for suffix in (".jsonl", ".failures.jsonl", ".summary.json", ".tasks", ".datatrove")
+            ],
             lambda: {
                 "textbooks": jsonl_lines(data / "textbooks.jsonl"),
                 "exercises that passed validation": jsonl_lines(data / "exercises.jsonl"),
@@ -472,7 +499,8 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                     PY,
                     "-m",
                     "data_tools.decontaminate",
-                    "--input",
+                    # the exercises get the embedding and AST checks too, as in the paper
+                    "--deep-input",
                     str(data / "seed_exercises.jsonl"),
                     *([str(data / "exercises.jsonl")] if jsonl_lines(data / "exercises.jsonl") else []),
                     "--output-prefix",
@@ -504,9 +532,8 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                 *(
                     data / f"code_exercises{suffix}"
                     for suffix in (
-                        "-00000.jsonl",
-                        ".removed.jsonl",
-                        ".decontamination.json",
+                        "-00000-00000.jsonl",
+                        *DECONTAMINATION_SIDE_OUTPUTS,
                         "_text_document.bin",
                         "_text_document.idx",
                     )

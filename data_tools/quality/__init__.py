@@ -16,7 +16,7 @@ from data_tools.quality.classifier import (
     train_classifier,
 )
 from data_tools.quality.documents import QualityError
-from data_tools.quality.filter import FilterReport, filter_corpus
+from data_tools.quality.filter import FilterReport, QualityFilterConfig, filter_corpus, stages
 from data_tools.quality.labels import LEVELS, Label, UnparseableLabel, parse_label
 
 __all__ = [
@@ -32,7 +32,9 @@ __all__ = [
     "train_classifier",
     "QualityError",
     "FilterReport",
+    "QualityFilterConfig",
     "filter_corpus",
+    "stages",
     "LEVELS",
     "Label",
     "UnparseableLabel",

@@ -5,13 +5,19 @@
             (--annotator heuristic: docstring/comment density, function size, no generated code or
             data tables; a proxy for tests and network-less runs, not a judge of quality)
   train     embed the annotated files and fit a random forest; prints held-out precision/recall/F1
-  filter    score a whole corpus in parallel and keep the files at or above the threshold
+  filter    score a whole corpus and keep the files at or above the threshold, split into --tasks
+            tasks on the local machine, a Slurm cluster or Ray (--executor); the report is
+            PREFIX.quality.json and .png
 
 Example, offline on the standard library:
   python -m data_tools.corpus --output-prefix data/stdlib
   python -m data_tools.quality annotate --annotator heuristic --corpus data/stdlib-*.jsonl --out data/ann.jsonl
   python -m data_tools.quality train --corpus data/stdlib-*.jsonl --annotations data/ann.jsonl --out runs/quality
   python -m data_tools.quality filter --corpus data/stdlib-*.jsonl --classifier runs/quality --output-prefix data/edu
+
+On a Slurm cluster with a GPU per task (embeddings in fp16 there):
+  python -m data_tools.quality filter --corpus 'data/stack-*.jsonl' --classifier runs/quality \
+      --output-prefix data/edu --executor slurm --tasks 64 --slurm-partition gpu --slurm-gpus-per-task 1
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import logging
 import sys
 from typing import Sequence
 
+from data_tools.embed import add_device_argument
+from data_tools.executors import add_executor_arguments, executor_options_from_args
 from data_tools.jsonl import ON_ERROR_CHOICES
 from data_tools.quality.annotate import ANNOTATORS, DEFAULT_MAX_CHARS, DEFAULT_PROMPT, AnnotateOptions
 from data_tools.quality.classifier import DEFAULT_EMBED_MAX_CHARS, TrainOptions
@@ -104,22 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="cut files to this many characters before embedding; the embedder then reads its own "
         "window (MiniLM: first 256 word pieces; a causal LM: first 512 tokens)",
     )
+    add_device_argument(train)
 
     filt = commands.add_parser("filter", help="score a corpus and keep the educational files")
     _add_corpus_arguments(filt)
     filt.add_argument("--classifier", required=True, help="directory written by `train`")
     filt.add_argument(
-        "--output-prefix", required=True, help="kept shards PREFIX-NNNNN.jsonl, report PREFIX.quality.json and .png"
+        "--output-prefix",
+        required=True,
+        help="kept shards PREFIX-TTTTT-NNNNN.jsonl (TTTTT: the task), report PREFIX.quality.json and .png",
     )
     filt.add_argument("--threshold", type=float, help="override the classifier's threshold")
     filt.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="processes scoring corpus files in parallel, one file per task; each loads the "
-        "embedder once, a few seconds, so use them for corpora of many shards (default: 1)",
+        "--batch-size", type=int, default=64, help="documents embedded per batch, across files (default: 64)"
     )
-    filt.add_argument("--batch-size", type=int, default=64, help="documents embedded per batch")
+    add_device_argument(filt)
+    filt.add_argument(
+        "--removed-prefix",
+        default="",
+        help="also write the removed records, with quality_score and filter_reason, to PREFIX-TTTTT-NNNNN.jsonl",
+    )
+    # Each task loads the embedder once (a few seconds): a task per few thousand files or more.
+    add_executor_arguments(filt)
     return parser
 
 
@@ -168,22 +182,31 @@ def run(args: argparse.Namespace) -> str:
             threshold=args.threshold,
             seed=args.seed,
             embed_max_chars=args.embed_max_chars,
+            device=args.device,
             text_key=args.text_key,
             on_error=args.on_error,
         )
         return train_classifier(args.corpus, args.annotations, args.out, options).summary()
-    from data_tools.quality.filter import filter_corpus
+    from data_tools.quality.filter import QualityFilterConfig, filter_corpus
 
-    return filter_corpus(
-        args.corpus,
-        args.classifier,
-        args.output_prefix,
-        threshold=args.threshold,
-        workers=args.workers,
-        batch_size=args.batch_size,
-        text_key=args.text_key,
-        on_error=args.on_error,
-    ).summary()
+    options = executor_options_from_args(args)
+    report = filter_corpus(
+        QualityFilterConfig(
+            input=args.corpus,
+            classifier=args.classifier,
+            output_prefix=args.output_prefix,
+            threshold=args.threshold,
+            batch_size=args.batch_size,
+            device=args.device,
+            removed_prefix=args.removed_prefix,
+            text_key=args.text_key,
+            on_error=args.on_error,
+        ),
+        options,
+    )
+    if report is None:
+        return f"submitted the quality filter ({options.tasks} tasks) and its report to {options.executor}"
+    return report.summary()
 
 
 @entry_point

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from data_tools.embed import DEVICES
 from data_tools.jsonl import MalformedRecordError, iter_jsonl
 from data_tools.quality.documents import Document, QualityError, corpus_files, iter_documents
 from data_tools.quality.labels import LEVELS
@@ -45,6 +46,7 @@ class TrainOptions:
     threshold: float = 0.5  # on the forest's positive-class probability
     seed: int = 0
     embed_max_chars: int = DEFAULT_EMBED_MAX_CHARS
+    device: str = "auto"  # embedding device (data_tools.embed.resolve_device)
     text_key: str = "text"
     on_error: str = "stop"
 
@@ -57,6 +59,8 @@ class TrainOptions:
             raise QualityError(f"--n-estimators must be at least 1, got {self.n_estimators}")
         if self.embed_max_chars < 1:
             raise QualityError(f"--embed-max-chars must be at least 1, got {self.embed_max_chars}")
+        if self.device not in DEVICES:
+            raise QualityError(f"--device {self.device!r}: choose one of {', '.join(DEVICES)}")
         unknown = [label for label in self.positive_labels if label not in LEVELS]
         if unknown or not self.positive_labels or len(set(self.positive_labels)) == len(LEVELS):
             raise QualityError(f"positive labels must be one or two of {LEVELS}, got {self.positive_labels}")
@@ -229,7 +233,7 @@ def train_classifier(
     if embedder is None:
         from data_tools.embed import load_embedder
 
-        embedder = load_embedder(options.embedder)
+        embedder = load_embedder(options.embedder, options.device)
     vectors = embed_texts(
         embedder, [document.text for document, _ in pairs], options.embed_max_chars, show_progress=True
     )
@@ -286,11 +290,12 @@ class Classifier:
     def threshold(self) -> float:
         return float(self.metadata["threshold"])
 
-    def load_embedder(self) -> None:
+    def load_embedder(self, device: str = "auto") -> None:
+        """Load the embedder the classifier was trained on, on ``device`` (auto, cpu or cuda)."""
         if self.embedder is None:
             from data_tools.embed import load_embedder
 
-            self.embedder = load_embedder(self.metadata["embedder"])
+            self.embedder = load_embedder(self.metadata["embedder"], device)
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """Probability that each text is educational (the positive class)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import shlex
 import signal
 import time
@@ -159,12 +160,47 @@ class SandboxCgroup:
                 pass
 
 
+_STALE_GROUP = re.compile(r"megaphi-(?:sandbox|scorer)-(\d+)(?:-\d+)?")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class CgroupTree:
     """Where this process can make sandbox groups, and how to limit them."""
 
     def __init__(self, version: int, parents: dict[str, str]):
         self.version = version
         self.parents = parents  # {controller: parent directory}; v2: {"": parent directory}
+
+    def remove_stale(self) -> int:
+        """Kill and remove the groups of scorers that no longer run (one killed with SIGKILL cannot
+        clean up after itself); a group whose scorer's pid is alive is left alone. Returns how many."""
+        stale: dict[str, dict[str, str]] = {}
+        for controller, parent in self.parents.items():
+            try:
+                names = os.listdir(parent)
+            except OSError:
+                continue
+            for name in names:
+                match = _STALE_GROUP.fullmatch(name)
+                if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+                    stale.setdefault(name, {})[controller] = os.path.join(parent, name)
+        for directories in stale.values():
+            group = SandboxCgroup(self.version, directories)
+            try:
+                group.kill()
+                group.remove()
+            except OSError:  # another scorer removing the same leftovers, or a process that will not die
+                pass
+        return len(stale)
 
     def create(self, limits: CgroupLimits) -> SandboxCgroup:
         name = f"megaphi-sandbox-{os.getpid()}-{next(_counter)}"
@@ -261,6 +297,7 @@ def cgroup_tree() -> CgroupTree:
             _tree = _detect_v1()
         else:
             raise CgroupUnavailable(f"no cgroup hierarchy is mounted at {CGROUP_ROOT}: {_REMEDY}")
+        _tree.remove_stale()
     return _tree
 
 

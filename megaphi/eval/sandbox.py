@@ -27,6 +27,7 @@ time; only a capped excerpt of what was printed is kept, and a process that prin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -39,12 +40,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from megaphi.eval.cgroup import (
     CgroupLimits,
@@ -507,41 +509,53 @@ def _with_output(result: SandboxResult, output: str, emptied: bool, peak: int) -
     return SandboxResult(result.status, result.detail, output, peak)
 
 
-def _run_one(program: str, limits: SandboxLimits, python: str, tree: CgroupTree | None) -> SandboxResult:
-    token = secrets.token_hex(16)
-    verdict_r, verdict_w = os.pipe()
-    try:
-        process = _SandboxedProcess("program", [verdict_w], limits, python, tree)
-    except BaseException:
-        os.close(verdict_r)
-        raise
-    finally:
-        os.close(verdict_w)
-    try:
-        process.deliver({**limits.runner_job(), "program": program, "token": token})
-        budget = _TimeBudget([process], limits)
-        verdict, abort = _drain([process], verdict_r, budget, limits, done=lambda open_fds: not open_fds)
-        # Both pipes closed; a program that closed them itself may still be running.
-        if abort is None and not process.wait(budget.wall_left()):
-            abort = "wall"
-        returncode = process.proc.returncode
-        oom = process.oom_killed()
-    finally:
-        peak = process.memory_peak()
-        emptied = _finish([process], limits)
-        os.close(verdict_r)
-    marker = verdict.rfind(token.encode() + b" ")
-    result = _limit_result(abort, limits, budget) or (
-        _verdict_result(verdict[marker + len(token) + 1 :], limits) if marker >= 0 else None
-    )
-    if result is None or (oom and not result.passed):
-        status, detail = _describe_exit(returncode, tree is not None)
-        result = (
-            SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit")
-            if oom
-            else SandboxResult(status, detail)
+class _ProgramSandbox:
+    """One sandbox for a whole program, started before its program is known."""
+
+    def __init__(self, limits: SandboxLimits, python: str, tree: CgroupTree | None):
+        self.limits, self.sandboxed = limits, tree is not None
+        self.verdict_r, verdict_w = os.pipe()
+        try:
+            self.process = _SandboxedProcess("program", [verdict_w], limits, python, tree)
+        except BaseException:
+            os.close(self.verdict_r)
+            raise
+        finally:
+            os.close(verdict_w)
+
+    def discard(self) -> bool:
+        """Kill and clean up the sandbox; False when it could not be emptied."""
+        emptied = _finish([self.process], self.limits)
+        os.close(self.verdict_r)
+        return emptied
+
+    def judge(self, program: str) -> SandboxResult:
+        limits, process, verdict_r = self.limits, self.process, self.verdict_r
+        token = secrets.token_hex(16)
+        try:
+            process.deliver({**limits.runner_job(), "program": program, "token": token})
+            budget = _TimeBudget([process], limits)
+            verdict, abort = _drain([process], verdict_r, budget, limits, done=lambda open_fds: not open_fds)
+            # Both pipes closed; a program that closed them itself may still be running.
+            if abort is None and not process.wait(budget.wall_left()):
+                abort = "wall"
+            returncode = process.proc.returncode
+            oom = process.oom_killed()
+        finally:
+            peak = process.memory_peak()
+            emptied = self.discard()
+        marker = verdict.rfind(token.encode() + b" ")
+        result = _limit_result(abort, limits, budget) or (
+            _verdict_result(verdict[marker + len(token) + 1 :], limits) if marker >= 0 else None
         )
-    return _with_output(result, bytes(process.excerpt).decode("utf-8", "replace"), emptied, peak)
+        if result is None or (oom and not result.passed):
+            status, detail = _describe_exit(returncode, self.sandboxed)
+            result = (
+                SandboxResult("killed for memory", f"exceeded the {limits.memory_mb} MiB memory limit")
+                if oom
+                else SandboxResult(status, detail)
+            )
+        return _with_output(result, bytes(process.excerpt).decode("utf-8", "replace"), emptied, peak)
 
 
 class _JudgingPair:
@@ -619,15 +633,71 @@ class _JudgingPair:
         return _with_output(result, _excerpt(self.processes, limits), emptied, peak)
 
 
-def _judge_all(
-    jobs: Sequence[JudgedProgram], limits: SandboxLimits, python: str, tree: CgroupTree | None, workers: int
+class _Admission:
+    """How many jobs this process runs at once, shared by every call from every thread (synthetic-data
+    validation calls ``run_programs`` with one program from each of many threads): a job starts only
+    while fewer jobs run than its caller's worker count allows and the memory left to the scorer
+    (``memory_room``, measured whenever none of its jobs runs) holds every running job's sandboxes
+    at their limits. One job always may start, so no caller waits forever; ``_prepare`` refuses a
+    job that does not fit alone."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._jobs = 0
+        self._bytes = 0
+        self._room: tuple[int, str] | None = None
+
+    def room(self) -> tuple[int, str]:
+        """``memory_room()`` as it was when none of this process's jobs ran (now, if none runs)."""
+        with self._changed:
+            if self._jobs == 0 or self._room is None:
+                self._room = memory_room()
+            return self._room
+
+    @contextlib.contextmanager
+    def __call__(self, job_bytes: int, max_jobs: int) -> Iterator[None]:
+        with self._changed:
+            while self._jobs > 0 and (self._jobs >= max_jobs or self._bytes + job_bytes > self.room()[0]):
+                self._changed.wait()
+            if self._jobs == 0 and job_bytes:
+                self._room = memory_room()
+            self._jobs += 1
+            self._bytes += job_bytes
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._jobs -= 1
+                self._bytes -= job_bytes
+                self._changed.notify_all()
+
+
+_admission = _Admission()
+
+
+class _Sandboxes(Protocol):
+    def judge(self, job: Any) -> SandboxResult: ...
+
+    def discard(self) -> bool: ...
+
+
+def _run_all(
+    jobs: Sequence[Any],
+    start: Callable[[], _Sandboxes],
+    limits: SandboxLimits,
+    sandboxes_per_job: int,
+    sandboxed: bool,
+    workers: int,
 ) -> list[SandboxResult]:
-    """Each worker judges one job while the sandboxes for its next one start: starting a sandbox is
-    mostly waiting on the kernel, and this way no job waits for its own."""
+    """Each of ``workers`` threads (fewer for fewer jobs) judges one job while the sandboxes for its next
+    one start (starting a sandbox is mostly waiting on the kernel, and this way no job waits for its
+    own); each job runs once admitted (``_Admission``: at most ``workers`` jobs of this whole process
+    at once, and what its memory holds)."""
     results: list[SandboxResult | None] = [None] * len(jobs)
     pending: queue.SimpleQueue = queue.SimpleQueue()
     for item in enumerate(jobs):
         pending.put(item)
+    job_bytes = sandboxes_per_job * limits.memory_mb << 20 if sandboxed else 0  # unsandboxed: nothing bounds it
 
     def work() -> None:
         ready = None
@@ -637,10 +707,11 @@ def _judge_all(
                     index, job = pending.get_nowait()
                 except queue.Empty:
                     return
-                pair, ready = ready or _JudgingPair(limits, python, tree), None
+                current, ready = ready or start(), None
                 if not pending.empty():
-                    ready = _JudgingPair(limits, python, tree)
-                results[index] = pair.judge(job)
+                    ready = start()
+                with _admission(job_bytes, workers):
+                    results[index] = current.judge(job)
         finally:
             if ready is not None:
                 ready.discard()
@@ -674,7 +745,8 @@ def _sandbox_problem(python: str) -> str | None:
     if not os.path.isfile(python) or not os.access(python, os.X_OK):
         return f"the interpreter {python} does not exist or is not executable (pick another with --sandbox-python)"
     try:
-        result = _run_one("pass", SandboxLimits(timeout_s=30.0), python, _sandbox_tree())
+        limits = SandboxLimits(timeout_s=30.0)
+        result = _ProgramSandbox(limits, python, _sandbox_tree()).judge("pass")
     except OSError as error:
         return f"bwrap could not start ({error})"
     if result.passed:
@@ -688,9 +760,13 @@ def _sandbox_problem(python: str) -> str | None:
     )
 
 
+_probing = threading.Lock()  # the first callers, from many threads at once, wait for one probe
+
+
 def check_sandbox(python: str | None = None) -> None:
     """Raise SandboxUnavailable, saying why and what to do, when the sandbox cannot run programs here."""
-    problem = _sandbox_problem(python or default_python())
+    with _probing:
+        problem = _sandbox_problem(python or default_python())
     if problem is not None:
         raise SandboxUnavailable(
             f"the sandbox cannot run here: {problem}; or pass --unsafe-no-sandbox to run "
@@ -698,12 +774,15 @@ def check_sandbox(python: str | None = None) -> None:
         )
 
 
+_said_fewer: set[tuple[int, int]] = set()
+
+
 def _workers_that_fit_in_memory(workers: int, memory_mb: int, sandboxes_per_job: int) -> int:
     """At most ``workers``, and no more jobs at once than the memory left to the scorer (its cgroups',
     the host's) holds at every sandbox's limit: otherwise sandboxes under their own limits can fill it
     together, and the OOM killer takes one of an honest job's processes, reported as over its limit.
     (A worker's next sandboxes, started ahead, sit idle in the runner until their job comes.)"""
-    room, source = memory_room()
+    room, source = _admission.room()
     per_job = sandboxes_per_job * memory_mb << 20
     fit = room // per_job
     if fit < 1:
@@ -712,7 +791,8 @@ def _workers_that_fit_in_memory(workers: int, memory_mb: int, sandboxes_per_job:
             f"{per_job >> 20} MiB, but {source} leaves the scorer {room >> 20} MiB: lower "
             "--sandbox-memory-mb or give the scorer more memory"
         )
-    if fit < workers:
+    if fit < workers and (fit, workers) not in _said_fewer:  # once: callers of one job each call often
+        _said_fewer.add((fit, workers))
         print(
             f"megaphi: running {fit} job(s) at once instead of the {workers} requested: {source} leaves the "
             f"scorer {room >> 20} MiB, and each job may use {sandboxes_per_job} x {memory_mb} MiB",
@@ -770,8 +850,7 @@ def run_programs(
         timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes, output_limit_bytes=output_limit_bytes
     )
     python, tree, workers = _prepare(python, unsafe_no_sandbox, workers, limits, 1)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
-        return list(pool.map(lambda program: _run_one(program, limits, python, tree), programs))
+    return _run_all(programs, lambda: _ProgramSandbox(limits, python, tree), limits, 1, tree is not None, workers)
 
 
 def judge_programs(
@@ -799,4 +878,4 @@ def judge_programs(
         timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes, output_limit_bytes=output_limit_bytes
     )
     python, tree, workers = _prepare(python, unsafe_no_sandbox, workers, limits, 2)
-    return _judge_all(jobs, limits, python, tree, workers)
+    return _run_all(jobs, lambda: _JudgingPair(limits, python, tree), limits, 2, tree is not None, workers)

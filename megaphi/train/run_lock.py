@@ -33,22 +33,20 @@ script) has a shell for a parent and must outlive it (``nohup``).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import json
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from megaphi.common.processes import die_with_parent
 from megaphi.train.launch_env import LaunchEnv, host_name
 
 LOCK_FILE = "train.lock"
 _NO_POSIX_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class RunDirLocked(RuntimeError):
@@ -160,12 +158,6 @@ class RunLock:
 def die_with_launcher(launch: LaunchEnv) -> bool:
     """Under torchrun or the deepspeed launcher on Linux, have the kernel SIGKILL this process when its
     parent dies; True if set (see the module docstring for the other launchers)."""
-    if launch.launcher not in ("torchrun", "deepspeed") or not sys.platform.startswith("linux"):
+    if launch.launcher not in ("torchrun", "deepspeed"):
         return False
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        return False
-    if os.getppid() != parent:  # the launcher died before the request took effect
-        os.kill(os.getpid(), signal.SIGKILL)
-    return True
+    return die_with_parent()

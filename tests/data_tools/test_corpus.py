@@ -6,6 +6,7 @@ from itertools import islice
 import pytest
 
 from data_tools.corpus import CorpusError, SizeLimits, build_corpus, iter_corpus, main, stdlib_dir
+from data_tools.executors import ExecutorOptions
 from data_tools.jsonl import MalformedRecordError
 from tests.conftest import damaged_gzip, read_jsonl
 
@@ -33,24 +34,24 @@ def test_default_corpus_is_the_running_interpreters_standard_library():
 
 
 def test_directory_gathering_filters_language_and_size_and_counts_undecodable_files(source_tree, tmp_path):
-    stats = build_corpus([source_tree], tmp_path / "out" / "corpus", progress=False, limits=SizeLimits(1, 200))
+    stats = build_corpus([source_tree], tmp_path / "out" / "corpus", limits=SizeLimits(1, 200))
     records = read_jsonl(*stats.shards)
     assert [r["path"] for r in records] == ["pkg/a.py"]
     assert records[0]["text"] == "def a():\n    return 1\n"
     assert (stats.undecodable, stats.too_small, stats.too_large) == (1, 1, 1)
-    everything = build_corpus([source_tree], tmp_path / "all", progress=False, languages=None)
+    everything = build_corpus([source_tree], tmp_path / "all", languages=None)
     assert sorted(r["path"] for r in read_jsonl(*everything.shards)) == ["pkg/a.py", "pkg/b.py", "pkg/notes.md"]
 
 
 def test_include_patterns_select_files_under_a_directory(source_tree, tmp_path):
-    stats = build_corpus([source_tree], tmp_path / "c", include=["pkg/b*"], progress=False)
+    stats = build_corpus([source_tree], tmp_path / "c", include=["pkg/b*"])
     assert [r["path"] for r in read_jsonl(*stats.shards)] == ["pkg/b.py"]
 
 
 def test_shards_roll_over_at_the_byte_limit_and_keep_order(tmp_path):
     lines = [json.dumps({"text": f"x = {i}\n" * 20, "path": f"f{i}.py"}) for i in range(30)]
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
-    stats = build_corpus([tmp_path / "in.jsonl"], tmp_path / "out", shard_bytes=1000, progress=False)
+    stats = build_corpus([tmp_path / "in.jsonl"], tmp_path / "out", shard_bytes=1000)
     assert len(stats.shards) > 3
     assert [r["path"] for r in read_jsonl(*stats.shards)] == [f"f{i}.py" for i in range(30)]
 
@@ -106,7 +107,7 @@ def test_malformed_jsonl_line_stops_with_file_and_line_or_is_skipped(tmp_path):
     path.write_text('{"text": "a = 1\\n"}\n{"text": "b = \n{"text": "c = 3\\n"}\n')
     with pytest.raises(MalformedRecordError, match=rf"{path}:2: malformed JSON .*--on-error skip"):
         list(iter_corpus([path]))
-    stats = build_corpus([path], tmp_path / "out", on_error="skip", progress=False)
+    stats = build_corpus([path], tmp_path / "out", on_error="skip")
     assert [r["text"] for r in read_jsonl(*stats.shards)] == ["a = 1\n", "c = 3\n"]
     assert stats.read.skipped == 1 and f"{path}:2" in stats.read.errors[0]
 
@@ -120,14 +121,40 @@ def test_record_without_text_names_the_record_or_is_skipped(tmp_path):
 
 
 def test_empty_corpus_is_an_error(source_tree, tmp_path):
-    with pytest.raises(CorpusError, match="the corpus is empty"):
-        build_corpus([source_tree], tmp_path / "out", languages=["rust"], progress=False)
+    with pytest.raises(CorpusError, match="^the corpus is empty"):
+        build_corpus([source_tree], tmp_path / "out", languages=["rust"])
+
+
+def test_tasks_read_contiguous_blocks_of_files_and_together_write_the_one_task_corpus_in_order(source_tree, tmp_path):
+    for name in ("r1", "r2"):
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps({"text": f"{name} = 1\n", "id": name}) + "\n")
+    inputs = [source_tree, tmp_path / "r1.jsonl", tmp_path / "r2.jsonl"]
+    one = build_corpus(inputs, tmp_path / "one" / "c", languages=None)
+    three = build_corpus(inputs, tmp_path / "three" / "c", languages=None, options=ExecutorOptions(tasks=3))
+    assert [r["id"] for r in read_jsonl(*one.shards)] == [
+        str(source_tree / "pkg" / "a.py"),
+        str(source_tree / "pkg" / "b.py"),
+        str(source_tree / "pkg" / "notes.md"),
+        "r1",
+        "r2",
+    ]
+    assert read_jsonl(*three.shards) == read_jsonl(*one.shards)
+    assert (three.written, three.files, three.undecodable, three.too_small) == (5, 7, 1, 1)
+    # the 7 units in order: empty.py (too small), pkg/a.py, pkg/b.py, pkg/latin1.py (undecodable),
+    # pkg/notes.md, r1.jsonl, r2.jsonl; blocks of 2, 2 and 3
+    report = json.loads((tmp_path / "three" / "c.corpus.json").read_text())
+    assert report["summary"] == three.summary()
+    assert [(t["files"], t["written"], t["too_small"], t["undecodable"]) for t in report["tasks"]] == [
+        (2, 1, 1, 0),
+        (2, 1, 0, 1),
+        (3, 3, 0, 0),
+    ]
 
 
 def test_cli_writes_shards_and_reports_bad_input_in_one_line(source_tree, tmp_path, capsys):
     assert main(["--input", str(source_tree), "--output-prefix", str(tmp_path / "c"), "--no-progress"]) == 0
     assert "wrote 2 documents" in capsys.readouterr().out
-    assert (tmp_path / "c-00000.jsonl").exists()
+    assert (tmp_path / "c-00000-00000.jsonl").exists()
     assert main(["--input", str(tmp_path / "missing"), "--output-prefix", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
@@ -144,14 +171,36 @@ def test_glob_inputs_are_expanded_in_order_and_an_empty_glob_is_an_error(tmp_pat
         list(iter_corpus([str(tmp_path / "none-*.jsonl")]))
 
 
-def test_a_second_run_into_the_same_prefix_is_refused_instead_of_mixing_shards(tmp_path, capsys):
+def test_a_second_run_finds_its_tasks_done_and_a_run_with_other_inputs_into_the_same_prefix_is_refused(
+    tmp_path, capsys
+):
     (tmp_path / "in.jsonl").write_text(json.dumps({"text": "x = 1\n", "path": "a.py"}) + "\n")
+    (tmp_path / "other.jsonl").write_text(json.dumps({"text": "y = 2\n", "path": "b.py"}) + "\n")
     argv = ["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "out"), "--no-progress"]
     assert main(argv) == 0
-    capsys.readouterr()
+    shard = tmp_path / "out-00000-00000.jsonl"
+    written = shard.read_bytes()
+    assert main(argv) == 0 and shard.read_bytes() == written
+    assert (
+        capsys.readouterr().out.splitlines()
+        == [
+            "wrote 1 documents (0.0 MB) to 1 shard(s); skipped 0 undecodable, 0 too small, 0 too large, 0 malformed records"
+        ]
+        * 2
+    )
+    argv[1] = str(tmp_path / "other.jsonl")
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {tmp_path / 'out-00000.jsonl'} already exists") and err.count("\n") == 1
+    assert err.startswith(
+        f"error: {tmp_path / 'out.datatrove' / 'corpus'} holds a run of stage corpus with another settings"
+    )
+    assert err.count("\n") == 1
+    assert shard.read_bytes() == written
+
+
+def test_bad_executor_flags_are_one_line(tmp_path, capsys):
+    assert main(["--output-prefix", str(tmp_path / "c"), "--executor", "slurm"]) == 2
+    assert capsys.readouterr().err == "error: --executor slurm needs --slurm-partition (sinfo lists the partitions)\n"
 
 
 @pytest.mark.parametrize("how", ["truncated", "bitflip", "crc"])
@@ -172,4 +221,4 @@ def test_a_damaged_gzip_input_is_one_error_line_naming_the_file_and_leaves_no_sh
     assert main(argv) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {path}:") and "truncated or corrupt" in line
-    assert not list((tmp_path / "out").iterdir()), "no shard, complete or partial, is left"
+    assert not list((tmp_path / "out").glob("code-*")), "no shard, complete or partial, is left"

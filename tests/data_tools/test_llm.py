@@ -299,13 +299,16 @@ def test_sigkill_mid_run_then_restart_loses_and_duplicates_nothing(tmp_path):
         ]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         generator = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # the run's one task files its answers here; OUT is merged from them at the end
+        task_out = tmp_path / "textbooks.tasks" / "00000-of-00001.jsonl"
+        task_fail = task_out.with_name("00000-of-00001.failures.jsonl")
         deadline = time.monotonic() + 60
-        while len(read_jsonl(out)) + len(read_jsonl(fail)) < 8:
+        while len(read_jsonl(task_out)) + len(read_jsonl(task_fail)) < 8:
             assert generator.poll() is None and time.monotonic() < deadline, generator.stderr.read().decode()
             time.sleep(0.02)
         generator.send_signal(signal.SIGKILL)
         generator.wait()
-        before_kill = {r["id"]: r for r in read_jsonl(out)}
+        before_kill = {r["id"]: r for r in read_jsonl(task_out)}
         hits_before = {prompt: len(f) for prompt, f in server.hits_by_prompt().items()}
         assert len(before_kill) < 40, "the kill must land mid-run"
 

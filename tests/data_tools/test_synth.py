@@ -4,10 +4,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from data_tools.executors import ExecutorOptions
 from data_tools.llm import ClientConfig, LLMRequest, LLMResponse, Rejected
 from data_tools.synth import (
     PROMPTS_DIR,
@@ -19,8 +21,8 @@ from data_tools.synth import (
     prompt_plan,
     repeat_warning,
     sample_prompts,
-    synthesize,
 )
+from data_tools.synth_run import SynthConfig, synthesize
 from megaphi.common.net import free_port
 from tests.conftest import read_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI
@@ -241,26 +243,24 @@ def test_the_sandbox_keeps_correct_solutions_and_rejects_wrong_ones():
 def test_truncated_textbooks_are_rejected_unless_kept(tmp_path):
     with FakeOpenAI(lambda prompt, attempt: "length") as server:
         client = ClientConfig(base_url=server.base_url, model="fake", max_attempts=1)
-        stats = synthesize(
-            "textbooks",
-            count=2,
-            out_path=tmp_path / "a.jsonl",
-            failures_path=tmp_path / "a.f.jsonl",
-            client=client,
-            progress=False,
+        summary = synthesize(
+            SynthConfig(
+                "textbooks", count=2, out=str(tmp_path / "a.jsonl"), failures=str(tmp_path / "a.f.jsonl"), client=client
+            )
         )
         kept = synthesize(
-            "textbooks",
-            count=2,
-            out_path=tmp_path / "b.jsonl",
-            failures_path=tmp_path / "b.f.jsonl",
-            client=client,
-            keep_truncated=True,
-            progress=False,
+            SynthConfig(
+                "textbooks",
+                count=2,
+                out=str(tmp_path / "b.jsonl"),
+                failures=str(tmp_path / "b.f.jsonl"),
+                client=client,
+                keep_truncated=True,
+            )
         )
-    assert stats.rejected == 2 and "truncated at max_tokens=1024" in (tmp_path / "a.f.jsonl").read_text()
+    assert summary["rejected"] == 2 and "truncated at max_tokens=1024" in (tmp_path / "a.f.jsonl").read_text()
     records = read_jsonl(tmp_path / "b.jsonl")
-    assert kept.succeeded == 2 and all(r["text"].startswith("answer to: Write a section") for r in records)
+    assert kept["succeeded"] == 2 and all(r["text"].startswith("answer to: Write a section") for r in records)
     assert set(records[0]["meta"]) == {"topic", "subtopic", "audience", "style", "prompt_sha1"}
 
 
@@ -272,14 +272,16 @@ def test_exercises_are_validated_before_they_are_written(tmp_path):
         return own_answer(name) if right else own_answer(name, "return 2")
 
     with FakeOpenAI(answer=answer) as server:
-        stats = synthesize(
-            "exercises",
-            count=8,
-            out_path=tmp_path / "ex.jsonl",
-            failures_path=tmp_path / "ex.f.jsonl",
-            client=ClientConfig(base_url=server.base_url, model="fake"),
-            seed=3,
-            progress=False,
+        summary = synthesize(
+            SynthConfig(
+                "exercises",
+                count=8,
+                out=str(tmp_path / "ex.jsonl"),
+                failures=str(tmp_path / "ex.f.jsonl"),
+                client=ClientConfig(base_url=server.base_url, model="fake"),
+                seed=3,
+                no_progress=True,
+            )
         )
     kept = read_jsonl(tmp_path / "ex.jsonl")
     failed = read_jsonl(tmp_path / "ex.f.jsonl")
@@ -287,11 +289,14 @@ def test_exercises_are_validated_before_they_are_written(tmp_path):
     assert len(kept) + len(failed) == 8 and kept and failed and {r["id"] for r in kept} == expected_kept
     assert all(f["reason"].startswith("rejected: solution fails its own tests (failed)") for f in failed)
     assert all(set(r) >= {"task_id", "prompt", "canonical_solution", "test", "entry_point", "meta"} for r in kept)
-    assert stats.succeeded == len(kept) and stats.rejected == len(failed)
+    assert summary["succeeded"] == len(kept) and summary["rejected"] == len(failed)
 
 
 @pytest.mark.slow
-def test_exercises_repeating_a_kept_solution_and_tests_are_dropped_with_the_reason_also_after_a_restart(tmp_path):
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_exercises_repeating_a_kept_solution_and_tests_are_dropped_with_the_reason_also_after_a_restart(
+    tmp_path, tasks
+):
     plan = prompt_plan(load_prompt_space(PROMPTS_DIR / "exercises.yaml", "exercises"), "exercises")
     names = [p.meta["function_name"] for p in sample_prompts(plan, 12, seed=5)]
     assert len(set(names)) == 12
@@ -304,14 +309,25 @@ def test_exercises_repeating_a_kept_solution_and_tests_are_dropped_with_the_reas
 
     out, failures = tmp_path / "ex.jsonl", tmp_path / "ex.f.jsonl"
     with FakeOpenAI(answer=answer) as server:
-        client = ClientConfig(base_url=server.base_url, model="fake")
-        synthesize("exercises", count=6, out_path=out, failures_path=failures, client=client, seed=5, progress=False)
+        config = SynthConfig(
+            "exercises",
+            count=6,
+            out=str(out),
+            failures=str(failures),
+            client=ClientConfig(base_url=server.base_url, model="fake"),
+            seed=5,
+            no_progress=True,
+        )
+        options = ExecutorOptions(tasks=tasks, workers=tasks)
+        synthesize(config, options)
         first_kept = [r["entry_point"] for r in read_jsonl(out)]
-        synthesize("exercises", count=12, out_path=out, failures_path=failures, client=client, seed=5, progress=False)
+        summary = synthesize(replace(config, count=12), options)
     kept = {r["entry_point"]: r["id"] for r in read_jsonl(out)}
     dropped = read_jsonl(failures)
     (original,) = planted & set(kept)
-    assert original in first_kept  # kept before the restart, and the restarted run compared against it
+    # the earliest id is kept, before the restart as after it, whichever task asked for it
+    assert original == names[0] and original in first_kept
+    assert summary["near_duplicates_dropped"] == len(dropped) == 4 and summary["rejected"] == 4
     assert set(kept) == set(names) - planted | {original}
     assert sorted(f["meta"]["function_name"] for f in dropped) == sorted(planted - {original})
     for failure in dropped:
@@ -430,14 +446,15 @@ def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tm
         )
         assert code == 0
         textbooks = synthesize(
-            "textbooks",
-            count=2,
-            out_path=tmp_path / "tb.jsonl",
-            failures_path=tmp_path / "tb.failures.jsonl",
-            max_tokens=16,
-            keep_truncated=True,
-            client=ClientConfig(base_url=f"http://127.0.0.1:{port}/v1", model="tiny"),
-            progress=False,
+            SynthConfig(
+                "textbooks",
+                count=2,
+                out=str(tmp_path / "tb.jsonl"),
+                max_tokens=16,
+                keep_truncated=True,
+                client=ClientConfig(base_url=f"http://127.0.0.1:{port}/v1", model="tiny"),
+                no_progress=True,
+            )
         )
     finally:
         server.terminate()
@@ -449,5 +466,5 @@ def test_generate_validate_write_runs_against_megaphi_serve_with_a_tiny_model(tm
     failures = read_jsonl(tmp_path / "ex.failures.jsonl")
     assert len(failures) == 3 and all(f["reason"].startswith("rejected: ") and f["texts"] for f in failures)
     # Sampling may end a text at the end-of-text token before the cap; none runs past it.
-    assert textbooks.succeeded == 2 and 2 <= textbooks.completion_tokens <= 2 * 16
+    assert textbooks["succeeded"] == 2 and 2 <= textbooks["completion_tokens"] <= 2 * 16
     assert len(read_jsonl(tmp_path / "tb.jsonl")) == 2

@@ -7,7 +7,8 @@ import pytest
 
 from data_tools.llm import ClientConfig
 from data_tools.quality.documents import Document
-from data_tools.synth import plan_for, sample_prompts, synthesize
+from data_tools.synth import plan_for, sample_prompts
+from data_tools.synth_run import SynthConfig, synthesize
 from data_tools.synth_report import ReportOptions, diversity_report
 from data_tools.synth_seeds import SeedOptions, document_seeds, identifiers, load_seeds, snippets
 from tests.conftest import read_jsonl
@@ -133,18 +134,20 @@ def test_2000_seed_conditioned_prompts_are_distinct_and_reproducible_from_the_se
     assert plan.source == "seeds" and plan.capacity >= 2000
     planned = list(sample_prompts(plan, 2000, seed=7))
     with FakeOpenAI() as server:  # answers "answer to: PROMPT"
-        stats = synthesize(
-            "textbooks",
-            count=2000,
-            out_path=tmp_path / "t.jsonl",
-            failures_path=tmp_path / "f.jsonl",
-            client=ClientConfig(base_url=server.base_url, model="fake", max_concurrency=32),
-            seed_corpus=[str(tmp_path / "code.jsonl")],
-            seed=7,
-            progress=False,
+        summary = synthesize(
+            SynthConfig(
+                "textbooks",
+                count=2000,
+                out=str(tmp_path / "t.jsonl"),
+                failures=str(tmp_path / "f.jsonl"),
+                client=ClientConfig(base_url=server.base_url, model="fake", max_concurrency=32),
+                seed_corpus=[str(tmp_path / "code.jsonl")],
+                seed=7,
+                no_progress=True,
+            )
         )
     records = read_jsonl(tmp_path / "t.jsonl")
-    assert stats.succeeded == 2000 and len(server.hits) == 2000
+    assert summary["succeeded"] == 2000 and len(server.hits) == 2000
     assert len({hit.prompt for hit in server.hits}) == 2000
     assert {r["id"]: r["text"] for r in records} == {p.id: f"answer to: {p.user}" for p in planned}
     assert {r["meta"]["seed_kind"] for r in records} == {"snippet", "identifiers"}

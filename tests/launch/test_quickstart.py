@@ -42,11 +42,16 @@ def test_reruns_skip_what_is_unchanged_and_redo_what_changed(tmp_path):
     assert statuses(rows) == {name: ("ran", "no record of a finished run") for name in ("corpus", "quality", "dedup")}
     assert rows["corpus"]["counts"]["documents kept"] == 28
     assert rows["quality"]["counts"]["kept"] + rows["quality"]["counts"]["removed (quality score below 0.5)"] == 28
-    assert rows["dedup"]["outputs"] == ["data/dedup-00000.jsonl", "data/dedup.removed.jsonl", "data/dedup.dedup.json"]
+    assert rows["dedup"]["outputs"] == [
+        "data/dedup-00000-00000.jsonl",
+        "data/dedup.removed.jsonl",
+        "data/dedup.dedup.json",
+        "data/dedup.datatrove",
+    ]
     markdown = (work / "REPORT.md").read_text()
     assert "| 2 | quality | ran (no record of a finished run) |" in markdown
     assert "![quality scores](data/filtered.quality.png)" in markdown and (work / "data/filtered.quality.png").is_file()
-    shard = work / "data" / "filtered-00000.jsonl"
+    shard = work / "data" / "filtered-00000-00000.jsonl"
     written = shard.stat().st_mtime_ns
 
     # Unchanged: nothing runs, and the report says why.
@@ -56,7 +61,7 @@ def test_reruns_skip_what_is_unchanged_and_redo_what_changed(tmp_path):
     assert shard.stat().st_mtime_ns == written
 
     # A damaged output: that stage runs again; the stages before it are left alone.
-    with open(work / "data" / "dedup-00000.jsonl", "a") as f:
+    with open(work / "data" / "dedup-00000-00000.jsonl", "a") as f:
         f.write('{"text": "stray"}\n')
     rows, _ = quickstart(work, *SLICE)
     assert statuses(rows)["dedup"] == ("ran", "its outputs changed or went missing since it ran")

@@ -18,7 +18,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from data_tools.decontaminate import DecontaminationParams, decontaminate, load_benchmark_items
+from data_tools.decontaminate import DecontaminateConfig, load_benchmark_items, run
+from data_tools.executors import ExecutorOptions
 from megaphi.common.cli import entry_point
 from megaphi.common.jsonl import read_jsonl
 from megaphi.eval.graded.problems import PROBLEMS_DIR, load_problems
@@ -26,7 +27,7 @@ from megaphi.eval.graded.problems import PROBLEMS_DIR, load_problems
 REPORT_PATH = PROBLEMS_DIR.parent / "DECONTAMINATION.md"
 
 
-def check_problems(mbpp_path: str | None, embedder=None) -> dict:
+def check_problems(mbpp_path: str | None) -> dict:
     """Per graded problem: its nearest benchmark problem by embedding, its highest AST match, its 13-gram
     overlaps; plus what decontamination would remove."""
     import numpy as np
@@ -35,8 +36,7 @@ def check_problems(mbpp_path: str | None, embedder=None) -> dict:
 
     problems = load_problems()
     items = load_benchmark_items(["humaneval", "mbpp"], mbpp_path)
-    params = DecontaminationParams(top_k=len(problems))
-    embedder = embedder or load_embedder(params.embedder)
+    embedder = load_embedder(DecontaminateConfig().embedder)
     # A yardstick for the distances: how near each HumanEval problem comes to MBPP, two sets written apart.
     humaneval = embedder.encode([i.text for i in items if i.benchmark == "humaneval"])
     mbpp = embedder.encode([i.text for i in items if i.benchmark == "mbpp"])
@@ -46,8 +46,16 @@ def check_problems(mbpp_path: str | None, embedder=None) -> dict:
         source.write_text(
             "".join(json.dumps({"id": p.task_id, "text": p.prompt + p.reference}) + "\n" for p in problems)
         )
-        result = decontaminate([source], Path(tmp) / "kept", items, params, embedder=embedder)
-        report = json.loads(Path(f"{Path(tmp) / 'kept'}.decontamination.json").read_text())
+        # top_k covers every problem both ways: each graded problem is AST-compared with every benchmark
+        # problem, and each benchmark problem lists every graded problem.
+        config = DecontaminateConfig(
+            deep_input=[str(source)],
+            output_prefix=str(Path(tmp) / "kept"),
+            mbpp_path=mbpp_path,
+            top_k=max(len(problems), len(items)),
+        )
+        report = run(config, ExecutorOptions(workers=1))
+        assert report is not None  # a local run returns its report
         removed = read_jsonl(Path(f"{Path(tmp) / 'kept'}.removed.jsonl"))
     rows = {
         p.task_id: {
@@ -76,7 +84,7 @@ def check_problems(mbpp_path: str | None, embedder=None) -> dict:
         "params": report["params"],
         "embedder": report["embedder"],
         "removed": removed,
-        "kept": result.kept,
+        "kept": report["kept"],
         "humaneval_to_mbpp_l2": {"min": float(cross.min()), "median": float(np.median(cross))},
         "rows": sorted(rows.values(), key=lambda r: r["l2_distance"]),
     }

@@ -43,6 +43,34 @@ def test_a_joined_command_and_its_children_live_in_the_group_until_killed(group)
     assert not any(os.path.exists(d) for d in group.directories.values())
 
 
+def test_groups_left_by_a_killed_scorer_are_emptied_and_removed_and_live_ones_kept():
+    tree = cgroup.cgroup_tree()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a scorer pid that no longer runs
+    alive = subprocess.Popen(["sleep", "60"])  # one that still does
+    leftover = cgroup.SandboxCgroup(
+        tree.version, {c: os.path.join(p, f"megaphi-sandbox-{gone.pid}-0") for c, p in tree.parents.items()}
+    )
+    kept = cgroup.SandboxCgroup(
+        tree.version, {c: os.path.join(p, f"megaphi-sandbox-{alive.pid}-0") for c, p in tree.parents.items()}
+    )
+    try:
+        for directory in [*set(leftover.directories.values()), *set(kept.directories.values())]:
+            os.mkdir(directory)
+        survivor = subprocess.Popen(leftover.join_command(["sleep", "60"]))  # a sandbox process that outlived it
+        while not leftover.processes():
+            pass
+        assert tree.remove_stale() == 1
+        assert survivor.wait(10) == -9
+        assert not any(os.path.exists(d) for d in leftover.directories.values())
+        assert all(os.path.exists(d) for d in kept.directories.values())
+    finally:
+        alive.kill()
+        for group in (leftover, kept):
+            group.kill()
+            group.remove()
+
+
 def test_a_machine_without_cgroups_is_refused_with_the_remedy(monkeypatch, tmp_path):
     monkeypatch.setattr(cgroup, "CGROUP_ROOT", str(tmp_path))
     monkeypatch.setattr(cgroup, "_tree", None)
@@ -108,3 +136,33 @@ def test_a_real_cgroup_v2_group_is_joined_accounted_and_killed_with_cgroup_kill(
         group.kill()
         group.remove()
     assert not os.path.exists(directory)
+
+
+def _stand_in_group(directory, limit, usage, inactive_file, v2):
+    directory.mkdir(parents=True, exist_ok=True)
+    names = ("memory.max", "memory.current") if v2 else ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    (directory / names[0]).write_text(f"{limit}\n")
+    (directory / names[1]).write_text(f"{usage}\n")
+    key = "inactive_file" if v2 else "total_inactive_file"
+    (directory / "memory.stat").write_text(f"anon 1\n{key} {inactive_file}\n")
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["cgroup v2", "cgroup v1"])
+def test_the_scorer_s_memory_room_is_the_tightest_group_above_it(monkeypatch, tmp_path, v2):
+    # Stand-ins for the groups from the scorer's own up to the root: the job's limit is the tightest;
+    # what the kernel reclaims before it kills (inactive file pages) counts as free.
+    monkeypatch.setattr(cgroup, "CGROUP_ROOT", str(tmp_path))
+    base = tmp_path if v2 else tmp_path / "memory"
+    if v2:
+        (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+        monkeypatch.setattr(cgroup, "_own_paths", lambda: {"": "/job/scorer"})
+    else:
+        monkeypatch.setattr(cgroup, "_own_paths", lambda: {"memory": "/job/scorer"})
+        monkeypatch.setattr(cgroup, "_v1_mounts", lambda: {"memory": str(base)})
+    unlimited = "max" if v2 else str(1 << 62)
+    _stand_in_group(base / "job" / "scorer", unlimited, 50 << 20, 0, v2)
+    _stand_in_group(base / "job", 1 << 30, 300 << 20, 100 << 20, v2)
+    _stand_in_group(base, 8 << 30, 2 << 30, 0, v2)
+    room, source = cgroup.memory_room()
+    assert room == (1 << 30) - (300 << 20) + (100 << 20)
+    assert source == f"the memory cgroup {base / 'job'} (limit 1024 MiB)"

@@ -461,8 +461,20 @@ print(json.dumps([r.status for r in judge_programs(jobs, timeout_s=8.0, memory_m
 """
 
 
-def _score_in_a_memory_group(limit_mb: int, samples: list[tuple[str, str]]):
-    """Run a scorer judging ``samples`` (candidate, tests) inside a cgroup v1 memory group of ``limit_mb`` MiB."""
+_PROGRAM_RUNNER = """
+import json, sys
+from concurrent.futures import ThreadPoolExecutor
+from megaphi.eval.sandbox import run_programs
+programs = json.loads(sys.argv[1])
+with ThreadPoolExecutor(len(programs)) as pool:  # one program per call and thread, as synthetic data is validated
+    results = list(pool.map(lambda p: run_programs([p], timeout_s=8.0, memory_mb=128, workers=2)[0], programs))
+print(json.dumps([r.status for r in results]))
+"""
+
+
+def _score_in_a_memory_group(limit_mb: int, samples: list, scorer: str = _SCORER):
+    """Run ``scorer`` on ``samples`` ((candidate, tests) pairs for the default one) inside a cgroup v1
+    memory group of ``limit_mb`` MiB."""
     import json
     import subprocess
     import sys
@@ -480,7 +492,7 @@ def _score_in_a_memory_group(limit_mb: int, samples: list[tuple[str, str]]):
             f.write(str(limit_mb << 20))
         command = f'echo $$ > {group}/cgroup.procs && exec "$@"'
         return subprocess.run(
-            ["/bin/sh", "-c", command, "sh", sys.executable, "-c", _SCORER, json.dumps(samples)],
+            ["/bin/sh", "-c", command, "sh", sys.executable, "-c", scorer, json.dumps(samples)],
             check=False,
             capture_output=True,
             text=True,
@@ -504,6 +516,48 @@ def test_an_honest_sample_keeps_its_verdict_when_its_neighbour_fills_the_scorer_
     statuses = json.loads(done.stdout.strip().splitlines()[-1])
     assert statuses == ["passed", "passed"], (statuses, done.stderr[-2000:])
     assert "running 1 job(s) at once instead of the 2 requested" in done.stderr, done.stderr[-2000:]
+
+
+def test_programs_run_from_many_threads_are_admitted_together_against_the_scorer_s_memory():
+    import json
+
+    # 200 MiB holds one 128 MiB sandbox beside the scorer, not two: the second call's program must
+    # wait for the first one's, though each call alone would fit.
+    done = _score_in_a_memory_group(
+        200, [_MANY_SMALL + "import time\ntime.sleep(4)\n", _ONE_LARGER], scorer=_PROGRAM_RUNNER
+    )
+    statuses = json.loads(done.stdout.strip().splitlines()[-1])
+    assert statuses == ["passed", "passed"], (statuses, done.stderr[-2000:])
+    assert "running 1 job(s) at once instead of the 2 requested" in done.stderr, done.stderr[-2000:]
+
+
+# The scorer's own memory grows while a sample holds most of its sandbox's share: its group runs out
+# with the scorer as its largest process. Without CAP_SYS_RESOURCE the scorer cannot go below 0, but
+# the sandboxes' 1000 still makes the OOM killer take the sample, and the run goes on.
+_GROWING_SCORER = """
+import json, sys, threading, time
+from megaphi.eval.sandbox import JudgedProgram, judge_programs
+candidate, = json.loads(sys.argv[1])
+job = JudgedProgram(candidate=candidate + "\\ndef answer():\\n    return 42\\n", prompt="",
+                    tests="assert answer() == 42\\n", entry_points=("answer",))
+held = []
+def grow():
+    time.sleep(1.5)
+    held.append(b"x" * (200 << 20))
+threading.Thread(target=grow).start()
+[result] = judge_programs([job], timeout_s=8.0, memory_mb=128, workers=1)
+print(json.dumps([result.status, len(held)]))
+"""
+
+
+def test_the_oom_killer_takes_the_sample_not_the_scorer_when_the_scorer_is_the_largest_process():
+    import json
+
+    # 300 MiB admits one sample (two 128 MiB sandboxes); 100 MiB in the candidate and 200 MiB more in
+    # the scorer do not fit in it together.
+    done = _score_in_a_memory_group(300, ["hold = b'x' * (100 << 20)\nimport time\ntime.sleep(5)\n"], _GROWING_SCORER)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["killed for memory", 1]
 
 
 def test_the_scorer_refuses_to_judge_when_not_even_one_sample_fits_its_memory():
