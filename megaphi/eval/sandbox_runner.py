@@ -5,6 +5,8 @@ CODE_FD is a memfd holding this file compiled by that same interpreter, so it mu
 3.8+ with the standard library only, and import nothing of megaphi (not even ``json``: only its C
 part). Its job (limits and sources, one JSON object) arrives on an inherited pipe, read to its end
 and closed before any untrusted code runs.
+It is one file, longer than most modules here, because the sandbox receives it whole as that one memfd:
+the codec, the shared parts and the three roles cannot live in modules the sandbox would import.
 
 Roles:
 - ``candidate JOB REQUESTS REPLIES``: executes the untrusted program (prompt + completion) in a fresh
