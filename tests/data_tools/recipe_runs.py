@@ -36,22 +36,25 @@ def train_tokenizer(out: Path) -> Path:
     return out
 
 
-def small_recipe(extra: Path, tokenizer: Path, tasks: int) -> list[str]:
-    """Overrides of the stdlib recipe: the standard library's b* and c* files up to 4 kB plus ``extra``,
-    in ``tasks`` tasks, without the quality filter (its classifier needs embeddings and training)."""
+def small_recipe(extra: Path, tokenizer: Path, tasks: int, *, quality: bool = False) -> list[str]:
+    """Overrides of the stdlib recipe: the standard library's b* and c* (a* to f* with the quality filter)
+    files up to 4 kB plus ``extra``,
+    in ``tasks`` tasks; the quality filter (its classifier needs embeddings and training) only when asked."""
     return [
         f"corpus.input=[{stdlib_dir()}, {extra}]",
-        "corpus.include=['[b-c]*.py']",
+        # the quality classifier needs enough files of each heuristic label to hold out a test split
+        "corpus.include=['[a-f]*.py']" if quality else "corpus.include=['[b-c]*.py']",
         "corpus.max_bytes=4000",
         f"executor.tasks={tasks}",
-        "quality.enabled=false",
+        f"quality.enabled={str(quality).lower()}",
         f"tokenize.tokenizer={tokenizer}",
     ]
 
 
 def outputs(out: Path) -> dict[str, bytes]:
-    """What a run of :func:`small_recipe` leaves for training and inspection: the corpus, dedup and
-    decontaminated shards and the Megatron dataset."""
-    names = [p.name for pattern in ("corpus-*.jsonl", "dedup-*.jsonl", "clean-*.jsonl") for p in out.glob(pattern)]
+    """What a run of :func:`small_recipe` leaves for training and inspection: the corpus, quality,
+    dedup and decontaminated shards and the Megatron dataset."""
+    patterns = ("corpus-*.jsonl", "quality-*.jsonl", "dedup-*.jsonl", "clean-*.jsonl")
+    names = [p.name for pattern in patterns for p in out.glob(pattern)]
     names += ["code_text_document.bin", "code_text_document.idx"]
     return {name: (out / name).read_bytes() for name in sorted(names)}

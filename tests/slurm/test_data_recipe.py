@@ -1,10 +1,11 @@
 """The data recipe on the two-node local Slurm: the same outputs as a local run, and a rerun after a
 killed task that runs only what is missing.
 
-The recipe is the stdlib one (data_tools/recipes/stdlib.yaml) on a slice of the standard library plus
-one JSONL file, in three tasks per stage, without the quality filter (its classifier's training and
-embeddings would take minutes on two cores). The JSONL file is first a
-named pipe: the corpus task that reads it waits until it is killed, as a task on a failing node would.
+The recipe is the stdlib one (data_tools/recipes/stdlib.yaml), every stage, on a slice of the standard
+library plus one JSONL file, in three tasks per stage. The local run labels the corpus and trains the
+quality classifier; the Slurm run filters with that classifier (training it twice would only add
+minutes). The JSONL file is first a named pipe: the corpus task that reads it waits until it is
+killed, as a task on a failing node would.
 """
 
 import json
@@ -27,9 +28,10 @@ def _wait(condition, what: str, timeout: float = 120) -> None:
 
 def test_the_recipe_on_slurm_matches_the_local_run_and_a_killed_task_is_all_a_rerun_runs(slurm_two_nodes, tmp_path):
     extra = write_extra(tmp_path / "extra.jsonl")
-    overrides = small_recipe(extra, train_tokenizer(tmp_path / "tokenizer"), tasks=3)
+    overrides = small_recipe(extra, train_tokenizer(tmp_path / "tokenizer"), tasks=3, quality=True)
     local = tmp_path / "local"
     assert main(["--config", str(RECIPE), f"output_dir={local}", *overrides]) == 0
+    overrides.append(f"quality.classifier={local / 'quality.classifier'}")
 
     # The Slurm run, with the JSONL input a pipe nobody writes to: its corpus task hangs.
     extra.unlink()
@@ -66,9 +68,18 @@ def test_the_recipe_on_slurm_matches_the_local_run_and_a_killed_task_is_all_a_re
     # Same kept documents, same bytes: the split depends on the task count, not on the executor.
     kept = [r["id"] for r in read_jsonl(*sorted(local.glob("clean-*.jsonl")))]
     assert [r["id"] for r in read_jsonl(*sorted(slurm.glob("clean-*.jsonl")))] == kept
-    assert "extra-1" in kept
+    assert kept and "extra-1" in [r["id"] for r in read_jsonl(*sorted(slurm.glob("corpus-*.jsonl")))]
     assert outputs(slurm) == outputs(local)
-    assert {name.split("-")[0] for name in outputs(local)} >= {"corpus", "dedup", "clean", "code_text_document.bin"}
+    assert {name.split("-")[0] for name in outputs(local)} >= {
+        "corpus",
+        "quality",
+        "dedup",
+        "clean",
+        "code_text_document.bin",
+    }
+    assert len(read_jsonl(*sorted(local.glob("quality-*.jsonl")))) < len(
+        read_jsonl(*sorted(local.glob("corpus-*.jsonl")))
+    )
     # the tasks ran on both nodes
     logs = [log.read_text() for log in slurm.glob("*.datatrove/*/slurm_logs/*.out")]
     assert {line.split()[1] for text in logs for line in text.splitlines() if line.startswith("node: ")} == {"n1", "n2"}
