@@ -70,7 +70,7 @@ def cpu_seconds() -> float:
 
 
 def kept(prefix: Path, pattern: str) -> list[str]:
-    return sorted(r["id"] for r in read_jsonl(*sorted(prefix.parent.glob(pattern))))
+    return sorted(r["id"] for path in sorted(prefix.parent.glob(pattern)) for r in read_jsonl(path))
 
 
 def timed(label: str, fn, documents: int) -> dict:
