@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -143,7 +143,7 @@ class CausalLMEmbedder:
     def _eod(self) -> int:
         return int(self._tokenizer.eod_id)  # megaphi.tokenizer always has one
 
-    def _hidden(self, batch_ids: list[list[int]]):
+    def _hidden(self, batch_ids: list[list[int]]) -> np.ndarray:
         torch = self._torch
         from megaphi.common.padding import pad_sequences
 
@@ -153,7 +153,7 @@ class CausalLMEmbedder:
         mask = mask.to(hidden.device).unsqueeze(-1).to(hidden.dtype)
         return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu().numpy()
 
-    def _last_hidden_states(self, ids):
+    def _last_hidden_states(self, ids: Any) -> Any:
         # load_model always gives megaphi's PhiForCausalLM; its decoder returns the final-layernorm
         # states. Padding is on the right, so causal attention keeps it out of every real token.
         return self._model.model(ids)

@@ -180,7 +180,8 @@ class RecordingLocalExecutor(LocalPipelineExecutor):
         global _running_executor
         _running_executor = self  # forked children find the pipeline here: it need not pickle
         context = multiprocessing.get_context(self.start_method)
-        pending, running = list(ranks), {}
+        pending = list(ranks)
+        running: dict[Any, tuple[tuple[Any, int], int]] = {}  # process sentinel -> (process, rank), local rank
         while pending or running:
             while pending and len(running) < self.workers:
                 rank = pending.pop(0)

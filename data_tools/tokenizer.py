@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from data_tools.jsonl import OnError
 from megaphi.common.cli import entry_point
 from megaphi.tokenizer import (
     EOD_TOKEN,
@@ -59,7 +60,7 @@ def train_bpe(
     tokens come on top (codegen: 50295)."""
     from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
     from tokenizers import Tokenizer as HFTokenizer
-    from transformers import GPT2TokenizerFast
+    from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]  # exported lazily, unseen by mypy
 
     _check_vocab_size(vocab_size, 257)
     backend = HFTokenizer(models.BPE())
@@ -132,7 +133,7 @@ def _non_empty(texts: Iterable[str]) -> Iterator[str]:
         )
 
 
-def corpus_texts(inputs: Sequence[str], on_error: str = "stop") -> Iterator[str]:
+def corpus_texts(inputs: Sequence[str], on_error: OnError = "stop") -> Iterator[str]:
     """Texts to train on: anything ``data_tools.corpus`` reads; the standard library when no input."""
     from data_tools.corpus import iter_corpus
 
