@@ -4,7 +4,9 @@ Every data stage is a list of datatrove pipeline steps split into ``--tasks`` ta
 run at once. A task that finished leaves a completion marker under the stage's logging directory, so a
 rerun after a crash or a killed Slurm task runs only the tasks that are missing. The same pipeline, the
 same task count and the same inputs give the same outputs on every executor: tasks split their inputs by
-rank, never by which machine or worker runs them.
+rank, never by which machine or worker runs them. This module holds the flags, the stages and their
+checks; the executors themselves are :mod:`data_tools.local_executor` and :mod:`data_tools.slurm_executor`
+(and datatrove's Ray executor).
 
     python -m data_tools.dedup ... --executor slurm --tasks 64 --slurm-partition cpu --slurm-time 04:00:00
 """
@@ -13,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import pickle
 import shutil
@@ -25,17 +26,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
 
-from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
-from datatrove.utils.stats import PipelineStats
-
+from data_tools.local_executor import RecordingLocalExecutor
+from data_tools.slurm_executor import slurm_executor, wait_for_slurm_jobs
 from megaphi.common.errors import UserError
-from megaphi.common.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "slurm", "ray")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance  # the type checker's own stubs: no module at run time
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ExecutorError(UserError):
@@ -127,125 +130,28 @@ def executor_options_from_args(args: argparse.Namespace) -> ExecutorOptions:
         executor=args.executor,
         tasks=args.tasks,
         workers=args.workers,
-        slurm=SlurmOptions(
-            partition=args.slurm_partition,
-            time=args.slurm_time,
-            cpus_per_task=args.slurm_cpus_per_task,
-            mem_per_cpu_gb=args.slurm_mem_per_cpu_gb,
-            gpus_per_task=args.slurm_gpus_per_task,
-            job_name=args.slurm_job_name,
-            prefix=args.slurm_prefix,
-            sbatch_args=sbatch_args,
-            wait=args.slurm_wait,
-        ),
+        slurm=fields_from_args(SlurmOptions, args, "slurm_", sbatch_args=sbatch_args),
     )
     options.check()
     return options
 
 
-def _environment_command(prefix: str) -> str:
-    """Shell lines that give a Slurm task the interpreter and import path of the submitting process
-    (and put the node in the task's Slurm log, where a node's trouble shows first)."""
-    lines = ['echo "node: ${SLURMD_NODENAME:-$(hostname)}"', *([prefix] if prefix else [])]
-    venv = Path(sys.prefix)
-    if (venv / "bin" / "activate").exists():
-        lines.append(f"source {venv / 'bin' / 'activate'}")
-    if os.environ.get("PYTHONPATH"):
-        lines.append(f"export PYTHONPATH={os.environ['PYTHONPATH']}")
-    return "\n".join(lines)
+def fields_from_args(config_type: type[T], args: argparse.Namespace, prefix: str = "", **given: Any) -> T:
+    """A dataclass of a command's options from its parsed flags: flag ``--{prefix}foo-bar`` is field
+    ``foo_bar`` (the contract of every stage config and of :class:`SlurmOptions`); ``given`` are the
+    fields whose value is not a flag's as parsed."""
+    flags = {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(config_type) if f.name not in given}
+    return config_type(**flags, **given)
 
 
-class RecordingLocalExecutor(LocalPipelineExecutor):
-    """datatrove's local executor, changed in two ways:
-
-    - a task that raises is recorded as failed (its error in ``errors/NNNNN``, and pickled in
-      ``errors/NNNNN.pickle``, under the logging directory) and the other tasks go on, so that the
-      command can name every failed task and raise the first one's error (see
-      :func:`check_stage_finished`) instead of stopping at the first exception;
-    - each task runs in a process of its own, so a task whose process dies (the kernel's OOM killer,
-      ``kill -9``) is recorded as failed while the others go on: datatrove's worker pool would wait
-      forever for the dead worker's result."""
-
-    def run(self) -> None:
-        assert self.depends is None, "run_stages runs local stages one after another"
-        self._launched = True
-        ranks = self.get_incomplete_ranks(range(self.local_rank_offset, self.local_rank_offset + self.local_tasks))
-        if not ranks:
-            return
-        self.save_executor_as_json()
-        # One forked process per task, at most `workers` at once, even for one task: a process that dies
-        # takes only its own task with it, and this process never runs a step itself, so it holds no
-        # thread pool of torch or a tokenizer that a later fork would copy in a locked state. Each
-        # task's statistics are in stats/NNNNN.json; nothing is sent back.
-        global _running_executor
-        _running_executor = self  # forked children find the pipeline here: it need not pickle
-        context = multiprocessing.get_context(self.start_method)
-        pending = list(ranks)
-        running: dict[Any, tuple[tuple[Any, int], int]] = {}  # process sentinel -> (process, rank), local rank
-        while pending or running:
-            while pending and len(running) < self.workers:
-                rank = pending.pop(0)
-                free = min(set(range(self.workers)) - {local for _, local in running.values()})
-                process = context.Process(target=_run_task_of_running_executor, args=(rank, free))
-                process.start()
-                running[process.sentinel] = (process, rank), free
-            for sentinel in multiprocessing.connection.wait(list(running)):
-                (process, rank), _ = running.pop(sentinel)
-                process.join()
-                if process.exitcode != 0:  # a task that raised exits 0 with its error recorded
-                    self._record_error(rank, TaskProcessDied(process.exitcode))
-
-    def _run_recorded(self, rank: int, local_rank: int) -> PipelineStats:
-        errors = Path(self.logging_dir.path) / "errors"
-        for old in (errors / f"{rank:05d}", errors / f"{rank:05d}.pickle"):
-            old.unlink(missing_ok=True)
-        try:
-            return self._run_for_rank(rank, local_rank)
-        except Exception as error:  # the traceback is in the task's log file
-            self._record_error(rank, error)
-            return PipelineStats()
-
-    def _record_error(self, rank: int, error: BaseException) -> None:
-        errors = Path(self.logging_dir.path) / "errors"
-        if (errors / f"{rank:05d}").exists():  # the task recorded its own error before its process ended
-            return
-        errors.mkdir(parents=True, exist_ok=True)
-        (errors / f"{rank:05d}").write_text(_one_line(error) + "\n")
-        with contextlib.suppress(Exception):  # an error that does not pickle is known by its line
-            (errors / f"{rank:05d}.pickle").write_bytes(pickle.dumps(error))
-
-
-class TaskProcessDied(Exception):
-    def __init__(self, exitcode: int | None) -> None:
-        how = f"was killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exited ({exitcode})"
-        super().__init__(
-            f"the process running this task {how}, e.g. by the kernel's OOM killer: give each task more "
-            "memory (more --tasks, fewer --workers)"
-        )
-
-
-_running_executor: RecordingLocalExecutor | None = None
-
-
-def _run_task_of_running_executor(rank: int, local_rank: int) -> None:
-    assert _running_executor is not None
-    die_with_parent()  # a command killed with SIGKILL takes its tasks along: a rerun must not race them
-    _running_executor._run_recorded(rank, local_rank)
-
-
-class StagedSlurmExecutor(SlurmPipelineExecutor):
-    """datatrove's Slurm executor without the extra job it submits after each stage to merge the task
-    statistics: that job asks for a fixed 1 GB per CPU (more than some nodes offer) and nothing here
-    reads the merged file; each task's statistics stay in ``stats/NNNNN.json``."""
-
-    def launch_merge_stats(self) -> None:
-        pass
-
-
-def _one_line(error: BaseException) -> str:
-    """An error as one line: a user error's own message, anything else with its type."""
-    text = " ".join(str(error).split())
-    return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}"
+def parse_stage_flags(
+    parser: argparse.ArgumentParser, config_type: type[T], argv: Sequence[str] | None
+) -> tuple[T, ExecutorOptions]:
+    """A stage command's config and executor options from its command line: ``parser`` holds the
+    command's own flags, one per field of ``config_type``; the executor flags are added here."""
+    add_executor_arguments(parser)
+    args = parser.parse_args(argv)
+    return fields_from_args(config_type, args), executor_options_from_args(args)
 
 
 def build_executor(
@@ -281,36 +187,14 @@ def build_executor(
             start_method="fork",
         )
     if options.executor == "slurm":
-        slurm = options.slurm
-        return StagedSlurmExecutor(
-            list(pipeline),
+        return slurm_executor(
+            pipeline,
+            options.slurm,
             tasks=n_tasks,
             workers=options.workers,
-            time=slurm.time,
-            partition=slurm.partition,
-            cpus_per_task=slurm.cpus_per_task,
-            mem_per_cpu_gb=slurm.mem_per_cpu_gb,
-            gpus_per_task=slurm.gpus_per_task,
-            job_name=job_name or slurm.job_name,
-            env_command=_environment_command(slurm.prefix),
-            # A stage whose dependency failed (a killed task) can never start: Slurm cancels it instead
-            # of leaving it pending, and a rerun submits it again after the missing tasks.
-            # Memory in whole megabytes: sbatch rejects datatrove's "2.0G" for a fractional --slurm-mem-per-cpu-gb.
-            sbatch_args={
-                "kill-on-invalid-dep": "yes",
-                "mem-per-cpu": f"{max(1, round(slurm.mem_per_cpu_gb * 1024))}M",
-                **slurm.sbatch_args,
-            },
-            logging_dir=os.fspath(logging_dir),
+            logging_dir=logging_dir,
             depends=depends,
-            # datatrove's defaults assume a site configuration: a QOS named "normal" (clusters without
-            # accounting, or with other QOS names, reject it), mail on every event, and requeueing a
-            # task on failure (a deterministic failure would run again and again). A QOS, or mail, is
-            # one --slurm-arg away (qos=..., mail-type=..., mail-user=...).
-            qos="",
-            mail_type="NONE",
-            requeue=False,
-            requeue_signals=None,
+            job_name=job_name or options.slurm.job_name,
         )
     try:
         from datatrove.executor import RayPipelineExecutor
@@ -407,18 +291,6 @@ def run_stages(stages: Sequence[Stage], options: ExecutorOptions) -> list[Any]:
             for stage, executor in zip(stages, executors):
                 check_stage_finished(stage, executor.world_size)
     return executors
-
-
-def wait_for_slurm_jobs(job_ids: Sequence[Any], poll_seconds: float = 2.0) -> None:
-    """Return when none of ``job_ids`` (``-1``: nothing was submitted) is pending or running."""
-    waiting = ",".join(str(j) for j in job_ids if j not in (None, -1, "-1"))
-    while waiting:
-        queue = subprocess.run(
-            ["squeue", "--noheader", "--format=%i", f"--jobs={waiting}"], capture_output=True, text=True
-        )
-        if queue.returncode != 0 or not queue.stdout.strip():  # an id Slurm forgot has long finished
-            return
-        time.sleep(poll_seconds)
 
 
 @contextlib.contextmanager

@@ -30,13 +30,14 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from loguru import logger
 
 from data_tools import corpus, decontaminate, dedup, preprocess
+from data_tools.preprocess_steps import output_prefix_for
 from data_tools.executors import ExecutorOptions, Stage, logging_dir_for, run_stages
 from data_tools.quality import filter as quality_filter
 from megaphi.common.cli import entry_point
@@ -73,28 +74,43 @@ def _section(name: str, config: type, wired: Sequence[str], *, optional: bool = 
     return cls
 
 
-CorpusSection = _section("CorpusSection", corpus.CorpusConfig, ["output_prefix"], optional=False)
-# classifier empty: label the corpus with the offline heuristic annotator and train one here (a toy:
-# real recipes train on LLM annotations, see data_tools.quality)
-QualitySection = _section("QualitySection", quality_filter.QualityFilterConfig, ["input", "output_prefix"])
-DedupSection = _section("DedupSection", dedup.DedupConfig, ["input", "output_prefix"])
-# deep_input: further datasets that also get the embedding and AST checks (the paper's exercises)
-DecontaminateSection = _section("DecontaminateSection", decontaminate.DecontaminateConfig, ["input", "output_prefix"])
-# tokenizer empty: train a byte-level BPE of vocab_size on the recipe's own clean data first
-TokenizeSection = _section(
-    "TokenizeSection", preprocess.PreprocessConfig, ["input", "output_prefix"], optional=False, vocab_size=(int, 50257)
-)
+if TYPE_CHECKING:
+    # The sections are made when this module is imported, from the stage configs (below): their fields
+    # are not known before, so the type checker takes each section as Any.
+    CorpusSection = Any
+    QualitySection = Any
+    DedupSection = Any
+    DecontaminateSection = Any
+    TokenizeSection = Any
+else:
+    CorpusSection = _section("CorpusSection", corpus.CorpusConfig, ["output_prefix"], optional=False)
+    # classifier empty: label the corpus with the offline heuristic annotator and train one here (a toy:
+    # real recipes train on LLM annotations, see data_tools.quality)
+    QualitySection = _section("QualitySection", quality_filter.QualityFilterConfig, ["input", "output_prefix"])
+    DedupSection = _section("DedupSection", dedup.DedupConfig, ["input", "output_prefix"])
+    # deep_input: further datasets that also get the embedding and AST checks (the paper's exercises)
+    DecontaminateSection = _section(
+        "DecontaminateSection", decontaminate.DecontaminateConfig, ["input", "output_prefix"]
+    )
+    # tokenizer empty: train a byte-level BPE of vocab_size on the recipe's own clean data first
+    TokenizeSection = _section(
+        "TokenizeSection",
+        preprocess.PreprocessConfig,
+        ["input", "output_prefix"],
+        optional=False,
+        vocab_size=(int, 50257),
+    )
 
 
 @dataclass
 class RecipeConfig:
     output_dir: str = "data/recipe"  # every stage writes under it (see the module's docstring)
     executor: ExecutorOptions = field(default_factory=ExecutorOptions)
-    corpus: CorpusSection = field(default_factory=CorpusSection)  # type: ignore[valid-type]
-    quality: QualitySection = field(default_factory=QualitySection)  # type: ignore[valid-type]
-    dedup: DedupSection = field(default_factory=DedupSection)  # type: ignore[valid-type]
-    decontaminate: DecontaminateSection = field(default_factory=DecontaminateSection)  # type: ignore[valid-type]
-    tokenize: TokenizeSection = field(default_factory=TokenizeSection)  # type: ignore[valid-type]
+    corpus: CorpusSection = field(default_factory=CorpusSection)
+    quality: QualitySection = field(default_factory=QualitySection)
+    dedup: DedupSection = field(default_factory=DedupSection)
+    decontaminate: DecontaminateSection = field(default_factory=DecontaminateSection)
+    tokenize: TokenizeSection = field(default_factory=TokenizeSection)
 
     def check(self, prefix: str) -> None:
         if not self.output_dir:
@@ -109,7 +125,7 @@ class RecipeConfig:
     @property
     def dataset(self) -> str:
         """The Megatron dataset the recipe ends with (PREFIX of PREFIX.bin/.idx), for the first json key."""
-        return preprocess.output_prefix_for(self.prefix("code"), self.tokenize.json_keys[0])
+        return output_prefix_for(self.prefix("code"), self.tokenize.json_keys[0])
 
 
 class CommandStep(PipelineStep):

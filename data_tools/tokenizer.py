@@ -135,7 +135,7 @@ def _non_empty(texts: Iterable[str]) -> Iterator[str]:
 
 def corpus_texts(inputs: Sequence[str], on_error: OnError = "stop") -> Iterator[str]:
     """Texts to train on: anything ``data_tools.corpus`` reads; the standard library when no input."""
-    from data_tools.corpus import iter_corpus
+    from data_tools.corpus_sources import iter_corpus
 
     return (record["text"] for record in iter_corpus(inputs, on_error=on_error))
 

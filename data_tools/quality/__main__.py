@@ -139,13 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> str:
     if args.command == "annotate":
-        options = AnnotateOptions(
+        annotate_options = AnnotateOptions(
             limit=args.limit, seed=args.seed, max_chars=args.max_chars, text_key=args.text_key, on_error=args.on_error
         )
         if args.annotator == "heuristic":
             from data_tools.quality.annotate import annotate_with_heuristic
 
-            stats = annotate_with_heuristic(args.corpus, args.out, options=options)
+            stats = annotate_with_heuristic(args.corpus, args.out, options=annotate_options)
         else:
             from data_tools.llm import client_config_from_args
             from data_tools.quality.annotate import annotate_with_llm
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> str:
                 args.out,
                 client_config_from_args(args),
                 prompt_path=args.prompt,
-                options=options,
+                options=annotate_options,
                 retry_failed=args.retry_failed,
                 progress=not args.no_progress,
                 max_tokens=args.answer_max_tokens,
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> str:
     if args.command == "train":
         from data_tools.quality.classifier import train_classifier
 
-        options = TrainOptions(
+        train_options = TrainOptions(
             embedder=args.embedder,
             positive_labels=parse_levels(args.positive_labels),
             test_fraction=args.test_fraction,
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> str:
             text_key=args.text_key,
             on_error=args.on_error,
         )
-        return train_classifier(args.corpus, args.annotations, args.out, options).summary()
+        return train_classifier(args.corpus, args.annotations, args.out, train_options).summary()
     from data_tools.quality.filter import QualityFilterConfig, filter_corpus
 
     options = executor_options_from_args(args)

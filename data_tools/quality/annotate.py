@@ -109,7 +109,7 @@ def annotate_with_llm(
 
     return run_requests(
         requests(),
-        out_path,
+        Path(out_path),
         failures_path_for(out_path),
         config,
         process=process,
@@ -127,7 +127,7 @@ def annotate_with_heuristic(
     from data_tools.llm import ResultStore, RunStats
 
     stats = RunStats()
-    store = ResultStore(out_path, failures_path_for(out_path))
+    store = ResultStore(Path(out_path), failures_path_for(out_path))
     try:
         for document in _documents(corpus, options):
             stats.requested += 1

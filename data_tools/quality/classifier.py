@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from data_tools.embed import DEVICES
-from data_tools.jsonl import MalformedRecordError, iter_jsonl
+from data_tools.jsonl import MalformedRecordError, OnError, iter_jsonl
 from data_tools.quality.documents import Document, QualityError, corpus_files, iter_documents
 from data_tools.quality.labels import LEVELS
 from megaphi.common.files import atomic_write_text
@@ -48,7 +48,7 @@ class TrainOptions:
     embed_max_chars: int = DEFAULT_EMBED_MAX_CHARS
     device: str = "auto"  # embedding device (data_tools.embed.resolve_device)
     text_key: str = "text"
-    on_error: str = "stop"
+    on_error: OnError = "stop"
 
     def validate(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:

@@ -41,6 +41,11 @@ def _comment_lines(text: str) -> set[int]:
     return lines
 
 
+def _lines(node: ast.stmt) -> int:
+    """The lines a statement spans (the parser sets ``end_lineno`` on every node it makes)."""
+    return (node.end_lineno or node.lineno) - node.lineno + 1
+
+
 def features(text: str) -> dict[str, float | int | bool]:
     """The measurements the score is made of (stored in the annotation for auditing)."""
     lines = text.splitlines()
@@ -61,9 +66,7 @@ def features(text: str) -> dict[str, float | int | bool]:
     defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
     functions = [n for n in defs if not isinstance(n, ast.ClassDef)]
     data_lines = sum(
-        n.end_lineno - n.lineno + 1
-        for n in tree.body
-        if isinstance(n, (ast.Assign, ast.AnnAssign)) and isinstance(n.value, _LITERALS)
+        _lines(n) for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign)) and isinstance(n.value, _LITERALS)
     )
     imports = sum(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
     out.update(
@@ -74,9 +77,7 @@ def features(text: str) -> dict[str, float | int | bool]:
             "docstring_fraction": round(sum(ast.get_docstring(n) is not None for n in defs) / len(defs), 4)
             if defs
             else 0.0,
-            "mean_function_lines": round(sum(n.end_lineno - n.lineno + 1 for n in functions) / len(functions), 2)
-            if functions
-            else 0.0,
+            "mean_function_lines": round(sum(_lines(n) for n in functions) / len(functions), 2) if functions else 0.0,
             "data_fraction": round(min(1.0, data_lines / max(1, len(nonblank))), 4),
             "import_fraction": round(imports / max(1, len(tree.body)), 4),
         }

@@ -62,7 +62,9 @@ def level_of_score(score: int) -> str:
 def parse_label(answer: str) -> Label:
     """The educational-value level an annotator's answer states; :class:`UnparseableLabel` if none."""
     text = answer.strip()
-    keyed = [(m.start(), _SYNONYMS[m.group(1).lower()], None) for m in _KEYED_LEVEL.finditer(text)]
+    keyed: list[tuple[int, str, int | None]] = [
+        (m.start(), _SYNONYMS[m.group(1).lower()], None) for m in _KEYED_LEVEL.finditer(text)
+    ]
     keyed += [(m.start(), level_of_score(int(m.group(1))), int(m.group(1))) for m in _KEYED_SCORE.finditer(text)]
     if keyed:
         _, level, score = max(keyed)

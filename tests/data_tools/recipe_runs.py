@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data_tools.corpus import stdlib_dir
+from data_tools.corpus_sources import stdlib_dir
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "data_tools" / "recipes" / "stdlib.yaml"

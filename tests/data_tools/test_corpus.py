@@ -5,7 +5,8 @@ from itertools import islice
 
 import pytest
 
-from data_tools.corpus import CorpusError, SizeLimits, build_corpus, iter_corpus, main, stdlib_dir
+from data_tools.corpus import build_corpus, main
+from data_tools.corpus_sources import CorpusError, SizeLimits, iter_corpus, stdlib_dir
 from data_tools.executors import ExecutorOptions
 from data_tools.jsonl import MalformedRecordError
 from tests.conftest import damaged_gzip, read_jsonl

@@ -10,12 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.decontaminate import (
-    DecontaminateConfig,
-    DecontaminationError,
-    load_benchmark_items,
-    main,
-)
+from data_tools.contamination import DecontaminationError, load_benchmark_items
+from data_tools.decontaminate import DecontaminateConfig, main
 from megaphi.eval.benchmarks import load_humaneval
 from tests.conftest import read_jsonl
 

@@ -213,9 +213,9 @@ def test_outputs_carry_token_stats_and_the_stats_subcommand_writes_them_for_mega
 
 KILLING_LAUNCHER = """
 import os, signal, sys
-from data_tools import preprocess
+from data_tools import preprocess, preprocess_steps
 
-class KilledMidway(preprocess.IndexedDatasetWriter):
+class KilledMidway(preprocess_steps.IndexedDatasetWriter):
     # the command and every process it started die at once (SIGKILL, as when a node is lost)
     # inside task 2, after 2 documents
     def add_documents(self, tokens, lengths):
@@ -223,7 +223,7 @@ class KilledMidway(preprocess.IndexedDatasetWriter):
         if os.path.basename(self.prefix).startswith("00002-") and self.num_documents >= 2:
             os.killpg(os.getpgid(0), signal.SIGKILL)
 
-preprocess.IndexedDatasetWriter = KilledMidway
+preprocess_steps.IndexedDatasetWriter = KilledMidway
 sys.exit(preprocess.main(sys.argv[1:]))
 """
 

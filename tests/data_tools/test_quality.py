@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from data_tools import embed
-from data_tools.corpus import DEFAULT_EXCLUDE, SizeLimits, build_corpus
+from data_tools.corpus import build_corpus
+from data_tools.corpus_sources import DEFAULT_EXCLUDE, SizeLimits
 from data_tools.embed import EmbedderError, load_embedder, resolve_device
 from data_tools.llm import ClientConfig
 from data_tools.quality import heuristic
