@@ -138,8 +138,8 @@ def executor_options_from_args(args: argparse.Namespace) -> ExecutorOptions:
 
 def fields_from_args(config_type: type[T], args: argparse.Namespace, prefix: str = "", **given: Any) -> T:
     """A dataclass of a command's options from its parsed flags: flag ``--{prefix}foo-bar`` is field
-    ``foo_bar`` (the contract of every stage config and of :class:`SlurmOptions`); ``given`` are the
-    fields whose value is not a flag's as parsed."""
+    ``foo_bar`` (the contract of every stage config, of :class:`SlurmOptions` and of the quality
+    commands' options); ``given`` are the fields whose value is not a flag's as parsed."""
     flags = {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(config_type) if f.name not in given}
     return config_type(**flags, **given)
 

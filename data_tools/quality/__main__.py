@@ -28,7 +28,7 @@ import sys
 from typing import Sequence
 
 from data_tools.embed import add_device_argument
-from data_tools.executors import add_executor_arguments, executor_options_from_args
+from data_tools.executors import add_executor_arguments, executor_options_from_args, fields_from_args
 from data_tools.jsonl import ON_ERROR_CHOICES
 from data_tools.quality.annotate import ANNOTATORS, DEFAULT_MAX_CHARS, DEFAULT_PROMPT, AnnotateOptions
 from data_tools.quality.classifier import DEFAULT_EMBED_MAX_CHARS, TrainOptions
@@ -139,9 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> str:
     if args.command == "annotate":
-        annotate_options = AnnotateOptions(
-            limit=args.limit, seed=args.seed, max_chars=args.max_chars, text_key=args.text_key, on_error=args.on_error
-        )
+        annotate_options = fields_from_args(AnnotateOptions, args)
         if args.annotator == "heuristic":
             from data_tools.quality.annotate import annotate_with_heuristic
 
@@ -173,37 +171,12 @@ def run(args: argparse.Namespace) -> str:
     if args.command == "train":
         from data_tools.quality.classifier import train_classifier
 
-        train_options = TrainOptions(
-            embedder=args.embedder,
-            positive_labels=parse_levels(args.positive_labels),
-            test_fraction=args.test_fraction,
-            n_estimators=args.n_estimators,
-            max_depth=args.max_depth,
-            threshold=args.threshold,
-            seed=args.seed,
-            embed_max_chars=args.embed_max_chars,
-            device=args.device,
-            text_key=args.text_key,
-            on_error=args.on_error,
-        )
+        train_options = fields_from_args(TrainOptions, args, positive_labels=parse_levels(args.positive_labels))
         return train_classifier(args.corpus, args.annotations, args.out, train_options).summary()
     from data_tools.quality.filter import QualityFilterConfig, filter_corpus
 
     options = executor_options_from_args(args)
-    report = filter_corpus(
-        QualityFilterConfig(
-            input=args.corpus,
-            classifier=args.classifier,
-            output_prefix=args.output_prefix,
-            threshold=args.threshold,
-            batch_size=args.batch_size,
-            device=args.device,
-            removed_prefix=args.removed_prefix,
-            text_key=args.text_key,
-            on_error=args.on_error,
-        ),
-        options,
-    )
+    report = filter_corpus(fields_from_args(QualityFilterConfig, args, input=args.corpus), options)
     if report is None:
         return f"submitted the quality filter ({options.tasks} tasks) and its report to {options.executor}"
     return report.summary()
