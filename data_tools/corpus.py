@@ -42,7 +42,7 @@ from data_tools.corpus_sources import (
     iter_corpus,
 )
 from data_tools.jsonl import ON_ERROR_CHOICES, OnError
-from data_tools.steps import RecordWriter, document_from_record
+from data_tools.steps import RecordWriter, ReportStep, document_from_record
 from megaphi.common.cli import entry_point
 
 log = logging.getLogger(__name__)
@@ -129,21 +129,18 @@ def shards(config: CorpusConfig, task: int) -> list[str]:
     return sorted(str(p) for p in prefix.parent.glob(f"{prefix.name}-{task:05d}-{'[0-9]' * 5}.jsonl"))
 
 
-class CorpusReport(PipelineStep):
+class CorpusReport(ReportStep):
     """Sums the corpus tasks' counts into ``PREFIX.corpus.json`` (totals, one row per task), or stops
     when no file passed the filters."""
 
     name = "corpus report"
-    type = "📊 - STATS"
+    config: CorpusConfig
 
     def __init__(self, config: CorpusConfig, stats_dir: str, tasks: int):
-        super().__init__()
-        self.config = config
+        super().__init__(config, tasks)
         self.stats_dir = stats_dir
-        self.tasks = tasks
 
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
-        yield from data or ()
+    def write(self) -> None:
         per_task = [
             CorpusStats.from_dict(json.loads(Path(self.stats_dir, f"{task:05d}.json").read_text()))
             for task in range(self.tasks)

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datatrove.data import DocumentsPipeline
-from datatrove.pipeline.base import PipelineStep
 
 from data_tools.contamination import DecontaminationError, ast_node_types, load_benchmark_items
 from data_tools.decontamination_filter import AST_MATCH, task_files_dir
 from data_tools.jsonl import iter_jsonl
+from data_tools.steps import ReportStep
 from megaphi.common.files import atomic_open, atomic_write_text
 
 if TYPE_CHECKING:
@@ -26,21 +25,13 @@ def _l2(similarity: float) -> float:
     return round(float(np.sqrt(max(0.0, 2.0 - 2.0 * similarity))), 4)
 
 
-class DecontaminationReport(PipelineStep):
+class DecontaminationReport(ReportStep):
     """Merges the tasks' removed items into ``PREFIX.removed.jsonl`` and their shares of the report
     into ``PREFIX.decontamination.json`` / ``.md`` (runs as one task after the filter's tasks)."""
 
     name = "decontamination report"
-    type = "📊 - STATS"
 
-    def __init__(self, config: DecontaminateConfig, tasks: int):
-        super().__init__()
-        self.config = config
-        self.tasks = tasks
-
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        if data:
-            yield from data
+    def write(self) -> None:
         write_report(self.config, self.tasks)
 
 

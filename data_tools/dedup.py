@@ -45,8 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datatrove.data import DocumentsPipeline
-from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupFilter
 
 from data_tools.executors import ExecutorOptions, Stage, logging_dir_for, parse_stage_flags, run_stages
@@ -63,7 +61,7 @@ from data_tools.minhash import (
     shingles,
     signature,
 )
-from data_tools.steps import Progress, RecordReader, RecordWriter, task_stats
+from data_tools.steps import Progress, RecordReader, RecordWriter, ReportStep, task_stats
 from megaphi.common.cli import entry_point
 from megaphi.common.files import atomic_write_text
 
@@ -115,18 +113,13 @@ def work_dir(config: DedupConfig) -> Path:
     return Path(f"{config.output_prefix}.datatrove")
 
 
-class DedupReport(PipelineStep):
+class DedupReport(ReportStep):
     """Stage 5: ``PREFIX.dedup.json`` with the counts of the run and of each task."""
 
-    type = "📊 - STATS"
     name = "dedup report"
+    config: DedupConfig
 
-    def __init__(self, config: DedupConfig, tasks: int):
-        super().__init__()
-        self.config = config
-        self.tasks = tasks
-
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> None:
+    def write(self) -> None:
         config, folder = self.config, work_dir(self.config)
         table = DocumentTable(folder / "data" / "documents", config.num_perm)
         removed = json.loads((folder / "data" / "clusters.json").read_text())

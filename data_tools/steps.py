@@ -168,6 +168,25 @@ class Progress(PipelineStep):
                 bar.update(1)
 
 
+class ReportStep(PipelineStep):
+    """The one-task last stage of a command: once the ``tasks`` tasks before it are done, :meth:`write`
+    sums what they left into the command's report. Documents handed to it pass on unchanged."""
+
+    type = "📊 - STATS"
+
+    def __init__(self, config: Any, tasks: int):
+        super().__init__()
+        self.config = config
+        self.tasks = tasks
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        yield from data or ()
+        self.write()
+
+    def write(self) -> None:
+        raise NotImplementedError
+
+
 def task_stats(logging_dir: str | os.PathLike, rank: int) -> dict[str, dict[str, float]]:
     """What the steps of a finished task counted (datatrove's ``stats/NNNNN.json``): step name ->
     label -> total, e.g. ``task_stats(dir, 0)["records"]["skipped_lines"]``."""

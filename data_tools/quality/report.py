@@ -9,16 +9,14 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from datatrove.data import Document, DocumentsPipeline
-from datatrove.pipeline.base import PipelineStep
 
 from data_tools.jsonl import expand_inputs
 from data_tools.quality.classifier import load_classifier
 from data_tools.quality.documents import QualityError
-from data_tools.steps import task_files
+from data_tools.steps import ReportStep, task_files
 from megaphi.common.files import atomic_write_text
 
 if TYPE_CHECKING:
@@ -88,21 +86,17 @@ def _skipped_lines(stats_path: Path) -> int:
     return total
 
 
-class QualityReport(PipelineStep):
+class QualityReport(ReportStep):
     """Sums the filter tasks' counts and histograms into the report JSON and PNG (one task)."""
 
     name = "quality report"
     type = "📊 - REPORT"
 
     def __init__(self, config: QualityFilterConfig, filter_logging_dir: str, tasks: int):
-        super().__init__()
-        self.config = config
+        super().__init__(config, tasks)
         self.filter_logging_dir = filter_logging_dir
-        self.tasks = tasks
 
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
-        if data:
-            yield from data
+    def write(self) -> None:
         write_report(self.config, self.filter_logging_dir, self.tasks)
 
 
