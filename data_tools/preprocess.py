@@ -93,7 +93,7 @@ def stages(config: PreprocessConfig, options: ExecutorOptions) -> list[Stage]:
         progress=not config.no_progress,
     )
     merge = MergeParts(tokenize, options.tasks, config.output_prefix, config.json_keys, config.input)
-    report = WriteReport(tokenize, options.tasks, config.output_prefix, config.json_keys)
+    report = WriteReport(config, options.tasks)
     return [
         Stage("tokenize", [step], tokenize),
         Stage("merge", [merge], logging_dir_for(config.output_prefix, "merge"), tasks=1),

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
@@ -19,12 +19,15 @@ from datatrove.pipeline.base import PipelineStep
 
 from data_tools.executors import logging_dir_for
 from data_tools.jsonl import MalformedRecordError, ReadStats
-from data_tools.steps import RecordReader
+from data_tools.steps import RecordReader, ReportStep
 from data_tools.tokenizer import Tokenizer, load_tokenizer
 from megaphi.common.errors import UserError
 from megaphi.common.files import atomic_write_text
 from megaphi.data.indexed import IndexedDatasetError, IndexedDatasetWriter, best_dtype, merge_datasets
 from megaphi.progress import progress as progress_display
+
+if TYPE_CHECKING:
+    from data_tools.preprocess import PreprocessConfig
 
 
 class EmptyCorpusError(UserError):
@@ -280,25 +283,23 @@ def report_path(output_prefix: str | os.PathLike) -> str:
     return f"{os.fspath(output_prefix)}.preprocess.json"
 
 
-class WriteReport(PipelineStep):
+class WriteReport(ReportStep):
     """Writes ``{output_prefix}.preprocess.json``: the totals and each tokenize task's counts."""
 
     name = "report"
     type = "📊 - REPORT"
+    config: PreprocessConfig
 
-    def __init__(self, tokenize: str, tasks: int, output_prefix: str, json_keys: Sequence[str]):
-        super().__init__()
-        self.tokenize, self.tasks, self.output_prefix, self.json_keys = tokenize, tasks, output_prefix, list(json_keys)
-
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        per_task = [task_counts(self.tokenize, task, self.json_keys[0]) for task in range(self.tasks)]
+    def write(self) -> None:
+        prefix, json_keys = self.config.output_prefix, self.config.json_keys
+        tokenize = tokenize_dir(prefix)
+        per_task = [task_counts(tokenize, task, json_keys[0]) for task in range(self.tasks)]
         total = TaskCounts()
         for counts in per_task:
             total = total.add(counts)
         report = {
-            "datasets": {key: output_prefix_for(self.output_prefix, key) for key in self.json_keys},
+            "datasets": {key: output_prefix_for(prefix, key) for key in json_keys},
             **vars(total),
             "tasks": [vars(counts) for counts in per_task],
         }
-        atomic_write_text(report_path(self.output_prefix), json.dumps(report, indent=1) + "\n")
-        return None
+        atomic_write_text(report_path(prefix), json.dumps(report, indent=1) + "\n")
