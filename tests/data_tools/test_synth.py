@@ -17,6 +17,12 @@ from tests.data_tools.fake_openai import FakeOpenAI
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def textbooks_command(tmp_path: Path, base_url: str, count: int, *flags: str) -> int:
+    """``python -m data_tools.synth textbooks --count COUNT FLAGS`` in this process, into tmp_path/t.jsonl."""
+    out = str(tmp_path / "t.jsonl")
+    return main(["textbooks", "--count", str(count), "--out", out, "--base-url", base_url, "--no-progress", *flags])
+
+
 def test_the_run_prints_its_prompt_count_before_asking_and_warns_when_count_exceeds_it(tmp_path, capsys):
     prompts = tmp_path / "small.yaml"
     prompts.write_text(
@@ -24,23 +30,8 @@ def test_the_run_prints_its_prompt_count_before_asking_and_warns_when_count_exce
         "topics: [{name: a, subtopics: [b, c]}]\naudiences: [x, x]\nstyles: [y]\n"
     )  # x once
     with FakeOpenAI(lambda prompt, attempt: "400") as server:
-        code = main(
-            [
-                "textbooks",
-                "--count",
-                "6",
-                "--warn-repeats",
-                "2.5",
-                "--prompts",
-                str(prompts),
-                "--out",
-                str(tmp_path / "t.jsonl"),
-                "--base-url",
-                server.base_url,
-                "--max-attempts",
-                "1",
-                "--no-progress",
-            ]
+        code = textbooks_command(
+            tmp_path, server.base_url, 6, "--warn-repeats", "2.5", "--prompts", str(prompts), "--max-attempts", "1"
         )
     err = capsys.readouterr().err.splitlines()
     assert code == 1 and len(server.hits) == 6
@@ -78,32 +69,18 @@ def test_truncated_textbooks_are_rejected_unless_kept(tmp_path):
 
 
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
-    def one_textbook(*flags: str) -> int:
-        return main(
-            [
-                "textbooks",
-                "--count",
-                "1",
-                "--out",
-                str(tmp_path / "x.jsonl"),
-                "--base-url",
-                "http://127.0.0.1:9/v1",
-                *flags,
-            ]
-        )
-
     code = main(
         ["exercises", "--count", "0", "--out", str(tmp_path / "x.jsonl"), "--base-url", "http://127.0.0.1:9/v1"]
     )
     assert code == 2
     assert capsys.readouterr().err.strip() == "error: count must be at least 1, got 0"
-    code = one_textbook("--prompts", str(tmp_path / "missing.yaml"))
+    code = textbooks_command(tmp_path, "http://127.0.0.1:9/v1", 1, "--prompts", str(tmp_path / "missing.yaml"))
     assert code == 2 and "missing.yaml does not exist" in capsys.readouterr().err
     code = main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--seed-pool", "5"])
     assert code == 2 and capsys.readouterr().err == (
         "error: --seed-pool and --seed-kinds shape seed-conditioned prompts: add --seed-corpus\n"
     )
-    code = one_textbook("--seed-corpus", str(tmp_path / "none-*.jsonl"))
+    code = textbooks_command(tmp_path, "http://127.0.0.1:9/v1", 1, "--seed-corpus", str(tmp_path / "none-*.jsonl"))
     assert code == 2 and capsys.readouterr().err.startswith("error: seed corpus: input ")
     with pytest.raises(SystemExit):  # argparse: one prompt source at a time
         main(["textbooks", "--count", "1", "--out", str(tmp_path / "x.jsonl"), "--outline", "o.yaml", "--seed-corpus"])
@@ -112,22 +89,7 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
 
 def test_cli_exits_1_when_no_request_got_an_answer(tmp_path, capsys):
     with FakeOpenAI(lambda prompt, attempt: "400") as server:
-        code = main(
-            [
-                "textbooks",
-                "--count",
-                "2",
-                "--out",
-                str(tmp_path / "t.jsonl"),
-                "--base-url",
-                server.base_url,
-                "--model",
-                "fake",
-                "--api-key",
-                "x",
-                "--no-progress",
-            ]
-        )
+        code = textbooks_command(tmp_path, server.base_url, 2, "--model", "fake", "--api-key", "x")
     assert code == 1
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: every request failed (reasons in ")
     assert len((tmp_path / "t.failures.jsonl").read_text().splitlines()) == 2
