@@ -314,7 +314,7 @@ def plan_for(
     space = load_prompt_space(prompts_path or PROMPTS_DIR / f"{kind}.yaml", kind)
     outline = seeds = None
     if outline_path is not None:
-        from data_tools.synth_outline import load_outline
+        from data_tools.synth_outline import load_outline  # here: synth_outline builds on this module
 
         outline = load_outline(outline_path)
     if seed_corpus is not None:
