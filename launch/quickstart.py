@@ -50,7 +50,7 @@ from megaphi.common.net import free_port
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from launch.pipeline import Outcome, Pipeline, Stage  # noqa: E402
-from launch.quickstart_report import read_json, write_report  # noqa: E402
+from launch.quickstart_report import read_json, report_fields, write_report  # noqa: E402
 
 PY = sys.executable
 EXERCISES = ROOT / "launch" / "quickstart_exercises.jsonl"
@@ -272,10 +272,7 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             lambda: shards(data, "filtered"),
             # the work directory too: its completion markers would make a rerun skip every task
             [data / "dedup-00000-00000.jsonl", data / "dedup.removed.jsonl", data / "dedup.dedup.json", data / "dedup.datatrove"],
-            lambda: {
-                k: read_json(data / "dedup.dedup.json").get(k)
-                for k in ("documents", "kept", "exact_duplicates", "near_duplicates")
-            },
+            lambda: report_fields(data / "dedup.dedup.json", "documents", "kept", "exact_duplicates", "near_duplicates"),
         ),
         Stage(
             "decontaminate",
@@ -288,10 +285,7 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             ],
             lambda: shards(data, "dedup"),
             [data / "clean-00000-00000.jsonl", *(data / f"clean{suffix}" for suffix in DECONTAMINATION_SIDE_OUTPUTS)],
-            lambda: {
-                k: read_json(data / "clean.decontamination.json").get(k)
-                for k in ("documents", "kept", "removed_ngram", "removed_ast")
-            },
+            lambda: report_fields(data / "clean.decontamination.json", "documents", "kept", "removed_ngram", "removed_ast"),
         ),
         Stage(
             "tokenizer",

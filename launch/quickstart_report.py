@@ -28,6 +28,12 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def report_fields(path: Path, *names: str) -> dict[str, Any]:
+    """The named fields of a stage's JSON report (None while it has not been written)."""
+    report = read_json(path)
+    return {name: report.get(name) for name in names}
+
+
 def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
