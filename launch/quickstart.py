@@ -39,7 +39,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from megaphi.common.checkpoints import read_latest
 from megaphi.common.cli import entry_point
@@ -50,7 +50,15 @@ from megaphi.common.net import free_port
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from launch.pipeline import Outcome, Pipeline, Stage  # noqa: E402
-from launch.quickstart_report import read_json, report_fields, write_report  # noqa: E402
+from launch.quickstart_report import (  # noqa: E402
+    diversity_counts,
+    jsonl_lines,
+    read_json,
+    report_fields,
+    token_counts,
+    training_counts,
+    write_report,
+)
 
 PY = sys.executable
 EXERCISES = ROOT / "launch" / "quickstart_exercises.jsonl"
@@ -104,51 +112,10 @@ def shards(data: Path, prefix: str) -> list[Path]:
     return sorted(data.glob(f"{prefix}-*.jsonl"))
 
 
-def jsonl_lines(*paths: Path) -> int:
-    return sum(sum(1 for line in p.open(encoding="utf-8") if line.strip()) for p in paths if p.is_file())
-
-
 def latest_checkpoint(run_dir: Path) -> Path:
     """The run's newest checkpoint, or its checkpoint root while it has none (a stage key still names it)."""
     root = run_dir / "checkpoints"
     return root / (read_latest(root) or "")
-
-
-def token_counts(prefix: Path) -> dict[str, int]:
-    from megaphi.data.indexed import IndexedDataset
-
-    if not Path(f"{prefix}.idx").is_file():
-        return {}
-    dataset = IndexedDataset(prefix)
-    return {"documents": len(dataset), "tokens": int(sum(len(dataset[i]) for i in range(len(dataset))))}
-
-
-def training_counts(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    steps = [r for r in read_jsonl(path) if "loss" in r and "step" in r]
-    if not steps:
-        return {}
-    return {
-        "steps": steps[-1]["step"],
-        "first loss": round(steps[0]["loss"], 3),
-        "last loss": round(steps[-1]["loss"], 3),
-        "samples": steps[-1].get("consumed_samples"),
-    }
-
-
-def diversity_counts(path: Path) -> dict[str, Any]:
-    """The synthetic data's diversity in the stage row: near-duplicate rate and embedding clusters."""
-    report = read_json(path)
-    if not report:
-        return {}
-    duplicates, embedding = report["near_duplicates"], report.get("embedding") or {}
-    return {
-        "synthetic records": report["records"],
-        "near-duplicate rate": f"{duplicates['rate']:.1%}",
-        "embedding clusters": embedding.get("clusters"),
-    }
 
 
 def render_exercises(source: Path, out: Path) -> None:
@@ -376,6 +343,10 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
                 data / "code_exercises-00000-00000.jsonl",
                 *(data / f"code_exercises{suffix}" for suffix in DECONTAMINATION_SIDE_OUTPUTS),
                 *text_document(exercises),
+                # the task markers of both tokenizations: without them a rerun would find its tasks done and
+                # write no .bin/.idx
+                data / "synthetic_textbooks.datatrove",
+                data / "code_exercises.datatrove",
             ],
             lambda: {
                 "textbook tokens": token_counts(data / "synthetic_textbooks_text_document").get("tokens"),

@@ -1,4 +1,5 @@
-"""The quickstart's report: REPORT.md and report.json in the work directory, one row per stage (ran or
+"""The quickstart's report: what each stage's row counts (documents, tokens, losses, fields of the
+stage's own report), and REPORT.md and report.json in the work directory, one row per stage (ran or
 skipped and why, time, counts, what it said), the evaluation numbers, the images, where every output
 lives, and what a toy model can and cannot show."""
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.pipeline import Outcome, write_json_atomically
+from megaphi.common.jsonl import read_jsonl
 
 TOY_NOTE = """\
 What a toy model can and cannot show: phi-tiny (2 layers, hidden size 128) trained for minutes on a
@@ -32,6 +34,47 @@ def report_fields(path: Path, *names: str) -> dict[str, Any]:
     """The named fields of a stage's JSON report (None while it has not been written)."""
     report = read_json(path)
     return {name: report.get(name) for name in names}
+
+
+def jsonl_lines(*paths: Path) -> int:
+    return sum(sum(1 for line in p.open(encoding="utf-8") if line.strip()) for p in paths if p.is_file())
+
+
+def token_counts(prefix: Path) -> dict[str, int]:
+    from megaphi.data.indexed import IndexedDataset
+
+    if not Path(f"{prefix}.idx").is_file():
+        return {}
+    dataset = IndexedDataset(prefix)
+    return {"documents": len(dataset), "tokens": int(sum(len(dataset[i]) for i in range(len(dataset))))}
+
+
+def training_counts(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    steps = [r for r in read_jsonl(path) if "loss" in r and "step" in r]
+    if not steps:
+        return {}
+    return {
+        "steps": steps[-1]["step"],
+        "first loss": round(steps[0]["loss"], 3),
+        "last loss": round(steps[-1]["loss"], 3),
+        "samples": steps[-1].get("consumed_samples"),
+    }
+
+
+def diversity_counts(path: Path) -> dict[str, Any]:
+    """The synthetic data's diversity in the stage row: near-duplicate rate and embedding clusters."""
+    report = read_json(path)
+    if not report:
+        return {}
+    duplicates, embedding = report["near_duplicates"], report.get("embedding") or {}
+    return {
+        "synthetic records": report["records"],
+        "near-duplicate rate": f"{duplicates['rate']:.1%}",
+        "embedding clusters": embedding.get("clusters"),
+    }
 
 
 def _cell(value: Any) -> str:
