@@ -20,8 +20,8 @@ class _Admission:
     validation calls ``run_programs`` with one program from each of many threads): a job starts only
     while fewer jobs run than its caller's worker count allows and the memory left to the scorer
     (``memory_room``, measured whenever none of its jobs runs) holds every running job's sandboxes
-    at their limits. One job always may start, so no caller waits forever; ``_prepare`` refuses a
-    job that does not fit alone."""
+    at their limits. One job always may start, so no caller waits forever;
+    ``workers_that_fit_in_memory``, called before any job starts, refuses a job that does not fit alone."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
