@@ -32,9 +32,11 @@ from data_tools.llm import (
     Rejected,
     RunStats,
     client_config_from_args,
+    failures_path_for,
     run_requests,
 )
-from data_tools.synth import PROMPTS_DIR, SynthPrompt, add_generation_arguments, build_requests, failures_path_for
+from data_tools.synth_prompts import PROMPTS_DIR, SynthPrompt
+from data_tools.synth_task import add_generation_arguments, build_requests
 from megaphi.common.errors import UserError
 from megaphi.common.files import atomic_write_text
 

@@ -33,13 +33,13 @@ import numpy as np
 from data_tools.dedup import WORD, Deduplicator, DedupParams, exact_key, signature
 from data_tools.embed import encode_with_progress, load_embedder
 from data_tools.jsonl import ON_ERROR_CHOICES, OnError, expand_inputs, iter_records, record_id, record_text
-from data_tools.synth import NEAR_DUPLICATE, failures_path_for
+from data_tools.llm import FAILURES_SUFFIX, failures_path_for
+from data_tools.synth_exercises import NEAR_DUPLICATE
 from megaphi.common.errors import UserError
 from megaphi.progress import progress
 
 META_FIELDS = ("topic", "subtopic", "concept", "seed_kind", "audience", "style")
 REPORT_FILES = ("diversity.json", "diversity.md", "diversity.png")
-FAILURES_SUFFIX = ".failures.jsonl"  # how data_tools.synth names a run's failure log
 
 
 @dataclass(frozen=True)

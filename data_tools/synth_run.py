@@ -5,7 +5,7 @@
 
 Two datatrove stages (data_tools.executors), the second after the first:
 - ``generate``, ``--tasks N`` tasks: task r files an answer for every prompt whose index i in the
-  sampled sequence has ``i % N == r`` (data_tools.synth.sample_prompts), in its own files
+  sampled sequence has ``i % N == r`` (data_tools.synth_prompts.sample_prompts), in its own files
   ``OUT.tasks/RRRRR-of-NNNNN.jsonl`` and ``.failures.jsonl``, through data_tools.llm: a killed task
   rerun skips the ids its files settle, so every id is asked once. Each task has its own client, so
   ``--max-concurrency`` and the request/token budgets apply per task (N tasks ask up to N times as
@@ -36,7 +36,9 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from data_tools.executors import ExecutorOptions, Stage, logging_dir_for, run_stages
-from data_tools.synth import SolutionDeduplicator, SynthConfig, announce, generate_task, prompt_index
+from data_tools.synth_exercises import SolutionDeduplicator
+from data_tools.synth_prompts import prompt_index
+from data_tools.synth_task import SynthConfig, announce, generate_task
 from megaphi.common.errors import UserError
 from megaphi.common.files import atomic_open, atomic_write_text
 from megaphi.eval.sandbox import check_sandbox
@@ -102,7 +104,7 @@ class RunFiles:
 
 
 class GenerateStep(PipelineStep):
-    """Runs :func:`data_tools.synth.generate_task` for the task's rank into the task's own files."""
+    """Runs :func:`data_tools.synth_task.generate_task` for the task's rank into the task's own files."""
 
     name = "synthesize"
     type = "🤖 - GENERATOR"

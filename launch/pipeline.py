@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from megaphi.common.errors import UserError
 from megaphi.common.files import atomic_write_text
@@ -121,9 +121,9 @@ class Pipeline:
             return None  # a damaged record is no record: the stage runs again
         return manifest if manifest.get("version") == MANIFEST_VERSION else None
 
-    def key(self, commands: list[list[str]], inputs: list[Path], unkeyed: list[str] = ()) -> str:
-        commands = [[a for a in command if a not in unkeyed] for command in commands]
-        payload = json.dumps({"commands": commands, "inputs": fingerprint(inputs, self.work)}, sort_keys=True)
+    def key(self, commands: list[list[str]], inputs: list[Path], unkeyed: Sequence[str] = ()) -> str:
+        keyed = [[a for a in command if a not in unkeyed] for command in commands]
+        payload = json.dumps({"commands": keyed, "inputs": fingerprint(inputs, self.work)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def decide(self, stage: Stage, key: str, forced: str | None) -> str | None:
@@ -156,6 +156,7 @@ class Pipeline:
             return self._skipped(stage, manifest, "before --start-at", commands, inputs)
         reason = self.decide(stage, key, forced)
         if reason is None:
+            assert manifest is not None  # decide found the record current
             print(
                 "skipped: outputs complete, inputs and parameters unchanged "
                 f"(recorded {manifest['finished_at']}, took {manifest['seconds']:.0f}s)",
@@ -196,7 +197,9 @@ class Pipeline:
         )
         return Outcome(stage, "ran", reason, seconds, commands, [_name(p, self.work) for p in inputs], counts, said)
 
-    def _skipped(self, stage: Stage, manifest: dict, reason: str, commands, inputs) -> Outcome:
+    def _skipped(
+        self, stage: Stage, manifest: dict, reason: str, commands: list[list[str]], inputs: list[Path]
+    ) -> Outcome:
         return Outcome(
             stage,
             "skipped",

@@ -22,8 +22,9 @@ So the finetuning set is the small hand-written exercise set of launch/quickstar
 format) plus whatever synthetic exercise passed, and the model is evaluated on HumanEval and on those
 exercises themselves: a toy model can learn them by heart, not solve anything new.
 
-(Over 400 lines on purpose: it is the recipe's walk-through, every stage's commands in the order
-they run, read top to bottom; the machinery that runs them is launch/pipeline.py.)
+(Over 400 lines on purpose: it is the recipe's walk-through, one table of the twelve stages with
+every command in the order it runs, read top to bottom; the machinery that skips or runs them is
+launch/pipeline.py, the report launch/quickstart_report.py.)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from megaphi.common.checkpoints import read_latest
 from megaphi.common.cli import entry_point
@@ -48,21 +49,19 @@ from megaphi.common.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from launch.pipeline import Outcome, Pipeline, Stage, write_json_atomically  # noqa: E402
+from launch.pipeline import Outcome, Pipeline, Stage  # noqa: E402
+from launch.quickstart_report import (  # noqa: E402
+    diversity_counts,
+    jsonl_lines,
+    read_json,
+    report_fields,
+    token_counts,
+    training_counts,
+    write_report,
+)
 
 PY = sys.executable
 EXERCISES = ROOT / "launch" / "quickstart_exercises.jsonl"
-TOY_NOTE = """\
-What a toy model can and cannot show: phi-tiny (2 layers, hidden size 128) trained for minutes on a
-slice of the standard library cannot write a HumanEval solution; HumanEval pass@1 of 0 is the expected
-result, and the completions show what the model learned (the shape of Python code, not its meaning).
-It does learn the ten seed exercises it was finetuned on: the exercise evaluation asks for exactly
-those, so passing them shows that finetuning, conversion, generation and the sandboxed scoring fit
-together and that a trained model's answers are scored as passed, not that the model can program.
-The synthetic textbooks and exercises come from the same toy model, so they are noise: the textbooks
-are tokenized (the prefix the full recipe mixes into pretraining) but the toy does not pretrain again,
-and few or no synthetic exercises pass validation. With a real endpoint (--base-url of a large
-model) the same stages produce the phi-1 data."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,55 +112,10 @@ def shards(data: Path, prefix: str) -> list[Path]:
     return sorted(data.glob(f"{prefix}-*.jsonl"))
 
 
-def jsonl_lines(*paths: Path) -> int:
-    return sum(sum(1 for line in p.open(encoding="utf-8") if line.strip()) for p in paths if p.is_file())
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def latest_checkpoint(run_dir: Path) -> Path:
     """The run's newest checkpoint, or its checkpoint root while it has none (a stage key still names it)."""
     root = run_dir / "checkpoints"
     return root / (read_latest(root) or "")
-
-
-def token_counts(prefix: Path) -> dict[str, int]:
-    from megaphi.data.indexed import IndexedDataset
-
-    if not Path(f"{prefix}.idx").is_file():
-        return {}
-    dataset = IndexedDataset(prefix)
-    return {"documents": len(dataset), "tokens": int(sum(len(dataset[i]) for i in range(len(dataset))))}
-
-
-def training_counts(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    steps = [r for r in read_jsonl(path) if "loss" in r and "step" in r]
-    if not steps:
-        return {}
-    return {
-        "steps": steps[-1]["step"],
-        "first loss": round(steps[0]["loss"], 3),
-        "last loss": round(steps[-1]["loss"], 3),
-        "samples": steps[-1].get("consumed_samples"),
-    }
-
-
-def diversity_counts(path: Path) -> dict[str, Any]:
-    """The synthetic data's diversity in the stage row: near-duplicate rate and embedding clusters."""
-    report = read_json(path)
-    if not report:
-        return {}
-    duplicates, embedding = report["near_duplicates"], report.get("embedding") or {}
-    return {
-        "synthetic records": report["records"],
-        "near-duplicate rate": f"{duplicates['rate']:.1%}",
-        "embedding clusters": embedding.get("clusters"),
-    }
 
 
 def render_exercises(source: Path, out: Path) -> None:
@@ -178,22 +132,39 @@ def render_exercises(source: Path, out: Path) -> None:
 # The recipe
 
 
+def python_m(module: str, *args: str | Path) -> list[str]:
+    """``python -m MODULE ARGS...``: a command as a user would type it."""
+    return [PY, "-m", module, *map(str, args)]
+
+
+def tokenize(inputs: list[Path] | list[str], prefix: Path, tokenizer: Path) -> list[str]:
+    """JSONL documents -> ``{prefix}_text_document.bin/.idx``, an end-of-text token after each document."""
+    return python_m(
+        "data_tools.preprocess", "--input", *inputs, "--output-prefix", prefix, "--tokenizer", tokenizer,
+        "--append-eod", "--no-progress",
+    )  # fmt: skip
+
+
+def text_document(prefix: Path) -> list[Path]:
+    """The .bin/.idx pair ``tokenize`` writes for ``prefix``."""
+    return [Path(f"{prefix}_text_document{suffix}") for suffix in (".bin", ".idx")]
+
+
 def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
+    """The recipe as one table, a row per stage: its name, what it does, the commands it runs (built
+    when its turn comes, since they name what earlier stages wrote), what it reads, what it writes and
+    what its report row counts. Skipping, rerunning, --start-at and the report all read this table."""
     data = work / "data"
     tokenizer = work / "tokenizer"
     pretrain, finetune, hf_dir, evals = work / "pretrain", work / "finetune", work / "hf", work / "eval"
-    train = [
-        PY,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={args.nproc}",
-        "-m",
-        "megaphi.train",
-        "--config",
-        "configs/phi_tiny_cpu.yaml",
-    ]
+    code, textbooks, exercises = data / "code", data / "synthetic_textbooks", data / "code_exercises"
+    train = python_m(
+        "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", "megaphi.train",
+        "--config", "configs/phi_tiny_cpu.yaml",
+    )  # fmt: skip
     recipe = [ROOT / "configs" / "phi_tiny_cpu.yaml", ROOT / "ds_configs" / "cpu.json"]
+    quality = data / "filtered.quality.json"
+    synthetic = ("textbooks", "exercises")
 
     def vocab() -> int:
         from megaphi.tokenizer import load_tokenizer
@@ -205,56 +176,24 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
         build_stages.port = port  # type: ignore[attr-defined]
         return port, ["--base-url", f"http://127.0.0.1:{port}/v1", "--api-key", "local", "--model", "phi-tiny"]
 
-    def synth_commands() -> list[list[str]]:
-        _, endpoint = port_endpoint()
-        return [
-            [
-                PY,
-                "-m",
-                "data_tools.synth",
-                kind,
-                "--count",
-                str(args.synth_count),
-                "--out",
-                str(data / f"{kind}.jsonl"),
-                "--max-tokens",
-                "96",
-                "--api",
-                "completion",
-                "--keep-truncated",
-                "--no-progress",
-                *endpoint,
-            ]
-            for kind in ("textbooks", "exercises")
-        ]
+    def passed_exercises() -> list[Path]:
+        """The synthetic exercises that passed validation, when any did (an empty file is no input)."""
+        return [data / "exercises.jsonl"] if jsonl_lines(data / "exercises.jsonl") else []
 
-    quality = data / "filtered.quality.json"
+    # Laid out by hand: each command reads like the line a user would type (the formatter would put
+    # every argument on a line of its own).
+    # fmt: off
     return [
         Stage(
             "corpus",
             "gather code: the standard library of this Python into JSONL shards",
             # A slice of the library keeps the toy run to minutes: no tests, files of 400 B to 20 kB.
             lambda: [
-                [
-                    PY,
-                    "-m",
-                    "data_tools.corpus",
-                    "--output-prefix",
-                    str(data / "corpus"),
-                    "--include",
-                    args.corpus_include,
-                    "--exclude",
-                    "*/test/*",
-                    "*/tests/*",
-                    "*/idle_test/*",
-                    "*/site-packages/*",
-                    "*/__pycache__/*",
-                    "--min-bytes",
-                    "400",
-                    "--max-bytes",
-                    "20000",
-                    "--no-progress",
-                ]
+                python_m(
+                    "data_tools.corpus", "--output-prefix", data / "corpus", "--include", args.corpus_include,
+                    "--exclude", "*/test/*", "*/tests/*", "*/idle_test/*", "*/site-packages/*", "*/__pycache__/*",
+                    "--min-bytes", "400", "--max-bytes", "20000", "--no-progress",
+                ),
             ],
             lambda: [],
             # the first task's shard, the corpus report and the task markers (removed with it on a rerun)
@@ -265,43 +204,18 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             "quality",
             "educational-value filter: heuristic annotator (offline), embeddings + random forest, filter",
             lambda: [
-                [
-                    PY,
-                    "-m",
-                    "data_tools.quality",
-                    "annotate",
-                    "--input",
-                    *map(str, shards(data, "corpus")),
-                    "--annotator",
-                    "heuristic",
-                    "--out",
-                    str(data / "annotations.jsonl"),
-                    "--no-progress",
-                ],
-                [
-                    PY,
-                    "-m",
-                    "data_tools.quality",
-                    "train",
-                    "--input",
-                    *map(str, shards(data, "corpus")),
-                    "--annotations",
-                    str(data / "annotations.jsonl"),
-                    "--out",
-                    str(work / "quality_classifier"),
-                ],
-                [
-                    PY,
-                    "-m",
-                    "data_tools.quality",
-                    "filter",
-                    "--input",
-                    *map(str, shards(data, "corpus")),
-                    "--classifier",
-                    str(work / "quality_classifier"),
-                    "--output-prefix",
-                    str(data / "filtered"),
-                ],
+                python_m(
+                    "data_tools.quality", "annotate", "--input", *shards(data, "corpus"), "--annotator", "heuristic",
+                    "--out", data / "annotations.jsonl", "--no-progress",
+                ),
+                python_m(
+                    "data_tools.quality", "train", "--input", *shards(data, "corpus"),
+                    "--annotations", data / "annotations.jsonl", "--out", work / "quality_classifier",
+                ),
+                python_m(
+                    "data_tools.quality", "filter", "--input", *shards(data, "corpus"),
+                    "--classifier", work / "quality_classifier", "--output-prefix", data / "filtered",
+                ),
             ],
             lambda: shards(data, "corpus"),
             [
@@ -315,80 +229,39 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             lambda: {
                 "documents scored": read_json(quality).get("documents"),
                 "kept": read_json(quality).get("kept"),
-                f"removed (quality score below {read_json(quality).get('threshold')})": read_json(quality).get(
-                    "removed"
-                ),
+                f"removed (quality score below {read_json(quality).get('threshold')})": read_json(quality).get("removed"),
             },
         ),
         Stage(
             "dedup",
             "deduplicate: exact and MinHash near duplicates",
-            lambda: [
-                [
-                    PY,
-                    "-m",
-                    "data_tools.dedup",
-                    "--input",
-                    *map(str, shards(data, "filtered")),
-                    "--output-prefix",
-                    str(data / "dedup"),
-                ]
-            ],
+            lambda: [python_m("data_tools.dedup", "--input", *shards(data, "filtered"), "--output-prefix", data / "dedup")],
             lambda: shards(data, "filtered"),
             # the work directory too: its completion markers would make a rerun skip every task
-            [
-                data / "dedup-00000-00000.jsonl",
-                data / "dedup.removed.jsonl",
-                data / "dedup.dedup.json",
-                data / "dedup.datatrove",
-            ],
-            lambda: {
-                k: read_json(data / "dedup.dedup.json").get(k)
-                for k in ("documents", "kept", "exact_duplicates", "near_duplicates")
-            },
+            [data / "dedup-00000-00000.jsonl", data / "dedup.removed.jsonl", data / "dedup.dedup.json", data / "dedup.datatrove"],
+            lambda: report_fields(data / "dedup.dedup.json", "documents", "kept", "exact_duplicates", "near_duplicates"),
         ),
         Stage(
             "decontaminate",
             "decontaminate the code against HumanEval (13-gram overlap)",
             lambda: [
-                [
-                    PY,
-                    "-m",
-                    "data_tools.decontaminate",
-                    "--input",
-                    *map(str, shards(data, "dedup")),
-                    "--output-prefix",
-                    str(data / "clean"),
-                    "--benchmarks",
-                    "humaneval",
-                ]
+                python_m(
+                    "data_tools.decontaminate", "--input", *shards(data, "dedup"), "--output-prefix", data / "clean",
+                    "--benchmarks", "humaneval",
+                ),
             ],
             lambda: shards(data, "dedup"),
-            [
-                data / "clean-00000-00000.jsonl",
-                *(data / f"clean{suffix}" for suffix in DECONTAMINATION_SIDE_OUTPUTS),
-            ],
-            lambda: {
-                k: read_json(data / "clean.decontamination.json").get(k)
-                for k in ("documents", "kept", "removed_ngram", "removed_ast")
-            },
+            [data / "clean-00000-00000.jsonl", *(data / f"clean{suffix}" for suffix in DECONTAMINATION_SIDE_OUTPUTS)],
+            lambda: report_fields(data / "clean.decontamination.json", "documents", "kept", "removed_ngram", "removed_ast"),
         ),
         Stage(
             "tokenizer",
             "train a byte-level BPE tokenizer like codegen-350M-mono's (toy vocabulary)",
             lambda: [
-                [
-                    PY,
-                    "-m",
-                    "data_tools.tokenizer",
-                    "train",
-                    "--input",
-                    *map(str, shards(data, "clean")),
-                    "--output",
-                    str(tokenizer),
-                    "--vocab-size",
-                    str(args.vocab_size),
-                ]
+                python_m(
+                    "data_tools.tokenizer", "train", "--input", *shards(data, "clean"), "--output", tokenizer,
+                    "--vocab-size", str(args.vocab_size),
+                ),
             ],
             lambda: shards(data, "clean"),
             [tokenizer],
@@ -397,24 +270,10 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
         Stage(
             "tokenize",
             "tokenize into Megatron-compatible .bin/.idx",
-            lambda: [
-                [
-                    PY,
-                    "-m",
-                    "data_tools.preprocess",
-                    "--input",
-                    *map(str, shards(data, "clean")),
-                    "--output-prefix",
-                    str(data / "code"),
-                    "--tokenizer",
-                    str(tokenizer),
-                    "--append-eod",
-                    "--no-progress",
-                ]
-            ],
+            lambda: [tokenize(shards(data, "clean"), code, tokenizer)],
             lambda: [*shards(data, "clean"), tokenizer],
             # the task markers too: a rerun over changed inputs must not find its tasks already done
-            [data / "code_text_document.bin", data / "code_text_document.idx", data / "code.datatrove"],
+            [*text_document(code), data / "code.datatrove"],
             lambda: token_counts(data / "code_text_document"),
         ),
         Stage(
@@ -422,130 +281,79 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             f"pretrain phi-tiny: DeepSpeed ZeRO-2, {args.nproc} CPU processes (torchrun)",
             lambda: [
                 [
-                    *train,
-                    f"run_dir={pretrain}",
-                    f"model.overrides.vocab_size={vocab()}",
-                    f"data.paths=[{data / 'code_text_document'}]",
-                    f"data.tokenizer={tokenizer}",
-                    f"train.steps={args.train_steps}",
-                    "checkpoint.interval=20",
-                    "eval.interval=20",
-                    "logging.interval=10",
-                ]
+                    *train, f"run_dir={pretrain}", f"model.overrides.vocab_size={vocab()}",
+                    f"data.paths=[{data / 'code_text_document'}]", f"data.tokenizer={tokenizer}",
+                    f"train.steps={args.train_steps}", "checkpoint.interval=20", "eval.interval=20", "logging.interval=10",
+                ],
             ],
-            lambda: [data / "code_text_document.bin", data / "code_text_document.idx", tokenizer, *recipe],
+            lambda: [*text_document(code), tokenizer, *recipe],
             [pretrain],
             lambda: training_counts(pretrain),
         ),
         Stage(
             "synth",
             "synthesize textbooks and exercises through an OpenAI-compatible server over the toy model",
-            synth_commands,
+            lambda: [
+                python_m(
+                    "data_tools.synth", kind, "--count", str(args.synth_count), "--out", data / f"{kind}.jsonl",
+                    "--max-tokens", "96", "--api", "completion", "--keep-truncated", "--no-progress",
+                    *port_endpoint()[1],
+                )
+                for kind in synthetic
+            ],
             lambda: [latest_checkpoint(pretrain)],
             # the merged files, and the per-task files and logs a rerun would otherwise resume from
             [
                 data / f"{kind}{suffix}"
-                for kind in ("textbooks", "exercises")
+                for kind in synthetic
                 for suffix in (".jsonl", ".failures.jsonl", ".summary.json", ".tasks", ".datatrove")
             ],
             lambda: {
                 "textbooks": jsonl_lines(data / "textbooks.jsonl"),
                 "exercises that passed validation": jsonl_lines(data / "exercises.jsonl"),
-                "failed or rejected requests": jsonl_lines(
-                    data / "textbooks.failures.jsonl", data / "exercises.failures.jsonl"
-                ),
+                "failed or rejected requests": jsonl_lines(*(data / f"{kind}.failures.jsonl" for kind in synthetic)),
             },
             around=lambda: served(latest_checkpoint(pretrain), port_endpoint()[0]),
-            unkeyed=lambda: [port_endpoint()[1][1]],
-        ),  # the server's address changes from run to run
+            unkeyed=lambda: [port_endpoint()[1][1]],  # the server's address changes from run to run
+        ),
         Stage(
             "synthetic-data",
             "tokenize the synthetic textbooks; decontaminate and tokenize the exercises",
             lambda: [
-                [
-                    PY,
-                    "-m",
-                    "data_tools.preprocess",
-                    "--input",
-                    str(data / "textbooks.jsonl"),
-                    "--output-prefix",
-                    str(data / "synthetic_textbooks"),
-                    "--tokenizer",
-                    str(tokenizer),
-                    "--append-eod",
-                    "--no-progress",
-                ],
+                tokenize([data / "textbooks.jsonl"], textbooks, tokenizer),
                 # how diverse the synthetic data is (issue of the paper's scale: see data_tools.synth_report)
-                [
-                    PY,
-                    "-m",
-                    "data_tools.synth",
-                    "report",
-                    "--input",
-                    str(data / "textbooks.jsonl"),
-                    *([str(data / "exercises.jsonl")] if jsonl_lines(data / "exercises.jsonl") else []),
-                    "--out-dir",
-                    str(data / "diversity"),
-                    "--no-progress",
-                ],
-                [
-                    PY,
-                    str(ROOT / "launch" / "quickstart.py"),
-                    "--render-exercises",
-                    str(EXERCISES),
-                    str(data / "seed_exercises.jsonl"),
-                ],
-                [
-                    PY,
-                    "-m",
-                    "data_tools.decontaminate",
-                    # the exercises get the embedding and AST checks too, as in the paper
-                    "--deep-input",
-                    str(data / "seed_exercises.jsonl"),
-                    *([str(data / "exercises.jsonl")] if jsonl_lines(data / "exercises.jsonl") else []),
-                    "--output-prefix",
-                    str(data / "code_exercises"),
-                    "--benchmarks",
-                    "humaneval",
-                ],
+                python_m(
+                    "data_tools.synth", "report", "--input", data / "textbooks.jsonl", *passed_exercises(),
+                    "--out-dir", data / "diversity", "--no-progress",
+                ),
+                [PY, str(ROOT / "launch" / "quickstart.py"), "--render-exercises", str(EXERCISES), str(data / "seed_exercises.jsonl")],
+                # the exercises get the embedding and AST checks too, as in the paper
+                python_m(
+                    "data_tools.decontaminate", "--deep-input", data / "seed_exercises.jsonl", *passed_exercises(),
+                    "--output-prefix", exercises, "--benchmarks", "humaneval",
+                ),
                 # a glob: these shards are written by the command before, after this list is built
-                [
-                    PY,
-                    "-m",
-                    "data_tools.preprocess",
-                    "--input",
-                    str(data / "code_exercises-*.jsonl"),
-                    "--output-prefix",
-                    str(data / "code_exercises"),
-                    "--tokenizer",
-                    str(tokenizer),
-                    "--append-eod",
-                    "--no-progress",
-                ],
+                tokenize([f"{exercises}-*.jsonl"], exercises, tokenizer),
             ],
             lambda: [data / "textbooks.jsonl", data / "exercises.jsonl", EXERCISES, tokenizer],
             [
-                data / "synthetic_textbooks_text_document.bin",
-                data / "synthetic_textbooks_text_document.idx",
+                *text_document(textbooks),
                 *(data / "diversity" / name for name in ("diversity.json", "diversity.md", "diversity.png")),
                 data / "seed_exercises.jsonl",
-                *(
-                    data / f"code_exercises{suffix}"
-                    for suffix in (
-                        "-00000-00000.jsonl",
-                        *DECONTAMINATION_SIDE_OUTPUTS,
-                        "_text_document.bin",
-                        "_text_document.idx",
-                    )
-                ),
+                data / "code_exercises-00000-00000.jsonl",
+                *(data / f"code_exercises{suffix}" for suffix in DECONTAMINATION_SIDE_OUTPUTS),
+                *text_document(exercises),
+                # the task markers of both tokenizations: without them a rerun would find its tasks done and
+                # write no .bin/.idx
+                data / "synthetic_textbooks.datatrove",
+                data / "code_exercises.datatrove",
             ],
             lambda: {
                 "textbook tokens": token_counts(data / "synthetic_textbooks_text_document").get("tokens"),
                 **diversity_counts(data / "diversity" / "diversity.json"),
                 "exercises kept": read_json(data / "code_exercises.decontamination.json").get("kept"),
                 "exercises removed as contaminated": sum(
-                    read_json(data / "code_exercises.decontamination.json").get(k, 0)
-                    for k in ("removed_ngram", "removed_ast")
+                    read_json(data / "code_exercises.decontamination.json").get(k, 0) for k in ("removed_ngram", "removed_ast")
                 ),
                 "exercise tokens": token_counts(data / "code_exercises_text_document").get("tokens"),
             },
@@ -555,47 +363,21 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             "finetune from the pretrained checkpoint on the exercises (phi-1's CodeExercises stage)",
             lambda: [
                 [
-                    *train,
-                    f"run_dir={finetune}",
-                    f"data.paths=[{data / 'code_exercises_text_document'}]",
-                    f"data.tokenizer={tokenizer}",
-                    f"checkpoint.init_from={latest_checkpoint(pretrain)}",
+                    *train, f"run_dir={finetune}", f"data.paths=[{data / 'code_exercises_text_document'}]",
+                    f"data.tokenizer={tokenizer}", f"checkpoint.init_from={latest_checkpoint(pretrain)}",
                     # A constant, high rate: the toy model has to learn ten exercises by heart in a minute.
-                    f"train.steps={args.finetune_steps}",
-                    "optim.lr=3e-3",
-                    "optim.decay=constant",
-                    "optim.warmup_steps=2",
-                    "data.split=100,0,0",
-                    "checkpoint.interval=20",
-                    "eval.interval=0",
-                    "logging.interval=5",
-                ]
+                    f"train.steps={args.finetune_steps}", "optim.lr=3e-3", "optim.decay=constant", "optim.warmup_steps=2",
+                    "data.split=100,0,0", "checkpoint.interval=20", "eval.interval=0", "logging.interval=5",
+                ],
             ],
-            lambda: [
-                data / "code_exercises_text_document.bin",
-                data / "code_exercises_text_document.idx",
-                latest_checkpoint(pretrain),
-                tokenizer,
-                *recipe,
-            ],
+            lambda: [*text_document(exercises), latest_checkpoint(pretrain), tokenizer, *recipe],
             [finetune],
             lambda: training_counts(finetune),
         ),
         Stage(
             "convert",
             "convert the finetuned checkpoint to a Hugging Face PhiForCausalLM directory",
-            lambda: [
-                [
-                    PY,
-                    "-m",
-                    "megaphi.convert",
-                    "to-hf",
-                    "--checkpoint",
-                    str(finetune / "checkpoints"),
-                    "--out",
-                    str(hf_dir),
-                ]
-            ],
+            lambda: [python_m("megaphi.convert", "to-hf", "--checkpoint", finetune / "checkpoints", "--out", hf_dir)],
             lambda: [latest_checkpoint(finetune)],
             [hf_dir],
         ),
@@ -603,40 +385,14 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             "eval",
             "evaluate: HumanEval and the seed exercises, generated, scored in the bubblewrap sandbox",
             lambda: [
-                [
-                    PY,
-                    "-m",
-                    "megaphi.eval",
-                    "run",
-                    "--model",
-                    str(hf_dir),
-                    "--benchmark",
-                    "humaneval",
-                    "--limit",
-                    str(args.eval_problems),
-                    "--max-new-tokens",
-                    "64",
-                    "--out-dir",
-                    str(evals / "humaneval"),
-                ],
-                [
-                    PY,
-                    "-m",
-                    "megaphi.eval",
-                    "run",
-                    "--model",
-                    str(hf_dir),
-                    "--benchmark",
-                    "mbpp",
-                    "--mbpp-path",
-                    str(EXERCISES),
-                    "--mbpp-split",
-                    "prompt",
-                    "--max-new-tokens",
-                    "64",
-                    "--out-dir",
-                    str(evals / "exercises"),
-                ],
+                python_m(
+                    "megaphi.eval", "run", "--model", hf_dir, "--benchmark", "humaneval",
+                    "--limit", str(args.eval_problems), "--max-new-tokens", "64", "--out-dir", evals / "humaneval",
+                ),
+                python_m(
+                    "megaphi.eval", "run", "--model", hf_dir, "--benchmark", "mbpp", "--mbpp-path", EXERCISES,
+                    "--mbpp-split", "prompt", "--max-new-tokens", "64", "--out-dir", evals / "exercises",
+                ),
             ],
             lambda: [hf_dir, EXERCISES],
             [evals],
@@ -646,91 +402,7 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
             },
         ),
     ]
-
-
-# ------------------------------------------------------------------------------------------------
-# The report
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def write_report(work: Path, outcomes: list[Outcome], total_s: float) -> Path:
-    evals = {name: read_json(work / "eval" / name / "report.json") for name in ("humaneval", "exercises")}
-    rows = [
-        {
-            "stage": o.stage.name,
-            "title": o.stage.title,
-            "status": o.status,
-            "reason": o.reason,
-            "seconds": round(o.seconds, 1),
-            "inputs": o.inputs,
-            "outputs": [str(p.relative_to(work)) for p in o.stage.outputs],
-            "counts": o.counts,
-            "said": [line for line in o.said if line],
-        }
-        for o in outcomes
-    ]
-    images = {
-        "pretraining loss": "pretrain/loss_curve.png",
-        "finetuning loss": "finetune/loss_curve.png",
-        "quality scores": "data/filtered.quality.png",
-        "synthetic data diversity (details: data/diversity/diversity.md)": "data/diversity/diversity.png",
-    }
-    payload = {
-        "work_dir": str(work),
-        "seconds": round(total_s, 1),
-        "stages": rows,
-        "images": {k: v for k, v in images.items() if (work / v).is_file()},
-        "evaluation": {name: report.get("summary") for name, report in evals.items()},
-        "toy_model_note": TOY_NOTE,
-    }
-    write_json_atomically(work / "report.json", payload)
-
-    ran = sum(o.status == "ran" for o in outcomes)
-    lines = [
-        "# Quickstart report",
-        "",
-        f"Work directory `{work}`; this run took {total_s:.0f}s: {ran} stage(s) ran, "
-        f"{len(outcomes) - ran} skipped (outputs complete, inputs and parameters unchanged). "
-        "The same content as JSON: `report.json`.",
-        "",
-        "| # | stage | this run | time (s) | counts | the stage said |",
-        "|---:|---|---|---:|---|---|",
-    ]
-    for number, row in enumerate(rows, 1):
-        counts = "; ".join(f"{k}: {v}" for k, v in row["counts"].items() if v is not None)
-        status = "ran" if row["status"] == "ran" else "skipped"
-        lines.append(
-            f"| {number} | {row['stage']} | {status} ({_cell(row['reason'])}) | {row['seconds']:.0f} "
-            f"| {_cell(counts)} | {_cell(' / '.join(row['said']))} |"
-        )
-    lines += ["", "## Evaluation", ""]
-    if not any(report.get("summary") for report in evals.values()):
-        lines.append("(the eval stage has not run)")
-    for name, report in evals.items():
-        summary = report.get("summary")
-        if not summary:
-            continue
-        passk = ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary.items() if k.startswith("pass@"))
-        lines.append(
-            f"- **{name}**: {passk} over {summary['problems_scored']} problems "
-            f"({summary['samples']} samples); outcomes {summary['outcomes']}; per problem: "
-            f"`eval/{name}/report.md`"
-        )
-    lines += ["", TOY_NOTE, ""]
-    for title, path in payload["images"].items():
-        lines += [f"## {title[0].upper()}{title[1:]}", "", f"![{title}]({path})", ""]
-    lines += ["## Where everything is", "", "| stage | inputs | outputs |", "|---|---|---|"]
-    for row in rows:
-        lines.append(
-            f"| {row['stage']} | {_cell(', '.join(row['inputs']) or '(none)')} | {_cell(', '.join(row['outputs']))} |"
-        )
-    lines += ["", "Each stage's record (its commands, key, output fingerprints): `stages/<stage>.json`.", ""]
-    path = work / "REPORT.md"
-    path.write_text("\n".join(lines))
-    return path
+    # fmt: on
 
 
 # ------------------------------------------------------------------------------------------------

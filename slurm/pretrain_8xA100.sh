@@ -13,13 +13,12 @@
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out
 set -euo pipefail
-# First the checkout (sbatch runs a copy of this script from its spool directory): MEGAPHI_ROOT, else
-# the submitted script's checkout (scontrol's Command=), else the submit directory.
+# The checkout: MEGAPHI_ROOT, else the submitted script's (scontrol's Command=; sbatch runs a spooled
+# copy), else the submit directory. Why these lines stand in each script: slurm/common.sh.
 job_script="$([ -z "${SLURM_JOB_ID:-}" ] || timeout 30 scontrol show job "$SLURM_JOB_ID" 2>/dev/null |
   sed -n 's/^ *Command=\([^ ]*\).*/\1/p')" || true
-for root in "${MEGAPHI_ROOT:-$(dirname "${job_script:-$0}")/..}" "${MEGAPHI_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}"; do
-  [ ! -f "$root/slurm/common.sh" ] || break
-done
+root="${MEGAPHI_ROOT:-$(dirname "${job_script:-$0}")/..}"
+[ -f "$root/slurm/common.sh" ] || root="${MEGAPHI_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}"
 [ -f "$root/slurm/common.sh" ] || { echo "error: $root is not a megaphi checkout (no slurm/common.sh); submit from the" \
   "checkout (cd /path/to/megaphi && sbatch slurm/...) or set MEGAPHI_ROOT=/path/to/megaphi" >&2; exit 2; }
 cd "$root" && source slurm/common.sh

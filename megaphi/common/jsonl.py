@@ -127,12 +127,16 @@ def parse_line(line: bytes | str, path: str | os.PathLike, lineno: int) -> dict[
     return record
 
 
+# What a command that reads JSONL with --on-error tells the user to do about a malformed line.
+ON_ERROR_HINT = "pass --on-error skip to skip such lines"
+
+
 def iter_jsonl(
     path: str | os.PathLike,
     *,
     on_error: OnError = "stop",
     stats: ReadStats | None = None,
-    hint: str = "pass --on-error skip to skip such lines",
+    hint: str = ON_ERROR_HINT,
 ) -> Iterator[dict[str, Any]]:
     """Records of one JSONL file (optionally gzipped); blank lines are ignored. ``hint`` ends the
     message of a malformed line when ``on_error`` is ``"stop"``: what the user can do about it."""
@@ -145,7 +149,7 @@ def iter_numbered_jsonl(
     *,
     on_error: OnError = "stop",
     stats: ReadStats | None = None,
-    hint: str = "pass --on-error skip to skip such lines",
+    hint: str = ON_ERROR_HINT,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` of one JSONL file, as :func:`iter_jsonl` reads it, so that a caller
     checking a record's fields can name ``file:line`` too."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
-from megaphi.eval.benchmarks import BENCHMARKS, MBPP_SPLITS, load_benchmark
+from megaphi.eval.benchmarks import BENCHMARKS, MBPP_SPLITS, Benchmark, load_benchmark
 from megaphi.eval.graded.cli import add_graded_args, add_table_args, run_graded, run_table
 from megaphi.eval.report import write_report
 from megaphi.eval.sampling import NOT_GENERATED, SamplingConfig, generate_samples, not_generated_results
@@ -125,7 +125,7 @@ def _sampling(args: argparse.Namespace) -> SamplingConfig:
     )
 
 
-def _score(args: argparse.Namespace, benchmark, samples: list[dict]) -> tuple[list[dict], dict]:
+def _score(args: argparse.Namespace, benchmark: Benchmark, samples: list[dict]) -> tuple[list[dict], dict]:
     runnable = [s for s in samples if NOT_GENERATED not in s]
     results: list[dict] = []
     # In slices, to show progress: a full HumanEval run at n=100 is 16,400 programs.
@@ -169,18 +169,17 @@ def run_command(args: argparse.Namespace) -> dict | None:
         if value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
     if args.command == "graded-table":
-        return run_table(args)
+        run_table(args)
+        return None
     benchmark = load_benchmark(args.benchmark, mbpp_path=args.mbpp_path, mbpp_split=args.mbpp_split)
     if args.command == "graded":
         sampling = None if args.samples else _sampling(args)
-        return run_graded(
-            args,
-            benchmark,
-            score=lambda samples: _score(args, benchmark, samples)[0],
-            generate=lambda: generate_samples(
-                benchmark, args.model, sampling, device=args.device, tokenizer=args.tokenizer
-            ),
-        )
+
+        def generate() -> list[dict]:
+            assert sampling is not None  # run_graded generates only without --samples
+            return generate_samples(benchmark, args.model, sampling, device=args.device, tokenizer=args.tokenizer)
+
+        return run_graded(args, benchmark, score=lambda samples: _score(args, benchmark, samples)[0], generate=generate)
     if args.command == "generate":
         samples = generate_samples(benchmark, args.model, _sampling(args), device=args.device, tokenizer=args.tokenizer)
         write_jsonl(args.out, samples)

@@ -33,10 +33,17 @@ an object the shared setup code built in the candidate's process (from the test'
 ``decode`` accepts nothing else, so no object with behaviour of its own can cross.
 """
 
+from __future__ import annotations  # annotations stay unevaluated text: the runner runs on Python 3.8+
+
 import _json  # the C parts of json only: importing json itself (and with it re) costs more than the rest
 import os
 import resource
 import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for the type checker only: importing typing would cost every sandbox its start-up time
+    from types import ModuleType
+    from typing import Any, Callable, NoReturn
 
 # Bound before any untrusted code runs, so that monkeypatching os, sys or builtins cannot redirect them.
 _write = os.write
@@ -64,10 +71,10 @@ class Unsendable(Exception):
 class Shared:
     """Stands, on the test's side, for an object that the shared setup code built in the candidate's process."""
 
-    def __init__(self, name):
+    def __init__(self, name: str) -> None:
         self.name = name
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<%s, in the candidate's process>" % self.name
 
 
@@ -79,14 +86,14 @@ class Handle:
 
     __slots__ = ("number", "type_name")
 
-    def __init__(self, number, type_name):
+    def __init__(self, number: int, type_name: str) -> None:
         self.number, self.type_name = number, type_name
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<a %s object in the candidate's process>" % self.type_name
 
 
-def encode(value, kept=None, depth=0):
+def encode(value: Any, kept: list[Any] | None = None, depth: int = 0) -> Any:
     """A value as wire data. An object that is not plain data is appended to ``kept`` and travels as
     a handle (the candidate's side); without ``kept`` (the test's side) it is Unsendable."""
     kind = type(value)
@@ -129,6 +136,7 @@ def encode(value, kept=None, depth=0):
         return ["e", str(value)]
     # Subclasses of plain types (namedtuple, Counter, OrderedDict, IntEnum...) travel as their base
     # type, read through the base type's own methods, as == would mostly treat them.
+    base: Any  # each plain type in turn, called on the value through its own methods
     for base in (int, float, str):
         if isinstance(value, base):
             return encode(base.__new__(base, value), kept, depth)
@@ -138,7 +146,7 @@ def encode(value, kept=None, depth=0):
         if isinstance(value, base):
             return encode(base(base.__iter__(value)), kept, depth)
     if hasattr(type(value), "__next__") or type(value).__name__ in ("dict_keys", "dict_values", "dict_items"):
-        items = []
+        items: list[Any] = []
         for item in value:
             if len(items) >= MAX_ITEMS:
                 raise Unsendable("an iterator of more than %d items" % MAX_ITEMS)
@@ -171,7 +179,7 @@ _BUILTIN_TYPES = (
 _BUILTIN_TYPE_NAMES = {kind.__name__: kind for kind in _BUILTIN_TYPES}
 
 
-def decode(data, shared=None, kept=None, depth=0):
+def decode(data: Any, shared: dict[str, Any] | None = None, kept: list[Any] | None = None, depth: int = 0) -> Any:
     """Wire data as a value, refusing anything that is not exactly the format. On the candidate's side
     ``shared`` (its module's names) and ``kept`` (objects it returned) resolve what the test refers to;
     on the test's side a handle becomes a ``Handle``."""
@@ -236,7 +244,7 @@ def decode(data, shared=None, kept=None, depth=0):
     raise ProtocolError("unknown tag %r" % tag[:20])
 
 
-def _reject_object(pairs):
+def _reject_object(pairs: list[tuple[str, Any]]) -> NoReturn:
     raise ProtocolError("JSON objects are not part of the format")
 
 
@@ -249,16 +257,18 @@ class _Parsing:
     parse_int = int
     parse_constant = float  # NaN, Infinity, -Infinity
 
-    def __init__(self, objects):
+    def __init__(self, objects: bool) -> None:
         self.object_pairs_hook = None if objects else _reject_object
 
 
-_scan_message = _json.make_scanner(_Parsing(objects=False))
-_scan_job = _json.make_scanner(_Parsing(objects=True))
-_encode_json = _json.make_encoder(None, None, _json.encode_basestring_ascii, None, ":", ",", False, False, True)
+# typeshed wants a make_scanner as the scanner's context; the C scanner reads only the attributes above.
+_scan_message = _json.make_scanner(_Parsing(objects=False))  # type: ignore[arg-type]
+_scan_job = _json.make_scanner(_Parsing(objects=True))  # type: ignore[arg-type]
+# No `default` hook: only wire data, made of JSON's own types, is ever dumped.
+_encode_json = _json.make_encoder(None, None, _json.encode_basestring_ascii, None, ":", ",", False, False, True)  # type: ignore[arg-type]
 
 
-def parse_json(text, scan=_scan_message):
+def parse_json(text: str, scan: Callable[[str, int], tuple[Any, int]] = _scan_message) -> Any:
     """One JSON document, nothing before or after it."""
     try:
         value, end = scan(text, 0)
@@ -271,18 +281,18 @@ def parse_json(text, scan=_scan_message):
     return value
 
 
-def dump_json(value):
+def dump_json(value: Any) -> str:
     return "".join(_encode_json(value, 0))
 
 
-def send(fd, message):
+def send(fd: int, message: Any) -> None:
     data = dump_json(message).encode("ascii")
     data = len(data).to_bytes(4, "big") + data
     while data:
         data = data[_write(fd, data) :]
 
 
-def _read_exactly(fd, size):
+def _read_exactly(fd: int, size: int) -> bytes | None:
     chunks, left = [], size
     while left:
         chunk = _read(fd, min(left, 1 << 20))
@@ -293,7 +303,7 @@ def _read_exactly(fd, size):
     return b"".join(chunks)
 
 
-def receive(fd, limit):
+def receive(fd: int, limit: int) -> Any:
     """The next message, or None at the end of the stream; ProtocolError when malformed or over ``limit``."""
     header = _read_exactly(fd, 4)
     if header is None:
@@ -314,7 +324,7 @@ def receive(fd, limit):
 # ---------------------------------------------------------------------------------------- shared parts
 
 
-def _read_job(fd):
+def _read_job(fd: int) -> dict[str, Any]:
     chunks = []
     while True:
         chunk = _read(fd, 1 << 16)
@@ -325,7 +335,7 @@ def _read_job(fd):
     return parse_json(b"".join(chunks).decode("utf-8", "surrogatepass"), _scan_job)
 
 
-def _set_limits(job):
+def _set_limits(job: dict[str, Any]) -> None:
     # Soft CPU limit sends SIGXCPU (reported as a timeout); the hard one a second later is SIGKILL.
     resource.setrlimit(resource.RLIMIT_CPU, (job["cpu_s"], job["cpu_s"] + 1))
     resource.setrlimit(resource.RLIMIT_AS, (job["address_space"], job["address_space"]))
@@ -336,26 +346,27 @@ def _set_limits(job):
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _flush_std_streams():
+def _flush_std_streams() -> None:
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
-            stream.flush()
+            if stream is not None:  # sys.__stdout__ and sys.__stderr__ may be None
+                stream.flush()
         except _BaseException:
             pass
 
 
-def _message(error):
+def _message(error: BaseException) -> str:
     try:
         return str(error)[:_DETAIL_LIMIT]
     except _BaseException:
         return "(a message that could not be formatted)"
 
 
-def _describe(error):
+def _describe(error: BaseException) -> str:
     return ("%s: %s" % (type(error).__name__, _message(error)))[:_DETAIL_LIMIT]
 
 
-def _print_traceback(error, source, filename):
+def _print_traceback(error: BaseException, source: str, filename: str) -> None:
     try:
         import linecache
         import traceback
@@ -372,7 +383,7 @@ def _print_traceback(error, source, filename):
         pass
 
 
-def _fresh_module(name):
+def _fresh_module(name: str) -> ModuleType:
     module = type(sys)(name)  # registered so that pickle and dataclasses find it
     sys.modules[name] = module
     return module
@@ -381,14 +392,14 @@ def _fresh_module(name):
 # ----------------------------------------------------------------------------------------------- roles
 
 
-def run_program(job, verdict_fd):
+def run_program(job: dict[str, Any], verdict_fd: int) -> NoReturn:
     # The per-run token marks the harness's own record among whatever the program writes to the pipe.
     token = job["token"].encode("ascii") + b" "
     del job["token"]
     harness_pid = _getpid()
     memory_verdict = token + b"memory MemoryError"  # built up front: after a MemoryError there may be no room
 
-    def report(verdict):
+    def report(verdict: bytes) -> None:
         if _getpid() != harness_pid:  # a forked copy of the harness never speaks for the program
             _exit(1)
         try:
@@ -415,7 +426,7 @@ def run_program(job, verdict_fd):
     _exit(0)
 
 
-def run_candidate(job, requests_fd, replies_fd):
+def run_candidate(job: dict[str, Any], requests_fd: int, replies_fd: int) -> NoReturn:
     """Load the untrusted program, then answer calls until the test side hangs up."""
     source, limit = job["candidate"], job["message_limit"]
     module = _fresh_module("__program__")
@@ -427,7 +438,7 @@ def run_candidate(job, requests_fd, replies_fd):
         send(replies_fd, ["load-failed", type(error).__name__, _describe(error)])
         _exit(1)
     send(replies_fd, ["ready"])
-    kept = []  # objects returned as handles, alive until the test hangs up
+    kept: list[Any] = []  # objects returned as handles, alive until the test hangs up
     while True:
         try:
             request = receive(requests_fd, limit)
@@ -450,7 +461,7 @@ def run_candidate(job, requests_fd, replies_fd):
             result = function(*args, **kwargs)
             reply = ["return", encode(result, kept)]
             # Arguments changed in place travel back, so tests that check mutation see it.
-            changed = []
+            changed: list[Any] = []
             for index, arg in enumerate(args):
                 if type(arg) in (list, dict, set, bytearray):
                     now = encode(arg, kept)
@@ -472,7 +483,7 @@ def run_candidate(job, requests_fd, replies_fd):
         _flush_std_streams()
 
 
-def _raised(error):
+def _raised(error: BaseException) -> list[Any]:
     """The reply for an exception: its type's name, its message, and its arguments when they are plain data."""
     try:
         args = encode(tuple(error.args))
@@ -485,19 +496,19 @@ class CandidateError(Exception):
     """An exception the candidate raised whose type is not a built-in one."""
 
 
-def run_test(job, requests_fd, replies_fd, verdict_fd):
+def run_test(job: dict[str, Any], requests_fd: int, replies_fd: int, verdict_fd: int) -> NoReturn:
     """Run the tests against proxies of the candidate's functions; write the verdict."""
     limit = job["message_limit"]
 
-    def verdict(record, status):
+    def verdict(record: bytes, status: int) -> NoReturn:
         _flush_std_streams()
         _write(verdict_fd, record[:_DETAIL_LIMIT])
         _exit(status)
 
-    def fail(detail):
+    def fail(detail: str) -> NoReturn:
         verdict(b"failed " + detail.encode("utf-8", "replace"), 1)
 
-    def next_reply():
+    def next_reply() -> list[Any]:
         try:
             reply = receive(replies_fd, limit)
         except ProtocolError as error:
@@ -517,7 +528,7 @@ def run_test(job, requests_fd, replies_fd, verdict_fd):
     namespace = _fresh_module("__program__").__dict__
     import builtins
 
-    def exception_from(type_name, message, args):
+    def exception_from(type_name: str, message: str, args: Any) -> Exception:
         kind = getattr(builtins, type_name, None) if type_name.isidentifier() else None
         if isinstance(kind, type) and issubclass(kind, Exception):
             try:
@@ -526,8 +537,8 @@ def run_test(job, requests_fd, replies_fd, verdict_fd):
                 pass
         return CandidateError("%s: %s" % (type_name, message))
 
-    def proxy(name):
-        def call(*args, **kwargs):
+    def proxy(name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
             try:
                 wire_args = [encode(arg) for arg in args]
                 wire_kwargs = [[key, encode(value)] for key, value in kwargs.items()]
@@ -569,7 +580,7 @@ def run_test(job, requests_fd, replies_fd, verdict_fd):
     verdict(b"passed", 0)
 
 
-def _apply_change(args, change):
+def _apply_change(args: tuple[Any, ...], change: Any) -> None:
     """An argument the candidate changed in place: the test's own object gets the same contents."""
     if type(change) is not list or len(change) != 2 or type(change[0]) is not int or not 0 <= change[0] < len(args):
         raise ProtocolError("malformed argument change")
@@ -585,7 +596,7 @@ def _apply_change(args, change):
         raise ProtocolError("an immutable argument changed")
 
 
-def main():
+def main() -> NoReturn:
     role, fds = sys.argv[1], [int(fd) for fd in sys.argv[2:]]
     job = _read_job(fds[0])
     _set_limits(job)

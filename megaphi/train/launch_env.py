@@ -22,8 +22,9 @@ As a CLI: ``python -m megaphi.train.launch_env show|hostfile|check`` prints the 
 environment, writes a DeepSpeed hostfile for the current Slurm allocation, or checks the wiring
 with one all-reduce across all processes.
 
-(Just over 400 lines on purpose: the launchers' discoveries are short and share one result type and
-its checks; Slurm's node-list and count notations are read here because only the srun path needs them.)
+(Just over 400 lines on purpose: the launchers' discoveries are short and share one result type, its
+error and its checks; Slurm's node-list and count notations, read by the srun discovery and by the
+hostfile command, raise that same error and stay beside it.)
 """
 
 from __future__ import annotations

@@ -4,19 +4,25 @@ Each request is identified by its prompt (the completion prompt or the last chat
 `plan(prompt, attempt) -> fault` decides what the n-th attempt for that prompt gets, so a test can
 script "429 then 500 then ok" for one item and "always malformed" for another, and then check
 that the client ended up with every item exactly once in its output or its failure log.
+``kill_once_filed`` ends a client command mid-run, as a crash would, for the tests of resumption.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from aiohttp import web
+
+from tests.conftest import read_jsonl
 
 FAULTS = ("ok", "429", "500", "400", "timeout", "malformed", "truncated", "no_choices", "length")
 
@@ -176,3 +182,15 @@ def _completion(body: dict, text: str, finish_reason: str, chat: bool) -> dict:
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+def kill_once_filed(command: list[str], *, cwd: Path, env: dict[str, str], files: list[Path], records: int) -> None:
+    """Starts ``command`` and SIGKILLs it as soon as ``files`` hold ``records`` records together (a run
+    that exits or stalls for a minute before that fails the test with its stderr)."""
+    run = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while sum(len(read_jsonl(path, missing_ok=True)) for path in files) < records:
+        assert run.poll() is None and time.monotonic() < deadline, run.stderr.read().decode()
+        time.sleep(0.02)
+    run.send_signal(signal.SIGKILL)
+    run.wait()

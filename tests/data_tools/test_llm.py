@@ -1,7 +1,6 @@
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.llm import ClientConfig, LLMRequest, RateLimiter, Rejected, ResultStore, run_requests
-from tests.conftest import read_jsonl as read_all_jsonl
-from tests.data_tools.fake_openai import FakeOpenAI
+from data_tools.llm import ClientConfig, LLMRequest, RateLimiter, Rejected, ResultStore, RunStats, run_requests
+from tests.conftest import read_jsonl
+from tests.data_tools.fake_openai import FakeOpenAI, kill_once_filed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,8 +46,11 @@ def requests_for(prompts: list[str], chat: bool = True) -> list[LLMRequest]:
     return [LLMRequest(id=f"id-{p}", prompt=p) for p in prompts]
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return read_all_jsonl(path, missing_ok=True)  # a run that wrote nothing leaves no file
+def run_prompts(tmp_path: Path, prompts: list[str], config: ClientConfig, *, chat: bool = True, **options) -> RunStats:
+    """``run_requests`` over ``prompts`` into ``tmp_path``'s out.jsonl and fail.jsonl, without a progress bar."""
+    return run_requests(
+        requests_for(prompts, chat), tmp_path / "out.jsonl", tmp_path / "fail.jsonl", config, progress=False, **options
+    )
 
 
 def assert_each_id_filed_exactly_once(out: Path, failures: Path, ids: list[str]) -> tuple[list, list]:
@@ -72,13 +74,7 @@ def assert_each_id_filed_exactly_once(out: Path, failures: Path, ids: list[str])
 @pytest.mark.parametrize("chat", [True, False], ids=["chat", "completion"])
 def test_a_transient_fault_is_retried_and_the_answer_kept(tmp_path, fault, category, chat):
     with FakeOpenAI(scripted({"p": [fault, "ok"]}), hang_s=5) as server:
-        stats = run_requests(
-            requests_for(["p"], chat),
-            tmp_path / "out.jsonl",
-            tmp_path / "fail.jsonl",
-            fast_config(server, timeout_s=0.3),
-            progress=False,
-        )
+        stats = run_prompts(tmp_path, ["p"], fast_config(server, timeout_s=0.3), chat=chat)
         assert server.hits_by_prompt() == {"p": [fault, "ok"]}
     (record,) = read_jsonl(tmp_path / "out.jsonl")
     assert record["id"] == "id-p" and record["choices"][0]["text"] == "answer to: p"
@@ -88,9 +84,7 @@ def test_a_transient_fault_is_retried_and_the_answer_kept(tmp_path, fault, categ
 
 def test_429_waits_for_retry_after_before_the_next_attempt(tmp_path):
     with FakeOpenAI(scripted({"p": ["429", "ok"]}), retry_after="1") as server:
-        stats = run_requests(
-            requests_for(["p"]), tmp_path / "out.jsonl", tmp_path / "fail.jsonl", fast_config(server), progress=False
-        )
+        stats = run_prompts(tmp_path, ["p"], fast_config(server))
         first, second = server.hits
     assert second.time - first.time >= 0.95, "Retry-After: 1 must be honoured (backoff alone is 0.02 s)"
     assert stats.succeeded == 1 and stats.retry_reasons == {"429": 1}
@@ -98,13 +92,7 @@ def test_429_waits_for_retry_after_before_the_next_attempt(tmp_path):
 
 def test_a_client_error_is_final_and_logged_with_its_reason(tmp_path):
     with FakeOpenAI(scripted({"bad": ["400"]})) as server:
-        stats = run_requests(
-            requests_for(["bad", "good"]),
-            tmp_path / "out.jsonl",
-            tmp_path / "fail.jsonl",
-            fast_config(server),
-            progress=False,
-        )
+        stats = run_prompts(tmp_path, ["bad", "good"], fast_config(server))
         assert server.hits_by_prompt()["bad"] == ["400"], "a 400 is not retried"
     (failure,) = read_jsonl(tmp_path / "fail.jsonl")
     assert failure["id"] == "id-bad" and failure["attempts"] == 1
@@ -114,13 +102,7 @@ def test_a_client_error_is_final_and_logged_with_its_reason(tmp_path):
 
 def test_persistent_faults_give_up_after_max_attempts(tmp_path):
     with FakeOpenAI(scripted({"p": ["500"]})) as server:
-        run_requests(
-            requests_for(["p"]),
-            tmp_path / "out.jsonl",
-            tmp_path / "fail.jsonl",
-            fast_config(server, max_attempts=3),
-            progress=False,
-        )
+        run_prompts(tmp_path, ["p"], fast_config(server, max_attempts=3))
         assert len(server.hits) == 3
     (failure,) = read_jsonl(tmp_path / "fail.jsonl")
     assert failure["attempts"] == 3 and failure["reason"].startswith("HTTP 500")
@@ -132,12 +114,8 @@ def test_mixed_faults_file_every_item_exactly_once_and_count_usage(tmp_path):
     plan["p23"] = ["500"]  # never recovers
     prompts = list(plan)
     with FakeOpenAI(scripted(plan), retry_after="0", hang_s=5) as server:
-        stats = run_requests(
-            requests_for(prompts),
-            tmp_path / "out.jsonl",
-            tmp_path / "fail.jsonl",
-            fast_config(server, timeout_s=0.3, input_price_per_mtok=1e6, output_price_per_mtok=2e6),
-            progress=False,
+        stats = run_prompts(
+            tmp_path, prompts, fast_config(server, timeout_s=0.3, input_price_per_mtok=1e6, output_price_per_mtok=2e6)
         )
     done, failed = assert_each_id_filed_exactly_once(
         tmp_path / "out.jsonl", tmp_path / "fail.jsonl", [f"id-{p}" for p in prompts]
@@ -154,7 +132,7 @@ def test_rerun_sends_only_unfinished_ids_and_drops_a_torn_last_line(tmp_path):
     out.write_text('{"id": "id-a", "choices": []}\n{"id": "id-b", "cho')  # killed mid-write
     fail.write_text('{"id": "id-c", "reason": "HTTP 400: no"}\n')
     with FakeOpenAI() as server:
-        stats = run_requests(requests_for(["a", "b", "c", "d"]), out, fail, fast_config(server), progress=False)
+        stats = run_prompts(tmp_path, ["a", "b", "c", "d"], fast_config(server))
         assert sorted(server.hits_by_prompt()) == ["b", "d"]
     assert (stats.already_done, stats.failed_before, stats.succeeded) == (1, 1, 2)
     assert [r["id"] for r in read_jsonl(out)] == ["id-a", "id-b", "id-d"]
@@ -163,11 +141,9 @@ def test_rerun_sends_only_unfinished_ids_and_drops_a_torn_last_line(tmp_path):
 def test_retry_failed_moves_recovered_items_out_of_the_failure_log(tmp_path):
     out, fail = tmp_path / "out.jsonl", tmp_path / "fail.jsonl"
     with FakeOpenAI(scripted({"a": ["400", "ok"], "b": ["400"]})) as server:
-        run_requests(requests_for(["a", "b"]), out, fail, fast_config(server), progress=False)
+        run_prompts(tmp_path, ["a", "b"], fast_config(server))
         assert len(read_jsonl(fail)) == 2
-        stats = run_requests(
-            requests_for(["a", "b"]), out, fail, fast_config(server), progress=False, retry_failed=True
-        )
+        stats = run_prompts(tmp_path, ["a", "b"], fast_config(server), retry_failed=True)
     assert stats.succeeded == 1 and stats.failed == 1
     assert_each_id_filed_exactly_once(out, fail, ["id-a", "id-b"])
     assert [r["id"] for r in read_jsonl(fail)] == ["id-b"]
@@ -180,14 +156,7 @@ def test_a_rejected_answer_goes_to_the_failure_log_with_the_answer(tmp_path):
         return {"text": response.text}
 
     with FakeOpenAI() as server:
-        stats = run_requests(
-            requests_for(["bad", "fine"]),
-            tmp_path / "out.jsonl",
-            tmp_path / "fail.jsonl",
-            fast_config(server),
-            process=process,
-            progress=False,
-        )
+        stats = run_prompts(tmp_path, ["bad", "fine"], fast_config(server), process=process)
     (failure,) = read_jsonl(tmp_path / "fail.jsonl")
     assert failure["reason"] == "rejected: not what we wanted" and failure["texts"] == ["answer to: bad"]
     assert read_jsonl(tmp_path / "out.jsonl") == [{"id": "id-fine", "text": "answer to: fine"}]
@@ -206,14 +175,7 @@ def test_a_retryable_rejection_asks_again_and_files_a_failure_only_after_the_las
         return next(answers[prompt])
 
     with FakeOpenAI(answer=answer) as server:
-        stats = run_requests(
-            requests_for(["fixed", "hopeless"]),
-            tmp_path / "out.jsonl",
-            tmp_path / "fail.jsonl",
-            fast_config(server, max_attempts=3),
-            process=process,
-            progress=False,
-        )
+        stats = run_prompts(tmp_path, ["fixed", "hopeless"], fast_config(server, max_attempts=3), process=process)
         assert {p: len(h) for p, h in server.hits_by_prompt().items()} == {"fixed": 3, "hopeless": 3}
     assert read_jsonl(tmp_path / "out.jsonl") == [{"id": "id-fixed", "text": "good"}]
     (failure,) = read_jsonl(tmp_path / "fail.jsonl")
@@ -298,16 +260,10 @@ def test_sigkill_mid_run_then_restart_loses_and_duplicates_nothing(tmp_path):
             "--no-progress",
         ]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        generator = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         # the run's one task files its answers here; OUT is merged from them at the end
         task_out = tmp_path / "textbooks.tasks" / "00000-of-00001.jsonl"
         task_fail = task_out.with_name("00000-of-00001.failures.jsonl")
-        deadline = time.monotonic() + 60
-        while len(read_jsonl(task_out)) + len(read_jsonl(task_fail)) < 8:
-            assert generator.poll() is None and time.monotonic() < deadline, generator.stderr.read().decode()
-            time.sleep(0.02)
-        generator.send_signal(signal.SIGKILL)
-        generator.wait()
+        kill_once_filed(command, cwd=tmp_path, env=env, files=[task_out, task_fail], records=8)
         before_kill = {r["id"]: r for r in read_jsonl(task_out)}
         hits_before = {prompt: len(f) for prompt, f in server.hits_by_prompt().items()}
         assert len(before_kill) < 40, "the kill must land mid-run"

@@ -1,17 +1,16 @@
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from data_tools.llm import ClientConfig
-from data_tools.synth import main, plan_for, sample_prompts
+from data_tools.synth import main
+from data_tools.synth_prompts import plan_for, sample_prompts
 from data_tools.synth_outline import (
     concept_prompts,
     expand_outline,
@@ -20,8 +19,8 @@ from data_tools.synth_outline import (
     parse_list,
     subtopic_prompts,
 )
-from tests.conftest import read_jsonl as read_all_jsonl
-from tests.data_tools.fake_openai import FakeOpenAI
+from tests.conftest import read_jsonl
+from tests.data_tools.fake_openai import FakeOpenAI, kill_once_filed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,10 +36,6 @@ def outline_answer(prompt: str) -> str:
 def write_topics(path: Path, names: list[str]) -> Path:
     path.write_text(yaml.safe_dump({"topics": [{"name": n, "subtopics": ["x"]} for n in names]}))
     return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return read_all_jsonl(path, missing_ok=True)  # a run that wrote nothing leaves no file
 
 
 def test_list_answers_lose_their_numbering_headings_and_repeats():
@@ -170,13 +165,8 @@ def test_outline_expansion_survives_sigkill_and_asks_nothing_twice(tmp_path):
             "--no-progress",
         ]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        run = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while len(read_jsonl(answers)) < 5:  # all 3 topics and some subtopics answered
-            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read().decode()
-            time.sleep(0.02)
-        run.send_signal(signal.SIGKILL)
-        run.wait()
+        # all 3 topics and some subtopics answered
+        kill_once_filed(command, cwd=tmp_path, env=env, files=[answers], records=5)
         answered_before = {a["id"] for a in read_jsonl(answers)}
         hits_before = {prompt: len(faults) for prompt, faults in server.hits_by_prompt().items()}
         before = len(answered_before)

@@ -17,7 +17,8 @@ import pytest
 
 from data_tools.executors import ExecutorOptions
 from data_tools.llm import ClientConfig
-from data_tools.synth import PROMPTS_DIR, load_prompt_space, main, prompt_index, prompt_plan, sample_prompts
+from data_tools.synth import main
+from data_tools.synth_prompts import PROMPTS_DIR, load_prompt_space, prompt_index, prompt_plan, sample_prompts
 from data_tools.synth_run import RunFiles, SynthConfig, synthesize
 from tests.conftest import read_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI

@@ -7,7 +7,7 @@ import pytest
 
 from data_tools.llm import ClientConfig
 from data_tools.quality.documents import Document
-from data_tools.synth import plan_for, sample_prompts
+from data_tools.synth_prompts import plan_for, sample_prompts
 from data_tools.synth_run import SynthConfig, synthesize
 from data_tools.synth_report import ReportOptions, diversity_report
 from data_tools.synth_seeds import SeedOptions, document_seeds, identifiers, load_seeds, snippets

@@ -23,11 +23,12 @@ from megaphi.data.indexed import IndexedDataset
 from megaphi.eval.benchmarks import Benchmark, Problem
 from megaphi.eval.sampling import NOT_GENERATED, SamplingConfig, generate_samples
 from megaphi.generate import load_model
-from megaphi.model import PhiConfig, PhiForCausalLM
+from megaphi.model import PhiForCausalLM
 from megaphi.serve import build_server
 from megaphi.tokenizer import EOD_TOKEN, load_tokenizer
 from megaphi.vocab import padded_vocab_size
 from tests.megaphi.test_serve import running
+from tests.megaphi.tiny_phi import tiny_config
 
 CONTEXT = 64
 TEXTS = [
@@ -74,14 +75,7 @@ def checkpoint(tokenizer_kind, tmp_path_factory):
     """A random megaphi model (context CONTEXT) saved with this tokenizer as its own."""
     _, directory = tokenizer_kind
     vocab = padded_vocab_size(load_tokenizer(directory).vocab_size)
-    config = PhiConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        max_position_embeddings=CONTEXT,
-    )
+    config = tiny_config(vocab_size=vocab, num_hidden_layers=1, max_position_embeddings=CONTEXT)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "model"
     save_model_checkpoint(path, config, [PhiForCausalLM(config).state_dict()], tokenizer_dir=directory)

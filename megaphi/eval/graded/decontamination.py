@@ -17,6 +17,7 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from data_tools.decontaminate import DecontaminateConfig, load_benchmark_items, run
 from data_tools.executors import ExecutorOptions
@@ -57,7 +58,7 @@ def check_problems(mbpp_path: str | None) -> dict:
         report = run(config, ExecutorOptions(workers=1))
         assert report is not None  # a local run returns its report
         removed = read_jsonl(Path(f"{Path(tmp) / 'kept'}.removed.jsonl"))
-    rows = {
+    rows: dict[str, dict[str, Any]] = {
         p.task_id: {
             "task_id": p.task_id,
             "nearest": None,

@@ -21,7 +21,7 @@ import json
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from data_tools.llm import LLMRequest, LLMResponse, Rejected
 from megaphi.eval.graded.problems import GradedProblem
@@ -182,7 +182,7 @@ def judge_requests(
         )
 
 
-def record_verdict(judge_model: str):
+def record_verdict(judge_model: str) -> Callable[[LLMRequest, LLMResponse], dict[str, Any]]:
     """The ``process`` hook for ``data_tools.llm``: a judgments line, or a retryable rejection."""
 
     def process(request: LLMRequest, response: LLMResponse) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def render_comparison(reports: Sequence[dict], names: Sequence[str]) -> str:
             f"| {_cell(name)} | {_number(s['judge_score'])} | {100 * s['pass@1']:.2f}% "
             f"| {_number(None if s['agreement'] is None else 100 * s['agreement'])}% | {s['graded']} / {s['samples']} |"
         )
-    by_task = [{} for _ in reports]
+    by_task: list[dict[str, list[dict]]] = [{} for _ in reports]
     for table, r in zip(by_task, reports):
         for row in r["samples"]:
             table.setdefault(row["task_id"], []).append(row)

@@ -78,25 +78,25 @@ def test_a_machine_without_cgroups_is_refused_with_the_remedy(monkeypatch, tmp_p
         cgroup.cgroup_tree()
 
 
-def test_a_cgroup_v2_group_lacking_controllers_is_named(monkeypatch, tmp_path):
+def _stand_in_v2_hierarchy(monkeypatch, tmp_path, job_controllers: str) -> None:
+    """A stand-in for a cgroup v2 hierarchy in which the scorer's group is /job, offering
+    ``job_controllers`` (plain files take the writes the kernel would)."""
     monkeypatch.setattr(cgroup, "CGROUP_ROOT", str(tmp_path))
     monkeypatch.setattr(cgroup, "_tree", None)
     monkeypatch.setattr(cgroup, "_own_paths", lambda: {"": "/job"})
     (tmp_path / "job").mkdir()
     (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
-    (tmp_path / "job" / "cgroup.controllers").write_text("cpu io\n")
+    (tmp_path / "job" / "cgroup.controllers").write_text(job_controllers)
+
+
+def test_a_cgroup_v2_group_lacking_controllers_is_named(monkeypatch, tmp_path):
+    _stand_in_v2_hierarchy(monkeypatch, tmp_path, "cpu io\n")
     with pytest.raises(CgroupUnavailable, match="does not offer the memory, pids controller"):
         cgroup.cgroup_tree()
 
 
 def test_a_cgroup_v2_group_gets_v2_limits_below_the_scorer_s_group(monkeypatch, tmp_path):
-    # A stand-in for a delegated cgroup v2 subtree (plain files take the writes the kernel would).
-    monkeypatch.setattr(cgroup, "CGROUP_ROOT", str(tmp_path))
-    monkeypatch.setattr(cgroup, "_tree", None)
-    monkeypatch.setattr(cgroup, "_own_paths", lambda: {"": "/job"})
-    (tmp_path / "job").mkdir()
-    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
-    (tmp_path / "job" / "cgroup.controllers").write_text("cpu io memory pids\n")
+    _stand_in_v2_hierarchy(monkeypatch, tmp_path, "cpu io memory pids\n")
     tree = cgroup.cgroup_tree()
     assert (tree.version, tree.parents) == (2, {"": str(tmp_path / "job")})
     assert (tmp_path / "job" / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"

@@ -1,34 +1,27 @@
 """Attacks on the judging sandbox beyond the hostile suite, each asserting the concrete safe outcome.
 
-Most attacks run as a candidate's module-level code in one batch (``_judged``: the test then asks an
+Most attacks run as a candidate's module-level code in one batch (``judged_attack``: the test then asks an
 honest question, so a sample that is not contained would pass); honest samples are judged beside
 them, and nothing may be left running afterwards. Then: replies forged on the reply pipe against
-the codec and the test process, two samples judged at once that share a per-user kernel count, and
-a neighbour that fills the scorer's own memory group.
+the codec and the test process, and two samples judged at once that share a per-user kernel count.
+(A neighbour that fills the scorer's own memory group: test_sandbox_pool.py.)
 """
 
 import os
-import platform
 
 import pytest
 
 from megaphi.eval.sandbox import JudgedProgram, judge_programs
-from megaphi.eval.seccomp import _SYSCALLS
-from tests.megaphi.eval.test_sandbox import surviving_sandbox_processes
+from tests.megaphi.eval.sandbox_attacks import (
+    LIBC,
+    NUMBERS,
+    judge_beside_honest,
+    judged_attack,
+    surviving_sandbox_processes,
+)
 
 MEMORY_MB = 128
-NUMBERS = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
-_LIBC = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
 MARKER = "megaphi-red-team-" + os.urandom(4).hex()
-
-
-def _judged(attack: str) -> JudgedProgram:
-    return JudgedProgram(
-        candidate=attack + "\ndef answer():\n    return 42\n",
-        prompt="",
-        tests="assert answer() == 42\n",
-        entry_points=("answer",),
-    )
 
 
 # Kernel buffers that a socket holds for data nobody reads: what the cgroup must count (or refuse).
@@ -109,7 +102,7 @@ except OSError as error:
 print("ptys opened", len(held), flush=True)
 """,
     # Linux AIO events are counted host-wide (fs.aio-max-nr, 65536): one io_setup can take them all.
-    "takes the host's whole Linux AIO event budget": _LIBC
+    "takes the host's whole Linux AIO event budget": LIBC
     + f"""
 context = ctypes.c_ulong(0)
 print("aio io_setup", libc.syscall({NUMBERS["io_setup"]}, 65536, ctypes.byref(context)), ctypes.get_errno(), flush=True)
@@ -158,7 +151,7 @@ for name in ("RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CPU", "RLIMIT
         print("kept", name, flush=True)
 """,
     # Calls the filter names, and the ways around it: clone3 (flags in memory), CLONE_NEWTIME, setns.
-    "system calls past the seccomp filter": _LIBC
+    "system calls past the seccomp filter": LIBC
     + "".join(
         f"print('syscall {name}', libc.syscall({NUMBERS[name]}, {args}), ctypes.get_errno(), flush=True)\n"
         for name, args in [
@@ -178,7 +171,7 @@ for name in ("RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CPU", "RLIMIT
             ("kcmp", "0, 0, 0, 0, 0"),
         ]
     ),
-    "a core dump after making itself dumpable": _LIBC
+    "a core dump after making itself dumpable": LIBC
     + """
 libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
 os.kill(os.getpid(), 11)
@@ -205,21 +198,7 @@ PROBES = {
 
 @pytest.fixture(scope="module")
 def red_team_run():
-    honest = [
-        _judged(""),
-        JudgedProgram(
-            candidate="def answer():\n    return 41\n",
-            prompt="",
-            tests="assert answer() == 42\n",
-            entry_points=("answer",),
-        ),
-    ]
-    jobs = [_judged(attack) for attack in ATTACKS.values()] + [_judged(p) for p in PROBES.values()] + honest
-    results = judge_programs(jobs, timeout_s=3.0, memory_mb=MEMORY_MB, workers=2)
-    return {
-        "attacks": dict(zip([*ATTACKS, *PROBES], results[: len(ATTACKS) + len(PROBES)], strict=True)),
-        "honest": results[len(ATTACKS) + len(PROBES) :],
-    }
+    return judge_beside_honest({**ATTACKS, **PROBES}, MEMORY_MB, workers=2)
 
 
 def _lines(result, prefix):
@@ -320,44 +299,35 @@ def answer():
     os.write(int(sys.argv[-1]), len(frame).to_bytes(4, "big") + frame)
     return 42
 """
-CODEC_JOBS = {
-    "a reply nested a million levels deep": JudgedProgram(
-        candidate=_FORGE.format(frame="b'[\"return\",' + b'[' * 1_000_000 + b']' * 1_000_000 + b',[]]'"),
+
+
+def _forged_reply(frame: str) -> JudgedProgram:
+    """A candidate whose ``answer`` writes ``frame`` on the reply pipe itself, then returns 42."""
+    return JudgedProgram(
+        candidate=_FORGE.format(frame=frame),
         prompt="",
         tests="assert answer() == 42\n",
         entry_points=("answer",),
+    )
+
+
+CODEC_JOBS = {
+    "a reply nested a million levels deep": _forged_reply(
+        "b'[\"return\",' + b'[' * 1_000_000 + b']' * 1_000_000 + b',[]]'"
     ),
     # 10 million one-item lists in 60 MiB: over a gigabyte once parsed, in a 128 MiB test sandbox.
-    "a wide reply that the test process cannot hold": JudgedProgram(
-        candidate=_FORGE.format(frame="b'[\"return\",[\"l\"' + b',[\"l\"]' * 10_000_000 + b'],[]]'"),
-        prompt="",
-        tests="assert answer() == 42\n",
-        entry_points=("answer",),
+    "a wide reply that the test process cannot hold": _forged_reply(
+        "b'[\"return\",[\"l\"' + b',[\"l\"]' * 10_000_000 + b'],[]]'"
     ),
     # Ints equal modulo 2**61 - 1 share one hash: decoding this set costs the test process n**2 steps
     # (the candidate writes it in linear time).
-    "a set of colliding hashes": JudgedProgram(
-        candidate=_FORGE.format(
-            frame='b\'["return",["s",\' + b\',\'.join(b\'["i","%x"]\' % (k * (2**61 - 1)) '
-            "for k in range(1, 100_000)) + b'],[]]'"
-        ),
-        prompt="",
-        tests="assert answer() == 42\n",
-        entry_points=("answer",),
+    "a set of colliding hashes": _forged_reply(
+        'b\'["return",["s",\' + b\',\'.join(b\'["i","%x"]\' % (k * (2**61 - 1)) '
+        "for k in range(1, 100_000)) + b'],[]]'"
     ),
     # The exact numbers of the standard library: a signaling NaN, and a fraction over zero.
-    "a signaling-NaN Decimal": JudgedProgram(
-        candidate=_FORGE.format(frame='b\'["return",["e","sNaN"],[]]\''),
-        prompt="",
-        tests="assert answer() == 42\n",
-        entry_points=("answer",),
-    ),
-    "a Fraction over zero": JudgedProgram(
-        candidate=_FORGE.format(frame='b\'["return",["q",42,0],[]]\''),
-        prompt="",
-        tests="assert answer() == 42\n",
-        entry_points=("answer",),
-    ),
+    "a signaling-NaN Decimal": _forged_reply('b\'["return",["e","sNaN"],[]]\''),
+    "a Fraction over zero": _forged_reply('b\'["return",["q",42,0],[]]\''),
     "NaN, -0.0, infinity, a lone surrogate and a big int cross exactly": JudgedProgram(
         candidate=(
             "def answer():\n    return [float('nan'), -0.0, float('inf'), '\\ud800', 2**200, 1+2j, {'b': 1, 'a': 2}]\n"
@@ -374,7 +344,9 @@ CODEC_JOBS = {
 
 @pytest.fixture(scope="module")
 def codec_run():
-    results = judge_programs(list(CODEC_JOBS.values()) + [_judged("")], timeout_s=3.0, memory_mb=MEMORY_MB, workers=2)
+    results = judge_programs(
+        list(CODEC_JOBS.values()) + [judged_attack("")], timeout_s=3.0, memory_mb=MEMORY_MB, workers=2
+    )
     return dict(zip([*CODEC_JOBS, "honest"], results, strict=True))
 
 
@@ -430,139 +402,7 @@ print("inotify failures", failures, flush=True)
 
 def test_a_per_user_kernel_count_one_sample_exhausts_stays_available_to_another():
     hog, victim = judge_programs(
-        [_judged(_HOG_INOTIFY), _judged(_NEEDS_INOTIFY)], timeout_s=6.0, memory_mb=MEMORY_MB, workers=2
+        [judged_attack(_HOG_INOTIFY), judged_attack(_NEEDS_INOTIFY)], timeout_s=6.0, memory_mb=MEMORY_MB, workers=2
     )
     assert _lines(hog, "hog holds") == [["hog", "holds", "128"]], hog.output
     assert _lines(victim, "inotify failures") == [["inotify", "failures", "0"]], victim.output
-
-
-# A sample whose candidate and tests both hold many small buffers, each sandbox under its own limit,
-# while an honest sample beside them holds one larger buffer under its own. Two such samples at once
-# would pass the memory of the scorer's own group, and the OOM killer, picking the largest process
-# among equal oom_score_adj values, would take the honest one: the scorer must run only as many
-# samples at once as that group holds at every sandbox's limit.
-_MANY_SMALL = """
-import os, time
-for _ in range(6):
-    if os.fork() == 0:
-        hold = b"x" * (16 << 20)
-        time.sleep(8)
-        os._exit(0)
-hold = b"x" * (16 << 20)
-"""
-_HOLDING = "import time\ntime.sleep(4)\n"  # the tests keep theirs while the candidate's are held too
-_ONE_LARGER = "import time\ntime.sleep(2)\nhold = b'x' * (104 << 20)\ntime.sleep(1)\n"
-_SCORER = """
-import json, sys
-from megaphi.eval.sandbox import JudgedProgram, judge_programs
-jobs = [JudgedProgram(candidate=c + "\\ndef answer():\\n    return 42\\n", prompt="", tests=t + "\\nassert answer() == 42\\n",
-                      entry_points=("answer",)) for c, t in json.loads(sys.argv[1])]
-print(json.dumps([r.status for r in judge_programs(jobs, timeout_s=8.0, memory_mb=128, workers=2)]))
-"""
-
-
-_PROGRAM_RUNNER = """
-import json, sys
-from concurrent.futures import ThreadPoolExecutor
-from megaphi.eval.sandbox import run_programs
-programs = json.loads(sys.argv[1])
-with ThreadPoolExecutor(len(programs)) as pool:  # one program per call and thread, as synthetic data is validated
-    results = list(pool.map(lambda p: run_programs([p], timeout_s=8.0, memory_mb=128, workers=2)[0], programs))
-print(json.dumps([r.status for r in results]))
-"""
-
-
-def _score_in_a_memory_group(limit_mb: int, samples: list, scorer: str = _SCORER):
-    """Run ``scorer`` on ``samples`` ((candidate, tests) pairs for the default one) inside a cgroup v1
-    memory group of ``limit_mb`` MiB."""
-    import json
-    import subprocess
-    import sys
-    import time
-
-    from megaphi.eval import cgroup
-
-    tree = cgroup.cgroup_tree()
-    if tree.version != 1:
-        pytest.skip("the scorer's group is limited here through cgroup v1")
-    group = os.path.join(tree.parents["memory"], f"megaphi-red-team-{os.getpid()}")
-    os.mkdir(group)
-    try:
-        with open(os.path.join(group, "memory.limit_in_bytes"), "w") as f:
-            f.write(str(limit_mb << 20))
-        command = f'echo $$ > {group}/cgroup.procs && exec "$@"'
-        return subprocess.run(
-            ["/bin/sh", "-c", command, "sh", sys.executable, "-c", scorer, json.dumps(samples)],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=os.getcwd(),
-        )
-    finally:
-        for _ in range(50):  # the scorer has left; its emptied group goes
-            try:
-                os.rmdir(group)
-                break
-            except OSError:
-                time.sleep(0.1)
-
-
-def test_an_honest_sample_keeps_its_verdict_when_its_neighbour_fills_the_scorer_s_group():
-    import json
-
-    # 320 MiB holds one sample's two 128 MiB sandboxes beside the scorer, not two samples'.
-    done = _score_in_a_memory_group(320, [(_MANY_SMALL, _MANY_SMALL + _HOLDING), (_ONE_LARGER, "")])
-    statuses = json.loads(done.stdout.strip().splitlines()[-1])
-    assert statuses == ["passed", "passed"], (statuses, done.stderr[-2000:])
-    assert "running 1 job(s) at once instead of the 2 requested" in done.stderr, done.stderr[-2000:]
-
-
-def test_programs_run_from_many_threads_are_admitted_together_against_the_scorer_s_memory():
-    import json
-
-    # 200 MiB holds one 128 MiB sandbox beside the scorer, not two: the second call's program must
-    # wait for the first one's, though each call alone would fit.
-    done = _score_in_a_memory_group(
-        200, [_MANY_SMALL + "import time\ntime.sleep(4)\n", _ONE_LARGER], scorer=_PROGRAM_RUNNER
-    )
-    statuses = json.loads(done.stdout.strip().splitlines()[-1])
-    assert statuses == ["passed", "passed"], (statuses, done.stderr[-2000:])
-    assert "running 1 job(s) at once instead of the 2 requested" in done.stderr, done.stderr[-2000:]
-
-
-# The scorer's own memory grows while a sample holds most of its sandbox's share: its group runs out
-# with the scorer as its largest process. Without CAP_SYS_RESOURCE the scorer cannot go below 0, but
-# the sandboxes' 1000 still makes the OOM killer take the sample, and the run goes on.
-_GROWING_SCORER = """
-import json, sys, threading, time
-from megaphi.eval.sandbox import JudgedProgram, judge_programs
-candidate, = json.loads(sys.argv[1])
-job = JudgedProgram(candidate=candidate + "\\ndef answer():\\n    return 42\\n", prompt="",
-                    tests="assert answer() == 42\\n", entry_points=("answer",))
-held = []
-def grow():
-    time.sleep(1.5)
-    held.append(b"x" * (200 << 20))
-threading.Thread(target=grow).start()
-[result] = judge_programs([job], timeout_s=8.0, memory_mb=128, workers=1)
-print(json.dumps([result.status, len(held)]))
-"""
-
-
-def test_the_oom_killer_takes_the_sample_not_the_scorer_when_the_scorer_is_the_largest_process():
-    import json
-
-    # 300 MiB admits one sample (two 128 MiB sandboxes); 100 MiB in the candidate and 200 MiB more in
-    # the scorer do not fit in it together.
-    done = _score_in_a_memory_group(300, ["hold = b'x' * (100 << 20)\nimport time\ntime.sleep(5)\n"], _GROWING_SCORER)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["killed for memory", 1]
-
-
-def test_the_scorer_refuses_to_judge_when_not_even_one_sample_fits_its_memory():
-    done = _score_in_a_memory_group(200, [(_ONE_LARGER, "")])
-    assert done.returncode != 0
-    last = done.stderr.strip().splitlines()[-1]
-    assert "SandboxUnavailable" in last and "2 sandbox(es) x 128 MiB = 256 MiB" in last, done.stderr[-2000:]
-    assert "lower --sandbox-memory-mb or give the scorer more memory" in last, last

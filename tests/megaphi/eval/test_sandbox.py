@@ -3,35 +3,16 @@
 import os
 import re
 import socket
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import psutil
 import pytest
 
 from megaphi.eval import cgroup, sandbox
 from megaphi.eval.sandbox import JudgedProgram, SandboxUnavailable, judge_programs, run_programs
+from tests.megaphi.eval.sandbox_attacks import FORK_BOMB, surviving_sandbox_processes
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TIMEOUT_S = 3.0
-
-
-def surviving_sandbox_processes() -> list[int]:
-    """Processes left in a sandbox cgroup of this test process (daemons included: a cgroup is never
-    left by reparenting), bwrap children of it, and sandbox cgroups of it that were not removed."""
-    mine = f"megaphi-sandbox-{os.getpid()}-"
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if mine in Path(f"/proc/{pid}/cgroup").read_text():
-                found.append(int(pid))
-        except OSError:  # gone meanwhile
-            pass
-    found += [p.pid for p in psutil.Process().children(recursive=True) if p.name() == "bwrap"]
-    parents = set(cgroup.cgroup_tree().parents.values())
-    return found + [name for parent in parents for name in os.listdir(parent) if name.startswith(mine)]
 
 
 def hostile_programs(host_dir, port, secret_name):
@@ -70,14 +51,7 @@ print(dict(os.environ))
 found = [p for p in glob.glob("/proc/*/environ") if {secret_name!r}.encode() in open(p, "rb").read()]
 assert {secret_name!r} in os.environ or found, "the caller's environment is not visible"
 """,
-        "fork bomb": """
-import os
-while True:
-    try:
-        os.fork()
-    except OSError:
-        pass
-""",
+        "fork bomb": FORK_BOMB,
         "allocates far more than the memory limit at once": "hog = bytearray(64 << 30)\n",
         # bytes(n) is calloc'ed, so the address space runs out fast even on a busy machine.
         "grows memory until it runs out": "hog = []\nwhile True:\n    hog.append(bytes(32 << 20))\n",
@@ -269,37 +243,6 @@ assert len(links) == 1 and links[0].startswith("pipe:"), links  # the verdict pi
 """
     [result] = run_programs([probe])
     assert result.passed, result.output
-
-
-def test_results_come_back_in_input_order_with_many_workers():
-    programs = [f"import time\ntime.sleep({0.05 * (i % 3)})\nassert {i} % 2 == 0" for i in range(12)]
-    results = run_programs(programs, workers=6)
-    assert [r.passed for r in results] == [i % 2 == 0 for i in range(12)]
-
-
-def test_calls_from_many_threads_share_one_bound_on_jobs_at_once(monkeypatch):
-    # Synthetic-data validation calls run_programs with one program from each of many threads: the
-    # worker count bounds the jobs of this whole process at once, not those of each call.
-    lock, running, most = threading.Lock(), [0], [0]
-    judge = sandbox._ProgramSandbox.judge
-
-    def counted(self, program):
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        try:
-            return judge(self, program)
-        finally:
-            with lock:
-                running[0] -= 1
-
-    monkeypatch.setattr(sandbox._ProgramSandbox, "judge", counted)
-    programs = [f"import time\ntime.sleep(1)\nassert {i} % 3 != 0" for i in range(6)]
-    with ThreadPoolExecutor(len(programs)) as pool:
-        results = list(pool.map(lambda program: run_programs([program], workers=2)[0], programs))
-    assert [r.passed for r in results] == [i % 3 != 0 for i in range(6)]
-    assert most[0] == 2
-    assert surviving_sandbox_processes() == []
 
 
 def test_without_bwrap_the_sandbox_refuses_and_names_the_way_out(monkeypatch, tmp_path):

@@ -11,17 +11,16 @@ import torch._inductor.config
 
 from megaphi import parallel
 from megaphi.parallel import get_rng_tracker
-from megaphi.model import PhiConfig, PhiForCausalLM
+from megaphi.model import PhiForCausalLM
 from megaphi.model.compile import compile_model
 from tests.distributed import spawn
+from tests.megaphi.tiny_phi import tiny_config
 
 pytestmark = pytest.mark.slow
 
+# tiny_phi's model with dropout everywhere, 2 heads, a 16-token context
 CONFIG = dict(
     vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
     num_attention_heads=2,
     max_position_embeddings=16,
     attn_backend="sdpa",
@@ -41,7 +40,7 @@ def _unseeded_rng_streams_afterwards():
 
 def loss_and_grads(mode: str, checkpointing: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     parallel.seed_everything(0)
-    model = compile_model(PhiForCausalLM(PhiConfig(**CONFIG, activation_checkpointing=checkpointing)), mode)
+    model = compile_model(PhiForCausalLM(tiny_config(**CONFIG, activation_checkpointing=checkpointing)), mode)
     ids = torch.randint(0, CONFIG["vocab_size"], (2, 8), generator=torch.Generator().manual_seed(0))
     loss = model(ids, labels=ids)
     loss.backward()
@@ -73,7 +72,7 @@ def _compiled_blocks_at_tp2_equal_eager(rank: int, world_size: int) -> None:
         parallel.initialize(world_size)
         for mode in ("none", "blocks"):
             parallel.seed_everything(0)
-            model = compile_model(PhiForCausalLM(PhiConfig(**CONFIG)), mode)
+            model = compile_model(PhiForCausalLM(tiny_config(**CONFIG)), mode)
             ids = torch.randint(0, CONFIG["vocab_size"], (2, 8), generator=torch.Generator().manual_seed(0))
             loss = model(ids, labels=ids)
             loss.backward()

@@ -6,20 +6,15 @@ import torch.nn.functional as F
 import transformers
 
 from megaphi.model import PhiConfig, PhiForCausalLM, get_preset
+from tests.megaphi import tiny_phi
 
 VOCAB = 300  # pads to 384: exercises the padded vocabulary rows
 
 
 def tiny_config(**overrides) -> PhiConfig:
-    values = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=128,
-    )
-    return PhiConfig(**{**values, **overrides})
+    """tiny_phi's model, wider (hidden 64, MLP 256) and with a longer context (128)."""
+    values = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=256, max_position_embeddings=128)
+    return tiny_phi.tiny_config(**{**values, **overrides})
 
 
 def hf_reference(config: PhiConfig, attn_implementation: str = "eager") -> transformers.PhiForCausalLM:

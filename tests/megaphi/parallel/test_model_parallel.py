@@ -4,19 +4,13 @@ import pytest
 import torch
 
 from megaphi import parallel
-from megaphi.model import PhiConfig, PhiForCausalLM
+from megaphi.model import PhiForCausalLM
 from tests.distributed import spawn
+from tests.megaphi.tiny_phi import tiny_config
 
-# vocab 1100 pads to 1152 at TP=1, 1280 at TP=2, 1536 at TP=4: every padding path is exercised.
-CONFIG = dict(
-    vocab_size=1100,
-    hidden_size=64,
-    intermediate_size=256,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=64,
-    attn_backend="sdpa",
-)
+# tiny_phi's model, wider; vocab 1100 pads to 1152 at TP=1, 1280 at TP=2, 1536 at TP=4: every padding
+# path is exercised.
+CONFIG = dict(vocab_size=1100, hidden_size=64, intermediate_size=256, attn_backend="sdpa")
 
 
 def _forward_backward(model: PhiForCausalLM) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -53,7 +47,7 @@ def _assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, what: s
 
 
 def _tp_equals_unsharded(rank: int, world_size: int, tp: int) -> None:
-    config = PhiConfig(**CONFIG)
+    config = tiny_config(**CONFIG)
     parallel.seed_everything(0)
     reference = PhiForCausalLM(config)  # groups not initialised yet: the unsharded model
     ref_weights = {n: p.detach().clone() for n, p in reference.named_parameters()}

@@ -5,8 +5,9 @@ import torch
 import torch.distributed as dist
 
 from megaphi import parallel
-from megaphi.model import PhiConfig, PhiForCausalLM
+from megaphi.model import PhiForCausalLM
 from tests.distributed import spawn
+from tests.megaphi.tiny_phi import tiny_config
 
 
 def test_fork_without_seeds_is_plain_dropout_in_a_single_process():
@@ -53,18 +54,8 @@ def _streams_and_dropout(rank: int, world_size: int) -> None:
     a, b = _both_ranks(sharded)
     assert not torch.equal(a, b)
 
-    config = PhiConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=32,
-        attn_backend="sdpa",
-        resid_pdrop=0.1,
-        embd_pdrop=0.1,
-        attention_dropout=0.1,
-    )
+    sizes = dict(vocab_size=256, hidden_size=64, intermediate_size=128, max_position_embeddings=32)
+    config = tiny_config(**sizes, attn_backend="sdpa", resid_pdrop=0.1, embd_pdrop=0.1, attention_dropout=0.1)
     input_ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
     losses, grads = [], []
     for checkpointing in (False, True):
