@@ -16,38 +16,24 @@ kept ids of the old run and the new deep run are compared.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
-import resource
 import shutil
-import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_common import REPO, cpu_seconds, module_at_commit
+
 sys.path.insert(0, str(REPO))
 
 from data_tools.decontaminate import load_benchmark_items, main  # noqa: E402
 from megaphi.common.jsonl import read_jsonl  # noqa: E402
 
 BEFORE_DATATROVE = "21fc3a7255ce632871157c79b2ccdc04111a75af"
-
-
-def module_at_commit(commit: str, relpath: str, workdir: Path):
-    source = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{commit}:{relpath}"], check=True, capture_output=True, text=True
-    ).stdout
-    path = workdir / f"before_{Path(relpath).stem}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_corpus(directory: Path, chosen: list[Path], site: Path) -> tuple[list[str], int]:
@@ -64,16 +50,11 @@ def write_corpus(directory: Path, chosen: list[Path], site: Path) -> tuple[list[
     return [str(p) for p in shards], size
 
 
-def cpu_seconds() -> float:
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 def kept(prefix: Path, pattern: str) -> list[str]:
     return sorted(r["id"] for path in sorted(prefix.parent.glob(pattern)) for r in read_jsonl(path))
 
 
-def timed(label: str, fn, documents: int) -> dict:
+def timed(label: str, fn: Callable[[], object], documents: int) -> dict:
     load = os.getloadavg()[0]
     start, cpu = time.perf_counter(), cpu_seconds()
     fn()

@@ -22,7 +22,9 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from datetime import date
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +56,13 @@ def write_sparse_dataset(prefix: str, num_documents: int, median_tokens: int, se
     return lengths
 
 
-def race(repeats: int, theirs, mine, setup_theirs=lambda: None, setup_mine=lambda: None):
+def race(
+    repeats: int,
+    theirs: Callable[[], object],
+    mine: Callable[[], object],
+    setup_theirs: Callable[[], object] = lambda: None,
+    setup_mine: Callable[[], object] = lambda: None,
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Best (wall, CPU) seconds of each, alternating which runs first so that load from other
     processes on a shared machine hits both alike. CPU time (user + system of this process) is the
     steadier number when the machine is busy."""
@@ -71,7 +79,7 @@ def race(repeats: int, theirs, mine, setup_theirs=lambda: None, setup_mine=lambd
     return (min(wall[0]), min(cpu[0])), (min(wall[1]), min(cpu[1]))
 
 
-def megatron_config(seq_len: int, seed: int, cache: str):
+def megatron_config(seq_len: int, seed: int, cache: str) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return megatron.GPTDatasetConfig(
@@ -86,7 +94,7 @@ def megatron_config(seq_len: int, seed: int, cache: str):
         )
 
 
-def megatron_indices_only(indexed, num_docs: int, seq_len: int, seed: int, num_epochs: int):
+def megatron_indices_only(indexed: Any, num_docs: int, seq_len: int, seed: int, num_epochs: int) -> None:
     """megatron-core's index computation as GPTDataset runs it (its C++ sample-index helper)."""
     rng = np.random.RandomState(seed)
     tokens_per_epoch = int(indexed.sequence_lengths.sum())
@@ -97,7 +105,7 @@ def megatron_indices_only(indexed, num_docs: int, seq_len: int, seed: int, num_e
     megatron._build_shuffle_index(sample_index.shape[0] - 1, sample_index.shape[0] - 1, rng)
 
 
-def megaphi_indices_only(indexed, num_docs: int, seq_len: int, seed: int, num_epochs: int):
+def megaphi_indices_only(indexed: IndexedDataset, num_docs: int, seq_len: int, seed: int, num_epochs: int) -> None:
     rng = np.random.RandomState(seed)
     tokens_per_epoch = int(indexed.sequence_lengths.sum(dtype=np.int64))
     document_index = ours.build_document_index(np.arange(num_docs, dtype=np.int32), num_epochs, rng)
@@ -136,7 +144,7 @@ def main() -> None:
         num_samples = None if epochs == 1 else (epochs * tokens - 1) // args.seq_len
         ours_cache, theirs_cache = os.path.join(workdir, "megaphi-cache"), os.path.join(workdir, "megatron-cache")
 
-        def build_megatron():
+        def build_megatron() -> Any:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return megatron.GPTDataset(
@@ -148,7 +156,7 @@ def main() -> None:
                     megatron_config(args.seq_len, args.seed, theirs_cache),
                 )
 
-        def build_megaphi():
+        def build_megaphi() -> ours.GPTDataset:
             return ours.GPTDataset(
                 megaphi_indexed, seq_len=args.seq_len, seed=args.seed, num_samples=num_samples, cache_dir=ours_cache
             )

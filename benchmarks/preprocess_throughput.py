@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import importlib.util
 import json
 import os
 import platform
@@ -29,7 +28,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_common import REPO, cpu_seconds, load_module
+
+sys.path.insert(0, str(REPO))
 
 from data_tools.executors import ExecutorOptions  # noqa: E402
 from data_tools.preprocess import preprocess  # noqa: E402
@@ -64,21 +65,6 @@ def ceiling(tokenizer: Path, corpus: list[str]) -> tuple[float, int, int, float]
     return seconds, documents, tokens, cpu_s
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and its reaped children (worker processes, datatrove's forked tasks)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def load_old(path: Path):
-    spec = importlib.util.spec_from_file_location("old_preprocess", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def same_files(a: str, b: str) -> bool:
     return all(Path(f"{a}.{s}").read_bytes() == Path(f"{b}.{s}").read_bytes() for s in ("bin", "idx"))
 
@@ -106,7 +92,7 @@ def main() -> None:
     rows: dict[str, list[tuple[float, int, int]]] = {}  # name -> (seconds, documents, tokens without EODs)
     cpu: dict[str, list[float]] = {}  # name -> CPU seconds of this process and its workers (robust to load)
     outputs: dict[str, str] = {}
-    old = load_old(args.old_module) if args.old_module else None
+    old = load_module(args.old_module, "old_preprocess") if args.old_module else None
     for _ in range(args.repeats):
         if not args.no_ceiling:
             name = "tokenizer encode_batch_fast (ceiling)"
@@ -126,7 +112,9 @@ def main() -> None:
             rows.setdefault(name, []).append((result.seconds, result.documents, result.tokens - result.documents))
             outputs[name] = result.prefixes["text"]
             print(name, rows[name][-1], f"{cpu[name][-1]:.1f} CPU s", flush=True)
-        for workers in args.old_workers if old else []:
+        if old is None:
+            continue
+        for workers in args.old_workers:
             name = f"previous preprocess --workers {workers}"
             before = cpu_seconds()
             result = old.preprocess(
@@ -151,10 +139,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for name, runs in rows.items():
         seconds, documents, tokens = min(runs)
-        cpu_s = f"{min(cpu[name]):.1f}" if name in cpu else ""
+        cpu_text = f"{min(cpu[name]):.1f}" if name in cpu else ""
         print(
             f"| {name} | {seconds:.1f} | {documents / seconds:,.0f} | {tokens / seconds:,.0f} "
-            f"| {100 * tokens / seconds / limit:.0f}% | {cpu_s} |"
+            f"| {100 * tokens / seconds / limit:.0f}% | {cpu_text} |"
         )
 
 

@@ -10,11 +10,12 @@ One phi-1 layer's projection (1 x 2048 x 3 x 32 x 64, fp32, one CPU thread), bes
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
+from collections.abc import Callable
 
 import torch
 
+from bench_common import load_module
 from megaphi.model.rotary import RotaryEmbedding, apply_rotary, rotary_qkv
 
 
@@ -29,15 +30,16 @@ def main() -> None:
     projection = torch.randn(batch, seq, 3 * heads * head_dim, requires_grad=True)
     weights = torch.randn(batch, seq, 3, heads, head_dim)
 
-    def composite(qkv):
+    def composite(qkv: torch.Tensor) -> tuple[torch.Tensor, ...]:
         q, k, v = qkv.unbind(2)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
-    forms = {"no rotary (unbind only)": lambda qkv: qkv.unbind(2), "composite": composite}
+    forms: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, ...]]] = {
+        "no rotary (unbind only)": lambda qkv: qkv.unbind(2),
+        "composite": composite,
+    }
     if args.before:
-        spec = importlib.util.spec_from_file_location("rotary_before", args.before)
-        before = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(before)
+        before = load_module(args.before, "rotary_before")
         forms["in place on the projection (before)"] = lambda qkv: before.rotate_qk_(qkv, cos, sin).unbind(2)
     forms["fresh q/k (rotary_qkv)"] = lambda qkv: rotary_qkv(qkv, cos, sin)
     for name, form in forms.items():
@@ -45,7 +47,7 @@ def main() -> None:
         for _ in range(args.repeats):
             start = time.perf_counter()
             q, k, v = form((projection * 1.0).view(batch, seq, 3, heads, head_dim))
-            sum((t * weights[:, :, i]).sum() for i, t in enumerate((q, k, v))).backward()
+            torch.stack([(t * weights[:, :, i]).sum() for i, t in enumerate((q, k, v))]).sum().backward()
             best = min(best, time.perf_counter() - start)
         print(f"{name}: {1000 * best:.1f} ms", flush=True)
 

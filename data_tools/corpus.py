@@ -60,7 +60,7 @@ class CorpusConfig:
     min_bytes: int = 1
     max_bytes: int | None = None
     shard_bytes: int = 256 << 20  # a task starts a new shard after this many bytes
-    on_error: str = "stop"  # malformed records: stop or skip
+    on_error: OnError = "stop"  # malformed records: stop or skip
     no_progress: bool = False
 
     def check(self, prefix: str = "") -> None:

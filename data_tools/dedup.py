@@ -48,7 +48,7 @@ from typing import Any
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupFilter
 
 from data_tools.executors import ExecutorOptions, Stage, logging_dir_for, parse_stage_flags, run_stages
-from data_tools.jsonl import ON_ERROR_CHOICES, check_on_error
+from data_tools.jsonl import ON_ERROR_CHOICES, OnError, check_on_error
 from data_tools.dedup_steps import POSITION_KEY, DedupClusters, DedupSignatures, DocumentTable, minhash_config
 from data_tools.minhash import (
     WORD,
@@ -92,7 +92,7 @@ class DedupConfig:
     threshold: float = DedupParams.threshold
     num_perm: int = DedupParams.num_perm
     ngram: int = DedupParams.ngram
-    on_error: str = "stop"  # malformed input lines: stop or skip (and count)
+    on_error: OnError = "stop"  # malformed input lines: stop or skip (and count)
     no_progress: bool = False
 
     @property
@@ -168,7 +168,7 @@ def stages(config: DedupConfig, options: ExecutorOptions) -> list[Stage]:
     bands, _ = lsh_bands(params.threshold, params.num_perm)
 
     def reader(**extra: Any) -> RecordReader:
-        return RecordReader(config.input, text_key=config.text_key, on_error=config.on_error, **extra)  # type: ignore[arg-type]
+        return RecordReader(config.input, text_key=config.text_key, on_error=config.on_error, **extra)
 
     # what every stage's outputs depend on: a rerun with other settings is refused (data_tools.executors)
     settings = {**{k: v for k, v in dataclasses.asdict(config).items() if k != "no_progress"}, "tasks": options.tasks}

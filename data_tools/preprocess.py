@@ -61,7 +61,7 @@ class PreprocessConfig:
     json_keys: list[str] = field(default_factory=lambda: ["text"])
     append_eod: bool = False
     chunk_bytes: int = 1 << 20  # text handed to the tokenizer at once
-    on_error: str = "stop"
+    on_error: OnError = "stop"
     no_progress: bool = False
 
     def check(self) -> None:
@@ -80,7 +80,7 @@ def stages(config: PreprocessConfig, options: ExecutorOptions) -> list[Stage]:
     reader = RecordReader(
         config.input,
         text_key=config.json_keys[0],
-        on_error=config.on_error,  # type: ignore[arg-type]
+        on_error=config.on_error,
         text_option="--json-keys",
     )
     step = TokenizeRecords(

@@ -160,9 +160,9 @@ def _command_stage(config: RecipeConfig, name: str, module: str, argv: list[str]
     return Stage(name, [CommandStep(module, argv)], logging_dir_for(config.prefix(writes), name), tasks=1)
 
 
-def _stage_config(config_type: Callable[..., Any], section: Any, **wired: Any) -> Any:
+def _stage_config(config_type: type[Any], section: Any, **wired: Any) -> Any:
     """The command config of a section, with what the recipe wires (inputs, output prefix)."""
-    fields = {f.name for f in dataclasses.fields(config_type)}  # type: ignore[arg-type]
+    fields = {f.name for f in dataclasses.fields(config_type)}
     return config_type(**{k: v for k, v in vars(section).items() if k in fields}, **wired)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import shutil
 import signal
@@ -150,6 +151,12 @@ def text_document(prefix: Path) -> list[Path]:
     return [Path(f"{prefix}_text_document{suffix}") for suffix in (".bin", ".idx")]
 
 
+@functools.cache
+def serve_port() -> int:
+    """The port of the local model server, one per quickstart process: every stage built asks the same."""
+    return free_port()
+
+
 def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
     """The recipe as one table, a row per stage: its name, what it does, the commands it runs (built
     when its turn comes, since they name what earlier stages wrote), what it reads, what it writes and
@@ -172,8 +179,7 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
         return load_tokenizer(tokenizer).vocab_size
 
     def port_endpoint() -> tuple[int, list[str]]:
-        port = getattr(build_stages, "port", None) or free_port()
-        build_stages.port = port  # type: ignore[attr-defined]
+        port = serve_port()
         return port, ["--base-url", f"http://127.0.0.1:{port}/v1", "--api-key", "local", "--model", "phi-tiny"]
 
     def passed_exercises() -> list[Path]:

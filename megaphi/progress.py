@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sized
 from typing import Any, Iterable, Iterator, TextIO
 
 from megaphi.common.errors import UserError
@@ -47,8 +48,8 @@ class ProgressLines:
         file: TextIO | None = None,
     ):
         self.iterable, self.desc, self.unit, self.interval_s = iterable, desc, unit.strip(), interval_s
-        if total is None and iterable is not None and hasattr(iterable, "__len__"):
-            total = len(iterable)  # type: ignore[arg-type]
+        if total is None and isinstance(iterable, Sized):
+            total = len(iterable)
         self.total, self.n = total, 0
         self.file = file
         self.postfix = ""

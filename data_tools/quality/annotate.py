@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from data_tools.jsonl import OnError
 from data_tools.quality import heuristic
 from data_tools.quality.documents import Document, QualityError, corpus_files, sample_documents
 from data_tools.quality.labels import Label, UnparseableLabel, parse_label
@@ -36,7 +37,7 @@ class AnnotateOptions:
     seed: int = 0
     max_chars: int = DEFAULT_MAX_CHARS
     text_key: str = "text"
-    on_error: str = "stop"
+    on_error: OnError = "stop"
 
 
 def failures_path_for(out_path: str | os.PathLike) -> Path:

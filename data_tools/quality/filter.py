@@ -35,7 +35,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from data_tools.embed import DEVICES
 from data_tools.executors import ExecutorOptions, Stage, logging_dir_for, run_stages
-from data_tools.jsonl import ON_ERROR_CHOICES, JsonlShardWriter
+from data_tools.jsonl import ON_ERROR_CHOICES, JsonlShardWriter, OnError
 from data_tools.quality.classifier import Classifier, load_classifier
 from data_tools.quality.documents import QualityError, corpus_files
 from data_tools.quality.report import HISTOGRAM_BINS, FilterReport, QualityReport, report_paths, scores_path
@@ -59,7 +59,7 @@ class QualityFilterConfig:
     device: str = "auto"  # embedding device: auto, cpu or cuda (data_tools.embed.resolve_device)
     removed_prefix: str = ""  # also write removed records (score and reason) to PREFIX-RRRRR-NNNNN.jsonl
     text_key: str = "text"
-    on_error: str = "stop"
+    on_error: OnError = "stop"
 
     def check(self) -> None:
         if not self.input:
@@ -228,7 +228,7 @@ def stages(config: QualityFilterConfig, options: ExecutorOptions) -> list[Stage]
         Stage(
             FILTER_STAGE,
             [
-                RecordReader(config.input, text_key=config.text_key, on_error=config.on_error),  # type: ignore[arg-type]
+                RecordReader(config.input, text_key=config.text_key, on_error=config.on_error),
                 QualityFilter(
                     config.classifier,
                     os.path.join(filter_dir, "scores"),

@@ -55,4 +55,6 @@ def entry_point(main: Main) -> Main:
                 raise
             return report_user_error(message)
 
+    # run takes and returns what main does (functools.wraps copies its signature for --help and
+    # introspection); a TypeVar bound to a Callable cannot say so to the type checker
     return run  # type: ignore[return-value]
