@@ -40,11 +40,6 @@ class AnnotateOptions:
     on_error: OnError = "stop"
 
 
-def failures_path_for(out_path: str | os.PathLike) -> Path:
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.name.removesuffix(".jsonl") + ".failures.jsonl")
-
-
 def load_prompt_template(path: str | os.PathLike = DEFAULT_PROMPT) -> str:
     try:
         template = Path(path).read_text(encoding="utf-8")
@@ -86,7 +81,7 @@ def annotate_with_llm(
     max_tokens: int = 256,
 ) -> RunStats:
     """Ask the endpoint in ``config`` to label each (sampled) corpus document; see the module doc."""
-    from data_tools.llm import LLMRequest, Rejected, run_requests
+    from data_tools.llm import LLMRequest, Rejected, failures_path_for, run_requests
 
     template = load_prompt_template(prompt_path)
     annotator = f"llm:{config.model}"
@@ -111,7 +106,7 @@ def annotate_with_llm(
     return run_requests(
         requests(),
         Path(out_path),
-        failures_path_for(out_path),
+        failures_path_for(Path(out_path)),
         config,
         process=process,
         retry_failed=retry_failed,
@@ -125,10 +120,10 @@ def annotate_with_heuristic(
     """Label each (sampled) document with the offline stand-in :mod:`data_tools.quality.heuristic`.
 
     Writes through the same append-only store as the LLM annotator, so its files resume the same way."""
-    from data_tools.llm import ResultStore, RunStats
+    from data_tools.llm import ResultStore, RunStats, failures_path_for
 
     stats = RunStats()
-    store = ResultStore(Path(out_path), failures_path_for(out_path))
+    store = ResultStore(Path(out_path), failures_path_for(Path(out_path)))
     try:
         for document in _documents(corpus, options):
             stats.requested += 1

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 
-from data_tools.llm import ClientConfig
+from data_tools.llm import ClientConfig, failures_path_for
 from data_tools.quality import heuristic
 from data_tools.quality.__main__ import main
-from data_tools.quality.annotate import AnnotateOptions, annotate_with_heuristic, annotate_with_llm, failures_path_for
+from data_tools.quality.annotate import AnnotateOptions, annotate_with_heuristic, annotate_with_llm
 from data_tools.quality.documents import text_sha1
 from tests.conftest import read_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI
