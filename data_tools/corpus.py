@@ -44,6 +44,7 @@ from data_tools.corpus_sources import (
 from data_tools.jsonl import ON_ERROR_CHOICES, OnError
 from data_tools.steps import RecordWriter, ReportStep, document_from_record
 from megaphi.common.cli import entry_point
+from megaphi.common.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class CorpusReport(ReportStep):
             "total": dataclasses.asdict(total),
             "tasks": [{"task": task, **dataclasses.asdict(stats)} for task, stats in enumerate(per_task)],
         }
-        report_path(self.config).write_text(json.dumps(report, indent=1) + "\n")
+        atomic_write_text(report_path(self.config), json.dumps(report, indent=1) + "\n")
 
 
 def report_path(config: CorpusConfig) -> Path:
