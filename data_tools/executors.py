@@ -198,7 +198,7 @@ def build_executor(
         )
     try:
         from datatrove.executor import RayPipelineExecutor
-    except ImportError as exc:  # pragma: no cover - ray is part of the data extra
+    except ImportError as exc:  # pragma: no cover - ray is the `ray` extra (and in `dev`)
         raise ExecutorError(f"--executor ray needs ray: pip install 'ray>=2.9' ({exc})") from None
     return RayPipelineExecutor(
         list(pipeline),

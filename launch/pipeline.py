@@ -1,4 +1,4 @@
-"""Stages that rerun only when they must: the quickstart's runner, its manifests and its report.
+"""Stages that rerun only when they must: the quickstart's runner and its manifests (its report: quickstart_report.py).
 
 A stage is a list of commands with the paths it reads (inputs) and writes (outputs). When a stage
 finishes, ``<work>/stages/<name>.json`` records a key (a hash of its commands, which hold every

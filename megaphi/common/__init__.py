@@ -6,6 +6,7 @@
 - :mod:`megaphi.common.checkpoints`: tag directories, the ``latest`` file, what a model path may be.
 - :mod:`megaphi.common.jsonl`: JSONL reading with the skip/stop policy and ``file:line`` errors.
 - :mod:`megaphi.common.net`: a free TCP port.
+- :mod:`megaphi.common.processes`: a child process that dies with its parent.
 - :mod:`megaphi.common.padding`: left-padded token batches (the one module here that needs torch).
 
 Everything but ``padding`` is torch-free, so data tools and launchers import it cheaply.
