@@ -1,8 +1,8 @@
 """The educational-value quality filter of phi-1 (paper section 2.1): annotate, train, filter.
 
-python -m data_tools.quality annotate --corpus data/stdlib-*.jsonl --out data/annotations.jsonl --base-url ...
-python -m data_tools.quality train --corpus data/stdlib-*.jsonl --annotations data/annotations.jsonl --out runs/quality
-python -m data_tools.quality filter --corpus data/stdlib-*.jsonl --classifier runs/quality --output-prefix data/edu
+python -m data_tools.quality annotate --input data/stdlib-*.jsonl --out data/annotations.jsonl --base-url ...
+python -m data_tools.quality train --input data/stdlib-*.jsonl --annotations data/annotations.jsonl --out runs/quality
+python -m data_tools.quality filter --input data/stdlib-*.jsonl --classifier runs/quality --output-prefix data/edu
 """
 
 from data_tools.quality.annotate import AnnotateOptions, annotate_with_heuristic, annotate_with_llm

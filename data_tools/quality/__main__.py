@@ -11,12 +11,12 @@
 
 Example, offline on the standard library:
   python -m data_tools.corpus --output-prefix data/stdlib
-  python -m data_tools.quality annotate --annotator heuristic --corpus data/stdlib-*.jsonl --out data/ann.jsonl
-  python -m data_tools.quality train --corpus data/stdlib-*.jsonl --annotations data/ann.jsonl --out runs/quality
-  python -m data_tools.quality filter --corpus data/stdlib-*.jsonl --classifier runs/quality --output-prefix data/edu
+  python -m data_tools.quality annotate --annotator heuristic --input data/stdlib-*.jsonl --out data/ann.jsonl
+  python -m data_tools.quality train --input data/stdlib-*.jsonl --annotations data/ann.jsonl --out runs/quality
+  python -m data_tools.quality filter --input data/stdlib-*.jsonl --classifier runs/quality --output-prefix data/edu
 
 On a Slurm cluster with a GPU per task (embeddings in fp16 there):
-  python -m data_tools.quality filter --corpus 'data/stack-*.jsonl' --classifier runs/quality \
+  python -m data_tools.quality filter --input 'data/stack-*.jsonl' --classifier runs/quality \
       --output-prefix data/edu --executor slurm --tasks 64 --slurm-partition gpu --slurm-gpus-per-task 1
 """
 

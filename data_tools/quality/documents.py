@@ -39,7 +39,7 @@ def text_sha1(text: str) -> str:
 def corpus_files(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """The corpus files that paths, globs or directories name (JSONL or parquet)."""
     if not inputs:
-        raise QualityError("no corpus given: pass --corpus with the JSONL shards written by data_tools.corpus")
+        raise QualityError("no corpus given: pass --input with the JSONL shards written by data_tools.corpus")
     try:
         return [str(p) for p in expand_inputs(inputs)]
     except FileNotFoundError as exc:
