@@ -19,6 +19,7 @@ from megaphi.common.errors import InputNotFoundError, OutputExistsError, UserErr
 from megaphi.common.files import remove_quietly, temp_path
 from megaphi.common.jsonl import (
     ON_ERROR_CHOICES,
+    ON_ERROR_HINT,
     DamagedFileError,
     MalformedRecordError,
     OnError,
@@ -33,6 +34,7 @@ from megaphi.common.jsonl import (
 
 __all__ = [
     "ON_ERROR_CHOICES",
+    "ON_ERROR_HINT",
     "DamagedFileError",
     "MalformedRecordError",
     "OnError",
@@ -112,13 +114,15 @@ def iter_records(
     on_error: OnError = "stop",
     stats: ReadStats | None = None,
     columns: list[str] | None = None,
+    hint: str = ON_ERROR_HINT,
 ) -> Iterator[dict[str, Any]]:
-    """Records of JSONL and parquet files in order (``columns`` narrows parquet reads)."""
+    """Records of JSONL and parquet files in order (``columns`` narrows parquet reads; ``hint``: what
+    the message of a malformed JSONL line tells the user to do, see :func:`iter_jsonl`)."""
     for path in paths:
         if is_parquet(path):
             yield from iter_parquet(path, columns=columns, stats=stats)
         elif is_jsonl(path):
-            yield from iter_jsonl(path, on_error=on_error, stats=stats)
+            yield from iter_jsonl(path, on_error=on_error, stats=stats, hint=hint)
         else:
             raise UserError(f"{path} is neither JSONL ({', '.join(JSONL_SUFFIXES)}) nor parquet")
 

@@ -236,7 +236,9 @@ def outline_answers_path(out_path: Path) -> Path:
 
 
 def _answers(path: Path) -> Iterator[dict[str, Any]]:
-    return iter_jsonl(path) if path.exists() else iter(())
+    # the command's own answer log: a damaged line is removed (that answer is then asked again)
+    hint = "remove that line and rerun: its answer is asked again"
+    return iter_jsonl(path, hint=hint) if path.exists() else iter(())
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -36,6 +36,7 @@ from data_tools.jsonl import ON_ERROR_CHOICES, OnError, expand_inputs, iter_reco
 from data_tools.llm import FAILURES_SUFFIX, failures_path_for
 from data_tools.synth_exercises import NEAR_DUPLICATE
 from megaphi.common.errors import UserError
+from megaphi.common.files import atomic_open, atomic_write_text
 from megaphi.progress import progress
 
 META_FIELDS = ("topic", "subtopic", "concept", "seed_kind", "audience", "style")
@@ -264,8 +265,8 @@ def diversity_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report["files"] = [str(out_dir / name) for name in REPORT_FILES]
-    (out_dir / "diversity.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    (out_dir / "diversity.md").write_text(markdown(report))
+    atomic_write_text(out_dir / "diversity.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out_dir / "diversity.md", markdown(report))
     plot(report, distances, out_dir / "diversity.png")
     return report
 
@@ -359,7 +360,8 @@ def plot(report: dict[str, Any], distances: Any, path: Path) -> None:
         spread.text(0.5, 0.5, "embeddings not measured", ha="center", va="center")
         spread.set_axis_off()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 

@@ -175,7 +175,10 @@ def load_seeds(
         ) from None
     seen: set[bytes] = set()
     seeds: list[Seed] = []
-    for document in sample_documents(files, options.pool, seed, text_key=options.text_key, unique_ids=False):
+    # synth has no --on-error: a malformed seed line is fixed in the corpus, or other shards are chosen
+    hint = "fix or remove that line, or pass other shards with --seed-corpus"
+    documents = sample_documents(files, options.pool, seed, text_key=options.text_key, unique_ids=False, hint=hint)
+    for document in documents:
         for item in document_seeds(document, options, seed):
             key = hashlib.blake2b(f"{item.kind}\n{item.text}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
             if key not in seen:

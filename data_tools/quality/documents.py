@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from data_tools.jsonl import OnError, ReadStats, expand_inputs, iter_records, record_id, record_text
+from data_tools.jsonl import ON_ERROR_HINT, OnError, ReadStats, expand_inputs, iter_records, record_id, record_text
 from megaphi.common.errors import UserError
 
 
@@ -53,11 +53,12 @@ def iter_documents(
     on_error: OnError = "stop",
     stats: ReadStats | None = None,
     unique_ids: bool = True,
+    hint: str = ON_ERROR_HINT,
 ) -> Iterator[Document]:
     """Documents of the corpus files in order, each with its id (checked to be unique unless
     ``unique_ids`` is False: scoring needs no ids, joining annotations does)."""
     seen: set[str] = set()
-    for index, record in enumerate(iter_records(files, on_error=on_error, stats=stats)):
+    for index, record in enumerate(iter_records(files, on_error=on_error, stats=stats, hint=hint)):
         text = record_text(record, text_key, index)
         doc_id = record_id(record, index)
         if unique_ids:
@@ -79,7 +80,10 @@ def sample_documents(files: Sequence[str], limit: int | None, seed: int, **optio
         return
     if limit < 1:
         raise QualityError(f"--limit must be at least 1, got {limit}")
-    total = sum(1 for _ in iter_records(files, on_error=options.get("on_error", "stop")))
+    total = sum(
+        1
+        for _ in iter_records(files, on_error=options.get("on_error", "stop"), hint=options.get("hint", ON_ERROR_HINT))
+    )
     chosen = set(random.Random(seed).sample(range(total), min(limit, total)))
     for index, document in enumerate(iter_documents(files, **options)):
         if index in chosen:

@@ -17,7 +17,7 @@ from data_tools.jsonl import expand_inputs
 from data_tools.quality.classifier import load_classifier
 from data_tools.quality.documents import QualityError
 from data_tools.steps import ReportStep, task_files
-from megaphi.common.files import atomic_write_text
+from megaphi.common.files import atomic_open, atomic_write_text
 
 if TYPE_CHECKING:
     from data_tools.quality.filter import QualityFilterConfig
@@ -71,7 +71,8 @@ def plot_histogram(histogram: Sequence[int], threshold: float, path: Path, title
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 

@@ -42,6 +42,7 @@ from typing import Mapping, MutableMapping, Sequence
 
 from megaphi.common.cli import entry_point
 from megaphi.common.errors import UserError
+from megaphi.common.files import atomic_write_text
 from megaphi.common.net import free_port
 
 # Slurm's hostlist syntax: "gpu[01-03,7],login1" -> gpu01 gpu02 gpu03 gpu07 login1.
@@ -395,8 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n".join(f"export {k}={v}" for k, v in launch.as_environ().items()))
     elif args.command == "hostfile":
         lines = [f"{addr} slots={n}" for addr, n in slurm_hostfile(slots=args.slots)]
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+        atomic_write_text(args.out, "\n".join(lines) + "\n")
         print(f"wrote {args.out}: {len(lines)} nodes")
     else:
         launch = discover()

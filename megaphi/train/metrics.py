@@ -16,8 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from megaphi.common.files import atomic_write_text
 from megaphi.common.jsonl import iter_jsonl, read_jsonl
+from megaphi.common.files import atomic_open, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss_curve.png"
@@ -198,5 +198,6 @@ def plot_loss_curve(metrics_path: Path, out_path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_path)
+    with atomic_open(out_path, "wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)

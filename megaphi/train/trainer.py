@@ -18,6 +18,7 @@ import torch.distributed as dist
 import yaml
 
 from megaphi import parallel
+from megaphi.common.files import atomic_write_text
 from megaphi.config import ConfigError, config_to_dict
 from megaphi.convert.checkpoint import load_model_checkpoint
 from megaphi.convert.layout import CheckpointError, reshard
@@ -242,7 +243,9 @@ class Trainer:
 
     def _record_start(self) -> None:
         Path(self.cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(self.cfg.run_dir) / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
+        atomic_write_text(
+            Path(self.cfg.run_dir) / "config.yaml", yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False)
+        )
         plan = self.plan
         print(
             f"megaphi.train: {full_parameter_count(self.model) / 1e6:.2f}M parameters, world "

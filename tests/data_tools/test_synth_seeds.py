@@ -127,6 +127,17 @@ def test_a_missing_or_seedless_corpus_is_a_clear_error(tmp_path):
         load_seeds([tmp_path / "prose.jsonl"])
 
 
+def test_a_malformed_seed_line_names_its_place_and_a_remedy_synth_offers(tmp_path):
+    write_code_corpus(tmp_path / "code.jsonl", files=3)
+    with open(tmp_path / "code.jsonl", "a") as f:
+        f.write('{"id": "torn", "text": "def f(\n')
+    with pytest.raises(ValueError) as raised:
+        load_seeds([tmp_path / "code.jsonl"])
+    message = str(raised.value)
+    assert re.search(r"code\.jsonl:4: ", message) and "--seed-corpus" in message
+    assert "--on-error" not in message  # synth has no such flag
+
+
 @pytest.mark.slow
 def test_2000_seed_conditioned_prompts_are_distinct_and_reproducible_from_the_seed(tmp_path):
     write_code_corpus(tmp_path / "code.jsonl", files=30)

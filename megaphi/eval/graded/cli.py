@@ -223,5 +223,5 @@ def run_table(args: argparse.Namespace) -> None:
         raise UserError(f"--names gives {len(names)} names for {len(reports)} reports")
     table = render_comparison(reports, names)
     if args.out:
-        Path(args.out).write_text(table)
+        atomic_write_text(args.out, table)
     print(table, end="")

@@ -9,6 +9,7 @@ from statistics import mean
 from typing import Sequence
 
 from megaphi.common.errors import UserError
+from megaphi.common.files import atomic_write_text
 from megaphi.eval.graded.judge import MAX_SCORE
 
 REPORT_JSON, REPORT_MD = "graded_report.json", "graded_report.md"
@@ -101,8 +102,8 @@ def render_markdown(report: dict) -> str:
 
 def write_report(out_dir: Path, report: dict) -> tuple[Path, Path]:
     json_path, md_path = out_dir / REPORT_JSON, out_dir / REPORT_MD
-    json_path.write_text(json.dumps(report, indent=1) + "\n")
-    md_path.write_text(render_markdown(report))
+    atomic_write_text(json_path, json.dumps(report, indent=1) + "\n")
+    atomic_write_text(md_path, render_markdown(report))
     return json_path, md_path
 
 
