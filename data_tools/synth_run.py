@@ -41,6 +41,7 @@ from data_tools.synth_prompts import prompt_index
 from data_tools.synth_task import SynthConfig, announce, generate_task
 from megaphi.common.errors import UserError
 from megaphi.common.files import atomic_open, atomic_write_text
+from megaphi.common.jsonl import MalformedRecordError, iter_lines, parse_line
 from megaphi.eval.sandbox import check_sandbox
 
 __all__ = ["SynthConfig", "RunFiles", "stages", "synthesize", "merge_tasks"]
@@ -232,16 +233,13 @@ def _scan(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """(offset, length, record) of every line of a task file; a torn last line (a killed task that was
     not rerun) is an error, since the merge runs only after every task finished."""
     offset = 0
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise UserError(
-                    f"{path}:{number}: not a JSON line; rerun the command: its task truncates a torn last line"
-                ) from None
-            yield offset, len(line), record
-            offset += len(line)
+    for number, line in iter_lines(path):
+        try:
+            record = parse_line(line, path, number)
+        except MalformedRecordError as error:
+            raise MalformedRecordError(f"{error}; rerun the command: its task truncates a torn last line") from None
+        yield offset, len(line), record
+        offset += len(line)
 
 
 def _in_order(lines: list[_Line], files: list[BinaryIO]) -> Iterator[tuple[int, bytes]]:

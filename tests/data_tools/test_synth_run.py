@@ -19,7 +19,7 @@ from data_tools.executors import ExecutorOptions
 from data_tools.llm import ClientConfig
 from data_tools.synth import main
 from data_tools.synth_prompts import PROMPTS_DIR, load_prompt_space, prompt_index, prompt_plan, sample_prompts
-from data_tools.synth_run import RunFiles, SynthConfig, synthesize
+from data_tools.synth_run import RunFiles, SynthConfig, merge_tasks, synthesize
 from tests.conftest import read_jsonl
 from tests.data_tools.fake_openai import FakeOpenAI
 
@@ -249,3 +249,18 @@ def test_a_task_failing_on_a_rerun_stops_the_run_before_the_merge_despite_its_ea
         assert main(argv) == 2
     assert f"{shard}:2" in capsys.readouterr().err
     assert (tmp_path / "t.summary.json").read_bytes() == summary  # no summary of half the files
+
+
+def test_a_torn_task_line_stops_the_merge_naming_the_file_and_line_and_the_rerun(tmp_path):
+    with FakeOpenAI(fault) as server:
+        client = ClientConfig(base_url=server.base_url, model="fake", max_attempts=1)
+        config = SynthConfig("textbooks", count=6, out=str(tmp_path / "t.jsonl"), client=client, no_progress=True)
+        synthesize(config, ExecutorOptions(tasks=2, workers=2))
+    task_file = RunFiles.of(config).task_out(0, 2)
+    lines = len(task_file.read_bytes().splitlines())
+    with open(task_file, "ab") as f:
+        f.write(b'{"id": "textbooks-0000')  # what a kill mid-write leaves
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(str(task_file))}:{lines + 1}: malformed JSON .*rerun the command"
+    ):
+        merge_tasks(config, 2)
