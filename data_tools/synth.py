@@ -35,7 +35,7 @@ import argparse
 import json
 import sys
 
-from data_tools.executors import add_executor_arguments, executor_options_from_args
+from data_tools.executors import add_executor_arguments, executor_options_from_args, fields_from_args
 from data_tools.llm import client_config_from_args
 from data_tools.synth_outline import add_outline_arguments, run_outline_command
 from data_tools.synth_prompts import KINDS
@@ -110,31 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_outline_command(args)
     if args.kind == "report":
         return run_report_command(args)
-    config = SynthConfig(
-        kind=args.kind,
-        count=args.count,
-        out=args.out,
-        failures=args.failures,
-        prompts=args.prompts,
-        seed=args.seed,
-        outline=args.outline,
-        seed_corpus=args.seed_corpus,
-        seed_pool=args.seed_pool,
-        seed_kinds=list(args.seed_kinds),
-        warn_repeats=args.warn_repeats,
-        keep_truncated=args.keep_truncated,
-        sandbox_timeout=args.sandbox_timeout,
-        sandbox_memory_mb=args.sandbox_memory_mb,
-        unsafe_no_sandbox=args.unsafe_no_sandbox,
-        keep_near_duplicates=args.keep_near_duplicates,
-        api=args.api,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        retry_failed=args.retry_failed,
-        no_progress=args.no_progress,
-        client=client_config_from_args(args, check=False),  # checked with the rest by config.check()
-    )
+    # every field is the flag of its name; the client is built from the endpoint flags
+    client = client_config_from_args(args, check=False)  # checked with the rest by config.check()
+    config = fields_from_args(SynthConfig, args, client=client)
     options = executor_options_from_args(args)
     summary = synthesize(config, options)
     if summary is None:  # submitted to Slurm: the summary appears when its job has run

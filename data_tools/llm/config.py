@@ -78,23 +78,27 @@ def add_client_arguments(parser: argparse.ArgumentParser, *, per_task: bool = Fa
     group.add_argument("--output-price", type=float, default=0.0, help="USD per million completion tokens")
 
 
-def client_config_from_args(args: argparse.Namespace, *, check: bool = True) -> ClientConfig:
-    """The client the flags describe; ``check=False`` leaves validating it to a caller that checks its
-    own flags first."""
-    config = ClientConfig(
-        base_url=args.base_url,
-        api_key=args.api_key,
-        model=args.model,
-        max_concurrency=args.max_concurrency,
-        requests_per_minute=args.requests_per_minute,
-        tokens_per_minute=args.tokens_per_minute,
-        max_attempts=args.max_attempts,
-        timeout_s=args.timeout,
-        backoff_initial_s=args.backoff_initial,
-        backoff_max_s=args.backoff_max,
-        input_price_per_mtok=args.input_price,
-        output_price_per_mtok=args.output_price,
-    )
+# The flag of each ClientConfig field a command sets (argparse dest, before a command's prefix).
+CLIENT_FLAGS = {
+    "base_url": "base_url",
+    "api_key": "api_key",
+    "model": "model",
+    "max_concurrency": "max_concurrency",
+    "requests_per_minute": "requests_per_minute",
+    "tokens_per_minute": "tokens_per_minute",
+    "max_attempts": "max_attempts",
+    "timeout_s": "timeout",
+    "backoff_initial_s": "backoff_initial",
+    "backoff_max_s": "backoff_max",
+    "input_price_per_mtok": "input_price",
+    "output_price_per_mtok": "output_price",
+}
+
+
+def client_config_from_args(args: argparse.Namespace, *, prefix: str = "", check: bool = True) -> ClientConfig:
+    """The client the flags describe (``--{prefix}base-url`` and so on, e.g. the graded eval's ``--judge-*``);
+    ``check=False`` leaves validating it to a caller that checks its own flags first."""
+    config = ClientConfig(**{field: getattr(args, prefix + flag) for field, flag in CLIENT_FLAGS.items()})
     if check:
         config.validate()
         config.resolved_api_key()

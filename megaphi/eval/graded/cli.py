@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from data_tools.llm import ClientConfig, run_requests
+from data_tools.llm import ClientConfig, client_config_from_args, run_requests
 from megaphi.common.errors import UserError
 from megaphi.common.files import atomic_write_text
 from megaphi.common.jsonl import iter_jsonl, read_jsonl
@@ -53,6 +53,7 @@ def add_graded_args(parser: argparse.ArgumentParser) -> None:
     )
     judge.add_argument("--judge-timeout", type=float, default=ClientConfig.timeout_s, help="seconds per attempt")
     judge.add_argument("--judge-backoff-initial", type=float, default=ClientConfig.backoff_initial_s)
+    judge.add_argument("--judge-backoff-max", type=float, default=ClientConfig.backoff_max_s)
     judge.add_argument("--judge-max-tokens", type=int, default=400, help="longest verdict")
     judge.add_argument("--judge-temperature", type=float, default=0.0)
     judge.add_argument("--judge-input-price", type=float, default=0.0, help="USD per million prompt tokens")
@@ -74,19 +75,7 @@ def add_table_args(parser: argparse.ArgumentParser) -> None:
 
 
 def judge_config(args: argparse.Namespace) -> ClientConfig:
-    config = ClientConfig(
-        base_url=args.judge_base_url,
-        api_key=args.judge_api_key,
-        model=args.judge_model,
-        max_concurrency=args.judge_max_concurrency,
-        requests_per_minute=args.judge_requests_per_minute,
-        tokens_per_minute=args.judge_tokens_per_minute,
-        max_attempts=args.judge_max_attempts,
-        timeout_s=args.judge_timeout,
-        backoff_initial_s=args.judge_backoff_initial,
-        input_price_per_mtok=args.judge_input_price,
-        output_price_per_mtok=args.judge_output_price,
-    )
+    config = client_config_from_args(args, prefix="judge_", check=False)
     config.validate()
     if not (config.api_key or config.base_url or os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")):
         raise UserError(
